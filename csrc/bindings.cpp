@@ -1,0 +1,15 @@
+// pybind11 module motionstreamer._C. Tensors cross as raw pointers (+ CUDA stream for device ops):
+// the CPU torch on the build machine cannot be linked, so nothing here includes torch headers.
+#include <pybind11/pybind11.h>
+#include "ops.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "motionstreamer native ops (causal conv1d, CPU and CUDA)";
+  m.def("with_cuda", &motionstreamer::with_cuda, "True when the CUDA sources were compiled in");
+  motionstreamer::register_cpu_ops(m);
+#ifdef MOTIONSTREAMER_WITH_CUDA
+  motionstreamer::register_cuda_ops(m);
+#endif
+}

@@ -1,0 +1,5 @@
+import sys
+
+from motionstreamer.cli import main
+
+sys.exit(main())

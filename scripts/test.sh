@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: install (CPU torch first, then the package and test extras), then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install "torch==2.13.0"
+python -m pip install -r requirements-build.txt
+python -m pip install --no-build-isolation -e ".[test,triton]"
+python -m pytest -q -x tests
