@@ -12,11 +12,12 @@ import sys
 # Order here is the order in `--help`.
 COMMAND_MODULES = (
     "motionstreamer.runtime.commands",   # generate, stream
-    "motionstreamer.data.commands",      # synth, prepare-amass
+    "motionstreamer.data.commands",      # synth
+    "motionstreamer.data.amass",         # prepare-amass
     "motionstreamer.io.commands",        # render, to-bvh
     "motionstreamer.models.commands",    # convert-checkpoint, download
     "motionstreamer.train.commands",     # train tae|t2m|stream|evaluator, encode-latents
-    "motionstreamer.eval.commands",      # evaluate
+    "motionstreamer.eval.commands",      # evaluate, train-evaluator
     "motionstreamer.export.commands",    # export-onnx
 )
 
