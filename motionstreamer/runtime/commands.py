@@ -1,5 +1,221 @@
-"""CLI verbs of this area (filled in by its owner)."""
+"""CLI verbs `generate` and `stream`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+MAX_SECONDS = 600.0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="PREFIX",
+                   help="output prefix: writes PREFIX.npy (T,272 de-normalised) and PREFIX_joints.npy (T,22,3)")
+    p.add_argument("--out-dir", default=".", help="folder outputs must stay inside (default: current folder)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="model directory (motionstreamer bundle); default: the embedded model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default 50)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--end-threshold", type=float, default=None,
+                   help="L2 distance to the reference end latent that ends an action")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="hard cap on the motion length")
+    p.add_argument("--on-end", choices=("stop", "continue"), default="stop",
+                   help="when an action ends and no prompt is queued: stop, or keep the last action going")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
+    p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
+    p.add_argument("--quiet", action="store_true")
 
 
 def register(subparsers) -> None:
-    pass
+    g = subparsers.add_parser("generate", help="text -> motion (one prompt)",
+                              description="Generate one motion from a text prompt with the streaming engine.")
+    g.add_argument("text", help="motion description, e.g. 'a person walks forward'")
+    _add_common(g)
+    g.set_defaults(func=cmd_generate)
+
+    s = subparsers.add_parser(
+        "stream", help="several prompts over time -> one continuous motion",
+        description="Stream one continuous motion from prompts given in order (--prompt 'TEXT' or "
+                    "'TEXT@SECONDS'), or read live from stdin, one prompt per line.")
+    s.add_argument("--prompt", action="append", default=[], metavar="TEXT[@SECONDS]",
+                   help="a prompt, optionally with its duration in seconds after '@'; repeat for more")
+    s.add_argument("--stdin", action="store_true",
+                   help="read prompts line by line from standard input while streaming (live)")
+    s.add_argument("--realtime", action="store_true",
+                   help="pace generation at 30 fps (useful with --stdin)")
+    s.add_argument("--jsonl", action="store_true",
+                   help="print every 4-frame chunk as a JSON line (joints) on stdout")
+    _add_common(s)
+    s.set_defaults(func=cmd_stream)
+
+
+def parse_prompt(spec: str) -> tuple[str, float | None]:
+    from motionstreamer.cli import CLIError
+
+    text, sep, dur = spec.rpartition("@")
+    if not sep:
+        return spec, None
+    try:
+        seconds = float(dur)
+    except ValueError:
+        raise CLIError(f"bad prompt duration in {spec!r}: {dur!r} is not a number of seconds")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise CLIError(f"bad prompt duration in {spec!r}: must be in (0, {MAX_SECONDS:g}] seconds")
+    return text, seconds
+
+
+def resolve_output_prefix(out: str, out_dir: str) -> Path:
+    """PREFIX resolved inside out_dir; a prefix that escapes it (.., absolute elsewhere) is refused."""
+    from motionstreamer.cli import CLIError
+
+    base = Path(out_dir).resolve()
+    target = (base / out).resolve()
+    if target != base and base not in target.parents:
+        raise CLIError(f"output {out!r} escapes the output folder {str(base)!r}; choose a path inside it "
+                       f"or set --out-dir")
+    if not target.name or target.name in (".", ".."):
+        raise CLIError(f"output prefix {out!r} has no file name")
+    return target
+
+
+def _config(args):
+    from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.runtime.session import seconds_to_latents
+
+    cfg = GenerationConfig(temperature=args.temperature, sampler=args.sampler, on_action_end=args.on_end)
+    if args.cfg is not None:
+        cfg.cfg_scale = args.cfg
+    if args.steps is not None:
+        cfg.sampling_steps = args.steps
+    if args.end_threshold is not None:
+        cfg.end_threshold = args.end_threshold
+    if not 0 < args.max_seconds <= MAX_SECONDS:
+        from motionstreamer.cli import CLIError
+        raise CLIError(f"--max-seconds must be in (0, {MAX_SECONDS:g}], got {args.max_seconds}")
+    cfg.max_latents = seconds_to_latents(args.max_seconds)
+    return cfg
+
+
+def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False) -> int:
+    import numpy as np
+    import torch
+
+    from motionstreamer.cli import CLIError
+    from motionstreamer.runtime.engine import MAX_PROMPT_CHARS
+    from motionstreamer.runtime.loading import load_models
+    from motionstreamer.runtime.session import StreamingSession
+    from motionstreamer.utils import atomic_save_npy
+
+    for text, _ in prompts:
+        if not text.strip():
+            raise CLIError("a prompt is empty: describe the motion, e.g. 'a person walks forward'")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise CLIError(f"a prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
+    prefix = resolve_output_prefix(args.out, args.out_dir)
+    try:
+        config = _config(args)
+        config.validate()
+    except ValueError as e:
+        raise CLIError(str(e))
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    try:
+        bundle, text_encoder, desc = load_models(args.checkpoint, args.device, args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e))
+    log(f"model: {desc}")
+    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
+    for i, (text, seconds) in enumerate(prompts):
+        session.push_text(text, duration=seconds, after_current=True)
+
+    lock = threading.Lock()
+    if live_stdin:
+        def reader():
+            for line in sys.stdin:
+                line = line.strip()
+                if line:
+                    with lock:
+                        try:
+                            session.push_text(line)
+                            log(f"prompt queued: {line!r}")
+                        except ValueError as e:
+                            log(f"ignored prompt: {e}")
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+
+    feats, joints = [], []
+    t0 = time.perf_counter()
+    first_latency = None
+    gen_time = 0.0
+    while True:
+        with lock:
+            finished = session.finished
+        if finished:
+            if live_stdin and thread.is_alive():
+                time.sleep(0.05)
+                continue
+            break
+        ts = time.perf_counter()
+        with lock:
+            chunk = session.step()
+        gen_time += time.perf_counter() - ts
+        if chunk is None:
+            continue
+        if first_latency is None:
+            first_latency = time.perf_counter() - t0
+        feats.append(chunk.features.cpu())
+        joints.append(chunk.joints.cpu())
+        if args.jsonl if hasattr(args, "jsonl") else False:
+            print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
+                              "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
+        if getattr(args, "realtime", False):
+            due = t0 + (chunk.start_frame + 4) / 30.0
+            time.sleep(max(0.0, due - time.perf_counter()))
+    if not feats:
+        raise CLIError("no frames were generated (the first action ended immediately); try another seed")
+    features = torch.cat(feats).numpy().astype(np.float32)
+    joint_arr = torch.cat(joints).numpy().astype(np.float32)
+    n_frames = features.shape[0]
+    motion_seconds = n_frames / 30.0
+    for ev in session.events:
+        log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
+    log(f"generated {n_frames} frames ({len(feats)} latents, {motion_seconds:.2f} s of motion) in {gen_time:.2f} s; "
+        f"first-latent latency {first_latency * 1000:.1f} ms; real-time factor {motion_seconds / max(gen_time, 1e-9):.1f}x")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(f"{prefix}.npy", features)
+    atomic_save_npy(f"{prefix}_joints.npy", joint_arr)
+    written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
+    title = " / ".join(t for t, _ in prompts) if prompts else "stream"
+    if args.bvh:
+        from motionstreamer.io.bvh import features_to_bvh
+        features_to_bvh(f"{prefix}.bvh", features, fps=30)
+        written.append(f"{prefix}.bvh")
+    if args.render:
+        from motionstreamer.io.render import render_motion
+        out = f"{prefix}.{args.render}"
+        render_motion(joint_arr, out, title=title, fps=30, progress=not args.quiet)
+        written.append(out)
+    for w in written:
+        log(f"wrote {w}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    return _run(args, [(args.text, None)])
+
+
+def cmd_stream(args) -> int:
+    from motionstreamer.cli import CLIError
+
+    if not args.prompt and not args.stdin:
+        raise CLIError("give at least one --prompt, or --stdin to read prompts live")
+    prompts = [parse_prompt(p) for p in args.prompt]
+    return _run(args, prompts, live_stdin=args.stdin)

@@ -1,0 +1,314 @@
+"""The streaming engine: many independent text-to-motion streams stepped together, one latent each.
+
+Hot path of one step (see DESIGN.md):
+  pending condition (from the last prefill or decode step) for [cond rows; uncond rows]
+  -> diffusion head with classifier-free guidance (AdaLN modulations for all steps precomputed)
+  -> new latent -> end-of-action check
+  -> (a) one batched transformer decode step appends it to the KV cache and yields the next condition
+  -> (b) the causal TAE decoder turns it into 4 frames from its per-layer state
+  -> de-normalise -> incremental joint recovery -> FrameChunk per stream.
+
+Layout of the KV cache: 2 * capacity rows; stream slot i uses row i (its prompt) and row
+capacity + i (the empty prompt, for guidance). Both rows share the same motion history.
+A new prompt, or a full context window, re-prefills the slot's two rows with
+[text token, kept history]; everything else is a single decode step per latent.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from motionstreamer.runtime.kinematics import RootState, recover_joints_step
+
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass
+class GenerationConfig:
+    cfg_scale: float = 4.0            # official demo value
+    temperature: float = 1.0
+    sampling_steps: int = 50          # 50 = the original; fewer uses the respaced process
+    sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
+    end_threshold: float = 0.1        # L2 distance to the reference end latent that ends an action
+    min_action_latents: int = 2       # an action cannot end before this many latents
+    on_action_end: str = "stop"       # "stop": the stream ends; "continue": the last prompt restarts
+    max_latents: int = 1500           # hard cap per stream (1500 latents = 200 s at 30 fps)
+    history_keep: int | None = None   # latents kept when the window slides (default: block_size // 2)
+
+    def validate(self) -> None:
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        if self.on_action_end not in ("stop", "continue"):
+            raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
+        if self.sampling_steps < 1:
+            raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
+        if self.max_latents < 1:
+            raise ValueError(f"max_latents must be >= 1, got {self.max_latents}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class FrameChunk:
+    """Frames produced by one latent of one stream."""
+    stream_id: int
+    latent_index: int            # index of this latent in the stream (0-based)
+    start_frame: int             # index of the first frame of this chunk in the stream
+    features: torch.Tensor       # (4, 272) de-normalised
+    joints: torch.Tensor         # (4, 22, 3) global joint positions (Y up, metres)
+    latent: torch.Tensor         # (16,)
+    prompt: str
+
+    @property
+    def frame_indices(self) -> range:
+        return range(self.start_frame, self.start_frame + self.features.shape[0])
+
+
+@dataclass
+class StreamEvent:
+    stream_id: int
+    kind: str                    # "action_end" | "prompt_change" | "finished"
+    latent_index: int
+    prompt: str
+
+
+@dataclass
+class _Stream:
+    stream_id: int
+    slot: int
+    generator: torch.Generator
+    prompt: str | None = None
+    text_emb: torch.Tensor | None = None
+    queue: deque = field(default_factory=deque)        # (prompt, embedding, max_latents, after_current)
+    history: list = field(default_factory=list)        # latents (16,) of the current window
+    needs_prefill: bool = True
+    condition: torch.Tensor | None = None              # (2, n_embd) pending [cond; uncond]
+    latents_emitted: int = 0
+    action_latents: int = 0
+    action_budget: int | None = None                   # latents allowed for the current prompt
+    finished: bool = False
+
+
+class StreamingEngine:
+    """Steps up to `capacity` streams together. Thread-unsafe; one engine per device.
+
+    bundle: a loaded model bundle (motionstreamer.checkpoints.Bundle) with .tae, .t2m, .mean, .std,
+    .end_latent; text_encoder: anything with encode(list[str]) -> (N, text_dim) (cached).
+    """
+
+    def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        self.config = config or GenerationConfig()
+        self.config.validate()
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.tae, self.t2m = bundle.tae, bundle.t2m
+        p = next(self.t2m.parameters())
+        self.device = torch.device(device) if device is not None else p.device
+        self.dtype = dtype or p.dtype
+        self.mean = bundle.mean.to(self.device, torch.float32)
+        self.std = bundle.std.to(self.device, torch.float32)
+        self.end_latent = bundle.end_latent.reshape(-1).to(self.device, torch.float32)
+        self.text_encoder = text_encoder
+        self.capacity = capacity
+        self.block_size = self.t2m.config.block_size
+        self.history_keep = self.config.history_keep or self.block_size // 2
+        if not 0 < self.history_keep < self.block_size - 1:
+            raise ValueError(f"history_keep must be in [1, {self.block_size - 2}], got {self.history_keep}")
+        self.latent_dim = self.t2m.config.latent_dim
+        self.cache = self.t2m.new_kv_cache(2 * capacity, self.block_size, device=self.device, dtype=self.dtype)
+        self.tae_state = self.tae.init_decode_state(capacity, device=self.device, dtype=self.dtype)
+        self.root = RootState.initial(capacity, device=self.device)
+        self.streams: dict[int, _Stream] = {}
+        self._free_slots = list(range(capacity))
+        self._ids = itertools.count()
+        self._uncond = None
+        self.events: list[StreamEvent] = []
+
+    # ---------------------------------------------------------------- stream management
+    def add_stream(self, prompt: str | None = None, seed: int | None = None,
+                   max_latents: int | None = None) -> int:
+        if not self._free_slots:
+            raise RuntimeError(f"engine is full ({self.capacity} streams); close one or raise capacity")
+        slot = self._free_slots.pop(0)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        sid = next(self._ids)
+        self.streams[sid] = _Stream(sid, slot, gen)
+        self.tae.reset_decode_state(self.tae_state, torch.tensor([slot], device=self.device))
+        self.root.reset_rows(torch.tensor([slot], device=self.device))
+        if prompt is not None:
+            self.push_text(sid, prompt, max_latents=max_latents)
+        return sid
+
+    def push_text(self, stream_id: int, prompt: str, max_latents: int | None = None,
+                  after_current: bool = False) -> None:
+        """Queue a prompt for a stream.
+
+        By default it takes effect at the stream's next latent. With after_current=True it waits
+        until the current action ends (end latent reached, or its max_latents budget used up).
+        max_latents bounds how long this prompt runs (None: until its end latent).
+        """
+        s = self._get(stream_id)
+        prompt = self._check_prompt(prompt)
+        if max_latents is not None and max_latents < 1:
+            raise ValueError(f"max_latents must be >= 1, got {max_latents}")
+        s.queue.append((prompt, self._embed(prompt), max_latents, after_current))
+        s.finished = False
+
+    def close(self, stream_id: int) -> None:
+        s = self.streams.pop(stream_id, None)
+        if s is not None:
+            self._free_slots.append(s.slot)
+            self._free_slots.sort()
+
+    @property
+    def active_ids(self) -> list[int]:
+        return [sid for sid, s in self.streams.items() if not s.finished and (s.prompt or s.queue)]
+
+    def _get(self, stream_id: int) -> _Stream:
+        if stream_id not in self.streams:
+            raise KeyError(f"unknown or closed stream id {stream_id}")
+        return self.streams[stream_id]
+
+    @staticmethod
+    def _check_prompt(prompt: str) -> str:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        prompt = " ".join(prompt.split())
+        if not prompt:
+            raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+        return prompt
+
+    def _embed(self, prompt: str) -> torch.Tensor:
+        return self.text_encoder.encode([prompt])[0].to(self.device, self.dtype)
+
+    def _uncond_emb(self) -> torch.Tensor:
+        if self._uncond is None:
+            self._uncond = self.text_encoder.encode([""])[0].to(self.device, self.dtype)
+        return self._uncond
+
+    # ---------------------------------------------------------------- the step
+    @torch.inference_mode()
+    def step(self) -> list[FrameChunk]:
+        """Generate one latent (4 frames) for every active stream. Returns the chunks produced."""
+        self.events = []
+        streams = [self.streams[sid] for sid in self.active_ids]
+        for s in streams:
+            self._maybe_switch_prompt(s)
+        streams = [s for s in streams if not s.finished]
+        if not streams:
+            return []
+        for s in streams:
+            if s.needs_prefill or len(s.history) >= self.block_size - 1:
+                self._prefill(s)
+        latents = self._sample(streams)
+        accepted, restart = [], []
+        for s, z in zip(streams, latents):
+            if self._is_action_end(s, z):
+                self.events.append(StreamEvent(s.stream_id, "action_end", s.latents_emitted, s.prompt))
+                if s.queue:
+                    self._maybe_switch_prompt(s, force=True)
+                    restart.append(s)
+                elif self.config.on_action_end == "continue":
+                    s.needs_prefill, s.action_latents = True, 0
+                    restart.append(s)
+                else:
+                    self._finish(s)
+            else:
+                accepted.append((s, z))
+        if restart:  # one more draw for streams whose action just ended, so they emit frames this step
+            for s in restart:
+                self._prefill(s)
+            for s, z in zip(restart, self._sample(restart)):
+                accepted.append((s, z))
+        if not accepted:
+            return []
+        return self._emit(accepted)
+
+    def run(self, max_steps: int | None = None) -> Iterable[list[FrameChunk]]:
+        n = 0
+        while self.active_ids and (max_steps is None or n < max_steps):
+            yield self.step()
+            n += 1
+
+    # ---------------------------------------------------------------- pieces
+    def _maybe_switch_prompt(self, s: _Stream, force: bool = False) -> None:
+        """At the start of a latent: take the next queued prompt when it is due."""
+        budget_used = s.action_budget is not None and s.action_latents >= s.action_budget
+        if s.queue and (force or s.prompt is None or budget_used or not s.queue[0][3]):
+            prompt, emb, budget, _ = s.queue.popleft()
+            if s.prompt is not None:
+                self.events.append(StreamEvent(s.stream_id, "prompt_change", s.latents_emitted, prompt))
+            s.prompt, s.text_emb, s.action_budget = prompt, emb, budget
+            s.needs_prefill, s.action_latents = True, 0
+        elif budget_used:
+            self._finish(s)
+
+    def _finish(self, s: _Stream) -> None:
+        s.finished = True
+        self.events.append(StreamEvent(s.stream_id, "finished", s.latents_emitted, s.prompt or ""))
+
+    def _prefill(self, s: _Stream) -> None:
+        if len(s.history) >= self.block_size - 1:  # window full: slide, keep the recent history
+            s.history = s.history[-self.history_keep:]
+        hist = (torch.stack(s.history) if s.history
+                else torch.zeros(0, self.latent_dim, device=self.device, dtype=self.dtype))
+        text = torch.stack([s.text_emb, self._uncond_emb()])               # (2, text_dim)
+        lat = hist.unsqueeze(0).expand(2, -1, -1).to(self.dtype)            # (2, L, 16)
+        rows = torch.tensor([s.slot, self.capacity + s.slot], device=self.device)
+        s.condition = self.t2m.prefill(text, lat, self.cache, rows=rows)    # (2, n_embd)
+        s.needs_prefill = False
+
+    def _sample(self, streams: list[_Stream]) -> torch.Tensor:
+        from motionstreamer.models.diffusion import draw_sampling_noise
+
+        cfg = self.config
+        cond = torch.cat([s.condition[:1] for s in streams])
+        uncond = torch.cat([s.condition[1:] for s in streams])
+        x_T, step_noise = [], []
+        for s in streams:  # per-stream generators: a stream's samples do not depend on its neighbours
+            a, b = draw_sampling_noise(s.generator, 1, cfg.sampling_steps, self.latent_dim,
+                                       device="cpu", dtype=torch.float32)
+            x_T.append(a)
+            step_noise.append(b)
+        noise = (torch.cat(x_T).to(self.device, self.dtype), torch.cat(step_noise, dim=1).to(self.device, self.dtype))
+        guided = cfg.cfg_scale != 1.0
+        return self.t2m.diff_loss.sample(
+            cond, uncond=uncond if guided else None, cfg=cfg.cfg_scale, temperature=cfg.temperature,
+            steps=cfg.sampling_steps, method=cfg.sampler, noise=noise, fast=True)
+
+    def _is_action_end(self, s: _Stream, z: torch.Tensor) -> bool:
+        if s.action_latents < self.config.min_action_latents:
+            return False
+        return torch.linalg.vector_norm(z.float() - self.end_latent).item() < self.config.end_threshold
+
+    def _emit(self, accepted: list[tuple[_Stream, torch.Tensor]]) -> list[FrameChunk]:
+        streams = [s for s, _ in accepted]
+        z = torch.stack([z for _, z in accepted]).to(self.dtype)            # (n, 16)
+        slots = torch.tensor([s.slot for s in streams], device=self.device)
+        # (a) append to the KV cache: one decode step over [cond rows; uncond rows] of these slots
+        rows = torch.cat([slots, slots + self.capacity])
+        nxt = self.t2m.decode_step(torch.cat([z, z]), self.cache, rows=rows)
+        n = len(streams)
+        # (b) TAE: 4 frames per latent from the decoder state of these slots
+        frames = self.tae.decode_step(z[:, None, :], self.tae_state, rows=slots)   # (n, 4, 272)
+        feats = frames.float() * self.std + self.mean
+        joints = recover_joints_step(feats, self.root, rows=slots)
+        chunks = []
+        for i, s in enumerate(streams):
+            s.condition = torch.stack([nxt[i], nxt[n + i]])
+            s.history.append(z[i])
+            chunks.append(FrameChunk(s.stream_id, s.latents_emitted, 4 * s.latents_emitted,
+                                     feats[i], joints[i], z[i].float(), s.prompt))
+            s.latents_emitted += 1
+            s.action_latents += 1
+            if s.latents_emitted >= self.config.max_latents:
+                self._finish(s)
+        return chunks

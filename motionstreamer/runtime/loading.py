@@ -1,0 +1,54 @@
+"""Resolve which model a command runs: an explicit bundle directory, or the embedded default."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def default_model_dir() -> Path:
+    return DEFAULT_MODEL_DIR
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, bf16, fp16")
+    return table[dtype]
+
+
+def load_models(checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None):
+    """Return (bundle, text_encoder, description). checkpoint=None uses the embedded default model."""
+    from motionstreamer.checkpoints import load_bundle
+    from motionstreamer.models.text import TextEncoder
+
+    path = Path(checkpoint) if checkpoint is not None else default_model_dir()
+    if not path.exists():
+        if checkpoint is None:
+            raise FileNotFoundError(f"the embedded default model is missing from the install ({path})")
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a motionstreamer model directory (no config.json); convert official "
+            f"checkpoints with `motionstreamer convert-checkpoint`")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    bundle = load_bundle(path, device=dev, dtype=dt)
+    text_encoder = TextEncoder.load(bundle.text_encoder_name, device=str(dev))
+    desc = bundle.config.get("description") or path.name
+    label = "embedded default model" if checkpoint is None else "checkpoint"
+    return bundle, text_encoder, f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; {dev}, {str(dt).replace('torch.', '')})"

@@ -1,0 +1,69 @@
+"""The original inference algorithm, kept as the plain reference and the benchmark baseline.
+
+What it does, as the released sampling loops do: every latent recomputes the whole prefix
+[text token, latents so far] with a full forward (no KV cache), runs the conditional and the
+unconditional context as two separate forwards, samples the head with the plain module forward
+(AdaLN recomputed every diffusion step, Python loop), and re-decodes the whole latent sequence with
+the TAE whenever frames are needed. Only the prompt schedule, the context-window slide and the
+noise source are shared with the engine, so that the two can be compared latent by latent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ReferenceResult:
+    latents: torch.Tensor        # (N, 16)
+    features: torch.Tensor       # (4N, 272) normalised, from the full re-decode after the last latent
+    ended_early: bool
+
+
+@torch.no_grad()
+def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: torch.Generator,
+                     cfg_scale: float = 4.0, temperature: float = 1.0, steps: int = 50,
+                     method: str = "ddpm", history_keep: int | None = None,
+                     end_latent: torch.Tensor | None = None, end_threshold: float = 0.1,
+                     min_action_latents: int = 2, decode_every_latent: bool = True) -> ReferenceResult:
+    """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt;
+    when end_latent is given, a prompt's action may end early as in the original t2m demo
+    (its end latent is dropped and generation moves to the next prompt)."""
+    from motionstreamer.models.diffusion import draw_sampling_noise
+
+    block = t2m.config.block_size
+    keep = history_keep or block // 2
+    p = next(t2m.parameters())
+    latents, window = [], []
+    features = None
+    ended_early = False
+    for text_emb, n_latents in schedule:
+        text = text_emb.reshape(1, -1).to(p)
+        empty = uncond_emb.reshape(1, -1).to(p)
+        k = 0
+        while k < n_latents:
+            if len(window) >= block - 1:
+                window = window[-keep:]
+            ctx = (torch.stack(window)[None] if window else torch.zeros(1, 0, t2m.config.latent_dim).to(p))
+            cond = t2m(ctx, text)[:, -1]                      # full prefix, conditional
+            uncond = t2m(ctx, empty)[:, -1]                   # full prefix, unconditional, separately
+            noise = draw_sampling_noise(generator, 1, steps, t2m.config.latent_dim, device="cpu", dtype=torch.float32)
+            noise = (noise[0].to(p), noise[1].to(p))
+            guided = cfg_scale != 1.0
+            z = t2m.diff_loss.sample(cond, uncond=uncond if guided else None, cfg=cfg_scale,
+                                     temperature=temperature, steps=steps, method=method, noise=noise,
+                                     fast=False)[0]
+            if (end_latent is not None and k >= min_action_latents
+                    and torch.linalg.vector_norm(z.float() - end_latent.reshape(-1).float()).item() < end_threshold):
+                ended_early = True
+                break
+            latents.append(z)
+            window.append(z)
+            k += 1
+            if decode_every_latent:  # the original re-decodes everything whenever frames are needed
+                features = tae.decode(torch.stack(latents)[None])[0]
+    if not decode_every_latent and latents:
+        features = tae.decode(torch.stack(latents)[None])[0]
+    out = torch.stack(latents) if latents else torch.zeros(0, t2m.config.latent_dim)
+    return ReferenceResult(out, features, ended_early)

@@ -1,0 +1,63 @@
+"""A single stream: push prompts at any time, pull 4-frame chunks. Built on StreamingEngine."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.runtime.engine import FrameChunk, GenerationConfig, StreamingEngine
+
+
+def seconds_to_latents(seconds: float) -> int:
+    if not seconds > 0:
+        raise ValueError(f"duration must be > 0 seconds, got {seconds}")
+    return max(1, round(seconds * FPS / FRAMES_PER_LATENT))
+
+
+class StreamingSession:
+    """One continuous motion stream.
+
+    >>> session = StreamingSession(bundle, text_encoder, seed=0)
+    >>> session.push_text("a person walks forward")
+    >>> for chunk in session:            # FrameChunk: 4 frames, features + joints
+    ...     if chunk.latent_index == 20:
+    ...         session.push_text("a person turns left")   # takes effect at the next latent
+    """
+
+    def __init__(self, bundle, text_encoder, config: GenerationConfig | None = None, seed: int | None = None,
+                 device=None, dtype=None):
+        self.engine = StreamingEngine(bundle, text_encoder, capacity=1, config=config, device=device, dtype=dtype)
+        self.stream_id = self.engine.add_stream(seed=seed)
+        self.events = []
+
+    def push_text(self, prompt: str, duration: float | None = None, after_current: bool = False) -> None:
+        """Queue a prompt. duration (seconds) bounds how long it runs; after_current waits for the
+        running action to end instead of switching at the next latent."""
+        budget = seconds_to_latents(duration) if duration is not None else None
+        self.engine.push_text(self.stream_id, prompt, max_latents=budget, after_current=after_current)
+
+    @property
+    def finished(self) -> bool:
+        return self.stream_id not in self.engine.active_ids
+
+    def step(self) -> FrameChunk | None:
+        """Generate the next latent; None when the stream has nothing to do (finished or no prompt)."""
+        if self.finished:
+            return None
+        chunks = self.engine.step()
+        self.events.extend(self.engine.events)
+        return chunks[0] if chunks else None
+
+    def __iter__(self) -> Iterator[FrameChunk]:
+        while not self.finished:
+            chunk = self.step()
+            if chunk is not None:
+                yield chunk
+
+    def close(self) -> None:
+        self.engine.close(self.stream_id)
+
+    def __enter__(self) -> "StreamingSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
