@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""One entry point for every benchmark: `python benchmarks/run.py [--small|--quick] [--device cuda]`.
+
+Every headline figure is a ratio against the original inference algorithm (runtime/reference.py:
+full-prefix recompute, separate cond/uncond forwards, fp32, plain head loop, full TAE re-decode)
+measured in the same run on the same weights. Writes benchmarks/results/<device>_<date>.json and a
+Markdown table beside it, and prints the table.
+
+Configs: official size by default; --small for quick CPU runs; --quick for the CI smoke run.
+Weights are random (speed does not depend on them); end-of-action detection is off so every run
+produces the same number of latents.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+LATENTS_PER_SECOND_REALTIME = 30 / 4  # one latent = 4 frames at 30 fps
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device, repeats: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t) * 1000.0)
+    return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats, "unit": "ms"}
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    else:
+        info["name"] = f"cpu-{os.cpu_count()}cores"
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                            capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        info["git_commit"] = None
+    return info
+
+
+def measure_bandwidth(device: torch.device) -> float | None:
+    """Device memory bandwidth in bytes/s from a large copy (read + write)."""
+    if device.type != "cuda":
+        return None
+    n = 512 * 2**20
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    r = timeit(lambda: b.copy_(a), device, repeats=10, warmup=3)
+    return 2 * n / (r["min"] / 1000.0)
+
+
+# ----------------------------------------------------------------------------- models
+def build_models(small: bool, device: torch.device, dtype: torch.dtype):
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+
+    torch.manual_seed(0)
+    tae_cfg = TAEConfig.small() if small else TAEConfig.official()
+    t2m_cfg = T2MConfig.small() if small else T2MConfig.official()
+    tae = CausalHumanTAE(tae_cfg).eval().to(device, dtype)
+    t2m = TextToMotionModel(t2m_cfg).eval().to(device, dtype)
+    return tae, t2m
+
+
+class RandomTextEncoder:
+    """Stands in for the sentence encoder: benchmarks time the motion path, the text encoder is timed apart."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.cache = {}
+
+    def encode(self, texts):
+        out = []
+        for t in texts:
+            if t not in self.cache:
+                g = torch.Generator().manual_seed(abs(hash(t)) % 2**31)
+                self.cache[t] = torch.randn(self.dim, generator=g)
+            out.append(self.cache[t])
+        return torch.stack(out)
+
+
+class Bundle:
+    def __init__(self, tae, t2m, device):
+        self.tae, self.t2m = tae, t2m
+        self.mean = torch.zeros(272, device=device)
+        self.std = torch.ones(272, device=device)
+        self.end_latent = torch.full((16,), 1e6, device=device)  # never reached: fixed-length runs
+
+
+def param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def weight_read_bytes_per_latent(t2m, steps: int) -> int:
+    """Bytes of weights one latent must read at batch 1: the transformer once, the head's per-step
+    MLP (input_proj, res-block MLPs, final linear) once per sampling step, and the AdaLN/time/cond
+    layers once (their outputs are precomputed for all steps)."""
+    head = t2m.diff_loss.net
+    per_step = sum(param_bytes(m) for m in [head.input_proj, head.final_layer.linear]) + \
+        sum(param_bytes(b.mlp) + param_bytes(b.in_ln) for b in head.res_blocks)
+    once = param_bytes(head) - per_step
+    trans = param_bytes(t2m) - param_bytes(head)
+    return trans + once + per_step * steps
+
+
+# ----------------------------------------------------------------------------- cases
+def case_stream_latency(ctx) -> list[dict]:
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    from motionstreamer.runtime.reference import reference_stream
+
+    rows = []
+    tae, t2m, dev, dtype = ctx["tae"], ctx["t2m"], ctx["device"], ctx["dtype"]
+    text = RandomTextEncoder(t2m.config.cond_dim)
+    n_lat = ctx["latents"]
+    for steps in ctx["steps_list"]:
+        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        # baseline: the original algorithm, fp32, n_lat latents
+        ref_t2m, ref_tae = ctx["ref_models"]
+        g = torch.Generator().manual_seed(0)
+
+        def run_ref():
+            reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
+                             steps=steps, end_latent=None)
+        base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
+        base_per_latent = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in base.items()}
+
+        engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=1, config=cfg, device=dev, dtype=dtype)
+
+        def run_engine():
+            sid = engine.add_stream("walk", seed=0, max_latents=n_lat)
+            for _ in range(n_lat):
+                engine.step()
+            engine.close(sid)
+        fast = timeit(run_engine, dev, repeats=ctx["repeats"], warmup=1)
+        fast_per_latent = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in fast.items()}
+
+        # first-frame latency: prompt in -> first 4 frames out (text embedding cached: encoder timed apart)
+        def first_frame():
+            sid = engine.add_stream("walk", seed=0, max_latents=1)
+            engine.step()
+            engine.close(sid)
+        ff = timeit(first_frame, dev, repeats=ctx["repeats"], warmup=1)
+        row = {"case": f"stream_b1_steps{steps}", "latents": n_lat,
+               "baseline_ms_per_latent": base_per_latent, "engine_ms_per_latent": fast_per_latent,
+               "speedup": base_per_latent["median"] / fast_per_latent["median"],
+               "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / fast_per_latent["median"]}
+        if ctx["bandwidth"]:
+            bound_ms = weight_read_bytes_per_latent(t2m, steps) / ctx["bandwidth"] * 1000
+            row["weight_read_bound_ms"] = bound_ms
+            row["fraction_of_bound"] = bound_ms / fast_per_latent["median"]
+        rows.append(row)
+    return rows
+
+
+def case_throughput(ctx) -> list[dict]:
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+
+    rows = []
+    tae, t2m, dev, dtype = ctx["tae"], ctx["t2m"], ctx["device"], ctx["dtype"]
+    text = RandomTextEncoder(t2m.config.cond_dim)
+    steps = ctx["steps_list"][0]
+    for batch in ctx["batches"]:
+        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        try:
+            engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=batch, config=cfg, device=dev, dtype=dtype)
+            for i in range(batch):
+                engine.add_stream(f"prompt {i % 7}", seed=i)
+            engine.step()  # prefill all + warm-up
+            n = ctx["throughput_latents"]
+            r = timeit(lambda: [engine.step() for _ in range(n)], dev, repeats=ctx["repeats"], warmup=0)
+        except torch.cuda.OutOfMemoryError:  # pragma: no cover - GPU only
+            rows.append({"case": f"throughput_b{batch}", "error": "out of memory"})
+            break
+        lat_per_s = batch * n / (r["median"] / 1000)
+        rows.append({"case": f"throughput_b{batch}_steps{steps}", "streams": batch, "step_ms": {k: (v / n if k in ("min", "median", "max") else v) for k, v in r.items()},
+                     "latents_per_s": lat_per_s, "realtime_streams": lat_per_s / LATENTS_PER_SECOND_REALTIME})
+    return rows
+
+
+def case_external(ctx) -> list[dict]:
+    """Cases contributed by other modules (kernels, causal conv, ONNX, training) when present."""
+    rows = []
+    for mod_name, fn_name in [("bench_causal_conv", "run_all"), ("bench_kernels", "run_all"),
+                              ("bench_onnx", "run_all"), ("bench_train", "run_all")]:
+        try:
+            mod = __import__(mod_name)
+        except ImportError:
+            continue
+        fn = getattr(mod, fn_name, None)
+        if fn is None:
+            continue
+        try:
+            out = fn(device=ctx["device"], small=ctx["small"], quick=ctx["quick"])
+        except Exception as e:  # a broken contributed case is reported, not fatal
+            out = [{"case": mod_name, "error": f"{type(e).__name__}: {e}"}]
+        rows.extend(out if isinstance(out, list) else [out])
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+def fmt(v) -> str:
+    if isinstance(v, dict) and "median" in v:
+        return f"{v['median']:.3f}"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="small model config (quick CPU runs)")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: small config, few latents, one repeat")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="fp32|bf16|fp16|auto (bf16 on GPU)")
+    ap.add_argument("--cases", default="stream,throughput,external")
+    ap.add_argument("--batches", default=None, help="comma list of concurrent streams (default 64,512)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    from motionstreamer.runtime.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    small = args.small or args.quick
+    tae, t2m = build_models(small, device, dtype)
+    ref_models = build_models(small, device, torch.float32) if dtype != torch.float32 else (tae, t2m)
+    ref_tae, ref_t2m = ref_models
+    if args.quick:
+        latents, steps_list, repeats, batches, tl = 3, [4], 1, [4], 2
+    elif device.type == "cuda":
+        latents, steps_list, repeats, batches, tl = 20, [50, 10], 5, [64, 512], 5
+    else:
+        latents, steps_list, repeats, batches, tl = (10, [50, 10], 3, [8, 64], 3) if small else (6, [50, 10], 2, [8], 2)
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    ctx = dict(tae=tae, t2m=t2m, ref_models=(ref_t2m, ref_tae), device=device, dtype=dtype, small=small,
+               quick=args.quick, latents=latents, steps_list=steps_list, repeats=repeats,
+               repeats_ref=1 if args.quick else max(1, repeats // 2), batches=batches, throughput_latents=tl,
+               bandwidth=measure_bandwidth(device))
+    info = device_info(device)
+    info.update(config="small" if small else "official", dtype=str(dtype).replace("torch.", ""),
+                bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)
+    rows = []
+    for case in args.cases.split(","):
+        fn = {"stream": case_stream_latency, "throughput": case_throughput, "external": case_external}.get(case)
+        if fn is None:
+            ap.error(f"unknown case {case!r}")
+        print(f"[bench] {case} ...", file=sys.stderr, flush=True)
+        rows.extend(fn(ctx))
+    table = markdown_table(rows)
+    print(json.dumps(info, indent=1))
+    print(table)
+    if not args.no_write:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        tag = "quick" if args.quick else ("small" if small else "official")
+        base = out / f"{slug}_{tag}_{stamp}"
+        from motionstreamer.utils import atomic_write_json, atomic_write_text
+        atomic_write_json(f"{base}.json", {"info": info, "results": rows})
+        atomic_write_text(f"{base}.md", f"# {info['name']} ({tag}, {info['dtype']}) {stamp}\n\n{table}\n")
+        print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
