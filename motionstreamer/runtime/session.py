@@ -29,10 +29,13 @@ class StreamingSession:
         self.stream_id = self.engine.add_stream(seed=seed)
         self.events = []
 
-    def push_text(self, prompt: str, duration: float | None = None, after_current: bool = False) -> None:
-        """Queue a prompt. duration (seconds) bounds how long it runs; after_current waits for the
-        running action to end instead of switching at the next latent."""
-        budget = seconds_to_latents(duration) if duration is not None else None
+    def push_text(self, prompt: str, duration: float | None = None, after_current: bool = False,
+                  max_latents: int | None = None) -> None:
+        """Queue a prompt. duration (seconds) or max_latents bounds how long it runs; after_current
+        waits for the running action to end instead of switching at the next latent."""
+        if duration is not None and max_latents is not None:
+            raise ValueError("give duration or max_latents, not both")
+        budget = seconds_to_latents(duration) if duration is not None else max_latents
         self.engine.push_text(self.stream_id, prompt, max_latents=budget, after_current=after_current)
 
     @property

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The README's main command: install, then stream text -> motion with the embedded default model
+# (CPU, offline) and write a video and a BVH. Usage: bash scripts/demo.sh ["a prompt" ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install "torch==2.13.0"
+python -m pip install -r requirements-build.txt
+python -m pip install --no-build-isolation .
+mkdir -p out
+if [ "$#" -eq 0 ]; then set -- "a person jogs forward then waves"; fi
+motionstreamer generate "$1" --out out/demo --render mp4 --bvh
+if [ "$#" -gt 1 ]; then
+  args=(); for p in "$@"; do args+=(--prompt "$p"); done
+  motionstreamer stream "${args[@]}" --out out/stream --render mp4 --bvh
+fi
+echo "open out/demo.mp4 (video) and out/demo.bvh (Blender: File > Import > BVH)"
