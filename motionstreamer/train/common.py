@@ -1,0 +1,343 @@
+"""One training loop for every trainer (TAE, text-to-motion, streaming, evaluator).
+
+A trainer supplies: the model, a `loss_fn(model, batch, step) -> (loss, logs)`, and a
+`sample_batch(generator, batch_size) -> batch` that draws all of its randomness from the given
+torch.Generator. The loop owns everything else: optimiser and warm-up/cosine or multi-step schedule,
+bf16 autocast on GPU, gradient clipping, optional EMA, DDP under torchrun, TensorBoard, a progress
+bar, and atomic checkpoints every N steps holding model, optimiser, scheduler, step, EMA, all RNG
+states and the config, so `--resume` continues bit for bit where the hardware is deterministic.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from motionstreamer.utils import atomic_torch_save, atomic_write_json
+
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/exp"
+    steps: int = 1000                  # total optimiser steps
+    batch_size: int = 32               # GLOBAL batch (split across ranks)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.99)
+    schedule: str = "cosine"           # "cosine" (linear warm-up then cosine) | "multistep" | "constant"
+    warmup_steps: int = 0
+    milestones: tuple = ()             # for "multistep"
+    gamma: float = 0.05                # for "multistep"
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None
+    save_every: int = 500
+    log_every: int = 50
+    seed: int = 123
+    device: str = "auto"
+    bf16: bool = True                  # autocast to bf16 on CUDA (ignored on CPU)
+    progress: bool = True
+    tensorboard: bool = True
+
+    # ---- config files and overrides
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        kw = {k: tuple(v) if isinstance(getattr(cls(), k), tuple) and isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def updated(self, overrides: dict):
+        d = self.to_dict()
+        d.update(overrides)
+        return type(self).from_dict(d)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of field -> value")
+    return data
+
+
+def parse_overrides(items: list[str], config_cls) -> dict:
+    """`key=value` pairs from the CLI, values parsed as JSON where possible (numbers, lists, null)."""
+    out = {}
+    known = {f.name for f in fields(config_cls)}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"bad override {item!r}: use key=value")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if k not in known:
+            raise ValueError(f"unknown config field {k!r} for {config_cls.__name__}; known: {', '.join(sorted(known))}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: use gloo on CPU, nccl on CUDA. Plain runs: 1 process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+# ----------------------------------------------------------------------------- schedules / EMA
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "cosine":
+            span = max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(step >= m for m in cfg.milestones)
+        if cfg.schedule == "constant":
+            return 1.0
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    return f
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- RNG state
+def rng_state(data_gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
+             "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+             "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, data_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_gen.set_state(state["data"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    step: int
+    losses: list                 # (step, loss) at every step of this run
+    samples_per_s: float
+    checkpoint: Path | None
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read training checkpoint {path}: {e}") from e
+
+
+def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[[torch.Generator, int], Any],
+               loss_fn: Callable[[torch.nn.Module, Any, int], tuple], *, name: str,
+               extra_config: dict | None = None, resume: str | os.PathLike | None = None,
+               trainable: list | None = None, dist_env: Dist | None = None,
+               stop_after: int | None = None) -> TrainResult:
+    """Run `cfg.steps` optimiser steps (or until `stop_after` steps in this call, for tests).
+
+    The global batch is split across ranks: each rank draws batch_size // world_size samples from its
+    own data generator (seeded seed + rank), and DDP averages the gradients.
+    """
+    env = dist_env or setup_distributed(cfg.device)
+    device = env.device
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * env.rank)
+    if cfg.batch_size % env.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {env.world_size} processes")
+    local_batch = cfg.batch_size // env.world_size
+
+    model.to(device)
+    params = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    step = 0
+    out_dir = Path(cfg.out_dir)
+    full_config = {"trainer": name, "train": cfg.to_dict(), **(extra_config or {})}
+    if resume:
+        ck = load_checkpoint(resume)
+        if ck.get("trainer") != name:
+            raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step = int(ck["step"])
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
+        set_rng_state(ck["rng"][min(env.rank, len(ck["rng"]) - 1)], data_gen)
+
+    ddp_model = model
+    if env.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    writer = None
+    if env.is_main and cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out_dir / "tb"))
+        except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
+            writer = None
+    bar = None
+    if env.is_main and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
+
+    def save() -> Path:
+        path = out_dir / CHECKPOINT_NAME
+        # every rank's RNG is gathered so a resumed multi-process run continues each rank's stream
+        states = [rng_state(data_gen)]
+        if env.world_size > 1:
+            gathered = [None] * env.world_size
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        if env.is_main:
+            ck = {"trainer": name, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                  "scheduler": sched.state_dict(), "step": step, "rng": states, "config": full_config}
+            if ema is not None:
+                ck["ema"] = ema.state_dict()
+            atomic_torch_save(path, ck)
+            atomic_write_json(out_dir / "config.json", full_config)
+        return path
+
+    losses = []
+    log_file = out_dir / "log.jsonl"
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    t_start, n_samples = time.perf_counter(), 0
+    ckpt = None
+    done_here = 0
+    while step < cfg.steps and (stop_after is None or done_here < stop_after):
+        ddp_model.train()
+        batch = sample_batch(data_gen, local_batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss, logs = loss_fn(ddp_model, batch, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update(_unwrap(model))
+        step += 1
+        done_here += 1
+        n_samples += cfg.batch_size
+        lval = float(loss.detach())
+        losses.append((step, lval))
+        if env.is_main:
+            rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
+            lr = sched.get_last_lr()[0]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{lval:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": lval, "lr": lr, "samples_per_s": rate,
+                       **{k: float(v) for k, v in logs.items()}}
+                with open(log_file, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"{name}/{k}", v, step)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            ckpt = save()
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
+    return TrainResult(step, losses, rate, ckpt)
+
+
+def ema_or_model_state(checkpoint: dict) -> dict:
+    """Weights to export from a training checkpoint: the EMA shadow when present."""
+    if "ema" in checkpoint:
+        state = dict(checkpoint["model"])
+        state.update({k: v.to(state[k].dtype) for k, v in checkpoint["ema"].items()})
+        return state
+    return checkpoint["model"]
+
+
+def copy_config(cfg):
+    return copy.deepcopy(cfg)
