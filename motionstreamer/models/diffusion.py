@@ -1,0 +1,329 @@
+"""Diffusion head (MAR/DiT-style MLP with AdaLN) and its Gaussian diffusion, one sampler.
+
+Facts (spec reference-model §3): SimpleMLPAdaLN(in 16, width 1792, 9 blocks, cond 768); cosine
+schedule over 50 training steps (beta clipped at 0.999), epsilon prediction, MSE loss, FIXED_SMALL
+variance (posterior variance, log clipped at step 1), ancestral sampling with
+mean + exp(0.5 logvar) * noise * temperature (no noise at t=0), no x0 clipping; classifier-free
+guidance on [cond; uncond] rows where both halves share the cond half's x_t and noise.
+
+Fast path used by the runtime: the AdaLN modulations depend only on (timestep, condition), so
+`modulations()` computes them for every sampling step with one batched matmul per block, and the
+sequential loop then runs only the per-step MLPs (`forward_with_modulations`). The plain
+`forward()` is the reference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DiffusionHeadConfig:
+    latent_dim: int = 16
+    width: int = 1792
+    depth: int = 9
+    cond_dim: int = 768
+    num_train_steps: int = 50
+    schedule: str = "cosine"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionHeadConfig":
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- the network
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding, cos half first then sin (as the original)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x, y):
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return self.forward_modulated(x, shift, scale, gate)
+
+    def forward_modulated(self, x, shift, scale, gate):
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x, y):
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.forward_modulated(x, shift, scale)
+
+    def forward_modulated(self, x, shift, scale):
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    def __init__(self, config: DiffusionHeadConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.time_embed = TimestepEmbedder(w)
+        self.cond_embed = nn.Linear(config.cond_dim, w)
+        self.input_proj = nn.Linear(config.latent_dim, w)
+        self.res_blocks = nn.ModuleList(ResBlock(w) for _ in range(config.depth))
+        self.final_layer = FinalLayer(w, config.latent_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """As the original: xavier linears, N(0, 0.02) time MLP, zeroed AdaLN and output layers."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        for b in self.res_blocks:
+            nn.init.zeros_(b.adaLN_modulation[-1].weight)
+            nn.init.zeros_(b.adaLN_modulation[-1].bias)
+        for p in (self.final_layer.adaLN_modulation[-1].weight, self.final_layer.adaLN_modulation[-1].bias,
+                  self.final_layer.linear.weight, self.final_layer.linear.bias):
+            nn.init.zeros_(p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Reference: eps prediction for x (N, latent), timesteps t (N,), condition c (N, cond)."""
+        x = self.input_proj(x)
+        y = self.time_embed(t) + self.cond_embed(c)
+        for block in self.res_blocks:
+            x = block(x, y)
+        return self.final_layer(x, y)
+
+    # ---- fast path: modulations for all steps at once
+    def modulations(self, c: torch.Tensor, timesteps: torch.Tensor) -> dict:
+        """AdaLN outputs for every (step, row): c (N, cond), timesteps (S,) model-input timesteps.
+
+        Returns {"blocks": (depth, S, N, 3, width) [shift, scale, gate], "final": (S, N, 2, width)}.
+        One matmul per block over S*N rows instead of S matmuls in the loop.
+        """
+        S, N, w = timesteps.shape[0], c.shape[0], self.config.width
+        y = self.time_embed(timesteps)[:, None, :] + self.cond_embed(c)[None, :, :]   # (S, N, w)
+        sy = F.silu(y).reshape(S * N, w)
+        blocks = torch.stack([F.linear(sy, b.adaLN_modulation[1].weight, b.adaLN_modulation[1].bias)
+                              for b in self.res_blocks])                               # (depth, S*N, 3w)
+        final = F.linear(sy, self.final_layer.adaLN_modulation[1].weight, self.final_layer.adaLN_modulation[1].bias)
+        return {"blocks": blocks.reshape(len(self.res_blocks), S, N, 3, w), "final": final.reshape(S, N, 2, w)}
+
+    def forward_with_modulations(self, x: torch.Tensor, mods: dict, step: int) -> torch.Tensor:
+        """eps for sampling-loop index `step` using precomputed modulations."""
+        h = self.input_proj(x)
+        blocks = mods["blocks"][:, step]
+        for i, block in enumerate(self.res_blocks):
+            m = blocks[i]
+            h = block.forward_modulated(h, m[:, 0], m[:, 1], m[:, 2])
+        f = mods["final"][step]
+        return self.final_layer.forward_modulated(h, f[:, 0], f[:, 1])
+
+
+# ----------------------------------------------------------------------------- the process
+def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
+    def alpha_bar(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    return np.array([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta)
+                     for i in range(num_steps)], dtype=np.float64)
+
+
+def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
+    """The original's respacing: equally sized sections, each strided to its count ('ddimN' too)."""
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            want = int(section_counts[4:])
+            for i in range(1, num_timesteps):
+                if len(range(0, num_timesteps, i)) == want:
+                    return list(range(0, num_timesteps, i))
+            raise ValueError(f"cannot create exactly {want} steps with an integer stride")
+        section_counts = [int(x) for x in section_counts.split(",")]
+    if isinstance(section_counts, int):
+        section_counts = [section_counts]
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"cannot divide section of {size} steps into {count}")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+class GaussianDiffusion:
+    """A (possibly respaced) discrete diffusion process; arrays in float64 as the original."""
+
+    def __init__(self, base_betas: np.ndarray, use_timesteps: list[int] | None = None):
+        base_ac = np.cumprod(1.0 - base_betas)
+        if use_timesteps is None:
+            use_timesteps = list(range(len(base_betas)))
+        self.timestep_map = np.array(sorted(use_timesteps), dtype=np.int64)
+        last, betas = 1.0, []
+        for i in self.timestep_map:
+            betas.append(1 - base_ac[i] / last)
+            last = base_ac[i]
+        self.betas = np.array(betas, dtype=np.float64)
+        self.num_timesteps = len(self.betas)
+        a = 1.0 - self.betas
+        self.alphas_cumprod = np.cumprod(a)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        pv1 = self.posterior_variance[1] if self.num_timesteps > 1 else self.posterior_variance[0]
+        self.posterior_log_variance_clipped = np.log(np.append(pv1, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(a) / (1.0 - self.alphas_cumprod)
+
+    @staticmethod
+    def _at(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(arr, device=like.device)[t].to(like.dtype)[:, None]
+
+    def q_sample(self, x0, t, noise):
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def predict_x0(self, x_t, t, eps):
+        return self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+    def posterior_mean(self, x0, x_t, t):
+        return self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
+
+
+def draw_sampling_noise(generator: torch.Generator | None, batch: int, steps: int, dim: int,
+                        device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """All randomness of one sampling call, in a fixed order: x_T (batch, dim), then one noise draw
+    per step (steps, batch, dim). Two implementations given the same tensors give the same result."""
+    x_T = torch.randn(batch, dim, generator=generator)
+    step_noise = torch.randn(steps, batch, dim, generator=generator)
+    return x_T.to(device, dtype), step_noise.to(device, dtype)
+
+
+class DiffLoss(nn.Module):
+    """The head (`net`) plus its training and sampling processes."""
+
+    def __init__(self, config: DiffusionHeadConfig):
+        super().__init__()
+        self.config = config
+        self.net = SimpleMLPAdaLN(config)
+        self.base_betas = cosine_betas(config.num_train_steps)
+        self.train_diffusion = GaussianDiffusion(self.base_betas)
+        self._sampling = {}
+
+    def sampling_process(self, steps: int) -> GaussianDiffusion:
+        if steps not in self._sampling:
+            if not 1 <= steps <= self.config.num_train_steps:
+                raise ValueError(f"sampling steps must be in [1, {self.config.num_train_steps}], got {steps}")
+            self._sampling[steps] = GaussianDiffusion(self.base_betas, space_timesteps(self.config.num_train_steps, str(steps)))
+        return self._sampling[steps]
+
+    # ---- training
+    def loss(self, target: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over rows of the per-row MSE between true and predicted noise at random t."""
+        d = self.train_diffusion
+        if t is None:
+            t = torch.randint(0, d.num_timesteps, (target.shape[0],), device=target.device)
+        if noise is None:
+            noise = torch.randn_like(target)
+        x_t = d.q_sample(target, t, noise)
+        eps = self.net(x_t, t, cond)
+        return ((noise - eps) ** 2).mean()
+
+    @torch.no_grad()
+    def predict_x0(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x0 predicted from a noised target at a random t (the Two-Forward first pass)."""
+        d = self.train_diffusion
+        t = torch.randint(0, d.num_timesteps, (target.shape[0],), device=target.device)
+        x_t = d.q_sample(target, t, torch.randn_like(target))
+        return d.predict_x0(x_t, t, self.net(x_t, t, cond))
+
+    # ---- sampling: one loop, parameterised
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
+               temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
+               noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
+               fast: bool = True, eta: float = 0.0) -> torch.Tensor:
+        """Latents (B, latent_dim) for conditions cond (B, cond_dim).
+
+        With uncond (B, cond_dim) and cfg != 1, rows [cond; uncond] run as one batch and
+        eps = eps_u + cfg * (eps_c - eps_u). method: 'ddpm' (ancestral, as the original) or 'ddim'
+        (eta 0 = deterministic). fast: precomputed AdaLN modulations (same math as the reference).
+        """
+        if method not in ("ddpm", "ddim"):
+            raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
+        B, dim = cond.shape[0], self.config.latent_dim
+        proc = self.sampling_process(steps)
+        if noise is None:
+            noise = draw_sampling_noise(generator, B, proc.num_timesteps, dim, cond.device, cond.dtype)
+        x, step_noise = noise
+        if step_noise.shape[0] < proc.num_timesteps:
+            raise ValueError(f"noise has {step_noise.shape[0]} steps, the process needs {proc.num_timesteps}")
+        guided = uncond is not None and cfg != 1.0
+        c = torch.cat([cond, uncond]) if guided else cond
+        model_t = torch.as_tensor(proc.timestep_map, device=cond.device)
+        mods = self.net.modulations(c, model_t) if fast else None
+        for i in reversed(range(proc.num_timesteps)):
+            t = torch.full((B,), i, device=cond.device, dtype=torch.long)
+            xin = torch.cat([x, x]) if guided else x
+            if fast:
+                eps = self.net.forward_with_modulations(xin, mods, i)
+            else:
+                eps = self.net(xin, model_t[i].expand(xin.shape[0]), c)
+            if guided:
+                e_c, e_u = eps.chunk(2)
+                eps = e_u + cfg * (e_c - e_u)
+            x0 = proc.predict_x0(x, t, eps)
+            if method == "ddpm":
+                mean = proc.posterior_mean(x0, x, t)
+                if i > 0:
+                    x = mean + torch.exp(0.5 * proc._at(proc.posterior_log_variance_clipped, t, x)) * step_noise[i] * temperature
+                else:
+                    x = mean
+            else:
+                a_bar = proc._at(proc.alphas_cumprod, t, x)
+                a_prev = proc._at(proc.alphas_cumprod_prev, t, x)
+                sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
+                x = x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+                if i > 0 and eta > 0:
+                    x = x + sigma * step_noise[i] * temperature
+        return x
