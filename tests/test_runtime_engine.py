@@ -85,7 +85,8 @@ def test_session_equals_reference_sampler(models, steps, method):
     torch.testing.assert_close(latents, ref.latents, atol=LATENT_ATOL, rtol=0)
     b = Bundle(tae, t2m)
     full = tae.decode(latents[None])[0] * b.std + b.mean   # streamed frames == full decode of same latents
-    torch.testing.assert_close(frames, full, atol=1e-5, rtol=1e-5)
+    scale = full.abs().max()
+    torch.testing.assert_close(frames / scale, full / scale, atol=1e-6, rtol=0)   # fp32, relative to the frame scale
     # frame indices are continuous
     assert [c.start_frame for c in chunks] == list(range(0, 64, 4))
 
