@@ -90,8 +90,11 @@ class LatentTextData:
         drop = torch.rand(batch_size, generator=gen) < cfg.text_dropout
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         text = torch.stack([self.emb[t] for t in texts])
-        perm = torch.randperm(L, generator=gen)  # Two-Forward positions, drawn here so resume is exact
-        return {"latents": latents, "a_len": a_len, "len": total, "text": text, "perm": perm}
+        # trim padding beyond the longest row (causal attention: it never affects valid positions);
+        # Two-Forward replaces the same fraction of positions either way
+        L_eff = int(total.max())
+        perm = torch.randperm(L_eff, generator=gen)  # Two-Forward positions, drawn here so resume is exact
+        return {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
 
 
 def replace_fraction(step: int, total: int) -> float:
@@ -118,18 +121,20 @@ class TwoForwardObjective(torch.nn.Module):
         inputs = lat
         frac = replace_fraction(step, self.total_steps) if self.two_forward else 0.0
         if self.two_forward:
-            with torch.no_grad():  # first forward: the head's x0 prediction for every token
-                cond = model(lat, text)[:, :-1]
-                x0 = model.diff_loss.predict_x0(lat.reshape(b * l, d), cond.reshape(b * l, -1)).reshape(b, l, d)
             replace = torch.zeros(b, l, dtype=torch.bool, device=dev)
             replace[:, batch["perm"][: int(l * frac)].to(dev)] = True   # same positions for the batch
-            replace &= pos >= a_len                                        # history (A) is never replaced
-            inputs = torch.where(replace[..., None], x0, lat)
+            replace &= target_mask                                       # history (A) and padding stay
+            if replace.any():
+                with torch.no_grad():  # first forward; the head's x0 only where it will be used
+                    cond = model(lat, text)[:, :-1]
+                    x0 = model.diff_loss.predict_x0(lat[replace], cond[replace])
+                inputs = lat.clone()
+                inputs[replace] = x0.to(lat.dtype)
         cond = model(inputs, text)[:, :-1]
-        tgt = lat.reshape(b * l, d).repeat(self.batch_mul, 1)
-        z = cond.reshape(b * l, -1).repeat(self.batch_mul, 1)
-        m = target_mask.reshape(b * l).repeat(self.batch_mul)
-        return model.diff_loss.loss(tgt[m], z[m]), {"replace_fraction": frac}
+        # valid target tokens, each repeated batch_mul times with its own t and noise
+        tgt = lat[target_mask].repeat(self.batch_mul, 1)
+        z = cond[target_mask].repeat(self.batch_mul, 1)
+        return model.diff_loss.loss(tgt, z), {"replace_fraction": frac}
 
 
 # ----------------------------------------------------------------------------- loading latents

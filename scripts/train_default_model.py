@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Reproduce the embedded default model from scratch (seeded), on CPU, with the project's trainers.
+
+    python scripts/train_default_model.py --out motionstreamer/assets/default_model
+
+Steps: synthetic dataset (clips + BABEL-stream pairs) -> Causal TAE (small) -> latents (sampled z +
+reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips
+and A/B pairs together) -> bundle (safetensors + config) + training_summary.json.
+The evaluator is trained separately (scripts/train_default_evaluator.py) on the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="motionstreamer/assets/default_model")
+    ap.add_argument("--work", default="runs/default_model")
+    ap.add_argument("--clips", type=int, default=2400)
+    ap.add_argument("--stream-pairs", type=int, default=800)
+    ap.add_argument("--tae-steps", type=int, default=3000)
+    ap.add_argument("--t2m-steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.data.humanml3d import load_mean_std, load_motions
+    from motionstreamer.data.synth import make_dataset
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+    from motionstreamer.models.text import TextEncoder
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+    from motionstreamer.train.stream import load_stream_examples
+    from motionstreamer.train.t2m import T2MTrainConfig, embed_captions, load_latent_examples, train_t2m
+    from motionstreamer.train.tae import TAETrainConfig, encode_latents, reference_end_latent, train_tae
+
+    work = Path(args.work)
+    data = work / "data"
+    summary = {"seed": args.seed, "clips": args.clips, "stream_pairs": args.stream_pairs}
+    t0 = time.time()
+    if not (data / "synth_meta.json").exists():
+        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs)
+    mean, std = load_mean_std(data / "mean_std")
+
+    # 1. Causal TAE
+    torch.manual_seed(args.seed)
+    tae = CausalHumanTAE(TAEConfig(hidden=192, width=192))
+    motions = load_motions(data, "train", normalize=True)
+    tcfg = TAETrainConfig(out_dir=str(work / "tae"), steps=args.tae_steps, batch_size=args.batch, lr=4e-4,
+                          schedule="cosine", warmup_steps=100, milestones=(), grad_clip=1.0, save_every=1000,
+                          log_every=50, seed=args.seed, window=64)
+    res = train_tae(tae, list(motions.values()), tcfg)
+    summary["tae"] = {"steps": res.step, "first_loss": res.losses[0][1], "last_loss": float(np.mean([l for _, l in res.losses[-50:]])),
+                      "samples_per_s": res.samples_per_s, "params": sum(p.numel() for p in tae.parameters())}
+    tae.eval()
+
+    # 2. latents
+    end = reference_end_latent(tae)
+    all_motions = {}
+    for split in ("train", "val", "test"):
+        all_motions.update(load_motions(data, split, normalize=True))
+    encode_latents(tae, all_motions, work / "latents", end, sample=True, seed=args.seed)
+    stream_root = data / "babel_stream"
+    for split in ("train", "val"):
+        folder = stream_root / f"{split}_stream"
+        if folder.is_dir():
+            sm = {p.stem: (np.load(p) - mean) / std for p in sorted(folder.glob("*.npy"))}
+            encode_latents(tae, sm, work / "stream_latents", end, sample=True, seed=args.seed)
+
+    # 3. text-to-motion + streaming, one model
+    enc = TextEncoder.load("minilm")
+    examples = load_latent_examples(work / "latents", data, "train")
+    n_plain = len(examples)
+    examples += load_stream_examples(stream_root, work / "stream_latents", "train")
+    emb = embed_captions(examples, enc)
+    torch.manual_seed(args.seed)
+    cfg = T2MConfig(n_layer=4, n_head=4, n_embd=192, cond_dim=enc.dim, block_size=78)
+    cfg.head.width, cfg.head.depth = 384, 3
+    model = TextToMotionModel(cfg)
+    mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
+                          warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
+                          log_every=50, seed=args.seed)
+    res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"})
+    summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
+                      "first_loss": res.losses[0][1], "last_loss": float(np.mean([l for _, l in res.losses[-50:]])),
+                      "samples_per_s": res.samples_per_s, "params": sum(p.numel() for p in model.parameters())}
+    model.eval()
+
+    out = Path(args.out)
+    save_bundle(out, tae, model, mean, std, end, text_encoder="minilm",
+                description="motionstreamer default: small TAE + t2m/streaming model trained on synthetic motions "
+                            "(scripts/train_default_model.py, seed %d)" % args.seed)
+    summary["minutes"] = (time.time() - t0) / 60
+    from motionstreamer.utils import atomic_write_json
+    atomic_write_json(out / "training_summary.json", summary)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
