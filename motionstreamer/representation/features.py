@@ -52,7 +52,8 @@ def _check_motion(fn: str, joints, rotations) -> torch.dtype:
     return torch.promote_types(joints.dtype, rotations.dtype)
 
 
-def heading_angle(pelvis_rotation: torch.Tensor) -> torch.Tensor:
+@array_api
+def heading_angle(pelvis_rotation):
     """phi = -atan2(R[0,2], R[2,2]) for (..., 3, 3) pelvis global rotations: minus the yaw of the
     pelvis local +Z axis, so that Ry(phi) turns the facing direction onto +Z."""
     return -torch.atan2(pelvis_rotation[..., 0, 2], pelvis_rotation[..., 2, 2])

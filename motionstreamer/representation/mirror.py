@@ -1,44 +1,53 @@
-"""Left/right mirroring (HumanML3D convention, reflection x -> -x; spec §1.1 step 5 and §7.9)."""
+"""Left/right mirroring, HumanML3D convention: reflection x -> -x in the Y-up frame (spec §1.1, §7.9).
+
+A reflected rotation is S R S with S = diag(-1, 1, 1): its rows 0, 1 change sign as
+[+1, -1, -1, -1, +1, +1] in 6D, and its axis-angle (ax, ay, az) becomes (ax, -ay, -az).
+"""
 from __future__ import annotations
 
-import numpy as np
+import torch
 
+from motionstreamer.representation.rotation import array_api, check_trailing
 from motionstreamer.representation.skeleton import NUM_JOINTS, mirror_permutation
 
-_SIXD_SIGN = np.array([1.0, -1.0, -1.0, -1.0, 1.0, 1.0])
+SIXD_SIGN = (1.0, -1.0, -1.0, -1.0, 1.0, 1.0)
+AXIS_ANGLE_SIGN = (1.0, -1.0, -1.0)
+VECTOR_SIGN = (-1.0, 1.0, 1.0)
 
 
+def _mirror_joint_block(block: torch.Tensor, width: int, sign) -> torch.Tensor:
+    """(..., 22*width) joint-major block -> L/R swapped, each joint's values times `sign`."""
+    lead = block.shape[:-1]
+    perm = torch.as_tensor(mirror_permutation(), device=block.device)
+    s = torch.tensor(sign, dtype=block.dtype, device=block.device)
+    return (block.reshape(*lead, NUM_JOINTS, width)[..., perm, :] * s).reshape(*lead, NUM_JOINTS * width)
+
+
+@array_api
 def mirror_272(features):
-    """Closed-form mirror of (..., T, 272) features: exact for dims 0:8 and 140:272 (positions of a
-    real, asymmetric skeleton differ by up to a few cm from re-deriving them through the body model)."""
-    x = features.copy() if isinstance(features, np.ndarray) else features.clone()
-    if x.shape[-1] != 272:
-        raise ValueError(f"mirror_272 needs (..., 272) features, got {tuple(x.shape)}")
-    perm = mirror_permutation()
-    lead = x.shape[:-1]
-    sign6 = _SIXD_SIGN if isinstance(x, np.ndarray) else __import__("torch").as_tensor(_SIXD_SIGN, dtype=x.dtype, device=x.device)
-    x[..., 0] = -features[..., 0]
-    x[..., 2:8] = features[..., 2:8] * sign6
-    for a, b, width in ((8, 74, 3), (74, 140, 3), (140, 272, 6)):
-        block = features[..., a:b].reshape(*lead, NUM_JOINTS, width)[..., perm, :]
-        block = block * sign6 if width == 6 else block
-        if width == 3:
-            block = block.copy() if isinstance(block, np.ndarray) else block.clone()
-            block[..., 0] = -block[..., 0]
-        x[..., a:b] = block.reshape(*lead, NUM_JOINTS * width)
-    return x
+    """Closed-form mirror of (..., 272) features: negate dim 0, sign-flip every 6D block (heading and
+    22 joints), swap L/R joints, negate x of the position and velocity blocks.
+
+    Exact for dims 0:8 and 140:272 against mirroring the SMPL parameters and re-deriving; the
+    positions (8:140) differ by the skeleton's asymmetry and the changed floor (up to a few cm).
+    Mirroring twice is the identity.
+    """
+    check_trailing(features, (272,), "features", "mirror_272")
+    s6 = torch.tensor(SIXD_SIGN, dtype=features.dtype, device=features.device)
+    return torch.cat([
+        -features[..., 0:1], features[..., 1:2], features[..., 2:8] * s6,
+        _mirror_joint_block(features[..., 8:74], 3, VECTOR_SIGN),
+        _mirror_joint_block(features[..., 74:140], 3, VECTOR_SIGN),
+        _mirror_joint_block(features[..., 140:272], 6, SIXD_SIGN),
+    ], dim=-1)
 
 
+@array_api
 def mirror_smpl85(params):
-    """Mirror smpl_85 parameters (..., 85): swap L/R axis-angles, negate y and z of every joint's
-    axis-angle (root included), negate translation x."""
-    p = params.copy() if isinstance(params, np.ndarray) else params.clone()
-    if p.shape[-1] != 85:
-        raise ValueError(f"mirror_smpl85 needs (..., 85) parameters, got {tuple(p.shape)}")
-    lead = p.shape[:-1]
-    aa = params[..., :66].reshape(*lead, NUM_JOINTS, 3)[..., mirror_permutation(), :]
-    aa = aa.copy() if isinstance(aa, np.ndarray) else aa.clone()
-    aa[..., 1:] = -aa[..., 1:]
-    p[..., :66] = aa.reshape(*lead, 66)
-    p[..., 72] = -params[..., 72]
-    return p
+    """Mirror smpl_85 parameters (..., 85) (spec §1.1 step 5): swap the L/R joint axis-angles, negate
+    y and z of every joint's axis-angle (root included), negate translation x. Hands (66:72) and
+    betas (75:85) are unchanged."""
+    check_trailing(params, (85,), "params", "mirror_smpl85")
+    t = params[..., 72:75] * torch.tensor(VECTOR_SIGN, dtype=params.dtype, device=params.device)
+    return torch.cat([_mirror_joint_block(params[..., :66], 3, AXIS_ANGLE_SIGN), params[..., 66:72], t,
+                      params[..., 75:85]], dim=-1)
