@@ -101,27 +101,28 @@ class StreamingEngine:
     """
 
     def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None):
         self.config = config or GenerationConfig()
         self.config.validate()
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.tae, self.t2m = bundle.tae, bundle.t2m
-        p = next(self.t2m.parameters())
-        self.device = torch.device(device) if device is not None else p.device
-        self.dtype = dtype or p.dtype
+        if backend is None:
+            from motionstreamer.runtime.backend import TorchBackend
+            p = next(bundle.t2m.parameters())
+            device = torch.device(device) if device is not None else p.device
+            backend = TorchBackend(bundle, capacity, device, dtype or p.dtype)
+        self.backend = backend
+        self.device = torch.device(device) if device is not None else getattr(backend, "device", torch.device("cpu"))
         self.mean = bundle.mean.to(self.device, torch.float32)
         self.std = bundle.std.to(self.device, torch.float32)
         self.end_latent = bundle.end_latent.reshape(-1).to(self.device, torch.float32)
         self.text_encoder = text_encoder
         self.capacity = capacity
-        self.block_size = self.t2m.config.block_size
+        self.block_size = backend.block_size
         self.history_keep = self.config.history_keep or self.block_size // 2
         if not 0 < self.history_keep < self.block_size - 1:
             raise ValueError(f"history_keep must be in [1, {self.block_size - 2}], got {self.history_keep}")
-        self.latent_dim = self.t2m.config.latent_dim
-        self.cache = self.t2m.new_kv_cache(2 * capacity, self.block_size, device=self.device, dtype=self.dtype)
-        self.tae_state = self.tae.init_decode_state(capacity, device=self.device, dtype=self.dtype)
+        self.latent_dim = backend.latent_dim
         self.root = RootState.initial(capacity, device=self.device)
         self.streams: dict[int, _Stream] = {}
         self._free_slots = list(range(capacity))
@@ -139,7 +140,7 @@ class StreamingEngine:
         gen.manual_seed(seed if seed is not None else torch.seed())
         sid = next(self._ids)
         self.streams[sid] = _Stream(sid, slot, gen)
-        self.tae.reset_decode_state(self.tae_state, torch.tensor([slot], device=self.device))
+        self.backend.reset(slot)
         self.root.reset_rows(torch.tensor([slot], device=self.device))
         if prompt is not None:
             self.push_text(sid, prompt, max_latents=max_latents)
@@ -187,11 +188,11 @@ class StreamingEngine:
         return prompt
 
     def _embed(self, prompt: str) -> torch.Tensor:
-        return self.text_encoder.encode([prompt])[0].to(self.device, self.dtype)
+        return self.text_encoder.encode([prompt])[0].float().cpu()
 
     def _uncond_emb(self) -> torch.Tensor:
         if self._uncond is None:
-            self._uncond = self.text_encoder.encode([""])[0].to(self.device, self.dtype)
+            self._uncond = self.text_encoder.encode([""])[0].float().cpu()
         return self._uncond
 
     # ---------------------------------------------------------------- the step
@@ -258,12 +259,9 @@ class StreamingEngine:
     def _prefill(self, s: _Stream) -> None:
         if len(s.history) >= self.block_size - 1:  # window full: slide, keep the recent history
             s.history = s.history[-self.history_keep:]
-        hist = (torch.stack(s.history) if s.history
-                else torch.zeros(0, self.latent_dim, device=self.device, dtype=self.dtype))
+        hist = torch.stack(s.history) if s.history else torch.zeros(0, self.latent_dim)
         text = torch.stack([s.text_emb, self._uncond_emb()])               # (2, text_dim)
-        lat = hist.unsqueeze(0).expand(2, -1, -1).to(self.dtype)            # (2, L, 16)
-        rows = torch.tensor([s.slot, self.capacity + s.slot], device=self.device)
-        s.condition = self.t2m.prefill(text, lat, self.cache, rows=rows)    # (2, n_embd)
+        s.condition = self.backend.prefill(text, hist, s.slot)             # (2, n_embd)
         s.needs_prefill = False
 
     def _sample(self, streams: list[_Stream]) -> torch.Tensor:
@@ -271,18 +269,17 @@ class StreamingEngine:
 
         cfg = self.config
         cond = torch.cat([s.condition[:1] for s in streams])
-        uncond = torch.cat([s.condition[1:] for s in streams])
+        uncond = torch.cat([s.condition[1:] for s in streams])   # stays on the backend's device
         x_T, step_noise = [], []
         for s in streams:  # per-stream generators: a stream's samples do not depend on its neighbours
             a, b = draw_sampling_noise(s.generator, 1, cfg.sampling_steps, self.latent_dim,
                                        device="cpu", dtype=torch.float32)
             x_T.append(a)
             step_noise.append(b)
-        noise = (torch.cat(x_T).to(self.device, self.dtype), torch.cat(step_noise, dim=1).to(self.device, self.dtype))
+        noise = (torch.cat(x_T), torch.cat(step_noise, dim=1))
         guided = cfg.cfg_scale != 1.0
-        return self.t2m.diff_loss.sample(
-            cond, uncond=uncond if guided else None, cfg=cfg.cfg_scale, temperature=cfg.temperature,
-            steps=cfg.sampling_steps, method=cfg.sampler, noise=noise, fast=True)
+        return self.backend.sample(cond, uncond if guided else None, noise, cfg.cfg_scale, cfg.temperature,
+                                   cfg.sampling_steps, cfg.sampler).float().cpu()
 
     def _is_action_end(self, s: _Stream, z: torch.Tensor) -> bool:
         if s.action_latents < self.config.min_action_latents:
@@ -291,20 +288,19 @@ class StreamingEngine:
 
     def _emit(self, accepted: list[tuple[_Stream, torch.Tensor]]) -> list[FrameChunk]:
         streams = [s for s, _ in accepted]
-        z = torch.stack([z for _, z in accepted]).to(self.dtype)            # (n, 16)
-        slots = torch.tensor([s.slot for s in streams], device=self.device)
+        z = torch.stack([z for _, z in accepted])                           # (n, 16)
+        slots = [s.slot for s in streams]
         # (a) append to the KV cache: one decode step over [cond rows; uncond rows] of these slots
-        rows = torch.cat([slots, slots + self.capacity])
-        nxt = self.t2m.decode_step(torch.cat([z, z]), self.cache, rows=rows)
+        nxt = self.backend.decode(z, slots)
         n = len(streams)
         # (b) TAE: 4 frames per latent from the decoder state of these slots
-        frames = self.tae.decode_step(z[:, None, :], self.tae_state, rows=slots)   # (n, 4, 272)
-        feats = frames.float() * self.std + self.mean
-        joints = recover_joints_step(feats, self.root, rows=slots)
+        frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
+        feats = frames.float().to(self.device) * self.std + self.mean
+        joints = recover_joints_step(feats, self.root, rows=torch.tensor(slots, device=self.device))
         chunks = []
         for i, s in enumerate(streams):
             s.condition = torch.stack([nxt[i], nxt[n + i]])
-            s.history.append(z[i])
+            s.history.append(z[i].float().cpu())
             chunks.append(FrameChunk(s.stream_id, s.latents_emitted, 4 * s.latents_emitted,
                                      feats[i], joints[i], z[i].float(), s.prompt))
             s.latents_emitted += 1
