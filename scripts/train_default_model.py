@@ -24,11 +24,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="motionstreamer/assets/default_model")
     ap.add_argument("--work", default="runs/default_model")
-    ap.add_argument("--clips", type=int, default=2400)
-    ap.add_argument("--stream-pairs", type=int, default=800)
+    ap.add_argument("--clips", type=int, default=1600)
+    ap.add_argument("--stream-pairs", type=int, default=600)
     ap.add_argument("--tae-steps", type=int, default=3000)
-    ap.add_argument("--t2m-steps", type=int, default=6000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--t2m-steps", type=int, default=3500)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     # 1. Causal TAE
     torch.manual_seed(args.seed)
-    tae = CausalHumanTAE(TAEConfig(hidden=192, width=192))
+    tae = CausalHumanTAE(TAEConfig(hidden=128, width=128))
     motions = load_motions(data, "train", normalize=True)
     tcfg = TAETrainConfig(out_dir=str(work / "tae"), steps=args.tae_steps, batch_size=args.batch, lr=4e-4,
                           schedule="cosine", warmup_steps=100, milestones=(), grad_clip=1.0, save_every=1000,
@@ -84,12 +84,12 @@ def main(argv=None) -> int:
     examples += load_stream_examples(stream_root, work / "stream_latents", "train")
     emb = embed_captions(examples, enc)
     torch.manual_seed(args.seed)
-    cfg = T2MConfig(n_layer=4, n_head=4, n_embd=192, cond_dim=enc.dim, block_size=78)
-    cfg.head.width, cfg.head.depth = 384, 3
+    cfg = T2MConfig(n_layer=4, n_head=4, n_embd=128, cond_dim=enc.dim, block_size=78)
+    cfg.head.width, cfg.head.depth = 256, 3
     model = TextToMotionModel(cfg)
     mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
-                          log_every=50, seed=args.seed)
+                          log_every=50, seed=args.seed, batch_mul=2)
     res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"})
     summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
                       "first_loss": res.losses[0][1], "last_loss": float(np.mean([l for _, l in res.losses[-50:]])),
