@@ -29,7 +29,9 @@ def as_torch(x, name: str = "input") -> torch.Tensor:
         a = np.asarray(x)
         if not np.issubdtype(a.dtype, np.floating):
             a = a.astype(np.float64)
-        return torch.from_numpy(np.ascontiguousarray(a))
+        if not (a.flags.c_contiguous and a.flags.writeable):  # (np.ascontiguousarray would make 0-d 1-d)
+            a = a.copy()
+        return torch.from_numpy(a)
     raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
