@@ -38,13 +38,13 @@ def as_torch(x, name: str = "input") -> torch.Tensor:
 def array_api(fn):
     """Run a torch implementation on numpy input too (and python/numpy scalars), returning numpy.
 
-    Positional arguments are the arrays; keyword arguments pass through. The result is numpy when
-    any positional argument was not a torch tensor.
+    Positional arguments are the arrays; keyword arguments pass through. The result is torch when
+    any positional argument is a torch tensor, numpy otherwise.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if all(isinstance(a, torch.Tensor) for a in args):
-            return fn(*[as_torch(a) for a in args], **kwargs)
+        if any(isinstance(a, torch.Tensor) for a in args):
+            return fn(*[as_torch(a, f"{fn.__name__} argument {i}") for i, a in enumerate(args)], **kwargs)
         out = fn(*[as_torch(a, f"{fn.__name__} argument {i}") for i, a in enumerate(args)], **kwargs)
         if isinstance(out, tuple):
             return tuple(o.numpy() for o in out)
