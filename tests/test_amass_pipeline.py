@@ -236,7 +236,7 @@ def test_body_model_with_wrong_tree_is_rejected(tmp_path):
 def test_cli_skips_bad_clips_and_strict_stops(workspace, capsys):
     tmp, root, _ = workspace
     index = tmp / "index.txt"
-    index.write_text(f"SubB/turn_poses.npz 0 20 good\nmissing.npz 0 20 gone\nSubB/turn_poses.npz 500 600 empty\n")
+    index.write_text("SubB/turn_poses.npz 0 20 good\nmissing.npz 0 20 gone\nSubB/turn_poses.npz 500 600 empty\n")
     args = ["prepare-amass", "--index", str(index), "--amass-root", str(root), "--body-model",
             str(tmp / "SMPLX_NEUTRAL.npz"), "--out", str(tmp / "o"), "--quiet"]
     assert main(args) == 1
