@@ -1,5 +1,42 @@
-"""CLI verbs of this area (filled in by its owner)."""
+"""CLI verb `export-onnx`."""
+from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser("export-onnx", help="export the streaming graphs to ONNX (+ manifest)",
+                              description="Export prefill, decode step (KV cache in/out), the guided head "
+                                          "sampling loop and the TAE decoder step (conv states in/out).")
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--head", action="append", default=None, metavar="METHOD:STEPS",
+                   help="sampler variants to export (default ddpm:50 and ddpm:10)")
+    p.set_defaults(func=cmd_export)
+
+
+def parse_head(spec: str):
+    from motionstreamer.cli import CLIError
+
+    method, _, steps = spec.partition(":")
+    if method not in ("ddpm", "ddim") or not steps.isdigit() or not 1 <= int(steps) <= 1000:
+        raise CLIError(f"bad --head {spec!r}: use ddpm:N or ddim:N")
+    return method, int(steps)
+
+
+def cmd_export(args) -> int:
+    from motionstreamer.checkpoints import CheckpointError, load_bundle
+    from motionstreamer.cli import CLIError
+    from motionstreamer.export.onnx_export import export_bundle
+    from motionstreamer.runtime.loading import default_model_dir
+
+    heads = [parse_head(h) for h in (args.head or ["ddpm:50", "ddpm:10"])]
+    path = args.checkpoint or default_model_dir()
+    try:
+        bundle = load_bundle(path)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CLIError(str(e))
+    for method, steps in heads:
+        if steps > bundle.t2m.config.head.num_train_steps:
+            raise CLIError(f"--head {method}:{steps}: at most {bundle.t2m.config.head.num_train_steps} steps")
+    m = export_bundle(bundle, args.out, heads)
+    print(f"exported {len(m['heads']) + 3} graphs + manifest.json to {args.out}")
+    return 0

@@ -298,12 +298,13 @@ class DiffLoss(nn.Module):
         x, step_noise = noise
         if step_noise.shape[0] < proc.num_timesteps:
             raise ValueError(f"noise has {step_noise.shape[0]} steps, the process needs {proc.num_timesteps}")
-        guided = uncond is not None and cfg != 1.0
+        # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
+        guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
         model_t = torch.as_tensor(proc.timestep_map, device=cond.device)
         mods = self.net.modulations(c, model_t) if fast else None
         for i in reversed(range(proc.num_timesteps)):
-            t = torch.full((B,), i, device=cond.device, dtype=torch.long)
+            # every row is at the same step: the schedule coefficients are plain floats
             xin = torch.cat([x, x]) if guided else x
             if fast:
                 eps = self.net.forward_with_modulations(xin, mods, i)
@@ -312,18 +313,15 @@ class DiffLoss(nn.Module):
             if guided:
                 e_c, e_u = eps.chunk(2)
                 eps = e_u + cfg * (e_c - e_u)
-            x0 = proc.predict_x0(x, t, eps)
+            x0 = float(proc.sqrt_recip_alphas_cumprod[i]) * x - float(proc.sqrt_recipm1_alphas_cumprod[i]) * eps
             if method == "ddpm":
-                mean = proc.posterior_mean(x0, x, t)
+                x = float(proc.posterior_mean_coef1[i]) * x0 + float(proc.posterior_mean_coef2[i]) * x
                 if i > 0:
-                    x = mean + torch.exp(0.5 * proc._at(proc.posterior_log_variance_clipped, t, x)) * step_noise[i] * temperature
-                else:
-                    x = mean
+                    x = x + float(np.exp(0.5 * proc.posterior_log_variance_clipped[i])) * step_noise[i] * temperature
             else:
-                a_bar = proc._at(proc.alphas_cumprod, t, x)
-                a_prev = proc._at(proc.alphas_cumprod_prev, t, x)
-                sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
-                x = x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+                a_bar, a_prev = float(proc.alphas_cumprod[i]), float(proc.alphas_cumprod_prev[i])
+                sigma = eta * math.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
+                x = x0 * math.sqrt(a_prev) + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
                 if i > 0 and eta > 0:
                     x = x + sigma * step_noise[i] * temperature
         return x

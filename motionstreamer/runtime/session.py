@@ -24,8 +24,9 @@ class StreamingSession:
     """
 
     def __init__(self, bundle, text_encoder, config: GenerationConfig | None = None, seed: int | None = None,
-                 device=None, dtype=None):
-        self.engine = StreamingEngine(bundle, text_encoder, capacity=1, config=config, device=device, dtype=dtype)
+                 device=None, dtype=None, backend=None):
+        self.engine = StreamingEngine(bundle, text_encoder, capacity=1, config=config, device=device, dtype=dtype,
+                                      backend=backend)
         self.stream_id = self.engine.add_stream(seed=seed)
         self.events = []
 
