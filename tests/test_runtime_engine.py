@@ -162,3 +162,43 @@ def test_text_encoded_once_per_prompt(models):
     s.push_text("walk")
     list(s)
     assert enc.calls == 2  # the prompt and the empty prompt, once each
+
+
+def test_graph_backend_falls_back_on_cpu(models):
+    from motionstreamer.runtime.cuda_graph import GraphedBackend
+
+    tae, t2m = models
+    text = HashTextEncoder(t2m.config.cond_dim)
+    cfg = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=6)
+    b = Bundle(tae, t2m)
+    ref = StreamingEngine(b, text, capacity=2, config=cfg)
+    gb = GraphedBackend(b, 2, torch.device("cpu"), torch.float32)
+    assert not gb.enabled
+    eng = StreamingEngine(b, text, capacity=2, config=cfg, backend=gb)
+    for e in (ref, eng):
+        e.add_stream("walk", seed=1)
+        e.add_stream("jump", seed=2)
+    a = [c.latent for _ in range(6) for c in ref.step()]
+    g = [c.latent for _ in range(6) for c in eng.step()]
+    torch.testing.assert_close(torch.stack(g), torch.stack(a), atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_engine_equals_eager():
+    torch.manual_seed(0)
+    tae = CausalHumanTAE(TAEConfig.small()).cuda().eval()
+    t2m = TextToMotionModel(T2MConfig.small()).cuda().eval()
+    for p in t2m.diff_loss.net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    b = Bundle(tae, t2m)
+    b.mean, b.std = b.mean.cuda(), b.std.cuda()
+    text = HashTextEncoder(t2m.config.cond_dim)
+    cfg = GenerationConfig(sampling_steps=10, end_threshold=-1.0, max_latents=20)
+    out = []
+    for graphs in (False, True):
+        e = StreamingEngine(b, text, capacity=3, config=cfg, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
+        for i in range(3):
+            e.add_stream(f"prompt {i}", seed=i)
+        out.append(torch.stack([c.latent for _ in range(20) for c in e.step()]))
+    torch.testing.assert_close(out[1], out[0], atol=1e-4, rtol=1e-4)

@@ -89,10 +89,8 @@ class TAEStepGraph(nn.Module):
         self.tae = tae
 
     def forward(self, z, *states):
-        from motionstreamer.models.tae import TAEDecodeState
-        st = TAEDecodeState(list(states))
-        frames = self.tae.decode_step(z[:, None, :], st)
-        return (frames, *st.buffers)
+        frames, new = self.tae.decode_step_functional(z[:, None, :], list(states))
+        return (frames, *new)
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:

@@ -248,6 +248,7 @@ class DiffLoss(nn.Module):
         self.base_betas = cosine_betas(config.num_train_steps)
         self.train_diffusion = GaussianDiffusion(self.base_betas)
         self._sampling = {}
+        self._timesteps = {}
 
     def sampling_process(self, steps: int) -> GaussianDiffusion:
         if steps not in self._sampling:
@@ -255,6 +256,14 @@ class DiffLoss(nn.Module):
                 raise ValueError(f"sampling steps must be in [1, {self.config.num_train_steps}], got {steps}")
             self._sampling[steps] = GaussianDiffusion(self.base_betas, space_timesteps(self.config.num_train_steps, str(steps)))
         return self._sampling[steps]
+
+    def model_timesteps(self, steps: int, device) -> torch.Tensor:
+        """The model-input timesteps of a respaced process, cached per device (no host copy in the
+        sampling loop, which CUDA-graph capture forbids)."""
+        key = (steps, str(device))
+        if key not in self._timesteps:
+            self._timesteps[key] = torch.as_tensor(self.sampling_process(steps).timestep_map, device=device)
+        return self._timesteps[key]
 
     # ---- training
     def loss(self, target: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None,
@@ -301,7 +310,7 @@ class DiffLoss(nn.Module):
         # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
         guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
-        model_t = torch.as_tensor(proc.timestep_map, device=cond.device)
+        model_t = self.model_timesteps(steps, cond.device)
         mods = self.net.modulations(c, model_t) if fast else None
         for i in reversed(range(proc.num_timesteps)):
             # every row is at the same step: the schedule coefficients are plain floats

@@ -228,14 +228,19 @@ class CausalHumanTAE(nn.Module):
         for b in state.buffers:
             b[rows] = 0
 
+    def decode_step_functional(self, z: torch.Tensor, buffers: list) -> tuple[torch.Tensor, list]:
+        """(latents (R, n, latent), per-layer buffers) -> (frames (R, 4n, 272), new buffers); no mutation."""
+        h = self.tae.decode_proj(z.to(self.tae.decode_proj.weight.dtype)).transpose(1, 2)
+        out, new = self.tae.decoder.step(h, buffers)
+        return out.transpose(1, 2), new
+
     def decode_step(self, z: torch.Tensor, state: TAEDecodeState, rows: torch.Tensor | None = None) -> torch.Tensor:
         """New latents z (R, n, latent) -> their frames (R, 4n, 272); updates `state` (rows of it)."""
-        h = self.tae.decode_proj(z.to(self.tae.decode_proj.weight.dtype)).transpose(1, 2)
         bufs = state.buffers if rows is None else [b[rows] for b in state.buffers]
-        out, new = self.tae.decoder.step(h, bufs)
-        if rows is None:
-            state.buffers = new
-        else:
-            for b, nb in zip(state.buffers, new):
+        out, new = self.decode_step_functional(z, bufs)
+        for b, nb in zip(state.buffers, new):   # in place: the buffers keep their storage (CUDA graphs)
+            if rows is None:
+                b.copy_(nb)
+            else:
                 b[rows] = nb
-        return out.transpose(1, 2)
+        return out

@@ -261,14 +261,17 @@ class TextToMotionModel(nn.Module):
         cache.length[rows] = T
         return self._head(x[:, -1])
 
-    def decode_step(self, latent: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Append one latent per row at that row's position; returns the next conditions (R, n_embd)."""
+    def decode_step(self, latent: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
+                    check: bool = True) -> torch.Tensor:
+        """Append one latent per row at that row's position; returns the next conditions (R, n_embd).
+
+        check=False skips the cache-full test (a host sync), as CUDA-graph capture requires."""
         x = self.transformer.wte(latent.to(self.out_proj.weight.dtype))[:, None, :]   # (R, 1, C)
         R = x.shape[0]
         full = rows is None
         rows = torch.arange(R, device=x.device) if full else rows
         pos = cache.length[rows]                                                        # (R,)
-        if int(pos.max()) >= cache.max_len:
+        if check and int(pos.max()) >= cache.max_len:
             raise ValueError(f"KV cache full ({cache.max_len} positions): re-prefill a shorter window")
         cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (R,1,1,D/2)
         mask = (torch.arange(cache.max_len, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]

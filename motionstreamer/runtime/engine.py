@@ -101,16 +101,19 @@ class StreamingEngine:
     """
 
     def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None):
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None,
+                 cuda_graphs: bool = True):
         self.config = config or GenerationConfig()
         self.config.validate()
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if backend is None:
             from motionstreamer.runtime.backend import TorchBackend
+            from motionstreamer.runtime.cuda_graph import GraphedBackend
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
-            backend = TorchBackend(bundle, capacity, device, dtype or p.dtype)
+            cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
+            backend = cls(bundle, capacity, device, dtype or p.dtype)
         self.backend = backend
         self.device = torch.device(device) if device is not None else getattr(backend, "device", torch.device("cpu"))
         self.mean = bundle.mean.to(self.device, torch.float32)
