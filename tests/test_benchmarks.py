@@ -1,0 +1,24 @@
+"""The benchmark suite runs end to end (CI-sized), so it cannot rot."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmarks_quick_run_writes_json_and_table(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").exists()
+    data = json.loads(files[0].read_text())
+    assert {"device", "torch", "git_commit", "config"} <= set(data["info"])
+    cases = {row["case"] for row in data["results"]}
+    assert any(c.startswith("stream_b1") for c in cases) and any(c.startswith("throughput") for c in cases)
+    stream = next(r for r in data["results"] if r["case"].startswith("stream_b1"))
+    for k in ("baseline_ms_per_latent", "engine_ms_per_latent"):
+        assert {"min", "median", "max"} <= set(stream[k]) and stream[k]["median"] > 0
+    assert all("error" not in row for row in data["results"]), data["results"]
+    assert "| case |" in files[0].with_suffix(".md").read_text()
