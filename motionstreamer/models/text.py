@@ -42,7 +42,8 @@ class TextEncoder:
 
     def __init__(self, model, name: str, device: str = "cpu", cache_size: int = 4096):
         self.model, self.name, self.device = model, name, device
-        self.dim = int(model.get_sentence_embedding_dimension())
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
         self.model_calls = 0

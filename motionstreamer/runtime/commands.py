@@ -132,6 +132,8 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     log(f"model: {desc}")
+    if args.end_threshold is None and "end_threshold" in bundle.config:
+        config.end_threshold = float(bundle.config["end_threshold"])   # calibrated for this model
     session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
     for i, (text, seconds) in enumerate(prompts):
         session.push_text(text, duration=seconds, after_current=True)

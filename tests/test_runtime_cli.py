@@ -1,0 +1,64 @@
+"""`motionstreamer generate` / `stream` end to end on a small bundle, and their argument errors."""
+import numpy as np
+import pytest
+import torch
+
+from motionstreamer.checkpoints import save_bundle
+from motionstreamer.cli import main
+from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("bundle")
+    t2m = TextToMotionModel(T2MConfig.small(cond_dim=384))
+    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), t2m, torch.zeros(272), torch.ones(272),
+                torch.full((16,), 50.0), text_encoder="minilm")
+    return d
+
+
+def run(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr()
+
+
+def test_stream_three_prompts_is_one_continuous_motion(bundle_dir, tmp_path, capsys):
+    code, out = run(["stream", "--prompt", "walk forward@1", "--prompt", "turn left@0.8", "--prompt", "wave@0.5",
+                     "--checkpoint", str(bundle_dir), "--out", "s", "--out-dir", str(tmp_path), "--steps", "5",
+                     "--bvh", "--seed", "3"], capsys)
+    assert code == 0
+    feats = np.load(tmp_path / "s.npy")
+    joints = np.load(tmp_path / "s_joints.npy")
+    latents = 8 + 6 + 4          # durations rounded to whole latents (7.5 per second)
+    assert feats.shape == (4 * latents, 272) and joints.shape == (4 * latents, 22, 3)
+    assert (tmp_path / "s.bvh").read_text().count("\n") > 4 * latents
+    assert "prompt_change" in out.err and "real-time factor" in out.err and "first-latent latency" in out.err
+
+
+def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
+    code, out = run(["generate", "a person walks", "--checkpoint", str(bundle_dir), "--out", "sub/g",
+                     "--out-dir", str(tmp_path), "--steps", "3", "--max-seconds", "1"], capsys)
+    assert code == 0
+    assert np.load(tmp_path / "sub" / "g.npy").shape == (32, 272)
+    assert "checkpoint" in out.err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["generate", "   "], "empty"),
+    (["generate", "walk " * 300], "too long"),
+    (["generate", "walk", "--out", "../escape"], "escapes"),
+    (["generate", "walk", "--checkpoint", "/nonexistent/dir"], "not found"),
+    (["stream", "--prompt", "walk@abc"], "not a number"),
+    (["stream", "--prompt", "walk@-1"], "must be in"),
+    (["stream"], "at least one --prompt"),
+    (["generate", "walk", "--max-seconds", "0"], "max-seconds"),
+])
+def test_bad_arguments_are_clear_errors(args, msg, tmp_path, capsys):
+    if "--out" not in args:
+        args = args + ["--out", "x"]
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--out-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
