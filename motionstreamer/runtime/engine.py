@@ -234,6 +234,7 @@ class StreamingEngine:
                 accepted.append((s, z))
         if not accepted:
             return []
+        accepted.sort(key=lambda sz: sz[0].slot)   # slot order: a full batch then hits the CUDA graphs
         return self._emit(accepted)
 
     def run(self, max_steps: int | None = None) -> Iterable[list[FrameChunk]]:
