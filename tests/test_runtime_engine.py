@@ -66,12 +66,13 @@ def test_recover_joints_step_matches_whole_sequence():
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("steps,method", [(50, "ddpm"), (5, "ddim")])
-def test_session_equals_reference_sampler(models, steps, method):
+@pytest.mark.parametrize("steps,method,skip", [(50, "ddpm", False), (5, "ddim", False), (10, "ddpm", True)])
+def test_session_equals_reference_sampler(models, steps, method, skip):
     tae, t2m = models
     text = HashTextEncoder(t2m.config.cond_dim)
     schedule = [("a person walks forward", 7), ("a person turns left", 9)]  # 16 latents > window of 11
-    cfg = GenerationConfig(sampling_steps=steps, sampler=method, cfg_scale=3.0, end_threshold=-1.0)
+    cfg = GenerationConfig(sampling_steps=steps, sampler=method, cfg_scale=3.0, end_threshold=-1.0,
+                           skip_terminal_step=skip)
     session = StreamingSession(Bundle(tae, t2m), text, config=cfg, seed=123)
     for prompt, n in schedule:
         session.push_text(prompt, after_current=True, max_latents=n)
@@ -81,7 +82,8 @@ def test_session_equals_reference_sampler(models, steps, method):
     frames = torch.cat([c.features for c in chunks])
 
     ref = reference_stream(t2m, tae, [(text.encode([p])[0], n) for p, n in schedule], text.encode([""])[0],
-                           torch.Generator().manual_seed(123), cfg_scale=3.0, steps=steps, method=method)
+                           torch.Generator().manual_seed(123), cfg_scale=3.0, steps=steps, method=method,
+                           skip_terminal=skip)
     torch.testing.assert_close(latents, ref.latents, atol=LATENT_ATOL, rtol=0)
     b = Bundle(tae, t2m)
     full = tae.decode(latents[None])[0] * b.std + b.mean   # streamed frames == full decode of same latents

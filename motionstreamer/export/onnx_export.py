@@ -74,13 +74,13 @@ class DecodeStepGraph(nn.Module):
 
 
 class HeadSampleGraph(nn.Module):
-    def __init__(self, t2m, steps: int, method: str):
+    def __init__(self, t2m, steps: int, method: str, skip_terminal: bool = False):
         super().__init__()
-        self.head, self.steps, self.method = t2m.diff_loss, steps, method
+        self.head, self.steps, self.method, self.skip = t2m.diff_loss, steps, method, skip_terminal
 
     def forward(self, cond, uncond, x_T, step_noise, cfg, temperature):
         return self.head.sample(cond, uncond=uncond, cfg=cfg, temperature=temperature, steps=self.steps,
-                                method=self.method, noise=(x_T, step_noise), fast=True)
+                                method=self.method, noise=(x_T, step_noise), fast=True, skip_terminal=self.skip)
 
 
 class TAEStepGraph(nn.Module):
@@ -129,15 +129,17 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("dd
             {"latent": {0: "batch"}, "k_cache": cache_axes, "v_cache": cache_axes, "pos": {0: "batch"},
              "cond": {0: "batch"}, "k_cache_out": cache_axes, "v_cache_out": cache_axes})
     heads = []
+    skip = bool(bundle.config.get("sampler", {}).get("skip_terminal_step", False))
     for method, steps in head_variants:
         name = f"head_{method}{steps}.onnx"
-        _export(HeadSampleGraph(t2m, steps, method),
+        n_noise = t2m.diff_loss.sampling_process(steps, skip).num_timesteps
+        _export(HeadSampleGraph(t2m, steps, method, skip),
                 (torch.zeros(B, c.n_embd), torch.zeros(B, c.n_embd), torch.zeros(B, c.latent_dim),
-                 torch.zeros(steps, B, c.latent_dim), torch.tensor([4.0]), torch.tensor([1.0])),
+                 torch.zeros(n_noise, B, c.latent_dim), torch.tensor([4.0]), torch.tensor([1.0])),
                 out / name, ["cond", "uncond", "x_T", "step_noise", "cfg", "temperature"], ["latent"],
                 {"cond": {0: "batch"}, "uncond": {0: "batch"}, "x_T": {0: "batch"}, "step_noise": {1: "batch"},
                  "latent": {0: "batch"}})
-        heads.append({"file": name, "method": method, "steps": steps})
+        heads.append({"file": name, "method": method, "steps": steps, "skip_terminal": skip, "noise_steps": n_noise})
     state = tae.init_decode_state(B, device="cpu", dtype=torch.float32)
     snames = [f"state_{i}" for i in range(len(state.buffers))]
     _export(TAEStepGraph(tae), (torch.zeros(B, c.latent_dim), *state.buffers), out / "tae_decode_step.onnx",

@@ -38,7 +38,8 @@ class OrtBackend:
         self.prefill_s = make_session(d / "prefill.onnx", providers, threads)
         self.decode_s = make_session(d / "decode_step.onnx", providers, threads)
         self.tae_s = make_session(d / "tae_decode_step.onnx", providers, threads)
-        self.heads = {(h["method"], h["steps"]): make_session(d / h["file"], providers, threads) for h in m["heads"]}
+        self.heads = {(h["method"], h["steps"], h.get("skip_terminal", False)): (make_session(d / h["file"], providers, threads), h)
+                      for h in m["heads"]}
         shape = (m["n_layer"], 2 * capacity, m["n_head"], m["block_size"], m["head_dim"])
         self.k = np.zeros(shape, np.float32)
         self.v = np.zeros(shape, np.float32)
@@ -71,11 +72,19 @@ class OrtBackend:
         self.pos[rows] += 1
         return torch.from_numpy(cond)
 
-    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str):
-        sess = self.heads.get((method, steps))
-        if sess is None:
-            raise ValueError(f"no exported head for sampler {method!r} with {steps} steps; exported: "
-                             f"{sorted(self.heads)} (re-export with --head {method}:{steps})")
+    def num_sampling_steps(self, steps: int, method: str, skip_terminal: bool) -> int:
+        return self._head(steps, method, skip_terminal)[1]["noise_steps"]
+
+    def _head(self, steps, method, skip_terminal):
+        key = (method, steps, skip_terminal)
+        if key not in self.heads:
+            raise ValueError(f"no exported head for sampler {method!r} with {steps} steps (skip_terminal={skip_terminal}); "
+                             f"exported: {sorted(self.heads)} (re-export with --head {method}:{steps})")
+        return self.heads[key]
+
+    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str,
+               skip_terminal: bool = False):
+        sess = self._head(steps, method, skip_terminal)[0]
         if uncond is None:  # guidance off: cfg 1 makes eps_u + 1*(eps_c - eps_u) = eps_c
             uncond, cfg_scale = cond, 1.0
         feeds = {"cond": cond.numpy().astype(np.float32), "uncond": uncond.numpy().astype(np.float32),

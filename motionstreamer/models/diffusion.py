@@ -250,19 +250,31 @@ class DiffLoss(nn.Module):
         self._sampling = {}
         self._timesteps = {}
 
-    def sampling_process(self, steps: int) -> GaussianDiffusion:
-        if steps not in self._sampling:
+    def sampling_process(self, steps: int, skip_terminal: bool = False) -> GaussianDiffusion:
+        """The respaced process for `steps` sampling steps (the original's respacing).
+
+        skip_terminal drops the last training timestep from the spacing. With the cosine schedule's
+        beta clipped at 0.999, alpha_bar at that step is ~1e-6, so the first sampling step divides
+        the eps error by ~1e-3; a well-trained model (the released one) predicts eps there precisely
+        enough, a briefly trained one does not, and its samples drift off the data. Starting from
+        pure noise one step later (alpha_bar ~4e-3) avoids that. Off by default (exact original).
+        """
+        key = (steps, skip_terminal)
+        if key not in self._sampling:
+            n = self.config.num_train_steps - (1 if skip_terminal else 0)
             if not 1 <= steps <= self.config.num_train_steps:
                 raise ValueError(f"sampling steps must be in [1, {self.config.num_train_steps}], got {steps}")
-            self._sampling[steps] = GaussianDiffusion(self.base_betas, space_timesteps(self.config.num_train_steps, str(steps)))
-        return self._sampling[steps]
+            steps_n = min(steps, n)   # skip_terminal: "all steps" means the n remaining timesteps
+            self._sampling[key] = GaussianDiffusion(self.base_betas[:n], space_timesteps(n, str(steps_n)))
+        return self._sampling[key]
 
-    def model_timesteps(self, steps: int, device) -> torch.Tensor:
+    def model_timesteps(self, steps: int, device, skip_terminal: bool = False) -> torch.Tensor:
         """The model-input timesteps of a respaced process, cached per device (no host copy in the
         sampling loop, which CUDA-graph capture forbids)."""
-        key = (steps, str(device))
+        key = (steps, skip_terminal, str(device))
         if key not in self._timesteps:
-            self._timesteps[key] = torch.as_tensor(self.sampling_process(steps).timestep_map, device=device)
+            proc = self.sampling_process(steps, skip_terminal)
+            self._timesteps[key] = torch.as_tensor(proc.timestep_map, device=device)
         return self._timesteps[key]
 
     # ---- training
@@ -291,7 +303,7 @@ class DiffLoss(nn.Module):
     def sample(self, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
                temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
                noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
-               fast: bool = True, eta: float = 0.0) -> torch.Tensor:
+               fast: bool = True, eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
         """Latents (B, latent_dim) for conditions cond (B, cond_dim).
 
         With uncond (B, cond_dim) and cfg != 1, rows [cond; uncond] run as one batch and
@@ -301,7 +313,7 @@ class DiffLoss(nn.Module):
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
         B, dim = cond.shape[0], self.config.latent_dim
-        proc = self.sampling_process(steps)
+        proc = self.sampling_process(steps, skip_terminal)
         if noise is None:
             noise = draw_sampling_noise(generator, B, proc.num_timesteps, dim, cond.device, cond.dtype)
         x, step_noise = noise
@@ -310,7 +322,7 @@ class DiffLoss(nn.Module):
         # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
         guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
-        model_t = self.model_timesteps(steps, cond.device)
+        model_t = self.model_timesteps(steps, cond.device, skip_terminal)
         mods = self.net.modulations(c, model_t) if fast else None
         for i in reversed(range(proc.num_timesteps)):
             # every row is at the same step: the schedule coefficients are plain floats

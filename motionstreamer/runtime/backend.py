@@ -4,7 +4,8 @@ The engine (runtime/engine.py) owns prompts, queues, end-of-action logic, window
 joint recovery; a backend owns the four model calls on its slot-indexed state:
   prefill(text (2, text_dim), history (L, latent), slot) -> conditions (2, n_embd)
   decode(latents (n, latent), slots) -> next conditions (2n, n_embd) as [cond rows; uncond rows]
-  sample(cond (n, E), uncond (n, E), noise) -> latents (n, latent)
+  sample(cond (n, E), uncond (n, E), noise, ...) -> latents (n, latent)
+  num_sampling_steps(steps, method, skip_terminal) -> how many noise draws one sample takes
   tae_step(latents (n, latent), slots) -> normalised frames (n, 4, 272)
   reset(slot)
 TorchBackend runs the PyTorch modules (KV cache, fast head, streaming TAE); export/ort_engine.py
@@ -37,10 +38,15 @@ class TorchBackend:
         z = z.to(self.device, self.dtype)
         return self.t2m.decode_step(torch.cat([z, z]), self.cache, rows=torch.cat([s, s + self.capacity]))
 
-    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str):
+    def num_sampling_steps(self, steps: int, method: str, skip_terminal: bool) -> int:
+        return self.t2m.diff_loss.sampling_process(steps, skip_terminal).num_timesteps
+
+    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str,
+               skip_terminal: bool = False):
         noise = (noise[0].to(self.device, self.dtype), noise[1].to(self.device, self.dtype))
         return self.t2m.diff_loss.sample(cond, uncond=uncond, cfg=cfg_scale, temperature=temperature,
-                                         steps=steps, method=method, noise=noise, fast=True)
+                                         steps=steps, method=method, noise=noise, fast=True,
+                                         skip_terminal=skip_terminal)
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
         rows = torch.tensor(slots, device=self.device)

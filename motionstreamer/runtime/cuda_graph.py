@@ -65,11 +65,11 @@ class GraphedBackend(TorchBackend):
         graph.replay()
         return out.clone()
 
-    def sample(self, cond, uncond, noise, cfg_scale, temperature, steps, method):
+    def sample(self, cond, uncond, noise, cfg_scale, temperature, steps, method, skip_terminal=False):
         n = cond.shape[0]
         if not self.enabled or n != self.capacity:
-            return super().sample(cond, uncond, noise, cfg_scale, temperature, steps, method)
-        key = ("head", n, steps, method, uncond is None, float(cfg_scale), float(temperature))
+            return super().sample(cond, uncond, noise, cfg_scale, temperature, steps, method, skip_terminal)
+        key = ("head", n, steps, method, skip_terminal, uncond is None, float(cfg_scale), float(temperature))
         if key not in self._graphs:
             E = cond.shape[1]
             c = torch.zeros(n, E, device=self.device, dtype=self.dtype)
@@ -78,7 +78,7 @@ class GraphedBackend(TorchBackend):
             nz = torch.zeros(noise[1].shape[0], n, self.latent_dim, device=self.device, dtype=self.dtype)
             self._capture(key, lambda: self.t2m.diff_loss.sample(
                 c, uncond=u, cfg=cfg_scale, temperature=temperature, steps=steps, method=method,
-                noise=(x, nz), fast=True), [c, u, x, nz], [])
+                noise=(x, nz), fast=True, skip_terminal=skip_terminal), [c, u, x, nz], [])
         graph, (c, u, x, nz), out = self._graphs[key]
         c.copy_(cond)
         if u is not None:

@@ -33,6 +33,7 @@ class GenerationConfig:
     temperature: float = 1.0
     sampling_steps: int = 50          # 50 = the original; fewer uses the respaced process
     sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
+    skip_terminal_step: bool = False  # start one step after the degenerate terminal step (see DiffLoss)
     end_threshold: float = 0.1        # L2 distance to the reference end latent that ends an action
     min_action_latents: int = 2       # an action cannot end before this many latents
     on_action_end: str = "stop"       # "stop": the stream ends; "continue": the last prompt restarts
@@ -275,15 +276,15 @@ class StreamingEngine:
         cond = torch.cat([s.condition[:1] for s in streams])
         uncond = torch.cat([s.condition[1:] for s in streams])   # stays on the backend's device
         x_T, step_noise = [], []
+        n_steps = self.backend.num_sampling_steps(cfg.sampling_steps, cfg.sampler, cfg.skip_terminal_step)
         for s in streams:  # per-stream generators: a stream's samples do not depend on its neighbours
-            a, b = draw_sampling_noise(s.generator, 1, cfg.sampling_steps, self.latent_dim,
-                                       device="cpu", dtype=torch.float32)
+            a, b = draw_sampling_noise(s.generator, 1, n_steps, self.latent_dim, device="cpu", dtype=torch.float32)
             x_T.append(a)
             step_noise.append(b)
         noise = (torch.cat(x_T), torch.cat(step_noise, dim=1))
         guided = cfg.cfg_scale != 1.0
         return self.backend.sample(cond, uncond if guided else None, noise, cfg.cfg_scale, cfg.temperature,
-                                   cfg.sampling_steps, cfg.sampler).float().cpu()
+                                   cfg.sampling_steps, cfg.sampler, cfg.skip_terminal_step).float().cpu()
 
     def _is_action_end(self, s: _Stream, z: torch.Tensor) -> bool:
         if s.action_latents < self.config.min_action_latents:

@@ -26,7 +26,8 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
                      cfg_scale: float = 4.0, temperature: float = 1.0, steps: int = 50,
                      method: str = "ddpm", history_keep: int | None = None,
                      end_latent: torch.Tensor | None = None, end_threshold: float = 0.1,
-                     min_action_latents: int = 2, decode_every_latent: bool = True) -> ReferenceResult:
+                     min_action_latents: int = 2, decode_every_latent: bool = True,
+                     skip_terminal: bool = False) -> ReferenceResult:
     """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt;
     when end_latent is given, a prompt's action may end early as in the original t2m demo
     (its end latent is dropped and generation moves to the next prompt)."""
@@ -48,12 +49,13 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
             ctx = (torch.stack(window)[None] if window else torch.zeros(1, 0, t2m.config.latent_dim).to(p))
             cond = t2m(ctx, text)[:, -1]                      # full prefix, conditional
             uncond = t2m(ctx, empty)[:, -1]                   # full prefix, unconditional, separately
-            noise = draw_sampling_noise(generator, 1, steps, t2m.config.latent_dim, device="cpu", dtype=torch.float32)
+            n_steps = t2m.diff_loss.sampling_process(steps, skip_terminal).num_timesteps
+            noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim, device="cpu", dtype=torch.float32)
             noise = (noise[0].to(p), noise[1].to(p))
             guided = cfg_scale != 1.0
             z = t2m.diff_loss.sample(cond, uncond=uncond if guided else None, cfg=cfg_scale,
                                      temperature=temperature, steps=steps, method=method, noise=noise,
-                                     fast=False)[0]
+                                     fast=False, skip_terminal=skip_terminal)[0]
             if (end_latent is not None and k >= min_action_latents
                     and torch.linalg.vector_norm(z.float() - end_latent.reshape(-1).float()).item() < end_threshold):
                 ended_early = True

@@ -1,23 +1,48 @@
-"""CLI verbs: `train tae|t2m|stream` and `encode-latents`."""
+"""CLI verbs: `train tae|t2m|stream`, `encode-latents`, `make-bundle`.
+
+The pipeline from a HumanML3D-272 folder to a model that `generate`/`stream` can run:
+
+    motionstreamer train tae --data D --out runs/tae
+    motionstreamer encode-latents --data D --tae runs/tae/checkpoint_last.pt --out runs/latents
+    motionstreamer train t2m --data D --latents runs/latents --out runs/t2m
+    motionstreamer make-bundle --tae runs/tae/checkpoint_last.pt --t2m runs/t2m/checkpoint_last.pt --data D --out my_model
+
+Every `train` verb runs unchanged under `torchrun --nproc_per_node N -m motionstreamer train ...`
+(DDP; the global batch is split across the processes). Config: the trainer's dataclass defaults
+(the original recipe) <- `--config FILE` (YAML/JSON) <- `--set key=value`; the result is saved as
+config.json beside every checkpoint.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder")
-    p.add_argument("--out", default=default_out, metavar="DIR", help="run folder (checkpoints, logs, config)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help=f"run folder: checkpoints, config.json, logs (default: the config's out_dir, {default_out})")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of config fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set steps=2000 --set lr=2e-4")
-    p.add_argument("--model-size", choices=("official", "small"), default="official")
+    p.add_argument("--model-size", choices=("official", "small"), default="official",
+                   help="model config for a new run (a resumed run keeps its checkpoint's)")
     p.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint_last.pt")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the config's device, auto)")
+
+
+def _text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-encoder", default="minilm", help="minilm | sentence-t5-xxl | hub id | folder")
+    p.add_argument("--text-cache", default=None, metavar="FILE",
+                   help="caption embeddings file: read when present (same --text-encoder), missing captions "
+                        "are encoded and the file is updated; the encoder is not loaded when all are cached")
 
 
 def register(subparsers) -> None:
     t = subparsers.add_parser("train", help="train a model (tae | t2m | stream)",
-                              description="Train on one GPU, many (torchrun), or the CPU.")
+                              description="Train on the CPU, one GPU, or many (torchrun --nproc_per_node N -m "
+                                          "motionstreamer train ...). Config: defaults <- --config <- --set.")
     sub = t.add_subparsers(dest="what", metavar="<model>")
     a = sub.add_parser("tae", help="Causal TAE on 272-dim motion windows")
     _common(a, "runs/tae")
@@ -25,32 +50,49 @@ def register(subparsers) -> None:
     b = sub.add_parser("t2m", help="text-to-motion transformer + diffusion head (Two-Forward)")
     _common(b, "runs/t2m")
     b.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents from encode-latents")
-    b.add_argument("--text-encoder", default="minilm", help="minilm | sentence-t5-xxl | path")
+    _text_args(b)
     b.set_defaults(func=cmd_train_t2m)
     c = sub.add_parser("stream", help="streaming model on A/B pairs (plus single clips)")
     _common(c, "runs/stream")
     c.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents of the HumanML3D-272 clips")
     c.add_argument("--stream-data", required=True, metavar="DIR", help="BABEL-stream layout folder")
     c.add_argument("--stream-latents", required=True, metavar="DIR", help="latents of the stream pairs' motions")
-    c.add_argument("--text-encoder", default="minilm")
+    _text_args(c)
     c.add_argument("--init", default=None, metavar="CKPT", help="start from a text-to-motion checkpoint")
     c.set_defaults(func=cmd_train_stream)
     t.set_defaults(func=lambda args: t.print_help() or 2)
 
     e = subparsers.add_parser("encode-latents", help="encode a dataset into per-clip latent files",
-                              description="Encode every clip with a trained TAE: the SAMPLED z per clip, "
+                              description="Encode every clip with a trained TAE into DIR/<clip>.npy of shape "
+                                          "(L+1, 16): the SAMPLED z per clip (the decoder was trained on samples), "
                                           "then the reference end latent appended, as the original.")
     e.add_argument("--data", required=True, metavar="DIR")
     e.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt or a model bundle dir")
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--motion-dir", default="motion_data", help="sub-folder of --data with the clips")
+    e.add_argument("--all-files", action="store_true",
+                   help="encode every .npy in DATA/MOTION_DIR instead of the split lists (e.g. --data "
+                        "D/babel_stream --motion-dir train_stream --mean-std D/mean_std)")
     e.add_argument("--mean-std", default=None, metavar="DIR", help="folder with Mean.npy/Std.npy (default DATA/mean_std)")
     e.add_argument("--mu", action="store_true", help="store the posterior mean instead of a sample")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_encode_latents)
 
+    m = subparsers.add_parser("make-bundle", help="training checkpoints -> a model bundle for generate/stream",
+                              description="Combine a TAE and a text-to-motion (or streaming) training checkpoint "
+                                          "(EMA weights when present) with the dataset's Mean/Std into a "
+                                          "safetensors model bundle.")
+    m.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt")
+    m.add_argument("--t2m", required=True, metavar="CKPT", help="t2m or stream checkpoint_last.pt")
+    m.add_argument("--data", default=None, metavar="DIR", help="dataset folder whose mean_std/ normalised the training")
+    m.add_argument("--mean-std", default=None, metavar="DIR", help="folder with Mean.npy/Std.npy (instead of --data)")
+    m.add_argument("--out", required=True, metavar="DIR")
+    m.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
+    m.set_defaults(func=cmd_make_bundle)
 
+
+# ----------------------------------------------------------------------------- helpers
 def _config(cls, args):
     from motionstreamer.cli import CLIError
     from motionstreamer.train.common import load_config_file, parse_overrides
@@ -60,11 +102,57 @@ def _config(cls, args):
         if args.config:
             cfg = cfg.updated(load_config_file(args.config))
         cfg = cfg.updated(parse_overrides(args.set, cls))
+        if args.out is not None:
+            cfg = cfg.updated({"out_dir": args.out})
+        if args.device is not None:
+            cfg = cfg.updated({"device": args.device})
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
-    return cfg.updated({"out_dir": args.out, "device": args.device})
+    return cfg
 
 
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(msg: str) -> None:
+    if _is_main():
+        print(msg)
+
+
+def _checkpoint(path: str, trainers: tuple) -> dict:
+    from motionstreamer.cli import CLIError
+    from motionstreamer.train.common import load_checkpoint
+
+    try:
+        ck = load_checkpoint(path)
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e))
+    if not isinstance(ck, dict) or ck.get("trainer") not in trainers:
+        got = ck.get("trainer") if isinstance(ck, dict) else None
+        raise CLIError(f"{path} is not a {' or '.join(trainers)} training checkpoint (trainer={got!r})")
+    return ck
+
+
+def _run(train_fn):
+    """Run a training call; turn config/data errors into CLI errors; close the process group."""
+    from motionstreamer.cli import CLIError
+    from motionstreamer.train.common import cleanup_distributed
+
+    try:
+        return train_fn()
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e))
+    finally:
+        cleanup_distributed()
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- train
 def cmd_train_tae(args) -> int:
     from motionstreamer.cli import CLIError
     from motionstreamer.data.humanml3d import load_motions
@@ -76,54 +164,101 @@ def cmd_train_tae(args) -> int:
         motions = list(load_motions(args.data, "train", normalize=True).values())
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    tae_cfg = TAEConfig.official() if args.model_size == "official" else TAEConfig.small()
+    if args.resume:
+        tae_cfg = TAEConfig.from_dict(_checkpoint(args.resume, ("tae",))["config"]["tae"])
+    else:
+        tae_cfg = TAEConfig.official() if args.model_size == "official" else TAEConfig.small()
     torch_seed(cfg.seed)
-    res = train_tae(CausalHumanTAE(tae_cfg), motions, cfg, resume=args.resume)
-    print(f"trained TAE to step {res.step}: last loss {res.losses[-1][1]:.4f}, {res.samples_per_s:.1f} samples/s; "
-          f"checkpoint {res.checkpoint}")
+    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, cfg, resume=args.resume))
+    _say(f"trained TAE to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
+         f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
     return 0
 
 
-def torch_seed(seed: int) -> None:
-    import torch
-    torch.manual_seed(seed)
+def _captions_needed(examples) -> set:
+    return {c for e in examples for c in e.all_captions()} | {""}
 
 
-def _t2m_model(args, text_dim: int):
+def text_embeddings_for(examples, encoder_name: str, cache: str | None):
+    """Caption embeddings for the examples: from the cache file where present, the rest encoded
+    (the encoder is loaded only then), the cache updated by the main process."""
+    from motionstreamer.cli import CLIError
+    from motionstreamer.train.t2m import embed_captions, load_text_embeddings, save_text_embeddings
+
+    known = {}
+    if cache and Path(cache).exists():
+        try:
+            known, cached_name = load_text_embeddings(cache)
+        except ValueError as e:
+            raise CLIError(str(e))
+        if cached_name != encoder_name:
+            raise CLIError(f"--text-cache {cache} holds {cached_name!r} embeddings, not --text-encoder "
+                           f"{encoder_name!r}; pass --text-encoder {cached_name} or another cache file")
+    missing = _captions_needed(examples) - set(known)
+    enc = None
+    if missing:
+        from motionstreamer.models.text import TextEncoder
+        try:
+            enc = TextEncoder.load(encoder_name)
+        except FileNotFoundError as e:
+            raise CLIError(str(e))
+    emb = embed_captions(examples, enc, known=known)
+    if cache and missing and _is_main():
+        save_text_embeddings(cache, {**known, **emb}, encoder_name)
+    return emb
+
+
+def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None):
+    from motionstreamer.cli import CLIError
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 
-    cfg = T2MConfig.official(cond_dim=text_dim) if args.model_size == "official" else T2MConfig.small(cond_dim=text_dim)
+    if from_checkpoint is not None:
+        cfg = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
+    else:
+        cfg = T2MConfig.official(cond_dim=text_dim) if args.model_size == "official" else T2MConfig.small(cond_dim=text_dim)
+    if cfg.cond_dim != text_dim:
+        raise CLIError(f"the model expects {cfg.cond_dim}-dim text embeddings but --text-encoder "
+                       f"{args.text_encoder!r} gives {text_dim}")
     return TextToMotionModel(cfg)
+
+
+def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
+    from motionstreamer.checkpoints import load_state_dict_strict
+    from motionstreamer.train.common import ema_or_model_state
+
+    from motionstreamer.cli import CLIError
+
+    state = ema_or_model_state(ck) if ema else ck["model"]
+    state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        load_state_dict_strict(model, state, path)
+    except ValueError as e:
+        raise CLIError(str(e))
 
 
 def cmd_train_t2m(args) -> int:
     from motionstreamer.cli import CLIError
-    from motionstreamer.models.text import TextEncoder
-    from motionstreamer.train.t2m import T2MTrainConfig, embed_captions, load_latent_examples, train_t2m
+    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
 
     cfg = _config(T2MTrainConfig, args)
     try:
         examples = load_latent_examples(args.latents, args.data, "train", max_latents=cfg.max_latents)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    enc = TextEncoder.load(args.text_encoder)
-    emb = embed_captions(examples, enc)
+    emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
     torch_seed(cfg.seed)
-    model = _t2m_model(args, enc.dim)
-    res = train_t2m(model, examples, emb, cfg, resume=args.resume, extra_config={"text_encoder": args.text_encoder})
-    print(f"trained t2m to step {res.step}: last loss {res.losses[-1][1]:.4f}, {res.samples_per_s:.1f} samples/s; "
-          f"checkpoint {res.checkpoint}")
+    model = _t2m_model(args, emb[""].shape[-1], _checkpoint(args.resume, ("t2m",)) if args.resume else None)
+    res = _run(lambda: train_t2m(model, examples, emb, cfg, resume=args.resume,
+                                 extra_config={"text_encoder": args.text_encoder}))
+    _say(f"trained t2m to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
+         f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
     return 0
 
 
 def cmd_train_stream(args) -> int:
-    import torch
-
     from motionstreamer.cli import CLIError
-    from motionstreamer.models.text import TextEncoder
-    from motionstreamer.train.common import load_checkpoint
     from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import T2MTrainConfig, embed_captions, load_latent_examples, train_t2m
+    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
 
     cfg = _config(T2MTrainConfig, args)
     try:
@@ -131,61 +266,97 @@ def cmd_train_stream(args) -> int:
         examples += load_stream_examples(args.stream_data, args.stream_latents, "train", max_latents=cfg.max_latents)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    enc = TextEncoder.load(args.text_encoder)
-    emb = embed_captions(examples, enc)
+    emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
     torch_seed(cfg.seed)
-    model = _t2m_model(args, enc.dim)
-    if args.init:
-        state = load_checkpoint(args.init)["model"]
-        state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
-        model.load_state_dict(state)
-    res = train_t2m(model, examples, emb, cfg, name="stream", resume=args.resume,
-                    extra_config={"text_encoder": args.text_encoder})
-    print(f"trained streaming model to step {res.step}: last loss {res.losses[-1][1]:.4f}; checkpoint {res.checkpoint}")
+    init = _checkpoint(args.init, ("t2m", "stream")) if args.init else None
+    source = _checkpoint(args.resume, ("stream",)) if args.resume else init
+    model = _t2m_model(args, emb[""].shape[-1], source)
+    if init is not None and not args.resume:
+        _load_t2m_weights(model, init, args.init, ema=False)
+    res = _run(lambda: train_t2m(model, examples, emb, cfg, name="stream", resume=args.resume,
+                                 extra_config={"text_encoder": args.text_encoder}))
+    _say(f"trained streaming model to step {res.step}: last loss "
+         f"{res.losses[-1][1] if res.losses else float('nan'):.4f}; checkpoint {res.checkpoint}")
     return 0
 
 
+# ----------------------------------------------------------------------------- latents, bundle
 def cmd_encode_latents(args) -> int:
-    import torch
-
     from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_motions
+    from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
     from motionstreamer.train.tae import encode_latents, reference_end_latent
+    from motionstreamer.utils import atomic_save_npy
 
     tae = load_tae(args.tae, args.device)
     try:
         motions = {}
-        for split in ("train", "val", "test"):
-            motions.update(load_motions(args.data, split, normalize=True, mean_std_dir=args.mean_std,
-                                        motion_dir=args.motion_dir, missing_split_ok=True))
+        if args.all_files:
+            folder = Path(args.data) / args.motion_dir
+            files = sorted(folder.glob("*.npy"))
+            if not files:
+                raise FileNotFoundError(f"{folder}: no .npy motion files")
+            mean, std = load_mean_std(args.mean_std or Path(args.data) / "mean_std")
+            motions = {p.stem: (load_motion_file(p) - mean) / std for p in files}
+        else:
+            for split in ("train", "val", "test"):
+                motions.update(load_motions(args.data, split, normalize=True, mean_std_dir=args.mean_std,
+                                            motion_dir=args.motion_dir, missing_split_ok=True))
+            if not motions:
+                raise FileNotFoundError(f"{Path(args.data) / 'split'}: no train/val/test split files "
+                                        f"(use --all-files to encode every .npy of a folder)")
+        end = reference_end_latent(tae)
+        written = encode_latents(tae, motions, args.out, end, sample=not args.mu, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    end = reference_end_latent(tae)
-    encode_latents(tae, motions, args.out, end, sample=not args.mu, seed=args.seed)
-    from motionstreamer.utils import atomic_save_npy
-    atomic_save_npy(f"{args.out}/reference_end_latent.npy", end[None].numpy())
-    print(f"encoded {len(motions)} clips into {args.out}")
+    atomic_save_npy(Path(args.out) / "reference_end_latent.npy", end[None].numpy())
+    print(f"encoded {len(written)} clips into {args.out} ({'mean' if args.mu else 'sampled'} z + end latent)")
     return 0
 
 
 def load_tae(path: str, device: str = "auto"):
-    """A TAE from a model bundle dir or a TAE training checkpoint."""
-    from pathlib import Path
-
+    """A TAE from a model bundle dir or a TAE training checkpoint (EMA weights when present)."""
+    from motionstreamer.checkpoints import load_state_dict_strict
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.runtime.loading import resolve_device
-    from motionstreamer.train.common import ema_or_model_state, load_checkpoint
+    from motionstreamer.train.common import ema_or_model_state
 
     dev = resolve_device(device)
     p = Path(path)
     if p.is_dir():
         from motionstreamer.checkpoints import load_bundle
         return load_bundle(p, device=dev).tae.eval()
-    ck = load_checkpoint(p)
-    if ck.get("trainer") != "tae":
-        from motionstreamer.cli import CLIError
-        raise CLIError(f"{p} is not a TAE training checkpoint (trainer={ck.get('trainer')!r})")
+    from motionstreamer.cli import CLIError
+
+    ck = _checkpoint(str(p), ("tae",))
     tae = CausalHumanTAE(TAEConfig.from_dict(ck["config"]["tae"]))
     state = ema_or_model_state(ck)
-    tae.load_state_dict({k[len("tae."):]: v for k, v in state.items() if k.startswith("tae.")})
+    try:
+        load_state_dict_strict(tae, {k[len("tae."):]: v for k, v in state.items() if k.startswith("tae.")}, str(p))
+    except ValueError as e:
+        raise CLIError(str(e))
     return tae.to(dev).eval()
+
+
+def cmd_make_bundle(args) -> int:
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.cli import CLIError
+    from motionstreamer.data.humanml3d import load_mean_std
+    from motionstreamer.train.tae import reference_end_latent
+
+    if not (args.data or args.mean_std):
+        raise CLIError("give --data (its mean_std/ folder) or --mean-std")
+    try:
+        mean, std = load_mean_std(args.mean_std or Path(args.data) / "mean_std")
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e))
+    tae = load_tae(args.tae, "cpu")
+    ck = _checkpoint(args.t2m, ("t2m", "stream"))
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+    model = TextToMotionModel(T2MConfig.from_dict(ck["config"]["t2m"]))
+    _load_t2m_weights(model, ck, args.t2m, ema=not args.no_ema)
+    text_encoder = ck["config"].get("text_encoder", "minilm")
+    out = save_bundle(args.out, tae, model.eval(), mean, std, reference_end_latent(tae), text_encoder=text_encoder,
+                      description=f"trained with motionstreamer: TAE {args.tae}, {ck['trainer']} {args.t2m} "
+                                  f"(step {ck['step']})")
+    print(f"wrote model bundle {out} (text encoder {text_encoder}); use it with --checkpoint {out}")
+    return 0

@@ -1,11 +1,20 @@
 """One training loop for every trainer (TAE, text-to-motion, streaming, evaluator).
 
 A trainer supplies: the model, a `loss_fn(model, batch, step) -> (loss, logs)`, and a
-`sample_batch(generator, batch_size) -> batch` that draws all of its randomness from the given
-torch.Generator. The loop owns everything else: optimiser and warm-up/cosine or multi-step schedule,
+`sample_batch(generator, batch_size) -> batch` that draws its data randomness from the given
+torch.Generator (model-side randomness, e.g. diffusion noise, comes from the global torch RNG, seeded
+per rank). The loop owns everything else: optimiser and warm-up/cosine or multi-step schedule,
 bf16 autocast on GPU, gradient clipping, optional EMA, DDP under torchrun, TensorBoard, a progress
-bar, and atomic checkpoints every N steps holding model, optimiser, scheduler, step, EMA, all RNG
-states and the config, so `--resume` continues bit for bit where the hardware is deterministic.
+bar, and atomic checkpoints every N steps holding model, optimiser, scheduler, step, EMA, every
+rank's RNG states and the config, so `--resume` continues bit for bit where the hardware is
+deterministic (tests/test_train_resume.py). config.json (the full run config) sits beside the
+checkpoint.
+
+Multi-GPU: plain DDP (`torchrun --nproc_per_node N -m motionstreamer train ...`), not FSDP. The
+largest model, the official text-to-motion transformer + diffusion head, has 242M parameters: fp32
+weights + grads + AdamW moments are ~3.9 GB, far below one GPU's memory, so sharding would only add
+communication. The global batch is split evenly across ranks and DDP averages the gradients
+(tests/test_train_ddp.py checks them against one process with the whole batch).
 """
 from __future__ import annotations
 
@@ -51,6 +60,34 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    def __post_init__(self):
+        for f in fields(self):  # lists from JSON/YAML become the tuples the fields hold
+            if isinstance(getattr(self, f.name), list):
+                setattr(self, f.name, tuple(getattr(self, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Value checks (subclasses extend); errors name the field."""
+        name = type(self).__name__
+        for f in fields(self):
+            _check_type(name, f.name, getattr(self, f.name), f.type)
+        positive = ["steps", "batch_size", "save_every", "log_every"]
+        for k in positive:
+            if getattr(self, k) < 1:
+                raise ValueError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "multistep", "constant"):
+            raise ValueError(f"{name}.schedule must be cosine|multistep|constant, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"{name}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{name}.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"{name}.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"{name}.grad_clip must be > 0 or null, got {self.grad_clip}")
+
     # ---- config files and overrides
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -62,8 +99,7 @@ class TrainConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        kw = {k: tuple(v) if isinstance(getattr(cls(), k), tuple) and isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        return cls(**d)
 
     def updated(self, overrides: dict):
         d = self.to_dict()
@@ -71,16 +107,49 @@ class TrainConfig:
         return type(self).from_dict(d)
 
 
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list)}
+
+
+def _check_type(cls_name: str, key: str, value, annotation) -> None:
+    """Check a field value against its (string) annotation, e.g. 'int', 'float | None', 'tuple'."""
+    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    allowed = [a.strip() for a in ann.split("|")]
+    if value is None:
+        if "None" in allowed:
+            return
+        raise ValueError(f"{cls_name}.{key} must be {ann}, got null")
+    for a in allowed:
+        types = _TYPES.get(a)
+        if types is None:
+            return  # an annotation this check does not know: accept
+        if isinstance(value, bool) and a != "bool":
+            continue  # True is an int in Python, never a step count or a rate
+        if isinstance(value, types):
+            if a == "int" and isinstance(value, float) and not value.is_integer():
+                continue
+            return
+    raise ValueError(f"{cls_name}.{key} must be {ann}, got {value!r} ({type(value).__name__})")
+
+
 def load_config_file(path: str | os.PathLike) -> dict:
+    """A YAML (.yaml/.yml) or JSON file holding a mapping of config field -> value."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of field -> value")
+    if "train" in data and isinstance(data["train"], dict) and "trainer" in data:
+        data = data["train"]  # a run's config.json: reuse its training fields
     return data
 
 
@@ -127,6 +196,13 @@ def setup_distributed(device: str = "auto") -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Dist(rank, world, local, dev)
+
+
+def cleanup_distributed() -> None:
+    """End the process group a torchrun training opened (call once the run is over)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- schedules / EMA
@@ -215,9 +291,10 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     """
     env = dist_env or setup_distributed(cfg.device)
     device = env.device
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    # model-side randomness (diffusion t/noise, TAE reparameterisation) differs per rank, as the data does
+    torch.manual_seed(cfg.seed + env.rank)
+    random.seed(cfg.seed + env.rank)
+    np.random.seed(cfg.seed + env.rank)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * env.rank)
     if cfg.batch_size % env.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {env.world_size} processes")
@@ -230,12 +307,15 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step = 0
     out_dir = Path(cfg.out_dir)
-    full_config = {"trainer": name, "train": cfg.to_dict(), **(extra_config or {})}
+    full_config = {"trainer": name, "train": cfg.to_dict(), "world_size": env.world_size, **(extra_config or {})}
     if resume:
         ck = load_checkpoint(resume)
         if ck.get("trainer") != name:
             raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
-        model.load_state_dict(ck["model"])
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{resume}: its weights do not fit this model (different config?): {e}") from None
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step = int(ck["step"])
@@ -282,8 +362,10 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     log_file = out_dir / "log.jsonl"
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "config.json", full_config)
     t_start, n_samples = time.perf_counter(), 0
     ckpt = None
+    saved_at = step
     done_here = 0
     while step < cfg.steps and (stop_after is None or done_here < stop_after):
         ddp_model.train()
@@ -321,7 +403,9 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
                         if k != "step":
                             writer.add_scalar(f"{name}/{k}", v, step)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            ckpt = save()
+            ckpt, saved_at = save(), step
+    if step != saved_at:  # stopped early (stop_after): leave a checkpoint to resume from
+        ckpt = save()
     if bar is not None:
         bar.close()
     if writer is not None:

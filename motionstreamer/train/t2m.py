@@ -44,6 +44,16 @@ class T2MTrainConfig(TrainConfig):
     two_forward: bool = True
     batch_mul: int = 4                 # diffmlps_batch_mul
 
+    def check(self) -> None:
+        super().check()
+        for k in ("text_dropout", "drop_edge_prob"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"T2MTrainConfig.{k} must be in [0, 1], got {getattr(self, k)}")
+        if self.max_latents < 2:
+            raise ValueError(f"T2MTrainConfig.max_latents must be >= 2 (text token + one latent), got {self.max_latents}")
+        if self.batch_mul < 1:
+            raise ValueError(f"T2MTrainConfig.batch_mul must be >= 1, got {self.batch_mul}")
+
 
 # ----------------------------------------------------------------------------- data
 @dataclass
@@ -52,6 +62,10 @@ class LatentExample:
     latents_a: np.ndarray              # (La, 16) history (empty for plain text-to-motion clips)
     latents_b: np.ndarray              # (Lb, 16) target latents, end latent included
     edge_drop: bool = True             # plain clips may lose their first/last latent (augmentation)
+    captions: tuple = ()               # all captions of a whole clip; one is drawn per sample (as the original)
+
+    def all_captions(self) -> tuple:
+        return self.captions or (self.caption,)
 
 
 class LatentTextData:
@@ -62,9 +76,21 @@ class LatentTextData:
             raise ValueError("no training examples")
         self.examples, self.emb, self.cfg = examples, text_embeddings, cfg
         self.latent_dim = examples[0].latents_b.shape[-1]
-        self.text_dim = next(iter(text_embeddings.values())).shape[-1]
         if "" not in self.emb:
             raise ValueError("text embeddings must include the empty caption '' (CFG)")
+        self.text_dim = self.emb[""].shape[-1]
+        for i, ex in enumerate(examples):
+            for name, a in (("latents_a", ex.latents_a), ("latents_b", ex.latents_b)):
+                if a.ndim != 2 or (len(a) and a.shape[1] != self.latent_dim):
+                    raise ValueError(f"example {i} ({ex.caption!r}): {name} must be (L, {self.latent_dim}), got {a.shape}")
+            if len(ex.latents_b) == 0:
+                raise ValueError(f"example {i} ({ex.caption!r}): no target latents")
+            for c in ex.all_captions():
+                e = self.emb.get(c)
+                if e is None:
+                    raise ValueError(f"example {i}: no text embedding for caption {c!r}")
+                if e.shape != (self.text_dim,):
+                    raise ValueError(f"text embedding of {c!r} has shape {tuple(e.shape)}, expected ({self.text_dim},)")
 
     def sample_batch(self, gen: torch.Generator, batch_size: int):
         cfg = self.cfg
@@ -80,13 +106,15 @@ class LatentTextData:
             r = torch.rand(2, generator=gen).tolist()
             if ex.edge_drop and r[0] < cfg.drop_edge_prob and len(b) > 1:
                 b = b[:-1] if r[1] < 0.5 else b[1:]
-            a = ex.latents_a[-max(0, L - len(b)):] if len(ex.latents_a) else ex.latents_a
+            keep = max(0, L - len(b))                # history that still fits before B (newest kept)
+            a = ex.latents_a[len(ex.latents_a) - keep:] if keep else ex.latents_a[:0]
             seq = np.concatenate([a, b]) if len(a) else b
             seq = seq[:L]
             latents[row, :len(seq)] = torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32))
             a_len[row] = min(len(a), len(seq))
             total[row] = len(seq)
-            texts.append(ex.caption)
+            caps = ex.all_captions()
+            texts.append(caps[int(torch.randint(len(caps), (1,), generator=gen))] if len(caps) > 1 else caps[0])
         drop = torch.rand(batch_size, generator=gen) < cfg.text_dropout
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         text = torch.stack([self.emb[t] for t in texts])
@@ -95,6 +123,26 @@ class LatentTextData:
         L_eff = int(total.max())
         perm = torch.randperm(L_eff, generator=gen)  # Two-Forward positions, drawn here so resume is exact
         return {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
+
+
+def draw_diffusion_noise(batch: dict, batch_mul: int, num_timesteps: int, generator: torch.Generator) -> dict:
+    """Add explicit per-position diffusion randomness to a batch: t/noise for the loss (each of the
+    batch_mul repeats) and t_x0/noise_x0 for the Two-Forward first pass. A batch carrying them has a
+    loss that is a pure function of its rows, so it can be split across processes and give the same
+    gradients as one process (tests/test_train_ddp.py). Without them the objective draws from the
+    global torch RNG (faster on GPU: no host-side noise)."""
+    b, l, d = batch["latents"].shape
+    g = generator
+    return {**batch,
+            "t": torch.randint(num_timesteps, (b, l, batch_mul), generator=g),
+            "noise": torch.randn(b, l, batch_mul, d, generator=g),
+            "t_x0": torch.randint(num_timesteps, (b, l), generator=g),
+            "noise_x0": torch.randn(b, l, d, generator=g)}
+
+
+def split_batch_rows(batch: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of a batch; the Two-Forward positions ('perm') are shared by all rows."""
+    return {k: (v if k == "perm" else v[start:stop]) for k, v in batch.items()}
 
 
 def replace_fraction(step: int, total: int) -> float:
@@ -110,10 +158,12 @@ class TwoForwardObjective(torch.nn.Module):
         self.model, self.total_steps, self.batch_mul, self.two_forward = model, total_steps, batch_mul, two_forward
 
     def forward(self, batch: dict, step: int):
-        model = self.model
-        dev = next(model.parameters()).device
-        lat = batch["latents"].to(dev)
-        text = batch["text"].to(dev)
+        model, diff = self.model, self.model.diff_loss
+        proc = diff.train_diffusion
+        w = next(model.parameters())
+        dev, dtype = w.device, w.dtype
+        lat = batch["latents"].to(dev, dtype)
+        text = batch["text"].to(dev, dtype)
         b, l, d = lat.shape
         pos = torch.arange(l, device=dev)[None]
         a_len = batch["a_len"].to(dev)[:, None]
@@ -127,14 +177,25 @@ class TwoForwardObjective(torch.nn.Module):
             if replace.any():
                 with torch.no_grad():  # first forward; the head's x0 only where it will be used
                     cond = model(lat, text)[:, :-1]
-                    x0 = model.diff_loss.predict_x0(lat[replace], cond[replace])
+                    x, c = lat[replace], cond[replace]
+                    if "t_x0" in batch:
+                        t0, n0 = batch["t_x0"].to(dev)[replace], batch["noise_x0"].to(dev, dtype)[replace]
+                    else:  # same draws, in the same order, as DiffLoss.predict_x0
+                        t0 = torch.randint(0, proc.num_timesteps, (x.shape[0],), device=dev)
+                        n0 = torch.randn_like(x)
+                    x_t = proc.q_sample(x, t0, n0)
+                    x0 = proc.predict_x0(x_t, t0, diff.net(x_t, t0, c))
                 inputs = lat.clone()
                 inputs[replace] = x0.to(lat.dtype)
         cond = model(inputs, text)[:, :-1]
         # valid target tokens, each repeated batch_mul times with its own t and noise
         tgt = lat[target_mask].repeat(self.batch_mul, 1)
         z = cond[target_mask].repeat(self.batch_mul, 1)
-        return model.diff_loss.loss(tgt, z), {"replace_fraction": frac}
+        t = noise = None
+        if "t" in batch:  # (b, l, mul) -> valid (n, mul) -> repeat-major (mul * n), the order of tgt/z
+            t = batch["t"].to(dev)[target_mask].T.reshape(-1)
+            noise = batch["noise"].to(dev, dtype)[target_mask].transpose(0, 1).reshape(-1, d)
+        return diff.loss(tgt, z, t, noise), {"replace_fraction": frac}
 
 
 # ----------------------------------------------------------------------------- loading latents
@@ -142,7 +203,9 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
                          max_latents: int = 78, fps: int = 30, unit_length: int = 4) -> list[LatentExample]:
     """Read per-clip latents written by `encode-latents` and the captions of a HumanML3D-272 layout.
 
-    Sub-captions (start/end seconds) crop the latents at int(sec*fps/unit_length) as the original.
+    A clip's whole-clip captions (start = end = 0) make one example; one of them is drawn per sample,
+    as the original draws a random caption of the clip. Each sub-caption (start/end seconds) is its own
+    example, its latents cropped at int(sec*fps/unit_length) as the original.
     """
     from motionstreamer.data.humanml3d import read_split, read_text_file
 
@@ -152,30 +215,70 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
         path = latent_dir / f"{name}.npy"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no latents for clip {name!r} of split {split!r}; run encode-latents")
-        lat = np.load(path, allow_pickle=False)
-        if lat.ndim != 2 or not np.all(np.isfinite(lat)):
+        try:
+            lat = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a numeric .npy array ({e})") from None
+        if lat.ndim != 2 or len(lat) == 0 or not np.all(np.isfinite(lat)):
             raise ValueError(f"{path}: expected finite (L, latent_dim) latents, got shape {lat.shape}")
+        whole = []
         for cap in read_text_file(data_root / "texts" / f"{name}.txt"):
             if cap.start == 0.0 and cap.end == 0.0:
-                seq = lat
-            else:
-                a, b = int(cap.start * fps / unit_length), int(cap.end * fps / unit_length)
-                if a >= b:
-                    continue
-                seq = lat[a:b]
-            examples.append(LatentExample(cap.caption, lat[:0], seq[:max_latents]))
+                whole.append(cap.caption)
+                continue
+            a, b = int(cap.start * fps / unit_length), int(cap.end * fps / unit_length)
+            if a >= b or a >= len(lat):
+                continue
+            examples.append(LatentExample(cap.caption, lat[:0], lat[a:b][:max_latents]))
+        if whole:
+            examples.append(LatentExample(whole[0], lat[:0], lat[:max_latents], captions=tuple(whole)))
     return examples
 
 
-def embed_captions(examples, text_encoder, batch: int = 256) -> dict[str, torch.Tensor]:
-    caps = sorted({e.caption for e in examples} | {""})
-    out = {}
-    for i in range(0, len(caps), batch):
-        chunk = caps[i:i + batch]
+def embed_captions(examples, text_encoder, batch: int = 256,
+                   known: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """{caption: embedding} for every caption of the examples and '' (CFG), encoded once each.
+
+    Captions already in `known` (e.g. a --text-cache file) are not encoded again; text_encoder may be
+    None when `known` covers them all."""
+    caps = sorted({c for e in examples for c in e.all_captions()} | {""})
+    out = {c: known[c] for c in caps if known and c in known}
+    missing = [c for c in caps if c not in out]
+    if missing and text_encoder is None:
+        raise ValueError(f"{len(missing)} caption(s) have no cached embedding and no text encoder was given, "
+                         f"e.g. {missing[0]!r}")
+    for i in range(0, len(missing), batch):
+        chunk = missing[i:i + batch]
         emb = text_encoder.encode(chunk)
         for c, e in zip(chunk, emb):
             out[c] = e.detach().float().cpu()
     return out
+
+
+TEXT_CACHE_FORMAT = "motionstreamer-text-embeddings"
+
+
+def save_text_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor], encoder: str) -> None:
+    """One file of caption embeddings (loads with torch.load(weights_only=True)), written atomically."""
+    from motionstreamer.utils import atomic_torch_save
+
+    caps = sorted(embeddings)
+    atomic_torch_save(path, {"format": TEXT_CACHE_FORMAT, "encoder": encoder, "captions": caps,
+                             "embeddings": torch.stack([embeddings[c].float().cpu() for c in caps])})
+
+
+def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(embeddings, encoder name) from save_text_embeddings; errors name the file."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read text embeddings {path}: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != TEXT_CACHE_FORMAT:
+        raise ValueError(f"{path}: not a motionstreamer text-embedding file")
+    caps, emb = d["captions"], d["embeddings"]
+    if emb.ndim != 2 or len(caps) != len(emb):
+        raise ValueError(f"{path}: {len(caps)} captions but embeddings of shape {tuple(emb.shape)}")
+    return dict(zip(caps, emb)), str(d["encoder"])
 
 
 def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, cfg: T2MTrainConfig,

@@ -35,6 +35,13 @@ class TAETrainConfig(TrainConfig):
     window: int = 64
     root_weight: float = 7.0
 
+    def check(self) -> None:
+        super().check()
+        if self.window < 4 or self.window % 4:
+            raise ValueError(f"TAETrainConfig.window must be a positive multiple of 4 frames, got {self.window}")
+        if self.root_weight < 0:
+            raise ValueError(f"TAETrainConfig.root_weight must be >= 0, got {self.root_weight}")
+
 
 def _softclip(x: torch.Tensor, low: float) -> torch.Tensor:
     return low + F.softplus(x - low)
@@ -100,9 +107,16 @@ def train_tae(tae, motions: list[np.ndarray], cfg: TAETrainConfig, resume=None, 
 @torch.no_grad()
 def encode_latents(tae, motions: dict[str, np.ndarray], out_dir: str | Path, end_latent: torch.Tensor | None,
                    sample: bool = True, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
-    """Encode whole clips into per-clip latent files (L+1, 16): the TAE's SAMPLED z, as the original
-    get_latent.py does (training on samples matches the noise the decoder was trained with, and the
-    end latent is appended as the final token so the model learns when an action ends)."""
+    """Encode whole clips into per-clip latent files `out_dir/<name>.npy` of shape (L+1, latent_dim):
+    the L = T//4 latents of the clip, then `end_latent` as the last row (when given).
+
+    Why the SAMPLED z (mu + eps * sigma, eps from `seed`) and not mu: the original get_latent.py
+    stores the sample, and the TAE decoder was trained on samples, so a model trained to predict
+    samples produces latents from the distribution the decoder knows; its spread also acts as data
+    augmentation. `sample=False` stores mu instead. The end latent is appended as the final token so
+    the text-to-motion model learns when an action ends (the runtime stops on reaching it).
+    Frames beyond the last multiple of 4 are dropped; clips shorter than 4 frames are skipped.
+    """
     from tqdm import tqdm
 
     from motionstreamer.utils import atomic_save_npy
@@ -113,11 +127,13 @@ def encode_latents(tae, motions: dict[str, np.ndarray], out_dir: str | Path, end
     gen = torch.Generator(device="cpu").manual_seed(seed)
     result = {}
     for name, m in tqdm(sorted(motions.items()), desc="encode latents", disable=not progress):
-        T = (len(m) // 4) * 4
+        if m.ndim != 2 or m.shape[1] != tae.config.in_dim or not np.all(np.isfinite(m)):
+            raise ValueError(f"clip {name!r}: expected finite (frames, {tae.config.in_dim}) features, got {m.shape}")
+        T = (len(m) // tae.config.frames_per_latent) * tae.config.frames_per_latent
         if T == 0:
             continue
         x = torch.from_numpy(np.ascontiguousarray(m[:T], dtype=np.float32))[None].to(dev)
-        z, mu, logvar = tae.encode(x)
+        _, mu, logvar = tae.encode(x, sample=False)
         if sample:
             eps = torch.randn(mu.shape, generator=gen).to(dev)
             z = mu + eps * torch.exp(0.5 * logvar)
