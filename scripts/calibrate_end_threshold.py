@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     from motionstreamer.checkpoints import load_bundle
     from motionstreamer.models.text import TextEncoder
+    from motionstreamer.runtime.commands import apply_bundle_defaults
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
     from motionstreamer.train.t2m import load_latent_examples
     from motionstreamer.utils import atomic_write_json
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     pick = [examples[i] for i in rng.choice(len(examples), size=min(args.n, len(examples)), replace=False)]
     gt_len = [len(e.latents_b) - 1 for e in pick]          # latents before the appended end latent
-    cfg = GenerationConfig(end_threshold=-1.0, max_latents=max(gt_len) + 4)
+    cfg = GenerationConfig(max_latents=max(gt_len) + 4)
+    apply_bundle_defaults(cfg, bundle.config)
+    cfg.end_threshold = -1.0
     engine = StreamingEngine(bundle, enc, capacity=len(pick), config=cfg)
     ids = [engine.add_stream(e.caption, seed=args.seed + i, max_latents=n + 4) for i, (e, n) in enumerate(zip(pick, gt_len))]
     dist = {i: [] for i in ids}

@@ -97,14 +97,30 @@ def main(argv=None) -> int:
     model.eval()
 
     out = Path(args.out)
-    save_bundle(out, tae, model, mean, std, end, text_encoder="minilm",
-                description="motionstreamer default: small TAE + t2m/streaming model trained on synthetic motions "
-                            "(scripts/train_default_model.py, seed %d)" % args.seed)
+    finish_bundle(out, tae, model, mean, std, end, work, data, args.seed)
     summary["minutes"] = (time.time() - t0) / 60
+    summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
     from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "training_summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int) -> None:
+    """Save the bundle (fp32 safetensors) with its sampler defaults, then calibrate its end threshold.
+
+    skip_terminal_step: a briefly trained head cannot predict eps precisely enough at the cosine
+    schedule's degenerate last step (alpha_bar ~1e-6), see DiffLoss.sampling_process."""
+    from motionstreamer.checkpoints import save_bundle
+
+    save_bundle(out, tae, model, mean, std, end, text_encoder="minilm",
+                description="motionstreamer default: small TAE + t2m/streaming model trained on synthetic motions "
+                            "(scripts/train_default_model.py, seed %d)" % seed,
+                extra_config={"sampler": {"skip_terminal_step": True}})
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import calibrate_end_threshold
+    calibrate_end_threshold.main(["--bundle", str(out), "--data", str(data), "--latents", str(work / "latents"),
+                                  "--seed", str(seed)])
 
 
 if __name__ == "__main__":
