@@ -1,97 +1,313 @@
-"""BVH output (spec §3): SMPL 24-joint hierarchy, ZYX Euler channels in degrees, 30 fps.
+"""BVH output in the released converter's exact format (spec §3), and a small BVH reader.
 
-Hierarchy depth-first from the pelvis with children in increasing SMPL index; End Sites (offset 0)
-on the feet, head and palms; root channels Xposition Yposition Zposition Zrotation Yrotation
-Xrotation, others Zrotation Yrotation Xrotation; rest offsets of SMPL neutral (betas 0). The root
-position is offset[0] + (tau_x, h, tau_z) as the released converter writes it (floor_at_zero=True
-writes (tau_x, h, tau_z), putting the rest-pose floor at y = 0 instead).
+Writer (byte-compatible with `representation_272_to_bvh.py`, whose writer comes from smpl2bvh):
+- the 24-joint SMPL hierarchy, depth-first from the pelvis with children in increasing SMPL index
+  (file order 0,1,4,7,10,2,5,8,11,3,6,9,12,15,13,16,18,20,22,14,17,19,21,23), tab-indented;
+- OFFSETs are the SMPL-neutral rest offsets (betas 0); leaves (feet, head, palms) end in an
+  `End Site` with OFFSET 0 0 0;
+- root `CHANNELS 6 Xposition Yposition Zposition Zrotation Yrotation Xrotation ` (trailing space),
+  others `CHANNELS 3 Zrotation Yrotation Xrotation`;
+- MOTION: `Frames: T`, `Frame Time: %f` (0.033333 at 30 fps), then per frame 75 values printed %f,
+  each followed by a space: root position, then [z, y, x] Euler degrees (R = Rz Ry Rx) of every joint
+  in file order; the palms are always 0 0 0;
+- root position = offset[0] + (tau_x, h, tau_z) as the converter writes it (the rest pelvis sits at
+  offset[0], so the BVH floor is about 0.22 m below y = 0); floor_at_zero=True writes (tau_x, h, tau_z)
+  so the pelvis is where recover_joints puts it (no longer byte-compatible).
 """
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from motionstreamer.representation.rotation import matrix_to_euler_zyx
-from motionstreamer.representation.skeleton import JOINT_NAMES, PARENTS_24, SMPL_OFFSETS_24
+from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
+
+NUM_BVH_JOINTS = len(JOINT_NAMES)   # 24: the 22 body joints and the two palms
+ROOT_CHANNELS = ("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")
+JOINT_CHANNELS = ("Zrotation", "Yrotation", "Xrotation")
 
 
 def _children(j: int) -> list[int]:
-    return [c for c in range(24) if PARENTS_24[c] == j]
+    return [c for c in range(NUM_BVH_JOINTS) if PARENTS_24[c] == j]
 
 
-def hierarchy_order() -> list[int]:
-    order = []
-
-    def visit(j):
-        order.append(j)
-        for c in _children(j):
-            visit(c)
-    visit(0)
-    return order
+def _depth_first(j: int = 0) -> list[int]:
+    return [j] + [k for c in _children(j) for k in _depth_first(c)]
 
 
-def _hierarchy_text() -> str:
+# SMPL indices in file order (each joint's channels appear in this order in a frame line).
+JOINT_ORDER = tuple(_depth_first())
+
+
+def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES) -> str:
+    """The HIERARCHY block (ending with a newline) for the 24-joint SMPL skeleton."""
     lines = ["HIERARCHY"]
 
-    def visit(j, depth):
-        ind = "\t" * depth
-        off = SMPL_OFFSETS_24[j]
-        lines.append(f"{ind}{'ROOT' if j == 0 else 'JOINT'} {JOINT_NAMES[j]}")
+    def visit(j: int, ind: str) -> None:
+        o = offsets[j]
+        lines.append(f"{ind}{'ROOT' if j == 0 else 'JOINT'} {names[j]}")
         lines.append(f"{ind}{{")
-        lines.append(f"{ind}\tOFFSET {off[0]:f} {off[1]:f} {off[2]:f}")
+        lines.append(f"{ind}\tOFFSET {o[0]:f} {o[1]:f} {o[2]:f}")
         if j == 0:
-            lines.append(f"{ind}\tCHANNELS 6 Xposition Yposition Zposition Zrotation Yrotation Xrotation ")
+            lines.append(f"{ind}\tCHANNELS 6 {' '.join(ROOT_CHANNELS)} ")
         else:
-            lines.append(f"{ind}\tCHANNELS 3 Zrotation Yrotation Xrotation ")
+            lines.append(f"{ind}\tCHANNELS 3 {' '.join(JOINT_CHANNELS)}")
         kids = _children(j)
         for c in kids:
-            visit(c, depth + 1)
+            visit(c, ind + "\t")
         if not kids:
-            lines.append(f"{ind}\tEnd Site")
-            lines.append(f"{ind}\t{{")
-            lines.append(f"{ind}\t\tOFFSET 0.000000 0.000000 0.000000")
-            lines.append(f"{ind}\t}}")
+            lines.extend([f"{ind}\tEnd Site", f"{ind}\t{{", f"{ind}\t\tOFFSET {0.0:f} {0.0:f} {0.0:f}", f"{ind}\t}}"])
         lines.append(f"{ind}}}")
-    visit(0, 0)
-    return "\n".join(lines)
+
+    visit(0, "")
+    return "\n".join(lines) + "\n"
 
 
-def bvh_text(rotations, translation, fps: int = 30, floor_at_zero: bool = False) -> str:
-    rot = np.asarray(rotations, dtype=np.float64)
-    trans = np.asarray(translation, dtype=np.float64)
-    if rot.ndim != 4 or rot.shape[1:] != (22, 3, 3):
-        raise ValueError(f"rotations must be (frames, 22, 3, 3), got {rot.shape}")
+def _as_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
+def _check_fps(fps) -> float:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return float(fps)
+
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(a)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise ValueError(f"{name} contains NaN/inf (first at index {bad})")
+
+
+def bvh_text(rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> str:
+    """The whole BVH file as text. rotations (T, 22, 3, 3): [0] pelvis global rotation, [1:]
+    parent-local (recover_rotations' output); translation (T, 3): pelvis position (tau_x, h, tau_z)."""
+    from motionstreamer.representation.rotation import matrix_to_euler_zyx
+
+    rot = _as_numpy(rotations, "rotations")
+    trans = _as_numpy(translation, "translation")
+    if rot.ndim != 4 or rot.shape[1:] != (NUM_JOINTS, 3, 3):
+        raise ValueError(f"rotations must have shape (frames, 22, 3, 3), got {rot.shape}")
+    if rot.shape[0] == 0:
+        raise ValueError("rotations has no frames")
     if trans.shape != (rot.shape[0], 3):
-        raise ValueError(f"translation must be ({rot.shape[0]}, 3), got {trans.shape}")
-    if not (np.all(np.isfinite(rot)) and np.all(np.isfinite(trans))):
-        raise ValueError("rotations/translation contain NaN or inf")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise ValueError(f"translation must have shape ({rot.shape[0]}, 3) to match rotations, got {trans.shape}")
+    _check_finite(rot, "rotations")
+    _check_finite(trans, "translation")
+    fps = _check_fps(fps)
+
     T = rot.shape[0]
-    euler = np.zeros((T, 24, 3))
-    euler[:, :22] = matrix_to_euler_zyx(rot, degrees=True)      # (z, y, x); palms stay 0
+    euler = np.zeros((T, NUM_BVH_JOINTS, 3))
+    euler[:, :NUM_JOINTS] = matrix_to_euler_zyx(rot, degrees=True)     # [z, y, x]; palms stay 0
     root = trans if floor_at_zero else trans + SMPL_OFFSETS_24[0]
-    order = hierarchy_order()
-    values = np.concatenate([root, euler[:, order].reshape(T, -1)], axis=1)   # 3 + 72 = 75
-    body = "\n".join(" ".join(f"{v:f}" for v in row) + " " for row in values)
-    return f"{_hierarchy_text()}\nMOTION\nFrames: {T}\nFrame Time: {1.0 / fps:f}\n{body}\n"
+    values = np.concatenate([root, euler[:, list(JOINT_ORDER)].reshape(T, -1)], axis=1)   # (T, 75)
+    out = io.StringIO()
+    out.write(hierarchy_text())
+    out.write(f"MOTION\nFrames: {T}\nFrame Time: {1.0 / fps:f}\n")
+    np.savetxt(out, values, fmt="%f", delimiter=" ", newline=" \n")   # every value followed by a space
+    return out.getvalue()
 
 
-def write_bvh(path: str | Path, rotations, translation, fps: int = 30, floor_at_zero: bool = False) -> Path:
+def write_bvh(path: str | Path, rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> Path:
+    """Write rotations (T, 22, 3, 3) + pelvis translation (T, 3) as a BVH file (atomic); returns the path."""
     from motionstreamer.utils import atomic_write_text
 
+    text = bvh_text(rotations, translation, fps, floor_at_zero)
     path = Path(path)
-    atomic_write_text(path, bvh_text(rotations, translation, fps, floor_at_zero))
+    atomic_write_text(path, text)
     return path
 
 
-def features_to_bvh(path: str | Path, features, fps: int = 30, floor_at_zero: bool = False) -> Path:
-    """De-normalised (T, 272) features -> BVH via the rot-mode inverse."""
+def features_to_bvh(path: str | Path, features, fps: float = 30, floor_at_zero: bool = False) -> Path:
+    """De-normalised 272 features (T, 272) -> BVH, through the rot-mode inverse (spec §2.3)."""
     from motionstreamer.representation.features import recover_rotations
 
-    x = np.asarray(features, dtype=np.float64)
+    x = _as_numpy(features, "features")
     if x.ndim != 2 or x.shape[1] != 272:
-        raise ValueError(f"features must be (frames, 272), got {x.shape}")
-    rot, trans = recover_rotations(x)
-    return write_bvh(path, rot, trans, fps, floor_at_zero)
+        raise ValueError(f"features must have shape (frames, 272), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("features has no frames")
+    _check_finite(x, "features")
+    rotations, translation = recover_rotations(x)
+    return write_bvh(path, rotations, translation, fps, floor_at_zero)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+@dataclass
+class BVH:
+    """A parsed BVH file. Joints are in file order; End Sites are not joints."""
+    names: list[str]
+    parents: list[int]            # index into names, -1 for the root
+    offsets: np.ndarray           # (J, 3)
+    channels: list[tuple[str, ...]]
+    frame_time: float
+    motion: np.ndarray            # (T, total channels), columns in file order
+
+    def channel_values(self, joint: int) -> np.ndarray:
+        """(T, len(channels[joint])) values of one joint's channels."""
+        start = sum(len(c) for c in self.channels[:joint])
+        return self.motion[:, start:start + len(self.channels[joint])]
+
+    def local_rotations(self) -> np.ndarray:
+        """(T, J, 3, 3): the product of each joint's rotation channels in file order (R = R1 R2 R3)."""
+        T, J = self.motion.shape[0], len(self.names)
+        out = np.tile(np.eye(3), (T, J, 1, 1))
+        for j in range(J):
+            vals = self.channel_values(j)
+            for k, ch in enumerate(self.channels[j]):
+                if ch.endswith("rotation"):
+                    out[:, j] = out[:, j] @ _axis_rotation(ch[0].lower(), np.deg2rad(vals[:, k]))
+        return out
+
+    def local_translations(self) -> np.ndarray:
+        """(T, J, 3): each joint's offset, replaced per axis by its position channels when it has them."""
+        T, J = self.motion.shape[0], len(self.names)
+        out = np.broadcast_to(self.offsets, (T, J, 3)).copy()
+        for j in range(J):
+            vals = self.channel_values(j)
+            for k, ch in enumerate(self.channels[j]):
+                if ch.endswith("position"):
+                    out[:, j, "xyz".index(ch[0].lower())] = vals[:, k]
+        return out
+
+    def global_positions(self) -> np.ndarray:
+        """(T, J, 3) joint positions by forward kinematics over the file's hierarchy."""
+        rot, trans = self.local_rotations(), self.local_translations()
+        g_rot, g_pos = np.empty_like(rot), np.empty_like(trans)
+        for j, p in enumerate(self.parents):   # parents precede children in a BVH file
+            if p < 0:
+                g_rot[:, j], g_pos[:, j] = rot[:, j], trans[:, j]
+            else:
+                g_pos[:, j] = g_pos[:, p] + (g_rot[:, p] @ trans[:, j, :, None])[..., 0]
+                g_rot[:, j] = g_rot[:, p] @ rot[:, j]
+        return g_pos
+
+
+def _axis_rotation(axis: str, angle: np.ndarray) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    m = np.zeros(angle.shape + (3, 3))
+    i, k = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    a = "xyz".index(axis)
+    m[..., a, a] = 1.0
+    m[..., i, i] = c
+    m[..., k, k] = c
+    m[..., i, k] = -s
+    m[..., k, i] = s
+    return m
+
+
+_VALID_CHANNELS = {f"{a}{kind}" for a in "XYZ" for kind in ("position", "rotation")}
+
+
+def read_bvh(path: str | Path) -> BVH:
+    """Parse a BVH file; ValueError naming the file and line for malformed input."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"BVH file not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    names, parents, offsets, channels = [], [], [], []
+    stack: list[int] = []          # open joints; -2 marks an open End Site
+    i = 0
+
+    def fail(msg: str):
+        raise ValueError(f"{path}:{i + 1}: {msg}")
+
+    def numbers(tokens: list[str], count: int, what: str) -> list[float]:
+        if len(tokens) != count:
+            fail(f"{what} needs {count} numbers, got {len(tokens)}")
+        try:
+            return [float(t) for t in tokens]
+        except ValueError:
+            fail(f"{what} has a non-number in {' '.join(tokens)!r}")
+
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i >= len(lines) or lines[i].strip() != "HIERARCHY":
+        fail("expected HIERARCHY")
+    i += 1
+    while i < len(lines):
+        tok = lines[i].split()
+        if not tok:
+            i += 1
+            continue
+        key = tok[0]
+        if key in ("ROOT", "JOINT"):
+            if (key == "ROOT") != (not stack) or (key == "ROOT" and names):
+                fail(f"{key} in the wrong place")
+            if len(tok) != 2:
+                fail(f"{key} needs one name")
+            parents.append(stack[-1] if stack else -1)
+            names.append(tok[1])
+            offsets.append(None)
+            channels.append(None)
+        elif key == "End" and tok[1:] == ["Site"]:
+            if not stack or stack[-1] < 0:
+                fail("End Site outside a joint")
+        elif key == "{":
+            prev = lines[i - 1].split() if i else []
+            stack.append(-2 if prev[:1] == ["End"] else len(names) - 1)
+        elif key == "}":
+            if not stack:
+                fail("unbalanced '}'")
+            stack.pop()
+        elif key == "OFFSET":
+            vals = numbers(tok[1:], 3, "OFFSET")
+            if not stack:
+                fail("OFFSET outside a joint")
+            if stack[-1] >= 0:
+                offsets[stack[-1]] = vals
+        elif key == "CHANNELS":
+            if not stack or stack[-1] < 0:
+                fail("CHANNELS outside a joint")
+            try:
+                n = int(tok[1])
+            except (IndexError, ValueError):
+                fail("CHANNELS needs a count")
+            if len(tok) != n + 2 or any(c not in _VALID_CHANNELS for c in tok[2:]):
+                fail(f"CHANNELS {n} must be followed by {n} channel names, got {tok[2:]}")
+            channels[stack[-1]] = tuple(tok[2:])
+        elif key == "MOTION":
+            break
+        else:
+            fail(f"unexpected {key!r} in HIERARCHY")
+        i += 1
+    if i >= len(lines):
+        fail("missing MOTION section")
+    if stack or not names:
+        fail("unbalanced braces or no joints before MOTION")
+    for j, n in enumerate(names):
+        if offsets[j] is None:
+            fail(f"joint {n!r} has no OFFSET")
+        if channels[j] is None:
+            channels[j] = ()
+    i += 1
+    header = {}
+    for key in ("Frames:", "Frame Time:"):
+        if i >= len(lines) or not lines[i].strip().startswith(key):
+            fail(f"expected '{key}'")
+        header[key] = lines[i].strip()[len(key):].strip()
+        i += 1
+    try:
+        n_frames, frame_time = int(header["Frames:"]), float(header["Frame Time:"])
+    except ValueError:
+        i -= 2
+        fail(f"bad Frames / Frame Time values {header}")
+    width = sum(len(c) for c in channels)
+    rows = []
+    for row in range(n_frames):
+        if i >= len(lines):
+            fail(f"expected {n_frames} frames, found {row}")
+        vals = numbers(lines[i].split(), width, f"frame {row}")
+        rows.append(vals)
+        i += 1
+    motion = np.array(rows, dtype=np.float64).reshape(n_frames, width)
+    return BVH(names, parents, np.array(offsets, dtype=np.float64), channels, frame_time, motion)
