@@ -104,6 +104,8 @@ def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: b
             return integration.attention(q, k, v, scale, mask=mask, causal=causal)
         except ImportError:
             backend = "sdpa"
+    if backend == "sdpa" and scale <= 0:
+        backend = "math"   # torch's CPU SDPA returns NaN for a non-positive scale with a causal mask
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
     if backend != "math":
