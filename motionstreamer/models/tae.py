@@ -1,9 +1,13 @@
 """Causal TAE: 272-dim frames <-> 16-dim latents, 4x in time, causal convolutions only.
 
 Key layout equals the released Causal_TAE/net_last.pth ('net'): tae.decode_proj, tae.encoder.model.*,
-tae.encoder.proj, tae.decoder.model.* (spec reference-model §1, §7). Every convolution pads on the
-left only, so the decoder can run as a stream: each conv keeps the last (k-1)*dilation inputs it
-saw, and one new latent yields its 4 frames without recomputing the past (`decode_step`).
+tae.encoder.proj, tae.decoder.model.* (spec reference-model.md §1, §7).
+
+Every convolution pads on the left only, so the decoder can run as a stream: each decoder conv keeps
+the last (k-1)*dilation inputs it saw (a zero state is exactly the zero left padding of a full
+decode), and n new latents yield their 4n frames without recomputing the past (`decode_step`).
+Every convolution, full or streamed, runs through `causal_conv`, the one place where the conv
+backend (PyTorch reference or the native op, motionstreamer.ops.conv_backend) is chosen.
 """
 from __future__ import annotations
 
@@ -13,27 +17,42 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
 
 @dataclass
 class TAEConfig:
-    in_dim: int = 272
-    hidden: int = 1024
-    width: int = 1024
-    down_t: int = 2
+    in_dim: int = 272              # motion feature width (normalised 272-dim frames)
+    hidden: int = 1024             # width at the latent projections (the original's hidden_size)
+    width: int = 1024              # conv width (the released wrapper sets it to hidden_size)
+    down_t: int = 2                # number of 2x temporal down/upsampling stages
     stride_t: int = 2
-    depth: int = 3
-    dilation_growth: int = 3
+    depth: int = 3                 # residual blocks per stage
+    dilation_growth: int = 3       # dilations growth**d, applied in reverse order (9, 3, 1)
     latent_dim: int = 16
     logvar_clip: tuple = (-30.0, 20.0)
-    activation: str = "relu"
+    activation: str = "relu"       # inside the residual blocks; the stage ReLUs are fixed, as in the original
+
+    def __post_init__(self):
+        self.logvar_clip = tuple(float(v) for v in self.logvar_clip)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"TAEConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if len(self.logvar_clip) != 2 or self.logvar_clip[0] > self.logvar_clip[1]:
+            raise ValueError(f"TAEConfig.logvar_clip must be (low, high) with low <= high, got {self.logvar_clip}")
+        for name in ("in_dim", "hidden", "width", "stride_t", "depth", "dilation_growth", "latent_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.down_t < 0:
+            raise ValueError(f"TAEConfig.down_t must be >= 0, got {self.down_t}")
 
     @classmethod
     def official(cls) -> "TAEConfig":
         return cls()
 
     @classmethod
-    def small(cls) -> "TAEConfig":
-        return cls(hidden=128, width=128)
+    def small(cls, width: int = 64) -> "TAEConfig":
+        """Same layout, narrow convs: for tests and CPU experiments."""
+        return cls(hidden=width, width=width)
 
     @property
     def frames_per_latent(self) -> int:
@@ -46,58 +65,66 @@ class TAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TAEConfig":
-        d = dict(d)
-        if "logvar_clip" in d:
-            d["logvar_clip"] = tuple(d["logvar_clip"])
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TAEConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
 
 
-def _conv(x, conv: nn.Conv1d, pad: int) -> torch.Tensor:
-    """The one place a TAE convolution runs (reference path: explicit left pad + Conv1d)."""
+def causal_conv(conv: nn.Conv1d, x: torch.Tensor, pad: int, state: torch.Tensor | None = None):
+    """The one place a TAE convolution runs.
+
+    Full sequence (state None): x (B, C, T) is left-padded with `pad` zeros -> (B, C', T_out).
+    Streaming (state (B, C, pad)): the state stands in for the padding -> (output, new state), the
+    new state being the last `pad` inputs. Chaining steps equals one full call on the concatenation.
+    """
     from motionstreamer.ops import conv_backend
-    return conv_backend.conv1d(x, conv, pad)
+
+    if state is None:
+        return conv_backend.conv1d(x, conv, pad)
+    xx = torch.cat([state, x], dim=-1)
+    return conv_backend.conv1d(xx, conv, 0), xx[..., xx.shape[-1] - pad:]
 
 
 class CausalConv1d(nn.Module):
+    """Left pad (k-1)*dilation + (1-stride), then an unpadded Conv1d (held as `.conv`, as in the original)."""
+
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1):
         super().__init__()
         self.pad = (k - 1) * dilation + (1 - stride)
         self.conv = nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation)
 
     def forward(self, x):
-        return _conv(x, self.conv, self.pad)
+        return causal_conv(self.conv, x, self.pad)
 
     # streaming (stride 1 only: the decoder's convs)
-    def state_size(self) -> int:
-        return self.pad
+    def state_shape(self) -> tuple[int, int]:
+        return self.conv.in_channels, self.pad
 
     def step(self, x, state):
-        xx = torch.cat([state, x], dim=-1)
-        return _conv(xx, self.conv, 0), xx[..., xx.shape[-1] - self.pad:]
+        return causal_conv(self.conv, x, self.pad, state)
 
 
 class CausalResBlock(nn.Module):
-    """x + conv1x1(act(conv_k3_dilated(leftpad(act(x)))))"""
+    """x + conv2_1x1(act(conv1_k3_dilated(leftpad(act(x))))); the state holds act(x) (what conv1 sees)."""
 
     def __init__(self, n: int, dilation: int, activation: str = "relu"):
         super().__init__()
-        if activation != "relu":
-            raise ValueError(f"only relu activation is supported, got {activation!r}")
+        self.act = ACTIVATIONS[activation]()
         self.left_padding = 2 * dilation
         self.conv1 = nn.Conv1d(n, n, 3, dilation=dilation)
         self.conv2 = nn.Conv1d(n, n, 1)
 
     def forward(self, x):
-        h = F.relu(_conv(F.relu(x), self.conv1, self.left_padding))
-        return x + _conv(h, self.conv2, 0)
+        return x + causal_conv(self.conv2, self.act(causal_conv(self.conv1, self.act(x), self.left_padding)), 0)
 
-    def state_size(self) -> int:
-        return self.left_padding
+    def state_shape(self) -> tuple[int, int]:
+        return self.conv1.in_channels, self.left_padding
 
     def step(self, x, state):
-        xx = torch.cat([state, F.relu(x)], dim=-1)
-        h = F.relu(_conv(xx, self.conv1, 0))
-        return x + _conv(h, self.conv2, 0), xx[..., xx.shape[-1] - self.left_padding:]
+        h, new_state = causal_conv(self.conv1, self.act(x), self.left_padding, state)
+        return x + causal_conv(self.conv2, self.act(h), 0), new_state
 
 
 class CausalResnet1D(nn.Module):
@@ -120,10 +147,10 @@ class CausalEncoder(nn.Module):
                                         CausalResnet1D(c.width, c.depth, c.dilation_growth, c.activation)))
         blocks.append(CausalConv1d(c.width, c.hidden, 3))
         self.model = nn.Sequential(*blocks)
-        self.proj = nn.Linear(c.width, 2 * c.latent_dim)
+        self.proj = nn.Linear(c.hidden, 2 * c.latent_dim)
 
     def forward(self, x):
-        """x (B, C, T) -> mu, logvar (B, T/4, latent)."""
+        """x (B, C, T) -> mu, clamped logvar, each (B, T/4, latent)."""
         h = self.proj(self.model(x).transpose(1, 2))
         mu, logvar = h.chunk(2, dim=2)
         return mu, logvar.clamp(*self.logvar_clip)
@@ -133,9 +160,9 @@ class CausalDecoder(nn.Module):
     def __init__(self, c: TAEConfig):
         super().__init__()
         blocks = [CausalConv1d(c.hidden, c.width, 3), nn.ReLU()]
-        for _ in range(c.down_t):
+        for _ in range(c.down_t):   # residual blocks, then upsample, then conv (the original's order)
             blocks.append(nn.Sequential(CausalResnet1D(c.width, c.depth, c.dilation_growth, c.activation),
-                                        nn.Upsample(scale_factor=2, mode="nearest"),
+                                        nn.Upsample(scale_factor=c.stride_t, mode="nearest"),
                                         CausalConv1d(c.width, c.width, 3)))
         blocks += [CausalConv1d(c.width, c.width, 3), nn.ReLU(), CausalConv1d(c.width, c.in_dim, 3)]
         self.model = nn.Sequential(*blocks)
@@ -144,11 +171,12 @@ class CausalDecoder(nn.Module):
         return self.model(x)
 
     def stateful_layers(self) -> list[nn.Module]:
+        """The layers that keep streaming state, in execution order (= the order of the state buffers)."""
         return [m for m in self.modules() if isinstance(m, (CausalConv1d, CausalResBlock))]
 
     def step(self, x, states: list[torch.Tensor]):
-        """x (B, C, n) new inputs -> (B, 272, 4n) frames; returns new states in layer order."""
-        new = []
+        """x (B, C, n) new inputs -> (B, in_dim, 4n) frames, new states in layer order (no mutation)."""
+        new: list[torch.Tensor] = []
 
         def run(module, h):
             if isinstance(module, (CausalConv1d, CausalResBlock)):
@@ -159,21 +187,29 @@ class CausalDecoder(nn.Module):
                 for child in (module.model if isinstance(module, CausalResnet1D) else module):
                     h = run(child, h)
                 return h
-            return module(h)   # ReLU, Upsample: stateless
+            return module(h)   # ReLU, Upsample: pointwise in time, stateless
 
         return run(self.model, x), new
 
 
 @dataclass
 class TAEDecodeState:
-    """Per decoder layer, the last inputs it saw: (B, C, (k-1)*dilation) each."""
+    """Streaming decoder state: per stateful decoder layer (in execution order) the last inputs it
+    saw, (B, C_i, S_i) with S_i = (k-1)*dilation. All zeros = the start of a sequence."""
     buffers: list = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffers[0].shape[0] if self.buffers else 0
+
+    def clone(self) -> "TAEDecodeState":
+        return TAEDecodeState([b.clone() for b in self.buffers])
 
 
 class CausalTAE(nn.Module):
     def __init__(self, c: TAEConfig):
         super().__init__()
-        self.decode_proj = nn.Linear(c.latent_dim, c.width)
+        self.decode_proj = nn.Linear(c.latent_dim, c.hidden)
         self.encoder = CausalEncoder(c)
         self.decoder = CausalDecoder(c)
 
@@ -186,56 +222,79 @@ class CausalHumanTAE(nn.Module):
         self.config = config or TAEConfig.official()
         self.tae = CausalTAE(self.config)
 
-    def _check(self, x):
-        if x.ndim != 3 or x.shape[-1] != self.config.in_dim:
-            raise ValueError(f"TAE input must be (batch, frames, {self.config.in_dim}), got {tuple(x.shape)}")
-        if x.shape[1] % self.config.frames_per_latent:
-            raise ValueError(f"TAE input length {x.shape[1]} is not a multiple of {self.config.frames_per_latent}")
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.tae.decode_proj.weight.dtype
+
+    def _check_latents(self, z: torch.Tensor, what: str = "latents") -> None:
+        if z.ndim != 3 or z.shape[-1] != self.config.latent_dim:
+            raise ValueError(f"TAE {what} must be (batch, length, {self.config.latent_dim}), got {tuple(z.shape)}")
 
     def encode(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
-        """x (B, T, 272) normalised -> (z, mu, logvar), each (B, T/4, latent).
+        """x (B, T, in_dim) normalised frames, T a multiple of 4 -> (z, mu, logvar), each (B, T/4, latent).
 
-        z is the reparameterised sample (the original returns it flattened to (B*L, latent))."""
-        self._check(x)
-        mu, logvar = self.tae.encoder(x.transpose(1, 2).to(self.tae.decode_proj.weight.dtype))
+        z = mu + eps * exp(logvar / 2) (the reparameterised sample; mu itself when sample=False);
+        logvar is clamped to config.logvar_clip. The original returns z flattened to (B*L, latent);
+        here it keeps its batch axis."""
+        if x.ndim != 3 or x.shape[-1] != self.config.in_dim:
+            raise ValueError(f"TAE input must be (batch, frames, {self.config.in_dim}), got {tuple(x.shape)}")
+        f = self.config.frames_per_latent
+        if x.shape[1] == 0 or x.shape[1] % f:
+            raise ValueError(f"TAE input length {x.shape[1]} is not a positive multiple of {f} frames "
+                             f"(crop or pad the motion to a multiple of {f})")
+        mu, logvar = self.tae.encoder(x.transpose(1, 2).to(self._dtype))
         if not sample:
             return mu, mu, logvar
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device) if generator is not None \
-            else torch.randn_like(mu)
+        if generator is None:
+            eps = torch.randn_like(mu)
+        else:
+            eps = torch.randn(mu.shape, generator=generator, device=generator.device, dtype=mu.dtype).to(mu.device)
         return mu + eps * torch.exp(0.5 * logvar), mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, L, latent) -> frames (B, 4L, 272)."""
-        h = self.tae.decode_proj(z.to(self.tae.decode_proj.weight.dtype)).transpose(1, 2)
+        """z (B, L, latent) -> frames (B, 4L, in_dim) (the original's forward_decoder)."""
+        self._check_latents(z)
+        h = self.tae.decode_proj(z.to(self._dtype)).transpose(1, 2)
         return self.tae.decoder(h).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor):
-        z, mu, logvar = self.encode(x)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """x (B, T, in_dim) -> (reconstruction of the sampled z (B, T, in_dim), mu, logvar)."""
+        z, mu, logvar = self.encode(x, sample=True, generator=generator)
         return self.decode(z), mu, logvar
 
     # ---- streaming decode
-    def init_decode_state(self, batch: int, device=None, dtype=None) -> TAEDecodeState:
+    def init_decode_state(self, batch_size: int, device=None, dtype=None) -> TAEDecodeState:
+        """Zero state for `batch_size` independent streams (default: the model's device and dtype)."""
         w = self.tae.decode_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
-        bufs = []
-        for layer in self.tae.decoder.stateful_layers():
-            cin = layer.conv.in_channels if isinstance(layer, CausalConv1d) else layer.conv1.in_channels
-            bufs.append(torch.zeros(batch, cin, layer.state_size(), device=device, dtype=dtype))
-        return TAEDecodeState(bufs)
+        return TAEDecodeState([torch.zeros(batch_size, *layer.state_shape(), device=device, dtype=dtype)
+                               for layer in self.tae.decoder.stateful_layers()])
 
     @staticmethod
-    def reset_decode_state(state: TAEDecodeState, rows: torch.Tensor) -> None:
+    def reset_decode_state(state: TAEDecodeState, rows) -> None:
+        """Restart the given rows (indices, list of ints or a bool mask) at a new sequence, in place."""
+        if not torch.is_tensor(rows):
+            rows = torch.as_tensor(rows, dtype=torch.long)
         for b in state.buffers:
-            b[rows] = 0
+            b[rows.to(b.device)] = 0
 
     def decode_step_functional(self, z: torch.Tensor, buffers: list) -> tuple[torch.Tensor, list]:
-        """(latents (R, n, latent), per-layer buffers) -> (frames (R, 4n, 272), new buffers); no mutation."""
-        h = self.tae.decode_proj(z.to(self.tae.decode_proj.weight.dtype)).transpose(1, 2)
+        """(new latents (R, n, latent), per-layer buffers) -> (frames (R, 4n, in_dim), new buffers);
+        mutates nothing (the form ONNX export traces)."""
+        h = self.tae.decode_proj(z.to(self._dtype)).transpose(1, 2)
         out, new = self.tae.decoder.step(h, buffers)
         return out.transpose(1, 2), new
 
     def decode_step(self, z: torch.Tensor, state: TAEDecodeState, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """New latents z (R, n, latent) -> their frames (R, 4n, 272); updates `state` (rows of it)."""
+        """New latents z (R, n, latent) -> their frames (R, 4n, in_dim); updates `state` in place.
+
+        rows=None: z has one row per state row. Otherwise z's rows continue the streams `rows` of the
+        state (the other rows are untouched). Any chunking of a latent sequence into successive calls
+        gives the frames of one full `decode` of it."""
+        self._check_latents(z, "streamed latents")
+        expected = state.batch_size if rows is None else len(rows)
+        if z.shape[0] != expected:
+            raise ValueError(f"decode_step got {z.shape[0]} latent rows for {expected} state rows")
         bufs = state.buffers if rows is None else [b[rows] for b in state.buffers]
         out, new = self.decode_step_functional(z, bufs)
         for b, nb in zip(state.buffers, new):   # in place: the buffers keep their storage (CUDA graphs)
