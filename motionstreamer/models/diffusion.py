@@ -14,12 +14,15 @@ sequential loop then runs only the per-step MLPs (`forward_with_modulations`). T
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+SCHEDULES = ("cosine", "linear")
+METHODS = ("ddpm", "ddim")
 
 
 @dataclass
@@ -27,25 +30,40 @@ class DiffusionHeadConfig:
     latent_dim: int = 16
     width: int = 1792
     depth: int = 9
-    cond_dim: int = 768
+    cond_dim: int = 768            # width of the condition z (the transformer's n_embd)
     num_train_steps: int = 50
     schedule: str = "cosine"
+
+    def __post_init__(self):
+        for name in ("latent_dim", "width", "depth", "cond_dim", "num_train_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"DiffusionHeadConfig.{name} must be a positive int, got {v!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"DiffusionHeadConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionHeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DiffusionHeadConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
 
 
 # ----------------------------------------------------------------------------- the network
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding, cos half first then sin (as the original)."""
+    """Sinusoidal embedding (N,) -> (N, dim), cos half first then sin (as the original)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
 
 
 class TimestepEmbedder(nn.Module):
@@ -120,7 +138,7 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Reference: eps prediction for x (N, latent), timesteps t (N,), condition c (N, cond)."""
+        """Reference: eps prediction for x (N, latent), model timesteps t (N,), condition c (N, cond)."""
         x = self.input_proj(x)
         y = self.time_embed(t) + self.cond_embed(c)
         for block in self.res_blocks:
@@ -132,7 +150,7 @@ class SimpleMLPAdaLN(nn.Module):
         """AdaLN outputs for every (step, row): c (N, cond), timesteps (S,) model-input timesteps.
 
         Returns {"blocks": (depth, S, N, 3, width) [shift, scale, gate], "final": (S, N, 2, width)}.
-        One matmul per block over S*N rows instead of S matmuls in the loop.
+        One matmul per block over all S*N rows instead of S small ones inside the loop.
         """
         S, N, w = timesteps.shape[0], c.shape[0], self.config.width
         y = self.time_embed(timesteps)[:, None, :] + self.cond_embed(c)[None, :, :]   # (S, N, w)
@@ -143,7 +161,7 @@ class SimpleMLPAdaLN(nn.Module):
         return {"blocks": blocks.reshape(len(self.res_blocks), S, N, 3, w), "final": final.reshape(S, N, 2, w)}
 
     def forward_with_modulations(self, x: torch.Tensor, mods: dict, step: int) -> torch.Tensor:
-        """eps for sampling-loop index `step` using precomputed modulations."""
+        """eps for sampling-loop index `step` (an index into the S axis of `mods`)."""
         h = self.input_proj(x)
         blocks = mods["blocks"][:, step]
         for i, block in enumerate(self.res_blocks):
@@ -155,14 +173,26 @@ class SimpleMLPAdaLN(nn.Module):
 
 # ----------------------------------------------------------------------------- the process
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
+    """Betas discretising alpha_bar(t) = cos((t + 0.008) / 1.008 * pi/2)^2 (Nichol & Dhariwal)."""
     def alpha_bar(t):
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     return np.array([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta)
                      for i in range(num_steps)], dtype=np.float64)
 
 
+def named_betas(schedule: str, num_steps: int) -> np.ndarray:
+    """The original's get_named_beta_schedule ('cosine' is the released models')."""
+    if schedule == "cosine":
+        return cosine_betas(num_steps)
+    if schedule == "linear":
+        scale = 1000 / num_steps
+        return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
+    raise ValueError(f"unknown beta schedule {schedule!r}; known: {SCHEDULES}")
+
+
 def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
-    """The original's respacing: equally sized sections, each strided to its count ('ddimN' too)."""
+    """The original's respacing: the process is cut into equally sized sections, each strided
+    (fractional stride, Python rounding) to its count; 'ddimN' takes an integer stride. Sorted."""
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
             want = int(section_counts[4:])
@@ -189,13 +219,23 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
 
 
 class GaussianDiffusion:
-    """A (possibly respaced) discrete diffusion process; arrays in float64 as the original."""
+    """A (possibly respaced) discrete diffusion process; arrays in float64 as the original.
+
+    Respacing keeps the base process's alpha_bar at the kept timesteps: the new betas are
+    1 - alpha_bar[t_k] / alpha_bar[t_{k-1}], and `timestep_map[k]` is the base timestep the network
+    sees for respaced index k.
+    """
 
     def __init__(self, base_betas: np.ndarray, use_timesteps: list[int] | None = None):
+        base_betas = np.asarray(base_betas, dtype=np.float64)
+        if base_betas.ndim != 1 or not ((base_betas > 0).all() and (base_betas <= 1).all()):
+            raise ValueError("betas must be a 1-D array in (0, 1]")
         base_ac = np.cumprod(1.0 - base_betas)
         if use_timesteps is None:
             use_timesteps = list(range(len(base_betas)))
-        self.timestep_map = np.array(sorted(use_timesteps), dtype=np.int64)
+        self.timestep_map = np.array(sorted(set(int(t) for t in use_timesteps)), dtype=np.int64)
+        if len(self.timestep_map) == 0 or self.timestep_map[0] < 0 or self.timestep_map[-1] >= len(base_betas):
+            raise ValueError(f"use_timesteps must be a non-empty subset of [0, {len(base_betas)})")
         last, betas = 1.0, []
         for i in self.timestep_map:
             betas.append(1 - base_ac[i] / last)
@@ -210,8 +250,11 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        pv1 = self.posterior_variance[1] if self.num_timesteps > 1 else self.posterior_variance[0]
-        self.posterior_log_variance_clipped = np.log(np.append(pv1, self.posterior_variance[1:]))
+        # the posterior variance is 0 at t=0: its log takes step 1's value (t=0 adds no noise anyway);
+        # a one-step process has no step 1 and never uses it (the original leaves it empty)
+        pv = np.append(self.posterior_variance[1], self.posterior_variance[1:]) if self.num_timesteps > 1 \
+            else np.ones(1)
+        self.posterior_log_variance_clipped = np.log(pv)
         self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(a) / (1.0 - self.alphas_cumprod)
 
@@ -220,32 +263,37 @@ class GaussianDiffusion:
         return torch.as_tensor(arr, device=like.device)[t].to(like.dtype)[:, None]
 
     def q_sample(self, x0, t, noise):
+        """x_t ~ q(x_t | x_0) for respaced indices t (N,)."""
         return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def predict_x0(self, x_t, t, eps):
         return self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
     def posterior_mean(self, x0, x_t, t):
+        """Mean of q(x_{t-1} | x_t, x_0)."""
         return self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
 
 
 def draw_sampling_noise(generator: torch.Generator | None, batch: int, steps: int, dim: int,
                         device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """All randomness of one sampling call, in a fixed order: x_T (batch, dim), then one noise draw
-    per step (steps, batch, dim). Two implementations given the same tensors give the same result."""
-    x_T = torch.randn(batch, dim, generator=generator)
-    step_noise = torch.randn(steps, batch, dim, generator=generator)
+    per step (steps, batch, dim), drawn on the generator's device (CPU when none) in float32.
+    Two implementations given the same tensors give the same result; step_noise[i] is used at
+    respaced index i (the loop runs i = steps-1 .. 0; index 0 is never used by DDPM)."""
+    gen_device = generator.device if generator is not None else "cpu"
+    x_T = torch.randn(batch, dim, generator=generator, device=gen_device)
+    step_noise = torch.randn(steps, batch, dim, generator=generator, device=gen_device)
     return x_T.to(device, dtype), step_noise.to(device, dtype)
 
 
 class DiffLoss(nn.Module):
-    """The head (`net`) plus its training and sampling processes."""
+    """The head (`net`) plus its training process and its (respaced) sampling processes."""
 
     def __init__(self, config: DiffusionHeadConfig):
         super().__init__()
         self.config = config
         self.net = SimpleMLPAdaLN(config)
-        self.base_betas = cosine_betas(config.num_train_steps)
+        self.base_betas = named_betas(config.schedule, config.num_train_steps)
         self.train_diffusion = GaussianDiffusion(self.base_betas)
         self._sampling = {}
         self._timesteps = {}
@@ -262,8 +310,10 @@ class DiffLoss(nn.Module):
         key = (steps, skip_terminal)
         if key not in self._sampling:
             n = self.config.num_train_steps - (1 if skip_terminal else 0)
-            if not 1 <= steps <= self.config.num_train_steps:
-                raise ValueError(f"sampling steps must be in [1, {self.config.num_train_steps}], got {steps}")
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.config.num_train_steps:
+                raise ValueError(f"sampling steps must be an int in [1, {self.config.num_train_steps}], got {steps!r}")
+            if n < 1:
+                raise ValueError("skip_terminal needs at least 2 training steps")
             steps_n = min(steps, n)   # skip_terminal: "all steps" means the n remaining timesteps
             self._sampling[key] = GaussianDiffusion(self.base_betas[:n], space_timesteps(n, str(steps_n)))
         return self._sampling[key]
@@ -278,17 +328,48 @@ class DiffLoss(nn.Module):
         return self._timesteps[key]
 
     # ---- training
+    def _check_rows(self, name: str, x: torch.Tensor, width: int, rows: int | None = None) -> None:
+        if x.dim() != 2 or x.shape[1] != width or (rows is not None and x.shape[0] != rows):
+            want = f"({rows if rows is not None else 'N'}, {width})"
+            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+
     def loss(self, target: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean over rows of the per-row MSE between true and predicted noise at random t."""
+             noise: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+             batch_mul: int = 1) -> torch.Tensor:
+        """Epsilon MSE at random timesteps, as the original's training_losses + masked mean.
+
+        target (N, latent), cond (N, cond_dim). batch_mul repeats the rows (tiled, like the original's
+        `.repeat(diffmlps_batch_mul, 1)`) so each token is trained at batch_mul timesteps; the default 1
+        is for callers that repeat themselves (the t2m objective). t (batch_mul*N,) and noise
+        (batch_mul*N, latent) may be given explicitly (reproducible/DDP-splittable batches).
+        mask (N,): only rows where it is true/nonzero count; the loss is sum(row_mse * mask) / sum(mask),
+        where row_mse is the mean over latent dims. Returns a scalar.
+        """
         d = self.train_diffusion
+        self._check_rows("target", target, self.config.latent_dim)
+        self._check_rows("cond", cond, self.config.cond_dim, target.shape[0])
+        if isinstance(batch_mul, bool) or not isinstance(batch_mul, int) or batch_mul < 1:
+            raise ValueError(f"batch_mul must be a positive int, got {batch_mul!r}")
+        if mask is not None and tuple(mask.shape) != (target.shape[0],):
+            raise ValueError(f"mask must have shape ({target.shape[0]},), got {tuple(mask.shape)}")
+        if batch_mul > 1:
+            target, cond = target.repeat(batch_mul, 1), cond.repeat(batch_mul, 1)
+            mask = mask.repeat(batch_mul) if mask is not None else None
+        n = target.shape[0]
         if t is None:
-            t = torch.randint(0, d.num_timesteps, (target.shape[0],), device=target.device)
+            t = torch.randint(0, d.num_timesteps, (n,), device=target.device)
+        elif tuple(t.shape) != (n,):
+            raise ValueError(f"t must have shape ({n},) (batch_mul x rows), got {tuple(t.shape)}")
         if noise is None:
             noise = torch.randn_like(target)
+        elif noise.shape != target.shape:
+            raise ValueError(f"noise must have shape {tuple(target.shape)}, got {tuple(noise.shape)}")
         x_t = d.q_sample(target, t, noise)
-        eps = self.net(x_t, t, cond)
-        return ((noise - eps) ** 2).mean()
+        row = ((noise - self.net(x_t, t, cond)) ** 2).mean(dim=-1)
+        if mask is None:
+            return row.mean()
+        m = mask.to(row.dtype)
+        return (row * m).sum() / m.sum().clamp_min(1.0)
 
     @torch.no_grad()
     def predict_x0(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -306,19 +387,32 @@ class DiffLoss(nn.Module):
                fast: bool = True, eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
         """Latents (B, latent_dim) for conditions cond (B, cond_dim).
 
-        With uncond (B, cond_dim) and cfg != 1, rows [cond; uncond] run as one batch and
-        eps = eps_u + cfg * (eps_c - eps_u). method: 'ddpm' (ancestral, as the original) or 'ddim'
-        (eta 0 = deterministic). fast: precomputed AdaLN modulations (same math as the reference).
+        Guidance: with uncond (B, cond_dim) and cfg != 1 the network runs on rows [cond; uncond]
+        (2B) and eps = eps_u + cfg * (eps_c - eps_u) for both halves; both halves share x_T and the
+        step noise, so only the cond half is carried (the original discards the uncond half's x every
+        step too). cfg == 1 or uncond None: B rows, no guidance.
+        method 'ddpm': ancestral step of the respaced process (the original), mean + exp(0.5 logvar)
+        * noise * temperature, no noise at the last step. 'ddim': x0 * sqrt(a_prev) + direction
+        * eps (+ eta-scaled noise * temperature); eta 0 is deterministic given x_T.
+        steps: respaced sampling steps (1..num_train_steps). noise: (x_T (B, latent), step_noise
+        (n, B, latent)) from draw_sampling_noise; drawn from `generator` when None.
+        fast: precomputed AdaLN modulations (same math as the reference `net.forward`).
         """
-        if method not in ("ddpm", "ddim"):
-            raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self._check_rows("cond", cond, self.config.cond_dim)
         B, dim = cond.shape[0], self.config.latent_dim
+        if uncond is not None:
+            self._check_rows("uncond", uncond, self.config.cond_dim, B)
         proc = self.sampling_process(steps, skip_terminal)
         if noise is None:
             noise = draw_sampling_noise(generator, B, proc.num_timesteps, dim, cond.device, cond.dtype)
         x, step_noise = noise
-        if step_noise.shape[0] < proc.num_timesteps:
-            raise ValueError(f"noise has {step_noise.shape[0]} steps, the process needs {proc.num_timesteps}")
+        if tuple(x.shape) != (B, dim):
+            raise ValueError(f"noise x_T must have shape ({B}, {dim}), got {tuple(x.shape)}")
+        if step_noise.dim() != 3 or step_noise.shape[0] < proc.num_timesteps or tuple(step_noise.shape[1:]) != (B, dim):
+            raise ValueError(f"step noise must have shape (>= {proc.num_timesteps}, {B}, {dim}), "
+                             f"got {tuple(step_noise.shape)}")
         # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
         guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
