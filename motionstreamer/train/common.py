@@ -61,16 +61,13 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        for f in fields(self):  # lists from JSON/YAML become the tuples the fields hold
-            if isinstance(getattr(self, f.name), list):
-                setattr(self, f.name, tuple(getattr(self, f.name)))
+        for f in fields(self):  # type-check; JSON/YAML lists -> tuples, whole floats (1e3) -> ints
+            setattr(self, f.name, _coerce(type(self).__name__, f.name, getattr(self, f.name), f.type))
         self.check()
 
     def check(self) -> None:
         """Value checks (subclasses extend); errors name the field."""
         name = type(self).__name__
-        for f in fields(self):
-            _check_type(name, f.name, getattr(self, f.name), f.type)
         positive = ["steps", "batch_size", "save_every", "log_every"]
         for k in positive:
             if getattr(self, k) < 1:
@@ -81,7 +78,9 @@ class TrainConfig:
             raise ValueError(f"{name}.schedule must be cosine|multistep|constant, got {self.schedule!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"{name}.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if not all(isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
+            raise ValueError(f"{name}.milestones must be a list of step numbers, got {list(self.milestones)}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"{name}.betas must be two numbers in [0, 1), got {self.betas}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"{name}.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
@@ -107,27 +106,30 @@ class TrainConfig:
         return type(self).from_dict(d)
 
 
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list)}
+_TYPES = {"int": (int, float), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list)}
 
 
-def _check_type(cls_name: str, key: str, value, annotation) -> None:
-    """Check a field value against its (string) annotation, e.g. 'int', 'float | None', 'tuple'."""
+def _coerce(cls_name: str, key: str, value, annotation):
+    """Check a field value against its (string) annotation, e.g. 'int', 'float | None', 'tuple', and
+    return it in the field's type."""
     ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     allowed = [a.strip() for a in ann.split("|")]
     if value is None:
         if "None" in allowed:
-            return
+            return None
         raise ValueError(f"{cls_name}.{key} must be {ann}, got null")
     for a in allowed:
+        if a == "None":
+            continue
         types = _TYPES.get(a)
         if types is None:
-            return  # an annotation this check does not know: accept
+            return value  # an annotation this check does not know: accept
         if isinstance(value, bool) and a != "bool":
             continue  # True is an int in Python, never a step count or a rate
-        if isinstance(value, types):
-            if a == "int" and isinstance(value, float) and not value.is_integer():
-                continue
-            return
+        if a == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, types) and not (a == "int" and isinstance(value, float)):
+            return tuple(value) if a == "tuple" else value
     raise ValueError(f"{cls_name}.{key} must be {ann}, got {value!r} ({type(value).__name__})")
 
 
