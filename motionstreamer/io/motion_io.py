@@ -39,6 +39,9 @@ def load_motion_array(path: str | Path, name: str | None = None) -> np.ndarray:
         raise ValueError(f"{name}: not a file")
     if path.suffix.lower() != ".npy":
         raise ValueError(f"{name}: expected a .npy file (numpy.save), got suffix {path.suffix or '(none)'!r}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{name}: not a valid .npy file (no NUMPY header)")
     try:
         a = np.load(path, allow_pickle=False)
     except ValueError as e:

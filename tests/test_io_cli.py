@@ -1,0 +1,173 @@
+"""`motionstreamer render` / `to-bvh` and the .npy loading behind them: outputs, de-normalisation,
+and named errors for bad arguments and bad files."""
+import re
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from motionstreamer.cli import main
+from motionstreamer.io.bvh import bvh_text, read_bvh
+from motionstreamer.io.motion_io import load_motion_array, motion_kind, save_npy, to_features, to_joints
+from motionstreamer.representation.features import (
+    canonicalize_facing, joints_to_272, recover_joints, recover_rotations,
+)
+from motionstreamer.representation.skeleton import forward_kinematics
+
+T = 12
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """De-normalised features, their normalised copy with Mean/Std, and the joints, as .npy files."""
+    d = tmp_path_factory.mktemp("motion")
+    rng = np.random.default_rng(0)
+    t = np.arange(T)[:, None] / 30.0
+    rotvec = 0.4 * np.sin(2 * np.pi * (rng.uniform(0.3, 1, (1, 66)) * t + rng.uniform(0, 1, (1, 66))))
+    rotations = Rotation.from_rotvec(rotvec.reshape(-1, 3)).as_matrix().reshape(T, 22, 3, 3)
+    root = np.concatenate([0.5 * t, 0.95 + 0 * t, 0.2 * t], 1)
+    joints, rotations = canonicalize_facing(forward_kinematics(rotations, root), rotations)
+    features = joints_to_272(joints, rotations)
+    mean, std = features.mean(0), np.linspace(0.1, 2.0, 272)
+    paths = dict(features=d / "features.npy", normalised=d / "normalised.npy", mean=d / "mean.npy",
+                 std=d / "std.npy", joints=d / "joints.npy", joints66=d / "joints66.npy")
+    for name, a in dict(features=features, normalised=(features - mean) / std, mean=mean, std=std,
+                        joints=recover_joints(features), joints66=recover_joints(features).reshape(T, 66)).items():
+        np.save(paths[name], a)
+    return paths, features
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `motionstreamer argv`."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_to_bvh_denormalises(files, tmp_path, capsys):
+    paths, features = files
+    out = tmp_path / "n.bvh"
+    code, stdout, _ = run_cli(["to-bvh", paths["normalised"], "--out", out, "--mean", paths["mean"],
+                               "--std", paths["std"]], capsys)
+    assert code == 0 and f"wrote {out}" in stdout
+    plain = tmp_path / "p.bvh"
+    assert run_cli(["to-bvh", paths["features"], "--out", plain], capsys)[0] == 0
+    assert out.read_text() == plain.read_text() == bvh_text(*recover_rotations(features))
+
+
+def test_to_bvh_fps_and_floor(files, tmp_path, capsys):
+    paths, _ = files
+    a, b = tmp_path / "a.bvh", tmp_path / "b.bvh"
+    assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60], capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"], capsys)[0] == 0
+    ra, rb = read_bvh(a), read_bvh(b)
+    assert ra.frame_time == rb.frame_time == 0.016667 and ra.motion.shape == (T, 75)
+    np.testing.assert_allclose(ra.motion[:, :3] - rb.motion[:, :3], np.tile([-0.001795, -0.223333, 0.028219], (T, 1)),
+                               atol=2e-6)
+    np.testing.assert_array_equal(ra.motion[:, 3:], rb.motion[:, 3:])
+
+
+@pytest.mark.parametrize("source,ext", [("normalised", "gif"), ("joints66", "mp4")])
+def test_render(files, tmp_path, capsys, source, ext):
+    paths, _ = files
+    out = tmp_path / f"clip.{ext}"
+    argv = ["render", paths[source], "--out", out, "--size", 96, "--title", "a person walks", "--quiet"]
+    if source == "normalised":
+        argv += ["--mean", paths["mean"], "--std", paths["std"]]
+    assert run_cli(argv, capsys)[0] == 0
+    frames = iio.imread(out, index=None) if ext == "gif" else np.stack(list(iio.imiter(out, plugin="FFMPEG")))
+    assert frames.shape[:3] == (T, 96, 96)
+
+
+def test_help(capsys):
+    for verb, words in (("render", ["--mean", "--std", "--title", "--size", ".gif"]),
+                        ("to-bvh", ["--floor-at-zero", "--fps", "272"])):
+        code, out, _ = run_cli([verb, "--help"], capsys)
+        assert code == 0 and all(w in out for w in words), verb
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make_argv,message", [
+    (lambda p, d: ["render", p["features"], "--out", d / "x.avi"], "--out '.*x.avi': the output must end in .mp4 or .gif"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.mp4"], "the output must end in .bvh"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.mp4", "--mean", p["mean"]], "--mean needs --std too"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--std", p["std"]], "--std needs --mean too"),
+    (lambda p, d: ["render", d / "missing.npy", "--out", d / "x.gif"], "INPUT .*missing.npy: file not found"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--size", 99], "--size must be an even number"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--fps", 0], r"--fps must be in \(0, 1000\]"),
+    (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh"], "holds joint positions .*to-bvh needs 272-dim"),
+    (lambda p, d: ["render", p["joints"], "--out", d / "x.gif", "--mean", p["mean"], "--std", p["std"]],
+     "holds joint positions; mean/std apply only to 272-dim features"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--mean", p["joints"], "--std", p["std"]],
+     r"--mean .*joints.npy: must hold the 272 feature statistics, shape \(272,\), got \(12, 22, 3\)"),
+    (lambda p, d: ["render", np.save(d / "w.npy", np.zeros((5, 263))) or d / "w.npy", "--out", d / "x.gif"],
+     r"got shape \(5, 263\) \(HumanML3D-263 features are not supported"),
+    (lambda p, d: ["to-bvh", np.save(d / "o.npy", np.array([{"a": 1}]), allow_pickle=True) or d / "o.npy",
+                   "--out", d / "x.bvh"], "holds Python objects"),
+    (lambda p, d: ["to-bvh", _write(d / "t.npy", b"not numpy"), "--out", d / "x.bvh"], "not a valid .npy file"),
+    (lambda p, d: ["to-bvh", _write(d / "f.txt", b"1 2 3"), "--out", d / "x.bvh"], "expected a .npy file"),
+    (lambda p, d: ["to-bvh", np.save(d / "nan.npy", np.full((3, 272), np.nan)) or d / "nan.npy", "--out",
+                   d / "x.bvh"], r"nan.npy contains NaN/inf \(first at index \(0, 0\)\)"),
+])
+def test_bad_arguments_are_named(files, tmp_path, capsys, make_argv, message):
+    paths, _ = files
+    code, _, err = run_cli(make_argv(paths, tmp_path), capsys)
+    assert code == 2
+    assert err.startswith("motionstreamer: error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_motion_io_layouts(files, tmp_path):
+    paths, features = files
+    joints = recover_joints(features)
+    mean, std = np.load(paths["mean"]), np.load(paths["std"])
+    normalised = np.load(paths["normalised"])
+    assert motion_kind(features) == "features" and motion_kind(joints) == "joints"
+    np.testing.assert_allclose(to_features(normalised, mean, std), features, atol=1e-12)
+    np.testing.assert_allclose(to_joints(normalised, mean, std), joints, atol=1e-9)
+    np.testing.assert_array_equal(to_joints(features), joints)
+    np.testing.assert_array_equal(to_joints(joints.reshape(T, 66)), joints)
+    np.testing.assert_array_equal(to_joints(joints[None]), joints)             # batch of one
+    np.testing.assert_array_equal(to_joints(features[None]), joints)
+    with pytest.raises(ValueError, match="mean and std must be given together"):
+        to_features(features, mean=mean)
+    with pytest.raises(ValueError, match=r"must be 272-dim features \(frames, 272\)"):
+        to_features(joints)
+    with pytest.raises(ValueError, match=r"got shape \(2, 12, 272\)"):
+        to_joints(np.stack([features, features]))
+
+
+def test_load_and_save_npy(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = save_npy(tmp_path / "sub" / "a.npy", a)
+    loaded = load_motion_array(path)
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, a)
+    assert [p.name for p in path.parent.iterdir()] == ["a.npy"]
+    with pytest.raises(FileNotFoundError, match="file not found"):
+        load_motion_array(tmp_path / "none.npy")
+    with pytest.raises(ValueError, match="not a file"):
+        load_motion_array(_mkdir(tmp_path / "dir.npy"))
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="must hold numbers, got dtype <U1"):
+        load_motion_array(tmp_path / "s.npy")
+    np.save(tmp_path / "e.npy", np.zeros((0, 272)))
+    with pytest.raises(ValueError, match=r"is empty \(shape \(0, 272\)\)"):
+        load_motion_array(tmp_path / "e.npy")
+    np.savez(tmp_path / "z.npz", a=a)
+    with pytest.raises(ValueError, match="expected a .npy file"):
+        load_motion_array(tmp_path / "z.npz")
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
