@@ -141,13 +141,13 @@ class CausalEncoder(nn.Module):
     def __init__(self, c: TAEConfig):
         super().__init__()
         self.logvar_clip = c.logvar_clip
+        self.proj = nn.Linear(c.hidden, 2 * c.latent_dim)   # registered first: the released key order
         blocks = [CausalConv1d(c.in_dim, c.width, 3), nn.ReLU()]
         for _ in range(c.down_t):
             blocks.append(nn.Sequential(CausalConv1d(c.width, c.width, 2 * c.stride_t, c.stride_t),
                                         CausalResnet1D(c.width, c.depth, c.dilation_growth, c.activation)))
         blocks.append(CausalConv1d(c.width, c.hidden, 3))
         self.model = nn.Sequential(*blocks)
-        self.proj = nn.Linear(c.hidden, 2 * c.latent_dim)
 
     def forward(self, x):
         """x (B, C, T) -> mu, clamped logvar, each (B, T/4, latent)."""

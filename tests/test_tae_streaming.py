@@ -1,0 +1,167 @@
+"""Streaming TAE decode: a per-layer state of the last (k-1)*dilation inputs makes any chunking of
+a latent sequence give the frames of one full decode (fp32, within 1e-5); rows of a batch restart
+independently; every conv (full and streamed) goes through the one backend switch."""
+import pytest
+import torch
+
+from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+
+ATOL = 1e-5
+
+
+def stream(tae, z, chunks, state=None):
+    state = state if state is not None else tae.init_decode_state(z.shape[0])
+    out, i = [], 0
+    for n in chunks:
+        out.append(tae.decode_step(z[:, i:i + n], state))
+        assert out[-1].shape == (z.shape[0], 4 * n, tae.config.in_dim)
+        i += n
+    assert i == z.shape[1]
+    return torch.cat(out, dim=1), state
+
+
+def random_chunks(total, gen):
+    chunks = []
+    while sum(chunks) < total:
+        chunks.append(min(int(torch.randint(1, 6, (1,), generator=gen)), total - sum(chunks)))
+    return chunks
+
+
+@pytest.fixture(scope="module")
+def small_tae():
+    torch.manual_seed(0)
+    return CausalHumanTAE(TAEConfig.small(48)).eval()
+
+
+@pytest.mark.parametrize("chunking", ["ones", "threes", "random", "whole"])
+def test_stream_equals_full_decode_for_any_chunking(small_tae, chunking):
+    L = 23
+    z = torch.randn(2, L, 16, generator=torch.Generator().manual_seed(1))
+    chunks = {"ones": [1] * L, "threes": [3] * 7 + [2], "whole": [L],
+              "random": random_chunks(L, torch.Generator().manual_seed(2))}[chunking]
+    with torch.no_grad():
+        full = small_tae.decode(z)
+        streamed, _ = stream(small_tae, z, chunks)
+    err = (streamed - full).abs().max().item()
+    print(f"small TAE, chunks {chunking}: max |stream - full| = {err:.3e} (|full| max {full.abs().max():.2f})")
+    assert err <= ATOL
+
+
+def test_official_size_stream_equals_full_decode():
+    torch.manual_seed(3)
+    tae = CausalHumanTAE(TAEConfig.official()).eval()
+    z = torch.randn(1, 10, 16)
+    with torch.no_grad():
+        full = tae.decode(z)
+        streamed, state = stream(tae, z, [1] * 10)
+    err = (streamed - full).abs().max().item()
+    print(f"official TAE, one latent per step: max |stream - full| = {err:.3e}")
+    assert err <= ATOL
+    # one buffer per decoder conv: conv0, 2 x (res blocks with dilation 9, 3, 1 + conv after upsample), conv4, conv6
+    assert [tuple(b.shape) for b in state.buffers] == [(1, 1024, s) for s in (2, 18, 6, 2, 2, 18, 6, 2, 2, 2, 2)]
+
+
+def test_rows_restart_independently(small_tae):
+    g = torch.Generator().manual_seed(4)
+    za, zb = torch.randn(3, 9, 16, generator=g), torch.randn(3, 5, 16, generator=g)
+    with torch.no_grad():
+        state = small_tae.init_decode_state(3)
+        first = small_tae.decode_step(za[:, :4], state)
+        small_tae.reset_decode_state(state, [1])                    # row 1 starts a new sequence
+        rest = small_tae.decode_step(torch.stack([za[0, 4:], zb[1], za[2, 4:]]), state)
+        full_a = small_tae.decode(za)
+        full_b = small_tae.decode(zb[1:2])
+    assert (torch.cat([first, rest], 1)[[0, 2]] - full_a[[0, 2]]).abs().max() <= ATOL
+    assert (rest[1:2] - full_b).abs().max() <= ATOL
+    # bool masks and tensors are accepted too; a reset row equals a fresh state
+    fresh = small_tae.init_decode_state(3)
+    small_tae.reset_decode_state(state, torch.tensor([True, False, True]))
+    small_tae.reset_decode_state(state, torch.tensor([1]))
+    assert all(torch.equal(a, b) for a, b in zip(state.buffers, fresh.buffers))
+
+
+def test_subset_rows_update_only_their_state(small_tae):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 6, 16, generator=g)
+    with torch.no_grad():
+        full = small_tae.decode(z)
+        state = small_tae.init_decode_state(3)
+        out = {r: [] for r in range(3)}
+        # rows advance at different times and in any order
+        schedule = [[0, 1, 2], [2, 0], [1], [1, 2, 0], [0], [2, 1], [0, 1], [2], [1, 0, 2]]
+        pos = [0, 0, 0]
+        for rows in schedule:
+            rows = [r for r in rows if pos[r] < 6]
+            if not rows:
+                continue
+            before = [b.clone() for b in state.buffers]
+            frames = small_tae.decode_step(torch.stack([z[r, pos[r]:pos[r] + 1] for r in rows]), state,
+                                           rows=torch.tensor(rows))
+            idle = [r for r in range(3) if r not in rows]
+            assert all(torch.equal(b[idle], a[idle]) for a, b in zip(before, state.buffers))
+            for i, r in enumerate(rows):
+                out[r].append(frames[i])
+                pos[r] += 1
+    assert pos == [6, 6, 6]
+    for r in range(3):
+        assert (torch.cat(out[r]) - full[r]).abs().max() <= ATOL
+
+
+def test_functional_step_does_not_mutate_and_clone_is_independent(small_tae):
+    z = torch.randn(2, 3, 16)
+    state = small_tae.init_decode_state(2)
+    with torch.no_grad():
+        small_tae.decode_step(z[:, :1], state)
+        saved = state.clone()
+        frames, new = small_tae.decode_step_functional(z[:, 1:], state.buffers)
+        assert all(torch.equal(a, b) for a, b in zip(state.buffers, saved.buffers))
+        frames2 = small_tae.decode_step(z[:, 1:], state)
+    assert torch.equal(frames, frames2)
+    assert all(torch.equal(a, b) for a, b in zip(state.buffers, new))
+    assert not all(torch.equal(a, b) for a, b in zip(state.buffers, saved.buffers))
+    assert saved.batch_size == 2
+
+
+def test_state_keeps_its_storage_for_cuda_graphs(small_tae):
+    state = small_tae.init_decode_state(2)
+    ptrs = [b.data_ptr() for b in state.buffers]
+    with torch.no_grad():
+        small_tae.decode_step(torch.randn(2, 2, 16), state)
+        small_tae.decode_step(torch.randn(1, 1, 16), state, rows=torch.tensor([1]))
+    assert [b.data_ptr() for b in state.buffers] == ptrs
+
+
+def test_step_input_errors(small_tae):
+    state = small_tae.init_decode_state(2)
+    with pytest.raises(ValueError, match=r"streamed latents must be \(batch, length, 16\)"):
+        small_tae.decode_step(torch.zeros(2, 16), state)
+    with pytest.raises(ValueError, match="3 latent rows for 2 state rows"):
+        small_tae.decode_step(torch.zeros(3, 1, 16), state)
+    with pytest.raises(ValueError, match="2 latent rows for 1 state rows"):
+        small_tae.decode_step(torch.zeros(2, 1, 16), state, rows=torch.tensor([0]))
+
+
+def test_every_conv_goes_through_the_backend_switch(small_tae, monkeypatch):
+    """The native op plugs in at ops.conv_backend.conv1d: both the full and the streamed decode
+    (and the encoder) must call it for every convolution."""
+    from motionstreamer.ops import conv_backend
+
+    calls = []
+    real = conv_backend.conv1d
+
+    def spy(x, conv, pad):
+        calls.append(conv)
+        return real(x, conv, pad)
+
+    monkeypatch.setattr(conv_backend, "conv1d", spy)
+    n_decoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.decoder.modules())
+    n_encoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.encoder.modules())
+    with torch.no_grad():
+        small_tae.decode(torch.zeros(1, 2, 16))
+        assert len(calls) == n_decoder_convs == 17
+        calls.clear()
+        small_tae.decode_step(torch.zeros(1, 1, 16), small_tae.init_decode_state(1))
+        assert len(calls) == n_decoder_convs and len({id(c) for c in calls}) == n_decoder_convs
+        calls.clear()
+        small_tae.encode(torch.zeros(1, 4, 272))
+        assert len(calls) == n_encoder_convs == 16
