@@ -342,8 +342,10 @@ class DiffLoss(nn.Module):
         `.repeat(diffmlps_batch_mul, 1)`) so each token is trained at batch_mul timesteps; the default 1
         is for callers that repeat themselves (the t2m objective). t (batch_mul*N,) and noise
         (batch_mul*N, latent) may be given explicitly (reproducible/DDP-splittable batches).
-        mask (N,): only rows where it is true/nonzero count; the loss is sum(row_mse * mask) / sum(mask),
-        where row_mse is the mean over latent dims. Returns a scalar.
+        mask (N,), bool: only rows where it is True count (they are selected before the network, as
+        the original's trainer does, so padded rows cannot leak NaNs into the gradients); float:
+        weights, loss = sum(row_mse * mask) / sum(mask). row_mse is the mean over latent dims. With
+        no selected row the loss is 0 (still attached to the graph). Returns a scalar.
         """
         d = self.train_diffusion
         self._check_rows("target", target, self.config.latent_dim)
@@ -364,12 +366,17 @@ class DiffLoss(nn.Module):
             noise = torch.randn_like(target)
         elif noise.shape != target.shape:
             raise ValueError(f"noise must have shape {tuple(target.shape)}, got {tuple(noise.shape)}")
+        weight = None
+        if mask is not None and mask.dtype == torch.bool:
+            keep = mask.to(target.device)
+            target, cond, t, noise = target[keep], cond[keep], t[keep], noise[keep]
+        elif mask is not None:
+            weight = mask.to(target.device, target.dtype)
         x_t = d.q_sample(target, t, noise)
         row = ((noise - self.net(x_t, t, cond)) ** 2).mean(dim=-1)
-        if mask is None:
-            return row.mean()
-        m = mask.to(row.dtype)
-        return (row * m).sum() / m.sum().clamp_min(1.0)
+        if weight is not None:
+            return (row * weight).sum() / weight.sum().clamp_min(torch.finfo(row.dtype).tiny)
+        return row.mean() if row.shape[0] else row.sum()
 
     @torch.no_grad()
     def predict_x0(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

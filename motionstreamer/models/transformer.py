@@ -10,17 +10,22 @@ at their ABSOLUTE positions, and logits are scaled by the per-layer scalar `scal
 
 Incremental decoding uses a static KV cache (keys stored after norm and RoPE). Each row of the
 cache has its own length, so independent streams at different positions share one decode step.
+(The original's only cache path, `forward_discrete`, rotates the new query from position 0; here
+a decoded token is rotated at its true position, so decode equals the full forward.)
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+
+ATTN_BACKENDS = ("math", "sdpa", "triton")
 
 
 @dataclass
@@ -32,25 +37,40 @@ class T2MConfig:
     block_size: int = 78
     cond_dim: int = 768                 # text embedding width (sentence-t5-xxl: 768, MiniLM: 384)
     head: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
+    diffmlps_batch_mul: int = 4         # training: each token's head loss at this many timesteps
     rope_base: float = 10000.0
     attn_backend: str = "sdpa"          # "math" (reference), "sdpa", "triton" (when available)
 
     def __post_init__(self):
         if isinstance(self.head, dict):
             self.head = DiffusionHeadConfig.from_dict(self.head)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        self.head.cond_dim = self.n_embd
-        self.head.latent_dim = self.latent_dim
+        if not isinstance(self.head, DiffusionHeadConfig):
+            raise ValueError(f"T2MConfig.head must be a DiffusionHeadConfig or dict, got {type(self.head).__name__}")
+        for name in ("latent_dim", "n_layer", "n_head", "n_embd", "block_size", "cond_dim", "diffmlps_batch_mul"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"T2MConfig.{name} must be a positive int, got {v!r}")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd {self.n_embd} / n_head {self.n_head} must give an even head size (RoPE pairs)")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ValueError(f"T2MConfig.attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        # the head samples latents conditioned on the transformer output: its widths follow ours
+        # (a copy, so a head config shared between model configs is never mutated)
+        self.head = replace(self.head, cond_dim=self.n_embd, latent_dim=self.latent_dim)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
     @property
     def mlp_hidden(self) -> int:
-        """SwiGLU width as the original: 2/3 of 4*n_embd rounded up to a multiple of 256."""
+        """SwiGLU width as the original: int(2/3 * 4 * n_embd) rounded up to a multiple of 256."""
         n = int(2 * 4 * self.n_embd / 3)
         return ((n - 1) // 256) * 256 + 256
 
     @classmethod
     def official(cls, cond_dim: int = 768) -> "T2MConfig":
+        """The released `Normal_size` model (sentence-t5-xxl text features: cond_dim 768)."""
         return cls(cond_dim=cond_dim)
 
     @classmethod
@@ -65,7 +85,11 @@ class T2MConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "T2MConfig":
-        return cls(**{**d, "head": DiffusionHeadConfig.from_dict(d["head"]) if isinstance(d.get("head"), dict) else d.get("head", DiffusionHeadConfig())})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown T2MConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)   # a nested head dict is converted in __post_init__
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -80,41 +104,59 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(max_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of position * theta_i, theta_i = base^(-2i/head_dim): (max_len, head_dim/2) each."""
     theta = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     ang = torch.outer(torch.arange(max_len, dtype=torch.float32, device=device), theta)
-    return torch.cos(ang), torch.sin(ang)                                  # (max_len, head_dim/2)
+    return torch.cos(ang), torch.sin(ang)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) by the angles in cos/sin; computed in fp32.
 
-    x (..., T, D); cos/sin broadcastable to (..., T, D/2)."""
+    The original's complex product (x[2i] + j x[2i+1]) * e^{j angle}, written with real ops so
+    it exports to ONNX. x (..., T, D); cos/sin broadcastable to (..., T, D/2)."""
     xf = x.float().reshape(*x.shape[:-1], -1, 2)
     a, b = xf[..., 0], xf[..., 1]
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
     return out.flatten(-2).type_as(x)
 
 
+_warned_triton = False
+
+
 def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: bool = False,
               backend: str = "sdpa") -> torch.Tensor:
-    """The one attention call. q (B,H,Tq,D), k/v (B,H,Tk,D); mask: bool, True = attend."""
+    """The one attention call: softmax(scale * q k^T [masked]) v.
+
+    q (B,H,Tq,D), k/v (B,H,Tk,D); mask: bool broadcastable to (B,H,Tq,Tk), True = attend;
+    causal: query i (the last Tq of Tk positions) sees keys up to its own position.
+    backend: 'math' (plain matmul/softmax, the reference), 'sdpa' (torch), 'triton'
+    (motionstreamer.kernels when installed; otherwise sdpa, with a warning)."""
+    global _warned_triton
     if backend == "triton":
         try:
             from motionstreamer.kernels import integration
-            return integration.attention(q, k, v, scale, mask=mask, causal=causal)
         except ImportError:
+            if not _warned_triton:
+                warnings.warn("triton attention backend unavailable (motionstreamer.kernels); using sdpa")
+                _warned_triton = True
             backend = "sdpa"
+        else:
+            return integration.attention(q, k, v, scale, mask=mask, causal=causal)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if causal and (mask is not None or Tq != Tk):
+        # SDPA takes a mask or is_causal (top-left aligned): fold bottom-right causality into the mask
+        cm = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        mask, causal = (cm if mask is None else mask & cm), False
     if backend == "sdpa" and scale <= 0:
         backend = "math"   # torch's CPU SDPA returns NaN for a non-positive scale with a causal mask
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     if backend != "math":
-        raise ValueError(f"unknown attention backend {backend!r}")
+        raise ValueError(f"unknown attention backend {backend!r}; known: {ATTN_BACKENDS}")
     att = (q @ k.transpose(-1, -2)) * scale
-    Tq, Tk = q.shape[-2], k.shape[-2]
     if causal:
-        cm = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-        mask = cm if mask is None else (mask & cm)
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     return torch.softmax(att.float(), dim=-1).type_as(q) @ v
@@ -127,14 +169,27 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         b = cfg.block_size
+        # a checkpoint tensor, but the original reads it with .item(): it never receives a gradient
         self.scale = nn.Parameter(torch.tensor(math.log2(b * b - b)), requires_grad=False)
         self.backend = cfg.attn_backend
+        self._scale_cache = (None, None, None, 0.0)
+
+    def scale_value(self) -> float:
+        """`scale` as a Python float, read from the device only when the tensor changed (loaded,
+        moved, cast), so steady-state decoding has no host sync (CUDA-graph capture needs that)."""
+        s = self.scale
+        src, ptr, version, value = self._scale_cache
+        if src is not s or ptr != s.data_ptr() or version != s._version:
+            value = float(s)
+            self._scale_cache = (s, s.data_ptr(), s._version, value)
+        return value
 
     def qkv(self, x, cos, sin):
+        """x (B, T, C) -> q, k (L2-normalised per head, rotated), v: each (B, H, T, D)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         shape = (B, T, self.n_head, C // self.n_head)
-        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))      # (B, H, T, D)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         q = apply_rope(F.normalize(q, p=2, dim=-1), cos, sin)
         k = apply_rope(F.normalize(k, p=2, dim=-1), cos, sin)
         return q, k, v
@@ -145,10 +200,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin):
         q, k, v = self.qkv(x, cos, sin)
-        return self.out(attention(q, k, v, float(self.scale), causal=True, backend=self.backend)), k, v
+        return self.out(attention(q, k, v, self.scale_value(), causal=True, backend=self.backend)), k, v
 
 
 class MLP(nn.Module):
+    """SwiGLU: c_proj(silu(c_fc1 x) * c_fc2 x), no biases."""
+
     def __init__(self, cfg: T2MConfig):
         super().__init__()
         h = cfg.mlp_hidden
@@ -161,6 +218,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """x + attn(rms_1(x)), then + mlp(rms_2(x)); the model drives the two halves (cache writes)."""
+
     def __init__(self, cfg: T2MConfig):
         super().__init__()
         self.rms_1 = RMSNorm(cfg.n_embd)
@@ -171,7 +230,9 @@ class Block(nn.Module):
 
 @dataclass
 class KVCache:
-    """Static cache: per layer (B, H, max_len, D) keys (normed + rotated) and values; per-row length."""
+    """Static cache: per layer (B, H, max_len, D) keys (normed + rotated) and values, and each
+    row's length (the number of tokens, text token included, it holds). Entries at or beyond a
+    row's length are stale and never attended."""
     k: list
     v: list
     length: torch.Tensor
@@ -179,6 +240,16 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
+
+    def reset(self, rows: torch.Tensor | None = None) -> None:
+        if rows is None:
+            self.length.zero_()
+        else:
+            self.length[rows] = 0
 
 
 # ----------------------------------------------------------------------------- the model
@@ -195,18 +266,44 @@ class TextToMotionModel(nn.Module):
         ))
         self.out_proj = nn.Linear(c.n_embd, c.n_embd)
         self.diff_loss = DiffLoss(c.head)
+        # the original leaves torch's default init; N(0, 0.02) linears (GPT-2 style) train as well
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear) and not name.startswith("diff_loss"):
                 nn.init.normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        cos, sin = rope_tables(c.block_size, c.n_embd // c.n_head, c.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
+        cos, sin = rope_tables(c.block_size, c.head_dim, c.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)   # not in the checkpoint
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def set_attention_backend(self, backend: str) -> None:
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attention backend must be one of {ATTN_BACKENDS}, got {backend!r}")
         for b in self.transformer.h:
             b.attn.backend = backend
+
+    # ---- input checks (host-side shapes only: safe inside CUDA-graph capture)
+    def _check_text(self, text_emb: torch.Tensor, rows: int | None = None) -> None:
+        c = self.config.cond_dim
+        if text_emb.dim() != 2 or text_emb.shape[1] != c or (rows is not None and text_emb.shape[0] != rows):
+            raise ValueError(f"text_emb must have shape ({rows if rows is not None else 'B'}, {c}), "
+                             f"got {tuple(text_emb.shape)}")
+
+    def _check_latents(self, latents: torch.Tensor | None, batch: int) -> None:
+        if latents is None:
+            return
+        d = self.config.latent_dim
+        if latents.dim() != 3 or latents.shape[0] != batch or latents.shape[2] != d:
+            raise ValueError(f"latents must have shape ({batch}, L, {d}), got {tuple(latents.shape)}")
+
+    def _check_lengths(self, lengths, batch: int, L: int) -> torch.Tensor:
+        lengths = torch.as_tensor(lengths)
+        if lengths.shape != (batch,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be {batch} integers (latents per row), got {tuple(lengths.shape)} "
+                             f"{lengths.dtype}")
+        if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > L):
+            raise ValueError(f"lengths must lie in [0, {L}], got {lengths.tolist()}")
+        return lengths
 
     def _tokens(self, latents: torch.Tensor | None, text_emb: torch.Tensor) -> torch.Tensor:
         text_tok = self.transformer.cond_embed(text_emb.to(self.out_proj.weight.dtype))[:, None, :]
@@ -218,15 +315,23 @@ class TextToMotionModel(nn.Module):
         return self.out_proj(self.transformer.ln_f(x))
 
     def forward(self, latents: torch.Tensor | None, text_emb: torch.Tensor, lengths=None) -> torch.Tensor:
-        """latents (B, L, 16), text_emb (B, cond_dim) -> conditions (B, L+1, n_embd).
+        """latents (B, L, 16) (None or L=0: text only), text_emb (B, cond_dim) -> conditions
+        (B, L+1, n_embd); position i conditions latent i, position L the one after the last.
 
-        Attention is causal, so padding after a row's length never changes its valid positions;
-        `lengths` is accepted for API symmetry and needs no mask.
+        lengths (B,), optional: valid latents per row of a zero-padded batch. Attention is causal,
+        so padding after a row's length never reaches its valid positions: conditions 0..lengths[b]
+        equal those of the unpadded row, and the caller masks the rest (training losses do). It
+        is validated, not needed for a mask.
         """
+        self._check_text(text_emb)
+        self._check_latents(latents, text_emb.shape[0])
+        if lengths is not None:
+            self._check_lengths(lengths, text_emb.shape[0], 0 if latents is None else latents.shape[1])
         x = self._tokens(latents, text_emb)
         T = x.shape[1]
         if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            raise ValueError(f"sequence of {T} tokens (text + {T - 1} latents) exceeds block_size "
+                             f"{self.config.block_size}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for blk in self.transformer.h:
             a, _, _ = blk.attn(blk.rms_1(x), cos, sin)
@@ -236,23 +341,36 @@ class TextToMotionModel(nn.Module):
 
     # ---- incremental decoding
     def new_kv_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty static cache for `batch` rows of up to max_len tokens (default block_size)."""
         c = self.config
         max_len = max_len or c.block_size
+        if max_len > c.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block_size {c.block_size} (RoPE table size)")
         device = device or self.out_proj.weight.device
         dtype = dtype or self.out_proj.weight.dtype
-        shape = (batch, c.n_head, max_len, c.n_embd // c.n_head)
+        shape = (batch, c.n_head, max_len, c.head_dim)
         return KVCache([torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)],
                        [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)],
                        torch.zeros(batch, dtype=torch.long, device=device))
 
     def prefill(self, text_emb: torch.Tensor, latents: torch.Tensor | None, cache: KVCache,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Fill cache rows (all when None) with [text, latents]; returns the last conditions (R, n_embd)."""
+                rows: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        """Fill cache rows (all when None) with [text, latents] at positions 0..L and return the
+        conditions for the next latent (R, n_embd).
+
+        lengths (R,), optional: valid latents per row of a zero-padded `latents`; each row's cache
+        length becomes lengths[r] + 1 and its returned condition is the one at position lengths[r]
+        (the padded entries beyond are stale: the next decode_step overwrites/masks them)."""
+        R = text_emb.shape[0]
+        self._check_text(text_emb)
+        self._check_latents(latents, R)
         x = self._tokens(latents, text_emb)
         T = x.shape[1]
         if T > cache.max_len:
             raise ValueError(f"prefill of {T} tokens exceeds the cache length {cache.max_len}")
-        rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
+        rows = torch.arange(R, device=x.device) if rows is None else rows
+        if rows.shape != (R,):
+            raise ValueError(f"rows must have shape ({R},), got {tuple(rows.shape)}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for i, blk in enumerate(self.transformer.h):
             a, k, v = blk.attn(blk.rms_1(x), cos, sin)
@@ -260,18 +378,31 @@ class TextToMotionModel(nn.Module):
             cache.v[i][rows, :, :T] = v.to(cache.v[i].dtype)
             x = x + a
             x = x + blk.mlp(blk.rms_2(x))
-        cache.length[rows] = T
-        return self._head(x[:, -1])
+        if lengths is None:
+            cache.length[rows] = T
+            return self._head(x[:, -1])
+        lengths = self._check_lengths(lengths, R, T - 1).to(x.device)
+        cache.length[rows] = lengths + 1
+        return self._head(x[torch.arange(R, device=x.device), lengths])
 
     def decode_step(self, latent: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
                     check: bool = True) -> torch.Tensor:
-        """Append one latent per row at that row's position; returns the next conditions (R, n_embd).
+        """Append one latent (R, 16) per row at that row's own position (RoPE at that absolute
+        position, k/v written there); returns the next conditions (R, n_embd).
 
-        check=False skips the cache-full test (a host sync), as CUDA-graph capture requires."""
+        rows: cache rows to advance (all when None). check=False skips the cache-full test (a host
+        sync), as CUDA-graph capture requires."""
+        d = self.config.latent_dim
+        if latent.dim() != 2 or latent.shape[1] != d:
+            raise ValueError(f"latent must have shape (R, {d}), got {tuple(latent.shape)}")
         x = self.transformer.wte(latent.to(self.out_proj.weight.dtype))[:, None, :]   # (R, 1, C)
         R = x.shape[0]
         full = rows is None
+        if full and R != cache.batch:
+            raise ValueError(f"latent has {R} rows, the cache {cache.batch}: pass rows=")
         rows = torch.arange(R, device=x.device) if full else rows
+        if rows.shape != (R,):
+            raise ValueError(f"rows must have shape ({R},), got {tuple(rows.shape)}")
         pos = cache.length[rows]                                                        # (R,)
         if check and int(pos.max()) >= cache.max_len:
             raise ValueError(f"KV cache full ({cache.max_len} positions): re-prefill a shorter window")
@@ -283,7 +414,7 @@ class TextToMotionModel(nn.Module):
             cache.v[i][rows, :, pos] = v[:, :, 0].to(cache.v[i].dtype)
             K = cache.k[i] if full else cache.k[i][rows]
             V = cache.v[i] if full else cache.v[i][rows]
-            y = attention(q, K.to(q.dtype), V.to(q.dtype), float(blk.attn.scale), mask=mask, backend=blk.attn.backend)
+            y = attention(q, K.to(q.dtype), V.to(q.dtype), blk.attn.scale_value(), mask=mask, backend=blk.attn.backend)
             x = x + blk.attn.out(y)
             x = x + blk.mlp(blk.rms_2(x))
         cache.length[rows] = pos + 1
