@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the work folder's checkpoints (data, TAE and latents are reused)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -59,9 +61,9 @@ def main(argv=None) -> int:
     tcfg = TAETrainConfig(out_dir=str(work / "tae"), steps=args.tae_steps, batch_size=args.batch, lr=4e-4,
                           schedule="cosine", warmup_steps=100, milestones=(), grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, window=64)
-    res = train_tae(tae, list(motions.values()), tcfg)
-    summary["tae"] = {"steps": res.step, "first_loss": res.losses[0][1], "last_loss": float(np.mean([l for _, l in res.losses[-50:]])),
-                      "samples_per_s": res.samples_per_s, "params": sum(p.numel() for p in tae.parameters())}
+    tae_ck = work / "tae" / "checkpoint_last.pt"
+    res = train_tae(tae, list(motions.values()), tcfg, resume=tae_ck if args.resume and tae_ck.exists() else None)
+    summary["tae"] = {"steps": res.step, "params": sum(p.numel() for p in tae.parameters()), **loss_summary(work / "tae")}
     tae.eval()
 
     # 2. latents
@@ -90,10 +92,11 @@ def main(argv=None) -> int:
     mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, batch_mul=2)
-    res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"})
+    t2m_ck = work / "t2m" / "checkpoint_last.pt"
+    res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"},
+                    resume=t2m_ck if args.resume and t2m_ck.exists() else None)
     summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
-                      "first_loss": res.losses[0][1], "last_loss": float(np.mean([l for _, l in res.losses[-50:]])),
-                      "samples_per_s": res.samples_per_s, "params": sum(p.numel() for p in model.parameters())}
+                      "params": sum(p.numel() for p in model.parameters()), **loss_summary(work / "t2m")}
     model.eval()
 
     out = Path(args.out)
@@ -104,6 +107,14 @@ def main(argv=None) -> int:
     atomic_write_json(out / "training_summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def loss_summary(run_dir: Path) -> dict:
+    """First/last logged loss and throughput from a run's log.jsonl (survives resumed runs)."""
+    recs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    return {"first_logged_loss": recs[0]["loss"], "last_logged_loss": recs[-1]["loss"],
+            "mean_loss_last_10_logs": float(np.mean([r["loss"] for r in recs[-10:]])),
+            "samples_per_s_last": recs[-1]["samples_per_s"]}
 
 
 def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int) -> None:
