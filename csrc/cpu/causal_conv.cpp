@@ -1,0 +1,182 @@
+// CPU fp32 causal conv1d (full sequence and streaming update), see csrc/causal_conv.h for the maths.
+//
+// Implicit GEMM in "dot" form: the weight (Cout, Cin, K) is already a row-major (Cout, R) matrix with
+// R = Cin*K, so each output column (one (b, t) pair) is built once as a contiguous im2col row of length R
+// and every output is a dot product along R. This keeps the weight reads contiguous for any Tout (the
+// streaming step has Tout = 1..4, where the op is a GEMV bound by the weight reads), and a 4x2
+// (Cout x columns) register block of 8-wide vector accumulators gives the FMA units enough work per load.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <pybind11/pybind11.h>
+
+#include "causal_conv.h"
+#include "ops.h"
+
+namespace motionstreamer {
+namespace {
+
+using i64 = std::int64_t;
+
+// 8 floats, unaligned loads allowed (GCC/Clang vector extension; the compiler picks SSE/AVX).
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+// x86-64 Linux with GCC: also build an AVX2+FMA clone of the hot loop, chosen at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MS_MULTIVERSION
+#endif
+
+struct Src {
+  const float *x, *state;
+  i64 Cin, T, pre;
+  bool relu, has_state;
+  // Value the convolution sees at position p of [prefix | x] for (b, ci).
+  inline float at(i64 b, i64 ci, i64 p) const {
+    float v;
+    if (p < pre)
+      v = has_state ? state[(b * Cin + ci) * pre + p] : 0.f;
+    else
+      v = x[(b * Cin + ci) * T + (p - pre)];
+    return relu && v < 0.f ? 0.f : v;
+  }
+};
+
+// out[i*NR + j] = dot(w row i, x row j) over R, for MR weight rows and NR im2col rows.
+template <int MR, int NR>
+inline void dot_block(const float* w, const float* x, i64 R, float* out) {
+  v8f acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = v8f{0, 0, 0, 0, 0, 0, 0, 0};
+  i64 r = 0;
+  for (; r + 8 <= R; r += 8) {
+    v8f xv[NR];
+    for (int j = 0; j < NR; ++j) xv[j] = *reinterpret_cast<const v8f*>(x + j * R + r);
+    for (int i = 0; i < MR; ++i) {
+      v8f wv = *reinterpret_cast<const v8f*>(w + i * R + r);
+      for (int j = 0; j < NR; ++j) acc[i][j] += wv * xv[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      v8f a = acc[i][j];
+      float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+      for (i64 rr = r; rr < R; ++rr) s += w[i * R + rr] * x[j * R + rr];
+      out[i * NR + j] = s;
+    }
+}
+
+using DotFn = void (*)(const float*, const float*, i64, float*);
+template <int MR>
+constexpr DotFn dot_for(int nr) {
+  return nr == 2 ? &dot_block<MR, 2> : &dot_block<MR, 1>;
+}
+
+constexpr int MR = 4;           // weight rows per register block
+constexpr int NR = 2;           // im2col rows per register block
+constexpr i64 GROUP_COLS = 64;  // output columns whose im2col rows are built and consumed together
+
+// Outputs for weight rows co0..co0+mr-1 and columns c0..c0+nc-1 (im2col rows xc), with the fused epilogue.
+// Multiversioned here (not in conv_f32) so the OpenMP-outlined loop bodies call the AVX2 clone.
+MS_MULTIVERSION
+void rowblock(const CausalConvArgs& a, const float* xc, i64 R, i64 co0, i64 mr, i64 c0, i64 nc) {
+  static constexpr DotFn dots[MR + 1][NR + 1] = {{nullptr, nullptr, nullptr},
+                                                 {nullptr, dot_for<1>(1), dot_for<1>(2)},
+                                                 {nullptr, dot_for<2>(1), dot_for<2>(2)},
+                                                 {nullptr, dot_for<3>(1), dot_for<3>(2)},
+                                                 {nullptr, dot_for<4>(1), dot_for<4>(2)}};
+  const float* w = reinterpret_cast<const float*>(a.weight) + co0 * R;
+  const float* bias = reinterpret_cast<const float*>(a.bias);
+  const float* res = reinterpret_cast<const float*>(a.residual);
+  float* y = reinterpret_cast<float*>(a.y);
+  float out[MR * NR];
+  for (i64 c = 0; c < nc; c += NR) {
+    const i64 nr = std::min<i64>(NR, nc - c);
+    if (mr == MR && nr == NR)
+      dot_block<MR, NR>(w, xc + c * R, R, out);  // the common case, inlined
+    else
+      dots[mr][nr](w, xc + c * R, R, out);
+    for (i64 j = 0; j < nr; ++j) {
+      const i64 col = c0 + c + j, b = col / a.Tout, t = col % a.Tout;
+      for (i64 i = 0; i < mr; ++i) {
+        const i64 co = co0 + i, o = (b * a.Cout + co) * a.Tout + t;
+        float v = out[i * nr + j] + (bias ? bias[co] : 0.f);
+        if (a.post_relu && v < 0.f) v = 0.f;
+        if (res) v += res[o];
+        y[o] = v;
+      }
+    }
+  }
+}
+
+void conv_f32(const CausalConvArgs& a, int nthreads) {
+  const bool has_state = a.state != 0 && a.pre > 0;
+  const Src src{reinterpret_cast<const float*>(a.x), reinterpret_cast<const float*>(a.state), a.Cin, a.T, a.pre,
+                a.pre_relu, has_state};
+  const i64 R = a.Cin * a.K, ncol = a.B * a.Tout;
+  const i64 n_rowblocks = (a.Cout + MR - 1) / MR;
+  std::vector<float> cols((size_t)(std::min(ncol, GROUP_COLS) * R));
+  (void)nthreads;
+
+  for (i64 c0 = 0; c0 < ncol; c0 += GROUP_COLS) {
+    const i64 nc = std::min(GROUP_COLS, ncol - c0);
+    float* xc = cols.data();
+    // im2col rows for columns c0..c0+nc: row c holds stream[b, ci, t*stride + j*dilation] at ci*K + j.
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && nc * R > 32768)
+    for (i64 c = 0; c < nc; ++c) {
+      const i64 b = (c0 + c) / a.Tout, t = (c0 + c) % a.Tout;
+      float* row = xc + c * R;
+      for (i64 ci = 0; ci < a.Cin; ++ci)
+        for (i64 j = 0; j < a.K; ++j) row[ci * a.K + j] = src.at(b, ci, t * a.stride + j * a.dilation);
+    }
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && nc * R * a.Cout > 262144)
+    for (i64 rb = 0; rb < n_rowblocks; ++rb)
+      rowblock(a, xc, R, rb * MR, std::min<i64>(MR, a.Cout - rb * MR), c0, nc);
+  }
+
+  // Streaming: new_state = last `pre` entries of [state | x] (activated), i.e. stream positions T .. T+pre-1.
+  if (a.new_state && a.pre > 0) {
+    float* ns = reinterpret_cast<float*>(a.new_state);
+    for (i64 b = 0; b < a.B; ++b)
+      for (i64 ci = 0; ci < a.Cin; ++ci)
+        for (i64 i = 0; i < a.pre; ++i) ns[(b * a.Cin + ci) * a.pre + i] = src.at(b, ci, a.T + i);
+  }
+}
+
+void causal_conv1d_f32(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t bias, std::uintptr_t residual,
+                       std::uintptr_t y, std::uintptr_t state, std::uintptr_t new_state, i64 B, i64 Cin, i64 T,
+                       i64 Cout, i64 K, i64 stride, i64 dilation, i64 pre, i64 Tout, bool pre_relu, bool post_relu,
+                       int num_threads) {
+  CausalConvArgs a{x, weight, bias, residual, y, state, new_state, B, Cin, T, Cout, K, stride, dilation, pre, Tout,
+                   pre_relu, post_relu};
+  causal_conv_check(a, "causal_conv1d_f32");
+  pybind11::gil_scoped_release nogil;
+  conv_f32(a, std::max(1, num_threads));
+}
+
+}  // namespace
+
+void register_cpu_causal_conv(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("causal_conv1d_f32", &causal_conv1d_f32,
+        "CPU fp32 causal conv1d over [prefix | x] (see csrc/causal_conv.h); fills y (B,Cout,Tout) and, when "
+        "new_state != 0, the streaming state (B,Cin,pre). All tensors contiguous, passed as data pointers.",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("residual"), py::arg("y"), py::arg("state"),
+        py::arg("new_state"), py::arg("B"), py::arg("Cin"), py::arg("T"), py::arg("Cout"), py::arg("K"),
+        py::arg("stride"), py::arg("dilation"), py::arg("pre"), py::arg("Tout"), py::arg("pre_relu"),
+        py::arg("post_relu"), py::arg("num_threads") = 1);
+  m.def("openmp", []() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  }, "True when the CPU kernels were built with OpenMP");
+}
+
+}  // namespace motionstreamer
