@@ -104,6 +104,8 @@ def _write(path, data: bytes):
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--size", 99], "--size must be an even number"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--fps", 0], r"--fps must be in \(0, 1000\]"),
     (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh"], "holds joint positions .*to-bvh needs 272-dim"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", p["features"] / "x.bvh"], "features.npy/x.bvh: cannot write"),
+    (lambda p, d: ["render", p["features"], "--out", p["features"] / "x.gif"], "cannot write the video"),
     (lambda p, d: ["render", p["joints"], "--out", d / "x.gif", "--mean", p["mean"], "--std", p["std"]],
      "holds joint positions; mean/std apply only to 272-dim features"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--mean", p["joints"], "--std", p["std"]],

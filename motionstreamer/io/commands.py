@@ -95,6 +95,8 @@ def cmd_render(args) -> int:
         render_motion(joints, args.out, title=args.title, fps=args.fps, progress=not args.quiet, size=args.size)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    except OSError as e:   # unwritable --out, ffmpeg failure
+        raise CLIError(f"--out {args.out}: cannot write the video ({e})") from None
     if not args.quiet:
         print(f"wrote {args.out} ({len(joints)} frames, {len(joints) / args.fps:.2f} s at {args.fps:g} fps)")
     return 0
@@ -117,5 +119,7 @@ def cmd_to_bvh(args) -> int:
         features_to_bvh(args.out, features, fps=args.fps, floor_at_zero=args.floor_at_zero)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write ({e})") from None
     print(f"wrote {args.out} ({len(features)} frames at {args.fps:g} fps)")
     return 0
