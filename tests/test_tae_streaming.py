@@ -165,3 +165,40 @@ def test_every_conv_goes_through_the_backend_switch(small_tae, monkeypatch):
         calls.clear()
         small_tae.encode(torch.zeros(1, 4, 272))
         assert len(calls) == n_encoder_convs == 16
+
+
+def test_bf16_state_streams_close_to_the_fp32_decode(small_tae):
+    """Reduced precision (the GPU default) keeps the state in the model dtype; error is bf16 rounding."""
+    import copy
+
+    tae16 = copy.deepcopy(small_tae).to(torch.bfloat16)
+    z = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full32 = small_tae.decode(z)
+        state = tae16.init_decode_state(2)
+        assert all(b.dtype == torch.bfloat16 for b in state.buffers)
+        streamed = torch.cat([tae16.decode_step(z[:, i:i + 1], state) for i in range(8)], 1)
+        full16 = tae16.decode(z)
+    assert streamed.dtype == torch.bfloat16
+    scale = full32.abs().max()
+    assert (streamed.float() - full32).abs().max() <= 0.03 * scale
+    assert (streamed.float() - full16.float()).abs().max() <= 0.03 * scale
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_stream_equals_full_decode(small_tae):
+    import copy
+
+    tae = copy.deepcopy(small_tae).cuda()
+    z = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(7)).cuda()
+    allow = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False          # TF32 would round both paths differently (~1e-3)
+    try:
+        with torch.no_grad():
+            full = tae.decode(z)
+            streamed, _ = stream(tae, z, [1, 3, 2, 5])
+    finally:
+        torch.backends.cudnn.allow_tf32 = allow
+    assert (streamed - full).abs().max().item() <= ATOL
+    torch.testing.assert_close(full.cpu(), small_tae.decode(z.cpu()), atol=ATOL, rtol=1e-4)
