@@ -50,7 +50,7 @@ class TAEConfig:
         return cls()
 
     @classmethod
-    def small(cls, width: int = 64) -> "TAEConfig":
+    def small(cls, width: int = 128) -> "TAEConfig":
         """Same layout, narrow convs: for tests and CPU experiments."""
         return cls(hidden=width, width=width)
 
