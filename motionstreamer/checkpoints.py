@@ -307,6 +307,9 @@ def find_official_files(src, required=("tae", "t2m", "mean", "std", "end_latent"
     given = dict(src) if isinstance(src, dict) else {"dir": src}
     root = given.pop("dir", None)
     root = Path(root) if root is not None else None
+    unknown = sorted(set(given) - set(OFFICIAL_FILES))
+    if unknown:
+        raise CheckpointError(f"unknown official file name(s) {unknown}; known: {sorted(OFFICIAL_FILES)}")
     if root is not None and not root.is_dir():
         raise CheckpointError(f"official files folder not found: {root}")
     found, missing = {}, []

@@ -86,6 +86,8 @@ def test_convert_with_explicit_files_and_computed_end_latent(tmp_path):
     with pytest.raises(CheckpointError, match=r"end_latent \(looked for reference_end_latent_t2m_272.npy\).*"
                                               r"GitHub repository.*compute_end_latent=True"):
         convert_official(files, tmp_path / "b", tae_config=tae.config, t2m_config=t2m.config, text_encoder="minilm")
+    with pytest.raises(CheckpointError, match=r"unknown official file name\(s\) \['meen'\]"):
+        convert_official({**files, "meen": "x"}, tmp_path / "b")
     out = convert_official(files, tmp_path / "b", tae_config=tae.config, t2m_config=t2m.config,
                            text_encoder="minilm", compute_end_latent=True)
     b = load_bundle(out)
