@@ -344,14 +344,16 @@ if HAS_TRITON:
         tl.store(DSCALE + bh * n_dscale + pid_m, tl.sum(tl.sum(dsc, 1), 0))
 
 
-def _check_inputs(name, q, k, v, cos, sin, lengths):
+def _check_inputs(name, q, k, v, cos, sin, lengths, norm_rope):
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"{name}: q, k, v must share one (B, H, T, D) shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     B, H, T, D = q.shape
     if D < 32 or D & (D - 1):
         raise ValueError(f"{name}: head size {D} must be a power of two >= 32")
-    if cos.dim() != 2 or cos.shape[0] < T or cos.shape[1] != D // 2 or sin.shape != cos.shape:
+    if not norm_rope:
+        pass
+    elif cos is None or sin is None or cos.dim() != 2 or cos.shape[0] < T or cos.shape[1] != D // 2 or sin.shape != cos.shape:
         raise ValueError(f"{name}: cos/sin must be (>= T, D/2) = (>= {T}, {D // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
     if lengths is not None and (lengths.dim() != 1 or lengths.shape[0] != B):
         raise ValueError(f"{name}: lengths must be (B,) = ({B},), got {tuple(lengths.shape)}")
@@ -364,7 +366,8 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 def _fwd(q, k, v, scale_t, cos, sin, lens, causal, norm_rope, store_k):
     B, H, T, D = q.shape
-    o = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
+    # (B, T, H, D) memory seen as (B, H, T, D): merging the heads afterwards is a free view
+    o = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty(B * H, T, device=q.device, dtype=torch.float32)
     kout = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype) if store_k else o
     lens_arg = lens if lens is not None else lse
@@ -429,11 +432,14 @@ def qknorm_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     QKV projection output works without a copy); D a power of two >= 32. scale: float or scalar
     tensor. cos/sin: (>= T, D/2) tables at positions 0..T-1 (rope_tables). lengths: (B,) valid keys
     per row (key-padding mask); a row with no valid key outputs 0. return_k: also return k
-    normalised and rotated (B, H, T, D), for a KV cache. norm_rope=False gives plain attention.
-    Returns o (B, H, T, D) in q's dtype (and k_rot)."""
-    _check_inputs("qknorm_rope_attention", q, k, v, cos, sin, lengths)
-    require_usable("qknorm_rope_attention", q, k, v, cos)
+    normalised and rotated (B, H, T, D), for a KV cache. norm_rope=False gives plain attention
+    (cos/sin unused, may be None). Returns o (B, H, T, D) in q's dtype, stored as (B, T, H, D) so
+    o.transpose(1, 2).reshape(B, T, H * D) is free (and k_rot)."""
+    _check_inputs("qknorm_rope_attention", q, k, v, cos, sin, lengths, norm_rope)
+    require_usable("qknorm_rope_attention", q, k, v)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    if not norm_rope:
+        cos = sin = torch.zeros(1, q.shape[-1] // 2, device=q.device)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     scale_t = as_scale_tensor(scale, q.device)
     lens = lengths.to(device=q.device, dtype=torch.int32).contiguous() if lengths is not None else None

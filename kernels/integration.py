@@ -1,0 +1,152 @@
+"""Adapters between the models (motionstreamer.models.transformer / diffusion) and the kernels.
+
+Each function takes the model's own modules and tensors, so wiring a kernel in is one call at the
+place the model computes the same thing, behind its backend switch:
+
+  attention(q, k, v, scale, mask, causal)        the transformer's `attention(..., backend="triton")` hook
+  self_attention(attn, x, cos, sin, lengths)     CausalSelfAttention.forward (QKV proj -> fused QK-Norm,
+                                                 RoPE, causal attention -> out proj); returns (y, k, v)
+  decode_self_attention(attn, x, k_cache, v_cache, positions, cos, sin, rows)
+                                                 one decode step of a layer, cache append fused
+  head_forward_with_modulations(net, x, mods, step)  SimpleMLPAdaLN.forward_with_modulations
+  sample(diff_loss, cond, uncond, ...)           DiffLoss.sample (fast path), the whole loop fused
+
+Every function falls back to the plain PyTorch path when the kernels cannot run on the tensors'
+device (no triton, or CPU without TRITON_INTERPRET=1), so a "triton" switch is always safe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import HAS_TRITON, interpreting, kernels_usable
+from .head_step import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
+                        head_step)
+from .qknorm_attention import qknorm_rope_attention
+from .qknorm_decode import qknorm_decode_attention
+
+
+def available(device: torch.device | str) -> bool:
+    """True when the Triton kernels run on this device."""
+    device = torch.device(device)
+    if not HAS_TRITON:
+        return False
+    return (device.type == "cuda" and not interpreting()) or (device.type == "cpu" and interpreting())
+
+
+def default_backend(device: torch.device | str) -> str:
+    """The fastest available path: "triton" on a CUDA device with triton installed, else "sdpa"."""
+    device = torch.device(device)
+    return "triton" if device.type == "cuda" and available(device) else "sdpa"
+
+
+# ----------------------------------------------------------------------------- transformer
+def _sdpa(q, k, v, scale, mask, causal):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+
+
+def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """The transformer's attention hook: q (B, H, Tq, D), k/v (B, H, Tk, D) already normalised and
+    rotated. Causal self-attention without a mask runs the flash kernel; anything else (an
+    arbitrary boolean mask, Tq != Tk, odd head sizes, or no usable kernels) runs SDPA."""
+    D = q.shape[-1]
+    if (mask is None and causal and q.shape[-2] == k.shape[-2] and D >= 32 and not D & (D - 1)
+            and kernels_usable(q, k, v)):
+        return qknorm_rope_attention(q, k, v, scale, None, None, causal=True, norm_rope=False)
+    return _sdpa(q, k, v, scale, mask, causal)
+
+
+def _split_heads(qkv: torch.Tensor, n_head: int):
+    """(B, T, 3C) -> q, k, v views (B, H, T, D) without copies."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    return [t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2)]
+
+
+def self_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   lengths: torch.Tensor | None = None):
+    """CausalSelfAttention.forward with the fused kernel: returns (y (B, T, C), k_rot, v) where
+    k_rot/v (B, H, T, D) are what the KV cache stores. Differentiable (training uses it)."""
+    qkv = attn.c_attn(x)
+    q, k, v = _split_heads(qkv, attn.n_head)
+    if not kernels_usable(q):
+        from .qknorm_attention import attention_reference, qknorm_rope_reference
+        T = x.shape[1]
+        qr, kr = qknorm_rope_reference(q, cos[:T], sin[:T]), qknorm_rope_reference(k, cos[:T], sin[:T])
+        if lengths is None:
+            o = _sdpa(qr, kr, v, float(attn.scale), None, True)
+        else:
+            o = attention_reference(qr, kr, v, float(attn.scale), lengths, causal=True)
+        return attn.out(o), kr, v
+    o, k_rot = qknorm_rope_attention(q, k, v, attn.scale, cos, sin, lengths=lengths, causal=True, return_k=True)
+    return attn.out(o), k_rot, v
+
+
+def decode_self_attention(attn, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                          rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One layer's attention for one new token per row: x (R, 1, C) (after rms_1) -> (R, 1, C).
+
+    Appends the new normalised/rotated k and v at `positions` (R,) of cache rows `rows` (default
+    0..R-1) in place; cos/sin are the model's full rope tables. No host sync (CUDA-graph safe)."""
+    R, _, C = x.shape
+    H = attn.n_head
+    qkv = attn.c_attn(x)[:, 0]                                    # (R, 3C)
+    q, k, v = (t.view(R, H, C // H) for t in qkv.split(C, dim=1))
+    if not kernels_usable(q, k_cache):
+        from .qknorm_decode import qknorm_decode_attention_reference
+        o = qknorm_decode_attention_reference(q, k, v, k_cache, v_cache, positions, float(attn.scale), cos, sin, rows)
+    else:
+        o = qknorm_decode_attention(q, k, v, k_cache, v_cache, positions, attn.scale, cos, sin, rows=rows)
+    return attn.c_proj(o.reshape(R, 1, C))
+
+
+# ----------------------------------------------------------------------------- diffusion head
+def head_weights(net) -> HeadWeights:
+    """The explicit tensors of a SimpleMLPAdaLN (official parameter names)."""
+    blocks = [BlockWeights(b.in_ln.weight, b.in_ln.bias, b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias)
+              for b in net.res_blocks]
+    fl = net.final_layer
+    return HeadWeights(net.input_proj.weight, net.input_proj.bias, blocks, fl.linear.weight, fl.linear.bias,
+                       eps=float(fl.norm_final.eps))
+
+
+def head_forward_with_modulations(net, x: torch.Tensor, mods: dict, step: int) -> torch.Tensor:
+    """SimpleMLPAdaLN.forward_with_modulations(x, mods, step) with the fused step kernels."""
+    if not kernels_usable(x, mods["blocks"]):
+        return net.forward_with_modulations(x, mods, step)
+    return head_step(x, head_weights(net), mods["blocks"][:, step], mods["final"][step])
+
+
+@torch.no_grad()
+def sample(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
+           temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
+           noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
+           eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
+    """DiffLoss.sample (same arguments, same randomness) with the fused sampling loop."""
+    from motionstreamer.models.diffusion import draw_sampling_noise
+
+    if not kernels_usable(cond):
+        return diff_loss.sample(cond, uncond, cfg=cfg, temperature=temperature, steps=steps, method=method,
+                                noise=noise, generator=generator, eta=eta, skip_terminal=skip_terminal)
+    if method not in ("ddpm", "ddim"):
+        raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
+    net = diff_loss.net
+    B, dim = cond.shape[0], diff_loss.config.latent_dim
+    proc = diff_loss.sampling_process(steps, skip_terminal)
+    S = proc.num_timesteps
+    if noise is None:
+        noise = draw_sampling_noise(generator, B, S, dim, cond.device, cond.dtype)
+    x, step_noise = noise
+    if step_noise.shape[0] < S:
+        raise ValueError(f"noise has {step_noise.shape[0]} steps, the process needs {S}")
+    guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
+    c = torch.cat([cond, uncond]) if guided else cond
+    mods = net.modulations(c, diff_loss.model_timesteps(steps, cond.device, skip_terminal))
+    coefs = ddpm_coefficients(proc, temperature) if method == "ddpm" else ddim_coefficients(proc, eta, temperature)
+    out = head_sample_loop(head_weights(net), mods, x, step_noise[:S], coefs, cfg=float(cfg) if guided else None)
+    return out.to(cond.dtype)
+
+
+__all__ = ["available", "default_backend", "attention", "self_attention", "decode_self_attention", "head_weights",
+           "head_forward_with_modulations", "sample"]
