@@ -140,11 +140,15 @@ def _run(train_fn):
     from motionstreamer.train.common import cleanup_distributed
 
     try:
-        return train_fn()
+        result = train_fn()
     except (ValueError, FileNotFoundError) as e:
+        cleanup_distributed(barrier=False)
         raise CLIError(str(e))
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(barrier=False)
+        raise
+    cleanup_distributed()
+    return result
 
 
 def torch_seed(seed: int) -> None:

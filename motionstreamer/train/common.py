@@ -200,10 +200,12 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
-def cleanup_distributed() -> None:
-    """End the process group a torchrun training opened (call once the run is over)."""
+def cleanup_distributed(barrier: bool = True) -> None:
+    """End the process group a torchrun training opened (call once the run is over). barrier=False
+    after an error: the other ranks may be inside a collective that will never complete."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -268,6 +270,7 @@ class TrainResult:
     losses: list                 # (step, loss) at every step of this run
     samples_per_s: float
     checkpoint: Path | None
+    step_times: list = field(default_factory=list)   # wall seconds of each step (steady state: one full step)
 
 
 def _unwrap(model):
@@ -285,8 +288,9 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
                loss_fn: Callable[[torch.nn.Module, Any, int], tuple], *, name: str,
                extra_config: dict | None = None, resume: str | os.PathLike | None = None,
                trainable: list | None = None, dist_env: Dist | None = None,
-               stop_after: int | None = None) -> TrainResult:
+               stop_after: int | None = None, checkpoints: bool = True) -> TrainResult:
     """Run `cfg.steps` optimiser steps (or until `stop_after` steps in this call, for tests).
+    checkpoints=False writes no checkpoint (benchmarks).
 
     The global batch is split across ranks: each rank draws batch_size // world_size samples from its
     own data generator (seeded seed + rank), and DDP averages the gradients.
@@ -366,6 +370,7 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", full_config)
     t_start, n_samples = time.perf_counter(), 0
+    step_times, t_last = [], t_start
     ckpt = None
     saved_at = step
     done_here = 0
@@ -389,6 +394,9 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
         n_samples += cfg.batch_size
         lval = float(loss.detach())
         losses.append((step, lval))
+        t_now = time.perf_counter()
+        step_times.append(t_now - t_last)
+        t_last = t_now
         if env.is_main:
             rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
             lr = sched.get_last_lr()[0]
@@ -404,16 +412,16 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
                     for k, v in rec.items():
                         if k != "step":
                             writer.add_scalar(f"{name}/{k}", v, step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if checkpoints and (step % cfg.save_every == 0 or step == cfg.steps):
             ckpt, saved_at = save(), step
-    if step != saved_at:  # stopped early (stop_after): leave a checkpoint to resume from
+    if checkpoints and step != saved_at:  # stopped early (stop_after): leave a checkpoint to resume from
         ckpt = save()
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
     rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
-    return TrainResult(step, losses, rate, ckpt)
+    return TrainResult(step, losses, rate, ckpt, step_times)
 
 
 def ema_or_model_state(checkpoint: dict) -> dict:
