@@ -47,14 +47,14 @@ struct Src {
   }
 };
 
-// out[i*NR + j] = dot(w row i, x row j) over R, for MR weight rows and NR im2col rows.
+// out[i*NR + j] += dot(w row i, x row j) over n values, for MR weight rows and NR im2col rows (row stride R).
 template <int MR, int NR>
-inline void dot_block(const float* w, const float* x, i64 R, float* out) {
+inline void dot_block(const float* w, const float* x, i64 R, i64 n, float* out) {
   v8f acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = v8f{0, 0, 0, 0, 0, 0, 0, 0};
   i64 r = 0;
-  for (; r + 8 <= R; r += 8) {
+  for (; r + 8 <= n; r += 8) {
     v8f xv[NR];
     for (int j = 0; j < NR; ++j) xv[j] = *reinterpret_cast<const v8f*>(x + j * R + r);
     for (int i = 0; i < MR; ++i) {
@@ -66,12 +66,12 @@ inline void dot_block(const float* w, const float* x, i64 R, float* out) {
     for (int j = 0; j < NR; ++j) {
       v8f a = acc[i][j];
       float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-      for (i64 rr = r; rr < R; ++rr) s += w[i * R + rr] * x[j * R + rr];
-      out[i * NR + j] = s;
+      for (i64 rr = r; rr < n; ++rr) s += w[i * R + rr] * x[j * R + rr];
+      out[i * NR + j] += s;
     }
 }
 
-using DotFn = void (*)(const float*, const float*, i64, float*);
+using DotFn = void (*)(const float*, const float*, i64, i64, float*);
 template <int MR>
 constexpr DotFn dot_for(int nr) {
   return nr == 2 ? &dot_block<MR, 2> : &dot_block<MR, 1>;
@@ -80,6 +80,7 @@ constexpr DotFn dot_for(int nr) {
 constexpr int MR = 4;           // weight rows per register block
 constexpr int NR = 2;           // im2col rows per register block
 constexpr i64 GROUP_COLS = 64;  // output columns whose im2col rows are built and consumed together
+constexpr i64 R_CHUNK = 1024;   // reduction chunk: MR weight rows x 4 KB stay in L1 while the columns stream
 
 // Outputs for weight rows co0..co0+mr-1 and columns c0..c0+nc-1 (im2col rows xc), with the fused epilogue.
 // Multiversioned here (not in conv_f32) so the OpenMP-outlined loop bodies call the AVX2 clone.
@@ -94,22 +95,29 @@ void rowblock(const CausalConvArgs& a, const float* xc, i64 R, i64 co0, i64 mr, 
   const float* bias = reinterpret_cast<const float*>(a.bias);
   const float* res = reinterpret_cast<const float*>(a.residual);
   float* y = reinterpret_cast<float*>(a.y);
-  float out[MR * NR];
-  for (i64 c = 0; c < nc; c += NR) {
-    const i64 nr = std::min<i64>(NR, nc - c);
-    if (mr == MR && nr == NR)
-      dot_block<MR, NR>(w, xc + c * R, R, out);  // the common case, inlined
-    else
-      dots[mr][nr](w, xc + c * R, R, out);
-    for (i64 j = 0; j < nr; ++j) {
-      const i64 col = c0 + c + j, b = col / a.Tout, t = col % a.Tout;
-      for (i64 i = 0; i < mr; ++i) {
-        const i64 co = co0 + i, o = (b * a.Cout + co) * a.Tout + t;
-        float v = out[i * nr + j] + (bias ? bias[co] : 0.f);
-        if (a.post_relu && v < 0.f) v = 0.f;
-        if (res) v += res[o];
-        y[o] = v;
-      }
+  float acc[MR * GROUP_COLS];  // [i][c] partial sums of this row block over the reduction chunks so far
+  std::fill(acc, acc + MR * GROUP_COLS, 0.f);
+  for (i64 r0 = 0; r0 < R; r0 += R_CHUNK) {
+    const i64 n = std::min(R_CHUNK, R - r0);
+    for (i64 c = 0; c < nc; c += NR) {
+      const i64 nr = std::min<i64>(NR, nc - c);
+      float out[MR * NR] = {0.f};
+      if (mr == MR && nr == NR)
+        dot_block<MR, NR>(w + r0, xc + c * R + r0, R, n, out);  // the common case, inlined
+      else
+        dots[mr][nr](w + r0, xc + c * R + r0, R, n, out);
+      for (i64 i = 0; i < mr; ++i)
+        for (i64 j = 0; j < nr; ++j) acc[i * GROUP_COLS + c + j] += out[i * nr + j];
+    }
+  }
+  for (i64 c = 0; c < nc; ++c) {
+    const i64 col = c0 + c, b = col / a.Tout, t = col % a.Tout;
+    for (i64 i = 0; i < mr; ++i) {
+      const i64 co = co0 + i, o = (b * a.Cout + co) * a.Tout + t;
+      float v = acc[i * GROUP_COLS + c] + (bias ? bias[co] : 0.f);
+      if (a.post_relu && v < 0.f) v = 0.f;
+      if (res) v += res[o];
+      y[o] = v;
     }
   }
 }

@@ -186,13 +186,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(Conv<T> c) {
 }
 
 // ------------------------------------------------------------------------------------------ GEMM
-template <int BM_, int BN_, int WARPS_M_, int WARPS_N_>
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int MIN_BLOCKS_>
 struct Tile {
   static constexpr int BM = BM_, BN = BN_, BK = 32, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
-  static constexpr int NT = WARPS_M * WARPS_N * 32;
+  static constexpr int NT = WARPS_M * WARPS_N * 32, MIN_BLOCKS = MIN_BLOCKS_;  // MIN_BLOCKS caps registers
 };
-using BigTile = Tile<128, 64, 4, 2>;   // 256 threads, warp tile 32x32
-using SmallTile = Tile<64, 32, 2, 2>;  // 128 threads, warp tile 32x16 (more blocks for small problems)
+using BigTile = Tile<128, 64, 4, 2, 2>;    // 256 threads, warp tile 32x32, <= 128 registers
+using SmallTile = Tile<64, 32, 2, 2, 4>;   // 128 threads, warp tile 32x16 (more blocks for small problems)
 
 template <typename T, class TL>
 struct Layout {
@@ -284,7 +284,7 @@ struct FmaCompute {  // fp32: each thread owns a TM x 4 block of the tile
 };
 
 template <typename T, class TL>
-__global__ void __launch_bounds__(TL::NT) gemm_kernel(Conv<T> c) {
+__global__ void __launch_bounds__(TL::NT, TL::MIN_BLOCKS) gemm_kernel(Conv<T> c) {
   using L = Layout<T, TL>;
   using Compute = typename std::conditional<L::TC, WmmaCompute<T, TL>, FmaCompute<TL>>::type;
   constexpr int BM = TL::BM, BN = TL::BN, BK = TL::BK, NT = TL::NT;
