@@ -299,6 +299,7 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
     amt = np.pad(amount, pad, mode="edge")
     sin_h, cos_h = np.sin(heading), np.cos(heading)
     feet = np.zeros((T, 2, 3))
+    foot_yaw = np.zeros((T, 2))                          # foot heading relative to the body heading
     norm = {}
     for side, off in ((0, 0.0), (1, 0.5)):
         leg = Leg.of(side, scale)
@@ -319,6 +320,7 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
         s_swing = np.clip((u - g.duty) / (1 - g.duty), 0, 1)
         mix = np.where(in_stance, 0.0, smoothstep(s_swing))[:, None]
         world = (1 - mix) * steps[on] + mix * steps[nxt]
+        foot_yaw[:, side] = ((1 - mix[:, 0]) * hh[on] + mix[:, 0] * hh[nxt] - heading)[pad:pad + T]
         rel = world - path                                                     # world XZ relative to pelvis
         fx = cos_h * rel[:, 0] - sin_h * rel[:, 1]                              # into the heading frame
         fz = sin_h * rel[:, 0] + cos_h * rel[:, 1]
@@ -340,6 +342,7 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
     a[:, R_ELBOW, Y] += amount * g.elbow + 0.15 * max(g.elbow, 0.3) * n_l
     a[:, PELVIS, Y] += -0.1 * (n_l - n_r) / 2            # pelvis turns with the forward leg, chest against it
     a[:, SPINE3, Y] += 0.14 * (n_l - n_r) / 2
+    a[:, ANKLES, Y] += foot_yaw - a[:, PELVIS, Y][:, None]   # a planted foot keeps its heading on the floor
     a[:, PELVIS, X] += amount * g.lean * 0.4
     a[:, SPINE1, X] += amount * g.lean * 0.6
     a[:, NECK, X] += -amount * g.lean * 0.5               # keep looking ahead
@@ -481,7 +484,7 @@ def act_squat(T, rng, p, phase0=None):
         t0 = k * period + 0.1 * period
         down, hold = 0.38 * period, 0.08 * period
         d += keyframes(t, [t0 - 1e-3, t0, t0 + down, t0 + down + hold, t0 + 2 * down + hold], [0, 0, 1, 1, 0])
-    d *= 0.65 + 0.35 * p["amp"]
+    d *= 0.75 + 0.25 * p["amp"]
     a = c.angles
     a[:, HIPS, X] += -1.7 * d[:, None]
     a[:, KNEES, X] += 2.1 * d[:, None]
@@ -626,7 +629,8 @@ def sample_params(action: str, rng: np.random.Generator, seconds: float) -> dict
         "idle_phase": rng.uniform(0, 2 * np.pi, 5), "look": float(rng.uniform(0.2, 1.0)),
         "sway": float(rng.uniform(0.3, 1.0)),
         "ramp_in": ramp if rng.uniform() < 0.7 else 0, "ramp_out": ramp if rng.uniform() < 0.4 else 0,
-        "curve": 0.0, "turn_sign": float(rng.choice([-1.0, 1.0])), "circle_period": float(rng.uniform(6.0, 9.0)),
+        "curve": 0.0, "turn_sign": float(rng.choice([-1.0, 1.0])),
+        "circle_period": float(rng.uniform(0.8, 1.1) * np.clip(seconds, 4.0, 9.0)),   # about one lap per clip
         "turn_deg": float(rng.uniform(80, 200)),
         "jumps": 1, "flight_time": float(rng.uniform(0.36, 0.48)), "jump_forward": 0.0,
         "reps": 1, "kicks": 1, "side": str(rng.choice(["left", "right"])),
@@ -634,8 +638,8 @@ def sample_params(action: str, rng: np.random.Generator, seconds: float) -> dict
         "front": bool(rng.uniform() < 0.4),
         "stand_time": float(rng.uniform(0.1, 0.3)), "descent": float(rng.uniform(1.0, 1.6)),
     }
-    if action in ("walk", "jog", "run") and rng.uniform() < 0.35:
-        p["curve"] = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.6))
+    if action in ("walk", "jog", "run") and rng.uniform() < 0.35:       # a bend of 30-85 degrees over the clip
+        p["curve"] = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5) / max(seconds, 1.0))
     p["jumps"] = int(np.clip(int(seconds / rng.uniform(1.3, 2.0)), 1, 4))
     if rng.uniform() < 0.4:
         p["jump_forward"] = float(rng.uniform(0.4, 0.9))
@@ -848,7 +852,7 @@ def integrate(c: Controls, scale: float = 1.0, heading0: float = 0.0) -> tuple[n
         arc = 0.5 * GRAVITY * tt * (tt[-1] - tt)
         blend = 1 - frame_support[a0:a1 + 1]
         height[a0:a1 + 1] = (1 - blend) * ground[a0:a1 + 1] + blend * (line + arc)
-    root[:, 1] = height
+    root[:, 1] = np.maximum(height, ground)                               # no foot below the floor
 
     rotations = local.copy()
     rotations[:, 0] = Ry @ local[:, 0]
@@ -978,13 +982,19 @@ def generate_composite(actions: list[str], rng, min_seconds: float = 2.0, max_se
         subj = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
         link = _THEN[int(rng.integers(len(_THEN)))]
         caps.append(subj + " " + link.join(str(rng.choice(v)) for v in phrases))
-    subs = [(f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {rng.choice(v)}", s["start"] / FPS, s["end"] / FPS)
-            for v, s in zip(phrases, segs)]
+    subs = [(f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {rng.choice(v)}", frame_seconds(s["start"]),
+             frame_seconds(s["end"])) for v, s in zip(phrases, segs)]
     return Clip(name, "+".join(actions), joints, rotations, list(dict.fromkeys(caps)), subs,
                 [(s["action"], s["start"], s["end"]) for s in segs], segs[0]["params"])
 
 
 # ----------------------------------------------------------------------------- dataset writers
+def frame_seconds(frame: int) -> float:
+    """Seconds for a frame boundary such that the readers' int(seconds * 30) gives the frame back
+    (frame / 30 itself can land a hair below and lose a frame)."""
+    return round((frame + 0.25) / FPS, 4)
+
+
 def _text_line(caption: str, start: float = 0.0, end: float = 0.0) -> str:
     return f"{caption}#{tokens_for(caption)}#{start:.4f}#{end:.4f}" if (start or end) else \
         f"{caption}#{tokens_for(caption)}#0.0#0.0"
