@@ -13,7 +13,16 @@ covers B's positions only; Two-Forward never replaces A's latents. Plain clips a
 empty A, so one model learns both.
 
 Text embeddings are computed once per distinct caption and cached (the text encoder never runs in
-the loop), as is the empty caption.
+the loop), as is the empty caption; `save_text_embeddings`/`load_text_embeddings` keep them in a
+file across runs (CLI --text-cache).
+
+Choices where the original is loose: each caption is blanked with probability text_dropout (the
+original blanks exactly int(0.1 * B) per batch: the same rate, and it still drops captions in small
+batches); a clip's whole-clip captions form one example and one of them is drawn per sample (the
+original draws a random caption of the clip); the Two-Forward x0 is computed only where it replaces
+an input; batches are trimmed to their longest row. All randomness of a batch is drawn from the data
+generator, except the diffusion t/noise (global torch RNG, per rank), which a batch may instead
+carry explicitly (`draw_diffusion_noise`, used to check DDP against one process).
 """
 from __future__ import annotations
 
