@@ -293,7 +293,7 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     checkpoints=False writes no checkpoint (benchmarks).
 
     The global batch is split across ranks: each rank draws batch_size // world_size samples from its
-    own data generator (seeded seed + rank), and DDP averages the gradients.
+    own data generator (seeded seed + 1000 * rank), and DDP averages the gradients.
     """
     env = dist_env or setup_distributed(cfg.device)
     device = env.device
