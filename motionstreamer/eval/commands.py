@@ -1,5 +1,250 @@
-"""CLI verbs of this area (filled in by its owner)."""
+"""CLI verbs: `evaluate gt|tae|t2m|stream` and `train-evaluator`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _evaluator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--evaluator", required=True, metavar="PATH",
+                   help="evaluator folder (train-evaluator output or a bundle with an evaluator) or the released "
+                        "Evaluator_272/epoch=99.ckpt")
+    p.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
+                   help="where the text backbone comes from (default: the evaluator's own; for the released "
+                        "checkpoint distilbert-base-uncased, whose weights it contains)")
+    p.add_argument("--repeats", type=int, default=1, help="independent draws of the test set (mean ± 95%% CI)")
+    p.add_argument("--batch", type=int, default=32, help="R-precision batch (the field uses 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="JSON", help="results file (default results/eval_<protocol>.json)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder")
+    p.add_argument("--split", default=split)
+    p.add_argument("--mean-std", default=None, metavar="DIR", help="Mean.npy/Std.npy folder (default DATA/mean_std)")
+
+
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (official 4.0)")
+    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (official 50)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
 
 
 def register(subparsers) -> None:
-    pass
+    e = subparsers.add_parser("evaluate", help="evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
+                              description="Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, "
+                                          "MM-Dist, Diversity (and MPJPE, MultiModality, transition metrics); mean "
+                                          "± 95%% CI over repeats, printed and written as JSON.")
+    sub = e.add_subparsers(dest="protocol", metavar="<protocol>")
+    g = sub.add_parser("gt", help="real vs real (the reference row of every table)")
+    _data_args(g)
+    _evaluator_args(g)
+    g.set_defaults(func=cmd_evaluate)
+    t = sub.add_parser("tae", help="TAE reconstruction: MPJPE (mm) and reconstruction FID")
+    _data_args(t)
+    _evaluator_args(t)
+    t.add_argument("--tae", required=True, metavar="PATH",
+                   help="model bundle dir, TAE training checkpoint_last.pt, or the released net_last.pth")
+    t.add_argument("--tae-mean", action="store_true", help="decode the posterior mean instead of a sample")
+    t.set_defaults(func=cmd_evaluate)
+    m = sub.add_parser("t2m", help="text-to-motion generation at ground-truth lengths")
+    _data_args(m)
+    _evaluator_args(m)
+    _generation_args(m)
+    m.add_argument("--mm-captions", type=int, default=0, help="captions for MultiModality (0: skip; the field: 100)")
+    m.add_argument("--mm-repeats", type=int, default=30, help="generations per MultiModality caption")
+    m.set_defaults(func=cmd_evaluate)
+    s = sub.add_parser("stream", help="prompt sequences (BABEL-stream pairs): segment and transition metrics")
+    s.add_argument("--stream-data", required=True, metavar="DIR", help="BABEL-stream layout folder")
+    s.add_argument("--split", default="val")
+    s.add_argument("--mean-std", required=True, metavar="DIR",
+                   help="statistics the evaluator and the model normalise with (e.g. babel_272/t2m_babel_mean_std)")
+    s.add_argument("--transition-length", type=int, default=60, help="frames around each prompt change (FlowMDM: 60)")
+    _evaluator_args(s)
+    _generation_args(s)
+    s.set_defaults(func=cmd_evaluate)
+    e.set_defaults(func=lambda args: e.print_help() or 2)
+
+    r = subparsers.add_parser("train-evaluator", help="train the TMR-style evaluator",
+                              description="Train the text/motion evaluator (TMR losses, frozen text backbone) on a "
+                                          "HumanML3D-272 layout folder; writes OUT/checkpoint_last.pt (resumable) "
+                                          "and OUT/evaluator/ (safetensors + config.json) every --save-every steps.")
+    r.add_argument("--data", required=True, metavar="DIR")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--split", default="train")
+    r.add_argument("--model-size", choices=("official", "small"), default="official")
+    r.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
+                   help="HF AutoModel folder or name, 'minilm' (offline) or 'tiny-distilbert' "
+                        "(default: distilbert-base-uncased for official, minilm for small)")
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--save-every", type=int, default=None, metavar="STEPS")
+    r.add_argument("--no-tensorboard", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of EvaluatorTrainConfig fields")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    r.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/checkpoint_last.pt")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_train_evaluator)
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _positive(args, *names) -> None:
+    from motionstreamer.cli import CLIError
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
+
+
+def load_evaluator(path: str, backbone: str | None, device):
+    from motionstreamer.cli import CLIError
+    from motionstreamer.models.evaluator import TMREvaluator
+
+    if not Path(path).exists():
+        raise CLIError(f"--evaluator {path}: not found")
+    try:
+        return TMREvaluator.load(path, device=device, backbone=backbone)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise CLIError(f"--evaluator {path}: {e}")
+
+
+def _load_tae(path: str, device):
+    from motionstreamer.cli import CLIError
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"--tae {path}: not found")
+    if p.is_file() and p.suffix == ".pth":       # the released Causal_TAE/net_last.pth
+        from motionstreamer.checkpoints import CheckpointError, load_checkpoint_file, load_state_dict_strict
+        from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+        tae = CausalHumanTAE(TAEConfig.official())
+        try:
+            load_state_dict_strict(tae, load_checkpoint_file(p, key="net"), str(p))
+        except CheckpointError as e:
+            raise CLIError(str(e))
+        return tae.to(device).eval()
+    from motionstreamer.train.commands import load_tae
+    try:
+        return load_tae(str(p), str(device))
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--tae {path}: {e}")
+
+
+def _generation(args, device):
+    """(bundle, text encoder, GenerationConfig) from the runtime, or a clear error without it."""
+    from motionstreamer.cli import CLIError
+    try:
+        from motionstreamer.runtime.engine import GenerationConfig
+        from motionstreamer.runtime.loading import load_models
+    except ImportError as e:
+        raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
+                       f"not available: {e}")
+    try:
+        bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
+        cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+        cfg.validate()
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise CLIError(str(e))
+    return bundle, text_encoder, cfg, desc
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from motionstreamer.cli import CLIError
+    from motionstreamer.eval import protocols as P
+    from motionstreamer.runtime.loading import resolve_device
+    from motionstreamer.utils import atomic_write_json
+
+    _positive(args, "repeats", "batch", "steps", "transition_length")
+    if getattr(args, "mm_captions", 0) < 0:
+        raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
+    if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
+        raise CLIError(f"--mm-repeats must be > 10 (MultiModality draws 10 pairs of repeats), got {args.mm_repeats}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e))
+    torch.manual_seed(args.seed)
+    progress = not args.quiet
+    evaluator = load_evaluator(args.evaluator, args.text_backbone, device)
+    kw = {"repeats": args.repeats, "batch": args.batch, "seed": args.seed, "progress": progress}
+    try:
+        if args.protocol == "stream":
+            from motionstreamer.data.humanml3d import load_mean_std
+            mean, std = load_mean_std(args.mean_std)
+            cases = P.load_stream_cases(args.stream_data, args.split, mean=mean, std=std)
+            bundle, text_encoder, gcfg, desc = _generation(args, device)
+            result = P.evaluate_stream(evaluator, cases, P.runtime_stream_generator(bundle, text_encoder, gcfg, device),
+                                       mean, std, transition_length=args.transition_length, **kw)
+            result.info.update(source=f"{args.stream_data} ({args.split})", model=desc)
+        else:
+            evalset = P.EvalSet.load(args.data, args.split, text=args.protocol != "tae", mean_std_dir=args.mean_std)
+            if args.protocol == "gt":
+                result = P.evaluate_gt(evaluator, evalset, **kw)
+            elif args.protocol == "tae":
+                tae = _load_tae(args.tae, device)
+                result = P.evaluate_tae(evaluator, tae, evalset, sample=not args.tae_mean, **kw)
+                result.info["tae"] = str(args.tae)
+            else:
+                bundle, text_encoder, gcfg, desc = _generation(args, device)
+                result = P.evaluate_t2m(evaluator, evalset, P.runtime_generator(bundle, text_encoder, gcfg, device),
+                                        mm_captions=args.mm_captions, mm_repeats=args.mm_repeats, **kw)
+                result.info["model"] = desc
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e))
+    result.info["evaluator"] = str(args.evaluator)
+    out = Path(args.out or f"results/eval_{args.protocol}.json")
+    atomic_write_json(out, result.to_json())
+    print(P.format_table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train-evaluator
+def cmd_train_evaluator(args) -> int:
+    from motionstreamer.cli import CLIError
+    from motionstreamer.eval.train_evaluator import EvaluatorTrainConfig, train_evaluator
+    from motionstreamer.models.evaluator import EvaluatorConfig
+    from motionstreamer.train.common import cleanup_distributed, load_config_file, parse_overrides
+
+    _positive(args, "epochs", "batch_size", "save_every")
+    try:
+        cfg = EvaluatorTrainConfig()
+        if args.config:
+            cfg = cfg.updated(load_config_file(args.config))
+        cfg = cfg.updated(parse_overrides(args.set, EvaluatorTrainConfig))
+        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "save_every": args.save_every}
+        cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
+        cfg = cfg.updated({"out_dir": args.out, "device": args.device, "progress": not args.quiet,
+                           "tensorboard": not args.no_tensorboard})
+        if args.model_size == "official":
+            model_cfg = EvaluatorConfig.official() if args.text_backbone is None else EvaluatorConfig(
+                text_backbone=args.text_backbone, text_dim=_hidden(args.text_backbone))
+        else:
+            model_cfg = EvaluatorConfig.small(args.text_backbone or "minilm")
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e))
+    try:
+        evaluator, res = train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e))
+    finally:
+        cleanup_distributed()
+    last = res.losses[-1][1] if res.losses else float("nan")
+    print(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
+          f"model {Path(args.out) / 'evaluator'}, checkpoint {res.checkpoint}")
+    return 0
+
+
+def _hidden(backbone: str) -> int:
+    from motionstreamer.models.evaluator import backbone_hidden_size
+    try:
+        return backbone_hidden_size(backbone)
+    except Exception as e:
+        raise ValueError(f"--text-backbone {backbone!r}: {e}") from e

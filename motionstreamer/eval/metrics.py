@@ -35,6 +35,14 @@ def activation_statistics(emb) -> tuple[np.ndarray, np.ndarray]:
     return a.mean(axis=0), np.cov(a, rowvar=False)
 
 
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    import warnings
+    with warnings.catch_warnings():      # a singular product warns; it is handled below with eps
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) (the T2M / Dougal Sutherland formulation: scipy
     sqrtm, eps added to the diagonals when the product is singular, tiny imaginary parts dropped)."""
@@ -45,10 +53,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"covariances must both be {(mu1.shape[0],) * 2}, got {sigma1.shape} and {sigma2.shape}")
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrt(S1 S2)")

@@ -14,8 +14,9 @@ Differences kept on purpose: the frozen backbone runs once per distinct caption 
 its token features are cached (the original re-runs it every step; same numbers, the backbone is
 frozen and in eval mode); the near-duplicate filter uses the project's offline all-MiniLM-L6-v2
 (the original: paraphrase-MiniLM-L6-v2) and also filters identical captions (the original's
-`sim < 1.0` test spares them by float rounding). Items are the dataset's (clip, caption) pairs
-with the original's length jitter (1 in 3 items one 4-frame unit shorter at a random offset).
+`sim < 1.0` test spares them by float rounding). Items are every (clip, caption) pair of the split
+(clips over max_frames keep their first max_frames), with the original's length jitter (1 in 3 items
+one 4-frame unit shorter at a random offset).
 """
 from __future__ import annotations
 
@@ -244,7 +245,8 @@ def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_confi
         start_step = int(ck["step"])
     model_config = model_config or EvaluatorConfig.official()
     if dataset is None:
-        dataset = HumanML3D272Dataset(data_dir, split, min_frames=cfg.min_frames, max_frames=cfg.max_frames)
+        dataset = HumanML3D272Dataset(data_dir, split, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+                                      captions="all", too_long="crop")
     items = [dataset[i] for i in range(len(dataset))]
     if len(items) < 2:
         raise ValueError(f"{data_dir}: split {split!r} has {len(items)} usable item(s); need at least 2")

@@ -321,7 +321,7 @@ class TMREvaluator(nn.Module):
                 ln = lengths[i:i + batch_size]
                 x = features[i:i + batch_size, : int(ln.max())].to(dev, dt)
                 d = self.motionencoder(x, ln.to(dev))
-                out.append((d.loc if self.config.vae else d).float())
+                out.append((d.loc if self.config.vae else d).float().cpu())
             return torch.cat(out) if out else torch.zeros(0, self.config.latent_dim)
         finally:
             self.train(was_training)
@@ -337,7 +337,7 @@ class TMREvaluator(nn.Module):
             out = []
             for i in range(0, len(texts), batch_size):
                 d = self.textencoder(list(texts[i:i + batch_size]))
-                out.append((d.loc if self.config.vae else d).float())
+                out.append((d.loc if self.config.vae else d).float().cpu())
             return torch.cat(out) if out else torch.zeros(0, self.config.latent_dim)
         finally:
             self.train(was_training)
@@ -451,31 +451,65 @@ class TMREvaluator(nn.Module):
         return model.to(device).eval()
 
 
-def read_lightning_state_dict(path: str | os.PathLike) -> dict:
-    """'state_dict' of a PyTorch Lightning checkpoint, read with weights_only=True. Lightning stores
-    numpy scalars in 'hyper_parameters' (the original logs parameter counts as numpy ints): those
-    numpy types, and nothing else, are allowed in addition to tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluatorCheckpointError(f"checkpoint file not found: {path}")
-    safe = [np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-            type(np.dtype(np.int32))]
+class _Inert:
+    """Stand-in for a class or function a Lightning checkpoint pickles besides its tensors (OmegaConf
+    configs, the datamodule's collate function, enums, typing.Any, ...). Builds from anything, does
+    nothing: with it the weights_only unpickler reads such files without importing or running their code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+
+def _inert_stand_in(qualified_name: str) -> type:
+    module, _, name = qualified_name.rpartition(".")
+    return type(name or "Inert", (_Inert,), {"__module__": module or "builtins", "__qualname__": name})
+
+
+def _numpy_safe_globals() -> list:
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
-    safe.append(scalar)
+    dtypes = [type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_)]
+    return [np.dtype, scalar, *dtypes]
+
+
+def read_lightning_state_dict(path: str | os.PathLike) -> dict:
+    """'state_dict' of a PyTorch Lightning checkpoint, read with torch.load(weights_only=True).
+
+    Besides tensors, Lightning pickles hyper-parameters (numpy scalars: allowed) and the datamodule's
+    (an OmegaConf config, a collate function): every other global the file names is listed with
+    torch.serialization.get_unsafe_globals_in_checkpoint and replaced by an inert stand-in, so no code
+    from the file is imported or run. Only 'state_dict' is kept, and it must hold tensors only."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluatorCheckpointError(f"checkpoint file not found: {path}")
+    safe = _numpy_safe_globals()
     try:
+        known = {f"{g.__module__}.{g.__qualname__}" for g in safe}
+        others = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                  if n not in known and n.replace("numpy.core.", "numpy._core.") not in known]
+        safe += [(_inert_stand_in(n), n) for n in others]
         with torch.serialization.safe_globals(safe):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise EvaluatorCheckpointError(
-            f"{path}: refused to load with weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "It holds more than tensors and numpy scalars; only re-save checkpoints you trust.") from e
+            f"{path}: cannot be read with weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise EvaluatorCheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict'; "
                                        f"found {list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})")
     state = obj["state_dict"]
+    if not isinstance(state, dict):
+        raise EvaluatorCheckpointError(f"{path}: 'state_dict' is a {type(state).__name__}, not a mapping")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise EvaluatorCheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")

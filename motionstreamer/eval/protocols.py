@@ -1,0 +1,413 @@
+"""Evaluation protocols: gt (real vs real), tae (reconstruction), t2m (generation per caption),
+stream (prompt sequences with transitions). Each repeat draws the test set afresh as the reference
+loaders do, computes the metrics, and the summary reports mean and 95% CI over repeats.
+
+The draw (`humanml3d_272/dataset_eval_t2m.py`, `dataset_eval_tae.py`): one sample per motion entry
+(whole clips with their whole-clip captions, sub-caption crops as entries of their own; 60 <= frames
+< 300), a random caption, a length cut to a multiple of 4 that is, 1 time in 3, one more 4-frame unit
+shorter, at a random offset; shuffled into batches of 32 with the last partial batch dropped.
+R-precision ranks the 32 motions of a batch. Features are normalised with the dataset's Mean/Std
+(what the evaluator was trained on).
+
+Generation is a parameter: `GenerateFn(captions, frame_lengths, seed) -> [de-normalised (T_i, 272)]`
+for t2m and `StreamGenerateFn(prompt_lists, frame_length_lists, seed) -> [(features (T, 272),
+boundaries)]` for stream, where boundaries[i] is the first frame of prompt i + 1. `runtime_generator`
+and `runtime_stream_generator` build them from a model bundle with the streaming runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from motionstreamer.eval import metrics as M
+
+GenerateFn = Callable[[list, list, int], list]
+StreamGenerateFn = Callable[[list, list, int], list]
+
+METRIC_LABELS = {
+    "fid": "FID", "r_precision_top1": "R@1", "r_precision_top2": "R@2", "r_precision_top3": "R@3",
+    "matching_score": "MM-Dist", "diversity": "Diversity", "multimodality": "MultiModality",
+    "mpjpe_mm": "MPJPE (mm)", "transition_fid": "Transition FID", "peak_jerk": "Peak Jerk", "auj": "AUJ",
+}
+
+
+# ----------------------------------------------------------------------------- the test set
+@dataclass
+class EvalSet:
+    """Entries (normalised motion (T, 272), captions or None) and the statistics that normalised them."""
+    motions: list
+    captions: list
+    mean: np.ndarray
+    std: np.ndarray
+    unit_length: int = 4
+    source: str = ""
+
+    @classmethod
+    def load(cls, root: str | Path, split: str = "test", text: bool = True, mean_std_dir=None,
+             min_frames: int = 60, max_frames: int = 300, lenient: bool = False) -> "EvalSet":
+        """text=True: the t2m loader (captioned entries); text=False: the TAE loader (every clip of
+        the split in [min_frames, max_frames), no captions)."""
+        from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
+
+        root = Path(root)
+        if text:
+            ds = HumanML3D272Dataset(root, split, min_frames=min_frames, max_frames=max_frames, lenient=lenient,
+                                     mean_std_dir=mean_std_dir, too_long="drop")
+            motions = [m for _, m, _ in ds.entries]
+            captions = [[c.caption for c in caps] for _, _, caps in ds.entries]
+            mean, std = ds.mean, ds.std
+        else:
+            mean, std = load_mean_std(mean_std_dir or root / "mean_std")
+            clips = load_motions(root, split, normalize=True, mean_std_dir=mean_std_dir, lenient=lenient)
+            motions = [x for x in clips.values() if min_frames <= len(x) < max_frames]
+            captions = [None] * len(motions)
+        if not motions:
+            raise ValueError(f"{root}: split {split!r} has no clips of {min_frames} to {max_frames - 1} frames")
+        return cls(motions, captions, np.asarray(mean, np.float32), np.asarray(std, np.float32),
+                   source=f"{root} ({split})")
+
+    def __len__(self) -> int:
+        return len(self.motions)
+
+    def draw(self, rng: np.random.Generator, batch: int = 32) -> list[dict]:
+        """One pass: shuffled entries, random caption and crop each, full batches only.
+        Batches: motion (B, T_max, 272) float32 zero-padded, lengths (B,), captions (list or None)."""
+        if len(self) < batch:
+            raise ValueError(f"{self.source}: {len(self)} entries, fewer than one batch of {batch}")
+        u = self.unit_length
+        out = []
+        order = rng.permutation(len(self))
+        for s in range(0, len(order) - batch + 1, batch):
+            rows, caps = [], []
+            for e in order[s:s + batch]:
+                x, entry_caps = self.motions[e], self.captions[e]
+                caps.append(entry_caps[int(rng.integers(len(entry_caps)))] if entry_caps else None)
+                double = int(rng.integers(3)) == 2
+                n = (len(x) // u - (1 if double else 0)) * u
+                off = int(rng.integers(0, len(x) - n + 1))
+                rows.append(x[off:off + n])
+            lengths = torch.tensor([len(r) for r in rows])
+            motion = torch.zeros(batch, int(lengths.max()), rows[0].shape[1])
+            for i, r in enumerate(rows):
+                motion[i, :len(r)] = torch.from_numpy(np.ascontiguousarray(r, dtype=np.float32))
+            out.append({"motion": motion, "lengths": lengths, "captions": caps if caps[0] is not None else None})
+        return out
+
+
+@dataclass
+class StreamCase:
+    """One prompt sequence: prompts, frames per prompt, and the ground-truth motion (normalised)."""
+    prompts: list
+    lengths: list
+    motion: np.ndarray
+
+
+def load_stream_cases(root: str | Path, split: str = "val", mean=None, std=None, lenient: bool = False) -> list[StreamCase]:
+    """BABEL-stream pairs -> two-prompt cases [A, B] with A_frames and the rest; a random line of each
+    pair's text file (fixed seed)."""
+    from motionstreamer.data.babel import BABELStreamDataset
+
+    ds = BABELStreamDataset(root, split, mean=mean, std=std, lenient=lenient, captions="random", seed=0)
+    cases = []
+    for i in range(len(ds)):
+        it = ds[i]
+        if not it["text_a"]:
+            continue
+        cases.append(StreamCase([it["text_a"], it["text_b"]], [it["a_length"], it["length"] - it["a_length"]],
+                                it["motion"]))
+    if not cases:
+        raise ValueError(f"{root}: split {split!r} has no stream pairs with both texts")
+    return cases
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class ProtocolResult:
+    protocol: str
+    values: dict = field(default_factory=dict)     # metric -> [value per repeat]
+    info: dict = field(default_factory=dict)
+
+    def add(self, **metrics) -> None:
+        for k, v in metrics.items():
+            self.values.setdefault(k, []).append(float(v))
+
+    def summary(self) -> dict:
+        out = {}
+        for k, vs in self.values.items():
+            mean, ci = M.mean_and_ci95(vs)
+            out[k] = {"mean": mean, "ci95": ci, "values": vs}
+        return out
+
+    def to_json(self) -> dict:
+        return {"protocol": self.protocol, "metrics": self.summary(), "info": self.info}
+
+
+def format_table(result: ProtocolResult) -> str:
+    """Console table: metric | mean ± 95% CI | repeats."""
+    def label(k: str) -> str:
+        return "Real " + label(k[5:]) if k.startswith("real_") else METRIC_LABELS.get(k, k)
+
+    rows = [(label(k), f"{s['mean']:.4f} ± {s['ci95']:.4f}", str(len(s["values"])))
+            for k, s in result.summary().items()]
+    head = ("metric", "mean ± 95% CI", "repeats")
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    line = "-+-".join("-" * x for x in w)
+    fmt = lambda r: " | ".join(c.ljust(w[i]) for i, c in enumerate(r))  # noqa: E731
+    return "\n".join([f"{result.protocol} ({result.info.get('source', '')})", fmt(head), line] + [fmt(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _diversity_pairs(n: int) -> int | None:
+    """The reference: 300 pairs, 100 when there are at most 300 samples (None: too few)."""
+    return 300 if n > 300 else 100 if n > 100 else None
+
+
+def _retrieval_metrics(text_emb, motion_emb, batch: int, rng, prefix: str = "") -> dict:
+    r = M.r_precision(text_emb, motion_emb, batch=batch, top_k=3)
+    out = {f"{prefix}r_precision_top{k + 1}": r[k] for k in range(3)}
+    out[f"{prefix}matching_score"] = M.matching_score(text_emb, motion_emb)
+    pairs = _diversity_pairs(len(motion_emb))
+    if pairs:
+        out[f"{prefix}diversity"] = M.diversity(motion_emb, pairs, seed=rng)
+    return out
+
+
+def _progress(it, desc: str, on: bool):
+    if not on:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([r.shape[0] for r in rows])
+    out = torch.zeros(len(rows), int(lengths.max()), rows[0].shape[1])
+    for i, r in enumerate(rows):
+        out[i, :r.shape[0]] = r
+    return out, lengths
+
+
+def _to_tensor(x) -> torch.Tensor:
+    return x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+
+
+def _normalise_generated(feats: list, mean: np.ndarray, std: np.ndarray, max_frames: int, what: str) -> list[torch.Tensor]:
+    mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
+    out = []
+    for i, f in enumerate(feats):
+        f = _to_tensor(f)
+        if f.ndim != 2 or f.shape[1] != mean.shape[0]:
+            raise ValueError(f"{what} returned features of shape {tuple(f.shape)} for item {i}; expected (frames, {mean.shape[0]})")
+        if f.shape[0] == 0:
+            raise ValueError(f"{what} returned no frames for item {i}")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"{what} returned NaN/inf for item {i}")
+        out.append(((f - mean_t) / std_t)[:max_frames])
+    return out
+
+
+# ----------------------------------------------------------------------------- protocols
+@torch.no_grad()
+def evaluate_gt(evaluator, evalset: EvalSet, repeats: int = 1, batch: int = 32, seed: int = 0,
+                progress: bool = False) -> ProtocolResult:
+    """Real vs real: retrieval metrics of the real (caption, motion) pairs of one draw, and FID between
+    the motion embeddings of two independent draws (different captions, crops and batches)."""
+    res = ProtocolResult("gt", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset)})
+    for r in _progress(range(repeats), "gt repeats", progress):
+        rng = np.random.default_rng([seed, r])
+        first, second = evalset.draw(rng, batch), evalset.draw(rng, batch)
+        et = torch.cat([evaluator.encode_text(b["captions"]) for b in first]).numpy()
+        em = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in first]).numpy()
+        em2 = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in second]).numpy()
+        res.add(fid=M.fid(em, em2), **_retrieval_metrics(et, em, batch, rng))
+    res.info["samples_per_repeat"] = len(first) * batch
+    return res
+
+
+def reconstruct(tae, motion: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """TAE round trip of a zero-padded batch. The TAE is causal (left-padded convolutions only), so the
+    frames before a row's length do not depend on its padding: one batched call equals per-clip calls."""
+    p = next(tae.parameters())
+    z, mu, _ = tae.encode(motion.to(p.device, p.dtype), sample=sample, generator=generator)
+    return tae.decode(z).float().cpu()
+
+
+@torch.no_grad()
+def evaluate_tae(evaluator, tae, evalset: EvalSet, repeats: int = 1, batch: int = 32, seed: int = 0,
+                 sample: bool = True, progress: bool = False) -> ProtocolResult:
+    """TAE reconstruction: pelvis-aligned MPJPE (mm, every frame of every clip weighted equally) on joints
+    recovered from de-normalised features, and FID between evaluator embeddings of the real and the
+    reconstructed clips. sample=True decodes the sampled z, as the original's `net(motion)`."""
+    from motionstreamer.representation.features import recover_joints
+
+    mean, std = torch.from_numpy(evalset.mean), torch.from_numpy(evalset.std)
+    res = ProtocolResult("tae", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
+                                      "latent": "sampled" if sample else "mean"})
+    for r in _progress(range(repeats), "tae repeats", progress):
+        rng = np.random.default_rng([seed, r])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        err, frames, em_real, em_rec = 0.0, 0, [], []
+        for b in evalset.draw(rng, batch):
+            x, lengths = b["motion"], b["lengths"]
+            valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).float()[..., None]
+            recon = reconstruct(tae, x, sample, gen) * valid
+            for i, n in enumerate(lengths.tolist()):
+                gt_j = recover_joints(x[i, :n].double() * std + mean)
+                pr_j = recover_joints(recon[i, :n].double() * std + mean)
+                err += float(M.mpjpe_per_frame(pr_j, gt_j).sum())
+                frames += n
+            em_real.append(evaluator.encode_motion(x, lengths))
+            em_rec.append(evaluator.encode_motion(recon, lengths))
+        res.add(fid=M.fid(torch.cat(em_real).numpy(), torch.cat(em_rec).numpy()), mpjpe_mm=err / frames * 1000.0)
+    return res
+
+
+@torch.no_grad()
+def evaluate_t2m(evaluator, evalset: EvalSet, generate: GenerateFn, repeats: int = 1, batch: int = 32,
+                 seed: int = 0, max_frames: int = 300, mm_captions: int = 0, mm_repeats: int = 30,
+                 mm_pairs: int = 10, progress: bool = False) -> ProtocolResult:
+    """Generation for each test caption at its ground-truth length (frames), as `eval_t2m.py`: FID
+    against the real motions of the same draw, retrieval metrics of (caption, generated) pairs, and the
+    real pairs' metrics (prefixed real_). mm_captions > 0 adds MultiModality: that many captions
+    generated mm_repeats times each, mm_pairs random pairs of repeats."""
+    res = ProtocolResult("t2m", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset)})
+    for r in _progress(range(repeats), "t2m repeats", progress):
+        rng = np.random.default_rng([seed, r])
+        et, em_real, em_gen, batches = [], [], [], evalset.draw(rng, batch)
+        for k, b in enumerate(_progress(batches, "generate", progress)):
+            feats = generate(list(b["captions"]), b["lengths"].tolist(), seed + 1_000_003 * r + 7919 * k)
+            if len(feats) != len(b["captions"]):
+                raise ValueError(f"the generator returned {len(feats)} motions for {len(b['captions'])} captions")
+            gen, gen_len = _pad(_normalise_generated(feats, evalset.mean, evalset.std, max_frames, "the generator"))
+            et.append(evaluator.encode_text(b["captions"]))
+            em_real.append(evaluator.encode_motion(b["motion"], b["lengths"]))
+            em_gen.append(evaluator.encode_motion(gen, gen_len))
+        et, em_real, em_gen = (torch.cat(v).numpy() for v in (et, em_real, em_gen))
+        metrics = {"fid": M.fid(em_real, em_gen), **_retrieval_metrics(et, em_gen, batch, rng),
+                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_")}
+        if mm_captions > 0:
+            b0 = [b for b in batches]
+            caps = [c for b in b0 for c in b["captions"]][:mm_captions]
+            lens = [n for b in b0 for n in b["lengths"].tolist()][:mm_captions]
+            reps = []
+            for j in range(mm_repeats):
+                feats = _normalise_generated(generate(caps, lens, seed + 97 * j + 1_000_003 * r + 13),
+                                             evalset.mean, evalset.std, max_frames, "the generator")
+                reps.append(evaluator.encode_motion(*_pad(feats)))
+            metrics["multimodality"] = M.multimodality(torch.stack(reps, 1).numpy(), mm_pairs, seed=rng)
+        res.add(**metrics)
+    return res
+
+
+@torch.no_grad()
+def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGenerateFn, mean, std,
+                    repeats: int = 1, batch: int = 32, seed: int = 0, transition_length: int = 60,
+                    max_frames: int = 300, progress: bool = False) -> ProtocolResult:
+    """Prompt sequences generated as one continuous stream each. Per repeat: the last segment of each
+    generated sequence against its ground truth and caption (FID, R-precision, MM-Dist, Diversity);
+    transitions (windows of transition_length frames around each prompt change): FID of evaluator
+    embeddings of generated vs real windows, and Peak Jerk / Area Under Jerk (FlowMDM) of the generated
+    windows against the mean jerk of the real sequences (the real windows' PJ/AUJ as real_*)."""
+    from motionstreamer.representation.features import recover_joints
+
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
+    if len(cases) < batch:
+        raise ValueError(f"{len(cases)} stream cases, fewer than one batch of {batch}")
+    real_joints = [recover_joints(torch.from_numpy(c.motion).double() * std_t + mean_t).numpy() for c in cases]
+    gt_jerk = float(np.mean(np.concatenate([M.jerk_curve(j[None])[0] for j in real_joints if len(j) >= 4])))
+    res = ProtocolResult("stream", info={"cases": len(cases), "batch": batch, "seed": seed,
+                                         "transition_length": transition_length, "gt_jerk": gt_jerk})
+    for r in _progress(range(repeats), "stream repeats", progress):
+        rng = np.random.default_rng([seed, r])
+        order = rng.permutation(len(cases))
+        texts, seg_real, seg_gen = [], [], []
+        win_real, win_gen, jwin_real, jwin_gen = [], [], [], []
+        for k, s in enumerate(_progress(range(0, len(order) - batch + 1, batch), "generate", progress)):
+            chunk = [cases[i] for i in order[s:s + batch]]
+            outs = generate([c.prompts for c in chunk], [c.lengths for c in chunk], seed + 1_000_003 * r + 7919 * k)
+            if len(outs) != len(chunk):
+                raise ValueError(f"the stream generator returned {len(outs)} sequences for {len(chunk)}")
+            for c, ci, (feats, bounds) in zip(chunk, order[s:s + batch], outs):
+                g = _normalise_generated([feats], mean, std, 10**9, "the stream generator")[0]
+                bounds = [int(x) for x in bounds]
+                if len(bounds) != len(c.prompts) - 1 or any(not 0 < x < len(g) for x in bounds):
+                    raise ValueError(f"the stream generator returned boundaries {bounds} for {len(c.prompts)} prompts "
+                                     f"and {len(g)} frames")
+                real_bounds = np.cumsum(c.lengths)[:-1].tolist()
+                texts.append(c.prompts[-1])
+                seg_real.append(torch.from_numpy(c.motion[real_bounds[-1]:][:max_frames]))
+                seg_gen.append(g[bounds[-1]:][:max_frames])
+                g_joints = recover_joints(g.double() * std_t + mean_t).numpy()
+                for rb, gb in zip(real_bounds, bounds):
+                    wr = M.transition_windows(c.motion, [rb], transition_length)
+                    wg = M.transition_windows(g.numpy(), [gb], transition_length)
+                    if len(wr) and len(wg):
+                        win_real.append(torch.from_numpy(wr[0]))
+                        win_gen.append(torch.from_numpy(wg[0]))
+                        jwin_real.append(M.transition_windows(real_joints[ci], [rb], transition_length)[0])
+                        jwin_gen.append(M.transition_windows(g_joints, [gb], transition_length)[0])
+        et = evaluator.encode_text(texts).numpy()
+        em_real = evaluator.encode_motion(*_pad(seg_real)).numpy()
+        em_gen = evaluator.encode_motion(*_pad(seg_gen)).numpy()
+        metrics = {"fid": M.fid(em_real, em_gen), **_retrieval_metrics(et, em_gen, batch, rng),
+                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_")}
+        if len(win_gen) >= 2:
+            metrics["transition_fid"] = M.transition_fid(evaluator.encode_motion(*_pad(win_real)).numpy(),
+                                                         evaluator.encode_motion(*_pad(win_gen)).numpy())
+            jg = M.transition_jerk(np.stack(jwin_gen), gt_jerk)
+            jr = M.transition_jerk(np.stack(jwin_real), gt_jerk)
+            metrics.update(peak_jerk=jg["peak_jerk"], auj=jg["auj"], real_peak_jerk=jr["peak_jerk"], real_auj=jr["auj"])
+        res.info["transitions_per_repeat"] = len(win_gen)
+        res.add(**metrics)
+    return res
+
+
+# ----------------------------------------------------------------------------- runtime adapters
+def runtime_generator(bundle, text_encoder, config=None, device=None) -> GenerateFn:
+    """t2m generation with the streaming runtime: each caption for ceil(frames / 4) latents, batched."""
+    from motionstreamer.runtime.batch import generate_batch
+
+    fpl = bundle.tae.config.frames_per_latent
+
+    def generate(captions: list, lengths: list, seed: int) -> list:
+        n_lat = [max(1, -(-int(n) // fpl)) for n in lengths]
+        return generate_batch(bundle, text_encoder, list(captions), n_lat, config=config, seed=seed, device=device)
+
+    return generate
+
+
+def runtime_stream_generator(bundle, text_encoder, config=None, device=None) -> StreamGenerateFn:
+    """Prompt sequences with the streaming runtime: prompt i runs for ceil(frames_i / 4) latents, the
+    next one queued to start right after (no end-latent stops), all sequences batched."""
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+
+    fpl = bundle.tae.config.frames_per_latent
+
+    def generate(prompt_lists: list, length_lists: list, seed: int) -> list:
+        base = config or GenerationConfig()
+        budgets = [[max(1, -(-int(n) // fpl)) for n in lens] for lens in length_lists]
+        cfg = GenerationConfig(**{**base.__dict__, "end_threshold": -1.0,
+                                  "max_latents": max(sum(b) for b in budgets)})
+        engine = StreamingEngine(bundle, text_encoder, capacity=len(prompt_lists), config=cfg, device=device)
+        ids = []
+        for i, (prompts, lat) in enumerate(zip(prompt_lists, budgets)):
+            sid = engine.add_stream(prompts[0], seed=seed + i, max_latents=lat[0])
+            for p, n in zip(prompts[1:], lat[1:]):
+                engine.push_text(sid, p, max_latents=n, after_current=True)
+            ids.append(sid)
+        frames = {sid: [] for sid in ids}
+        while engine.active_ids:
+            for chunk in engine.step():
+                frames[chunk.stream_id].append(chunk.features.float().cpu())
+        out = []
+        for sid, lat in zip(ids, budgets):
+            feats = torch.cat(frames[sid])
+            out.append((feats, (np.cumsum(lat)[:-1] * fpl).tolist()))
+        return out
+
+    return generate
