@@ -860,24 +860,29 @@ def integrate(c: Controls, scale: float = 1.0, heading0: float = 0.0) -> tuple[n
     return joints, rotations
 
 
-def chain(parts: list[Controls], lengths: list[int], blend: int) -> Controls:
-    """Cross-fade consecutive controls. Part i covers [S_i, E_i) (lengths[i] frames) plus blend//2
-    frames of overlap on each inner side; weights are cosine ramps that sum to 1 in every overlap."""
-    half = blend // 2
+def chain(parts: list[Controls], lengths: list[int], blends: list[int], pad: int) -> Controls:
+    """Cross-fade consecutive controls. Part i covers [S_i, E_i) (lengths[i] frames) plus `pad` frames
+    on each inner side; at boundary k the cross-fade spans blends[k] (<= 2 * pad) frames centred on it,
+    with cosine ramps that sum to 1."""
     total = int(sum(lengths))
     bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
     out = Controls(np.zeros((total, 22, 3)), np.zeros(total), np.zeros((total, 2)), np.zeros((total, 2)), np.zeros(total))
     t = np.arange(total)
+
+    def ramp(k):                      # 0 -> 1 across boundary k (between part k and part k + 1)
+        half = blends[k] / 2
+        return 0.5 - 0.5 * np.cos(np.pi * np.clip((t - (bounds[k + 1] - half)) / max(2 * half, 1), 0, 1))
+
     for i, part in enumerate(parts):
-        lo = bounds[i] - (half if i > 0 else 0)
-        hi = bounds[i + 1] + (half if i < len(parts) - 1 else 0)
+        lo = bounds[i] - (pad if i > 0 else 0)
+        hi = bounds[i + 1] + (pad if i < len(parts) - 1 else 0)
         if len(part) != hi - lo:
             raise ValueError(f"chain: part {i} has {len(part)} frames, expected {hi - lo}")
         w = np.ones(total)
         if i > 0:
-            w *= 0.5 - 0.5 * np.cos(np.pi * np.clip((t - (bounds[i] - half)) / max(2 * half, 1), 0, 1))
+            w *= ramp(i - 1)
         if i < len(parts) - 1:
-            w *= 0.5 + 0.5 * np.cos(np.pi * np.clip((t - (bounds[i + 1] - half)) / max(2 * half, 1), 0, 1))
+            w *= 1 - ramp(i)
         w = w[lo:hi]
         out.angles[lo:hi] += w[:, None, None] * part.angles
         out.yaw_rate[lo:hi] += w * part.yaw_rate
@@ -917,19 +922,25 @@ def _frames(rng, min_seconds: float, max_seconds: float) -> int:
     return int(rng.integers(lo, max(hi, lo + 1)))
 
 
+MAX_BLEND = 30        # frames: the longest cross-fade (1 s)
+
+
 def generate_sequence(actions: list[str], lengths: list[int], rng, blend: int | None = None,
                       scale: float | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Actions back to back with cross-faded transitions. Returns joints, rotations and per segment
-    {'action', 'start', 'end' (frames; the boundary is the middle of the transition), 'params'}."""
+    {'action', 'start', 'end' (frames; the boundary is the middle of the transition), 'params',
+    'blend' (frames of the cross-fade into the next segment)}.
+
+    The cross-fade is 0.3-0.5 s, longer (up to 1 s) the more the two poses differ at the boundary,
+    so no limb has to fly across (e.g. a raised waving arm coming down to walk). `blend` fixes it."""
     if len(actions) != len(lengths) or not actions:
         raise ValueError("generate_sequence: need one length per action")
-    blend = int(rng.integers(9, 16)) if blend is None else blend
-    half = blend // 2
+    pad = MAX_BLEND // 2
     parts, segs, start = [], [], 0
     last = len(actions) - 1
     for i, (action, n) in enumerate(zip(actions, lengths)):
-        lo = half if i > 0 else 0
-        hi = half if i < last else 0
+        lo = pad if i > 0 else 0
+        hi = pad if i < last else 0
         p = sample_params(action, rng, n / FPS)
         if i == 0 and scale is not None:
             p["scale"] = float(scale)
@@ -941,12 +952,19 @@ def generate_sequence(actions: list[str], lengths: list[int], rng, blend: int | 
         phase0 = None
         prev = parts[-1] if parts else None
         if prev is not None and prev.phase is not None and action in GAIT_ACTIONS:
-            phase0 = float(prev.phase[len(prev) - 2 * half])       # aligned where the cross-fade starts
+            phase0 = float(prev.phase[len(prev) - 2 * pad])        # in step where this part begins
         part = ACTIONS[action](n + lo + hi, rng, p, phase0)
         parts.append(part)
         segs.append({"action": action, "start": start, "end": start + n, "params": p})
         start += n
-    c = chain(parts, lengths, blend)
+    blends = []
+    for i in range(last):
+        a = parts[i].angles[len(parts[i]) - pad]                      # both poses at the boundary
+        b = parts[i + 1].angles[pad]
+        base = int(rng.integers(9, 16)) if blend is None else blend
+        blends.append(int(np.clip(base + 8 * np.abs(a - b).max(), base, MAX_BLEND)) if blend is None else base)
+        segs[i]["blend"] = blends[-1]
+    c = chain(parts, lengths, blends, pad)
     t = np.arange(len(c)) / FPS
     style_noise(c, t, segs[0]["params"])
     joints, rotations = integrate(c, scale=segs[0]["params"]["scale"], heading0=float(rng.uniform(-np.pi, np.pi)))
