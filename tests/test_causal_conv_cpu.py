@@ -90,6 +90,32 @@ def test_empty_output_and_large_layer():
                      cc.causal_conv1d(x, w, b, dilation=3, backend="torch"))
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_every_cpu_instruction_set(isa, monkeypatch):
+    if isa != "generic" and isa not in _usable_isas():
+        pytest.skip(f"{isa} is not available on this CPU")
+    monkeypatch.setattr(cc, "_CPU_ISA", isa)
+    for i in range(6):  # remainders of every register block (rows 1..6, columns 1..4) and several chunks
+        c = _case(random.Random(100 + i))
+        c.update(cout=[1, 5, 7, 13, 16, 23][i], T=[1, 2, 3, 5, 9, 70][i], cin=[3, 17, 400, 8, 1, 700][i])
+        x, w, b, r = _make(c, torch.Generator().manual_seed(i))
+        kw = dict(stride=c["stride"], dilation=c["dilation"], pre_relu=c["pre_relu"], post_relu=c["post_relu"],
+                  residual=r)
+        assert_close_rel(cc.causal_conv1d(x, w, b, backend="native", **kw),
+                         cc.causal_conv1d(x, w, b, backend="torch", **kw))
+
+
+def _usable_isas():
+    best = cc._native().cpu_isa()
+    return {"avx512": ["avx512", "avx2"], "avx2": ["avx2"]}.get(best, [])
+
+
+def test_unknown_isa_is_an_error(monkeypatch):
+    monkeypatch.setattr(cc, "_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="instruction set 'sse9' is not available"):
+        cc.causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 2, 1), backend="native")
+
+
 def test_threads_and_noncontiguous_inputs():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 64, 40, generator=g).transpose(1, 2)  # (3, 40, 64), non-contiguous view

@@ -7,7 +7,8 @@ Backends: "torch" is the reference (F.pad + F.conv1d: cuDNN on GPU, oneDNN on CP
 motionstreamer._C (CPU fp32; CUDA fp32/fp16/bf16 with fp32 accumulation, on torch's current stream);
 "auto" uses native when the extension is built and supports the tensor's device and dtype, else torch.
 The global switch is set_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
-"torch"); every function also takes backend= to override it per call.
+"torch"); every function also takes backend= to override it per call. The CPU kernels pick AVX-512,
+AVX2+FMA or generic vector code at run time (MOTIONSTREAMER_CPU_ISA forces one).
 
 Streaming (causal_conv1d_update) follows causal-conv1d's conv_state design: the state (B, Cin, S) with
 S = (k-1)*dilation + 1 - stride holds the last S inputs the convolution saw (after the pre-ReLU), zeros at
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "native", "torch")
+# CPU kernel instruction set: "" = the fastest this CPU has; "avx512" | "avx2" | "generic" to force one.
+_CPU_ISA = os.environ.get("MOTIONSTREAMER_CPU_ISA", "").strip().lower()
 _CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -216,7 +219,7 @@ def _native_call(x, weight, bias, residual, state, stride, dilation, pre, pre_re
     args = (_ptr(x), _ptr(weight), _ptr(bias), _ptr(residual), _ptr(y), _ptr(state), _ptr(new_state),
             B, cin, T, cout, k, stride, dilation, pre, tout, bool(pre_relu), bool(post_relu))
     if x.device.type == "cpu":
-        m.causal_conv1d_f32(*args, num_threads=torch.get_num_threads())
+        m.causal_conv1d_f32(*args, num_threads=torch.get_num_threads(), isa=_CPU_ISA)
     else:
         stream = torch.cuda.current_stream(x.device).cuda_stream
         m.causal_conv1d_cuda(_CUDA_DTYPE_CODES[x.dtype], *args, stream=stream, device=x.device.index)
