@@ -111,12 +111,14 @@ class OrtBundle:
     std: torch.Tensor
     end_latent: torch.Tensor
     text_encoder_name: str
+    config: dict            # the exported bundle's config (sampler defaults, end threshold)
 
 
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None):
     backend = OrtBackend(directory, capacity, providers, threads)
     m = backend.manifest
-    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"])
+    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"],
+                      m.get("config", {}))
     return stats, backend
 
 

@@ -105,15 +105,6 @@ def _config(args):
     return cfg
 
 
-def apply_bundle_defaults(config, bundle_config: dict, explicit_end_threshold: bool = False) -> None:
-    """A bundle may carry sampler defaults calibrated for it (end threshold, terminal-step skip)."""
-    if not explicit_end_threshold and "end_threshold" in bundle_config:
-        config.end_threshold = float(bundle_config["end_threshold"])
-    sampler = bundle_config.get("sampler", {})
-    if "skip_terminal_step" in sampler:
-        config.skip_terminal_step = bool(sampler["skip_terminal_step"])
-
-
 def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False) -> int:
     import numpy as np
     import torch
@@ -141,7 +132,6 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     log(f"model: {desc}")
-    apply_bundle_defaults(config, bundle.config, explicit_end_threshold=args.end_threshold is not None)
     session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
     for i, (text, seconds) in enumerate(prompts):
         session.push_text(text, duration=seconds, after_current=True)

@@ -33,8 +33,9 @@ class GenerationConfig:
     temperature: float = 1.0
     sampling_steps: int = 50          # 50 = the original; fewer uses the respaced process
     sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
-    skip_terminal_step: bool = False  # start one step after the degenerate terminal step (see DiffLoss)
-    end_threshold: float = 0.1        # L2 distance to the reference end latent that ends an action
+    # None = the bundle's calibrated value (config.json), else the original's (False / 0.1)
+    skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
+    end_threshold: float | None = None      # L2 distance to the reference end latent that ends an action
     min_action_latents: int = 2       # an action cannot end before this many latents
     on_action_end: str = "stop"       # "stop": the stream ends; "continue": the last prompt restarts
     max_latents: int = 1500           # hard cap per stream (1500 latents = 200 s at 30 fps)
@@ -51,6 +52,19 @@ class GenerationConfig:
             raise ValueError(f"max_latents must be >= 1, got {self.max_latents}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
+    """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
+    import dataclasses
+    sampler = bundle_config.get("sampler", {})
+    skip = config.skip_terminal_step
+    if skip is None:
+        skip = bool(sampler.get("skip_terminal_step", False))
+    thr = config.end_threshold
+    if thr is None:
+        thr = float(bundle_config.get("end_threshold", 0.1))
+    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=thr)
 
 
 @dataclass
@@ -104,7 +118,7 @@ class StreamingEngine:
     def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None,
                  cuda_graphs: bool = True):
-        self.config = config or GenerationConfig()
+        self.config = resolve_config(config or GenerationConfig(), getattr(bundle, "config", None) or {})
         self.config.validate()
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
