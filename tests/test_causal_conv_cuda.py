@@ -5,7 +5,7 @@ so the tolerance covers only accumulation order and the final rounding of the ou
   fp32: 1e-4 x max|ref| (fp32 accumulation over up to 3072 products)
   fp16: 2e-3 x max|ref| (one fp16 rounding, 2^-11 relative, plus fp32 accumulation)
   bf16: 1e-2 x max|ref| (one bf16 rounding, 2^-8 relative, plus fp32 accumulation)
-Shapes cover the GEMV path (B*Tout <= 8; 16-byte and scalar weight loads), both GEMM tiles, all fused
+Shapes cover the GEMV path (B*Tout <= 64 in groups of 8; 16-byte and scalar weight loads), both GEMM tiles, all fused
 options, strides, dilations and the streaming update.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ SHAPES = [  # (B, Cin, Cout, T, k, stride, dilation)
     (1, 1024, 1024, 1, 3, 1, 1), (1, 1024, 1024, 4, 3, 1, 9), (2, 1024, 1024, 4, 3, 1, 3),  # GEMV, 16-byte loads
     (1, 1024, 272, 4, 3, 1, 1), (1, 5, 7, 3, 3, 1, 2),                                         # GEMV, scalar loads
     (1, 1024, 1024, 16, 4, 2, 1),                                                             # GEMV, stride 2
+    (4, 1024, 1024, 4, 3, 1, 9), (16, 256, 256, 4, 3, 1, 1), (3, 5, 7, 7, 3, 2, 3),           # GEMV, column groups
     (1, 256, 256, 200, 3, 1, 9), (4, 64, 96, 77, 3, 2, 1), (3, 17, 33, 50, 1, 1, 1),          # GEMM, small tile
     (8, 512, 1024, 128, 3, 1, 3),                                                             # GEMM, big tile
 ]

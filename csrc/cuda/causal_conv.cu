@@ -3,10 +3,10 @@
 // caller's (torch's current) stream; nothing here links torch.
 //
 // Two kernels, one maths:
-//  * gemv_kernel: few output columns (B*Tout <= 8, the streaming decode step at small batch). The op is a
-//    GEMV bound by the weight reads (Cout x Cin*K values per layer), so each warp streams one weight row
-//    with 16-byte loads (prefetched one batch ahead) against the block's im2col columns held in shared
-//    memory as fp32 (swizzled so 8-lane phases read contiguous 128 bytes).
+//  * gemv_kernel: few output columns (B*Tout <= 64, the streaming decode step at small batch). The op is
+//    a GEMV bound by the weight reads (Cout x Cin*K values per layer), so each warp streams one weight row
+//    with 16-byte loads (prefetched one batch ahead) against up to 8 im2col columns held in shared memory
+//    as fp32 (swizzled so 8-lane phases read contiguous 128 bytes); more columns -> more blocks (grid.y).
 //  * gemm_kernel: tiled implicit GEMM, output tile (Cout x columns), reduction over (Cin tile, tap j): the
 //    weight tile of tap j is W[co, ci0:ci0+32, j] and the input tile is stream[b, ci0:ci0+32,
 //    t*stride + j*dilation], so no division per element. Tensor cores (wmma 16x16x16) for fp16/bf16,
@@ -85,8 +85,10 @@ struct Conv {
 
 // ------------------------------------------------------------------------------------------ GEMV
 constexpr int GEMV_WARPS = 8;   // one weight row per warp
-constexpr int GEMV_MAXCOL = 8;  // output columns (b, t) per launch
+constexpr int GEMV_MAXCOL = 8;  // output columns (b, t) per block (blockIdx.y picks the group of 8)
+constexpr int GEMV_MAX_NCOL = 64;  // beyond this the weight re-reads per column group cost more than GEMM
 constexpr int GEMV_UNROLL = 4;  // 16-byte weight loads in flight per lane
+constexpr int GEMV_FILL = 8;    // input loads in flight per thread while building the im2col columns
 
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
@@ -122,9 +124,10 @@ __device__ __forceinline__ float dot_group(const float (&wf)[VEC], const float* 
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(Conv<T> c) {
-  extern __shared__ __align__(16) float xs[];  // [ncol][Rs] im2col columns, fp32
+  extern __shared__ __align__(16) float xs[];  // [ncol][Rs] im2col columns of this block, fp32
   using P = Pack<T, VEC>;
-  const int R = c.Cin * c.K, Rs = (R + 63) & ~63, ncol = c.B * c.Tout, ngroups = R / VEC;
+  const int R = c.Cin * c.K, Rs = (R + 63) & ~63, ngroups = R / VEC;
+  const int col0 = blockIdx.y * GEMV_MAXCOL, ncol = min(GEMV_MAXCOL, c.B * c.Tout - col0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int co = blockIdx.x * GEMV_WARPS + warp;
   const bool row_ok = co < c.Cout;
@@ -137,15 +140,23 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(Conv<T> c) {
     const int g = lane + 32 * u;
     if (row_ok && g < ngroups) buf[u] = wrow[g];
   }
-  for (int cc = 0; cc < ncol; ++cc) {
-    const int b = cc / c.Tout, t = cc % c.Tout;
-    float* xc = xs + cc * Rs;
-    for (int r = threadIdx.x; r < R; r += blockDim.x) {
-      const int ci = r / c.K, j = r - ci * c.K;
-      xc[swz<VEC>(r)] = c.src(b, ci, t * c.stride + j * c.dil);
+  // im2col: element e = (column cc, r = ci*K + j); GEMV_FILL independent loads per thread in flight.
+  const int total = ncol * R;
+  for (int e0 = threadIdx.x; e0 < total; e0 += GEMV_FILL * blockDim.x) {
+    float v[GEMV_FILL];
+#pragma unroll
+    for (int u = 0; u < GEMV_FILL; ++u) {
+      const int e = e0 + u * blockDim.x, cc = e / R, r = e - cc * R, ci = r / c.K, j = r - ci * c.K;
+      const int col = col0 + cc;
+      v[u] = e < total ? c.src(col / c.Tout, ci, (col % c.Tout) * c.stride + j * c.dil) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < GEMV_FILL; ++u) {
+      const int e = e0 + u * blockDim.x, cc = e / R;
+      if (e < total) xs[cc * Rs + swz<VEC>(e - cc * R)] = v[u];
     }
   }
-  c.copy_state(blockIdx.x, gridDim.x);
+  c.copy_state((i64)blockIdx.y * gridDim.x + blockIdx.x, (i64)gridDim.x * gridDim.y);
   __syncthreads();
   if (!row_ok) return;
 
@@ -180,7 +191,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(Conv<T> c) {
       float s = acc[cc];
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-      if (lane == cc) c.store(co, cc / c.Tout, cc % c.Tout, s);
+      if (lane == cc) c.store(co, (col0 + cc) / c.Tout, (col0 + cc) % c.Tout, s);
     }
   }
 }
@@ -375,7 +386,9 @@ void launch_gemv(const Conv<T>& c, int smem, int device, cudaStream_t stream) {
           "cudaFuncSetAttribute");
     if (device >= 0 && device < 64) configured[device] = true;
   }
-  gemv_kernel<T, VEC><<<(c.Cout + GEMV_WARPS - 1) / GEMV_WARPS, GEMV_WARPS * 32, smem, stream>>>(c);
+  const int ncol = c.B * c.Tout;
+  dim3 grid((c.Cout + GEMV_WARPS - 1) / GEMV_WARPS, (ncol + GEMV_MAXCOL - 1) / GEMV_MAXCOL);
+  gemv_kernel<T, VEC><<<grid, GEMV_WARPS * 32, smem, stream>>>(c);
 }
 
 template <typename T, class TL>
@@ -399,8 +412,8 @@ void run(const CausalConvArgs& a, int device, cudaStream_t stream) {
       const i64 total = a.B * a.Cin * a.pre;
       state_kernel<T><<<(unsigned)((total + 255) / 256 < 1024 ? (total + 255) / 256 : 1024), 256, 0, stream>>>(c);
     }
-  } else if (ncol <= GEMV_MAXCOL && ncol * Rs * 4 <= GEMV_MAX_SMEM) {
-    const int smem = (int)(ncol * Rs * 4);
+  } else if (ncol <= GEMV_MAX_NCOL && (ncol < GEMV_MAXCOL ? ncol : GEMV_MAXCOL) * Rs * 4 <= GEMV_MAX_SMEM) {
+    const int smem = (int)((ncol < GEMV_MAXCOL ? ncol : GEMV_MAXCOL) * Rs * 4);
     if (a.weight % 16 == 0 && R % VEC == 0)
       launch_gemv<T, VEC>(c, smem, device, stream);
     else
