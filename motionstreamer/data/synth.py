@@ -4,7 +4,8 @@ Every action is a function that writes per-frame *controls*: parent-local joint 
 R = Rx @ Ry @ Rz), the yaw rate, the stance weight of each foot and an airborne velocity. One
 integrator turns controls into a motion:
 
-- the feet are kept flat while they bear weight (ankle = minus the summed pitch/roll above it);
+- ankle controls give the foot's orientation relative to the floor (0 = flat), so feet are flat
+  while they bear weight whatever the leg above does;
 - forward kinematics with the heading removed gives the body-frame skeleton;
 - the root moves so that the weight-bearing toes stay where they are on the floor (no foot skating:
   walking speed is whatever the stride gives), and keeps its velocity while airborne;
@@ -138,6 +139,10 @@ def idle_motion(c: Controls, t: np.ndarray, p: dict, amount: np.ndarray | float 
     a[:, L_HIP, Z] += shift                # parallel legs: the pelvis shifts sideways over the feet
     a[:, R_HIP, Z] += shift
     a[:, SPINE1, Z] -= shift
+    twist = amount * 0.03 * p["sway"] * np.sin(2 * np.pi * 0.13 * t + ph[1])   # small twists of the hips,
+    a[:, PELVIS, Y] += twist                                                    # the legs keep facing ahead
+    a[:, L_HIP, Y] -= twist
+    a[:, R_HIP, Y] -= twist
     a[:, (L_SHOULDER, R_SHOULDER), X] += amount * 0.04 * np.sin(2 * np.pi * 0.3 * t + ph[4])[:, None]
 
 
@@ -269,6 +274,7 @@ class Gait:
     lean: float          # forward trunk lean
     land: float = 0.5    # part of the stance excursion in front of the hip (the foot lands closer than it leaves)
     heel: float = 0.0    # heel rise at push-off (rad of plantarflexion, the toe stays planted)
+    pelvis_turn: float = 0.07   # pelvic rotation amplitude (rad) with each step
 
 
 def _planned_path(c: Controls, amount: np.ndarray, g: Gait, pad: int):
@@ -340,9 +346,9 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
     a[:, R_SHOULDER, X] += -g.arm * n_l
     a[:, L_ELBOW, Y] += -amount * g.elbow - 0.15 * max(g.elbow, 0.3) * n_r
     a[:, R_ELBOW, Y] += amount * g.elbow + 0.15 * max(g.elbow, 0.3) * n_l
-    a[:, PELVIS, Y] += -0.1 * (n_l - n_r) / 2            # pelvis turns with the forward leg, chest against it
-    a[:, SPINE3, Y] += 0.14 * (n_l - n_r) / 2
-    a[:, ANKLES, Y] += foot_yaw - a[:, PELVIS, Y][:, None]   # a planted foot keeps its heading on the floor
+    a[:, PELVIS, Y] += -g.pelvis_turn * (n_l - n_r) / 2  # pelvis turns with the forward leg, chest against it
+    a[:, SPINE3, Y] += 1.4 * g.pelvis_turn * (n_l - n_r) / 2
+    a[:, ANKLES, Y] += foot_yaw                          # a planted foot keeps its heading on the floor
     a[:, PELVIS, X] += amount * g.lean * 0.4
     a[:, SPINE1, X] += amount * g.lean * 0.6
     a[:, NECK, X] += -amount * g.lean * 0.5               # keep looking ahead
@@ -372,7 +378,7 @@ def _gait_of(kind: str, speed: float) -> Gait:
     v, cad, duty, clear, crouch, arm, elbow, lean, land, heel = LOCOMOTION[kind]
     lerp = lambda r: r[0] + (r[1] - r[0]) * speed  # noqa: E731
     return Gait(lerp(v), lerp(cad), duty, clear * (0.9 + 0.2 * speed), crouch, arm * (0.8 + 0.4 * speed),
-                elbow, lean * (0.7 + 0.6 * speed), land, heel)
+                elbow, lean * (0.7 + 0.6 * speed), land, heel, pelvis_turn=0.06 + 0.08 * arm)
 
 
 def act_locomotion(kind: str):
@@ -800,14 +806,15 @@ def tokens_for(caption: str) -> str:
 
 
 # ----------------------------------------------------------------------------- integration
-def plant_feet(angles: np.ndarray) -> np.ndarray:
-    """Ankle angles that keep the feet level (flat when planted): minus the pitch and roll summed down
-    the leg. Explicit ankle angles (toe-off, pointed toes in the air) come on top."""
-    a = angles.copy()
+def local_rotations(angles: np.ndarray) -> np.ndarray:
+    """Controls -> parent-local rotations (T, 22, 3, 3). Every joint's angles are its local Euler
+    angles, except the ankles': those give the foot's orientation in the heading frame (0 = flat on
+    the floor, facing ahead), so planted feet stay flat whatever the leg above does."""
+    R = euler_xyz(angles)
     for hip, knee, ankle in ((L_HIP, L_KNEE, L_ANKLE), (R_HIP, R_KNEE, R_ANKLE)):
-        a[:, ankle, X] += -(a[:, PELVIS, X] + a[:, hip, X] + a[:, knee, X])
-        a[:, ankle, Z] += -(a[:, PELVIS, Z] + a[:, hip, Z])
-    return a
+        shank = R[:, PELVIS] @ R[:, hip] @ R[:, knee]
+        R[:, ankle] = np.swapaxes(shank, -1, -2) @ R[:, ankle]
+    return R
 
 
 def integrate(c: Controls, scale: float = 1.0, heading0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -815,7 +822,7 @@ def integrate(c: Controls, scale: float = 1.0, heading0: float = 0.0) -> tuple[n
     rotation, [:, 1:] parent-local, joints = forward_kinematics(rotations, root, scaled SMPL offsets)."""
     T = len(c)
     offsets = SMPL_OFFSETS * scale
-    local = euler_xyz(plant_feet(c.angles))                      # (T, 22, 3, 3)
+    local = local_rotations(c.angles)                            # (T, 22, 3, 3)
     body = forward_kinematics(local, np.zeros((T, 3)), offsets)            # heading-free, pelvis at 0
     heading = heading0 + np.concatenate([[0.0], np.cumsum(c.yaw_rate[:-1])]) / FPS
     Ry = rot_y(heading)
