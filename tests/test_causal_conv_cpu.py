@@ -260,6 +260,10 @@ def test_backend_switch_and_resolution(monkeypatch):
         cc.set_backend("auto")
         assert cc.resolve_backend(torch.zeros(1, 1, 1)) == "native"
         assert cc.resolve_backend(torch.zeros(1, 1, 1, dtype=torch.float64)) == "torch"
+        limit = cc.AUTO_NATIVE_MAX_COLUMNS["cpu"]
+        assert cc.resolve_backend(torch.zeros(1, 1, 1), columns=limit) == "native"
+        assert cc.resolve_backend(torch.zeros(1, 1, 1), columns=limit + 1) == "torch"
+        assert cc.resolve_backend(torch.zeros(1, 1, 1), "native", columns=limit + 1) == "native"
         cc.set_backend("torch")
         assert cc.resolve_backend(torch.zeros(1, 1, 1)) == "torch"
         with pytest.raises(ValueError, match="must be one of"):

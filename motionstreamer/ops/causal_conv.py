@@ -5,7 +5,8 @@
 
 Backends: "torch" is the reference (F.pad + F.conv1d: cuDNN on GPU, oneDNN on CPU); "native" is
 motionstreamer._C (CPU fp32; CUDA fp32/fp16/bf16 with fp32 accumulation, on torch's current stream);
-"auto" uses native when the extension is built and supports the tensor's device and dtype, else torch.
+"auto" uses native when the extension is built and supports the tensor's device and dtype, else torch
+(on CPU only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN).
 The global switch is set_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
 "torch"); every function also takes backend= to override it per call. The CPU kernels pick AVX-512,
 AVX2+FMA or generic vector code at run time (MOTIONSTREAMER_CPU_ISA forces one).
@@ -103,15 +104,28 @@ def supports(x: torch.Tensor) -> bool:
     return _unsupported_reason(x) is None
 
 
-def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
-    """The backend that will run for x: 'native' or 'torch' (errors when 'native' cannot run)."""
+# "auto" on CPU: oneDNN is faster for many output columns (B*Tout), the native kernel for few (the streaming
+# step, short sequences); see benchmarks/bench_causal_conv.py. None = native at any size.
+AUTO_NATIVE_MAX_COLUMNS = {"cpu": 64, "cuda": None}
+
+
+def resolve_backend(x: torch.Tensor, backend: str | None = None, columns: int | None = None) -> str:
+    """The backend that will run for x: 'native' or 'torch' (errors when 'native' cannot run).
+
+    'auto' picks native when it supports x and, on devices listed in AUTO_NATIVE_MAX_COLUMNS with a limit,
+    when the op has at most that many output columns (batch * output frames)."""
     b = _check_backend(backend) if backend is not None else _backend
     if b == "torch":
         return "torch"
     reason = _unsupported_reason(x)
     if b == "native" and reason is not None:
         raise RuntimeError(f"conv backend 'native' cannot run here: {reason}")
-    return "native" if reason is None else "torch"
+    if reason is not None:
+        return "torch"
+    limit = AUTO_NATIVE_MAX_COLUMNS.get(x.device.type)
+    if b == "auto" and limit is not None and columns is not None and columns > limit:
+        return "torch"
+    return "native"
 
 
 # ----------------------------------------------------------------------------- geometry + validation
@@ -279,8 +293,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Fused: optional ReLU on the input, bias, optional ReLU on the output, then + residual (B, Cout, Tout)."""
     pad = default_pad(weight.shape[2], stride, dilation) if pad is None and isinstance(weight, torch.Tensor) \
         and weight.dim() == 3 else pad
-    _check("causal_conv1d", x, weight, bias, residual, stride, dilation, pad)
-    if resolve_backend(x, backend) == "torch":
+    tout = _check("causal_conv1d", x, weight, bias, residual, stride, dilation, pad)
+    if resolve_backend(x, backend, x.shape[0] * tout) == "torch":
         return causal_conv1d_reference(x, weight, bias, stride, dilation, pad, pre_relu, post_relu, residual)
     if _needs_grad(x, weight, bias, residual):
         return _NativeCausalConv1d.apply(x, weight, bias, residual, stride, dilation, pad, bool(pre_relu),
@@ -316,7 +330,8 @@ def causal_conv1d_update(x_new: torch.Tensor, state: torch.Tensor, weight: torch
                          f"{x_new.dtype} on {x_new.device}")
     if x_new.shape[2] % stride:
         raise ValueError(f"causal_conv1d_update: {x_new.shape[2]} new inputs is not a multiple of stride {stride}")
-    if resolve_backend(x_new, backend) == "native" and not _needs_grad(x_new, state, weight, bias, residual):
+    if resolve_backend(x_new, backend, x_new.shape[0] * (x_new.shape[2] // stride)) == "native" and \
+            not _needs_grad(x_new, state, weight, bias, residual):
         return _native_call(x_new, weight, bias, residual, state, stride, dilation, S, pre_relu, post_relu, True)
     # Same maths through the full op on [state | x_new] (differentiable; torch or native per backend).
     xx = torch.cat([state, x_new], dim=2)
