@@ -3,8 +3,11 @@
 // Implicit GEMM in "dot" form: the weight (Cout, Cin, K) is already a row-major (Cout, R) matrix with
 // R = Cin*K, so each output column (one (b, t) pair) is built once as a contiguous im2col row of length R
 // and every output is a dot product along R. This keeps the weight reads contiguous for any Tout (the
-// streaming step has Tout = 1..4, where the op is a GEMV bound by the weight reads), and a 4x2
-// (Cout x columns) register block of 8-wide vector accumulators gives the FMA units enough work per load.
+// streaming step has Tout = 1..4, where the op is a GEMV bound by the weight reads). A register block of
+// MR weight rows x NR columns of vector accumulators (AVX-512 6x4 x16 floats, AVX2 4x3 x8, generic 4x2 x8,
+// picked at run time) gives the FMA units enough work per load; the reduction runs in 1024-value chunks so
+// the block's weight rows stay in L1 while up to 64 im2col columns stream from L2. OpenMP (optional) splits
+// the output channels. Needs GCC or Clang (vector extensions).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
