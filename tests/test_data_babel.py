@@ -57,6 +57,8 @@ def test_stream_items_as_the_reference_stores_them(dataset):
             assert info["split"] == split
             assert it["a_length"] == info["a_frames"] and it["length"] == info["frames"] == len(it["motion"])
             assert it["caption"] == it["text_b"] and it["tokens"] == it["tokens_b"] and it["text_a"]
+            np.testing.assert_array_equal(np.concatenate([it["motion_a"], it["motion_b"]]), it["motion"])
+            assert len(it["motion_a"]) == it["a_length"]
             np.testing.assert_allclose(it["motion"], (r["motion"] - mean) / std, rtol=1e-6, atol=1e-6)
             seen.add(it["name"])
     assert seen == set(meta)
@@ -84,6 +86,7 @@ def test_collate_stream_items(dataset):
     ds = BABELStreamDataset(dataset / "babel_stream", "train", mean_std_dir=stats(dataset))
     b = collate([ds[i] for i in range(3)])
     assert b["motion"].shape[0] == 3 and b["a_length"].tolist() == [ds[i]["a_length"] for i in range(3)]
+    assert b["motion_a"].shape[1] == max(ds[i]["a_length"] for i in range(3))
     assert b["caption"] == [ds[i]["text_b"] for i in range(3)]
 
 

@@ -191,6 +191,27 @@ def test_sequence_transitions_are_continuous():
         assert step.max() < 0.33                          # < 10 m/s anywhere (a running swing foot: ~2x the body)
 
 
+def test_leg_ik_reaches_reachable_targets():
+    """Forward kinematics of the solved angles (R_hip = Rx(flex) Rz(abd), knee Rx) puts the ankle on
+    the target; unreachable targets end up on the target's direction at full reach."""
+    rng = np.random.default_rng(0)
+    for side in (0, 1):
+        leg = synth.Leg.of(side, 1.07)
+        # targets from random reachable poses
+        flex0, abd0, knee0 = rng.uniform(-1.2, 0.8, 200), rng.uniform(-0.4, 0.4, 200), rng.uniform(0.05, 2.0, 200)
+        def fk(flex, abd, knee):
+            R = synth.euler_xyz(np.stack([flex, np.zeros_like(flex), abd], -1))
+            shank = synth.euler_xyz(np.stack([knee, 0 * knee, 0 * knee], -1)) @ leg.shank
+            return np.einsum("tab,tb->ta", R, leg.thigh + shank)
+        target = fk(flex0, abd0, knee0)
+        flex, abd, knee = synth.leg_ik(leg, target)
+        np.testing.assert_allclose(fk(flex, abd, knee), target, atol=1e-9)
+        far = target / np.linalg.norm(target, axis=-1, keepdims=True) * 2.0
+        got = fk(*synth.leg_ik(leg, far))
+        np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 0.9999 * leg.reach, rtol=1e-9)
+        np.testing.assert_allclose(got / np.linalg.norm(got, axis=-1, keepdims=True), far / 2.0, atol=1e-9)
+
+
 def test_features_round_trip_to_canonical_joints(clips):
     for a in ("walk", "run", "walk_circle", "jump", "turn_right"):
         c = clips[(a, 0)]

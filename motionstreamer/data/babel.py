@@ -84,8 +84,9 @@ def read_stream_text(path: Path, lenient: bool = False) -> list[dict]:
 
 class BABELStreamDataset(torch.utils.data.Dataset):
     """BABEL-stream pairs of a split. Items: dict(motion (T, 272) float32 = A then B (normalised unless
-    normalize=False), length T, a_length (A's frames), caption / tokens (B's, as trained on),
-    text_a, tokens_a, text_b, tokens_b, name). `captions` as in HumanML3D272Dataset."""
+    normalize=False), length T, a_length (A's frames), motion_a / motion_b (views of the two parts),
+    caption / tokens (B's, as trained on), text_a, tokens_a, text_b, tokens_b, name). `captions` as in
+    HumanML3D272Dataset."""
 
     def __init__(self, root: str | Path, split: str = "train", mean=None, std=None, normalize: bool = True,
                  mean_std_dir=None, lenient: bool = False, captions: str = "random", seed: int = 0,
@@ -146,6 +147,8 @@ class BABELStreamDataset(torch.utils.data.Dataset):
             k = int(np.random.default_rng((self.seed, self.epoch, i)).integers(len(lines))) \
                 if self.captions == "random" else 0
         rec = lines[k]
-        return {"motion": motion, "length": len(motion), "a_length": rec["a_frames"], "caption": rec["text_b"],
+        a = rec["a_frames"]
+        return {"motion": motion, "length": len(motion), "a_length": a, "motion_a": motion[:a], "motion_b": motion[a:],
+                "caption": rec["text_b"],
                 "tokens": rec["tokens_b"], "text_a": rec["text_a"], "tokens_a": rec["tokens_a"],
                 "text_b": rec["text_b"], "tokens_b": rec["tokens_b"], "name": name}

@@ -1,20 +1,21 @@
 """Procedural motions on the SMPL 22-joint skeleton with paraphrased captions.
 
-Every action is a function that writes per-frame *controls*: parent-local joint angles (Euler,
-R = Rx @ Ry @ Rz), the yaw rate, the stance weight of each foot and an airborne velocity. One
-integrator turns controls into a motion:
+Every action writes per-frame *controls*: parent-local joint angles (Euler, R = Rx @ Ry @ Rz; the
+ankles' angles are the foot's orientation on the floor, 0 = flat), the yaw rate, how much each foot
+bears weight, a root velocity and whether that velocity drives the root. Two ways to move:
 
-- ankle controls give the foot's orientation relative to the floor (0 = flat), so feet are flat
-  while they bear weight whatever the leg above does;
-- forward kinematics with the heading removed gives the body-frame skeleton;
-- the root moves so that the weight-bearing toes stay where they are on the floor (no foot skating:
-  walking speed is whatever the stride gives), and keeps its velocity while airborne;
-- the root height puts the lowest foot on the floor; airborne stretches follow a ballistic parabola;
-- global joints come from forward kinematics with the pelvis global rotation Ry(heading) @ tilt,
-  so joints and rotations are consistent by construction.
+- gaits (walk, jog, run, backwards, circles, turns in place) plan footsteps: the pelvis follows the
+  integrated path, each stance foot is pinned to its footstep on the floor, a swing foot travels to
+  the next one, and analytic two-link leg IK places the ankles (lowering the pelvis where a planted
+  foot would be out of reach: the gait's natural bob). The root follows the planned path;
+- everything else (jumps, squats, kicks, waves, sitting, side steps) moves joint angles, and the root
+  moves so that the weight-bearing toes stay where they are, keeping its velocity while airborne.
 
-Transitions between actions cross-fade the controls (gait phases aligned), so streams are continuous.
-Everything is deterministic for a seed (numpy Generator only).
+The root height puts the lowest foot on the floor; airborne stretches follow a ballistic arc. Global
+joints come from forward kinematics with the pelvis rotation Ry(heading) @ tilt, so joints and
+rotations are consistent by construction. Transitions cross-fade the controls (gait phases aligned,
+longer fades for bigger pose changes), so streams are continuous. Deterministic for a seed (numpy
+Generator only).
 
 Writers: `make_dataset` writes the HumanML3D-272 layout, and with stream pairs also the BABEL-stream
 layout (`babel_stream/`) and a BABEL-272 layout of the stream segments (`babel_272/`).
@@ -49,7 +50,8 @@ class Controls:
     angles: np.ndarray      # (T, 22, 3) Euler X, Y, Z (R = Rx Ry Rz); joint 0 = pelvis tilt, heading excluded
     yaw_rate: np.ndarray    # (T,) rad/s, > 0 turns left
     contact: np.ndarray     # (T, 2) how much the left / right foot bears weight (0..1)
-    velocity: np.ndarray    # (T, 2) body-frame root velocity (lateral +x left, forward +z), m/s
+    velocity: np.ndarray    # (T, 2) body-frame root velocity (lateral +x left, forward +z), m/s: the planned
+                            # path when drive = 1, else added while airborne (a jump's launch)
     drive: np.ndarray       # (T,) 1: the root moves at `velocity` (planned gaits); 0: the planted feet move it
     phase: np.ndarray | None = None  # (T,) gait phase in cycles, for aligning gaits in transitions
 
@@ -147,6 +149,8 @@ def idle_motion(c: Controls, t: np.ndarray, p: dict, amount: np.ndarray | float 
 
 
 LEG_JOINTS = (PELVIS, L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE, L_TOE, R_TOE)
+UPPER_BODY = np.ones(22)
+UPPER_BODY[list(LEG_JOINTS)] = 0.0
 
 
 def style_noise(c: Controls, t: np.ndarray, p: dict) -> None:
@@ -252,11 +256,12 @@ def standing_height(scale: float) -> float:
     return min(l.ankle_height - l.hip[1] + 0.985 * l.reach for l in legs)
 
 
-def standing_feet(T: int, scale: float, spread: float = 1.0) -> np.ndarray:
+def standing_feet(T: int, scale: float) -> np.ndarray:
+    """Ankle targets (T, 2, 3) of a relaxed stance: under the hips, feet flat."""
     legs = [Leg.of(s, scale) for s in (0, 1)]
     f = np.zeros((T, 2, 3))
     for side, leg in enumerate(legs):
-        f[:, side, 0] = leg.width * spread
+        f[:, side, 0] = leg.width
         f[:, side, 1] = leg.ankle_height
     return f
 
@@ -617,8 +622,6 @@ GAIT_ACTIONS = frozenset(("walk", "jog", "run", "walk_backwards", "walk_circle",
 FINAL_ONLY = frozenset(("sit_down",))   # ends seated: only the last action of a sequence
 
 
-UPPER_BODY = np.ones(22)
-UPPER_BODY[list(LEG_JOINTS)] = 0.0
 PERSON_KEYS = ("arm_down", "posture", "noise", "idle_phase", "look", "sway", "scale")   # constant within a sequence
 
 
