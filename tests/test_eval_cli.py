@@ -1,0 +1,231 @@
+"""`motionstreamer evaluate gt|tae|t2m|stream` and `train-evaluator`: tables, JSON files, protocol
+behaviour with known inputs, and argument errors."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from motionstreamer.cli import main
+from motionstreamer.eval import protocols as P
+from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "data"
+    assert main(["synth", "--out", str(out), "--clips", "48", "--seed", "1", "--stream-pairs", "24"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    ev = TMREvaluator(EvaluatorConfig.small("tiny-distilbert")).eval()
+    d = tmp_path_factory.mktemp("ev") / "evaluator"
+    ev.save(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, data):
+    """A small random model bundle (MiniLM text encoder, offline)."""
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.data.humanml3d import load_mean_std
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+    torch.manual_seed(0)
+    mean, std = load_mean_std(data / "mean_std")
+    d = tmp_path_factory.mktemp("bundle") / "model"
+    save_bundle(d, CausalHumanTAE(TAEConfig.small()), TextToMotionModel(T2MConfig.small()), mean, std,
+                np.full(16, 100.0, np.float32), text_encoder="minilm")
+    return d
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    return code, capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- protocols with known answers
+def test_draw_follows_the_reference_loader(data):
+    es = P.EvalSet.load(data, "train")
+    batches = es.draw(np.random.default_rng(0), batch=8)
+    assert len(batches) == len(es) // 8
+    lengths = torch.cat([b["lengths"] for b in batches])
+    assert torch.all(lengths % 4 == 0) and torch.all(lengths >= 56)
+    for b in batches:
+        assert b["motion"].shape[0] == 8 and len(b["captions"]) == 8
+        assert torch.all(b["motion"][torch.arange(b["motion"].shape[1])[None, :] >= b["lengths"][:, None]] == 0)
+    # a crop is a window of the entry's motion (random offset), normalised as the entry
+    flat = {(b["captions"][i], int(b["lengths"][i])): b["motion"][i, :int(b["lengths"][i])] for b in batches for i in range(8)}
+    (cap, n), crop = next(iter(flat.items()))
+    e = next(i for i, caps in enumerate(es.captions) if cap in caps and any(
+        np.allclose(es.motions[i][o:o + n], crop.numpy()) for o in range(len(es.motions[i]) - n + 1)))
+    assert len(es.motions[e]) - n in (len(es.motions[e]) % 4, len(es.motions[e]) % 4 + 4)
+    # whole-clip TAE loader: every clip of the split in [60, 300) frames, no captions
+    tae_set = P.EvalSet.load(data, "train", text=False)
+    assert tae_set.captions[0] is None and tae_set.draw(np.random.default_rng(0), 8)[0]["captions"] is None
+
+
+def test_tae_protocol_identity_and_offset(data, evaluator_dir):
+    ev = TMREvaluator.load(evaluator_dir)
+    es = P.EvalSet.load(data, "train", text=False)
+
+    class Identity(torch.nn.Module):
+        def __init__(self, shift=0.0):
+            super().__init__()
+            self.p, self.shift = torch.nn.Parameter(torch.zeros(1)), shift
+
+        def encode(self, x, sample=True, generator=None):
+            return x, x, x
+
+        def decode(self, z):
+            return z + self.shift
+
+    r = P.evaluate_tae(ev, Identity(), es, batch=8).summary()
+    assert r["mpjpe_mm"]["mean"] == pytest.approx(0, abs=1e-6) and abs(r["fid"]["mean"]) < 1e-6
+    # shifting the normalised pelvis height (dim 9) moves only... nothing after pelvis alignment;
+    # shifting a joint's local y (dim 8 + 3*5 + 1) by d std moves joint 5 by d * std metres in every frame
+    shift = torch.zeros(272)
+    shift[8 + 3 * 5 + 1] = 0.5
+    r = P.evaluate_tae(ev, Identity(shift), es, batch=8).summary()
+    expected = 0.5 * float(es.std[8 + 3 * 5 + 1]) / 22 * 1000
+    assert r["mpjpe_mm"]["mean"] == pytest.approx(expected, rel=1e-4)
+    assert r["fid"]["mean"] > 0
+
+
+def test_t2m_protocol_with_a_perfect_and_a_constant_generator(data, evaluator_dir):
+    ev = TMREvaluator.load(evaluator_dir)
+    es = P.EvalSet.load(data, "train")
+    es.captions = [[f"{c} #{i}" for c in caps] for i, caps in enumerate(es.captions)]   # (caption, length) -> one motion
+    lookup = {}
+
+    def perfect(captions, lengths, seed):      # returns the real motion of each caption (de-normalised)
+        return [lookup[(c, n)] for c, n in zip(captions, lengths)]
+
+    for b in es.draw(np.random.default_rng([0, 0]), 8):     # the protocol's first repeat draws exactly this
+        for i in range(8):
+            n = int(b["lengths"][i])
+            lookup[(b["captions"][i], n)] = b["motion"][i, :n].numpy() * es.std + es.mean
+    r = P.evaluate_t2m(ev, es, perfect, batch=8, seed=0).summary()
+    assert abs(r["fid"]["mean"]) < 1e-4
+    for k in ("r_precision_top1", "r_precision_top3", "matching_score"):
+        assert r[k]["mean"] == pytest.approx(r["real_" + k]["mean"], abs=1e-5)
+
+    def constant(captions, lengths, seed):
+        return [np.tile(es.mean, (n, 1)) for n in lengths]
+    r = P.evaluate_t2m(ev, es, constant, batch=8, seed=0).summary()
+    assert r["fid"]["mean"] > 1e-3
+    with pytest.raises(ValueError, match="returned 1 motions for 8"):
+        P.evaluate_t2m(ev, es, lambda c, n, s: [np.zeros((4, 272))], batch=8)
+    with pytest.raises(ValueError, match="expected \\(frames, 272\\)"):
+        P.evaluate_t2m(ev, es, lambda c, n, s: [np.zeros((4, 263))] * len(c), batch=8)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_evaluate_gt_prints_a_table_and_writes_json(capsys, tmp_path, data, evaluator_dir):
+    out = tmp_path / "res" / "gt.json"
+    code, text = _run(capsys, ["evaluate", "gt", "--data", str(data), "--split", "train", "--evaluator",
+                               str(evaluator_dir), "--repeats", "3", "--batch", "8", "--out", str(out), "--quiet"])
+    assert code == 0
+    for label in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "mean ± 95% CI"):
+        assert label in text
+    res = json.loads(out.read_text())
+    assert res["protocol"] == "gt" and res["info"]["batch"] == 8
+    fid = res["metrics"]["fid"]
+    assert len(fid["values"]) == 3
+    assert fid["mean"] == pytest.approx(np.mean(fid["values"]))
+    assert fid["ci95"] == pytest.approx(1.96 * np.std(fid["values"]) / np.sqrt(3))
+    assert 0 <= res["metrics"]["r_precision_top1"]["mean"] <= res["metrics"]["r_precision_top3"]["mean"] <= 1
+    assert not list(out.parent.glob(".*.tmp*"))            # atomic write left no temporary file
+
+
+def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):
+    code, text = _run(capsys, ["evaluate", "tae", "--data", str(data), "--split", "train", "--evaluator",
+                               str(evaluator_dir), "--tae", str(bundle_dir), "--batch", "8",
+                               "--out", str(tmp_path / "tae.json"), "--quiet"])
+    assert code == 0 and "MPJPE (mm)" in text
+    assert json.loads((tmp_path / "tae.json").read_text())["metrics"]["mpjpe_mm"]["mean"] > 0
+    code, text = _run(capsys, ["evaluate", "t2m", "--data", str(data), "--split", "val", "--evaluator",
+                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2",
+                               "--out", str(tmp_path / "t2m.json"), "--quiet"])
+    assert code == 0 and "Real R@3" in text
+    res = json.loads((tmp_path / "t2m.json").read_text())
+    assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3"} <= set(res["metrics"])
+
+
+def test_evaluate_stream_with_a_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):
+    code, text = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
+                               "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir),
+                               "--checkpoint", str(bundle_dir), "--batch", "8", "--steps", "2",
+                               "--transition-length", "30", "--out", str(tmp_path / "s.json"), "--quiet"])
+    assert code == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert {"fid", "transition_fid", "peak_jerk", "auj", "real_peak_jerk"} <= set(res["metrics"])
+    assert res["info"]["transitions_per_repeat"] >= 8 and res["info"]["gt_jerk"] > 0
+    assert "Peak Jerk" in text and "Transition FID" in text
+
+
+def test_stream_protocol_with_the_real_motion_as_generation(data, evaluator_dir):
+    """Returning the ground truth: segment and transition FID ~0 and PJ/AUJ equal the real ones."""
+    from motionstreamer.data.humanml3d import load_mean_std
+    ev = TMREvaluator.load(evaluator_dir)
+    mean, std = load_mean_std(data / "mean_std")
+    cases = P.load_stream_cases(data / "babel_stream", "train", mean=mean, std=std)
+    for i, c in enumerate(cases):                       # prompts -> one case
+        c.prompts = [f"{p} #{i}" for p in c.prompts]
+    by_prompts = {tuple(c.prompts): c for c in cases}
+
+    def real(prompt_lists, length_lists, seed):
+        out = []
+        for p in prompt_lists:
+            c = by_prompts[tuple(p)]
+            out.append((c.motion * std + mean, np.cumsum(c.lengths)[:-1].tolist()))
+        return out
+
+    r = P.evaluate_stream(ev, cases, real, mean, std, batch=8, transition_length=30).summary()
+    assert abs(r["fid"]["mean"]) < 1e-4 and abs(r["transition_fid"]["mean"]) < 1e-4
+    assert r["peak_jerk"]["mean"] == pytest.approx(r["real_peak_jerk"]["mean"], rel=1e-6)
+    assert r["auj"]["mean"] == pytest.approx(r["real_auj"]["mean"], rel=1e-6)
+
+
+def test_train_evaluator_cli_then_evaluate(capsys, tmp_path, data):
+    out = tmp_path / "run"
+    code, text = _run(capsys, ["train-evaluator", "--data", str(data), "--out", str(out), "--model-size", "small",
+                               "--text-backbone", "tiny-distilbert", "--epochs", "1", "--batch-size", "16",
+                               "--set", "max_frames=64", "--set", "filter_model=none", "--quiet", "--no-tensorboard"])
+    assert code == 0 and "trained the evaluator" in text
+    assert (out / "evaluator" / "evaluator.safetensors").is_file() and (out / "checkpoint_last.pt").is_file()
+    code, text = _run(capsys, ["evaluate", "gt", "--data", str(data), "--split", "train", "--evaluator",
+                               str(out / "evaluator"), "--batch", "8", "--out", str(tmp_path / "gt.json"), "--quiet"])
+    assert code == 0 and "R@3" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "gt", "--data", "{data}", "--evaluator", "{tmp}/nope"], "--evaluator .*nope: not found"),
+    (["evaluate", "gt", "--data", "{data}", "--evaluator", "{ev}", "--repeats", "0"], "--repeats must be >= 1"),
+    (["evaluate", "gt", "--data", "{tmp}/nodata", "--evaluator", "{ev}"], "split file not found|not found"),
+    (["evaluate", "gt", "--data", "{data}", "--split", "test", "--evaluator", "{ev}"], "fewer than one batch of 32"),
+    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae .*not found"),
+    (["evaluate", "t2m", "--data", "{data}", "--evaluator", "{ev}", "--mm-captions", "5", "--mm-repeats", "5"],
+     "--mm-repeats must be > 10"),
+    (["train-evaluator", "--data", "{data}", "--out", "{tmp}/x", "--set", "lamda=1"], "unknown config field"),
+    (["train-evaluator", "--data", "{data}", "--out", "{tmp}/x", "--epochs", "0"], "--epochs must be >= 1"),
+])
+def test_argument_errors(capsys, tmp_path, data, evaluator_dir, argv, message):
+    argv = [a.format(data=data, tmp=tmp_path, ev=evaluator_dir) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    import re
+    assert re.search(message, capsys.readouterr().err), message
+
+
+def test_generation_protocols_need_the_runtime(capsys, monkeypatch, data, evaluator_dir):
+    monkeypatch.setitem(sys.modules, "motionstreamer.runtime.engine", None)     # import fails
+    with pytest.raises(SystemExit):
+        main(["evaluate", "t2m", "--data", str(data), "--split", "train", "--evaluator", str(evaluator_dir),
+              "--batch", "8"])
+    assert "needs the streaming runtime" in capsys.readouterr().err
