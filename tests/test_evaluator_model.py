@@ -297,3 +297,25 @@ def test_official_checkpoint_without_decoder_and_with_bad_keys(tmp_path, officia
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(EvaluatorCheckpointError, match="cannot be read"):
         TMREvaluator.load(tmp_path / "junk.ckpt", backbone="tiny-distilbert")
+
+
+def test_official_sized_checkpoint_loads_offline(tmp_path, monkeypatch):
+    """The released layout at full size (DistilBERT base inside) loads with the default backbone spec
+    without the network: the architecture is DistilBERT's default config, the weights come from the
+    file, the uncased WordPiece vocabulary from the MiniLM package."""
+    from transformers import DistilBertConfig, DistilBertModel
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with torch.device("meta"):
+        layout = TMREvaluator(EvaluatorConfig.official(), DistilBertModel(DistilBertConfig()), tokenizer=object())
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in layout.state_dict().items()}
+    path = tmp_path / "epoch=99.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"n_params_trainable": np.int64(1)}}, path)
+    ev = TMREvaluator.load(path)
+    assert ev.config == EvaluatorConfig.official()
+    for k in ("textencoder.text_model.transformer.layer.5.ffn.lin2.weight", "textencoder.projection.1.weight",
+              "motionencoder.skel_embedding.weight", "motiondecoder.final_layer.bias"):
+        assert torch.equal(ev.state_dict()[k], state[k]), k
+    assert ev.textencoder.tokenizer("a person walks")["input_ids"] == [101, 1037, 2711, 7365, 102]
+    e = ev.encode_text(["a person walks", "jumping"])
+    assert e.shape == (2, 256) and torch.isfinite(e).all()

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     e = subparsers.add_parser("evaluate", help="evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
                               description="Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, "
                                           "MM-Dist, Diversity (and MPJPE, MultiModality, transition metrics); mean "
-                                          "± 95%% CI over repeats, printed and written as JSON.")
+                                          "± 95% CI over repeats, printed and written as JSON.")
     sub = e.add_subparsers(dest="protocol", metavar="<protocol>")
     g = sub.add_parser("gt", help="real vs real (the reference row of every table)")
     _data_args(g)

@@ -123,15 +123,18 @@ def load_text_backbone(spec: str, weights_follow: bool = False):
     from transformers import AutoModel, AutoTokenizer
     from transformers import logging as hf_logging
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if spec == TINY_BACKBONE:
         from transformers import DistilBertModel
         return DistilBertModel(_tiny_distilbert_config()), _minilm_tokenizer()
     target = _resolve_backbone(spec)
     local = Path(target).exists()
+    # the official weights come with the checkpoint: never reach the network for them
+    offline = {"local_files_only": True} if weights_follow and spec == OFFICIAL_BACKBONE else {}
     try:
-        return AutoModel.from_pretrained(target), AutoTokenizer.from_pretrained(target)
+        return AutoModel.from_pretrained(target, **offline), AutoTokenizer.from_pretrained(target, **offline)
     except Exception as e:  # offline / not cached
-        if weights_follow and spec == OFFICIAL_BACKBONE:
+        if offline:
             from transformers import DistilBertConfig, DistilBertModel
             return DistilBertModel(DistilBertConfig()), _minilm_tokenizer()
         where = "local folder" if local else "hub name (not in the local Hugging Face cache; download it or pass a folder)"
