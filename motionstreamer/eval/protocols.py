@@ -290,9 +290,8 @@ def evaluate_t2m(evaluator, evalset: EvalSet, generate: GenerateFn, repeats: int
         metrics = {"fid": M.fid(em_real, em_gen), **_retrieval_metrics(et, em_gen, batch, rng),
                    **_retrieval_metrics(et, em_real, batch, rng, prefix="real_")}
         if mm_captions > 0:
-            b0 = [b for b in batches]
-            caps = [c for b in b0 for c in b["captions"]][:mm_captions]
-            lens = [n for b in b0 for n in b["lengths"].tolist()][:mm_captions]
+            caps = [c for b in batches for c in b["captions"]][:mm_captions]
+            lens = [n for b in batches for n in b["lengths"].tolist()][:mm_captions]
             reps = []
             for j in range(mm_repeats):
                 feats = _normalise_generated(generate(caps, lens, seed + 97 * j + 1_000_003 * r + 13),
