@@ -109,8 +109,14 @@ def test_t2m_protocol_with_a_perfect_and_a_constant_generator(data, evaluator_di
         for i in range(8):
             n = int(b["lengths"][i])
             lookup[(b["captions"][i], n)] = b["motion"][i, :n].numpy() * es.std + es.mean
-    r = P.evaluate_t2m(ev, es, perfect, batch=8, seed=0).summary()
+    r = P.evaluate_t2m(ev, es, perfect, batch=8, seed=0, mm_captions=4, mm_repeats=11).summary()
     assert abs(r["fid"]["mean"]) < 1e-4
+    assert r["multimodality"]["mean"] == pytest.approx(0, abs=1e-6)      # the same motion every time
+
+    def noisy(captions, lengths, seed):
+        g = np.random.default_rng(seed)
+        return [m + 0.1 * es.std * g.normal(size=m.shape) for m in perfect(captions, lengths, seed)]
+    assert P.evaluate_t2m(ev, es, noisy, batch=8, seed=0, mm_captions=4, mm_repeats=11).summary()["multimodality"]["mean"] > 0
     for k in ("r_precision_top1", "r_precision_top3", "matching_score"):
         assert r[k]["mean"] == pytest.approx(r["real_" + k]["mean"], abs=1e-5)
 
