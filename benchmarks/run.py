@@ -262,10 +262,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default=None, help="comma list of concurrent streams (default 64,512)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
 
     from motionstreamer.runtime.loading import resolve_device, resolve_dtype
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     small = args.small or args.quick

@@ -54,6 +54,7 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
     (["stream", "--prompt", "walk@-1"], "must be in"),
     (["stream"], "at least one --prompt"),
     (["generate", "walk", "--max-seconds", "0"], "max-seconds"),
+    (["generate", "walk", "--threads", "0"], "threads"),
 ])
 def test_bad_arguments_are_clear_errors(args, msg, tmp_path, capsys):
     if "--out" not in args:
