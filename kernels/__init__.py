@@ -4,10 +4,10 @@ PyTorch reference function beside it (the `*_reference` functions, which the tes
   qknorm_attention   fused QK-Norm + RoPE + causal flash attention, forward and backward (prefill, training)
   qknorm_decode      one-token decode against a KV cache, cache append fused
   adaln_layernorm    LayerNorm + AdaLN modulate
-  bias_silu          SiLU(x + b)
-  gated_residual     x + gate * (h + b)
-  fused_linear       linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
-  head_step          the diffusion head's sampling step and whole sampling loop from those pieces
+  silu               bias_silu: SiLU(x + b)
+  residual           gated_residual: x + gate * (h + b)
+  linear             fused_linear: linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
+  diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from those pieces
   integration        adapters the models call behind their backend switch
 
 Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1 set
@@ -15,10 +15,10 @@ before triton is imported). Without triton the references still import and run.
 """
 from ._common import HAS_TRITON, interpreting, kernels_usable
 from .adaln_layernorm import adaln_modulate_layernorm, adaln_modulate_layernorm_reference
-from .bias_silu import bias_silu, bias_silu_reference
-from .fused_linear import fused_linear, fused_linear_reference
-from .gated_residual import gated_residual, gated_residual_reference
-from .head_step import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
+from .silu import bias_silu, bias_silu_reference
+from .linear import fused_linear, fused_linear_reference
+from .residual import gated_residual, gated_residual_reference
+from .diffusion_head import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
                         head_sample_loop_reference, head_step, head_step_reference)
 from .qknorm_attention import (attention_reference, qknorm_rope_attention, qknorm_rope_attention_reference,
                                qknorm_rope_reference, rope_tables)

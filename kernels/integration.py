@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import HAS_TRITON, interpreting, kernels_usable
-from .head_step import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
+from .diffusion_head import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
                         head_step)
 from .qknorm_attention import qknorm_rope_attention
 from .qknorm_decode import qknorm_decode_attention

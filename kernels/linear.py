@@ -81,8 +81,8 @@ if HAS_TRITON:
         n_valid = rn < N
         if PROLOGUE:
             x0 = tl.load(X + rm * sx, mask=m_valid, other=0.0).to(tl.float32)
-            s1 = tl.zeros([BM, BK], dtype=tl.float32)
-            s2 = tl.zeros([BM, BK], dtype=tl.float32)
+            s1 = tl.zeros([BM], dtype=tl.float32)
+            s2 = tl.zeros([BM], dtype=tl.float32)
             # unrolled (K is a constexpr): the loads are independent, so they are all in flight at
             # once instead of one L2 round trip per step (it matters at a few rows)
             for k0 in tl.static_range(0, K, BK):
@@ -90,10 +90,10 @@ if HAS_TRITON:
                 msk = m_valid[:, None] & (rk < K)[None, :]
                 d = tl.load(X + rm[:, None] * sx + rk[None, :], mask=msk, other=0.0).to(tl.float32) - x0[:, None]
                 d = tl.where(msk, d, 0.0)
-                s1 += d
-                s2 += d * d
-            mean_d = tl.sum(s1, 1) / K
-            rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(s2, 1) / K - mean_d * mean_d, 0.0) + eps)
+                s1 += tl.sum(d, 1)
+                s2 += tl.sum(d * d, 1)
+            mean_d = s1 / K
+            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean_d * mean_d, 0.0) + eps)
             mean = x0 + mean_d
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, K, BK):

@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 python -m pip install "torch==2.13.0"
 python -m pip install -r requirements-build.txt
 python -m pip install --no-build-isolation -e ".[test,triton]"
-python -m pytest -q -x tests
+# `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, where the top-level
+# kernels/ folder would shadow the `kernels` name that transformers probes for.
+pytest -q -x tests
