@@ -130,6 +130,46 @@ def test_t2m_protocol_with_a_perfect_and_a_constant_generator(data, evaluator_di
         P.evaluate_t2m(ev, es, lambda c, n, s: [np.zeros((4, 263))] * len(c), batch=8)
 
 
+def test_derangement_has_no_fixed_point():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 8, 32):
+        for _ in range(20):
+            perm = P.derangement(n, rng)
+            assert sorted(perm.tolist()) == list(range(n)) and not np.any(perm == np.arange(n))
+    with pytest.raises(ValueError, match="at least 2"):
+        P.derangement(1, rng)
+
+
+def test_t2m_random_text_baseline_keeps_the_motions_and_breaks_the_pairing(data, evaluator_dir):
+    """A generator that returns each caption's real motion: with shuffle_text the generated set is the
+    real set permuted within batches (FID ~0), but each motion is scored against another caption."""
+    ev = TMREvaluator.load(evaluator_dir)
+    es = P.EvalSet.load(data, "train")
+    es.captions = [[f"{c} #{i}" for c in caps] for i, caps in enumerate(es.captions)]
+    by_caption = {}
+    for b in es.draw(np.random.default_rng([0, 0]), 8):
+        for i in range(8):
+            n = int(b["lengths"][i])
+            by_caption[b["captions"][i]] = b["motion"][i, :n].numpy() * es.std + es.mean
+
+    asked = []
+
+    def real_of(captions, lengths, seed):
+        asked.append(list(captions))
+        return [by_caption[c] for c in captions]
+    paired = P.evaluate_t2m(ev, es, real_of, batch=8, seed=0).summary()
+    own = [list(b["captions"]) for b in es.draw(np.random.default_rng([0, 0]), 8)]
+    assert asked == own
+    asked.clear()
+    shuffled = P.evaluate_t2m(ev, es, real_of, batch=8, seed=0, shuffle_text=True)
+    assert shuffled.info["shuffle_text"] is True
+    for got, mine in zip(asked, own, strict=True):      # each slot generated from another caption of its batch
+        assert sorted(got) == sorted(mine) and all(g != m for g, m in zip(got, mine))
+    s = shuffled.summary()
+    assert abs(s["fid"]["mean"]) < 1e-4                  # the same motions, permuted
+    assert s["matching_score"]["mean"] != pytest.approx(paired["matching_score"]["mean"], abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_evaluate_gt_prints_a_table_and_writes_json(capsys, tmp_path, data, evaluator_dir):
     out = tmp_path / "res" / "gt.json"

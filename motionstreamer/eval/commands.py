@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     _generation_args(m)
     m.add_argument("--mm-captions", type=int, default=0, help="captions for MultiModality (0: skip; the field: 100)")
     m.add_argument("--mm-repeats", type=int, default=30, help="generations per MultiModality caption")
+    m.add_argument("--shuffle-text", action="store_true",
+                   help="random-text baseline: generate each motion from another caption of its batch, score it "
+                        "against its own")
     m.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("stream", help="prompt sequences (BABEL-stream pairs): segment and transition metrics")
     s.add_argument("--stream-data", required=True, metavar="DIR", help="BABEL-stream layout folder")
@@ -194,7 +197,8 @@ def cmd_evaluate(args) -> int:
             else:
                 bundle, text_encoder, gcfg, desc = _generation(args, device)
                 result = P.evaluate_t2m(evaluator, evalset, P.runtime_generator(bundle, text_encoder, gcfg, device),
-                                        mm_captions=args.mm_captions, mm_repeats=args.mm_repeats, **kw)
+                                        mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
+                                        shuffle_text=args.shuffle_text, **kw)
                 result.info["model"] = desc
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))

@@ -266,20 +266,38 @@ def evaluate_tae(evaluator, tae, evalset: EvalSet, repeats: int = 1, batch: int 
     return res
 
 
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n) with no fixed point (n >= 2): a shifted random cycle order."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
+    order = rng.permutation(n)
+    perm = np.empty(n, dtype=np.int64)
+    perm[order] = np.roll(order, -1)      # each item takes the next one in a random cycle
+    return perm
+
+
 @torch.no_grad()
 def evaluate_t2m(evaluator, evalset: EvalSet, generate: GenerateFn, repeats: int = 1, batch: int = 32,
                  seed: int = 0, max_frames: int = 300, mm_captions: int = 0, mm_repeats: int = 30,
-                 mm_pairs: int = 10, progress: bool = False) -> ProtocolResult:
+                 mm_pairs: int = 10, progress: bool = False, shuffle_text: bool = False) -> ProtocolResult:
     """Generation for each test caption at its ground-truth length (frames), as `eval_t2m.py`: FID
     against the real motions of the same draw, retrieval metrics of (caption, generated) pairs, and the
     real pairs' metrics (prefixed real_). mm_captions > 0 adds MultiModality: that many captions
-    generated mm_repeats times each, mm_pairs random pairs of repeats."""
-    res = ProtocolResult("t2m", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset)})
+    generated mm_repeats times each, mm_pairs random pairs of repeats.
+
+    shuffle_text: the random-text baseline. Each motion is generated from another caption of its
+    batch (a random derangement) but scored against its own caption, so the retrieval metrics show
+    how much of the score the text conditioning earns; FID still compares with the real motions."""
+    res = ProtocolResult("t2m", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
+                                      "shuffle_text": shuffle_text})
     for r in _progress(range(repeats), "t2m repeats", progress):
         rng = np.random.default_rng([seed, r])
         et, em_real, em_gen, batches = [], [], [], evalset.draw(rng, batch)
         for k, b in enumerate(_progress(batches, "generate", progress)):
-            feats = generate(list(b["captions"]), b["lengths"].tolist(), seed + 1_000_003 * r + 7919 * k)
+            captions = list(b["captions"])
+            if shuffle_text:
+                captions = [captions[j] for j in derangement(len(captions), rng)]
+            feats = generate(captions, b["lengths"].tolist(), seed + 1_000_003 * r + 7919 * k)
             if len(feats) != len(b["captions"]):
                 raise ValueError(f"the generator returned {len(feats)} motions for {len(b['captions'])} captions")
             gen, gen_len = _pad(_normalise_generated(feats, evalset.mean, evalset.std, max_frames, "the generator"))
