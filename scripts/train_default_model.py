@@ -5,8 +5,9 @@
 
 Steps: synthetic dataset (clips + BABEL-stream pairs) -> Causal TAE (small) -> latents (sampled z +
 reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips
-and A/B pairs together) -> bundle (safetensors + config) + training_summary.json.
-The evaluator is trained separately (scripts/train_default_evaluator.py) on the same data.
+and A/B pairs together) -> TMR-style evaluator (small, MiniLM backbone) -> bundle (safetensors +
+config, evaluator included) -> quality on the synthetic test split (real pairs, generated, and the
+random-text baseline) -> training_summary.json.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tae-steps", type=int, default=3000)
     ap.add_argument("--t2m-steps", type=int, default=3500)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--evaluator-epochs", type=int, default=5)
+    ap.add_argument("--quality-repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
@@ -99,10 +102,18 @@ def main(argv=None) -> int:
                       "params": sum(p.numel() for p in model.parameters()), **loss_summary(work / "t2m")}
     model.eval()
 
+    # 4. evaluator (the same run `motionstreamer train-evaluator --model-size small --epochs E
+    #    --batch-size 64 --set lr=5e-4 --set log_every=10 --set save_every=100` makes)
+    evaluator, summary["evaluator"] = train_small_evaluator(data, work / "evaluator", args.evaluator_epochs,
+                                                            args.resume)
+
     out = Path(args.out)
-    finish_bundle(out, tae, model, mean, std, end, work, data, args.seed)
+    finish_bundle(out, tae, model, mean, std, end, work, data, args.seed, evaluator)
     summary["minutes"] = (time.time() - t0) / 60
     summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
+
+    # 5. quality with the project's evaluator on the synthetic test split
+    summary["quality"] = measure_quality(out, data, args.quality_repeats, args.seed)
     from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "training_summary.json", summary)
     print(json.dumps(summary, indent=1))
@@ -117,7 +128,67 @@ def loss_summary(run_dir: Path) -> dict:
             "samples_per_s_last": recs[-1]["samples_per_s"]}
 
 
-def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int) -> None:
+def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
+    """The small TMR-style evaluator (MiniLM backbone, frozen) on the training split; a finished run
+    in run_dir is reused as it is."""
+    from motionstreamer.eval.train_evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
+    from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
+    from motionstreamer.train.common import load_checkpoint
+
+    cfg = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
+                               save_every=100, tensorboard=False)
+    ck = run_dir / CHECKPOINT_NAME
+    done = ck.exists() and int(load_checkpoint(ck)["step"]) >= epochs * json.loads(
+        (run_dir / "config.json").read_text())["steps_per_epoch"]
+    if done:
+        evaluator = TMREvaluator.load(run_dir / "evaluator")
+    else:
+        evaluator, _ = train_evaluator(data, cfg, EvaluatorConfig.small("minilm"),
+                                       resume=ck if resume and ck.exists() else None)
+    info = {"config": "small (MiniLM backbone, latent 64, 2 layers)", "epochs": epochs,
+            "params_trained": sum(v.numel() for v in evaluator.export_state_dict().values()),
+            **loss_summary(run_dir)}
+    return evaluator.eval(), info
+
+
+def measure_quality(bundle: Path, data: Path, repeats: int, seed: int) -> dict:
+    """FID / R-precision / MM-Dist / Diversity of generated motions (ground-truth lengths, official
+    sampler settings) against the real test motions, the real pairs themselves, and the random-text
+    baseline (each motion generated from another caption of its batch), with the bundle's evaluator."""
+    from motionstreamer.eval import protocols as P
+    from motionstreamer.models.evaluator import TMREvaluator
+    from motionstreamer.runtime.loading import load_models
+
+    evaluator = TMREvaluator.load(bundle)
+    evalset = P.EvalSet.load(data, "test")
+    models, text_encoder, _ = load_models(str(bundle), device="cpu", dtype="fp32")
+    generate = P.runtime_generator(models, text_encoder)
+    out = {"split": "test", "entries": len(evalset), "repeats": repeats, "batch": 32}
+    runs = {"real": P.evaluate_gt(evaluator, evalset, repeats=repeats, seed=seed),
+            "generated": P.evaluate_t2m(evaluator, evalset, generate, repeats=repeats, seed=seed, progress=True),
+            "random_text": P.evaluate_t2m(evaluator, evalset, generate, repeats=repeats, seed=seed, progress=True,
+                                          shuffle_text=True)}
+    for name, res in runs.items():
+        print(f"== {name}\n{P.format_table(res)}")
+        out[name] = {k: v for k, v in res.summary().items() if not k.startswith("real_")}
+    return out
+
+
+def store_half(bundle: Path) -> None:
+    """Weights as fp16 on disk (half the package size; loading casts back to the run dtype). The
+    statistics stay fp32: de-normalisation is exact to the data."""
+    from safetensors.torch import load_file, save_file
+    from motionstreamer.utils import atomic_path
+
+    for name in ("tae", "t2m", "evaluator"):
+        path = bundle / f"{name}.safetensors"
+        if path.is_file():
+            state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+            with atomic_path(path) as tmp:
+                save_file(state, str(tmp))
+
+
+def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int, evaluator=None) -> None:
     """Save the bundle (fp32 safetensors) with its sampler defaults, then calibrate its end threshold.
 
     skip_terminal_step: a briefly trained head cannot predict eps precisely enough at the cosine
@@ -127,7 +198,8 @@ def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int) -> Non
     save_bundle(out, tae, model, mean, std, end, text_encoder="minilm",
                 description="motionstreamer default: small TAE + t2m/streaming model trained on synthetic motions "
                             "(scripts/train_default_model.py, seed %d)" % seed,
-                extra_config={"sampler": {"skip_terminal_step": True}})
+                extra_config={"sampler": {"skip_terminal_step": True}}, evaluator=evaluator)
+    store_half(out)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import calibrate_end_threshold
     calibrate_end_threshold.main(["--bundle", str(out), "--data", str(data), "--latents", str(work / "latents"),

@@ -6,9 +6,10 @@ from pathlib import Path
 
 
 def _evaluator_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--evaluator", required=True, metavar="PATH",
+    p.add_argument("--evaluator", default=None, metavar="PATH",
                    help="evaluator folder (train-evaluator output or a bundle with an evaluator) or the released "
-                        "Evaluator_272/epoch=99.ckpt")
+                        "Evaluator_272/epoch=99.ckpt (default: the embedded model's evaluator, trained on the "
+                        "synthetic dataset: use it for synthetic data only)")
     p.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
                    help="where the text backbone comes from (default: the evaluator's own; for the released "
                         "checkpoint distilbert-base-uncased, whose weights it contains)")
@@ -104,10 +105,15 @@ def _positive(args, *names) -> None:
             raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
-def load_evaluator(path: str, backbone: str | None, device):
+def load_evaluator(path: str | None, backbone: str | None, device):
     from motionstreamer.cli import CLIError
     from motionstreamer.models.evaluator import TMREvaluator
 
+    if path is None:
+        from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
+        if not (DEFAULT_MODEL_DIR / "evaluator.safetensors").is_file():
+            raise CLIError("--evaluator is required: the embedded default model ships no evaluator")
+        path = str(DEFAULT_MODEL_DIR)
     if not Path(path).exists():
         raise CLIError(f"--evaluator {path}: not found")
     try:
@@ -202,7 +208,7 @@ def cmd_evaluate(args) -> int:
                 result.info["model"] = desc
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))
-    result.info["evaluator"] = str(args.evaluator)
+    result.info["evaluator"] = str(args.evaluator) if args.evaluator else "embedded default model"
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     atomic_write_json(out, result.to_json())
     print(P.format_table(result))
