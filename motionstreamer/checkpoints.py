@@ -124,30 +124,36 @@ def load_checkpoint_file(path: str | os.PathLike, key: str | None = None) -> dic
     return strip_prefix(state)
 
 
+def state_mismatches(expected: dict, state: dict, optional: set | frozenset = frozenset(),
+                     check_finite: bool = False) -> list[str]:
+    """Readable list of what keeps `state` from loading into a module whose state_dict is `expected`:
+    missing keys (except `optional`), unexpected keys, mis-shaped keys (both shapes), and (with
+    check_finite) tensors holding NaN/inf. Empty when it loads."""
+    missing = sorted(set(expected) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(expected))
+    common = set(state) & set(expected)
+    shapes = sorted(f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
+                    for k in common if tuple(state[k].shape) != tuple(expected[k].shape))
+    nonfinite = sorted(k for k in common
+                       if check_finite and state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()))
+
+    def show(xs):
+        return ", ".join(xs[:12]) + (f" ... (+{len(xs) - 12} more)" if len(xs) > 12 else "")
+    parts = []
+    for items, what in ((missing, "missing key(s)"), (unexpected, "unexpected key(s)"),
+                        (shapes, "mis-shaped key(s)"), (nonfinite, "tensor(s) with NaN/inf")):
+        if items:
+            parts.append(f"{len(items)} {what}: {show(items)}")
+    return parts
+
+
 def load_state_dict_strict(module: torch.nn.Module, state: dict, what: str = "checkpoint",
                            check_finite: bool = True) -> None:
     """module.load_state_dict(state, strict=True), but first a CheckpointError naming `what` (the
     file) and listing every missing, unexpected and mis-shaped key (with both shapes), and any
     tensor holding NaN/inf."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
-                    for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    nonfinite = sorted(k for k in set(state) & set(expected)
-                       if check_finite and state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()))
-    if missing or unexpected or shapes or nonfinite:
-        def show(xs):
-            return ", ".join(xs[:12]) + (f" ... (+{len(xs) - 12} more)" if len(xs) > 12 else "")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {show(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} mis-shaped key(s): {show(shapes)}")
-        if nonfinite:
-            parts.append(f"{len(nonfinite)} tensor(s) with NaN/inf: {show(nonfinite)}")
+    parts = state_mismatches(module.state_dict(), state, check_finite=check_finite)
+    if parts:
         raise CheckpointError(f"{what} does not match {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
 

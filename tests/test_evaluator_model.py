@@ -224,7 +224,7 @@ def test_load_errors(tmp_path, tiny):
     msg = str(e.value)
     assert "missing key(s): motionencoder.mu_token" in msg
     assert "unexpected key(s): motionencoder.extra" in msg
-    assert "motionencoder.skel_embedding.bias: file (3,) vs model (64,)" in msg
+    assert "motionencoder.skel_embedding.bias: file [3] vs model [64]" in msg
 
 
 # ----------------------------------------------------------------------------- the released Lightning file
@@ -288,7 +288,7 @@ def test_official_checkpoint_without_decoder_and_with_bad_keys(tmp_path, officia
     with pytest.raises(EvaluatorCheckpointError) as e:
         TMREvaluator.load(path, backbone="tiny-distilbert")
     assert "missing key(s): textencoder.projection.1.weight" in str(e.value)
-    assert "motionencoder.skel_embedding.weight: file (256, 263) vs model (256, 272)" in str(e.value)
+    assert "motionencoder.skel_embedding.weight: file [256, 263] vs model [256, 272]" in str(e.value)
 
     path = tmp_path / "other.ckpt"
     _lightning_checkpoint(path, {"model.weight": torch.zeros(2)})

@@ -367,22 +367,9 @@ class TMREvaluator(nn.Module):
         model must be in `state` unless optional (see optional_keys). Clear error otherwise."""
         state = dict(state)
         state.pop(BACKBONE_PREFIX + "embeddings.position_ids", None)   # persistent in old transformers
-        expected = self.state_dict()
-        optional = self.optional_keys()
-        missing = sorted(set(expected) - set(state) - optional)
-        unexpected = sorted(set(state) - set(expected))
-        shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-        if missing or unexpected or shapes:
-            def show(xs):
-                return ", ".join(xs[:12]) + (f" ... (+{len(xs) - 12} more)" if len(xs) > 12 else "")
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing key(s): {show(missing)}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
-            if shapes:
-                parts.append(f"{len(shapes)} mis-shaped key(s): {show(shapes)}")
+        from motionstreamer.checkpoints import state_mismatches
+        parts = state_mismatches(self.state_dict(), state, optional=self.optional_keys())
+        if parts:
             raise EvaluatorCheckpointError(f"{what} do not match the evaluator ({self.config.text_backbone} backbone, "
                                            f"latent {self.config.latent_dim}): " + "; ".join(parts))
         self.load_state_dict(state, strict=False)
