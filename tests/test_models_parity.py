@@ -37,31 +37,6 @@ def tae_table() -> dict:
     return t
 
 
-def t2m_table() -> dict:
-    t = {"transformer.wte.weight": (768, 16), "transformer.wte.bias": (768,),
-         "transformer.cond_embed.weight": (768, 768), "transformer.cond_embed.bias": (768,),
-         "transformer.ln_f.scale": (768,), "out_proj.weight": (768, 768), "out_proj.bias": (768,),
-         "diff_loss.net.time_embed.mlp.0.weight": (1792, 256), "diff_loss.net.time_embed.mlp.0.bias": (1792,),
-         "diff_loss.net.time_embed.mlp.2.weight": (1792, 1792), "diff_loss.net.time_embed.mlp.2.bias": (1792,),
-         "diff_loss.net.cond_embed.weight": (1792, 768), "diff_loss.net.cond_embed.bias": (1792,),
-         "diff_loss.net.input_proj.weight": (1792, 16), "diff_loss.net.input_proj.bias": (1792,),
-         "diff_loss.net.final_layer.linear.weight": (16, 1792), "diff_loss.net.final_layer.linear.bias": (16,),
-         "diff_loss.net.final_layer.adaLN_modulation.1.weight": (3584, 1792),
-         "diff_loss.net.final_layer.adaLN_modulation.1.bias": (3584,)}
-    for i in range(12):
-        p = f"transformer.h.{i}"
-        t.update({f"{p}.rms_1.scale": (768,), f"{p}.attn.scale": (), f"{p}.attn.c_attn.weight": (2304, 768),
-                  f"{p}.attn.c_proj.weight": (768, 768), f"{p}.rms_2.scale": (768,),
-                  f"{p}.mlp.c_fc1.weight": (2048, 768), f"{p}.mlp.c_fc2.weight": (2048, 768),
-                  f"{p}.mlp.c_proj.weight": (768, 2048)})
-    for i in range(9):
-        p = f"diff_loss.net.res_blocks.{i}"
-        t.update({f"{p}.in_ln.weight": (1792,), f"{p}.in_ln.bias": (1792,), f"{p}.mlp.0.weight": (1792, 1792),
-                  f"{p}.mlp.0.bias": (1792,), f"{p}.mlp.2.weight": (1792, 1792), f"{p}.mlp.2.bias": (1792,),
-                  f"{p}.adaLN_modulation.1.weight": (5376, 1792), f"{p}.adaLN_modulation.1.bias": (5376,)})
-    return t
-
-
 def test_official_tae_keys_shapes_and_size():
     with torch.device("meta"):
         sd = CausalHumanTAE(TAEConfig.official()).state_dict()
@@ -70,18 +45,7 @@ def test_official_tae_keys_shapes_and_size():
     assert round(sum(v.numel() for v in sd.values()) / 1e6, 1) == 76.2
 
 
-def test_official_t2m_keys_shapes_and_size():
-    with torch.device("meta"):
-        m = TextToMotionModel(T2MConfig.official())
-    sd = m.state_dict()
-    assert {k: tuple(v.shape) for k, v in sd.items()} == t2m_table()
-    assert len(sd) == 187
-    total = sum(v.numel() for v in sd.values())
-    head = sum(v.numel() for k, v in sd.items() if k.startswith("diff_loss"))
-    assert round(total / 1e6, 1) == 242.3 and round(head / 1e6) == 156 and round((total - head) / 1e6) == 86
-    assert not m.transformer.h[0].attn.scale.requires_grad     # read with .item() in the original
-    small = TextToMotionModel(T2MConfig.small())
-    assert math.isclose(float(small.transformer.h[0].attn.scale), math.log2(78 * 77), rel_tol=1e-6)
+# The official text-to-motion key table and sizes: tests/test_transformer_model.py.
 
 
 @pytest.fixture(scope="module")
