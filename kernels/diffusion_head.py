@@ -281,6 +281,7 @@ def _check_mods(name, weights, block_mods, final_mods, N):
         raise ValueError(f"{name}: modulations need a contiguous last dim")
 
 
+@torch.no_grad()   # inference only: the kernels are not differentiable (training uses the model's forward)
 def head_step(x: torch.Tensor, weights: HeadWeights, block_mods: torch.Tensor, final_mods: torch.Tensor,
               fused: bool | None = None) -> torch.Tensor:
     """eps for rows x (N, L) at one sampling step, given that step's AdaLN modulations.
@@ -310,6 +311,7 @@ def head_step(x: torch.Tensor, weights: HeadWeights, block_mods: torch.Tensor, f
     return eps
 
 
+@torch.no_grad()
 def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_noise: torch.Tensor | None,
                      coefs: np.ndarray, cfg: float | None = None, fused: bool | None = None) -> torch.Tensor:
     """The whole sampling loop (steps S-1..0) with 2*depth + 1 launches per step.
