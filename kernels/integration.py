@@ -10,6 +10,7 @@ place the model computes the same thing, behind its backend switch:
                                                  one decode step of a layer, cache append fused
   head_forward_with_modulations(net, x, mods, step)  SimpleMLPAdaLN.forward_with_modulations
   sample(diff_loss, cond, uncond, ...)           DiffLoss.sample (fast path), the whole loop fused
+  sample_fused(...)                              the same without the fallback (DiffLoss.sample's "triton" path)
 
 Every function falls back to the plain PyTorch path when the kernels cannot run on the tensors'
 device (no triton, or CPU without TRITON_INTERPRET=1), so a "triton" switch is always safe.
@@ -50,8 +51,7 @@ def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: b
     rotated. Causal self-attention without a mask runs the flash kernel; anything else (an
     arbitrary boolean mask, Tq != Tk, odd head sizes, or no usable kernels) runs SDPA."""
     D = q.shape[-1]
-    if (mask is None and causal and q.shape[-2] == k.shape[-2] and D >= 32 and not D & (D - 1)
-            and kernels_usable(q, k, v)):
+    if mask is None and causal and q.shape[-2] == k.shape[-2] and kernel_head_size(D) and kernels_usable(q, k, v):
         return qknorm_rope_attention(q, k, v, scale, None, None, causal=True, norm_rope=False)
     return _sdpa(q, k, v, scale, mask, causal)
 
@@ -63,13 +63,21 @@ def _split_heads(qkv: torch.Tensor, n_head: int):
     return [t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2)]
 
 
+def kernel_head_size(D: int) -> bool:
+    """Head sizes the attention kernels take: powers of two >= 32 (others fall back to PyTorch)."""
+    return D >= 32 and not D & (D - 1)
+
+
 def self_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    lengths: torch.Tensor | None = None):
     """CausalSelfAttention.forward with the fused kernel: returns (y (B, T, C), k_rot, v) where
-    k_rot/v (B, H, T, D) are what the KV cache stores. Differentiable (training uses it)."""
+    k_rot/v (B, H, T, D) are what the KV cache stores. Differentiable (training uses it).
+
+    lengths (B,), optional: valid tokens per row; keys at or beyond it are masked (rows' valid
+    positions are unaffected: attention is causal), and the kernel skips those key blocks."""
     qkv = attn.c_attn(x)
     q, k, v = _split_heads(qkv, attn.n_head)
-    if not kernels_usable(q):
+    if not (kernels_usable(q) and kernel_head_size(q.shape[-1])):
         from .qknorm_attention import attention_reference, qknorm_rope_reference
         T = x.shape[1]
         qr, kr = qknorm_rope_reference(q, cos[:T], sin[:T]), qknorm_rope_reference(k, cos[:T], sin[:T])
@@ -93,7 +101,7 @@ def decode_self_attention(attn, x: torch.Tensor, k_cache: torch.Tensor, v_cache:
     H = attn.n_head
     qkv = attn.c_attn(x)[:, 0]                                    # (R, 3C)
     q, k, v = (t.view(R, H, C // H) for t in qkv.split(C, dim=1))
-    if not kernels_usable(q, k_cache):
+    if not (kernels_usable(q, k_cache) and kernel_head_size(q.shape[-1])):
         from .qknorm_decode import qknorm_decode_attention_reference
         o = qknorm_decode_attention_reference(q, k, v, k_cache, v_cache, positions, float(attn.scale), cos, sin, rows)
     else:
@@ -123,12 +131,22 @@ def sample(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cf
            temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
            noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
            eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
-    """DiffLoss.sample (same arguments, same randomness) with the fused sampling loop."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
-
+    """DiffLoss.sample (same arguments, same randomness) with the fused sampling loop; the model's
+    own sampler when the kernels cannot run on cond's device."""
     if not kernels_usable(cond):
         return diff_loss.sample(cond, uncond, cfg=cfg, temperature=temperature, steps=steps, method=method,
                                 noise=noise, generator=generator, eta=eta, skip_terminal=skip_terminal)
+    return sample_fused(diff_loss, cond, uncond, cfg, temperature, steps, method, noise, generator, eta, skip_terminal)
+
+
+@torch.no_grad()
+def sample_fused(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
+                 temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
+                 noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
+                 eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
+    """The fused loop itself, no fallback (DiffLoss.sample calls this when its backend is "triton")."""
+    from motionstreamer.models.diffusion import draw_sampling_noise
+
     if method not in ("ddpm", "ddim"):
         raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
     net = diff_loss.net
@@ -148,5 +166,5 @@ def sample(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cf
     return out.to(cond.dtype)
 
 
-__all__ = ["available", "default_backend", "attention", "self_attention", "decode_self_attention", "head_weights",
-           "head_forward_with_modulations", "sample"]
+__all__ = ["available", "default_backend", "kernel_head_size", "attention", "self_attention", "decode_self_attention", "head_weights",
+           "head_forward_with_modulations", "sample", "sample_fused"]

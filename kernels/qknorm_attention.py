@@ -381,7 +381,7 @@ def _fwd(q, k, v, scale_t, cos, sin, lens, causal, norm_rope, store_k):
 
 def _bwd(do, q, k, v, o, lse, scale_t, cos, sin, lens, causal, norm_rope):
     B, H, T, D = q.shape
-    do = _last_dim_contiguous(do)
+    do = _last_dim_contiguous(do.to(q.dtype))   # autocast may hand back a gradient in another dtype
     delta = (do.float() * o.float()).sum(-1).reshape(B * H, T)
     dq, dk, dv = (torch.empty(B, H, T, D, device=q.device, dtype=q.dtype) for _ in range(3))
     n_dscale = triton.cdiv(T, 16)   # enough slots for the smallest query block

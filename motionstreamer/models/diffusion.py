@@ -23,6 +23,10 @@ import torch.nn.functional as F
 
 SCHEDULES = ("cosine", "linear")
 METHODS = ("ddpm", "ddim")
+# sampling: "auto" = "triton" (the fused loop, motionstreamer.kernels) on CUDA when the kernels run there, else
+# "torch"; "torch" = the PyTorch loop below; "triton" = the fused loop wherever the kernels run (CPU
+# under the Triton interpreter too), else "torch"
+HEAD_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -297,6 +301,24 @@ class DiffLoss(nn.Module):
         self.train_diffusion = GaussianDiffusion(self.base_betas)
         self._sampling = {}
         self._timesteps = {}
+        self.backend = "auto"   # a runtime choice (HEAD_BACKENDS), not part of the checkpoint
+
+    def set_backend(self, backend: str) -> None:
+        if backend not in HEAD_BACKENDS:
+            raise ValueError(f"head backend must be one of {HEAD_BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def _fused_sampler(self, device: torch.device, cfg):
+        """motionstreamer.kernels.integration when this call should run the fused loop, else None."""
+        if self.backend == "torch" or (self.backend == "auto" and device.type != "cuda"):
+            return None
+        if not isinstance(cfg, (int, float)) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return None   # a tensor cfg means ONNX export: trace the PyTorch loop
+        try:
+            from motionstreamer.kernels import integration
+        except ImportError:
+            return None
+        return integration if integration.available(device) else None
 
     def sampling_process(self, steps: int, skip_terminal: bool = False) -> GaussianDiffusion:
         """The respaced process for `steps` sampling steps (the original's respacing).
@@ -403,7 +425,8 @@ class DiffLoss(nn.Module):
         * eps (+ eta-scaled noise * temperature); eta 0 is deterministic given x_T.
         steps: respaced sampling steps (1..num_train_steps). noise: (x_T (B, latent), step_noise
         (n, B, latent)) from draw_sampling_noise; drawn from `generator` when None.
-        fast: precomputed AdaLN modulations (same math as the reference `net.forward`).
+        fast: precomputed AdaLN modulations (same math as the reference `net.forward`); with the
+        "triton" backend (self.backend, "auto" on CUDA) the whole loop runs in the fused kernels.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -421,6 +444,10 @@ class DiffLoss(nn.Module):
             raise ValueError(f"step noise must have shape (>= {proc.num_timesteps}, {B}, {dim}), "
                              f"got {tuple(step_noise.shape)}")
         # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
+        kernels = self._fused_sampler(cond.device, cfg) if fast else None
+        if kernels is not None:
+            return kernels.sample_fused(self, cond, uncond, cfg=cfg, temperature=temperature, steps=steps,
+                                        method=method, noise=(x, step_noise), eta=eta, skip_terminal=skip_terminal)
         guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
         model_t = self.model_timesteps(steps, cond.device, skip_terminal)

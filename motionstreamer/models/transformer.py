@@ -8,6 +8,11 @@ Attention: q and k are L2-normalised per head, then rotated by RoPE (adjacent pa
 at their ABSOLUTE positions, and logits are scaled by the per-layer scalar `scale`
 (log2(block^2 - block) at init; the original reads it with .item(), so it never trains).
 
+Backends (T2MConfig.attn_backend, set_backend): "auto" (default) runs the Triton kernels of
+motionstreamer.kernels on CUDA (fused QK-Norm + RoPE + flash attention for training/prefill, fused
+decode with the cache append, fused head sampling loop) and SDPA elsewhere; "sdpa", "math"
+(reference) and "triton" force one path.
+
 Incremental decoding uses a static KV cache (keys stored after norm and RoPE). Each row of the
 cache has its own length, so independent streams at different positions share one decode step.
 (The original's only cache path, `forward_discrete`, rotates the new query from position 0; here
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 
-ATTN_BACKENDS = ("math", "sdpa", "triton")
+ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 
 
 @dataclass
@@ -39,7 +44,8 @@ class T2MConfig:
     head: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
     diffmlps_batch_mul: int = 4         # training: each token's head loss at this many timesteps
     rope_base: float = 10000.0
-    attn_backend: str = "sdpa"          # "math" (reference), "sdpa", "triton" (when available)
+    attn_backend: str = "auto"          # "auto" (fastest: "triton" on CUDA with triton installed, else
+                                        # "sdpa"), "math" (reference), "sdpa", "triton"
 
     def __post_init__(self):
         if isinstance(self.head, dict):
@@ -124,6 +130,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 _warned_triton = False
 
 
+def _exporting() -> bool:
+    """Tracing or ONNX export: the Triton kernels cannot be traced, the torch ops can."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _kernels():
+    """motionstreamer.kernels.integration, or None when it cannot be imported."""
+    global _warned_triton
+    try:
+        from motionstreamer.kernels import integration
+    except ImportError:
+        if not _warned_triton:
+            warnings.warn("triton attention backend unavailable (motionstreamer.kernels); using sdpa")
+            _warned_triton = True
+        return None
+    return integration
+
+
+def resolve_attention_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs: "auto" is "triton" on a CUDA device where the kernels run (not while
+    tracing/exporting), else "sdpa"; "triton" is "sdpa" when the kernels cannot be imported."""
+    if backend == "auto":
+        if device.type != "cuda" or _exporting():
+            return "sdpa"
+        integration = _kernels()
+        return "triton" if integration is not None and integration.available(device) else "sdpa"
+    if backend == "triton" and (_exporting() or _kernels() is None):
+        return "sdpa"
+    return backend
+
+
 def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: bool = False,
               backend: str = "sdpa") -> torch.Tensor:
     """The one attention call: softmax(scale * q k^T [masked]) v.
@@ -131,18 +168,12 @@ def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: b
     q (B,H,Tq,D), k/v (B,H,Tk,D); mask: bool broadcastable to (B,H,Tq,Tk), True = attend;
     causal: query i (the last Tq of Tk positions) sees keys up to its own position.
     backend: 'math' (plain matmul/softmax, the reference), 'sdpa' (torch), 'triton'
-    (motionstreamer.kernels when installed; otherwise sdpa, with a warning)."""
-    global _warned_triton
-    if backend == "triton":
-        try:
-            from motionstreamer.kernels import integration
-        except ImportError:
-            if not _warned_triton:
-                warnings.warn("triton attention backend unavailable (motionstreamer.kernels); using sdpa")
-                _warned_triton = True
-            backend = "sdpa"
-        else:
-            return integration.attention(q, k, v, scale, mask=mask, causal=causal)
+    (motionstreamer.kernels when installed; otherwise sdpa, with a warning), 'auto' (see
+    resolve_attention_backend)."""
+    if backend in ("auto", "triton"):
+        backend = resolve_attention_backend(backend, q.device)
+        if backend == "triton":
+            return _kernels().attention(q, k, v, scale, mask=mask, causal=causal)
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and (mask is not None or Tq != Tk):
         # SDPA takes a mask or is_causal (top-left aligned): fold bottom-right causality into the mask
@@ -198,9 +229,15 @@ class CausalSelfAttention(nn.Module):
         B, H, T, D = y.shape
         return self.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, lengths=None):
+        """-> (y, k, v), k normalised and rotated (what the KV cache stores). lengths (B,), optional:
+        valid tokens per row; only the triton path uses it (to skip padding keys): with causal
+        attention, padding never reaches valid positions on any path."""
+        backend = resolve_attention_backend(self.backend, x.device)
+        if backend == "triton":   # fused QK-Norm + RoPE + flash attention, forward and backward
+            return _kernels().self_attention(self, x, cos, sin, lengths)
         q, k, v = self.qkv(x, cos, sin)
-        return self.out(attention(q, k, v, self.scale_value(), causal=True, backend=self.backend)), k, v
+        return self.out(attention(q, k, v, self.scale_value(), causal=True, backend=backend)), k, v
 
 
 class MLP(nn.Module):
@@ -282,6 +319,13 @@ class TextToMotionModel(nn.Module):
         for b in self.transformer.h:
             b.attn.backend = backend
 
+    def set_backend(self, backend: str) -> None:
+        """One switch for every fast path: "auto" (the fastest available: the Triton kernels on CUDA,
+        else SDPA and the PyTorch head loop), "triton" (fused attention, decode and head sampling
+        wherever the kernels run), or "sdpa" / "math" (PyTorch attention and head loop)."""
+        self.set_attention_backend(backend)
+        self.diff_loss.set_backend(backend if backend in ("auto", "triton") else "torch")
+
     # ---- input checks (host-side shapes only: safe inside CUDA-graph capture)
     def _check_text(self, text_emb: torch.Tensor, rows: int | None = None) -> None:
         c = self.config.cond_dim
@@ -329,12 +373,13 @@ class TextToMotionModel(nn.Module):
             self._check_lengths(lengths, text_emb.shape[0], 0 if latents is None else latents.shape[1])
         x = self._tokens(latents, text_emb)
         T = x.shape[1]
+        key_lengths = None if lengths is None else torch.as_tensor(lengths).to(x.device) + 1   # + the text token
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens (text + {T - 1} latents) exceeds block_size "
                              f"{self.config.block_size}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for blk in self.transformer.h:
-            a, _, _ = blk.attn(blk.rms_1(x), cos, sin)
+            a, _, _ = blk.attn(blk.rms_1(x), cos, sin, key_lengths)
             x = x + a
             x = x + blk.mlp(blk.rms_2(x))
         return self._head(x)
@@ -371,9 +416,12 @@ class TextToMotionModel(nn.Module):
         rows = torch.arange(R, device=x.device) if rows is None else rows
         if rows.shape != (R,):
             raise ValueError(f"rows must have shape ({R},), got {tuple(rows.shape)}")
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, R, T - 1).to(x.device)
+        key_lengths = None if lengths is None else lengths + 1
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for i, blk in enumerate(self.transformer.h):
-            a, k, v = blk.attn(blk.rms_1(x), cos, sin)
+            a, k, v = blk.attn(blk.rms_1(x), cos, sin, key_lengths)
             cache.k[i][rows, :, :T] = k.to(cache.k[i].dtype)
             cache.v[i][rows, :, :T] = v.to(cache.v[i].dtype)
             x = x + a
@@ -381,7 +429,6 @@ class TextToMotionModel(nn.Module):
         if lengths is None:
             cache.length[rows] = T
             return self._head(x[:, -1])
-        lengths = self._check_lengths(lengths, R, T - 1).to(x.device)
         cache.length[rows] = lengths + 1
         return self._head(x[torch.arange(R, device=x.device), lengths])
 
@@ -409,6 +456,12 @@ class TextToMotionModel(nn.Module):
         cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (R,1,1,D/2)
         mask = (torch.arange(cache.max_len, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]
         for i, blk in enumerate(self.transformer.h):
+            if resolve_attention_backend(blk.attn.backend, x.device) == "triton":
+                # one kernel: QK-Norm + RoPE at each row's position, cache append, attention
+                x = x + _kernels().decode_self_attention(blk.attn, blk.rms_1(x), cache.k[i], cache.v[i], pos,
+                                                         self.rope_cos, self.rope_sin, None if full else rows)
+                x = x + blk.mlp(blk.rms_2(x))
+                continue
             q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)                              # (R, H, 1, D)
             cache.k[i][rows, :, pos] = k[:, :, 0].to(cache.k[i].dtype)
             cache.v[i][rows, :, pos] = v[:, :, 0].to(cache.v[i].dtype)
