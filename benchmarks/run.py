@@ -153,8 +153,15 @@ def case_stream_latency(ctx) -> list[dict]:
         g = torch.Generator().manual_seed(0)
 
         def run_ref():
-            reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
-                             steps=steps, end_latent=None)
+            # the original algorithm keeps PyTorch attention (SDPA) whatever the engine's "auto" picks
+            saved = [b.attn.backend for b in ref_t2m.transformer.h]
+            ref_t2m.set_attention_backend("sdpa")
+            try:
+                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
+                                 steps=steps, end_latent=None)
+            finally:
+                for b, backend in zip(ref_t2m.transformer.h, saved):
+                    b.attn.backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
         base_per_latent = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in base.items()}
 
