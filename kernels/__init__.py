@@ -9,6 +9,7 @@ PyTorch reference function beside it (the `*_reference` functions, which the tes
   linear             fused_linear: linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
   diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from those pieces
   integration        adapters the models call behind their backend switch
+  compile_check      compiles every kernel for sm_90 without a GPU (ptxas), with registers and spills
 
 Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1 set
 before triton is imported). Without triton the references still import and run.

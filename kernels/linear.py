@@ -47,22 +47,42 @@ if HAS_TRITON:
 
     from ._common import autotune, mm
 
+    def config_fits(config, prologue: bool) -> bool:
+        """With the LayerNorm prologue only 8-warp configs: with 4 the prologue's row statistics and
+        modulation tiles spill registers (ptxas, sm_90; checked by compile_check)."""
+        return config.num_warps == 8 or not prologue
+
     def _prune(configs, named_args, **kw):
-        """Keep row tiles no larger than needed for M (small M: 16-row tiles, the weight read is all)."""
+        """Keep row tiles no larger than needed for M (small M: 16-row tiles, the weight read is all)
+        and configs that fit the prologue's registers."""
         M = named_args["M"]
         K = kw.get("K", named_args.get("K"))
+        prologue = bool(kw.get("PROLOGUE", named_args.get("PROLOGUE", False)))
+        fits = [c for c in configs if config_fits(c, prologue)]
         bm_max = max(16, next_pow2(M))
-        kept = [c for c in configs if c.kwargs["BM"] <= bm_max and c.kwargs["BK"] <= max(16, next_pow2(K))]
-        return kept or configs[:1]
+        kept = [c for c in fits if c.kwargs["BM"] <= bm_max and c.kwargs["BK"] <= max(16, next_pow2(K))]
+        return kept or fits[:1] or configs[:1]
 
     _GPU_CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
                     for bm, bn, bk, w, s in [
                         # GEMV-like (a few rows): many programs over N, long K steps, deep pipelines
                         (16, 16, 256, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 64, 128, 4, 3),
                         (16, 16, 128, 2, 5),
-                        # more rows
-                        (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
-                        (128, 64, 64, 4, 3)]]
+                        # the same with 8 warps (the prologue's: no spills at K 1792 on sm_90)
+                        (16, 32, 128, 8, 4), (16, 32, 64, 8, 3), (16, 64, 64, 8, 3),
+                        # more rows (up to 64: larger tiles spilled, and many rows go to cuBLAS anyway)
+                        (64, 64, 64, 4, 3), (32, 64, 64, 8, 3), (64, 64, 64, 8, 3)]]
+    # registers/spills of every config: python -m motionstreamer.kernels.compile_check (no GPU needed);
+    # at K = N = 1792, bf16, sm_90 only (64, 64, 64, 8, 3) with the prologue spills (40 bytes)
+
+    @triton.jit
+    def _row_sums(X, rm, sx, m_valid, x0, k0, s1, s2, K: tl.constexpr, BK: tl.constexpr):
+        """Running sums of (x - x0) and (x - x0)^2 over one [rows, BK] tile (shifted: no cancellation)."""
+        rk = k0 + tl.arange(0, BK)
+        msk = m_valid[:, None] & (rk < K)[None, :]
+        d = tl.load(X + rm[:, None] * sx + rk[None, :], mask=msk, other=0.0).to(tl.float32) - x0[:, None]
+        d = tl.where(msk, d, 0.0)
+        return s1 + tl.sum(d, 1), s2 + tl.sum(d * d, 1)
 
     @autotune(_GPU_CONFIGS, triton.Config({"BM": 16, "BN": 32, "BK": 32}), key=["M", "N", "K", "PROLOGUE", "EPILOGUE"],
               prune_configs_by={"early_config_prune": _prune})
@@ -83,15 +103,15 @@ if HAS_TRITON:
             x0 = tl.load(X + rm * sx, mask=m_valid, other=0.0).to(tl.float32)
             s1 = tl.zeros([BM], dtype=tl.float32)
             s2 = tl.zeros([BM], dtype=tl.float32)
-            # unrolled (K is a constexpr): the loads are independent, so they are all in flight at
-            # once instead of one L2 round trip per step (it matters at a few rows)
-            for k0 in tl.static_range(0, K, BK):
-                rk = k0 + tl.arange(0, BK)
-                msk = m_valid[:, None] & (rk < K)[None, :]
-                d = tl.load(X + rm[:, None] * sx + rk[None, :], mask=msk, other=0.0).to(tl.float32) - x0[:, None]
-                d = tl.where(msk, d, 0.0)
-                s1 += tl.sum(d, 1)
-                s2 += tl.sum(d * d, 1)
+            if BM <= 16:
+                # a few rows: unrolled (K is a constexpr), so the loads are all in flight at once
+                # instead of one L2 round trip per step
+                for k0 in tl.static_range(0, K, BK):
+                    s1, s2 = _row_sums(X, rm, sx, m_valid, x0, k0, s1, s2, K, BK)
+            else:
+                # more rows: a loop (unrolling [BM, BK] tiles K/BK times took ptxas minutes per config)
+                for k0 in range(0, K, BK):
+                    s1, s2 = _row_sums(X, rm, sx, m_valid, x0, k0, s1, s2, K, BK)
             mean_d = s1 / K
             rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean_d * mean_d, 0.0) + eps)
             mean = x0 + mean_d
