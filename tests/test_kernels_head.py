@@ -154,9 +154,9 @@ def test_head_sample_loop_matches_model_sampler(method, guided, fused):
         eta = 0.5 if method == "ddim" else 0.0
         kw = dict(cfg=3.0, temperature=0.8, steps=steps, method=method, noise=noise, eta=eta, skip_terminal=skip)
         ref = dl.sample(cond, uncond if guided else None, **kw)
-        # the adapter (what the model calls) and the loop kernel itself
-        got = integration.sample(dl, cond, uncond if guided else None, **kw)
-        assert_close(got, ref, 1e-4, f"integration.sample steps={steps}")
+        if fused:   # the adapter (what the model calls; it picks the fused path at these sizes)
+            got = integration.sample(dl, cond, uncond if guided else None, **kw)
+            assert_close(got, ref, 1e-4, f"integration.sample steps={steps}")
         c = torch.cat([cond, uncond]) if guided else cond
         mods = dl.net.modulations(c, dl.model_timesteps(steps, DEV, skip))
         coefs = (ddpm_coefficients(proc, 0.8) if method == "ddpm" else ddim_coefficients(proc, eta, 0.8))
