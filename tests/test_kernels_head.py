@@ -8,7 +8,9 @@ Tolerances, relative to the largest reference magnitude (atol = tol * max(1, max
 fp32 1e-5, fp16 2e-3, bf16 1.6e-2 for single kernels (the kernels compute in fp32 and round once;
 the eager references round after each op, so they differ by a few units in the last place).
 Whole head steps / sampling loops: fp32 1e-4 (the first DDPM step of the cosine schedule divides
-eps by sqrt(alpha_bar) ~ 1e-3, which amplifies fp32 roundoff), reduced precision 3e-2.
+eps by sqrt(alpha_bar) ~ 1e-3, which amplifies fp32 roundoff), reduced precision 3e-2 on CPU; on the
+GPU at the official size the fused path's error against an fp32 run must be at most twice the
+eager PyTorch path's in the same dtype.
 """
 import itertools
 
@@ -114,8 +116,8 @@ def _head(width=48, depth=2, latent=6, cond=20, steps=10, seed=0, device=DEV, dt
     dl = DiffLoss(DiffusionHeadConfig(latent_dim=latent, width=width, depth=depth, cond_dim=cond,
                                       num_train_steps=steps))
     with torch.no_grad():   # the zero-initialised AdaLN/output layers would hide most of the math
-        for p in dl.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+        for p in dl.parameters():   # scaled by fan-in so the official width stays well-conditioned
+            p.add_(torch.randn_like(p) * (0.35 * p.shape[1] ** -0.5 if p.dim() == 2 else 0.05))
     return dl.to(device, dtype)
 
 
@@ -201,16 +203,23 @@ def test_gpu_official_head(dtype, streams):
     uncond = randn(B, 768, seed=2, dtype=dtype, device="cuda")
     proc = dl.sampling_process(50, True)
     noise = draw_sampling_noise(torch.Generator().manual_seed(0), B, proc.num_timesteps, 16, "cuda", dtype)
-    got = integration.sample(dl, cond, uncond, cfg=4.0, steps=50, method="ddpm", noise=noise, skip_terminal=True)
-    ref = dl.float().sample(cond.float(), uncond.float(), cfg=4.0, steps=50, method="ddpm",
-                            noise=(noise[0].float(), noise[1].float()), skip_terminal=True)
-    assert_close(got, ref, 5e-2, "official head loop vs fp32 model")
+    kw = dict(cfg=4.0, steps=50, method="ddpm", skip_terminal=True)
+    got = integration.sample(dl, cond, uncond, noise=noise, **kw)
+    dl.set_backend("torch")
+    eager = dl.sample(cond, uncond, noise=noise, **kw)   # the PyTorch loop in the same dtype
+    ref = dl.float().sample(cond.float(), uncond.float(), noise=(noise[0].float(), noise[1].float()), **kw)
+    # 50 steps in reduced precision drift from fp32; the fused loop must drift no more than eager does
+    err, err_eager = ((t.float() - ref).abs().max().item() for t in (got, eager))
+    assert err <= 2 * err_eager + 1e-2 * ref.abs().max().item(), (err, err_eager)
     dl = dl.to(dtype)
     mods = dl.net.modulations(torch.cat([cond, uncond]), dl.model_timesteps(50, "cuda", True))
     x = randn(2 * B, 16, seed=3, dtype=dtype, device="cuda")
-    for fused in (True, False):
-        got = head_step(x, integration.head_weights(dl.net), mods["blocks"][:, 10], mods["final"][10], fused=fused)
-        with torch.no_grad():
-            ref = dl.float().net.forward_with_modulations(x.float(), {k: v.float() for k, v in mods.items()}, 10)
-        dl = dl.to(dtype)
-        assert_close(got, ref, 3e-2, f"official head step fused={fused}")
+    with torch.no_grad():
+        eager = dl.net.forward_with_modulations(x, mods, 10)
+        got = {fused: head_step(x, integration.head_weights(dl.net), mods["blocks"][:, 10], mods["final"][10],
+                                fused=fused) for fused in (True, False)}
+        ref = dl.float().net.forward_with_modulations(x.float(), {k: v.float() for k, v in mods.items()}, 10)
+    err_eager = (eager.float() - ref).abs().max().item()
+    for fused, g in got.items():
+        err = (g.float() - ref).abs().max().item()
+        assert err <= 2 * err_eager + 1e-3 * ref.abs().max().item(), (fused, err, err_eager)
