@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import HAS_TRITON, interpreting, kernels_usable
+from ._common import HAS_TRITON, SUPPORTED_DTYPES, interpreting, kernels_usable
 from .diffusion_head import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
                         head_step)
 from .qknorm_attention import qknorm_rope_attention
@@ -50,8 +50,7 @@ def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: b
     """The transformer's attention hook: q (B, H, Tq, D), k/v (B, H, Tk, D) already normalised and
     rotated. Causal self-attention without a mask runs the flash kernel; anything else (an
     arbitrary boolean mask, Tq != Tk, odd head sizes, or no usable kernels) runs SDPA."""
-    D = q.shape[-1]
-    if mask is None and causal and q.shape[-2] == k.shape[-2] and kernel_head_size(D) and kernels_usable(q, k, v):
+    if mask is None and causal and q.shape[-2] == k.shape[-2] and _attention_kernels_take(q, k, v):
         return qknorm_rope_attention(q, k, v, scale, None, None, causal=True, norm_rope=False)
     return _sdpa(q, k, v, scale, mask, causal)
 
@@ -68,6 +67,13 @@ def kernel_head_size(D: int) -> bool:
     return D >= 32 and not D & (D - 1)
 
 
+def _attention_kernels_take(*tensors) -> bool:
+    """Device, head size and dtype the attention kernels take (anything else runs in PyTorch)."""
+    q = tensors[0]
+    return (kernels_usable(*tensors) and kernel_head_size(q.shape[-1])
+            and all(t.dtype in SUPPORTED_DTYPES for t in tensors))
+
+
 def self_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    lengths: torch.Tensor | None = None):
     """CausalSelfAttention.forward with the fused kernel: returns (y (B, T, C), k_rot, v) where
@@ -77,7 +83,7 @@ def self_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     positions are unaffected: attention is causal), and the kernel skips those key blocks."""
     qkv = attn.c_attn(x)
     q, k, v = _split_heads(qkv, attn.n_head)
-    if not (kernels_usable(q) and kernel_head_size(q.shape[-1])):
+    if not _attention_kernels_take(q):
         from .qknorm_attention import attention_reference, qknorm_rope_reference
         T = x.shape[1]
         qr, kr = qknorm_rope_reference(q, cos[:T], sin[:T]), qknorm_rope_reference(k, cos[:T], sin[:T])
@@ -101,7 +107,7 @@ def decode_self_attention(attn, x: torch.Tensor, k_cache: torch.Tensor, v_cache:
     H = attn.n_head
     qkv = attn.c_attn(x)[:, 0]                                    # (R, 3C)
     q, k, v = (t.view(R, H, C // H) for t in qkv.split(C, dim=1))
-    if not (kernels_usable(q, k_cache) and kernel_head_size(q.shape[-1])):
+    if not _attention_kernels_take(q, k_cache):
         from .qknorm_decode import qknorm_decode_attention_reference
         o = qknorm_decode_attention_reference(q, k, v, k_cache, v_cache, positions, float(attn.scale), cos, sin, rows)
     else:
@@ -133,7 +139,7 @@ def sample(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cf
            eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
     """DiffLoss.sample (same arguments, same randomness) with the fused sampling loop; the model's
     own sampler when the kernels cannot run on cond's device."""
-    if not kernels_usable(cond):
+    if not kernels_usable(cond) or cond.dtype not in SUPPORTED_DTYPES:
         return diff_loss.sample(cond, uncond, cfg=cfg, temperature=temperature, steps=steps, method=method,
                                 noise=noise, generator=generator, eta=eta, skip_terminal=skip_terminal)
     return sample_fused(diff_loss, cond, uncond, cfg, temperature, steps, method, noise, generator, eta, skip_terminal)

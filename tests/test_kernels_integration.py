@@ -64,6 +64,32 @@ def test_auto_is_the_default_and_resolves_to_sdpa_on_cpu():
         m.set_backend("flash")
 
 
+def test_triton_switch_falls_back_where_the_kernels_do_not_apply():
+    """float64 (no kernel dtype) and a head size of 16 (not a power of two >= 32) run the PyTorch
+    paths under the "triton" switch, with the same results as "sdpa"."""
+    torch.manual_seed(0)
+    for n_head, dtype in ((2, torch.float64), (4, torch.float32)):
+        m = TextToMotionModel(T2MConfig(n_layer=1, n_head=n_head, n_embd=64, block_size=8, cond_dim=8,
+                                        head=DiffusionHeadConfig(width=32, depth=1))).to(dtype)
+        lat, text = torch.randn(2, 3, 16, dtype=dtype), torch.randn(2, 8, dtype=dtype)
+        outs = {}
+        for backend in ("sdpa", "triton"):
+            m.set_backend(backend)
+            with kernel_calls() as calls:
+                out = m(lat, text)
+                cache = m.new_kv_cache(2)
+                m.prefill(text, lat[:, :1], cache)
+                nxt = m.decode_step(lat[:, 1], cache)
+                z = m.diff_loss.sample(out[:, 0].detach(), out[:, 1].detach(), steps=3,
+                                       noise=draw_sampling_noise(torch.Generator().manual_seed(1), 2, 3, 16,
+                                                                 dtype=dtype))
+            outs[backend] = (out.detach(), nxt, z)
+            if dtype == torch.float64:
+                assert sum(calls.values()) == 0
+        for a, b in zip(outs["triton"], outs["sdpa"]):
+            assert_close(a, b, what=f"heads={n_head} {dtype}")
+
+
 @pytest.mark.parametrize("ref_backend", ["math", "sdpa"])
 def test_training_forward_and_gradients_match(ref_backend):
     """Forward + a loss + backward through the fused kernel equals the PyTorch path, padded batch

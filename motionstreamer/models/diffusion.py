@@ -308,9 +308,12 @@ class DiffLoss(nn.Module):
             raise ValueError(f"head backend must be one of {HEAD_BACKENDS}, got {backend!r}")
         self.backend = backend
 
-    def _fused_sampler(self, device: torch.device, cfg):
+    def _fused_sampler(self, cond: torch.Tensor, cfg):
         """motionstreamer.kernels.integration when this call should run the fused loop, else None."""
+        device = cond.device
         if self.backend == "torch" or (self.backend == "auto" and device.type != "cuda"):
+            return None
+        if cond.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return None
         if not isinstance(cfg, (int, float)) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return None   # a tensor cfg means ONNX export: trace the PyTorch loop
@@ -443,11 +446,11 @@ class DiffLoss(nn.Module):
         if step_noise.dim() != 3 or step_noise.shape[0] < proc.num_timesteps or tuple(step_noise.shape[1:]) != (B, dim):
             raise ValueError(f"step noise must have shape (>= {proc.num_timesteps}, {B}, {dim}), "
                              f"got {tuple(step_noise.shape)}")
-        # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
-        kernels = self._fused_sampler(cond.device, cfg) if fast else None
+        kernels = self._fused_sampler(cond, cfg) if fast else None
         if kernels is not None:
             return kernels.sample_fused(self, cond, uncond, cfg=cfg, temperature=temperature, steps=steps,
                                         method=method, noise=(x, step_noise), eta=eta, skip_terminal=skip_terminal)
+        # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
         guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
         c = torch.cat([cond, uncond]) if guided else cond
         model_t = self.model_timesteps(steps, cond.device, skip_terminal)
