@@ -85,6 +85,9 @@ def run_all(device, small: bool, quick: bool, batch: int | None = None, steps: i
     variants = [("math", False), ("sdpa", False)]
     if device.type == "cuda":
         variants += [("sdpa", True)]
+        from motionstreamer.kernels import integration
+        if integration.available(device):
+            variants += [("triton", True)]     # fused QK-Norm + RoPE flash attention, fwd + bwd
     rows = []
     for backend, bf16 in variants:
         try:

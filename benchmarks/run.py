@@ -218,11 +218,14 @@ def case_throughput(ctx) -> list[dict]:
     return rows
 
 
+EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train")
+
+
 def case_external(ctx) -> list[dict]:
     """Cases contributed by other modules (kernels, causal conv, ONNX, training) when present."""
     rows = []
-    for mod_name, fn_name in [("bench_causal_conv", "run_all"), ("bench_kernels", "run_all"),
-                              ("bench_onnx", "run_all"), ("bench_train", "run_all")]:
+    for mod_name in ctx["external"]:
+        fn_name = "run_all"
         try:
             mod = __import__(mod_name)
         except ImportError:
@@ -270,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--external", default=",".join(EXTERNAL_MODULES),
+                    help="comma list of contributed benchmark modules the 'external' case runs")
     args = ap.parse_args(argv)
 
     from motionstreamer.runtime.loading import resolve_device, resolve_dtype
@@ -288,12 +293,16 @@ def main(argv=None) -> int:
         latents, steps_list, repeats, batches, tl = 20, [50, 10], 5, [64, 512], 5
     else:
         latents, steps_list, repeats, batches, tl = (10, [50, 10], 3, [8, 64], 3) if small else (6, [50, 10], 2, [8], 2)
+    external = [m.strip() for m in args.external.split(",") if m.strip()]
+    unknown = sorted(set(external) - set(EXTERNAL_MODULES))
+    if unknown:
+        ap.error(f"unknown --external module(s) {unknown}; choose from {list(EXTERNAL_MODULES)}")
     if args.batches:
         batches = [int(b) for b in args.batches.split(",")]
     ctx = dict(tae=tae, t2m=t2m, ref_models=(ref_t2m, ref_tae), device=device, dtype=dtype, small=small,
                quick=args.quick, latents=latents, steps_list=steps_list, repeats=repeats,
                repeats_ref=1 if args.quick else max(1, repeats // 2), batches=batches, throughput_latents=tl,
-               bandwidth=measure_bandwidth(device))
+               bandwidth=measure_bandwidth(device), external=external)
     info = device_info(device)
     info.update(config="small" if small else "official", dtype=str(dtype).replace("torch.", ""),
                 bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)
@@ -313,6 +322,10 @@ def main(argv=None) -> int:
         slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         tag = "quick" if args.quick else ("small" if small else "official")
+        if args.cases != ap.get_default("cases") or len(external) < len(EXTERNAL_MODULES):
+            parts = [c if c != "external" else "-".join(m.removeprefix("bench_") for m in external)
+                     for c in args.cases.split(",")]
+            tag += "_" + "-".join(parts)
         base = out / f"{slug}_{tag}_{stamp}"
         from motionstreamer.utils import atomic_write_json, atomic_write_text
         atomic_write_json(f"{base}.json", {"info": info, "results": rows})

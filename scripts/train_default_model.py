@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=1600)
     ap.add_argument("--stream-pairs", type=int, default=600)
     ap.add_argument("--tae-steps", type=int, default=3000)
-    ap.add_argument("--t2m-steps", type=int, default=3500)
+    ap.add_argument("--t2m-steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--evaluator-epochs", type=int, default=5)
     ap.add_argument("--quality-repeats", type=int, default=3)
