@@ -133,7 +133,8 @@ class StreamingEngine:
         self.device = torch.device(device) if device is not None else getattr(backend, "device", torch.device("cpu"))
         self.mean = bundle.mean.to(self.device, torch.float32)
         self.std = bundle.std.to(self.device, torch.float32)
-        self.end_latent = bundle.end_latent.reshape(-1).to(self.device, torch.float32)
+        # sampled latents come back to the CPU once per step (the per-stream control runs there)
+        self.end_latent = bundle.end_latent.reshape(-1).to("cpu", torch.float32)
         self.text_encoder = text_encoder
         self.capacity = capacity
         self.block_size = backend.block_size

@@ -57,7 +57,7 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
                                      temperature=temperature, steps=steps, method=method, noise=noise,
                                      fast=False, skip_terminal=skip_terminal)[0]
             if (end_latent is not None and k >= min_action_latents
-                    and torch.linalg.vector_norm(z.float() - end_latent.reshape(-1).float()).item() < end_threshold):
+                    and torch.linalg.vector_norm(z.float() - end_latent.reshape(-1).to(z.device, torch.float32)).item() < end_threshold):
                 ended_early = True
                 break
             latents.append(z)
