@@ -362,3 +362,20 @@ def test_benchmark_stacks_stream_equals_full():
     res = bench.bench_layer("cpu", batch=1, frames=8, width=16, repeats=2)
     assert set(res) == {"layer_w16_k3_d9_b1_t8/native", "layer_w16_k3_d9_b1_t8/torch"}
     assert all(v["min"] <= v["median"] <= v["max"] for v in res.values())
+
+
+@pytest.mark.parametrize("backend", ["torch", None])   # None: auto (the native CPU op is fp32-only)
+def test_autocast_casts_operands_like_conv1d(backend):
+    # mixed-precision training: activations arrive in bf16 while the weights stay fp32; the op casts
+    # as F.conv1d does under autocast instead of refusing the dtype mix
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 12, generator=g)
+    w, b = torch.randn(8, 16, 3, generator=g) * 0.2, torch.randn(8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cc.causal_conv1d(x.bfloat16(), w, b, backend=backend)
+        want = F.conv1d(F.pad(x.bfloat16(), (2, 0)), w, b)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=2e-2)   # bf16 rounding
+    # outside autocast the dtype rule still holds
+    with pytest.raises(TypeError, match="weight dtype torch.float32 != x dtype torch.bfloat16"):
+        cc.causal_conv1d(x.bfloat16(), w, b, backend=backend)

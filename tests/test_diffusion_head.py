@@ -185,7 +185,7 @@ def original_sample(head, cond, uncond, cfg, temperature, steps, x_T, step_noise
         e = ue + cfg * (ce - ue)
         return torch.cat([e, e])
 
-    ex = lambda arr, t: torch.as_tensor(arr)[t].float()[:, None]
+    ex = lambda arr, t: torch.as_tensor(arr)[t].to(x_T.dtype)[:, None]
     img = torch.cat([x_T, x_T])
     z = torch.cat([cond, uncond])
     for i in reversed(range(proc.num_timesteps)):
@@ -201,15 +201,19 @@ def original_sample(head, cond, uncond, cfg, temperature, steps, x_T, step_noise
 
 @pytest.mark.parametrize("steps", [50, 10])
 def test_sampler_equals_original_algorithm(head, steps):
-    cond, uncond = conds()
+    # float64: the same algorithm must agree to rounding; in fp32 the first step's division by
+    # sqrt(alpha_bar) ~ 1e-3 magnifies matmul rounding, which differs between CPUs' BLAS kernels
+    # (a 16-core machine's fp32 run differed by 2e-4 relative at 50 steps)
+    head = copy.deepcopy(head).double()
+    cond, uncond = (c.double() for c in conds())
     g = torch.Generator().manual_seed(3)
-    x_T, step_noise = draw_sampling_noise(g, 3, steps, 16)
-    other = torch.randn(steps, 3, 16, generator=g)            # the original's uncond-half noise
+    x_T, step_noise = (n.double() for n in draw_sampling_noise(g, 3, steps, 16))
+    other = torch.randn(steps, 3, 16, generator=g).double()    # the original's uncond-half noise
     with torch.no_grad():
         want = original_sample(head, cond, uncond, 4.0, 0.8, steps, x_T, step_noise, other)
     for fast in (True, False):
         got = head.sample(cond, uncond, cfg=4.0, temperature=0.8, steps=steps, noise=(x_T, step_noise), fast=fast)
-        torch.testing.assert_close(got, want, **TOL)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
 def test_cfg_conventions(head):
@@ -232,7 +236,8 @@ def test_cfg_conventions(head):
     one = h64.sample(cond[1:2].double(), uncond[1:2].double(), cfg=4.0, steps=10, noise=(n64[0][1:2], n64[1][:, 1:2]))
     all3 = h64.sample(cond.double(), uncond.double(), cfg=4.0, steps=10, noise=n64)
     torch.testing.assert_close(one, all3[1:2], atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(all3.float(), guided, atol=1e-4, rtol=1e-4)   # fp32 vs fp64
+    # fp32 vs fp64: the 10-step sampler magnifies fp32 rounding (1.2e-4 relative seen on one CPU)
+    torch.testing.assert_close(all3.float(), guided, atol=1e-3, rtol=1e-3)
 
 
 def test_noise_temperature_and_reproducibility(head):

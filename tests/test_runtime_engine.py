@@ -88,7 +88,8 @@ def test_session_equals_reference_sampler(models, steps, method, skip):
     b = Bundle(tae, t2m)
     full = tae.decode(latents[None])[0] * b.std + b.mean   # streamed frames == full decode of same latents
     scale = full.abs().max()
-    torch.testing.assert_close(frames / scale, full / scale, atol=1e-6, rtol=0)   # fp32, relative to the frame scale
+    # fp32, relative to the frame scale (conv rounding differs between CPUs: 1.1e-6 seen on one)
+    torch.testing.assert_close(frames / scale, full / scale, atol=5e-6, rtol=0)
     # frame indices are continuous
     assert [c.start_frame for c in chunks] == list(range(0, 64, 4))
 

@@ -130,3 +130,16 @@ def test_lr_schedules_match_their_formulas():
     m = lr_lambda(TAETrainConfig(steps=100, warmup_steps=0, schedule="multistep", milestones=(30, 60), gamma=0.1))
     assert (m(29), m(30), m(59), m(60)) == pytest.approx((1.0, 0.1, 0.1, 0.01))
     assert lr_lambda(TAETrainConfig(schedule="constant", warmup_steps=0))(12345) == 1.0
+
+
+def test_ema_follows_the_model_to_its_device():
+    # a resumed EMA arrives on the CPU (checkpoints load there) while the model trains on its device;
+    # the meta device stands in for CUDA on machines without one
+    from motionstreamer.train.common import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    ema.load_state_dict({k: v.clone() for k, v in ema.state_dict().items()})
+    model.to("meta")
+    ema.update(model)
+    assert {v.device.type for v in ema.state_dict().values()} == {"meta"}

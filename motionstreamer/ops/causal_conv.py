@@ -283,6 +283,20 @@ def _needs_grad(*ts) -> bool:
 
 
 # ----------------------------------------------------------------------------- public API
+def _autocast_inputs(x, weight, bias, residual):
+    """Under torch.autocast, cast the operands as F.conv1d would (to the autocast dtype), so the
+    fused op drops into mixed-precision training like the layer it replaces (a bf16 TAE step on
+    CUDA otherwise met fp32 weights and bf16 activations)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x, weight, bias, residual
+    dev = x.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return x, weight, bias, residual
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return cast(x), cast(weight), cast(bias), cast(residual)
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
                   dilation: int = 1, pre_relu: bool = False, post_relu: bool = False,
                   residual: torch.Tensor | None = None, backend: str | None = None,
@@ -293,6 +307,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Fused: optional ReLU on the input, bias, optional ReLU on the output, then + residual (B, Cout, Tout)."""
     pad = default_pad(weight.shape[2], stride, dilation) if pad is None and isinstance(weight, torch.Tensor) \
         and weight.dim() == 3 else pad
+    x, weight, bias, residual = _autocast_inputs(x, weight, bias, residual)
     tout = _check("causal_conv1d", x, weight, bias, residual, stride, dilation, pad)
     if resolve_backend(x, backend, x.shape[0] * tout) == "torch":
         return causal_conv1d_reference(x, weight, bias, stride, dilation, pad, pre_relu, post_relu, residual)

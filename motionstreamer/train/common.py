@@ -234,7 +234,10 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         for k, v in model.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1 - self.decay)
+                shadow = self.shadow[k]
+                if shadow.device != v.device:   # made or resumed before the model moved to its device
+                    shadow = self.shadow[k] = shadow.to(v.device)
+                shadow.mul_(self.decay).add_(v.detach().float(), alpha=1 - self.decay)
 
     def state_dict(self) -> dict:
         return dict(self.shadow)
