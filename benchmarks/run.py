@@ -218,6 +218,40 @@ def case_throughput(ctx) -> list[dict]:
     return rows
 
 
+def case_embedded(ctx) -> list[dict]:
+    """The embedded default model as `motionstreamer generate/stream` runs it: its own weights, the
+    MiniLM text encoder, the bundle's sampler defaults (end detection off: fixed-length runs).
+    first_frame_ms: a new prompt typed -> its first 4 frames out, text encoding included."""
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    from motionstreamer.runtime.loading import load_models
+
+    dev = ctx["device"]
+    bundle, text, _ = load_models(None, device=str(dev), dtype="fp32")
+    rows = []
+    n_lat = ctx["latents"] * 2
+    for steps in ctx["steps_list"]:
+        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        engine = StreamingEngine(bundle, text, capacity=1, config=cfg, device=dev)
+        prompts = iter(f"a person walks forward and waves {i}" for i in range(10**6))  # uncached text
+
+        def run_stream():
+            sid = engine.add_stream("a person jogs forward", seed=0, max_latents=n_lat)
+            for _ in range(n_lat):
+                engine.step()
+            engine.close(sid)
+
+        def first_frame():
+            sid = engine.add_stream(next(prompts), seed=0, max_latents=1)
+            engine.step()
+            engine.close(sid)
+        per = timeit(run_stream, dev, repeats=ctx["repeats"], warmup=1)
+        per = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in per.items()}
+        ff = timeit(first_frame, dev, repeats=max(3, ctx["repeats"]), warmup=1)
+        rows.append({"case": f"embedded_model_steps{steps}", "latents": n_lat, "engine_ms_per_latent": per,
+                     "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / per["median"]})
+    return rows
+
+
 EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train")
 
 
@@ -268,7 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI smoke run: small config, few latents, one repeat")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="fp32|bf16|fp16|auto (bf16 on GPU)")
-    ap.add_argument("--cases", default="stream,throughput,external")
+    ap.add_argument("--cases", default="stream,throughput,external",
+                    help="comma list of stream, throughput, external, embedded (the shipped default model)")
     ap.add_argument("--batches", default=None, help="comma list of concurrent streams (default 64,512)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
@@ -308,7 +343,8 @@ def main(argv=None) -> int:
                 bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)
     rows = []
     for case in args.cases.split(","):
-        fn = {"stream": case_stream_latency, "throughput": case_throughput, "external": case_external}.get(case)
+        fn = {"stream": case_stream_latency, "throughput": case_throughput, "external": case_external,
+              "embedded": case_embedded}.get(case)
         if fn is None:
             ap.error(f"unknown case {case!r}")
         print(f"[bench] {case} ...", file=sys.stderr, flush=True)
