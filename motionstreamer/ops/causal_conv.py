@@ -6,7 +6,7 @@
 Backends: "torch" is the reference (F.pad + F.conv1d: cuDNN on GPU, oneDNN on CPU); "native" is
 motionstreamer._C (CPU fp32; CUDA fp32/fp16/bf16 with fp32 accumulation, on torch's current stream);
 "auto" uses native when the extension is built and supports the tensor's device and dtype, else torch
-(on CPU only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN).
+(only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN / cuDNN).
 The global switch is set_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
 "torch"); every function also takes backend= to override it per call. The CPU kernels pick AVX-512,
 AVX2+FMA or generic vector code at run time (MOTIONSTREAMER_CPU_ISA forces one).
@@ -104,9 +104,12 @@ def supports(x: torch.Tensor) -> bool:
     return _unsupported_reason(x) is None
 
 
-# "auto" on CPU: oneDNN is faster for many output columns (B*Tout), the native kernel for few (the streaming
-# step, short sequences); see benchmarks/bench_causal_conv.py. None = native at any size.
-AUTO_NATIVE_MAX_COLUMNS = {"cpu": 64, "cuda": None}
+# "auto": the library conv (oneDNN / cuDNN) is faster for many output columns (B*Tout), the native kernel
+# for few (the streaming step, short sequences); see benchmarks/bench_causal_conv.py. On an H200 (bf16 and
+# fp32, width 1024) the native streaming step at batch 1 (<= 4 columns a layer) ran 2.2x faster than
+# cuDNN (2.8x under CUDA graphs), while at 64 columns (a 16-latent decode) and at batch 256 cuDNN won by
+# 1.3-5x; the limit sits inside that unmeasured gap. None = native at any size.
+AUTO_NATIVE_MAX_COLUMNS = {"cpu": 64, "cuda": 16}
 
 
 def resolve_backend(x: torch.Tensor, backend: str | None = None, columns: int | None = None) -> str:
