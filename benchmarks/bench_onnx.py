@@ -1,4 +1,5 @@
-"""ONNX Runtime engine vs the PyTorch engine, per latent (same weights, same session logic).
+"""ONNX Runtime engine vs the PyTorch engine, per latent (same weights, same session logic), and the
+int8 export (`quantize="int8"`: int8 MatMul weights in the transformer and head) beside the fp32 one.
 
 Small config always; the official size with 50 and 10 sampling steps unless quick/small. CPU here;
 on a GPU box the ORT CUDA provider is used when onnxruntime-gpu is installed.
@@ -55,14 +56,21 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
             save_bundle(f"{tmp}/b", tae, t2m, torch.zeros(272), torch.ones(272), torch.full((16,), 1e6))
             bundle = load_bundle(f"{tmp}/b")
             steps_list = [4] if quick else [50, 10]
-            export_bundle(bundle, f"{tmp}/onnx", head_variants=[("ddpm", s) for s in steps_list])
+            heads = [("ddpm", s) for s in steps_list]
+            export_bundle(bundle, f"{tmp}/onnx", head_variants=heads)
+            export_bundle(bundle, f"{tmp}/onnx_int8", head_variants=heads, quantize="int8")
             enc = _Enc(mcfg.cond_dim)
             n = 3 if quick else 8
             for steps in steps_list:
                 cfg = GenerationConfig(sampling_steps=steps, end_threshold=-1.0)
                 torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=cfg, seed=0), n, 1 if quick else 2)
-                ort_ms = _per_latent_ms(lambda: ort_session(f"{tmp}/onnx", enc, config=cfg, seed=0), n, 1 if quick else 2)
+                ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=cfg, seed=0), n,
+                                                  1 if quick else 2) for d in ("onnx", "onnx_int8"))
                 rows.append({"case": f"onnx_{name}_steps{steps}", "torch_eager_ms_per_latent": torch_ms,
                              "ort_ms_per_latent": ort_ms, "ort_speedup": torch_ms["median"] / ort_ms["median"],
                              "ort_realtime": ort_ms["median"] < 1000 * 4 / 30})
+                rows.append({"case": f"onnx_int8_{name}_steps{steps}", "ort_int8_ms_per_latent": int8_ms,
+                             "int8_speedup_vs_ort_fp32": ort_ms["median"] / int8_ms["median"],
+                             "int8_speedup_vs_torch_eager": torch_ms["median"] / int8_ms["median"],
+                             "ort_realtime": int8_ms["median"] < 1000 * 4 / 30})
     return rows

@@ -10,6 +10,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--head", action="append", default=None, metavar="METHOD:STEPS",
                    help="sampler variants to export (default ddpm:50 and ddpm:10)")
+    p.add_argument("--quantize", default=None, metavar="TYPE",
+                   help="int8: int8 weights in the transformer and head graphs (CPU deployment; "
+                        "the TAE decoder stays fp32)")
     p.set_defaults(func=cmd_export)
 
 
@@ -25,9 +28,11 @@ def parse_head(spec: str):
 def cmd_export(args) -> int:
     from motionstreamer.checkpoints import CheckpointError, load_bundle
     from motionstreamer.cli import CLIError
-    from motionstreamer.export.onnx_export import export_bundle
+    from motionstreamer.export.onnx_export import QUANTIZE, export_bundle
     from motionstreamer.runtime.loading import default_model_dir
 
+    if args.quantize is not None and args.quantize not in QUANTIZE:
+        raise CLIError(f"bad --quantize {args.quantize!r}: use {' or '.join(QUANTIZE)} (omit it for fp32)")
     heads = [parse_head(h) for h in (args.head or ["ddpm:50", "ddpm:10"])]
     path = args.checkpoint or default_model_dir()
     try:
@@ -37,6 +42,7 @@ def cmd_export(args) -> int:
     for method, steps in heads:
         if steps > bundle.t2m.config.head.num_train_steps:
             raise CLIError(f"--head {method}:{steps}: at most {bundle.t2m.config.head.num_train_steps} steps")
-    m = export_bundle(bundle, args.out, heads)
-    print(f"exported {len(m['heads']) + 3} graphs + manifest.json to {args.out}")
+    m = export_bundle(bundle, args.out, heads, quantize=args.quantize)
+    q = f" ({len(m['quantization']['files'])} int8)" if m["quantization"] else ""
+    print(f"exported {len(m['heads']) + 3} graphs{q} + manifest.json to {args.out}")
     return 0

@@ -3,7 +3,8 @@
 CPUExecutionProvider everywhere; CUDAExecutionProvider when `onnxruntime-gpu` is installed (install
 either `onnxruntime` or `onnxruntime-gpu`, not both: they ship the same module). The prompt logic,
 noise, end-of-action detection and joint recovery are the PyTorch engine's (runtime/engine.py);
-only the four model calls differ (runtime/backend.py).
+only the four model calls differ (runtime/backend.py). An int8 export (`export-onnx --quantize int8`)
+loads the same way: its graphs keep fp32 inputs and outputs, and ORT runs the quantized MatMuls.
 """
 from __future__ import annotations
 
