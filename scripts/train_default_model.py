@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=1600)
     ap.add_argument("--stream-pairs", type=int, default=600)
     ap.add_argument("--tae-steps", type=int, default=3000)
-    ap.add_argument("--t2m-steps", type=int, default=2500)
+    ap.add_argument("--t2m-steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--evaluator-epochs", type=int, default=5)
     ap.add_argument("--quality-repeats", type=int, default=3)
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     data = work / "data"
-    summary = {"seed": args.seed, "clips": args.clips, "stream_pairs": args.stream_pairs}
+    summary = {"command": " ".join(["python", "scripts/train_default_model.py", *(argv if argv is not None else sys.argv[1:])]),
+               "seed": args.seed, "clips": args.clips, "stream_pairs": args.stream_pairs}
     t0 = time.time()
     if not (data / "synth_meta.json").exists():
         make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs)
