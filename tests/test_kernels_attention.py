@@ -15,21 +15,8 @@ import torch
 
 from motionstreamer.kernels import (qknorm_decode_attention, qknorm_decode_attention_reference, qknorm_rope_attention,
                                     qknorm_rope_attention_reference, rope_tables)
-from motionstreamer.kernels import integration
 
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(not integration.available(DEV),
-                                reason="Triton kernels need CUDA, or triton with TRITON_INTERPRET=1 (tests/conftest.py)")
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def assert_close(got, ref, tol, what=""):
-    scale = max(ref.float().abs().max().item(), 1.0)   # exact zeros (T=1 grads) vs roundoff
-    torch.testing.assert_close(got.float(), ref.float(), atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}")
+from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
 
 def _qkv(B, H, T, D, dtype, seed=0, device=DEV):

@@ -25,19 +25,7 @@ from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_lay
 from motionstreamer.kernels import integration
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, draw_sampling_noise
 
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(not integration.available(DEV),
-                                reason="Triton kernels need CUDA, or triton with TRITON_INTERPRET=1 (tests/conftest.py)")
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def assert_close(got, ref, tol, what=""):
-    scale = max(ref.float().abs().max().item(), 1.0)
-    torch.testing.assert_close(got.float(), ref.float(), atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}")
+from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
 
 def randn(*shape, seed=0, dtype=torch.float32, device=DEV, std=1.0, mean=0.0):
