@@ -33,7 +33,9 @@ want build && stage "build (editable, CUDA ext for sm_${CUDAARCHS})"
 want build && run_stage 180 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/build.log" 2>&1
 python3 -c "import motionstreamer._C as c; print('cuda ext compiled:', c.with_cuda())" 2>&1 | tee -a "$LOG"
 
-want gputests && stage "GPU tests" && run_stage 150 pytest -q -rs -p no:cacheprovider \
+# -n 8: on the H200 the kernel tests are compile-bound (one Triton compile per shape and dtype; 70 tests
+# took 150 s in one process), so workers compile in parallel
+want gputests && stage "GPU tests" && run_stage 150 pytest -q -rfEs --tb=line -p no:cacheprovider -n 8 \
   tests/test_causal_conv_cuda.py tests/test_kernels_attention.py tests/test_kernels_head.py \
   tests/test_kernels_integration.py tests/test_kernels_bench.py tests/test_runtime_engine.py \
   tests/test_tae_streaming.py tests/test_default_model.py >"$OUT/gpu_tests.log" 2>&1
