@@ -202,6 +202,35 @@ def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_di
     assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3"} <= set(res["metrics"])
 
 
+def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):
+    # the same models and noise through onnxruntime give the same metrics (fp32 export parity ~1e-5)
+    pytest.importorskip("onnxruntime")
+    from motionstreamer.checkpoints import load_bundle
+    from motionstreamer.export.onnx_export import export_bundle
+    export_bundle(load_bundle(bundle_dir), tmp_path / "onnx", head_variants=[("ddpm", 2)])
+    common = ["evaluate", "t2m", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
+              "--batch", "4", "--steps", "2", "--quiet", "--device", "cpu"]
+    res = {}
+    for name, source in [("torch", ["--checkpoint", str(bundle_dir), "--dtype", "fp32"]),
+                         ("onnx", ["--onnx", str(tmp_path / "onnx")])]:
+        code, text = _run(capsys, common + source + ["--out", str(tmp_path / f"{name}.json")])
+        assert code == 0
+        res[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert "onnxruntime, fp32" in res["onnx"]["info"]["model"]
+    for k in ("fid", "matching_score", "r_precision_top3"):
+        a, b = res["torch"]["metrics"][k]["mean"], res["onnx"]["metrics"][k]["mean"]
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (k, a, b)
+    code, _ = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
+                            "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir), "--onnx",
+                            str(tmp_path / "onnx"), "--batch", "8", "--steps", "2", "--transition-length", "30",
+                            "--out", str(tmp_path / "s.json"), "--quiet", "--device", "cpu"])
+    assert code == 0 and "transition_fid" in json.loads((tmp_path / "s.json").read_text())["metrics"]
+    # --onnx takes the models from the export
+    with pytest.raises(SystemExit):
+        main(common + ["--onnx", str(tmp_path / "onnx"), "--checkpoint", str(bundle_dir)])
+    assert "leave out --checkpoint" in capsys.readouterr().err
+
+
 def test_evaluate_stream_with_a_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):
     code, text = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
                                "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir),

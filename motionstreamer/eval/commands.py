@@ -33,6 +33,9 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (official 50)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--onnx", default=None, metavar="DIR",
+                   help="an export-onnx folder: generate with the onnxruntime engine instead (e.g. to score an "
+                        "int8 export against its fp32 one); --steps must be one of its exported head variants")
 
 
 def register(subparsers) -> None:
@@ -145,8 +148,28 @@ def _load_tae(path: str, device):
 
 
 def _generation(args, device):
-    """(bundle, text encoder, GenerationConfig) from the runtime, or a clear error without it."""
+    """(bundle, text encoder, GenerationConfig, description, backend factory or None) from the runtime,
+    or a clear error without it. With --onnx the bundle is the export's statistics and the factory
+    builds onnxruntime backends of the batch's size."""
     from motionstreamer.cli import CLIError
+    if args.onnx:
+        if args.checkpoint or args.dtype:
+            raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
+        try:
+            from motionstreamer.export.ort_engine import load_ort
+            from motionstreamer.models.text import TextEncoder
+            from motionstreamer.runtime.engine import GenerationConfig
+            stats, probe = load_ort(args.onnx, 1)
+            cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+            cfg.validate()
+            text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
+        except ImportError as e:
+            raise CLIError(f"--onnx needs onnxruntime: {e}")
+        except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+            raise CLIError(f"--onnx {args.onnx}: {e}")
+        q = probe.manifest.get("quantization")
+        desc = f"onnx export {args.onnx} (onnxruntime, {q['weights'] + ' weights' if q else 'fp32'})"
+        return stats, text_encoder, cfg, desc, lambda capacity: load_ort(args.onnx, capacity)[1]
     try:
         from motionstreamer.runtime.engine import GenerationConfig
         from motionstreamer.runtime.loading import load_models
@@ -159,7 +182,7 @@ def _generation(args, device):
         cfg.validate()
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
-    return bundle, text_encoder, cfg, desc
+    return bundle, text_encoder, cfg, desc, None
 
 
 def cmd_evaluate(args) -> int:
@@ -188,8 +211,9 @@ def cmd_evaluate(args) -> int:
             from motionstreamer.data.humanml3d import load_mean_std
             mean, std = load_mean_std(args.mean_std)
             cases = P.load_stream_cases(args.stream_data, args.split, mean=mean, std=std)
-            bundle, text_encoder, gcfg, desc = _generation(args, device)
-            result = P.evaluate_stream(evaluator, cases, P.runtime_stream_generator(bundle, text_encoder, gcfg, device),
+            bundle, text_encoder, gcfg, desc, factory = _generation(args, device)
+            result = P.evaluate_stream(evaluator, cases,
+                                       P.runtime_stream_generator(bundle, text_encoder, gcfg, device, factory),
                                        mean, std, transition_length=args.transition_length, **kw)
             result.info.update(source=f"{args.stream_data} ({args.split})", model=desc)
         else:
@@ -201,8 +225,9 @@ def cmd_evaluate(args) -> int:
                 result = P.evaluate_tae(evaluator, tae, evalset, sample=not args.tae_mean, **kw)
                 result.info["tae"] = str(args.tae)
             else:
-                bundle, text_encoder, gcfg, desc = _generation(args, device)
-                result = P.evaluate_t2m(evaluator, evalset, P.runtime_generator(bundle, text_encoder, gcfg, device),
+                bundle, text_encoder, gcfg, desc, factory = _generation(args, device)
+                result = P.evaluate_t2m(evaluator, evalset,
+                                        P.runtime_generator(bundle, text_encoder, gcfg, device, factory),
                                         mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
                                         shuffle_text=args.shuffle_text, **kw)
                 result.info["model"] = desc

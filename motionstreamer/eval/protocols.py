@@ -385,32 +385,43 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
 
 
 # ----------------------------------------------------------------------------- runtime adapters
-def runtime_generator(bundle, text_encoder, config=None, device=None) -> GenerateFn:
-    """t2m generation with the streaming runtime: each caption for ceil(frames / 4) latents, batched."""
+def _frames_per_latent(bundle) -> int:
+    tae = getattr(bundle, "tae", None)
+    return tae.config.frames_per_latent if tae is not None else bundle.frames_per_latent
+
+
+def runtime_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> GenerateFn:
+    """t2m generation with the streaming runtime: each caption for ceil(frames / 4) latents, batched.
+    backend_factory(capacity) -> engine backend runs the models elsewhere (e.g. onnxruntime, with
+    `bundle` then an OrtBundle of statistics)."""
     from motionstreamer.runtime.batch import generate_batch
 
-    fpl = bundle.tae.config.frames_per_latent
+    fpl = _frames_per_latent(bundle)
 
     def generate(captions: list, lengths: list, seed: int) -> list:
         n_lat = [max(1, -(-int(n) // fpl)) for n in lengths]
-        return generate_batch(bundle, text_encoder, list(captions), n_lat, config=config, seed=seed, device=device)
+        backend = backend_factory(len(captions)) if backend_factory else None
+        return generate_batch(bundle, text_encoder, list(captions), n_lat, config=config, seed=seed, device=device,
+                              backend=backend)
 
     return generate
 
 
-def runtime_stream_generator(bundle, text_encoder, config=None, device=None) -> StreamGenerateFn:
+def runtime_stream_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> StreamGenerateFn:
     """Prompt sequences with the streaming runtime: prompt i runs for ceil(frames_i / 4) latents, the
     next one queued to start right after (no end-latent stops), all sequences batched."""
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
-    fpl = bundle.tae.config.frames_per_latent
+    fpl = _frames_per_latent(bundle)
 
     def generate(prompt_lists: list, length_lists: list, seed: int) -> list:
         base = config or GenerationConfig()
         budgets = [[max(1, -(-int(n) // fpl)) for n in lens] for lens in length_lists]
         cfg = GenerationConfig(**{**base.__dict__, "end_threshold": -1.0,
                                   "max_latents": max(sum(b) for b in budgets)})
-        engine = StreamingEngine(bundle, text_encoder, capacity=len(prompt_lists), config=cfg, device=device)
+        backend = backend_factory(len(prompt_lists)) if backend_factory else None
+        engine = StreamingEngine(bundle, text_encoder, capacity=len(prompt_lists), config=cfg, device=device,
+                                 backend=backend)
         ids = []
         for i, (prompts, lat) in enumerate(zip(prompt_lists, budgets)):
             sid = engine.add_stream(prompts[0], seed=seed + i, max_latents=lat[0])

@@ -113,13 +113,14 @@ class OrtBundle:
     end_latent: torch.Tensor
     text_encoder_name: str
     config: dict            # the exported bundle's config (sampler defaults, end threshold)
+    frames_per_latent: int = 4
 
 
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None):
     backend = OrtBackend(directory, capacity, providers, threads)
     m = backend.manifest
     stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"],
-                      m.get("config", {}))
+                      m.get("config", {}), int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
     return stats, backend
 
 

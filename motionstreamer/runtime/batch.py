@@ -14,7 +14,7 @@ from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 @torch.no_grad()
 def generate_batch(bundle, text_encoder, captions: list[str], n_latents: list[int],
                    config: GenerationConfig | None = None, seed: int = 0, use_end_latent: bool = False,
-                   device=None, dtype=None) -> list[torch.Tensor]:
+                   device=None, dtype=None, backend=None) -> list[torch.Tensor]:
     """Returns de-normalised features (4 * n_latents[i], 272) per caption (fewer when use_end_latent
     lets an action end early)."""
     if len(captions) != len(n_latents):
@@ -25,7 +25,8 @@ def generate_batch(bundle, text_encoder, captions: list[str], n_latents: list[in
     if not use_end_latent:
         cfg = GenerationConfig(**{**cfg.__dict__, "end_threshold": -1.0})
     cfg = GenerationConfig(**{**cfg.__dict__, "max_latents": max(n_latents)})
-    engine = StreamingEngine(bundle, text_encoder, capacity=len(captions), config=cfg, device=device, dtype=dtype)
+    engine = StreamingEngine(bundle, text_encoder, capacity=len(captions), config=cfg, device=device, dtype=dtype,
+                             backend=backend)
     ids = [engine.add_stream(c, seed=seed + i, max_latents=n) for i, (c, n) in enumerate(zip(captions, n_latents))]
     frames = {i: [] for i in ids}
     while engine.active_ids:
