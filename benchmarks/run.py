@@ -50,6 +50,11 @@ def timeit(fn, device, repeats: int, warmup: int = 1) -> dict:
     return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats, "unit": "ms"}
 
 
+def per_unit(stats: dict, n: int) -> dict:
+    """Timing stats of a run of n units (latents, steps) as stats per unit."""
+    return {k: (v / n if k in ("min", "median", "max") else v) for k, v in stats.items()}
+
+
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
@@ -163,7 +168,7 @@ def case_stream_latency(ctx) -> list[dict]:
                 for b, backend in zip(ref_t2m.transformer.h, saved):
                     b.attn.backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
-        base_per_latent = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in base.items()}
+        base_per_latent = per_unit(base, n_lat)
 
         engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=1, config=cfg, device=dev, dtype=dtype)
 
@@ -173,7 +178,7 @@ def case_stream_latency(ctx) -> list[dict]:
                 engine.step()
             engine.close(sid)
         fast = timeit(run_engine, dev, repeats=ctx["repeats"], warmup=1)
-        fast_per_latent = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in fast.items()}
+        fast_per_latent = per_unit(fast, n_lat)
 
         # first-frame latency: prompt in -> first 4 frames out (text embedding cached: encoder timed apart)
         def first_frame():
@@ -213,7 +218,7 @@ def case_throughput(ctx) -> list[dict]:
             rows.append({"case": f"throughput_b{batch}", "error": "out of memory"})
             break
         lat_per_s = batch * n / (r["median"] / 1000)
-        rows.append({"case": f"throughput_b{batch}_steps{steps}", "streams": batch, "step_ms": {k: (v / n if k in ("min", "median", "max") else v) for k, v in r.items()},
+        rows.append({"case": f"throughput_b{batch}_steps{steps}", "streams": batch, "step_ms": per_unit(r, n),
                      "latents_per_s": lat_per_s, "realtime_streams": lat_per_s / LATENTS_PER_SECOND_REALTIME})
     return rows
 
@@ -245,7 +250,7 @@ def case_embedded(ctx) -> list[dict]:
             engine.step()
             engine.close(sid)
         per = timeit(run_stream, dev, repeats=ctx["repeats"], warmup=1)
-        per = {k: (v / n_lat if k in ("min", "median", "max") else v) for k, v in per.items()}
+        per = per_unit(per, n_lat)
         ff = timeit(first_frame, dev, repeats=max(3, ctx["repeats"]), warmup=1)
         rows.append({"case": f"embedded_model_steps{steps}", "latents": n_lat, "engine_ms_per_latent": per,
                      "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / per["median"]})

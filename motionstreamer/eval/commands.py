@@ -169,7 +169,15 @@ def _generation(args, device):
             raise CLIError(f"--onnx {args.onnx}: {e}")
         q = probe.manifest.get("quantization")
         desc = f"onnx export {args.onnx} (onnxruntime, {q['weights'] + ' weights' if q else 'fp32'})"
-        return stats, text_encoder, cfg, desc, lambda capacity: load_ort(args.onnx, capacity)[1]
+        # one backend per batch size, reused across batches (each new stream resets its slot), so the
+        # graphs are loaded once per size rather than once per batch
+        backends = {1: probe}
+
+        def backend_for(capacity: int):
+            if capacity not in backends:
+                backends[capacity] = load_ort(args.onnx, capacity)[1]
+            return backends[capacity]
+        return stats, text_encoder, cfg, desc, backend_for
     try:
         from motionstreamer.runtime.engine import GenerationConfig
         from motionstreamer.runtime.loading import load_models
