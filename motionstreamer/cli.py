@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "motionstreamer.train.commands",     # train tae|t2m|stream|evaluator, encode-latents
     "motionstreamer.eval.commands",      # evaluate, train-evaluator
     "motionstreamer.export.commands",    # export-onnx
+    "motionstreamer.serve.commands",     # serve
 )
 
 

@@ -216,10 +216,16 @@ class StreamingEngine:
 
     # ---------------------------------------------------------------- the step
     @torch.inference_mode()
-    def step(self) -> list[FrameChunk]:
-        """Generate one latent (4 frames) for every active stream. Returns the chunks produced."""
+    def step(self, stream_ids: Iterable[int] | None = None) -> list[FrameChunk]:
+        """Generate one latent (4 frames) for every active stream, or only for the active ones among
+        `stream_ids` (a real-time server steps just the streams that are due, in one batch).
+        Returns the chunks produced."""
         self.events = []
-        streams = [self.streams[sid] for sid in self.active_ids]
+        ids = self.active_ids
+        if stream_ids is not None:
+            wanted = set(stream_ids)
+            ids = [sid for sid in ids if sid in wanted]
+        streams = [self.streams[sid] for sid in ids]
         for s in streams:
             self._maybe_switch_prompt(s)
         streams = [s for s in streams if not s.finished]
