@@ -135,7 +135,7 @@ class Service:
         import torch
 
         from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
-        from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
+        from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, SMPL_OFFSETS_24
         from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
         from motionstreamer.runtime.loading import load_models
         from motionstreamer.serve.scheduler import StreamScheduler
@@ -161,6 +161,7 @@ class Service:
             "sampling_steps": c.steps, "cfg_scale": engine.config.cfg_scale, "lookahead": c.lookahead,
             "device": str(engine.device),
             "skeleton": {"joint_names": list(JOINT_NAMES[:NUM_JOINTS]), "parents": list(PARENTS),
+                         "rest_offsets": SMPL_OFFSETS_24[:NUM_JOINTS].round(6).tolist(),
                          "bvh_hierarchy": hierarchy_text(), "bvh_joint_order": list(JOINT_ORDER),
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
