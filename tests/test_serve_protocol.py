@@ -120,8 +120,10 @@ def test_seconds_and_after_current_queue(server):
     got = run(go())
     prompts = [m["prompt"] for m in got]
     n1 = prompts.count("a person walks forward")
-    assert n1 == 6 and prompts[n1:] == ["a person waves with the right hand"] * 6   # 0.8 s = 6 latents each
-    assert [m["latent"] for m in got] == list(range(12))
+    assert n1 >= 1 and prompts[n1:] == ["a person waves with the right hand"] * (len(got) - n1)
+    assert [m["latent"] for m in got] == list(range(len(got)))
+    if not any(e["kind"] == "action_end" for m in got for e in m["events"]):
+        assert n1 == 6 and len(got) == 12          # 0.8 s = 6 latents each (an early end would restart it)
 
 
 def test_bad_messages_get_errors_and_the_stream_keeps_running(server):

@@ -180,18 +180,25 @@ class StreamScheduler:
         self._wake.set()
 
     # ------------------------------------------------------------------ engine thread
+    def poll(self) -> float | None:
+        """One turn of the loop: apply commands, step the due streams (one batch). Returns 0 after a
+        step, else the time until the next stream falls due (None: nothing scheduled)."""
+        self._apply_commands()
+        now = self.clock()
+        due, next_due = self._due(now)
+        if due or self._jobs:
+            self._step(due)
+            return 0.0
+        return None if next_due is None else max(0.0, next_due - now)
+
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while not self._stop:
             try:
-                self._apply_commands()
-                now = self.clock()
-                due, next_due = self._due(now)
-                if due or self._jobs:
-                    self._step(due)
+                wait = self.poll()
+                if wait == 0.0:
                     continue
-                timeout = 0.5 if next_due is None else min(0.5, max(0.0, next_due - now))
-                self._wake.wait(timeout)
+                self._wake.wait(0.5 if wait is None else min(0.5, wait))
                 self._wake.clear()
             except Exception:   # never let the thread die; the failing piece has been answered
                 log.exception("engine loop error")
@@ -339,7 +346,8 @@ class StreamScheduler:
                                               "underruns": live.underruns, "t": round(wall, 4)})))
         active = set(self.engine.active_ids)
         for job in list(self._jobs.values()):
-            if job.sid not in active:
+            # exact length: with on_action_end="continue" an early end restarts the prompt and its budget
+            if job.sid not in active or len(job.features) >= job.latents:
                 self._finish_job(job)
         if out:
             self.deliver(out)
