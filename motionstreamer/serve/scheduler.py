@@ -55,15 +55,15 @@ class RotationTracker:
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
         from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, accumulate_headings
-        from motionstreamer.representation.rotation import matrix_to_quaternion, rot6d_to_matrix
+        from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
 
         f = features.float().cpu()
         H = accumulate_headings(rot6d_to_matrix(f[:, HEADING_DELTA])) @ self.heading      # (4, 3, 3)
-        self.heading = H[-1]
+        self.heading = rot6d_to_matrix(matrix_to_rot6d(H[-1]))     # re-orthonormalised: no drift over hours
         M = rot6d_to_matrix(f[:, ROTATIONS].reshape(len(f), -1, 6))                       # (4, 22, 3, 3)
         pelvis = H.transpose(-1, -2) @ M[:, 0]
-        rot = torch.cat([pelvis[:, None], M[:, 1:]], dim=1)
-        return matrix_to_quaternion(rot).numpy()                                           # (4, 22, 4)
+        q = matrix_to_quaternion(torch.cat([pelvis[:, None], M[:, 1:]], dim=1))
+        return (q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)).numpy()             # (4, 22, 4) unit
 
 
 @dataclass

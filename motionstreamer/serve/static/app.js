@@ -5,6 +5,7 @@ import * as THREE from "three";
 
 const FPS = 30;
 const JITTER_FRAMES = 6;            // frames buffered before playback (re)starts: 200 ms
+const CATCH_UP_FRAMES = 24;         // more buffered than this: play 10% fast until back under it
 const MAX_BUFFER_FRAMES = 90;       // more than this buffered (tab was hidden, page stalled): skip ahead
 const MAX_RECORD_FRAMES = 30 * 60 * 20;   // BVH recording cap: 20 minutes
 const NJ = 22;
@@ -29,7 +30,7 @@ const state = {
   recIndex: [],
   receivedTimes: [],
 };
-window.motionstreamer = { state };   // read by tests and curious visitors
+window.motionstreamer = { state };   // read by tests and curious visitors (scene added below)
 
 function b64ToF32(s) {
   const bin = atob(s);
@@ -68,21 +69,30 @@ const rim = new THREE.DirectionalLight(0x7fb8ff, 0.9);
 rim.position.set(-4, 3, -5);
 scene.add(rim);
 
-const floor = new THREE.Mesh(new THREE.CircleGeometry(60, 96),
-  new THREE.MeshStandardMaterial({ color: 0x161d2c, roughness: 0.95, metalness: 0.0 }));
+// floor: a grid drawn into a repeating texture (1 m squares, 25 cm minor lines), so it is lit, takes
+// the character's shadow and needs no long line primitives (software GL drops lines that cross the camera)
+function gridTexture() {
+  const n = 512, c = document.createElement("canvas");
+  c.width = c.height = n;
+  const g = c.getContext("2d");
+  g.fillStyle = "#151c2b"; g.fillRect(0, 0, n, n);
+  g.strokeStyle = "#222c42"; g.lineWidth = 2;
+  for (let i = 1; i < 4; i++) { g.beginPath(); g.moveTo(i * n / 4, 0); g.lineTo(i * n / 4, n); g.moveTo(0, i * n / 4); g.lineTo(n, i * n / 4); g.stroke(); }
+  g.strokeStyle = "#3c4d72"; g.lineWidth = 5;
+  g.strokeRect(0, 0, n, n);
+  const t = new THREE.CanvasTexture(c);
+  t.wrapS = t.wrapT = THREE.RepeatWrapping;
+  t.repeat.set(120, 120);
+  t.anisotropy = renderer.capabilities.getMaxAnisotropy();
+  t.colorSpace = THREE.SRGBColorSpace;
+  return t;
+}
+const floor = new THREE.Mesh(new THREE.PlaneGeometry(120, 120),
+  new THREE.MeshStandardMaterial({ map: gridTexture(), roughness: 0.92, metalness: 0.0 }));
 floor.rotation.x = -Math.PI / 2;
 floor.receiveShadow = true;
 scene.add(floor);
-const grid = new THREE.GridHelper(120, 120, 0x6d83ad, 0x4a5d84);
-grid.position.y = 0.001;
-grid.material.transparent = true;
-grid.material.opacity = 0.75;
-scene.add(grid);
-const gridFine = new THREE.GridHelper(120, 600, 0x2f3c5a, 0x2f3c5a);
-gridFine.position.y = 0.0005;
-gridFine.material.transparent = true;
-gridFine.material.opacity = 0.35;
-scene.add(gridFine);
+window.motionstreamer.scene = scene;
 
 // path of the pelvis on the floor
 const TRAIL = 600;
@@ -187,7 +197,8 @@ function applyPose(p) {
 }
 
 // ------------------------------------------------------------------ camera: smooth follow, drag to orbit
-const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 4.6 };
+const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 6.0 };
+window.motionstreamer.cam = cam;
 let dragging = null;
 canvas.addEventListener("pointerdown", (e) => { dragging = { x: e.clientX, y: e.clientY }; canvas.setPointerCapture(e.pointerId); });
 canvas.addEventListener("pointerup", () => { dragging = null; });
@@ -213,7 +224,7 @@ function updateCamera(dt) {
   camera.position.set(cam.target.x + cam.distance * ce * Math.sin(cam.azimuth),
     cam.target.y + 0.35 + cam.distance * Math.sin(cam.elevation),
     cam.target.z + cam.distance * ce * Math.cos(cam.azimuth));
-  camera.lookAt(cam.target.x, cam.target.y + 0.22, cam.target.z);   // character a little below centre
+  camera.lookAt(cam.target.x, cam.target.y - 0.6, cam.target.z);   // character above the prompt panel
   sun.position.set(cam.target.x + 3, 7, cam.target.z + 4);
   sun.target.position.copy(cam.target);
 }
@@ -236,7 +247,9 @@ function advance(dt) {
       state.playhead = buf[0].index;
     } else return;
   }
-  state.playhead += dt * FPS;
+  // drain a buffer grown by a stall (page busy, tab hidden) by playing 10% fast, instead of lagging for good
+  const ahead = buf.length ? buf[buf.length - 1].index - state.playhead : 0;
+  state.playhead += dt * FPS * (ahead > CATCH_UP_FRAMES ? 1.1 : 1.0);
   if (buf.length && buf[buf.length - 1].index - state.playhead > MAX_BUFFER_FRAMES) {   // stay live
     state.playhead = buf[buf.length - 1].index - JITTER_FRAMES - 8;
     state.skipped += 1;
@@ -309,7 +322,7 @@ function onMessage(m) {
         rot: R ? R.subarray(k * 88, k * 88 + 88) : null });
     }
     state.idle = false;
-    state.framesReceived += 4; state.latents += 1;
+    state.framesReceived += 4; state.latents += 1; state.lastLatent = m.latent;
     state.serverUnderruns = m.underruns;
     state.receivedTimes.push(now);
     if (state.pendingPrompt && !state.pendingPrompt.tRecv && m.prompt === state.pendingPrompt.text) {
@@ -438,7 +451,7 @@ function frame(now) {
   fpsEma = fpsEma * 0.95 + (dt > 0 ? 1 / dt : 60) * 0.05;
   advance(dt);
   if (state.pose && bones.length) { character.visible = true; applyPose(state.pose); } else character.visible = false;
-  updateCamera(Math.min(dt, 0.1));
+  updateCamera(dt);
   renderer.render(scene, camera);
   if (now - lastOverlay > 200) { overlay(now); lastOverlay = now; }
   requestAnimationFrame(frame);
