@@ -257,7 +257,7 @@ def case_embedded(ctx) -> list[dict]:
     return rows
 
 
-EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train")
+EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train", "bench_serve")
 
 
 def case_external(ctx) -> list[dict]:
