@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 python -m pip install "torch==2.13.0"
 python -m pip install -r requirements-build.txt
 python -m pip install --no-build-isolation -e ".[test,triton]"
+# The browser test (tests/test_serve_browser.py) drives Debian's Chromium through Playwright's
+# executable_path (Playwright never downloads a browser here): install it when it is missing.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    || echo "scripts/test.sh: could not install chromium; the browser test will fail" >&2
+fi
 # `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, where the top-level
 # kernels/ folder would shadow the `kernels` name that transformers probes for.
 pytest -q -x tests

@@ -19,6 +19,7 @@ LOOKAHEAD = 2
 @pytest.fixture(scope="module")
 def models():
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # as the service runs (small per-latent ops; more threads spin-wait)
     yield load_models(None, device="cpu")[:2]
     torch.set_num_threads(threads)
 
