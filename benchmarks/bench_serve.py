@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import os
 import random
@@ -261,24 +260,15 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
 
-    from run import device_info, markdown_table
+    from run import device_info, markdown_table, write_results
     info = device_info(torch.device("cuda" if args.device.startswith("cuda") else "cpu"))
     info.update(summary)
-    table = markdown_table(rows)
     print(json.dumps(info, indent=1))
-    print(table)
+    print(markdown_table(rows))
     if not args.no_write:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = out / f"{slug}_serve_{'official' if args.model == 'official-random' else 'embedded'}_{stamp}"
-        from motionstreamer.utils import atomic_write_json, atomic_write_text
-        atomic_write_json(f"{base}.json", {"info": info, "results": rows})
-        atomic_write_text(f"{base}.md", f"# {info['name']} serve ({info['model']}, {args.steps} steps) {stamp}\n\n"
-                                        f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n"
-                                        f"`{info['command']}`\n\n{table}\n")
-        print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+        write_results(args.out, info, rows, f"serve_{'official' if args.model == 'official-random' else 'embedded'}",
+                      f"serve ({info['model']}, {args.steps} steps)",
+                      f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n`{info['command']}`\n\n")
     return 0
 
 

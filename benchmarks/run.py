@@ -358,21 +358,28 @@ def main(argv=None) -> int:
     print(json.dumps(info, indent=1))
     print(table)
     if not args.no_write:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         tag = "quick" if args.quick else ("small" if small else "official")
         if args.cases != ap.get_default("cases") or len(external) < len(EXTERNAL_MODULES):
             parts = [c if c != "external" else "-".join(m.removeprefix("bench_") for m in external)
                      for c in args.cases.split(",")]
             tag += "_" + "-".join(parts)
-        base = out / f"{slug}_{tag}_{stamp}"
-        from motionstreamer.utils import atomic_write_json, atomic_write_text
-        atomic_write_json(f"{base}.json", {"info": info, "results": rows})
-        atomic_write_text(f"{base}.md", f"# {info['name']} ({tag}, {info['dtype']}) {stamp}\n\n{table}\n")
-        print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+        write_results(args.out, info, rows, tag, f"({tag}, {info['dtype']})")
     return 0
+
+
+def write_results(out_dir, info: dict, rows: list[dict], tag: str, title: str, preamble: str = "") -> Path:
+    """benchmarks/results/<device>_<tag>_<date>.json and .md (the table); returns the path stem."""
+    from motionstreamer.utils import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = out / f"{slug}_{tag}_{stamp}"
+    atomic_write_json(f"{base}.json", {"info": info, "results": rows})
+    atomic_write_text(f"{base}.md", f"# {info['name']} {title} {stamp}\n\n{preamble}{markdown_table(rows)}\n")
+    print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+    return base
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ def frames_of(out, sink):
     return [json.loads(m) for s, m in out if s == sink and isinstance(m, str) and '"type":"frames"' in m]
 
 
+def streaming(sched, clock, prompt="a person walks forward", seconds=0.3, name="A"):
+    """A stream opened with a prompt and run for `seconds` of (fake) time."""
+    key = sched.open(name, StreamOptions(seed=0))
+    sched.push(key, prompt)
+    run_until(sched, clock, clock.t + seconds)
+    return key
+
+
 def run_until(sched, clock, t_end, dt=0.01, check=None):
     while clock.t < t_end:
         sched.poll()
@@ -92,9 +100,7 @@ def test_lookahead_bound_and_shared_batches(models):
 
 def test_prompt_takes_effect_at_the_next_step(models):
     sched, engine, clock, out = make(models)
-    a = sched.open("A", StreamOptions(seed=0))
-    sched.push(a, "a person walks forward")
-    run_until(sched, clock, clock.t + 1.0)
+    a = streaming(sched, clock, seconds=1.0)
     sent = clock.t
     n_before = len(frames_of(out, "A"))
     sched.push(a, "a person waves with the right hand")
@@ -115,9 +121,7 @@ def test_prompt_takes_effect_at_the_next_step(models):
 
 def test_stall_is_an_underrun_and_the_clock_reanchors(models):
     sched, engine, clock, out = make(models)
-    a = sched.open("A", StreamOptions(seed=0))
-    sched.push(a, "a person jogs forward")
-    run_until(sched, clock, clock.t + 1.0)
+    streaming(sched, clock, "a person jogs forward", seconds=1.0)
     clock.t += 1.0                                          # the engine thread was stalled for a second
     run_until(sched, clock, clock.t + 1.0)
     fa = frames_of(out, "A")
@@ -162,9 +166,7 @@ def test_full_and_queue_limits(models):
 
 def test_failing_step_closes_only_its_streams(models):
     sched, engine, clock, out = make(models)
-    a = sched.open("A", StreamOptions(seed=0))
-    sched.push(a, "a person walks forward")
-    run_until(sched, clock, clock.t + 0.3)
+    streaming(sched, clock)
     real_step = engine.step
     engine.step = lambda ids=None: (_ for _ in ()).throw(RuntimeError("boom"))
     sched.poll()
@@ -173,16 +175,13 @@ def test_failing_step_closes_only_its_streams(models):
     closes = [m for s, m in out if s == "A" and isinstance(m, Close)]
     assert closes and closes[0].code == CLOSE_INTERNAL and "RuntimeError" in closes[0].reason
     engine.step = real_step
-    b = sched.open("B", StreamOptions(seed=0))               # the scheduler keeps serving
-    sched.push(b, "a person walks forward")
-    run_until(sched, clock, clock.t + 0.5)
+    streaming(sched, clock, seconds=0.5, name="B")           # the scheduler keeps serving
     assert len(frames_of(out, "B")) >= 3
 
 
 def test_generate_job_runs_beside_live_streams(models):
     sched, engine, clock, out = make(models)
-    a = sched.open("A", StreamOptions(seed=0))
-    sched.push(a, "a person walks forward")
+    streaming(sched, clock, seconds=0.0)
     fut = sched.generate("a person jumps up", seconds=1.0, seed=0)
     with pytest.raises(ServerFull):
         sched.generate("a person jumps up", seconds=1.0)
