@@ -226,6 +226,14 @@ class Service:
         return None
 
 
+async def close_quietly(ws, close: Close, timeout: float = 2.0) -> None:
+    """Close with a code and reason; a client that already left (or stopped reading) is let go."""
+    try:
+        await asyncio.wait_for(ws.close(close.code, close.reason), timeout)
+    except Exception:
+        pass
+
+
 class Connection:
     """One WebSocket = one stream. A sender task drains a bounded queue; a receiver task reads
     client messages; the engine thread posts into the queue through the event loop."""
@@ -262,11 +270,10 @@ class Connection:
         self.key = sched.open(self, options)         # ServerFull propagates to the caller
         self.service.connections.add(self)
         try:
-            await self.ws.send_text(dumps({
-                "type": "hello", "v": PROTOCOL_VERSION, "stream": self.key, "seed": options.seed,
-                "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT, "lookahead": sched.lookahead,
-                "encoding": ENCODING, "features": options.features, "rotations": options.rotations,
-                "server": self.service.server_id, "limits": self.limits.as_dict()}))
+            try:
+                await self._send_hello(options)
+            except Exception:                        # the client left before its hello
+                return
             tasks = [asyncio.create_task(self._sender()), asyncio.create_task(self._receiver()),
                      asyncio.create_task(self.done.wait())]
             _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -277,14 +284,19 @@ class Connection:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     self.client_gone = True           # a send or receive failed: the socket is gone
             if self.close_with is not None and not self.client_gone:
-                try:
-                    await asyncio.wait_for(self.ws.close(self.close_with.code, self.close_with.reason), 2.0)
-                except Exception:
-                    pass
+                await close_quietly(self.ws, self.close_with)
         finally:
             self.done.set()
             self.service.connections.discard(self)
             sched.close(self.key)
+
+    async def _send_hello(self, options) -> None:
+        sched = self.service.scheduler
+        await self.ws.send_text(dumps({
+            "type": "hello", "v": PROTOCOL_VERSION, "stream": self.key, "seed": options.seed,
+            "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT, "lookahead": sched.lookahead,
+            "encoding": ENCODING, "features": options.features, "rotations": options.rotations,
+            "server": self.service.server_id, "limits": self.limits.as_dict()}))
 
     async def _sender(self) -> None:
         while True:
@@ -455,17 +467,16 @@ def create_app(config: ServeConfig | None = None, **overrides):
         await ws.accept()
         why = service.refusal(ws.headers, ws.query_params, websocket=True)
         if why is not None:
-            await ws.close(CLOSE_POLICY, Close(CLOSE_POLICY, why).reason)
+            await close_quietly(ws, Close(CLOSE_POLICY, why))
             return
         try:
             options = parse_stream_options(ws.query_params)
         except ProtocolError as e:
-            await ws.close(CLOSE_POLICY, Close(CLOSE_POLICY, str(e)).reason)
+            await close_quietly(ws, Close(CLOSE_POLICY, str(e)))
             return
-        conn = Connection(ws, service)
         try:
-            await conn.run(options)
+            await Connection(ws, service).run(options)
         except ServerFull as e:
-            await ws.close(CLOSE_FULL, Close(CLOSE_FULL, str(e)).reason)
+            await close_quietly(ws, Close(CLOSE_FULL, str(e)))
 
     return app
