@@ -336,6 +336,8 @@ function onMessage(m) {
     if (m.events.some((e) => e.kind === "finished")) state.idle = true;
   } else if (m.type === "ack") {
     setQueue(m.queue);
+  } else if (m.type === "pong") {
+    // keep-alive answer
   } else if (m.type === "error") {
     addEvent("error", m.code, m.message);
   }
@@ -481,6 +483,12 @@ async function start() {
   connect();
   $("prompt").focus();
 }
+
+// the server closes streams idle for limits.idle_timeout_s; a visible page is being watched: keep it open
+setInterval(() => {
+  if (document.visibilityState === "visible" && state.ws && state.ws.readyState === WebSocket.OPEN)
+    state.ws.send('{"type": "ping"}');
+}, 60_000);
 
 requestAnimationFrame(frame);
 start();
