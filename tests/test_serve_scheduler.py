@@ -189,3 +189,22 @@ def test_generate_job_runs_beside_live_streams(models):
     feats, joints = fut.result(timeout=0)
     assert feats.shape == (32, 272) and joints.shape == (32, 22, 3)     # 1 s = 8 latents
     assert sched.n_jobs == 0 and len(frames_of(out, "A")) >= 3
+
+
+def test_engine_steps_only_the_given_streams(models):
+    """engine.step(stream_ids) (the one engine addition the service needs): only those streams advance,
+    and a stream's latents do not depend on which others share its steps."""
+    bundle, text = models
+    cfg = GenerationConfig(sampling_steps=1, on_action_end="continue", max_latents=10**6)
+    eng = StreamingEngine(bundle, text, capacity=3, config=cfg)
+    a = eng.add_stream("a person walks forward", seed=0)
+    b = eng.add_stream("a person jumps up", seed=1)
+    got = {a: [], b: []}
+    for ids in ([a], [a, b], [b], [a], None, [b, 99]):        # 99: unknown ids are ignored
+        for c in eng.step(ids):
+            got[c.stream_id].append(c.latent)
+    assert len(got[a]) == 4 and len(got[b]) == 4
+    alone = StreamingEngine(bundle, text, capacity=1, config=cfg)
+    s = alone.add_stream("a person walks forward", seed=0)
+    ref = [c.latent for _ in range(4) for c in alone.step([s])]
+    torch.testing.assert_close(torch.stack(got[a]), torch.stack(ref), atol=1e-5, rtol=0)
