@@ -1,7 +1,6 @@
 """CLI verb `serve`: the live service on uvicorn, or on Ray Serve with --ray."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
