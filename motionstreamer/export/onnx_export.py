@@ -17,6 +17,13 @@ quantize="int8": the transformer (prefill, decode step) and head graphs are then
 onnxruntime's dynamic quantization: int8 weights for every MatMul/Gemm with a constant weight, activations
 quantized per call (inputs, outputs and the KV cache stay fp32, so the engine runs either export alike).
 The manifest's "quantization" entry names the rewritten files and the scheme.
+
+The weights use 7 bits of the int8 range (`reduce_range`, WEIGHT_QMAX): x86 CPUs without VNNI (AVX2,
+AVX-512 without VNNI) multiply uint8 activations by int8 weights with VPMADDUBSW, which adds adjacent
+products in int16 and saturates: 2 * 255 * 127 overflows 32767, 2 * 255 * 64 = 32640 does not. With
+full-range weights the int8 graphs gave 7x the error on an AVX2 CPU (qemu -cpu Haswell) of the same
+graphs on an AVX-512-VNNI one; with 7-bit weights every x86 CPU computes the same integers, and the
+outputs are bit-identical (tests/test_export_onnx.py runs them under qemu's Haswell model).
 """
 from __future__ import annotations
 
@@ -99,6 +106,9 @@ class TAEStepGraph(nn.Module):
 
 
 QUANTIZE = ("int8",)
+# int8 weights are symmetric in [-WEIGHT_QMAX, WEIGHT_QMAX] (onnxruntime's reduce_range): the
+# uint8 x int8 pair sums of non-VNNI x86 kernels then fit int16 (module docstring)
+WEIGHT_QMAX = 64
 
 
 def _gemm_to_matmul(model):
@@ -134,8 +144,9 @@ def _gemm_to_matmul(model):
 
 
 def _quantize_int8(path: Path, per_channel: bool) -> None:
-    """Replace the fp32 graph at `path` by its int8 dynamic quantization (weights int8, activations
-    uint8 per call), atomically, checked. Conv stays fp32 (see export_bundle)."""
+    """Replace the fp32 graph at `path` by its int8 dynamic quantization (weights int8 in
+    [-WEIGHT_QMAX, WEIGHT_QMAX], activations uint8 per call), atomically, checked. Conv stays fp32
+    (see export_bundle)."""
     import logging
 
     import onnx
@@ -149,7 +160,7 @@ def _quantize_int8(path: Path, per_channel: bool) -> None:
     try:
         with atomic_path(path) as tmp:
             quantize_dynamic(model, str(tmp), op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                             weight_type=QuantType.QInt8)
+                             weight_type=QuantType.QInt8, reduce_range=True)
             onnx.checker.check_model(onnx.load(str(tmp)))
     finally:
         logging.getLogger().setLevel(level)
@@ -229,7 +240,8 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("dd
         "tae_states": [list(b.shape[1:]) for b in state.buffers],
         "heads": heads,
         "quantization": {"weights": "int8", "method": "onnxruntime.quantization.quantize_dynamic",
-                         "weight_type": "QInt8", "activations": "uint8, dynamic", "ops": ["MatMul", "Gemm"],
+                         "weight_type": "QInt8", "weight_range": [-WEIGHT_QMAX, WEIGHT_QMAX],
+                         "activations": "uint8, dynamic", "ops": ["MatMul", "Gemm"],
                          "files": quantized, "fp32_files": ["tae_decode_step.onnx"]}
                         if quantize else None,
         "mean": bundle.mean.float().cpu().tolist(), "std": bundle.std.float().cpu().tolist(),
