@@ -27,6 +27,17 @@ class CLIError(Exception):
     """A user-facing error: printed as `motionstreamer: error: ...` with exit code 2, no traceback."""
 
 
+def check_output(path, flag: str, kind: str = "file") -> None:
+    """CLIError naming `flag` when the file or folder `path` cannot be written (utils.check_writable).
+    Verbs call it before their work, so that a bad destination never costs a run."""
+    from motionstreamer.utils import check_writable
+
+    try:
+        check_writable(path, kind)
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from motionstreamer import __version__
 
