@@ -50,7 +50,7 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
     (["generate", "walk " * 300], "too long"),
     (["generate", "walk", "--out", "../escape"], "escapes"),
     (["generate", "walk", "--checkpoint", "/nonexistent/dir"], "not found"),
-    (["stream", "--prompt", "walk@abc"], "not a number"),
+    (["stream", "--prompt", "walk@4x"], "not a number"),
     (["stream", "--prompt", "walk@-1"], "must be in"),
     (["stream"], "at least one --prompt"),
     (["generate", "walk", "--max-seconds", "0"], "max-seconds"),

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -50,7 +53,8 @@ def register(subparsers) -> None:
         description="Stream one continuous motion from prompts given in order (--prompt 'TEXT' or "
                     "'TEXT@SECONDS'), or read live from stdin, one prompt per line.")
     s.add_argument("--prompt", action="append", default=[], metavar="TEXT[@SECONDS]",
-                   help="a prompt, optionally with its duration in seconds after '@'; repeat for more")
+                   help="a prompt, optionally with its duration in seconds after a final '@' (other '@' are "
+                        "text; '@@' is a literal '@'); repeat for more")
     s.add_argument("--stdin", action="store_true",
                    help="read prompts line by line from standard input while streaming (live)")
     s.add_argument("--realtime", action="store_true",
@@ -61,16 +65,24 @@ def register(subparsers) -> None:
     s.set_defaults(func=cmd_stream)
 
 
+_LITERAL_AT = "\x00"   # stands for an escaped '@@' while the duration is split off
+
+
 def parse_prompt(spec: str) -> tuple[str, float | None]:
+    """'TEXT@SECONDS' -> (TEXT, SECONDS). Only a final '@' followed by a number is a duration: other
+    '@' stay text ('email me@home'), and '@@' is a literal '@' ('meet@@5' is the text 'meet@5')."""
     from motionstreamer.cli import CLIError
 
-    text, sep, dur = spec.rpartition("@")
-    if not sep:
-        return spec, None
+    escaped = spec.replace("@@", _LITERAL_AT)
+    text, sep, dur = escaped.rpartition("@")
+    if not sep or (dur.strip() and not re.match(r"\s*[-+]?(\d|\.\d|inf|nan)", dur, re.IGNORECASE)):
+        return spec.replace("@@", "@"), None
+    text = text.replace(_LITERAL_AT, "@")
     try:
         seconds = float(dur)
     except ValueError:
-        raise CLIError(f"bad prompt duration in {spec!r}: {dur!r} is not a number of seconds")
+        raise CLIError(f"bad prompt duration in {spec!r}: {dur!r} is not a number of seconds "
+                       f"(write '@@' for a literal '@')")
     if not 0 < seconds <= MAX_SECONDS:
         raise CLIError(f"bad prompt duration in {spec!r}: must be in (0, {MAX_SECONDS:g}] seconds")
     return text, seconds
@@ -112,18 +124,22 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     import numpy as np
     import torch
 
-    from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.engine import MAX_PROMPT_CHARS
+    from motionstreamer.cli import CLIError, check_output
+    from motionstreamer.runtime.engine import check_prompt, check_seed
     from motionstreamer.runtime.loading import load_models
     from motionstreamer.runtime.session import StreamingSession
     from motionstreamer.utils import atomic_save_npy
 
-    for text, _ in prompts:
-        if not text.strip():
-            raise CLIError("a prompt is empty: describe the motion, e.g. 'a person walks forward'")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise CLIError(f"a prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
+    try:
+        prompts = [(check_prompt(text), seconds) for text, seconds in prompts]
+        check_seed(args.seed)
+    except ValueError as e:
+        raise CLIError(str(e))
     prefix = resolve_output_prefix(args.out, args.out_dir)
+    outputs = [f"{prefix}.npy", f"{prefix}_joints.npy"] + ([f"{prefix}.bvh"] if args.bvh else []) \
+        + ([f"{prefix}.{args.render}"] if args.render else [])
+    for path in outputs:          # before the model runs: an unwritable --out must not cost the work
+        check_output(path, "--out")
     try:
         config = _config(args)
         config.validate()
@@ -136,57 +152,72 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         torch.set_num_threads(args.threads or 1)
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, args.device, args.dtype)
+        log(f"model: {desc}")
+        session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    log(f"model: {desc}")
-    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
     for i, (text, seconds) in enumerate(prompts):
         session.push_text(text, duration=seconds, after_current=True)
 
     lock = threading.Lock()
+    queued = len(prompts)
     if live_stdin:
-        def reader():
-            for line in sys.stdin:
-                line = line.strip()
-                if line:
-                    with lock:
-                        try:
-                            session.push_text(line)
-                            log(f"prompt queued: {line!r}")
-                        except ValueError as e:
-                            log(f"ignored prompt: {e}")
-        thread = threading.Thread(target=reader, daemon=True)
+        def on_line(line: str) -> None:
+            nonlocal queued
+            with lock:
+                try:
+                    session.push_text(line)
+                    queued += 1
+                    log(f"prompt queued: {line!r}")
+                except (ValueError, TypeError) as e:
+                    log(f"ignored prompt: {e}")
+        stdin = functools.partial(os.read, sys.stdin.fileno())
+        thread = threading.Thread(target=read_prompt_lines, args=(stdin, on_line, log), daemon=True)
         thread.start()
 
     feats, joints = [], []
     t0 = time.perf_counter()
     first_latency = None
     gen_time = 0.0
-    while True:
-        with lock:
-            finished = session.finished
-        if finished:
-            if live_stdin and thread.is_alive():
-                time.sleep(0.05)
+    ended = None        # why generation stopped early: a signal's name, or "stdout closed"
+    with StopSignals() as stop:
+        while stop.signal is None:
+            with lock:
+                finished = session.finished
+            if finished:
+                if live_stdin and thread.is_alive():
+                    time.sleep(0.05)
+                    continue
+                break
+            ts = time.perf_counter()
+            with lock:
+                chunk = session.step()
+            gen_time += time.perf_counter() - ts
+            if chunk is None:
                 continue
-            break
-        ts = time.perf_counter()
-        with lock:
-            chunk = session.step()
-        gen_time += time.perf_counter() - ts
-        if chunk is None:
-            continue
-        if first_latency is None:
-            first_latency = time.perf_counter() - t0
-        feats.append(chunk.features.cpu())
-        joints.append(chunk.joints.cpu())
-        if args.jsonl if hasattr(args, "jsonl") else False:
-            print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
-                              "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
-        if getattr(args, "realtime", False):
-            due = t0 + (chunk.start_frame + 4) / 30.0
-            time.sleep(max(0.0, due - time.perf_counter()))
+            if first_latency is None:
+                first_latency = time.perf_counter() - t0
+            if not (torch.isfinite(chunk.features).all() and torch.isfinite(chunk.joints).all()):
+                raise CLIError(f"the model produced non-finite motion (NaN/inf) at latent {chunk.latent_index}; "
+                               f"nothing written. Check --cfg/--temperature and the checkpoint")
+            feats.append(chunk.features.cpu())
+            joints.append(chunk.joints.cpu())
+            if getattr(args, "jsonl", False) and not print_jsonl(
+                    {"start_frame": chunk.start_frame, "prompt": chunk.prompt,
+                     "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}):
+                ended = "stdout closed"
+                break
+            if getattr(args, "realtime", False):
+                due = t0 + (chunk.start_frame + 4) / 30.0
+                time.sleep(max(0.0, due - time.perf_counter()))
+        ended = ended or stop.signal
     if not feats:
+        if ended:
+            print(f"motionstreamer: {ended} before any frame was generated; nothing written", file=sys.stderr)
+            return stop.exit_code or 0
+        if queued == 0:
+            raise CLIError("no prompt was given: standard input ended before a prompt line "
+                           "(write one prompt per line)" if live_stdin else "no prompt was given")
         raise CLIError("no frames were generated (the first action ended immediately); try another seed")
     features = torch.cat(feats).numpy().astype(np.float32)
     joint_arr = torch.cat(joints).numpy().astype(np.float32)
@@ -212,7 +243,101 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         written.append(out)
     for w in written:
         log(f"wrote {w}")
-    return 0
+    if ended:   # said even with --quiet: the files hold a stream cut short
+        print(f"motionstreamer: {ended}: saved the {n_frames} frames generated so far to {written[0]} "
+              f"and the other outputs", file=sys.stderr)
+    return stop.exit_code or 0
+
+
+# ----------------------------------------------------------------------------- live input and output
+MAX_LINE_BYTES = 16 * 1024     # a prompt line (prompts are at most MAX_PROMPT_CHARS characters)
+
+
+def read_prompt_lines(read, on_line, log, max_bytes: int = MAX_LINE_BYTES) -> None:
+    """Call on_line(text) for every non-blank line read with read(n) -> bytes (b"" at the end), e.g.
+    functools.partial(os.read, 0). A line that is not UTF-8, or longer than max_bytes (never held
+    whole in memory: `< /dev/zero` stays bounded), is reported through log and skipped; reading goes
+    on after it. Reading the file descriptor directly, not sys.stdin, leaves no lock held by this
+    thread when the interpreter exits while it waits."""
+    buf, skipping = b"", False
+    while True:
+        data = read(65536)
+        buf += data
+        lines = buf.split(b"\n")
+        buf = lines.pop() if data else b""      # the unfinished last piece (all of it at the end)
+        if not data and lines == [b""]:
+            lines = []
+        for line in lines:
+            if skipping:                        # the end of a line already reported as too long
+                skipping = False
+                continue
+            _take_line(line, on_line, log, max_bytes)
+        if len(buf) > max_bytes:
+            if not skipping:
+                log(f"ignored a line longer than {max_bytes} bytes (one prompt per line)")
+            buf, skipping = b"", True
+        if not data:
+            return
+
+
+def _take_line(line: bytes, on_line, log, max_bytes: int) -> None:
+    if len(line) > max_bytes:
+        log(f"ignored a line longer than {max_bytes} bytes (one prompt per line)")
+        return
+    try:
+        text = line.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        log(f"ignored a line that is not UTF-8 text (byte 0x{line[e.start]:02x} at position {e.start})")
+        return
+    if text:
+        on_line(text)
+
+
+def print_jsonl(record: dict) -> bool:
+    """One JSON line on stdout; False when stdout is closed (a reader that went away ends the stream).
+    Non-finite numbers are refused (bare NaN is not JSON)."""
+    try:
+        print(json.dumps(record, allow_nan=False), flush=True)
+        return True
+    except BrokenPipeError:
+        # stdout's buffer still holds the line: point the descriptor at /dev/null so that flushing
+        # at exit does not raise again (the recipe of Python's signal documentation)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return False
+
+
+class StopSignals:
+    """While active, the first SIGINT or SIGTERM only asks to stop (`signal` is its name), so that the
+    work done so far can be saved; a second one acts as usual (Ctrl-C again aborts). Outside the main
+    thread signals cannot be caught and this does nothing."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s)
+
+    def __init__(self):
+        self.signal: str | None = None
+        self.exit_code: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal, self.exit_code = f"interrupted ({signal.Signals(signum).name})", 128 + signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def cmd_generate(args) -> int:

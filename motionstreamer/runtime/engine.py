@@ -16,6 +16,7 @@ A new prompt, or a full context window, re-prefills the slot's two rows with
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -25,6 +26,33 @@ import torch
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
 MAX_PROMPT_CHARS = 1000
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)    # what torch.Generator.manual_seed takes
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt with its whitespace collapsed; TypeError / ValueError naming what is wrong."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:   # lone surrogates: undecodable bytes of a command line or file
+        bad = prompt[e.start]
+        what = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
+        raise ValueError(f"prompt {prompt!r} is not valid UTF-8 text ({what} at position {e.start})") from None
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+    return prompt
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {seed}")
+    return int(seed)
 
 
 @dataclass
@@ -57,14 +85,21 @@ class GenerationConfig:
 def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
     """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
     import dataclasses
+    import math
     sampler = bundle_config.get("sampler", {})
+    if not isinstance(sampler, dict) or set(sampler) - {"skip_terminal_step"} \
+            or not isinstance(sampler.get("skip_terminal_step", False), bool):
+        raise ValueError(f"the model's config.json: 'sampler' must be {{\"skip_terminal_step\": true|false}}, "
+                         f"got {sampler!r}")
     skip = config.skip_terminal_step
     if skip is None:
-        skip = bool(sampler.get("skip_terminal_step", False))
+        skip = sampler.get("skip_terminal_step", False)
     thr = config.end_threshold
     if thr is None:
-        thr = float(bundle_config.get("end_threshold", 0.1))
-    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=thr)
+        thr = bundle_config.get("end_threshold", 0.1)
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
+            raise ValueError(f"the model's config.json: 'end_threshold' must be a finite number, got {thr!r}")
+    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr))
 
 
 @dataclass
@@ -142,6 +177,8 @@ class StreamingEngine:
         if not 0 < self.history_keep < self.block_size - 1:
             raise ValueError(f"history_keep must be in [1, {self.block_size - 2}], got {self.history_keep}")
         self.latent_dim = backend.latent_dim
+        # the sampler settings the backend cannot run fail here, not inside the first step
+        backend.num_sampling_steps(self.config.sampling_steps, self.config.sampler, self.config.skip_terminal_step)
         self.root = RootState.initial(capacity, device=self.device)
         self.streams: dict[int, _Stream] = {}
         self._free_slots = list(range(capacity))
@@ -156,7 +193,10 @@ class StreamingEngine:
             raise RuntimeError(f"engine is full ({self.capacity} streams); close one or raise capacity")
         slot = self._free_slots.pop(0)
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:
+            gen.seed()      # a fresh seed from the OS; the caller's global torch RNG is left alone
+        else:
+            gen.manual_seed(check_seed(seed))
         sid = next(self._ids)
         self.streams[sid] = _Stream(sid, slot, gen)
         self.backend.reset(slot)
@@ -175,8 +215,9 @@ class StreamingEngine:
         """
         s = self._get(stream_id)
         prompt = self._check_prompt(prompt)
-        if max_latents is not None and max_latents < 1:
-            raise ValueError(f"max_latents must be >= 1, got {max_latents}")
+        if max_latents is not None and (isinstance(max_latents, bool) or not isinstance(max_latents, numbers.Integral)
+                                        or max_latents < 1):
+            raise ValueError(f"max_latents must be an integer >= 1, got {max_latents!r}")
         s.queue.append((prompt, self._embed(prompt), max_latents, after_current))
         s.finished = False
 
@@ -195,16 +236,7 @@ class StreamingEngine:
             raise KeyError(f"unknown or closed stream id {stream_id}")
         return self.streams[stream_id]
 
-    @staticmethod
-    def _check_prompt(prompt: str) -> str:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        prompt = " ".join(prompt.split())
-        if not prompt:
-            raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
-        return prompt
+    _check_prompt = staticmethod(check_prompt)
 
     def _embed(self, prompt: str) -> torch.Tensor:
         return self.text_encoder.encode([prompt])[0].float().cpu()

@@ -1,6 +1,8 @@
 """A single stream: push prompts at any time, pull 4-frame chunks. Built on StreamingEngine."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterator
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
@@ -8,8 +10,8 @@ from motionstreamer.runtime.engine import FrameChunk, GenerationConfig, Streamin
 
 
 def seconds_to_latents(seconds: float) -> int:
-    if not seconds > 0:
-        raise ValueError(f"duration must be > 0 seconds, got {seconds}")
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+        raise ValueError(f"duration must be a finite number of seconds > 0, got {seconds!r}")
     return max(1, round(seconds * FPS / FRAMES_PER_LATENT))
 
 
