@@ -66,7 +66,8 @@ def main(argv=None) -> int:
                           schedule="cosine", warmup_steps=100, milestones=(), grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, window=64)
     tae_ck = work / "tae" / "checkpoint_last.pt"
-    res = train_tae(tae, list(motions.values()), tcfg, resume=tae_ck if args.resume and tae_ck.exists() else None)
+    resume_tae = args.resume and tae_ck.exists()
+    res = train_tae(tae, list(motions.values()), tcfg, resume=tae_ck if resume_tae else None, overwrite=not resume_tae)
     summary["tae"] = {"steps": res.step, "params": sum(p.numel() for p in tae.parameters()), **loss_summary(work / "tae")}
     tae.eval()
 
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, batch_mul=2)
     t2m_ck = work / "t2m" / "checkpoint_last.pt"
+    resume_t2m = args.resume and t2m_ck.exists()
     res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"},
-                    resume=t2m_ck if args.resume and t2m_ck.exists() else None)
+                    resume=t2m_ck if resume_t2m else None, overwrite=not resume_t2m)
     summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
                       "params": sum(p.numel() for p in model.parameters()), **loss_summary(work / "t2m")}
     model.eval()
@@ -145,7 +147,8 @@ def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
         evaluator = TMREvaluator.load(run_dir / "evaluator")
     else:
         evaluator, _ = train_evaluator(data, cfg, EvaluatorConfig.small("minilm"),
-                                       resume=ck if resume and ck.exists() else None)
+                                       resume=ck if resume and ck.exists() else None,
+                                       overwrite=not (resume and ck.exists()))
     info = {"config": "small (MiniLM backbone, latent 64, 2 layers)", "epochs": epochs,
             "params_trained": sum(v.numel() for v in evaluator.export_state_dict().values()),
             **loss_summary(run_dir)}

@@ -230,12 +230,15 @@ def make_batch_fn(items: list[dict], cache: CaptionFeatureCache, sims, sampler: 
 # ----------------------------------------------------------------------------- training
 def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_config: EvaluatorConfig | None = None,
                     resume: str | Path | None = None, split: str = "train", stop_after: int | None = None,
-                    dataset=None) -> tuple[TMREvaluator, TrainResult]:
+                    dataset=None, overwrite: bool = False) -> tuple[TMREvaluator, TrainResult]:
     """Train; every `save_every` steps and at the end: out_dir/checkpoint_last.pt (full training state,
-    for --resume) and out_dir/evaluator/{evaluator.safetensors, config.json} (the model)."""
+    for --resume) and out_dir/evaluator/{evaluator.safetensors, config.json} (the model). An out_dir
+    holding another run is refused unless overwrite=True (train.common.check_run_dir)."""
     from motionstreamer.data.humanml3d import HumanML3D272Dataset
+    from motionstreamer.train.common import check_run_dir
 
     out_dir = Path(cfg.out_dir)
+    check_run_dir(out_dir, resume, overwrite)     # before the dataset and caption features are built
     start_step = 0
     if resume:
         ck = load_checkpoint(resume)
@@ -280,7 +283,7 @@ def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_confi
         if stop_after is not None:
             todo = min(todo, stop_after - (step - start_step))
         result = train_loop(objective, cfg, sample_batch, loss_fn, name=TRAINER_NAME, extra_config=extra,
-                            resume=ckpt, stop_after=todo)
+                            resume=ckpt, stop_after=todo, overwrite=overwrite and result is None)
         losses += result.losses
         step = result.step
         ckpt = out_dir / CHECKPOINT_NAME

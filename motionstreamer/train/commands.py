@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--model-size", choices=("official", "small"), default="official",
                    help="model config for a new run (a resumed run keeps its checkpoint's)")
     p.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint_last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it such a folder is refused)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the config's device, auto)")
 
 
@@ -95,7 +97,7 @@ def register(subparsers) -> None:
 # ----------------------------------------------------------------------------- helpers
 def _config(cls, args):
     from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import load_config_file, parse_overrides
+    from motionstreamer.train.common import check_run_dir, load_config_file, parse_overrides
 
     cfg = cls()
     try:
@@ -106,6 +108,7 @@ def _config(cls, args):
             cfg = cfg.updated({"out_dir": args.out})
         if args.device is not None:
             cfg = cfg.updated({"device": args.device})
+        check_run_dir(cfg.out_dir, args.resume, args.overwrite)   # before the data is read
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     return cfg
@@ -141,7 +144,7 @@ def _run(train_fn):
 
     try:
         result = train_fn()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         cleanup_distributed(barrier=False)
         raise CLIError(str(e))
     except BaseException:
@@ -173,7 +176,7 @@ def cmd_train_tae(args) -> int:
     else:
         tae_cfg = TAEConfig.official() if args.model_size == "official" else TAEConfig.small()
     torch_seed(cfg.seed)
-    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, cfg, resume=args.resume))
+    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, cfg, resume=args.resume, overwrite=args.overwrite))
     _say(f"trained TAE to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
          f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
     return 0
@@ -252,7 +255,7 @@ def cmd_train_t2m(args) -> int:
     emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
     torch_seed(cfg.seed)
     model = _t2m_model(args, emb[""].shape[-1], _checkpoint(args.resume, ("t2m",)) if args.resume else None)
-    res = _run(lambda: train_t2m(model, examples, emb, cfg, resume=args.resume,
+    res = _run(lambda: train_t2m(model, examples, emb, cfg, resume=args.resume, overwrite=args.overwrite,
                                  extra_config={"text_encoder": args.text_encoder}))
     _say(f"trained t2m to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
          f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
@@ -278,7 +281,7 @@ def cmd_train_stream(args) -> int:
     if init is not None and not args.resume:
         _load_t2m_weights(model, init, args.init, ema=False)
     res = _run(lambda: train_t2m(model, examples, emb, cfg, name="stream", resume=args.resume,
-                                 extra_config={"text_encoder": args.text_encoder}))
+                                 overwrite=args.overwrite, extra_config={"text_encoder": args.text_encoder}))
     _say(f"trained streaming model to step {res.step}: last loss "
          f"{res.losses[-1][1] if res.losses else float('nan'):.4f}; checkpoint {res.checkpoint}")
     return 0

@@ -287,17 +287,86 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read training checkpoint {path}: {e}") from e
 
 
+# What a training run leaves in its folder (train-evaluator also writes evaluator/): a folder holding
+# any of them is a run, continued with --resume or replaced with --overwrite, never silently mixed.
+RUN_FILES = (CHECKPOINT_NAME, "config.json", "log.jsonl", "tb", "evaluator")
+
+
+def check_run_dir(out_dir: str | os.PathLike, resume: str | os.PathLike | None = None,
+                  overwrite: bool = False) -> bool:
+    """Whether a training may write into out_dir; ValueError naming the folder otherwise. A folder
+    holding a run (RUN_FILES) is refused unless the run is continued (`resume` is its own
+    checkpoint_last.pt) or overwrite=True. Returns True when out_dir holds a run that the training
+    will replace (overwrite, and not continuing it)."""
+    from motionstreamer.utils import check_writable
+
+    out_dir = Path(out_dir)
+    check_writable(out_dir, "folder")
+    found = [n for n in RUN_FILES if (out_dir / n).exists()]
+    if not found:
+        return False
+    continuing = resume is not None and Path(resume).resolve() == (out_dir / CHECKPOINT_NAME).resolve()
+    if continuing:
+        return False
+    if overwrite:
+        return True
+    how = f"continue it with --resume {out_dir / CHECKPOINT_NAME}, " if (out_dir / CHECKPOINT_NAME).exists() else ""
+    raise ValueError(f"{out_dir} already holds a training run ({', '.join(found)}); {how}replace it with "
+                     f"--overwrite, or choose another --out")
+
+
+def clear_run_dir(out_dir: str | os.PathLike) -> None:
+    """Remove a previous run's files (RUN_FILES) and checkpoint temporaries from out_dir."""
+    import shutil
+
+    from motionstreamer.utils import remove_stale_temporaries
+
+    out_dir = Path(out_dir)
+    for n in RUN_FILES:
+        p = out_dir / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        remove_stale_temporaries(p)
+
+
+def truncate_log(log_file: Path, step: int) -> int:
+    """Drop the records after `step` from a log.jsonl (steps logged by a run that was stopped before its
+    next checkpoint, which a resumed run logs again; a line cut short by a kill too). Returns how
+    many were dropped."""
+    if not log_file.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ok = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        from motionstreamer.utils import atomic_write_text
+        atomic_write_text(log_file, "".join(k + "\n" for k in kept))
+    return dropped
+
+
 def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[[torch.Generator, int], Any],
                loss_fn: Callable[[torch.nn.Module, Any, int], tuple], *, name: str,
                extra_config: dict | None = None, resume: str | os.PathLike | None = None,
                trainable: list | None = None, dist_env: Dist | None = None,
-               stop_after: int | None = None, checkpoints: bool = True) -> TrainResult:
+               stop_after: int | None = None, checkpoints: bool = True, overwrite: bool = False) -> TrainResult:
     """Run `cfg.steps` optimiser steps (or until `stop_after` steps in this call, for tests).
-    checkpoints=False writes no checkpoint (benchmarks).
+    checkpoints=False writes no checkpoint (benchmarks). A cfg.out_dir that holds another run is
+    refused unless overwrite=True, which replaces it (check_run_dir); resuming drops the log records
+    of the steps after the checkpoint, which this run makes again.
 
     The global batch is split across ranks: each rank draws batch_size // world_size samples from its
     own data generator (seeded seed + 1000 * rank), and DDP averages the gradients.
     """
+    replace = check_run_dir(cfg.out_dir, resume, overwrite)
     env = dist_env or setup_distributed(cfg.device)
     device = env.device
     # model-side randomness (diffusion t/noise, TAE reparameterisation) differs per rank, as the data does
@@ -338,11 +407,20 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
             model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
+    if env.is_main:
+        from motionstreamer.utils import remove_stale_temporaries
+        if replace:
+            clear_run_dir(out_dir)
+        # temporaries of checkpoints whose writer was killed (gigabytes at the official size)
+        remove_stale_temporaries(out_dir / CHECKPOINT_NAME)
+        if resume:
+            truncate_log(out_dir / "log.jsonl", step)
     writer = None
     if env.is_main and cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out_dir / "tb"))
+            # purge_step: a resumed run's events replace those logged after its checkpoint
+            writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resume else None)
         except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
             writer = None
     bar = None
@@ -383,7 +461,12 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             loss, logs = loss_fn(ddp_model, batch, step)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}")
+            kept = (f"{out_dir / CHECKPOINT_NAME} holds step {saved_at}" if checkpoints and saved_at
+                    else "no checkpoint was saved")
+            raise FloatingPointError(
+                f"{name}: training diverged, the loss became {loss.item()} at step {step + 1} ({kept}). Lower "
+                f"the learning rate (--set lr=...) or clip gradients (--set grad_clip=1.0), then --resume or "
+                f"--overwrite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

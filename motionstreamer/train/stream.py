@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from motionstreamer.train.t2m import LatentExample
+from motionstreamer.utils import load_npy
 
 
 def parse_stream_line(line: str, where: str) -> tuple[str, str, int]:
@@ -46,7 +47,12 @@ def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split:
         lat_path = latent_dir / f"{txt.stem}.npy"
         if not lat_path.exists():
             raise FileNotFoundError(f"{lat_path}: no latents for stream pair {txt.stem!r}; run encode-latents")
-        lat = np.load(lat_path, allow_pickle=False)
+        try:
+            lat = load_npy(lat_path)
+        except OSError as e:
+            raise ValueError(f"{lat_path}: cannot read ({e.strerror or e})") from None
+        if lat.ndim != 2 or len(lat) == 0 or not np.all(np.isfinite(lat)):
+            raise ValueError(f"{lat_path}: expected finite (L, latent_dim) latents, got shape {lat.shape}")
         for n, line in enumerate(txt.read_text().splitlines(), 1):
             if not line.strip():
                 continue

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer.utils import load_npy
 
 
 @dataclass
@@ -225,8 +226,8 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
         if not path.exists():
             raise FileNotFoundError(f"{path}: no latents for clip {name!r} of split {split!r}; run encode-latents")
         try:
-            lat = np.load(path, allow_pickle=False)
-        except ValueError as e:
+            lat = load_npy(path)
+        except (ValueError, OSError) as e:
             raise ValueError(f"{path}: not a numeric .npy array ({e})") from None
         if lat.ndim != 2 or len(lat) == 0 or not np.all(np.isfinite(lat)):
             raise ValueError(f"{path}: expected finite (L, latent_dim) latents, got shape {lat.shape}")
@@ -291,9 +292,9 @@ def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str
 
 
 def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, cfg: T2MTrainConfig,
-              name: str = "t2m", resume=None, stop_after=None, extra_config=None):
+              name: str = "t2m", resume=None, stop_after=None, extra_config=None, overwrite: bool = False):
     data = LatentTextData(examples, text_embeddings, cfg)
     objective = TwoForwardObjective(model, cfg.steps, cfg.batch_mul, cfg.two_forward)
     return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
-                      resume=resume, stop_after=stop_after,
+                      resume=resume, stop_after=stop_after, overwrite=overwrite,
                       extra_config={"t2m": model.config.to_dict(), **(extra_config or {})})
