@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motionstreamer.utils import atomic_path, atomic_write_json
+from motionstreamer.utils import atomic_path, atomic_write_json, load_npy
 
 BUNDLE_FORMAT = "motionstreamer-bundle"
 BUNDLE_VERSION = 1
@@ -158,6 +158,44 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict, what: str = "ch
     module.load_state_dict(state, strict=True)
 
 
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors a .safetensors file holds, as meta tensors of their shapes and dtypes: read from its
+    header only, nothing loaded. CheckpointError naming the file when it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+                out[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+            return out
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def build_for_weights(make, config, weights: Path, what: str):
+    """make(config) once its shapes are known to fit the weights file: the module is first built on the
+    meta device (nothing allocated) and compared with the file's header, so a config.json naming
+    absurd sizes (a TAE width of 30000 would allocate 14 GB) is a CheckpointError, not an allocation."""
+    try:
+        with torch.device("meta"):
+            probe = make(config)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:   # RuntimeError: sizes overflow
+        raise CheckpointError(f"{what}: bad config ({e})") from e
+    parts = state_mismatches(probe.state_dict(), safetensors_shapes(weights))
+    if parts:
+        raise CheckpointError(f"{weights} does not match {type(probe).__name__}: " + "; ".join(parts)
+                              + f" (its sizes come from {what})")
+    return make(config)
+
+
 def _save_safetensors(path: Path, state: dict) -> None:
     from safetensors.torch import save_file
     # a copy with its own storage per tensor: safetensors refuses tensors that share memory
@@ -248,6 +286,8 @@ def read_bundle_config(directory: str | os.PathLike) -> dict:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from e
+    except RecursionError:
+        raise CheckpointError(f"{cfg_path}: invalid JSON (nested too deeply)") from None
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{cfg_path}: format is {got!r}, expected {BUNDLE_FORMAT!r}")
@@ -274,14 +314,15 @@ def load_bundle(directory: str | os.PathLike, device="cpu", dtype=torch.float32)
     if missing:
         raise CheckpointError(f"model bundle {d} is missing {', '.join(missing)}"
                               + (" (config.json names an evaluator)" if "evaluator.safetensors" in missing else ""))
-    try:
-        tae = CausalHumanTAE(TAEConfig.from_dict(config["tae"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: bad 'tae' config ({e})") from e
-    try:
-        t2m = TextToMotionModel(T2MConfig.from_dict(config["t2m"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: bad 't2m' config ({e})") from e
+    configs = {}
+    for name, cls in (("tae", TAEConfig), ("t2m", T2MConfig)):
+        try:
+            configs[name] = cls.from_dict(config[name])
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise CheckpointError(f"{cfg_path}: bad {name!r} config ({e})") from e
+    tae_config, t2m_config = configs["tae"], configs["t2m"]
+    tae = build_for_weights(CausalHumanTAE, tae_config, d / "tae.safetensors", f"{cfg_path}, 'tae'")
+    t2m = build_for_weights(TextToMotionModel, t2m_config, d / "t2m.safetensors", f"{cfg_path}, 't2m'")
     if "text_dim" in config and config["text_dim"] != t2m.config.cond_dim:
         raise CheckpointError(f"{cfg_path}: text_dim {config['text_dim']} != t2m cond_dim {t2m.config.cond_dim}")
     for name, module in (("tae", tae), ("t2m", t2m)):
@@ -339,7 +380,7 @@ def find_official_files(src, required=("tae", "t2m", "mean", "std", "end_latent"
 
 def _load_npy(path: Path, name: str, n: int) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = load_npy(path)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
     if arr.size != n or not np.all(np.isfinite(arr)):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer.utils import load_npy
+
 FPS = 30
 FEATURE_DIM = 272
 MIN_FRAMES, MAX_FRAMES, UNIT_LENGTH = 60, 300, 4
@@ -140,7 +142,7 @@ def load_mean_std(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found (Mean.npy and Std.npy are needed to normalise)")
         try:
-            x = np.load(path, allow_pickle=False)
+            x = load_npy(path)
         except (ValueError, OSError) as e:
             raise DataError(f"{path}: not a numeric .npy array ({e})") from None
         if x.shape != (FEATURE_DIM,) or not np.issubdtype(x.dtype, np.number):
@@ -160,7 +162,7 @@ def load_motion_file(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: motion file not found")
     try:
-        x = np.load(path, allow_pickle=False)
+        x = load_npy(path)
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a numeric .npy array ({e})") from None
     if x.ndim != 2 or x.shape[1] != FEATURE_DIM:

@@ -95,6 +95,8 @@ def register(subparsers) -> None:
     r.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of EvaluatorTrainConfig fields")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     r.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/checkpoint_last.pt")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it such a folder is refused)")
     r.add_argument("--device", default="auto")
     r.set_defaults(func=cmd_train_evaluator)
 
@@ -196,12 +198,14 @@ def _generation(args, device):
 def cmd_evaluate(args) -> int:
     import torch
 
-    from motionstreamer.cli import CLIError
+    from motionstreamer.cli import CLIError, check_output
     from motionstreamer.eval import protocols as P
     from motionstreamer.runtime.loading import resolve_device
     from motionstreamer.utils import atomic_write_json
 
     _positive(args, "repeats", "batch", "steps", "transition_length")
+    out = Path(args.out or f"results/eval_{args.protocol}.json")
+    check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
@@ -242,9 +246,11 @@ def cmd_evaluate(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))
     result.info["evaluator"] = str(args.evaluator) if args.evaluator else "embedded default model"
-    out = Path(args.out or f"results/eval_{args.protocol}.json")
-    atomic_write_json(out, result.to_json())
-    print(P.format_table(result))
+    print(P.format_table(result), flush=True)    # first: a failing write below must not lose the table
+    try:
+        atomic_write_json(out, result.to_json())
+    except OSError as e:
+        raise CLIError(f"--out {out}: could not write the results ({e.strerror or e}); the table above holds them")
     print(f"wrote {out}")
     return 0
 
@@ -274,8 +280,9 @@ def cmd_train_evaluator(args) -> int:
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     try:
-        evaluator, res = train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split)
-    except (ValueError, FileNotFoundError) as e:
+        evaluator, res = train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split,
+                                         overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         raise CLIError(str(e))
     finally:
         cleanup_distributed()

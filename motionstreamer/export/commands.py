@@ -27,13 +27,14 @@ def parse_head(spec: str):
 
 def cmd_export(args) -> int:
     from motionstreamer.checkpoints import CheckpointError, load_bundle
-    from motionstreamer.cli import CLIError
+    from motionstreamer.cli import CLIError, check_output
     from motionstreamer.export.onnx_export import QUANTIZE, export_bundle
     from motionstreamer.runtime.loading import default_model_dir
 
     if args.quantize is not None and args.quantize not in QUANTIZE:
         raise CLIError(f"bad --quantize {args.quantize!r}: use {' or '.join(QUANTIZE)} (omit it for fp32)")
     heads = [parse_head(h) for h in (args.head or ["ddpm:50", "ddpm:10"])]
+    check_output(args.out, "--out", "folder")
     path = args.checkpoint or default_model_dir()
     try:
         bundle = load_bundle(path)

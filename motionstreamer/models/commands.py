@@ -57,9 +57,11 @@ def _read_config(path: str | None, cls, flag: str):
 
 def cmd_convert(args) -> int:
     from motionstreamer.checkpoints import CheckpointError, convert_official
-    from motionstreamer.cli import CLIError
+    from motionstreamer.cli import CLIError, check_output
     from motionstreamer.models.tae import TAEConfig
     from motionstreamer.models.transformer import T2MConfig
+
+    check_output(args.dst, "dst", "folder")
 
     tae_config = _read_config(args.tae_config, TAEConfig, "--tae-config")
     t2m_config = _read_config(args.t2m_config, T2MConfig, "--t2m-config")
@@ -75,11 +77,14 @@ def cmd_convert(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from motionstreamer.checkpoints import download_official
-    from motionstreamer.cli import CLIError
+    import math
 
-    if args.timeout <= 0:
-        raise CLIError(f"--timeout must be positive, got {args.timeout}")
+    from motionstreamer.checkpoints import download_official
+    from motionstreamer.cli import CLIError, check_output
+
+    if not 0 < args.timeout < math.inf:
+        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    check_output(args.dest, "--dest", "folder")
     try:
         path = download_official(args.dest, args.components, timeout=args.timeout)
     except (ConnectionError, ValueError) as e:

@@ -60,6 +60,11 @@ class T2MConfig:
             raise ValueError(f"n_embd {self.n_embd} / n_head {self.n_head} must give an even head size (RoPE pairs)")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"T2MConfig.attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        if self.block_size < 3:   # the text token and two latents: a full window slides to half of it
+            raise ValueError(f"T2MConfig.block_size must be >= 3 (text token + 2 latents), got {self.block_size}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) \
+                or not 1 < self.rope_base < math.inf:
+            raise ValueError(f"T2MConfig.rope_base must be a finite number > 1, got {self.rope_base!r}")
         # the head samples latents conditioned on the transformer output: its widths follow ours
         # (a copy, so a head config shared between model configs is never mutated)
         self.head = replace(self.head, cond_dim=self.n_embd, latent_dim=self.latent_dim)
