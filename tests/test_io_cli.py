@@ -51,19 +51,26 @@ def run_cli(argv, capsys):
 def test_to_bvh_denormalises(files, tmp_path, capsys):
     paths, features = files
     out = tmp_path / "n.bvh"
+    converter = ["--skeleton", "smpl-neutral", "--rotations", "model"]
     code, stdout, _ = run_cli(["to-bvh", paths["normalised"], "--out", out, "--mean", paths["mean"],
-                               "--std", paths["std"]], capsys)
+                               "--std", paths["std"]] + converter, capsys)
     assert code == 0 and f"wrote {out}" in stdout
     plain = tmp_path / "p.bvh"
-    assert run_cli(["to-bvh", paths["features"], "--out", plain], capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", plain] + converter, capsys)[0] == 0
     assert out.read_text() == plain.read_text() == bvh_text(*recover_rotations(features))
+    default_n, default_p = tmp_path / "dn.bvh", tmp_path / "dp.bvh"           # the motion's own skeleton
+    assert run_cli(["to-bvh", paths["normalised"], "--out", default_n, "--mean", paths["mean"], "--std",
+                    paths["std"]], capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", default_p], capsys)[0] == 0
+    np.testing.assert_allclose(read_bvh(default_n).motion, read_bvh(default_p).motion, atol=2e-6)
 
 
 def test_to_bvh_fps_and_floor(files, tmp_path, capsys):
     paths, _ = files
     a, b = tmp_path / "a.bvh", tmp_path / "b.bvh"
-    assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60], capsys)[0] == 0
-    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"], capsys)[0] == 0
+    converter = ["--skeleton", "smpl-neutral", "--rotations", "model"]
+    assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60] + converter, capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"] + converter, capsys)[0] == 0
     ra, rb = read_bvh(a), read_bvh(b)
     assert ra.frame_time == rb.frame_time == 0.016667 and ra.motion.shape == (T, 75)
     np.testing.assert_allclose(ra.motion[:, :3] - rb.motion[:, :3], np.tile([-0.001795, -0.223333, 0.028219], (T, 1)),
@@ -84,8 +91,10 @@ def test_render(files, tmp_path, capsys, source, ext):
 
 
 def test_help(capsys):
-    for verb, words in (("render", ["--mean", "--std", "--title", "--size", ".gif"]),
-                        ("to-bvh", ["--floor-at-zero", "--fps", "272"])):
+    for verb, words in (("render", ["--mean", "--std", "--title", "--size", ".gif", "--views", "--clean-feet"]),
+                        ("to-bvh", ["--floor-at-zero", "--fps", "272", "--skeleton", "--rotations", "--rig"]),
+                        ("to-glb", ["--skeleton", "--rotations", "--rig", "--clean-feet"]),
+                        ("to-smpl", ["AMASS", "--rotations", "--clean-feet"])):
         code, out, _ = run_cli([verb, "--help"], capsys)
         assert code == 0 and all(w in out for w in words), verb
 
@@ -103,7 +112,21 @@ def _write(path, data: bytes):
     (lambda p, d: ["render", d / "missing.npy", "--out", d / "x.gif"], "INPUT .*missing.npy: file not found"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--size", 99], "--size must be an even number"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--fps", 0], r"--fps must be in \(0, 1000\]"),
-    (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh"], "holds joint positions .*to-bvh needs 272-dim"),
+    (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh", "--rotations", "model"],
+     "holds joint positions .*--rotations model needs 272-dim"),
+    (lambda p, d: ["to-smpl", p["joints"], "--out", d / "x.npz"], "holds joint positions .*--rotations model needs"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--floor-at-zero"],
+     "--floor-at-zero applies to --skeleton smpl-neutral --rotations model"),
+    (lambda p, d: ["to-glb", p["features"], "--out", d / "x.gltf"], r"the output must end in \.glb"),
+    (lambda p, d: ["to-smpl", p["features"], "--out", d / "x.npy"], r"the output must end in \.npz"),
+    (lambda p, d: ["render", p["features"], "--out", "", "--quiet"], "has no file name"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", str(d) + "/"], "has no file name"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--mean", p["mean"], "--std",
+                   np.save(d / "zero_std.npy", np.r_[np.ones(271), 0.0]) or d / "zero_std.npy"],
+     r"--std .*zero_std.npy: every entry must be > 0 .*entry 271 is 0"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--mean", p["mean"], "--std",
+                   np.save(d / "neg_std.npy", -np.ones(272)) or d / "neg_std.npy"],
+     r"--std .*neg_std.npy: every entry must be > 0 .*entry 0 is -1"),
     (lambda p, d: ["to-bvh", p["features"], "--out", p["features"] / "x.bvh"], "features.npy/x.bvh: cannot write"),
     (lambda p, d: ["render", p["features"], "--out", p["features"] / "x.gif"], "cannot write the video"),
     (lambda p, d: ["render", p["joints"], "--out", d / "x.gif", "--mean", p["mean"], "--std", p["std"]],

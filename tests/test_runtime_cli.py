@@ -48,7 +48,10 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["generate", "   "], "empty"),
     (["generate", "walk " * 300], "too long"),
-    (["generate", "walk", "--out", "../escape"], "escapes"),
+    (["generate", "walk", "--out", ""], "has no file name"),
+    (["generate", "walk", "--out", "."], "has no file name"),
+    (["generate", "walk", "--out", ".."], "has no file name"),
+    (["generate", "walk", "--out", "sub/"], "has no file name"),
     (["generate", "walk", "--checkpoint", "/nonexistent/dir"], "not found"),
     (["stream", "--prompt", "walk@abc"], "not a number"),
     (["stream", "--prompt", "walk@-1"], "must be in"),
@@ -63,3 +66,22 @@ def test_bad_arguments_are_clear_errors(args, msg, tmp_path, capsys):
         main(args + ["--out-dir", str(tmp_path)])
     assert e.value.code == 2
     assert msg in capsys.readouterr().err
+
+
+def test_out_is_trusted_anywhere_and_tilde_expanded(bundle_dir, tmp_path, capsys, monkeypatch):
+    """Issue 16 item 9: a user's own --out may be absolute, outside the current folder, or start with ~."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "motions").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    common = ["--checkpoint", str(bundle_dir), "--steps", "2", "--max-seconds", "0.3", "--quiet"]
+    assert run(["generate", "a person walks", "--out", "~/motions/walk"] + common, capsys)[0] == 0
+    assert (home / "motions" / "walk.npy").is_file() and (home / "motions" / "walk_joints.npy").is_file()
+    assert run(["generate", "a person walks", "--out", str(tmp_path / "abs" / "w")] + common, capsys)[0] == 0
+    assert (tmp_path / "abs" / "w.npy").is_file()
+    assert run(["generate", "a person walks", "--out", "../up"] + common, capsys)[0] == 0
+    assert (tmp_path / "up.npy").is_file()
+    with pytest.raises(SystemExit) as e:            # a prefix that names a folder
+        main(["generate", "a person walks", "--out", str(home / "motions")] + common)
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
