@@ -278,7 +278,7 @@ def test_generated_features_full_recovery_equals_streaming_joints():
 
     bundle, enc, _ = load_models(device="cpu", dtype="fp32")
     s = StreamingSession(bundle, enc, config=GenerationConfig(end_threshold=-1.0, sampling_steps=10), seed=3)
-    s.push_text("a person walks forward", max_latents=40)
+    s.push_text("a person walks forward", max_latents=24)
     chunks = list(s)
     feats = torch.cat([c.features for c in chunks]).double().numpy()
     streamed = torch.cat([c.joints for c in chunks]).double().numpy()

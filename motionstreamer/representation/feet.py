@@ -219,15 +219,16 @@ class FootCleaner:
 
     A foot is planted from the first frame it is low and slow (`thresholds`, no vote: that would need
     future frames); it is pinned where it was then (x, z) and brought down onto the floor (y = 0) over
-    `blend` frames; it lets go when it rises above 1.5x the height threshold, moves faster than 1.5x
-    the speed threshold, or drifts `release` metres from its pin; the offset then fades out over
-    `blend` frames. Frames whose foot joints are
+    `blend` frames; it lets go when it rises above 1.5x the height threshold or moves faster than the
+    speed threshold, and the offset then fades out over `blend` frames. A foot that slides more
+    than `leash` metres from its pin drags the pin along (the leg could not reach it, and a late
+    release would snap the foot over the whole distance). Frames whose foot joints are
     still below the floor lift the whole body (the lift relaxes back over a few frames). The floor is
     the feature's own (y = 0): a stream cannot wait for the median of its contacts."""
 
     def __init__(self, fps: float = FPS, thresholds: ContactThresholds = PLANTED, blend: int = BLEND_FRAMES,
-                 release: float = 0.25):
-        self.fps, self.thresholds, self.blend, self.release = float(fps), thresholds, int(blend), float(release)
+                 leash: float = 0.2):
+        self.fps, self.thresholds, self.blend, self.leash = float(fps), thresholds, int(blend), float(leash)
         self.reset()
 
     def reset(self) -> None:
@@ -246,12 +247,16 @@ class FootCleaner:
         th, n = self.thresholds, self.blend + 1
         pin = self._pin[k]
         if pin is not None:
-            drift = np.linalg.norm(pin - foot[[0, 2]])
-            if foot[1] > 1.5 * th.height or speed > 1.5 * th.speed or drift > self.release:
+            if foot[1] > 1.5 * th.height or speed > th.speed:
                 self._fade[k] = pin - foot[[0, 2]]
                 self._down[k] = min(1.0, self._planted_for[k] / n)
                 self._fade_left[k] = self.blend
                 self._pin[k] = pin = None
+            else:   # a leash: the pin follows a foot that slid too far, so the leg can still reach it
+                gap = foot[[0, 2]] - pin
+                dist = np.linalg.norm(gap)
+                if dist > self.leash:
+                    self._pin[k] = pin = pin + gap * (1 - self.leash / dist)
         elif foot[1] < th.height and speed < th.speed:
             # planted again while a release still fades: continue from where the foot is shown
             w = float(_smoothstep(np.array(self._fade_left[k] / n))) if self._fade_left[k] else 0.0
