@@ -136,7 +136,7 @@ def test_offline_clean_up_pins_planted_feet_keeps_bones_and_floor():
     def lengths(x):
         return np.linalg.norm(x[:, 1:] - x[:, list(PARENTS[1:])], axis=-1)
     np.testing.assert_allclose(lengths(clean), lengths(j), atol=1e-9)
-    assert np.abs(np.diff(clean, axis=0)).max() < np.abs(np.diff(j, axis=0)).max() + 0.02   # no pops
+    assert np.abs(np.diff(clean, axis=0)).max() < np.abs(np.diff(j, axis=0)).max() + 0.05   # hand-over: no pop
     assert floor_penetration(clean)["max"] < 0.01
 
 
