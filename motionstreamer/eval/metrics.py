@@ -238,3 +238,25 @@ def floor_penetration(joints, joints_idx=(7, 8, 10, 11)) -> dict:
     j = _np(joints, "joints", 3)
     depth = np.maximum(0.0, -j[:, list(joints_idx), 1].min(axis=1))
     return {"mean": float(depth.mean()), "max": float(depth.max()), "frames_over_1cm": float((depth > 0.01).mean())}
+
+
+def foot_metrics(joints_list, fps: float = 30.0, prefix: str = "") -> dict:
+    """Foot metrics of motions as the exports show them, averaged over the motions (T, 22, 3) each:
+    the skating ratio after grounding by foot contacts (representation.feet.ground) and after the
+    offline clean-up (clean_feet), and the floor penetration (m) of the joints as recovered, against
+    the format's floor y = 0 (after grounding it is 0 by construction)."""
+    from motionstreamer.representation.feet import clean_feet, ground
+
+    skate, clean, depth = [], [], []
+    for j in joints_list:
+        j = _np(j, "joints", 3)
+        if len(j) < 2:
+            continue
+        grounded, _ = ground(j, fps)
+        skate.append(foot_skating_ratio(grounded, fps))
+        clean.append(foot_skating_ratio(clean_feet(grounded, fps)[0], fps))
+        depth.append(floor_penetration(j)["mean"])
+    if not skate:
+        raise ValueError("foot_metrics needs at least one motion of 2 frames or more")
+    return {f"{prefix}foot_skating": float(np.mean(skate)), f"{prefix}foot_skating_clean": float(np.mean(clean)),
+            f"{prefix}floor_penetration_mm": float(np.mean(depth) * 1000)}
