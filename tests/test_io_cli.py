@@ -196,3 +196,66 @@ def test_load_and_save_npy(tmp_path):
 def _mkdir(path):
     path.mkdir()
     return path
+
+
+def test_title_bytes_that_are_not_utf8_give_a_clear_error(files, tmp_path):
+    """Issue 18: non-UTF-8 bytes on the command line (Python keeps them as surrogates) -> one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    paths, _ = files
+    out = tmp_path / "t.gif"
+    argv = [sys.executable, "-m", "motionstreamer", "render", str(paths["features"]), "--out", str(out), "--quiet",
+            "--size", "64", "--title"]
+    res = subprocess.run([os.fsencode(a) for a in argv] + [b"caf\xe9 \xff"], capture_output=True)
+    assert res.returncode == 2 and not out.exists()
+    err = res.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "motionstreamer: error: --title: title is not valid UTF-8" in err
+    ok = subprocess.run([os.fsencode(a) for a in argv] + ["€ $x^2$ 走".encode()], capture_output=True)
+    assert ok.returncode == 0 and out.exists(), ok.stderr.decode()
+
+
+def test_to_bvh_streams_the_file(tmp_path, monkeypatch):
+    """Issue 18: the BVH is written a block of frames at a time; memory does not hold the whole text."""
+    import io
+    import tracemalloc
+
+    import motionstreamer.io.bvh as bvh_module
+    from motionstreamer.io.bvh import write_bvh_stream, write_rig_bvh
+    from motionstreamer.io.rig import RIG_NAMES, Rig
+    from motionstreamer.representation.skeleton import SMPL_OFFSETS_24
+
+    def rig_of(T):
+        rot = Rotation.from_rotvec(np.random.default_rng(0).normal(0, 0.3, (T * 24, 3))).as_matrix()
+        return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, rot.reshape(T, 24, 3, 3), np.zeros((T, 3)), 30.0)
+
+    class Sink(io.StringIO):
+        largest = 0
+
+        def write(self, s):
+            Sink.largest = max(Sink.largest, len(s))
+            return super().write(s)
+
+    FRAMES_PER_WRITE = 64                                             # small blocks: a quick test
+    monkeypatch.setattr(bvh_module, "FRAMES_PER_WRITE", FRAMES_PER_WRITE)
+    T = 3 * FRAMES_PER_WRITE + 17
+    sink = Sink()
+    write_bvh_stream(sink, rig_of(T))
+    text = sink.getvalue()
+    assert text.count("\n") > T and Sink.largest < 5000                # the hierarchy, then line by line
+    peaks, sizes = [], []
+    for T in (4 * FRAMES_PER_WRITE, 16 * FRAMES_PER_WRITE):            # 4x the frames: the same peak memory
+        rig = rig_of(T)
+        tracemalloc.start()
+        path = write_rig_bvh(tmp_path / "long.bvh", rig)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        sizes.append(path.stat().st_size)
+    assert sizes[1] > 3.9 * sizes[0] and peaks[1] < 1.2 * peaks[0], (peaks, sizes)
+    assert peaks[1] < 0.5 * sizes[1]
+    bad = rig_of(40)
+    bad.rotations[33, 5, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="contains NaN/inf"):
+        write_rig_bvh(path, bad)
+    assert path.stat().st_size == sizes[1] and sorted(p.name for p in tmp_path.iterdir()) == ["long.bvh"]

@@ -111,7 +111,7 @@ def _converter_rig(rotations, translation, fps: float, floor_at_zero: bool):
     return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, _pad24(rot), root, fps)
 
 
-FRAMES_PER_WRITE = 2048   # frame lines converted and written at a time: memory stays bounded
+FRAMES_PER_WRITE = 512    # frame lines converted and written at a time: memory stays bounded
 
 
 def write_bvh_stream(out, rig) -> None:
@@ -125,6 +125,8 @@ def write_bvh_stream(out, rig) -> None:
     order = list(JOINT_ORDER)
     for start in range(0, T, FRAMES_PER_WRITE):
         rot = rig.rotations[start:start + FRAMES_PER_WRITE]
+        _check_finite(rot, f"rotations (frames {start}..)")
+        _check_finite(rig.root[start:start + FRAMES_PER_WRITE], f"root positions (frames {start}..)")
         euler = matrix_to_euler_zyx(np.ascontiguousarray(rot[:, order]), degrees=True)   # [z, y, x] per joint
         n = len(rot)
         values = np.concatenate([rig.root[start:start + n], euler.reshape(n, -1)], axis=1)
@@ -136,8 +138,6 @@ def write_rig_bvh(path: str | Path, rig) -> Path:
     from motionstreamer.utils import atomic_path
 
     path = Path(path)
-    _check_finite(rig.rotations, "rotations")
-    _check_finite(rig.root, "root positions")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             write_bvh_stream(f, rig)

@@ -85,6 +85,8 @@ def register(subparsers) -> None:
     _add_motion_args(p)
     p.add_argument("--title", default="", help="caption in a band above the picture (literal text)")
     _add_render_args(p)
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="draw every Nth frame (at fps / N, so the motion keeps its speed): smaller GIFs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
 
@@ -242,10 +244,14 @@ def cmd_render(args) -> int:
     title = check_title(args.title)
     if args.size < 64 or args.size > 4096 or args.size % 2:
         raise CLIError(f"--size must be an even number of pixels in [64, 4096], got {args.size}")
+    if args.every < 1:
+        raise CLIError(f"--every must be >= 1, got {args.every}")
     motion = _motion(args)
     try:
-        write_file(out.suffix.lower()[1:], out, motion, title=title, size=args.size, views=args.views,
-                   progress=not args.quiet)
+        from motionstreamer.io.render import render_motion
+
+        render_motion(motion.joints[::args.every], out, title=title, fps=args.fps / args.every,
+                      progress=not args.quiet, size=args.size, views=args.views)
     except ValueError as e:
         raise CLIError(str(e)) from None
     except OSError as e:   # unwritable --out, ffmpeg failure

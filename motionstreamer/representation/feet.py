@@ -6,10 +6,10 @@ frame there) and a majority vote over 6 frames (median filter). For generated mo
 feet slide, a height test is added (a foot is planted only when it is near the floor) and the speed
 threshold is looser: `PLANTED` is what the clean-up and the grounding use.
 
-Grounding (`ground`): the floor is the median height of the feet while they are planted, not the
-lowest joint of one frame (one sunken frame would lift the whole clip); the motion is shifted onto
-it, then any frame whose foot joints (ankles, feet) are still below the floor is lifted by a smooth
-vertical offset, so no foot joint is ever below y = 0.
+Grounding (`ground`): the floor is taken from the feet while they are planted (a low percentile of
+their heights), not from the lowest joint of one frame (one sunken frame would lift the whole clip);
+the motion is shifted onto it, then any frame whose foot joints (ankles, feet) are still below the
+floor is lifted by a smooth vertical offset, so no foot joint is ever below y = 0.
 
 Clean-up (`clean_feet` offline, `FootCleaner` causal): a planted foot is pinned where it lands (x, z)
 on the floor (y = 0); the ankle and foot joints move by the same offset (the foot stays rigid) and
@@ -93,16 +93,21 @@ def foot_contacts(joints, floor: float = 0.0, thresholds: ContactThresholds = PL
 
 
 # ----------------------------------------------------------------------------------------- grounding
-def floor_height(joints, fps: float = FPS) -> float:
-    """Floor height under a motion: the median height of the foot joints while planted.
+FLOOR_PERCENTILE = 10     # of the planted feet's heights: they rest on the floor, rarely dip below it
 
-    Planted is judged against a provisional floor, the 5th percentile of the lower foot's height, so
-    that a few sunken frames do not decide it; with no planted frame the provisional floor is used."""
+
+def floor_height(joints, fps: float = FPS) -> float:
+    """Floor height under a motion: a low percentile (10th) of the foot joints' heights while planted.
+
+    Planted feet of generated motion jitter by a centimetre or so; the floor goes under most of those
+    heights (a median would leave half the planted frames to be lifted out of the floor). Planted is
+    judged against a provisional floor, the 5th percentile of the lower foot's height, so a few sunken
+    frames do not decide it; with no planted frame the provisional floor is used."""
     j = _joints(joints)
     feet_y = j[:, FOOT_JOINTS, 1]
     provisional = float(np.percentile(feet_y.min(axis=1), 5))
     planted = foot_contacts(j, floor=provisional, fps=fps)
-    return float(np.median(feet_y[planted])) if planted.any() else provisional
+    return float(np.percentile(feet_y[planted], FLOOR_PERCENTILE)) if planted.any() else provisional
 
 
 def lift_offsets(joints, smooth_frames: int = 4) -> np.ndarray:
@@ -117,10 +122,17 @@ def lift_offsets(joints, smooth_frames: int = 4) -> np.ndarray:
     return np.maximum(need, ndimage.gaussian_filter1d(wide, sigma=smooth_frames / 2, mode="nearest"))
 
 
+GROUNDED_ABOVE = 0.02     # m: planted feet at most this far above y = 0, nothing below: already grounded
+
+
 def ground(joints, fps: float = FPS) -> tuple[np.ndarray, np.ndarray]:
-    """Put a motion on the floor: (grounded joints, per-frame vertical offsets that were added)."""
+    """Put a motion on the floor: (grounded joints, per-frame vertical offsets that were added).
+    A motion already on the floor (no foot joint below y = 0, the floor estimate within
+    GROUNDED_ABOVE above it: what `ground` returns) is left as it is, so grounding is idempotent."""
     j = _joints(joints).copy()
-    shift = -floor_height(j, fps)
+    floor = floor_height(j, fps)
+    on_floor = j[:, GROUND_JOINTS, 1].min() >= -1e-9 and 0.0 <= floor <= GROUNDED_ABOVE
+    shift = 0.0 if on_floor else -floor
     j[..., 1] += shift
     lift = lift_offsets(j)
     j[..., 1] += lift[:, None]
