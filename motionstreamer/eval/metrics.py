@@ -242,12 +242,13 @@ def floor_penetration(joints, joints_idx=(7, 8, 10, 11)) -> dict:
 
 def foot_metrics(joints_list, fps: float = 30.0, prefix: str = "") -> dict:
     """Foot metrics of motions as the exports show them, averaged over the motions (T, 22, 3) each:
-    the skating ratio after grounding by foot contacts (representation.feet.ground) and after the
-    offline clean-up (clean_feet), and the floor penetration (m) of the joints as recovered, against
-    the format's floor y = 0 (after grounding it is 0 by construction)."""
-    from motionstreamer.representation.feet import clean_feet, ground
+    the skating ratio after grounding by foot contacts (representation.feet.ground), after the offline
+    clean-up (clean_feet) and after the causal one a stream uses (FootCleaner, on the joints as
+    recovered), and the floor penetration (m) of the joints as recovered, against the format's floor
+    y = 0 (after grounding it is 0 by construction)."""
+    from motionstreamer.representation.feet import FootCleaner, clean_feet, ground
 
-    skate, clean, depth = [], [], []
+    skate, clean, causal, depth = [], [], [], []
     for j in joints_list:
         j = _np(j, "joints", 3)
         if len(j) < 2:
@@ -255,8 +256,10 @@ def foot_metrics(joints_list, fps: float = 30.0, prefix: str = "") -> dict:
         grounded, _ = ground(j, fps)
         skate.append(foot_skating_ratio(grounded, fps))
         clean.append(foot_skating_ratio(clean_feet(grounded, fps)[0], fps))
+        causal.append(foot_skating_ratio(FootCleaner(fps)(j), fps))
         depth.append(floor_penetration(j)["mean"])
     if not skate:
         raise ValueError("foot_metrics needs at least one motion of 2 frames or more")
     return {f"{prefix}foot_skating": float(np.mean(skate)), f"{prefix}foot_skating_clean": float(np.mean(clean)),
+            f"{prefix}foot_skating_causal": float(np.mean(causal)),
             f"{prefix}floor_penetration_mm": float(np.mean(depth) * 1000)}

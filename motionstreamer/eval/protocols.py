@@ -33,6 +33,7 @@ METRIC_LABELS = {
     "matching_score": "MM-Dist", "diversity": "Diversity", "multimodality": "MultiModality",
     "mpjpe_mm": "MPJPE (mm)", "transition_fid": "Transition FID", "peak_jerk": "Peak Jerk", "auj": "AUJ",
     "foot_skating": "Foot skating ratio", "foot_skating_clean": "Foot skating (--clean-feet)",
+    "foot_skating_causal": "Foot skating (causal clean-up)",
     "floor_penetration_mm": "Floor penetration (mm)",
 }
 

@@ -77,12 +77,16 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("render", help="render a motion .npy to .mp4 or .gif", description=RENDER_HELP,
-                              formatter_class=fmt)
-    p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
-    p.add_argument("--out", required=True, metavar="OUT.mp4|OUT.gif", help="output video; format from the suffix")
-    _add_motion_args(p)
+    def verb(name: str, help: str, description: str, out: str, out_help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=description,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
+        p.add_argument("--out", required=True, metavar=out, help=out_help)
+        _add_motion_args(p)
+        return p
+
+    p = verb("render", "render a motion .npy to .mp4 or .gif", RENDER_HELP, "OUT.mp4|OUT.gif",
+             "output video; format from the suffix")
     p.add_argument("--title", default="", help="caption in a band above the picture (literal text)")
     _add_render_args(p)
     p.add_argument("--every", type=int, default=1, metavar="N",
@@ -90,30 +94,19 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
 
-    p = subparsers.add_parser("to-bvh", help="convert a motion .npy to BVH", description=TO_BVH_HELP,
-                              formatter_class=fmt)
-    p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
-    p.add_argument("--out", required=True, metavar="OUT.bvh", help="output BVH file")
-    _add_motion_args(p)
+    p = verb("to-bvh", "convert a motion .npy to BVH", TO_BVH_HELP, "OUT.bvh", "output BVH file")
     _add_rig_args(p, bvh=True)
     p.add_argument("--floor-at-zero", action="store_true",
                    help="with --skeleton smpl-neutral --rotations model: write the root position without the "
                         "rest-pelvis offset (the released converter adds it; its files put the floor ~0.22 m lower)")
     p.set_defaults(func=cmd_export, suffix=".bvh")
 
-    p = subparsers.add_parser("to-glb", help="convert a motion .npy to glTF binary (.glb)", description=TO_GLB_HELP,
-                              formatter_class=fmt)
-    p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
-    p.add_argument("--out", required=True, metavar="OUT.glb", help="output .glb file")
-    _add_motion_args(p)
+    p = verb("to-glb", "convert a motion .npy to glTF binary (.glb)", TO_GLB_HELP, "OUT.glb", "output .glb file")
     _add_rig_args(p, bvh=False)
     p.set_defaults(func=cmd_export, suffix=".glb")
 
-    p = subparsers.add_parser("to-smpl", help="convert a motion .npy to SMPL parameters (AMASS .npz)",
-                              description=TO_SMPL_HELP, formatter_class=fmt)
-    p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
-    p.add_argument("--out", required=True, metavar="OUT.npz", help="output .npz file")
-    _add_motion_args(p)
+    p = verb("to-smpl", "convert a motion .npy to SMPL parameters (AMASS .npz)", TO_SMPL_HELP, "OUT.npz",
+             "output .npz file")
     p.add_argument("--rotations", choices=("model", "solved"), default="model",
                    help="the model's rotation channels (default) or rotations solved from the joints")
     p.set_defaults(func=cmd_export, suffix=".npz")
