@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import motionstreamer.io.render as render
-from motionstreamer.io.render import BACKGROUND, LEFT, RIGHT, SkeletonRenderer, render_frames, render_motion
+from motionstreamer.io.render import LEFT, RIGHT, SkeletonRenderer, render_frames, render_motion
 from motionstreamer.representation.skeleton import forward_kinematics
 
 SIZE = 160
