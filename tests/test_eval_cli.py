@@ -176,10 +176,12 @@ def test_evaluate_gt_prints_a_table_and_writes_json(capsys, tmp_path, data, eval
     code, text = _run(capsys, ["evaluate", "gt", "--data", str(data), "--split", "train", "--evaluator",
                                str(evaluator_dir), "--repeats", "3", "--batch", "8", "--out", str(out), "--quiet"])
     assert code == 0
-    for label in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "mean ± 95% CI"):
+    for label in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "mean ± 95% CI", "Foot skating ratio",
+                  "Foot skating (--clean-feet)", "Floor penetration (mm)"):
         assert label in text
     res = json.loads(out.read_text())
     assert res["protocol"] == "gt" and res["info"]["batch"] == 8
+    assert 0 <= res["metrics"]["foot_skating_clean"]["mean"] <= 1 and res["metrics"]["floor_penetration_mm"]["mean"] >= 0
     fid = res["metrics"]["fid"]
     assert len(fid["values"]) == 3
     assert fid["mean"] == pytest.approx(np.mean(fid["values"]))
@@ -199,7 +201,8 @@ def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_di
                                "--out", str(tmp_path / "t2m.json"), "--quiet"])
     assert code == 0 and "Real R@3" in text
     res = json.loads((tmp_path / "t2m.json").read_text())
-    assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3"} <= set(res["metrics"])
+    assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3", "foot_skating",
+            "foot_skating_clean", "floor_penetration_mm"} <= set(res["metrics"])
 
 
 def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):

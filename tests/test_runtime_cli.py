@@ -48,7 +48,10 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["generate", "   "], "empty"),
     (["generate", "walk " * 300], "too long"),
-    (["generate", "walk", "--out", "../escape"], "escapes"),
+    (["generate", "walk", "--out", ""], "has no file name"),
+    (["generate", "walk", "--out", "."], "has no file name"),
+    (["generate", "walk", "--out", ".."], "has no file name"),
+    (["generate", "walk", "--out", "sub/"], "has no file name"),
     (["generate", "walk", "--checkpoint", "/nonexistent/dir"], "not found"),
     (["stream", "--prompt", "walk@abc"], "not a number"),
     (["stream", "--prompt", "walk@-1"], "must be in"),
@@ -63,3 +66,46 @@ def test_bad_arguments_are_clear_errors(args, msg, tmp_path, capsys):
         main(args + ["--out-dir", str(tmp_path)])
     assert e.value.code == 2
     assert msg in capsys.readouterr().err
+
+
+def test_out_is_trusted_anywhere_and_tilde_expanded(bundle_dir, tmp_path, capsys, monkeypatch):
+    """Issue 16 item 9: a user's own --out may be absolute, outside the current folder, or start with ~."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "motions").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    common = ["--checkpoint", str(bundle_dir), "--steps", "2", "--max-seconds", "0.3", "--quiet"]
+    assert run(["generate", "a person walks", "--out", "~/motions/walk"] + common, capsys)[0] == 0
+    assert (home / "motions" / "walk.npy").is_file() and (home / "motions" / "walk_joints.npy").is_file()
+    assert run(["generate", "a person walks", "--out", str(tmp_path / "abs" / "w")] + common, capsys)[0] == 0
+    assert (tmp_path / "abs" / "w.npy").is_file()
+    assert run(["generate", "a person walks", "--out", "../up"] + common, capsys)[0] == 0
+    assert (tmp_path / "up.npy").is_file()
+    with pytest.raises(SystemExit) as e:            # a prefix that names a folder
+        main(["generate", "a person walks", "--out", str(home / "motions")] + common)
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_stream_clean_feet_cleans_live_chunks_causally_and_files_offline(bundle_dir, tmp_path, capsys):
+    import json
+
+    from motionstreamer.io.rig import prepare_motion
+    from motionstreamer.representation.feet import FootCleaner
+
+    def jsonl(prefix, extra):
+        code, out = run(["stream", "--prompt", "walk forward@1.2", "--checkpoint", str(bundle_dir), "--steps", "3",
+                         "--seed", "5", "--jsonl", "--quiet", "--out", str(tmp_path / prefix)] + extra, capsys)
+        assert code == 0
+        return np.concatenate([np.array(json.loads(line)["joints"]) for line in out.out.splitlines()])
+
+    raw = jsonl("raw", [])
+    cleaned = jsonl("clean", ["--clean-feet"])
+    np.testing.assert_array_equal(np.load(tmp_path / "raw.npy"), np.load(tmp_path / "clean.npy"))   # same motion
+    cleaner = FootCleaner()
+    expected = np.concatenate([cleaner(raw[s:s + 4]) for s in range(0, len(raw), 4)])
+    np.testing.assert_allclose(cleaned, expected, atol=1e-4)          # the printed chunks: causal clean-up
+    assert np.abs(cleaned - raw).max() > 0.01 and any(c.any() for c in cleaner.contacts)
+    features = np.load(tmp_path / "clean.npy").astype(np.float64)
+    np.testing.assert_allclose(np.load(tmp_path / "clean_joints.npy"),
+                               prepare_motion(features, clean_feet=True).joints, atol=1e-5)   # files: offline

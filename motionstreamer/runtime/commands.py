@@ -14,8 +14,9 @@ MAX_SECONDS = 600.0
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix: writes PREFIX.npy (T,272 de-normalised) and PREFIX_joints.npy (T,22,3)")
-    p.add_argument("--out-dir", default=".", help="folder outputs must stay inside (default: current folder)")
+                   help="output prefix, anywhere (~ expanded): writes PREFIX.npy (T,272 de-normalised) and "
+                        "PREFIX_joints.npy (T,22,3: the joints the video and every export show)")
+    p.add_argument("--out-dir", default=".", help="folder a relative --out is resolved in (default: current folder)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="model directory (motionstreamer bundle); default: the embedded model")
     p.add_argument("--seed", type=int, default=0)
@@ -33,9 +34,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default 1 on CPU: the per-latent ops are small, and extra "
                         "threads spin-wait; measured 22 ms vs 2.8 s per latent on a busy 2-core machine)")
-    p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
-    p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     p.add_argument("--quiet", action="store_true")
+    from motionstreamer.io.commands import add_export_args
+    add_export_args(p)
 
 
 def register(subparsers) -> None:
@@ -76,18 +77,17 @@ def parse_prompt(spec: str) -> tuple[str, float | None]:
     return text, seconds
 
 
-def resolve_output_prefix(out: str, out_dir: str) -> Path:
-    """PREFIX resolved inside out_dir; a prefix that escapes it (.., absolute elsewhere) is refused."""
+def resolve_output_prefix(out: str, out_dir: str = ".") -> Path:
+    """--out PREFIX as the user wrote it (their own argument: anywhere, ~ expanded; relative to
+    --out-dir). Refused: a prefix with no file name ("", ".", "..", "dir/") or naming a folder."""
     from motionstreamer.cli import CLIError
 
-    base = Path(out_dir).resolve()
-    target = (base / out).resolve()
-    if target != base and base not in target.parents:
-        raise CLIError(f"output {out!r} escapes the output folder {str(base)!r}; choose a path inside it "
-                       f"or set --out-dir")
-    if not target.name or target.name in (".", ".."):
-        raise CLIError(f"output prefix {out!r} has no file name")
-    return target
+    target = Path(out_dir).expanduser() / Path(out).expanduser()
+    if not out.strip() or out.rstrip().endswith(("/", "\\")) or Path(out).name in ("", ".", ".."):
+        raise CLIError(f"--out {out!r} has no file name; give a prefix such as out/walk (writes out/walk.npy, ...)")
+    if target.is_dir():
+        raise CLIError(f"--out {out!r} is a folder; give a prefix inside it, e.g. {str(Path(out) / 'walk')!r}")
+    return target.resolve()
 
 
 def _config(args):
@@ -116,7 +116,6 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     from motionstreamer.runtime.engine import MAX_PROMPT_CHARS
     from motionstreamer.runtime.loading import load_models
     from motionstreamer.runtime.session import StreamingSession
-    from motionstreamer.utils import atomic_save_npy
 
     for text, _ in prompts:
         if not text.strip():
@@ -139,7 +138,9 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     log(f"model: {desc}")
-    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
+    # live JSON chunks (stream --jsonl) are foot-cleaned causally; the files offline, below
+    clean_live = args.clean_feet and getattr(args, "jsonl", False)
+    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed, clean_feet=clean_live)
     for i, (text, seconds) in enumerate(prompts):
         session.push_text(text, duration=seconds, after_current=True)
 
@@ -158,7 +159,7 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
 
-    feats, joints = [], []
+    feats = []
     t0 = time.perf_counter()
     first_latency = None
     gen_time = 0.0
@@ -179,7 +180,6 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         if first_latency is None:
             first_latency = time.perf_counter() - t0
         feats.append(chunk.features.cpu())
-        joints.append(chunk.joints.cpu())
         if args.jsonl if hasattr(args, "jsonl") else False:
             print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
                               "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
@@ -189,27 +189,15 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     if not feats:
         raise CLIError("no frames were generated (the first action ended immediately); try another seed")
     features = torch.cat(feats).numpy().astype(np.float32)
-    joint_arr = torch.cat(joints).numpy().astype(np.float32)
     n_frames = features.shape[0]
     motion_seconds = n_frames / 30.0
     for ev in session.events:
         log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
     log(f"generated {n_frames} frames ({len(feats)} latents, {motion_seconds:.2f} s of motion) in {gen_time:.2f} s; "
         f"first-latent latency {first_latency * 1000:.1f} ms; real-time factor {motion_seconds / max(gen_time, 1e-9):.1f}x")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(f"{prefix}.npy", features)
-    atomic_save_npy(f"{prefix}_joints.npy", joint_arr)
-    written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
+    from motionstreamer.io.commands import write_outputs
     title = " / ".join(t for t, _ in prompts) if prompts else "stream"
-    if args.bvh:
-        from motionstreamer.io.bvh import features_to_bvh
-        features_to_bvh(f"{prefix}.bvh", features, fps=30)
-        written.append(f"{prefix}.bvh")
-    if args.render:
-        from motionstreamer.io.render import render_motion
-        out = f"{prefix}.{args.render}"
-        render_motion(joint_arr, out, title=title, fps=30, progress=not args.quiet)
-        written.append(out)
+    written = write_outputs(prefix, features, args, title, log)
     for w in written:
         log(f"wrote {w}")
     return 0
