@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import FakeTextEncoder, tiny_t2m  # noqa: E402
+from fakes import FakeTextEncoder  # noqa: E402
+from train_tiny import tiny_t2m  # noqa: E402
 
 GLOBAL_BATCH = 4
 OBJECTIVE_STEP, TOTAL_STEPS = 5, 10      # Two-Forward replaces half of the positions

@@ -4,7 +4,8 @@ only B's positions, caption grouping and sub-caption crops, stream-pair parsing.
 import numpy as np
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, encode_dataset, make_synth, quiet, tiny_t2m, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import encode_dataset, make_synth, quiet, tiny_t2m, tiny_tae
 
 from motionstreamer.data.humanml3d import load_motions
 from motionstreamer.train.stream import load_stream_examples, parse_stream_line

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, quiet, state_equal, tiny_t2m, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import quiet, state_equal, tiny_t2m, tiny_tae
 
 from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
 from motionstreamer.train.t2m import LatentExample, T2MTrainConfig, embed_captions, train_t2m

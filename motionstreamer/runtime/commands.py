@@ -162,6 +162,7 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     t0 = time.perf_counter()
     first_latency = None
     gen_time = 0.0
+    due = 0.0      # --realtime: when the frames out so far have played; never behind the step that starts
     while True:
         with lock:
             finished = session.finished
@@ -184,7 +185,9 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
             print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
                               "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
         if getattr(args, "realtime", False):
-            due = t0 + (chunk.start_frame + 4) / 30.0
+            # a playback clock that waits while the stream is idle or late (a first prompt typed after a
+            # while, a slow step) instead of bursting through the motion it is behind on
+            due = max(due, ts) + chunk.features.shape[0] / 30.0
             time.sleep(max(0.0, due - time.perf_counter()))
     if not feats:
         raise CLIError("no frames were generated (the first action ended immediately); try another seed")

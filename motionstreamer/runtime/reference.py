@@ -27,10 +27,14 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
                      method: str = "ddpm", history_keep: int | None = None,
                      end_latent: torch.Tensor | None = None, end_threshold: float = 0.1,
                      min_action_latents: int = 2, decode_every_latent: bool = True,
-                     skip_terminal: bool = False) -> ReferenceResult:
+                     skip_terminal: bool = False, context: torch.Tensor | None = None) -> ReferenceResult:
     """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt;
     when end_latent is given, a prompt's action may end early as in the original t2m demo
-    (its end latent is dropped and generation moves to the next prompt)."""
+    (its end latent is dropped and generation moves to the next prompt).
+
+    context (N, latent), optional (teacher forcing): latent k is sampled after context[:k] instead of
+    after the reference's own samples, so another implementation's stream can be checked latent by
+    latent without the differences compounding through the autoregressive loop."""
     from motionstreamer.models.diffusion import draw_sampling_noise
 
     block = t2m.config.block_size
@@ -61,7 +65,7 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
                 ended_early = True
                 break
             latents.append(z)
-            window.append(z)
+            window.append(z if context is None else context[len(latents) - 1].to(z))
             k += 1
             if decode_every_latent:  # the original re-decodes everything whenever frames are needed
                 features = tae.decode(torch.stack(latents)[None])[0]
