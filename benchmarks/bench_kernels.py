@@ -280,7 +280,7 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
 
         def loop(backend):
             def run():
-                dl.set_backend(backend)
+                dl.set_head_backend(backend)
                 return dl.sample(cond, uncond, cfg=4.0, steps=steps, noise=noise)
             return run
 
@@ -293,7 +293,7 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
                     variants[f"{name}_graph"] = _raiser(e)
         with torch.no_grad():
             times = _variants(device, variants, max(1, iters // 10), repeats)
-        dl.set_backend("auto")
+        dl.set_head_backend("auto")
         row = _row(f"head_loop_s{s}", info, {"streams": s, "rows": N, "width": width, "depth": depth,
                                               "steps": steps}, times)
         row["head_weight_bytes_per_step"] = step_bytes

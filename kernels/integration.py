@@ -3,7 +3,7 @@
 Each function takes the model's own modules and tensors, so wiring a kernel in is one call at the
 place the model computes the same thing, behind its backend switch:
 
-  attention(q, k, v, scale, mask, causal)        the transformer's `attention(..., backend="triton")` hook
+  attention(q, k, v, scale, mask, causal)        the transformer's `attention(..., attn_backend="triton")` hook
   self_attention(attn, x, cos, sin, lengths)     CausalSelfAttention.forward (QKV proj -> fused QK-Norm,
                                                  RoPE, causal attention -> out proj); returns (y, k, v)
   decode_self_attention(attn, x, k_cache, v_cache, positions, cos, sin, rows)

@@ -193,7 +193,7 @@ def test_gpu_official_head(dtype, streams):
     noise = draw_sampling_noise(torch.Generator().manual_seed(0), B, proc.num_timesteps, 16, "cuda", dtype)
     kw = dict(cfg=4.0, steps=50, method="ddpm", skip_terminal=True)
     got = integration.sample(dl, cond, uncond, noise=noise, **kw)
-    dl.set_backend("torch")
+    dl.set_head_backend("torch")
     eager = dl.sample(cond, uncond, noise=noise, **kw)   # the PyTorch loop in the same dtype
     ref = dl.float().sample(cond.float(), uncond.float(), noise=(noise[0].float(), noise[1].float()), **kw)
     # 50 steps in reduced precision drift from fp32; the fused loop must drift no more than eager does

@@ -26,9 +26,42 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from motionstreamer.models.transformer import attention
+from motionstreamer.models.transformer import KVWriter, decode_mask
 
 OPSET = 17
+
+
+class CollectingWriter(KVWriter):
+    """Prefill as a graph: the tokens' k/v of every layer are collected as outputs; the plain "math"
+    attention (the legacy exporter traces it as ops ONNX has)."""
+    attn_backend = "math"
+
+    def __init__(self):
+        super().__init__()
+        self.k, self.v = [], []
+
+    def update(self, layer, k, v):
+        self.k.append(k)
+        self.v.append(v)
+        return k, v
+
+
+class FunctionalDecodeWriter(CollectingWriter):
+    """A decode step as a graph: the new k/v blended into copies of the cache inputs at `pos` (no
+    in-place write), the copies collected as the cache outputs."""
+    causal = False
+
+    def __init__(self, k_cache, v_cache, pos):
+        super().__init__()
+        self.k_cache, self.v_cache = k_cache, v_cache
+        T = k_cache.shape[3]
+        self.onehot = (torch.arange(T, device=pos.device)[None, :] == pos[:, None]).to(k_cache.dtype)[:, None, :, None]
+        self.mask = decode_mask(pos, T)
+
+    def update(self, layer, k, v):
+        keep = 1 - self.onehot
+        return super().update(layer, self.k_cache[layer] * keep + k * self.onehot,
+                              self.v_cache[layer] * keep + v * self.onehot)
 
 
 class PrefillGraph(nn.Module):
@@ -37,20 +70,12 @@ class PrefillGraph(nn.Module):
         self.m = t2m
 
     def forward(self, text, latents, n_latents):
-        m = self.m
-        x = m._tokens(latents, text)
+        m, kv = self.m, CollectingWriter()
+        x = m.embed(latents, text)
         T = x.shape[1]
-        cos, sin = m.rope_cos[:T], m.rope_sin[:T]
-        ks, vs = [], []
-        for blk in m.transformer.h:
-            q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)
-            x = x + blk.attn.out(attention(q, k, v, float(blk.attn.scale), causal=True, backend="math"))
-            x = x + blk.mlp(blk.rms_2(x))
-            ks.append(k)
-            vs.append(v)
-        idx = n_latents.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        last = torch.gather(x, 1, idx)[:, 0]
-        return m._head(last), torch.stack(ks), torch.stack(vs)
+        x = m.run_blocks(x, m.rope_cos[:T], m.rope_sin[:T], kv)
+        last = torch.gather(x, 1, n_latents.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
+        return m.project(last), torch.stack(kv.k), torch.stack(kv.v)
 
 
 class DecodeStepGraph(nn.Module):
@@ -59,23 +84,9 @@ class DecodeStepGraph(nn.Module):
         self.m = t2m
 
     def forward(self, latent, k_cache, v_cache, pos):
-        m = self.m
-        T = k_cache.shape[3]
-        x = m.transformer.wte(latent)[:, None, :]
-        cos, sin = m.rope_cos[pos][:, None, None, :], m.rope_sin[pos][:, None, None, :]
-        ar = torch.arange(T, device=latent.device)[None, :]
-        onehot = (ar == pos[:, None]).to(x.dtype)[:, None, :, None]          # (B, 1, T, 1)
-        mask = (ar <= pos[:, None])[:, None, None, :]                          # (B, 1, 1, T)
-        ks, vs = [], []
-        for i, blk in enumerate(m.transformer.h):
-            q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)
-            K = k_cache[i] * (1 - onehot) + k * onehot
-            V = v_cache[i] * (1 - onehot) + v * onehot
-            x = x + blk.attn.out(attention(q, K, V, float(blk.attn.scale), mask=mask, backend="math"))
-            x = x + blk.mlp(blk.rms_2(x))
-            ks.append(K)
-            vs.append(V)
-        return m._head(x[:, 0]), torch.stack(ks), torch.stack(vs)
+        m, kv = self.m, FunctionalDecodeWriter(k_cache, v_cache, pos)
+        x = m.run_blocks(m.embed(latent[:, None, :], None), *m.rope_at(pos), kv)
+        return m.project(x[:, 0]), torch.stack(kv.k), torch.stack(kv.v)
 
 
 class HeadSampleGraph(nn.Module):

@@ -301,17 +301,17 @@ class DiffLoss(nn.Module):
         self.train_diffusion = GaussianDiffusion(self.base_betas)
         self._sampling = {}
         self._timesteps = {}
-        self.backend = "auto"   # a runtime choice (HEAD_BACKENDS), not part of the checkpoint
+        self.head_backend = "auto"   # a runtime choice (HEAD_BACKENDS), not part of the checkpoint
 
-    def set_backend(self, backend: str) -> None:
+    def set_head_backend(self, backend: str) -> None:
         if backend not in HEAD_BACKENDS:
             raise ValueError(f"head backend must be one of {HEAD_BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.head_backend = backend
 
     def _fused_sampler(self, cond: torch.Tensor, cfg):
         """motionstreamer.kernels.integration when this call should run the fused loop, else None."""
         device = cond.device
-        if self.backend == "torch" or (self.backend == "auto" and device.type != "cuda"):
+        if self.head_backend == "torch" or (self.head_backend == "auto" and device.type != "cuda"):
             return None
         if cond.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return None
