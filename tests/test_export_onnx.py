@@ -8,8 +8,8 @@ import torch
 
 from motionstreamer.checkpoints import load_bundle, save_bundle
 from motionstreamer.export.onnx_export import export_bundle, read_manifest
-from motionstreamer.export.ort_engine import ort_session
-from motionstreamer.models.diffusion import draw_sampling_noise
+from motionstreamer.runtime.ort_backend import ort_session
+from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.runtime.engine import GenerationConfig
@@ -90,7 +90,7 @@ def test_head_graph_matches_sampler(exported, method, steps):
     E = bundle.t2m.config.n_embd
     cond, unc = torch.randn(2, E, generator=g), torch.randn(2, E, generator=g)
     x, n = draw_sampling_noise(g, 2, steps, 16)
-    ref = bundle.t2m.diff_loss.sample(cond, unc, cfg=3.0, temperature=0.9, steps=steps, method=method, noise=(x, n))
+    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps, sampler=method), noise=(x, n))
     sess = ort.InferenceSession(str(out / f"head_{method}{steps}.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"cond": cond.numpy(), "uncond": unc.numpy(), "x_T": x.numpy(), "step_noise": n.numpy(),
              "cfg": np.array([3.0], np.float32), "temperature": np.array([0.9], np.float32)}
@@ -128,10 +128,8 @@ def test_ort_stream_matches_torch_session(exported):
 
 def test_missing_head_variant_is_a_clear_error(exported):
     bundle, out = exported
-    s = ort_session(out, HashEncoder(), config=GenerationConfig(sampling_steps=20, end_threshold=-1.0), seed=0)
-    s.push_text("walk")
-    with pytest.raises(ValueError, match="no exported head"):
-        s.step()
+    with pytest.raises(ValueError, match="no exported head"):   # when the session is made, before any step
+        ort_session(out, HashEncoder(), config=GenerationConfig(sampling_steps=20, end_threshold=-1.0), seed=0)
 
 
 # ---------------------------------------------------------------- int8 (export_bundle(quantize="int8"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffusionHeadConfig, draw_sampling_noise
+from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings, draw_sampling_noise, sample_loop
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel, resolve_attention_backend
 
 pytestmark = pytest.mark.skipif(not integration.available("cpu"),
@@ -80,7 +80,7 @@ def test_triton_switch_falls_back_where_the_kernels_do_not_apply():
                 cache = m.new_kv_cache(2)
                 m.prefill(text, lat[:, :1], cache)
                 nxt = m.decode_step(lat[:, 1], cache)
-                z = m.diff_loss.sample(out[:, 0].detach(), out[:, 1].detach(), steps=3,
+                z = m.diff_loss.sample(out[:, 0].detach(), out[:, 1].detach(), SamplerSettings(sampling_steps=3),
                                        noise=draw_sampling_noise(torch.Generator().manual_seed(1), 2, 3, 16,
                                                                  dtype=dtype))
             outs[backend] = (out.detach(), nxt, z)
@@ -160,17 +160,18 @@ def test_head_sampling_switch(method):
     for backend in ("torch", "triton"):
         m.diff_loss.set_head_backend(backend)
         with kernel_calls() as calls:
-            got[backend] = m.diff_loss.sample(cond, uncond, cfg=2.5, steps=6, method=method, noise=noise, eta=0.3)
+            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise)
         assert calls["head_sample_loop"] == (backend == "triton")
     assert_close(got["triton"], got["torch"], what="sampled latents")
-    # fast=False stays the reference path; a tensor cfg (ONNX export) too
+    # fast=False stays the reference path; the loop with a tensor cfg (the ONNX head graph) too
     m.diff_loss.set_head_backend("triton")
-    ref = m.diff_loss.sample(cond, uncond, cfg=2.5, steps=6, method=method, noise=noise, eta=0.3, fast=False)
+    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise, fast=False)
     assert_close(got["triton"], ref, what="vs net.forward sampler")
-    t = m.diff_loss.sample(cond, uncond, cfg=torch.tensor(2.5), steps=6, method=method, noise=noise, eta=0.3)
+    c = torch.cat([cond, uncond])
+    t = sample_loop(m.diff_loss.eps_function(c, m.diff_loss.model_timesteps(6, "cpu")), noise[0],
+                    m.diff_loss.sampling_process(6).step_coefficients(method, 0.3), noise[1], torch.tensor(2.5))
     assert_close(t, got["torch"], 1e-6, "tensor cfg")
     # head_forward_with_modulations: one step
-    c = torch.cat([cond, uncond])
     mods = m.diff_loss.net.modulations(c, m.diff_loss.model_timesteps(6, "cpu"))
     x = torch.randn(4, 16, generator=g)
     with torch.no_grad(), kernel_calls() as calls:

@@ -49,10 +49,10 @@ def models():
     return tae, t2m
 
 
-def reference_latents(models, text, schedule, seed, **kw):
+def reference_latents(models, text, schedule, seed, config):
     tae, t2m = models
     return reference_stream(t2m, tae, [(text.encode([p])[0], n) for p, n in schedule], text.encode([""])[0],
-                            torch.Generator().manual_seed(seed), **{"decode_every_latent": False, **kw})
+                            torch.Generator().manual_seed(seed), config, decode_every_latent=False)
 
 
 def test_recover_joints_step_matches_whole_sequence():
@@ -86,8 +86,7 @@ def test_session_equals_reference_sampler(models, steps, method, skip):
     latents = torch.stack([c.latent for c in chunks])
     frames = torch.cat([c.features for c in chunks])
 
-    ref = reference_latents(models, text, schedule, 123, cfg_scale=3.0, steps=steps, method=method,
-                            skip_terminal=skip)
+    ref = reference_latents(models, text, schedule, 123, cfg)
     assert_latents_close(latents, ref.latents, LATENT_RTOL)
     b = FakeBundle(tae, t2m)
     full = tae.decode(latents[None])[0] * b.std + b.mean   # streamed frames == full decode of same latents
@@ -150,8 +149,7 @@ def test_new_prompt_takes_effect_at_the_next_latent(models):
     chunks += [session.step() for _ in range(4)]
     assert [c.prompt for c in chunks] == ["a person walks forward"] * 5 + ["a person turns left"] * 4
     assert [(e.kind, e.latent_index) for e in session.events] == [("prompt_change", 5)]
-    ref = reference_latents(models, text, [("a person walks forward", 5), ("a person turns left", 4)], 7,
-                            cfg_scale=3.0, steps=10, skip_terminal=True)
+    ref = reference_latents(models, text, [("a person walks forward", 5), ("a person turns left", 4)], 7, cfg)
     assert_latents_close(torch.stack([c.latent for c in chunks]), ref.latents, LATENT_RTOL)
 
 

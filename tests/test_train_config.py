@@ -27,7 +27,7 @@ def test_official_defaults():
     t2m = T2MTrainConfig()
     assert (t2m.lr, t2m.batch_size, t2m.steps, t2m.warmup_steps, t2m.weight_decay, t2m.schedule) == \
         (1e-4, 256, 100_000, 10_000, 1e-6, "cosine")
-    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.batch_mul, t2m.two_forward, t2m.grad_clip) == \
+    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.diffmlps_batch_mul, t2m.two_forward, t2m.grad_clip) == \
         (0.1, 78, 1 / 3, 4, True, None)
 
 

@@ -49,7 +49,7 @@ def compare_checkpoints(a: Path, b: Path):
 def t2m_cfg(out, **kw):
     return quiet(T2MTrainConfig, out_dir=str(out), steps=12, batch_size=6, lr=2e-3, warmup_steps=3,
                  weight_decay=1e-6, grad_clip=1.0, ema_decay=0.9, text_dropout=0.3, save_every=100,
-                 batch_mul=2, **kw)
+                 diffmlps_batch_mul=2, **kw)
 
 
 def test_t2m_resume_is_bit_exact(tmp_path):

@@ -156,7 +156,7 @@ def _generation(args, device):
         if args.checkpoint or args.dtype:
             raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
         try:
-            from motionstreamer.export.ort_engine import load_ort
+            from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
             from motionstreamer.runtime.engine import GenerationConfig
             stats, probe = load_ort(args.onnx, 1)

@@ -45,7 +45,7 @@ class T2MConfig:
     block_size: int = 78
     cond_dim: int = 768                 # text embedding width (sentence-t5-xxl: 768, MiniLM: 384)
     head: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
-    diffmlps_batch_mul: int = 4         # training: each token's head loss at this many timesteps
+    diffmlps_batch_mul: int = 4         # the released config's; training reads T2MTrainConfig.diffmlps_batch_mul
     rope_base: float = 10000.0
     attn_backend: str = "auto"          # "auto" (fastest: "triton" on CUDA with triton installed, else
                                         # "sdpa"), "math" (reference), "sdpa", "triton"
