@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FPS = 30
-FEATURE_DIM = 272
-MIN_FRAMES, MAX_FRAMES, UNIT_LENGTH = 60, 300, 4
+from motionstreamer import FEATURE_DIM, FPS, FRAMES_PER_LATENT
+
+MIN_FRAMES, MAX_FRAMES, UNIT_LENGTH = 60, 300, FRAMES_PER_LATENT
 CAPTION_MODES = ("random", "all", "first")
 
 
