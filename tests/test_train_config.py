@@ -71,7 +71,7 @@ def test_config_files_yaml_json_and_errors(tmp_path):
     assert TAETrainConfig().updated(load_config_file(tmp_path / "c.yaml")).milestones == (10,)
     assert TAETrainConfig().updated(load_config_file(tmp_path / "c.json")).batch_size == 8
     (tmp_path / "u.yaml").write_text("steps: 20\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match=r"unknown TAETrainConfig field\(s\): learning_rate"):
+    with pytest.raises(ValueError, match=r"unknown TAETrainConfig field\(s\) \['learning_rate'\]"):
         TAETrainConfig().updated(load_config_file(tmp_path / "u.yaml"))
     (tmp_path / "bad.json").write_text("{steps: 3")
     with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):

@@ -21,12 +21,14 @@ there and nowhere else.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from motionstreamer.config import ConfigDict, check_positive_ints
 
 SCHEDULES = ("cosine", "linear")
 SAMPLERS = ("ddpm", "ddim")
@@ -37,7 +39,7 @@ HEAD_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
-class DiffusionHeadConfig:
+class DiffusionHeadConfig(ConfigDict):
     latent_dim: int = 16
     width: int = 1792
     depth: int = 9
@@ -46,23 +48,9 @@ class DiffusionHeadConfig:
     schedule: str = "cosine"
 
     def __post_init__(self):
-        for name in ("latent_dim", "width", "depth", "cond_dim", "num_train_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"DiffusionHeadConfig.{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("latent_dim", "width", "depth", "cond_dim", "num_train_steps"))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"DiffusionHeadConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionHeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DiffusionHeadConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

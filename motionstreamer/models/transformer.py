@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motionstreamer.config import ConfigDict, check_positive_ints
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 
 
 @dataclass
-class T2MConfig:
+class T2MConfig(ConfigDict):
     latent_dim: int = 16
     n_layer: int = 12
     n_head: int = 12
@@ -55,10 +56,8 @@ class T2MConfig:
             self.head = DiffusionHeadConfig.from_dict(self.head)
         if not isinstance(self.head, DiffusionHeadConfig):
             raise ValueError(f"T2MConfig.head must be a DiffusionHeadConfig or dict, got {type(self.head).__name__}")
-        for name in ("latent_dim", "n_layer", "n_head", "n_embd", "block_size", "cond_dim", "diffmlps_batch_mul"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"T2MConfig.{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("latent_dim", "n_layer", "n_head", "n_embd", "block_size", "cond_dim",
+                                   "diffmlps_batch_mul"))
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} / n_head {self.n_head} must give an even head size (RoPE pairs)")
         if self.attn_backend not in ATTN_BACKENDS:
@@ -87,18 +86,6 @@ class T2MConfig:
         return cls(n_layer=4, n_head=4, n_embd=128, cond_dim=cond_dim,
                    head=DiffusionHeadConfig(width=256, depth=3))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["head"] = self.head.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "T2MConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown T2MConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)   # a nested head dict is converted in __post_init__
 
 
 # ----------------------------------------------------------------------------- pieces
