@@ -12,18 +12,25 @@ import sys
 # Order here is the order in `--help`.
 COMMAND_MODULES = (
     "motionstreamer.runtime.commands",   # generate, stream
-    "motionstreamer.data.commands",      # synth
-    "motionstreamer.data.amass",         # prepare-amass
+    "motionstreamer.data.commands",      # synth, prepare-amass
     "motionstreamer.io.commands",        # render, to-bvh
     "motionstreamer.models.commands",    # convert-checkpoint, download
-    "motionstreamer.train.commands",     # train tae|t2m|stream|evaluator, encode-latents
-    "motionstreamer.eval.commands",      # evaluate, train-evaluator
+    "motionstreamer.train.commands",     # train tae|t2m|stream, train-evaluator, encode-latents, make-bundle
+    "motionstreamer.eval.commands",      # evaluate
     "motionstreamer.export.commands",    # export-onnx
 )
 
 
 class CLIError(Exception):
     """A user-facing error: printed as `motionstreamer: error: ...` with exit code 2, no traceback."""
+
+
+def check_positive(args, *names) -> None:
+    """CLIError for the first of these integer flags given as < 1."""
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
 def build_parser() -> argparse.ArgumentParser:

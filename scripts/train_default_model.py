@@ -132,7 +132,7 @@ def loss_summary(run_dir: Path) -> dict:
 def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     """The small TMR-style evaluator (MiniLM backbone, frozen) on the training split; a finished run
     in run_dir is reused as it is."""
-    from motionstreamer.eval.train_evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
+    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
     from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
     from motionstreamer.train.common import load_checkpoint
 

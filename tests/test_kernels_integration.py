@@ -12,6 +12,7 @@ from unittest import mock
 
 import pytest
 import torch
+from fakes import FakeBundle, FakeTextEncoder
 
 from motionstreamer.kernels import integration
 from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings, draw_sampling_noise, sample_loop
@@ -188,23 +189,12 @@ def test_streaming_engine_triton_equals_torch():
     tae = CausalHumanTAE(TAEConfig.small()).eval()
     t2m = tiny_model(seed=6).eval()
 
-    class Bundle:
-        def __init__(self):
-            self.tae, self.t2m = tae, t2m
-            g = torch.Generator().manual_seed(1)
-            self.mean, self.std = torch.randn(272, generator=g) * 0.1, torch.rand(272, generator=g) + 0.5
-            self.end_latent = torch.full((16,), 100.0)
-
-    class Text:
-        def encode(self, texts):
-            return torch.stack([torch.randn(24, generator=torch.Generator().manual_seed(len(t))) for t in texts])
-
     cfg = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=14)   # crosses the window slide
     latents, frames = {}, {}
     for backend in ("sdpa", "triton"):
         t2m.set_fast_paths(backend)
         with kernel_calls() as calls:
-            eng = StreamingEngine(Bundle(), Text(), capacity=2, config=cfg)
+            eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(24), capacity=2, config=cfg)
             eng.add_stream("walk", seed=1)
             eng.add_stream("jump forward", seed=2)
             chunks = [c for _ in range(14) for c in eng.step()]

@@ -335,7 +335,7 @@ def causal_conv1d_update(x_new: torch.Tensor, state: torch.Tensor, weight: torch
     modified (copy new_state into it to keep one buffer, e.g. for CUDA graphs)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
         raise ValueError("causal_conv1d_update: weight must be a (out_channels, in_channels, kernel) tensor")
-    S = state_size(weight.shape[2], stride, dilation)
+    S = state_size(int(weight.shape[2]), stride, dilation)   # int(): a traced size (ONNX export) is a tensor
     _check("causal_conv1d_update", x_new, weight, bias, residual, stride, dilation, S, xname="x_new")
     if not isinstance(state, torch.Tensor):
         raise TypeError(f"causal_conv1d_update: state must be a torch.Tensor, got {type(state).__name__}")

@@ -1,4 +1,4 @@
-"""CLI verbs: `train tae|t2m|stream`, `encode-latents`, `make-bundle`.
+"""CLI verbs: `train tae|t2m|stream`, `train-evaluator`, `encode-latents`, `make-bundle`.
 
 The pipeline from a HumanML3D-272 folder to a model that `generate`/`stream` can run:
 
@@ -91,21 +91,36 @@ def register(subparsers) -> None:
     m.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     m.set_defaults(func=cmd_make_bundle)
 
+    r = subparsers.add_parser("train-evaluator", help="train the TMR-style evaluator",
+                              description="Train the text/motion evaluator (TMR losses, frozen text backbone) on a "
+                                          "HumanML3D-272 layout folder; writes OUT/checkpoint_last.pt (resumable) "
+                                          "and OUT/evaluator/ (safetensors + config.json) every --save-every steps.")
+    _common(r, "runs/evaluator")
+    r.add_argument("--split", default="train")
+    r.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
+                   help="HF AutoModel folder or name, 'minilm' (offline) or 'tiny-distilbert' "
+                        "(default: distilbert-base-uncased for official, minilm for small)")
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--save-every", type=int, default=None, metavar="STEPS")
+    r.add_argument("--no-tensorboard", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_train_evaluator)
+
 
 # ----------------------------------------------------------------------------- helpers
-def _config(cls, args):
+def _config(cls, args, **flags):
+    """The trainer config: defaults <- --config <- --set <- the verb's own flags (None: not given)."""
     from motionstreamer.cli import CLIError
     from motionstreamer.train.common import load_config_file, parse_overrides
 
     cfg = cls()
+    flags = {"out_dir": args.out, "device": args.device, **flags}
     try:
         if args.config:
             cfg = cfg.updated(load_config_file(args.config))
         cfg = cfg.updated(parse_overrides(args.set, cls))
-        if args.out is not None:
-            cfg = cfg.updated({"out_dir": args.out})
-        if args.device is not None:
-            cfg = cfg.updated({"device": args.device})
+        cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     return cfg
@@ -363,4 +378,29 @@ def cmd_make_bundle(args) -> int:
                       description=f"trained with motionstreamer: TAE {args.tae}, {ck['trainer']} {args.t2m} "
                                   f"(step {ck['step']})")
     print(f"wrote model bundle {out} (text encoder {text_encoder}); use it with --checkpoint {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train-evaluator
+def cmd_train_evaluator(args) -> int:
+    from motionstreamer.cli import CLIError, check_positive
+    from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
+    from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
+
+    check_positive(args, "epochs", "batch_size", "save_every")
+    cfg = _config(EvaluatorTrainConfig, args, epochs=args.epochs, batch_size=args.batch_size,
+                  save_every=args.save_every, progress=not args.quiet, tensorboard=not args.no_tensorboard)
+    try:
+        if args.model_size == "small":
+            model_cfg = EvaluatorConfig.small(args.text_backbone or "minilm")
+        elif args.text_backbone is None:
+            model_cfg = EvaluatorConfig.official()
+        else:
+            model_cfg = EvaluatorConfig(text_backbone=args.text_backbone, text_dim=backbone_hidden_size(args.text_backbone))
+    except Exception as e:   # a backbone name that cannot be resolved, offline or unknown
+        raise CLIError(f"--text-backbone {args.text_backbone!r}: {e}")
+    evaluator, res = _run(lambda: train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split))
+    last = res.losses[-1][1] if res.losses else float("nan")
+    _say(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
+         f"model {Path(cfg.out_dir) / 'evaluator'}, checkpoint {res.checkpoint}")
     return 0
