@@ -126,16 +126,13 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._common import row_norm_stats
+
     @triton.jit
     def _final_row(HIN, row, sh, MODF, smr, smp, WF, swf, BF, ln_eps,
                    WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BW: tl.constexpr, LAT: tl.constexpr, LATP: tl.constexpr):
         """eps of one row: LayerNorm (no affine) -> modulate -> final linear (fp32)."""
-        cols = tl.arange(0, BLOCK_W)
-        valid = cols < WIDTH
-        x = tl.load(HIN + row * sh + cols, mask=valid, other=0.0).to(tl.float32)
-        mean = tl.sum(x, 0) / WIDTH
-        xc = tl.where(valid, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / WIDTH + ln_eps)
+        mean, rstd, _, _, _ = row_norm_stats(HIN, row, sh, WIDTH, BLOCK_W, ln_eps)
         li = tl.arange(0, LATP)
         acc = tl.zeros([LATP, BW], dtype=tl.float32)
         for w0 in tl.static_range(0, WIDTH, BW):

@@ -25,6 +25,24 @@ class CLIError(Exception):
     """A user-facing error: printed as `motionstreamer: error: ...` with exit code 2, no traceback."""
 
 
+def add_verb(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A verb's parser that runs `func`: `help` in the verb list, the handler's docstring as the
+    verb's own --help description (argparse re-wraps it)."""
+    import inspect
+
+    p = subparsers.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or help))
+    p.set_defaults(func=func)
+    return p
+
+
+def add_group(subparsers, name: str, help: str, description: str, dest: str, metavar: str):
+    """A verb with sub-verbs (`train tae`, `evaluate t2m`); alone it prints its help. Returns the
+    sub-verbs' subparsers."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    return p.add_subparsers(dest=dest, metavar=metavar)
+
+
 def check_positive(args, *names) -> None:
     """CLIError for the first of these integer flags given as < 1."""
     for n in names:

@@ -8,13 +8,10 @@ from motionstreamer import FPS
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "synth", help="write a synthetic motion dataset (HumanML3D-272 layout, optional BABEL-stream pairs)",
-        description="Procedural motions on the SMPL skeleton (walk, jog, run, walk backwards, side steps, turns, "
-                    "jumps, squats, waves, raised arms, kicks, standing, walking in a circle, sitting down) with "
-                    "paraphrased captions, written in the HumanML3D-272 layout: motion_data/, texts/, split/, "
-                    "mean_std/ and synth_meta.json (action label per clip). With --stream-pairs also "
-                    "babel_stream/ (A/B pairs) and babel_272/ (the pairs' segments).")
+    from motionstreamer.cli import add_verb
+
+    p = add_verb(subparsers, "synth", cmd_synth,
+                 "write a synthetic motion dataset (HumanML3D-272 layout, optional BABEL-stream pairs)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files are replaced atomically)")
     p.add_argument("--clips", type=int, default=500, help="number of clips (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
@@ -24,14 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--composite-fraction", type=float, default=0.1,
                    help="fraction of clips made of two actions, with sub-captions (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_synth)
 
-    p = subparsers.add_parser(
-        "prepare-amass", help="build 272-dim clips (and mirrors, Mean/Std) from AMASS with your body model",
-        description="The released AMASS -> HumanML3D-272 pipeline: 30 fps floor stride, crop, Z-up -> Y-up, "
-                    "mirror, face +Z, SMPL-X joints, 272 features. Writes OUT/motion_data/<id>.npy, "
-                    "OUT/motion_data/M<id>.npy and OUT/mean_std/{Mean,Std}.npy. No body model is shipped: pass "
-                    "SMPLX_NEUTRAL.npz (keys v_template, shapedirs, J_regressor, kintree_table).")
+    p = add_verb(subparsers, "prepare-amass", cmd_prepare_amass,
+                 "build 272-dim clips (and mirrors, Mean/Std) from AMASS with your body model")
     p.add_argument("--index", required=True, metavar="FILE",
                    help="clip index: CSV with source_path,start_frame,end_frame,new_name (HumanML3D index.csv) "
                         "or rows 'path start end id'; start/end are frames of the 30 fps strided sequence")
@@ -42,10 +34,14 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int, default=FPS, help="target rate of the floor stride (default 30)")
     p.add_argument("--strict", action="store_true", help="stop at the first clip that fails instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare_amass)
 
 
 def cmd_synth(args) -> int:
+    """Procedural motions on the SMPL skeleton (walk, jog, run, walk backwards, side steps, turns, jumps,
+    squats, waves, raised arms, kicks, standing, walking in a circle, sitting down) with paraphrased
+    captions, written in the HumanML3D-272 layout: motion_data/, texts/, split/, mean_std/ and
+    synth_meta.json (action label per clip). With --stream-pairs also babel_stream/ (A/B pairs) and
+    babel_272/ (the pairs' segments)."""
     from motionstreamer.cli import CLIError
     from motionstreamer.data.synth import make_dataset
 
@@ -69,6 +65,10 @@ def cmd_synth(args) -> int:
 
 
 def cmd_prepare_amass(args) -> int:
+    """The released AMASS -> HumanML3D-272 pipeline: 30 fps floor stride, crop, Z-up -> Y-up, mirror, face
+    +Z, SMPL-X joints, 272 features. Writes OUT/motion_data/<id>.npy, OUT/motion_data/M<id>.npy and
+    OUT/mean_std/{Mean,Std}.npy. No body model is shipped: pass SMPLX_NEUTRAL.npz (keys v_template,
+    shapedirs, J_regressor, kintree_table)."""
     from motionstreamer.cli import CLIError
     from motionstreamer.data.amass import prepare_amass
 

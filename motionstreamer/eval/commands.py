@@ -39,11 +39,12 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    e = subparsers.add_parser("evaluate", help="evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
-                              description="Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, "
-                                          "MM-Dist, Diversity (and MPJPE, MultiModality, transition metrics); mean "
-                                          "± 95% CI over repeats, printed and written as JSON.")
-    sub = e.add_subparsers(dest="protocol", metavar="<protocol>")
+    from motionstreamer.cli import add_group
+
+    sub = add_group(subparsers, "evaluate", "evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
+                    "Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, MM-Dist, Diversity (and "
+                    "MPJPE, MultiModality, transition metrics); mean ± 95% CI over repeats, printed and written as "
+                    "JSON.", "protocol", "<protocol>")
     g = sub.add_parser("gt", help="real vs real (the reference row of every table)")
     _data_args(g)
     _evaluator_args(g)
@@ -74,7 +75,6 @@ def register(subparsers) -> None:
     _evaluator_args(s)
     _generation_args(s)
     s.set_defaults(func=cmd_evaluate)
-    e.set_defaults(func=lambda args: e.print_help() or 2)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -75,14 +75,10 @@ class SamplerSettings:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if isinstance(self.sampling_steps, bool) or not isinstance(self.sampling_steps, int) or self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be an int >= 1, got {self.sampling_steps!r}")
-        for name in ("cfg_scale", "temperature", "eta"):
+        for name, low in (("cfg_scale", -math.inf), ("temperature", 0.0), ("eta", 0.0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v < math.inf:
+                raise ValueError(f"{name} must be a finite number{'' if low == -math.inf else f' >= {low:g}'}, got {v!r}")
 
     @property
     def guided(self) -> bool:

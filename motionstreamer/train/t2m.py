@@ -42,9 +42,7 @@ class T2MTrainConfig(TrainConfig):
     steps: int = 100_000
     batch_size: int = 256
     lr: float = 1e-4
-    weight_decay: float = 1e-6
-    betas: tuple = (0.9, 0.99)
-    schedule: str = "cosine"
+    weight_decay: float = 1e-6         # betas (0.9, 0.99), cosine schedule: TrainConfig's
     warmup_steps: int = 10_000        # total/10, as the original
     grad_clip: float | None = None     # the original does not clip
     text_dropout: float = 0.1

@@ -11,6 +11,23 @@ from .body import (ANKLES, Controls, HIPS, KNEES, L_ELBOW, L_HIP, L_KNEE, L_SHOU
 from .gait import Gait, gait_phase, gait, place_feet, standing_feet, standing_height
 
 
+def standing_start(T: int, p: dict, idle: float = 1.0) -> tuple[np.ndarray, Controls]:
+    """Frame times (s) and standing controls in the clip's rest pose with idle motion scaled by `idle`:
+    where every action that is not a gait starts."""
+    t = np.arange(T) / FPS
+    c = Controls.standing(T)
+    rest_pose(c, p)
+    idle_motion(c, t, p, idle)
+    return t, c
+
+
+def bend(c: Controls, amount: np.ndarray, *terms) -> None:
+    """c.angles[:, joints, axis] += w * amount (T,) for each (joints, axis, w); a tuple of joints moves
+    together."""
+    for joints, axis, w in terms:
+        c.angles[:, joints, axis] += w * (amount[:, None] if isinstance(joints, tuple) else amount)
+
+
 # Each action: f(T, rng, p, phase0) -> Controls. p holds the clip's parameters (sample_params).
 LOCOMOTION = {  # speed slow..fast (m/s), cadence slow..fast, duty, clearance, crouch, arm, elbow, lean, land, heel
     "walk": ((0.85, 1.3), (0.85, 1.0), 0.60, 0.07, 0.0, 0.30, 0.25, 0.04, 0.42, 0.45),
@@ -80,10 +97,7 @@ def act_sidestep(direction: float):
 def act_turn(direction: float):
     """Small steps in place while the heading turns by p['turn_deg']."""
     def f(T, rng, p, phase0=None):
-        t = np.arange(T) / FPS
-        c = Controls.standing(T)
-        rest_pose(c, p)
-        idle_motion(c, t, p, 0.3)
+        t, c = standing_start(T, p, 0.3)
         env = envelope(T, max(6, T // 6), max(6, T // 6))
         g = Gait(speed=0.0, cadence=0.95, duty=0.6, clearance=0.06, crouch=0.01, arm=0.05, elbow=0.3, lean=0.0)
         c.phase = gait_phase(t, g.cadence, phase0, rng)
@@ -97,10 +111,7 @@ def act_turn(direction: float):
 
 def act_jump(T, rng, p, phase0=None):
     """Crouch, push off, ballistic flight (height from the flight time), land and absorb; repeated."""
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
-    idle_motion(c, t, p, 0.3)
+    t, c = standing_start(T, p, 0.3)
     n = p["jumps"]
     P = T / FPS / n
     flight = min(p["flight_time"], 0.3 * P)
@@ -113,23 +124,16 @@ def act_jump(T, rng, p, phase0=None):
         crouch += keyframes(t, [tk[0] - 1e-3, *tk], [0, 0, 1, 0, 0.25, 0.7, 0])
         arms += keyframes(t, [tk[0] - 1e-3, *tk], [0, 0, 0.7, -2.2 * p["amp"] - 0.6, -1.0, 0.2, 0])
         air |= (t >= tk[2]) & (t < tk[3])
-    a = c.angles
-    a[:, HIPS, X] += -1.0 * crouch[:, None]
-    a[:, KNEES, X] += 1.5 * crouch[:, None]
-    a[:, PELVIS, X] += 0.35 * crouch
-    a[:, SPINE1, X] += 0.25 * crouch
-    a[:, (L_SHOULDER, R_SHOULDER), X] += arms[:, None]
-    a[:, ANKLES, X] += 0.5 * air[:, None]                  # toes point down in the air
+    bend(c, crouch, (HIPS, X, -1.0), (KNEES, X, 1.5), (PELVIS, X, 0.35), (SPINE1, X, 0.25))
+    c.angles[:, (L_SHOULDER, R_SHOULDER), X] += arms[:, None]
+    c.angles[:, ANKLES, X] += 0.5 * air[:, None]           # toes point down in the air
     c.contact[air] = 0.0
     c.velocity[air, 1] = p["jump_forward"] / flight
     return c
 
 
 def act_squat(T, rng, p, phase0=None):
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
-    idle_motion(c, t, p, 0.3)
+    t, c = standing_start(T, p, 0.3)
     n = p["reps"]
     period = T / FPS / n
     d = np.zeros(T)
@@ -138,24 +142,14 @@ def act_squat(T, rng, p, phase0=None):
         down, hold = 0.38 * period, 0.08 * period
         d += keyframes(t, [t0 - 1e-3, t0, t0 + down, t0 + down + hold, t0 + 2 * down + hold], [0, 0, 1, 1, 0])
     d *= 0.75 + 0.25 * p["amp"]
-    a = c.angles
-    a[:, HIPS, X] += -1.7 * d[:, None]
-    a[:, KNEES, X] += 2.1 * d[:, None]
-    a[:, PELVIS, X] += 0.35 * d
-    a[:, SPINE1, X] += 0.2 * d
-    a[:, NECK, X] += -0.3 * d
-    a[:, (L_SHOULDER, R_SHOULDER), X] += -1.3 * d[:, None]       # arms forward for balance
-    a[:, L_SHOULDER, Z] += 0.4 * d
-    a[:, R_SHOULDER, Z] += -0.4 * d
+    bend(c, d, (HIPS, X, -1.7), (KNEES, X, 2.1), (PELVIS, X, 0.35), (SPINE1, X, 0.2), (NECK, X, -0.3),
+         ((L_SHOULDER, R_SHOULDER), X, -1.3), (L_SHOULDER, Z, 0.4), (R_SHOULDER, Z, -0.4))  # arms forward: balance
     return c
 
 
 def act_wave(side: str):
     def f(T, rng, p, phase0=None):
-        t = np.arange(T) / FPS
-        c = Controls.standing(T)
-        rest_pose(c, p)
-        idle_motion(c, t, p)
+        t, c = standing_start(T, p)
         up = envelope(T, 24, 24 if p["lower_at_end"] else 0)
         sh, el, s = (L_SHOULDER, L_ELBOW, 1.0) if side == "left" else (R_SHOULDER, R_ELBOW, -1.0)
         raise_to = 0.2 + 0.5 * p["amp"]          # upper arm a bit above horizontal, to the side
@@ -170,10 +164,7 @@ def act_wave(side: str):
 
 
 def act_raise_arms(T, rng, p, phase0=None):
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
-    idle_motion(c, t, p)
+    t, c = standing_start(T, p)
     n = p["reps"]
     period = T / FPS / n
     up = np.zeros(T)
@@ -194,10 +185,7 @@ def act_raise_arms(T, rng, p, phase0=None):
 
 def act_kick(T, rng, p, phase0=None):
     """Stand on one leg: chamber the knee, snap the leg forward, retract, put it down."""
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
-    idle_motion(c, t, p, 0.3)
+    t, c = standing_start(T, p, 0.3)
     kick_leg = 0 if p["side"] == "left" else 1
     hip, knee = (L_HIP, L_KNEE) if kick_leg == 0 else (R_HIP, R_KNEE)
     arm = R_SHOULDER if kick_leg == 0 else L_SHOULDER
@@ -220,32 +208,20 @@ def act_kick(T, rng, p, phase0=None):
 
 
 def act_idle(T, rng, p, phase0=None):
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
-    idle_motion(c, t, p, 1.5)
+    t, c = standing_start(T, p, 1.5)
     return c
 
 
 def act_sit_down(T, rng, p, phase0=None):
     """Stand, lower onto a (not modelled) seat with the trunk leaning forward, stay seated."""
-    t = np.arange(T) / FPS
-    c = Controls.standing(T)
-    rest_pose(c, p)
+    t, c = standing_start(T, p, 0.5)
     t0 = p["stand_time"] * (T / FPS)
     tk = [t0, t0 + 0.5 * p["descent"], t0 + p["descent"], t0 + p["descent"] + 0.6]
     s = keyframes(t, tk, [0, 0.55, 1, 1])
     lean = keyframes(t, tk, [0, 1, 0.6, 0.2])
-    idle_motion(c, t, p, 0.5)
-    a = c.angles
-    a[:, HIPS, X] += -1.55 * s[:, None]
-    a[:, KNEES, X] += 1.6 * s[:, None]
-    a[:, PELVIS, X] += 0.45 * lean
-    a[:, SPINE1, X] += 0.25 * lean
-    a[:, NECK, X] += -0.3 * lean
-    a[:, (L_SHOULDER, R_SHOULDER), X] += -0.6 * s[:, None]         # hands towards the thighs
-    a[:, L_ELBOW, Y] += -0.5 * s
-    a[:, R_ELBOW, Y] += 0.5 * s
+    bend(c, s, (HIPS, X, -1.55), (KNEES, X, 1.6), ((L_SHOULDER, R_SHOULDER), X, -0.6),   # hands to the thighs
+         (L_ELBOW, Y, -0.5), (R_ELBOW, Y, 0.5))
+    bend(c, lean, (PELVIS, X, 0.45), (SPINE1, X, 0.25), (NECK, X, -0.3))
     return c
 
 

@@ -97,47 +97,33 @@ def captions_for(action: str, p: dict, rng, n: int) -> list[str]:
     return [f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {vps[k]}" for k in order]
 
 
-# word -> (lemma, POS), HumanML3D token style `lemma/POS`
-_LEXICON = {
-    "a": ("a", "DET"), "the": ("the", "DET"), "someone": ("someone", "PRON"), "person": ("person", "NOUN"),
-    "man": ("man", "NOUN"), "woman": ("woman", "NOUN"), "human": ("human", "NOUN"),
-    "walks": ("walk", "VERB"), "walking": ("walk", "VERB"), "strolls": ("stroll", "VERB"), "takes": ("take", "VERB"),
-    "walk": ("walk", "NOUN"), "jogs": ("jog", "VERB"), "jogging": ("jog", "VERB"), "jog": ("jog", "NOUN"),
-    "does": ("do", "VERB"), "runs": ("run", "VERB"), "running": ("run", "VERB"), "sprints": ("sprint", "VERB"),
-    "dashes": ("dash", "VERB"), "is": ("be", "AUX"), "steps": ("step", "VERB"), "moves": ("move", "VERB"),
-    "backs": ("back", "VERB"), "shuffles": ("shuffle", "VERB"), "side": ("side", "NOUN"),
-    "turns": ("turn", "VERB"), "rotates": ("rotate", "VERB"), "pivots": ("pivot", "VERB"), "makes": ("make", "VERB"),
-    "quarter": ("quarter", "ADJ"), "turn": ("turn", "NOUN"), "turning": ("turn", "VERB"),
-    "jumps": ("jump", "VERB"), "leaps": ("leap", "VERB"), "hops": ("hop", "VERB"), "jump": ("jump", "NOUN"),
-    "squats": ("squat", "VERB"), "squat": ("squat", "NOUN"), "bends": ("bend", "VERB"), "crouches": ("crouch", "VERB"),
-    "stands": ("stand", "VERB"), "standing": ("stand", "VERB"), "gets": ("get", "VERB"), "rises": ("rise", "VERB"),
-    "waves": ("wave", "VERB"), "raises": ("raise", "VERB"), "lifts": ("lift", "VERB"), "puts": ("put", "VERB"),
-    "reaches": ("reach", "VERB"), "kicks": ("kick", "VERB"), "kick": ("kick", "NOUN"), "waits": ("wait", "VERB"),
-    "shifts": ("shift", "VERB"), "circles": ("circle", "VERB"), "circle": ("circle", "NOUN"), "sits": ("sit", "VERB"),
-    "lowers": ("lower", "VERB"), "seat": ("seat", "NOUN"), "seated": ("seat", "VERB"), "veers": ("veer", "VERB"),
-    "curving": ("curve", "VERB"), "curve": ("curve", "NOUN"), "facing": ("face", "VERB"), "and": ("and", "CCONJ"),
-    "then": ("then", "ADV"), "afterwards": ("afterwards", "ADV"), "while": ("while", "SCONJ"),
-    "forward": ("forward", "ADV"), "forwards": ("forward", "ADV"), "ahead": ("ahead", "ADV"),
-    "straight": ("straight", "ADV"), "backwards": ("backwards", "ADV"), "backward": ("backward", "ADV"),
-    "sideways": ("sideways", "ADV"), "along": ("along", "ADV"), "around": ("around", "ADV"), "up": ("up", "ADV"),
-    "down": ("down", "ADV"), "back": ("back", "ADV"), "again": ("again", "ADV"), "still": ("still", "ADV"),
-    "idle": ("idle", "ADJ"), "low": ("low", "ADV"), "high": ("high", "ADV"), "overhead": ("overhead", "ADV"),
-    "slightly": ("slightly", "ADV"), "slowly": ("slowly", "ADV"), "quickly": ("quickly", "ADV"),
-    "briskly": ("briskly", "ADV"), "leisurely": ("leisurely", "ADV"), "very": ("very", "ADV"), "fast": ("fast", "ADV"),
-    "once": ("once", "ADV"), "twice": ("twice", "ADV"), "times": ("time", "NOUN"), "two": ("two", "NUM"),
-    "three": ("three", "NUM"), "four": ("four", "NUM"), "step": ("step", "NOUN"), "by": ("by", "ADP"),
-    "at": ("at", "ADP"), "to": ("to", "ADP"), "towards": ("towards", "ADP"), "with": ("with", "ADP"),
-    "in": ("in", "ADP"), "into": ("into", "ADP"), "on": ("on", "ADP"), "out": ("out", "ADP"), "of": ("of", "ADP"),
-    "above": ("above", "ADP"), "front": ("front", "NOUN"), "slow": ("slow", "ADJ"), "brisk": ("brisk", "ADJ"),
-    "quick": ("quick", "ADJ"), "full": ("full", "ADJ"), "light": ("light", "ADJ"), "deep": ("deep", "ADJ"),
-    "vertical": ("vertical", "ADJ"), "pace": ("pace", "NOUN"), "speed": ("speed", "NOUN"), "place": ("place", "NOUN"),
-    "left": ("left", "NOUN"), "right": ("right", "NOUN"), "hand": ("hand", "NOUN"), "hands": ("hand", "NOUN"),
-    "arm": ("arm", "NOUN"), "arms": ("arm", "NOUN"), "leg": ("leg", "NOUN"), "foot": ("foot", "NOUN"),
-    "feet": ("foot", "NOUN"), "knees": ("knee", "NOUN"), "head": ("head", "NOUN"), "air": ("air", "NOUN"),
-    "both": ("both", "DET"), "few": ("few", "ADJ"), "it": ("it", "PRON"), "hello": ("hello", "INTJ"),
-    "weight": ("weight", "NOUN"), "position": ("position", "NOUN"), "chair": ("chair", "NOUN"),
-    "sides": ("side", "NOUN"), "hop": ("hop", "NOUN"),
+# HumanML3D token style `lemma/POS`: the words by POS, each `word` or `word:lemma`
+_LEXICON_BY_POS = {
+    "DET": "a the both",
+    "PRON": "someone it",
+    "NOUN": ("person man woman human walk jog side turn jump squat kick circle seat curve "
+             "times:time step front pace speed place left right hand hands:hand arm arms:arm leg "
+             "foot feet:foot knees:knee head air weight position chair sides:side hop"),
+    "VERB": ("walks:walk walking:walk strolls:stroll takes:take jogs:jog jogging:jog does:do "
+             "runs:run running:run sprints:sprint dashes:dash steps:step moves:move backs:back "
+             "shuffles:shuffle turns:turn rotates:rotate pivots:pivot makes:make turning:turn "
+             "jumps:jump leaps:leap hops:hop squats:squat bends:bend crouches:crouch "
+             "stands:stand standing:stand gets:get rises:rise waves:wave raises:raise lifts:lift "
+             "puts:put reaches:reach kicks:kick waits:wait shifts:shift circles:circle sits:sit "
+             "lowers:lower seated:seat veers:veer curving:curve facing:face"),
+    "AUX": "is:be",
+    "ADJ": "quarter idle slow brisk quick full light deep vertical few",
+    "CCONJ": "and",
+    "ADV": ("then afterwards forward forwards:forward ahead straight backwards backward sideways "
+            "along around up down back again still low high overhead slightly slowly quickly "
+            "briskly leisurely very fast once twice"),
+    "SCONJ": "while",
+    "NUM": "two three four",
+    "ADP": "by at to towards with in into on out of above",
+    "INTJ": "hello",
 }
+_LEXICON = {w.split(":")[0]: (w.split(":")[-1], pos)       # word -> (lemma, POS)
+            for pos, words in _LEXICON_BY_POS.items() for w in words.split()}
 
 
 def tokens_for(caption: str) -> str:
