@@ -253,7 +253,7 @@ def head_piece_cases(device, dtype, info, W, streams, iters, repeats, use_compil
 def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters, repeats, use_compile, bandwidth):
     from motionstreamer.kernels import integration
     from motionstreamer.kernels.diffusion_head import head_step
-    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, draw_sampling_noise
+    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
 
     torch.manual_seed(0)
     dl = DiffLoss(DiffusionHeadConfig(latent_dim=latent, width=width, depth=depth, cond_dim=768)).to(device, dtype)
@@ -280,8 +280,8 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
 
         def loop(backend):
             def run():
-                dl.set_backend(backend)
-                return dl.sample(cond, uncond, cfg=4.0, steps=steps, noise=noise)
+                dl.set_head_backend(backend)
+                return dl.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=steps), noise=noise)
             return run
 
         variants = {"eager": loop("torch"), "triton": loop("triton")}
@@ -293,7 +293,7 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
                     variants[f"{name}_graph"] = _raiser(e)
         with torch.no_grad():
             times = _variants(device, variants, max(1, iters // 10), repeats)
-        dl.set_backend("auto")
+        dl.set_head_backend("auto")
         row = _row(f"head_loop_s{s}", info, {"streams": s, "rows": N, "width": width, "depth": depth,
                                               "steps": steps}, times)
         row["head_weight_bytes_per_step"] = step_bytes

@@ -159,14 +159,13 @@ def case_stream_latency(ctx) -> list[dict]:
 
         def run_ref():
             # the original algorithm keeps PyTorch attention (SDPA) whatever the engine's "auto" picks
-            saved = [b.attn.backend for b in ref_t2m.transformer.h]
+            saved = [b.attn.attn_backend for b in ref_t2m.transformer.h]
             ref_t2m.set_attention_backend("sdpa")
             try:
-                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
-                                 steps=steps, end_latent=None)
+                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g, cfg)
             finally:
                 for b, backend in zip(ref_t2m.transformer.h, saved):
-                    b.attn.backend = backend
+                    b.attn.attn_backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
         base_per_latent = per_unit(base, n_lat)
 

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fakes import randomize_head
 
 from motionstreamer.cli import main
 from motionstreamer.eval import protocols as P
@@ -30,7 +31,8 @@ def evaluator_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, data):
-    """A small random model bundle (MiniLM text encoder, offline)."""
+    """A small random model bundle (MiniLM text encoder, offline); the diffusion head has random weights,
+    so the generated motions depend on the captions (a fresh head's samples depend on the noise only)."""
     from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
@@ -38,7 +40,7 @@ def bundle_dir(tmp_path_factory, data):
     torch.manual_seed(0)
     mean, std = load_mean_std(data / "mean_std")
     d = tmp_path_factory.mktemp("bundle") / "model"
-    save_bundle(d, CausalHumanTAE(TAEConfig.small()), TextToMotionModel(T2MConfig.small()), mean, std,
+    save_bundle(d, CausalHumanTAE(TAEConfig.small()), randomize_head(TextToMotionModel(T2MConfig.small())), mean, std,
                 np.full(16, 100.0, np.float32), text_encoder="minilm")
     return d
 

@@ -1,4 +1,10 @@
-"""`motionstreamer generate` / `stream` end to end on a small bundle, and their argument errors."""
+"""`motionstreamer generate` / `stream` end to end on a small bundle (also live: prompts piped in,
+real-time pacing, JSON lines out), and their argument errors."""
+import json
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -35,6 +41,42 @@ def test_stream_three_prompts_is_one_continuous_motion(bundle_dir, tmp_path, cap
     assert feats.shape == (4 * latents, 272) and joints.shape == (4 * latents, 22, 3)
     assert (tmp_path / "s.bvh").read_text().count("\n") > 4 * latents
     assert "prompt_change" in out.err and "real-time factor" in out.err and "first-latent latency" in out.err
+
+
+def test_stream_stdin_realtime_jsonl(bundle_dir, tmp_path):
+    """The live path: prompts arrive on stdin while the motion streams, chunks leave as JSON lines at
+    30 fps, a new prompt steers the next latents, and the files hold what was printed."""
+    cmd = [sys.executable, "-m", "motionstreamer", "stream", "--stdin", "--realtime", "--jsonl", "--quiet",
+           "--checkpoint", str(bundle_dir), "--out", "live", "--out-dir", str(tmp_path), "--steps", "2",
+           "--max-seconds", "2"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, times = [], []
+    try:
+        proc.stdin.write("a person walks forward\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+            times.append(time.perf_counter())
+            if len(lines) == 1:                          # the next prompt arrives while the motion streams
+                proc.stdin.write("a person turns left\n")
+                proc.stdin.close()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    n = 15                                              # --max-seconds 2: 2 * 30 / 4 latents
+    assert [c["start_frame"] for c in lines] == list(range(0, 4 * n, 4))
+    joints = np.array([c["joints"] for c in lines])
+    assert joints.shape == (n, 4, 22, 3) and np.isfinite(joints).all()
+    prompts = [c["prompt"] for c in lines]
+    switch = prompts.index("a person turns left")       # the piped prompt steers the stream from then on
+    assert prompts == ["a person walks forward"] * switch + ["a person turns left"] * (n - switch)
+    assert 1 <= switch <= 5, prompts                    # sent right after the first chunk (133 ms per latent)
+    # real-time pacing once the new prompt is in (encoding it may stall one step): the chunks after it
+    # leave 4 frames / 30 fps apart, less one step's generation time
+    assert times[-1] - times[switch] >= (n - 1 - switch) * 4 / 30 - 0.15, np.diff(times)
+    saved = np.load(tmp_path / "live_joints.npy")
+    np.testing.assert_allclose(saved, joints.reshape(-1, 22, 3), atol=1e-5)
+    assert np.load(tmp_path / "live.npy").shape == (4 * n, 272)
 
 
 def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+from motionstreamer import FPS
+
 
 def _np(x, name: str, ndim: int | None = None) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -115,27 +117,27 @@ def matching_score(text_emb, motion_emb) -> float:
     return float(np.linalg.norm(t - m, axis=1).mean())
 
 
-def diversity(emb, n_pairs: int = 300, seed=0) -> float:
-    """Mean distance between n_pairs random pairs (two independent draws without replacement)."""
-    a = _np(emb, "embeddings", 2)
-    if a.shape[0] <= n_pairs:
-        raise ValueError(f"diversity with {n_pairs} pairs needs more than {n_pairs} embeddings, got {a.shape[0]}")
+def _random_pair_distance(a: np.ndarray, axis: int, n_pairs: int, seed, what: str) -> float:
+    """Mean distance between n_pairs random pairs along `axis` (two independent draws without
+    replacement, the same indices for every other leading index), as the field computes both
+    Diversity and MultiModality."""
+    if a.shape[axis] <= n_pairs:
+        raise ValueError(f"{what} with {n_pairs} pairs needs more than {n_pairs} "
+                         f"{'embeddings' if axis == 0 else 'repeats per caption'}, got {a.shape[axis]}")
     rng = _rng(seed)
-    first = rng.choice(a.shape[0], n_pairs, replace=False)
-    second = rng.choice(a.shape[0], n_pairs, replace=False)
-    return float(np.linalg.norm(a[first] - a[second], axis=1).mean())
+    first, second = (rng.choice(a.shape[axis], n_pairs, replace=False) for _ in range(2))
+    return float(np.linalg.norm(np.take(a, first, axis) - np.take(a, second, axis), axis=-1).mean())
+
+
+def diversity(emb, n_pairs: int = 300, seed=0) -> float:
+    """Mean distance between n_pairs random pairs of embeddings."""
+    return _random_pair_distance(_np(emb, "embeddings", 2), 0, n_pairs, seed, "diversity")
 
 
 def multimodality(emb, n_pairs: int = 10, seed=0) -> float:
     """emb (N captions, R repeats, d): mean distance between n_pairs random pairs of repeats of the
     same caption (the same repeat indices for every caption, as the field)."""
-    a = _np(emb, "embeddings", 3)
-    if a.shape[1] <= n_pairs:
-        raise ValueError(f"multimodality with {n_pairs} pairs needs more than {n_pairs} repeats per caption, got {a.shape[1]}")
-    rng = _rng(seed)
-    first = rng.choice(a.shape[1], n_pairs, replace=False)
-    second = rng.choice(a.shape[1], n_pairs, replace=False)
-    return float(np.linalg.norm(a[:, first] - a[:, second], axis=2).mean())
+    return _random_pair_distance(_np(emb, "embeddings", 3), 1, n_pairs, seed, "multimodality")
 
 
 # ----------------------------------------------------------------------------- joints
@@ -215,7 +217,7 @@ def mean_and_ci95(values) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- feet
-def foot_skating_ratio(joints, fps: float = 30.0, height: float = 0.05, speed: float = 0.5, window: int = 5) -> float:
+def foot_skating_ratio(joints, fps: float = FPS, height: float = 0.05, speed: float = 0.5, window: int = 5) -> float:
     """The field's foot-skating ratio (GMD, Karunratanakul et al. 2023; used by OmniControl and others):
     the fraction of frame pairs in which either foot joint (10, 11) is below `height` m in both frames
     and slides horizontally faster than `speed` m/s, both in that pair and on average over `window`
@@ -240,7 +242,7 @@ def floor_penetration(joints, joints_idx=(7, 8, 10, 11)) -> dict:
     return {"mean": float(depth.mean()), "max": float(depth.max()), "frames_over_1cm": float((depth > 0.01).mean())}
 
 
-def foot_metrics(joints_list, fps: float = 30.0, prefix: str = "") -> dict:
+def foot_metrics(joints_list, fps: float = FPS, prefix: str = "") -> dict:
     """Foot metrics of motions as the exports show them, averaged over the motions (T, 22, 3) each:
     the skating ratio after grounding by foot contacts (representation.feet.ground), after the offline
     clean-up (clean_feet) and after the causal one a stream uses (FootCleaner, on the joints as

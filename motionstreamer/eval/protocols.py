@@ -407,48 +407,27 @@ def runtime_generator(bundle, text_encoder, config=None, device=None, backend_fa
     """t2m generation with the streaming runtime: each caption for ceil(frames / 4) latents, batched.
     backend_factory(capacity) -> engine backend runs the models elsewhere (e.g. onnxruntime, with
     `bundle` then an OrtBundle of statistics)."""
-    from motionstreamer.runtime.batch import generate_batch
-
-    fpl = _frames_per_latent(bundle)
+    stream = runtime_stream_generator(bundle, text_encoder, config, device, backend_factory)
 
     def generate(captions: list, lengths: list, seed: int) -> list:
-        n_lat = [max(1, -(-int(n) // fpl)) for n in lengths]
-        backend = backend_factory(len(captions)) if backend_factory else None
-        return generate_batch(bundle, text_encoder, list(captions), n_lat, config=config, seed=seed, device=device,
-                              backend=backend)
+        return [feats for feats, _ in stream([[c] for c in captions], [[n] for n in lengths], seed)]
 
     return generate
 
 
 def runtime_stream_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> StreamGenerateFn:
-    """Prompt sequences with the streaming runtime: prompt i runs for ceil(frames_i / 4) latents, the
-    next one queued to start right after (no end-latent stops), all sequences batched."""
-    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    """Prompt sequences with the streaming runtime (runtime.batch.run_schedules): prompt i runs for
+    ceil(frames_i / 4) latents, the next one queued to start right after (no end-latent stops), all
+    sequences batched."""
+    from motionstreamer.runtime.batch import run_schedules
 
     fpl = _frames_per_latent(bundle)
 
     def generate(prompt_lists: list, length_lists: list, seed: int) -> list:
-        base = config or GenerationConfig()
         budgets = [[max(1, -(-int(n) // fpl)) for n in lens] for lens in length_lists]
-        cfg = GenerationConfig(**{**base.__dict__, "end_threshold": -1.0,
-                                  "max_latents": max(sum(b) for b in budgets)})
         backend = backend_factory(len(prompt_lists)) if backend_factory else None
-        engine = StreamingEngine(bundle, text_encoder, capacity=len(prompt_lists), config=cfg, device=device,
-                                 backend=backend)
-        ids = []
-        for i, (prompts, lat) in enumerate(zip(prompt_lists, budgets)):
-            sid = engine.add_stream(prompts[0], seed=seed + i, max_latents=lat[0])
-            for p, n in zip(prompts[1:], lat[1:]):
-                engine.push_text(sid, p, max_latents=n, after_current=True)
-            ids.append(sid)
-        frames = {sid: [] for sid in ids}
-        while engine.active_ids:
-            for chunk in engine.step():
-                frames[chunk.stream_id].append(chunk.features.float().cpu())
-        out = []
-        for sid, lat in zip(ids, budgets):
-            feats = torch.cat(frames[sid])
-            out.append((feats, (np.cumsum(lat)[:-1] * fpl).tolist()))
-        return out
+        feats = run_schedules(bundle, text_encoder, [list(zip(p, b)) for p, b in zip(prompt_lists, budgets)],
+                              config, seed, device=device, backend=backend)
+        return [(f, (np.cumsum(b)[:-1] * fpl).tolist()) for f, b in zip(feats, budgets)]
 
     return generate

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer import FPS
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 
 NUM_BVH_JOINTS = len(JOINT_NAMES)   # 24: the 22 body joints and the two palms
@@ -144,7 +145,7 @@ def write_rig_bvh(path: str | Path, rig) -> Path:
     return path
 
 
-def bvh_text(rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> str:
+def bvh_text(rotations, translation, fps: float = FPS, floor_at_zero: bool = False) -> str:
     """The released converter's BVH as text (for small clips; files are written streaming).
     rotations (T, 22, 3, 3): [0] pelvis global rotation, [1:] parent-local (recover_rotations' output);
     translation (T, 3): pelvis position (tau_x, h, tau_z)."""
@@ -153,13 +154,13 @@ def bvh_text(rotations, translation, fps: float = 30, floor_at_zero: bool = Fals
     return out.getvalue()
 
 
-def write_bvh(path: str | Path, rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> Path:
+def write_bvh(path: str | Path, rotations, translation, fps: float = FPS, floor_at_zero: bool = False) -> Path:
     """Write rotations (T, 22, 3, 3) + pelvis translation (T, 3) as the released converter's BVH
     (atomic, streaming); returns the path."""
     return write_rig_bvh(path, _converter_rig(rotations, translation, fps, floor_at_zero))
 
 
-def features_to_bvh(path: str | Path, features, fps: float = 30, floor_at_zero: bool = False,
+def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero: bool = False,
                     skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
                     clean_feet: bool = False) -> Path:
     """De-normalised 272 features (T, 272) -> BVH.

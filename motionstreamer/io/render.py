@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from motionstreamer import FPS
 from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS
 
 DEFAULT_SIZE = 480
@@ -75,8 +76,8 @@ def check_joints(joints, name: str = "joints") -> np.ndarray:
     if hasattr(joints, "detach"):
         joints = joints.detach().cpu().numpy()
     j = np.asarray(joints)
-    if j.ndim != 3 or j.shape[1:] != (22, 3):
-        raise ValueError(f"{name} must have shape (frames, 22, 3), got {j.shape}")
+    if j.ndim != 3 or j.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"{name} must have shape (frames, {NUM_JOINTS}, 3), got {j.shape}")
     if j.shape[0] == 0:
         raise ValueError(f"{name} has no frames")
     if not np.issubdtype(j.dtype, np.number):
@@ -170,7 +171,7 @@ def _bone_colour(child: int):
 class SkeletonRenderer:
     """Draws frames of joints (T, 22, 3) (grounded, Y up, metres). `frames()` yields RGBA buffers."""
 
-    def __init__(self, joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = 30.0):
+    def __init__(self, joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = FPS):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.collections import LineCollection, PolyCollection
         from matplotlib.figure import Figure
@@ -270,14 +271,14 @@ class SkeletonRenderer:
             yield np.asarray(self.canvas.buffer_rgba())
 
 
-def render_frames(joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = 30.0,
+def render_frames(joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = FPS,
                   progress: bool = False) -> Iterator[np.ndarray]:
     """Yield one RGB frame (size, size * views, 3) uint8 per frame of joints (T, 22, 3); each a fresh array."""
     for rgba in SkeletonRenderer(joints, title, size, views, fps).frames(progress):
         yield np.ascontiguousarray(rgba[..., :3])
 
 
-def render_motion(joints, out_path: str | Path, title: str = "", fps: float = 30, progress: bool = True,
+def render_motion(joints, out_path: str | Path, title: str = "", fps: float = FPS, progress: bool = True,
                   size: int = DEFAULT_SIZE, views: int = 1) -> Path:
     """Render joints (T, 22, 3) (Y-up metres, floor at y = 0) to `out_path` (.mp4 or .gif) at `fps`.
 

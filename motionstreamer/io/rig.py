@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from motionstreamer import FPS
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 
 SKELETONS = ("motion", "smpl-neutral")
@@ -54,7 +55,7 @@ class Rig:
     offsets: np.ndarray        # (24, 3) rest offsets from the parent; [0] the root's rest position
     rotations: np.ndarray      # (T, 24, 3, 3): [0] the root's global rotation, [1:] parent-local
     root: np.ndarray           # (T, 3) root (pelvis) position
-    fps: float = 30.0
+    fps: float = FPS
 
     @property
     def parents(self) -> tuple:
@@ -90,7 +91,7 @@ def _check_fps(fps) -> float:
     return float(fps)
 
 
-def prepare_motion(motion, clean_feet: bool = False, fps: float = 30.0, name: str = "motion") -> Motion:
+def prepare_motion(motion, clean_feet: bool = False, fps: float = FPS, name: str = "motion") -> Motion:
     """De-normalised 272 features (T, 272) or joint positions (T, 22, 3) / (T, 66) -> Motion.
     ValueError naming `name` for bad input."""
     from motionstreamer.io.motion_io import motion_kind, to_features, to_joints

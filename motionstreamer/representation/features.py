@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from motionstreamer import FEATURE_DIM, NUM_JOINTS
 from motionstreamer.representation.rotation import (
     array_api, check_trailing, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix, rot_y,
 )
 
-NUM_JOINTS = 22
-FEATURE_DIM = 8 + 12 * NUM_JOINTS  # 272
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 # Slices of the layout (spec §1.5).

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from motionstreamer.representation.skeleton import NUM_JOINTS
-
-FPS = 30
+from motionstreamer import FPS, NUM_JOINTS
 FOOT_JOINTS = (10, 11)            # left, right "foot" (toe base): the 272 format's contact joints
 ANKLES = (7, 8)
 KNEES = (4, 5)

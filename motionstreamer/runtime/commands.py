@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
+
+from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
 
 MAX_SECONDS = 600.0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix, anywhere (~ expanded): writes PREFIX.npy (T,272 de-normalised) and "
-                        "PREFIX_joints.npy (T,22,3: the joints the video and every export show)")
+                   help=f"output prefix, anywhere (~ expanded): writes PREFIX.npy (T,{FEATURE_DIM} de-normalised) "
+                        f"and PREFIX_joints.npy (T,{NUM_JOINTS},3: the joints the video and every export show)")
     p.add_argument("--out-dir", default=".", help="folder a relative --out is resolved in (default: current folder)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="model directory (motionstreamer bundle); default: the embedded model")
@@ -113,15 +114,14 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     import torch
 
     from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.engine import MAX_PROMPT_CHARS
     from motionstreamer.runtime.loading import load_models
+    from motionstreamer.runtime.policy import check_prompt
     from motionstreamer.runtime.session import StreamingSession
 
-    for text, _ in prompts:
-        if not text.strip():
-            raise CLIError("a prompt is empty: describe the motion, e.g. 'a person walks forward'")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise CLIError(f"a prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
+    try:
+        prompts = [(check_prompt(text), seconds) for text, seconds in prompts]
+    except ValueError as e:
+        raise CLIError(str(e))
     prefix = resolve_output_prefix(args.out, args.out_dir)
     try:
         config = _config(args)
@@ -141,12 +141,34 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     # live JSON chunks (stream --jsonl) are foot-cleaned causally; the files offline, below
     clean_live = args.clean_feet and getattr(args, "jsonl", False)
     session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed, clean_feet=clean_live)
-    for i, (text, seconds) in enumerate(prompts):
+    for text, seconds in prompts:
         session.push_text(text, duration=seconds, after_current=True)
+    chunks, gen_time, first_latency = _stream(session, args, live_stdin, log)
+    if not chunks:
+        raise CLIError("no frames were generated (the first action ended immediately); try another seed")
+    features = torch.cat([c.features.cpu() for c in chunks]).numpy().astype(np.float32)
+    motion_seconds = features.shape[0] / FPS
+    for ev in session.events:
+        log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
+    log(f"generated {features.shape[0]} frames ({len(chunks)} latents, {motion_seconds:.2f} s of motion) in "
+        f"{gen_time:.2f} s; first-latent latency {first_latency * 1000:.1f} ms; real-time factor "
+        f"{motion_seconds / max(gen_time, 1e-9):.1f}x")
+    title = " / ".join(t for t, _ in prompts) if prompts else "stream"
+    from motionstreamer.io.commands import write_outputs
+    for path in write_outputs(prefix, features, args, title, log):
+        log(f"wrote {path}")
+    return 0
+
+
+def _stream(session, args, live_stdin: bool, log):
+    """Step the session until it finishes (and, with --stdin, until stdin closes), printing JSON lines
+    and pacing at 30 fps as asked. Returns (chunks, generation seconds, first-latent latency)."""
+    import numpy as np
 
     lock = threading.Lock()
+    reader = None
     if live_stdin:
-        def reader():
+        def read_prompts():
             for line in sys.stdin:
                 line = line.strip()
                 if line:
@@ -156,21 +178,21 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
                             log(f"prompt queued: {line!r}")
                         except ValueError as e:
                             log(f"ignored prompt: {e}")
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-
-    feats = []
+        reader = threading.Thread(target=read_prompts, daemon=True)
+        reader.start()
+    chunks = []
     t0 = time.perf_counter()
     first_latency = None
     gen_time = 0.0
+    due = 0.0      # --realtime: when the frames out so far have played; never behind the step that starts
     while True:
         with lock:
             finished = session.finished
         if finished:
-            if live_stdin and thread.is_alive():
+            if reader is not None and reader.is_alive():
                 time.sleep(0.05)
                 continue
-            break
+            return chunks, gen_time, first_latency
         ts = time.perf_counter()
         with lock:
             chunk = session.step()
@@ -179,28 +201,15 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
             continue
         if first_latency is None:
             first_latency = time.perf_counter() - t0
-        feats.append(chunk.features.cpu())
-        if args.jsonl if hasattr(args, "jsonl") else False:
+        chunks.append(chunk)
+        if getattr(args, "jsonl", False):
             print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
                               "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
         if getattr(args, "realtime", False):
-            due = t0 + (chunk.start_frame + 4) / 30.0
+            # a playback clock that waits while the stream is idle or late (a first prompt typed after a
+            # while, a slow step) instead of bursting through the motion it is behind on
+            due = max(due, ts) + chunk.features.shape[0] / FPS
             time.sleep(max(0.0, due - time.perf_counter()))
-    if not feats:
-        raise CLIError("no frames were generated (the first action ended immediately); try another seed")
-    features = torch.cat(feats).numpy().astype(np.float32)
-    n_frames = features.shape[0]
-    motion_seconds = n_frames / 30.0
-    for ev in session.events:
-        log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
-    log(f"generated {n_frames} frames ({len(feats)} latents, {motion_seconds:.2f} s of motion) in {gen_time:.2f} s; "
-        f"first-latent latency {first_latency * 1000:.1f} ms; real-time factor {motion_seconds / max(gen_time, 1e-9):.1f}x")
-    from motionstreamer.io.commands import write_outputs
-    title = " / ".join(t for t, _ in prompts) if prompts else "stream"
-    written = write_outputs(prefix, features, args, title, log)
-    for w in written:
-        log(f"wrote {w}")
-    return 0
 
 
 def cmd_generate(args) -> int:
