@@ -14,36 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 
 from motionstreamer.ops import causal_conv as cc
+from timing import time_fn  # benchmarks/ is on sys.path (run directly or from run.py)
 
 CONV_BACKENDS = ("native", "torch")
-
-
-# ----------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device, repeats: int = 20, warmup: int = 3) -> dict:
-    """Wall time per call in ms (device synchronised around each call)."""
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats,
-            "unit": "ms"}
 
 
 @contextlib.contextmanager

@@ -29,38 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from timing import time_fn  # benchmarks/ is on sys.path (run directly, from run.py or the tests)
 
 STREAMS = (2, 64, 512)
 
 
 # ----------------------------------------------------------------------------- timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device, iters: int = 20, repeats: int = 5, warmup: int = 3) -> dict:
-    """ms per call: `repeats` timings of `iters` back-to-back calls (sync only around each batch, so
-    a few-microsecond kernel is not measured as a host round trip)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3 / iters)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "unit": "ms",
-            "iters": iters, "repeats": repeats}
-
-
 def cuda_graph(fn, device, warmup: int = 3):
     """fn captured in a CUDA graph (its tensors become static): returns graph.replay."""
     s = torch.cuda.Stream(device)
