@@ -17,37 +17,24 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from motionstreamer import FPS, FRAMES_PER_LATENT
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import time_fn  # noqa: E402
 
-LATENTS_PER_SECOND_REALTIME = 30 / 4  # one latent = 4 frames at 30 fps
+LATENTS_PER_SECOND_REALTIME = FPS / FRAMES_PER_LATENT
 
 
 # ----------------------------------------------------------------------------- timing helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timeit(fn, device, repeats: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t) * 1000.0)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats, "unit": "ms"}
+    return time_fn(fn, device, repeats=repeats, warmup=warmup)
 
 
 def per_unit(stats: dict, n: int) -> dict:
@@ -159,14 +146,13 @@ def case_stream_latency(ctx) -> list[dict]:
 
         def run_ref():
             # the original algorithm keeps PyTorch attention (SDPA) whatever the engine's "auto" picks
-            saved = [b.attn.backend for b in ref_t2m.transformer.h]
+            saved = [b.attn.attn_backend for b in ref_t2m.transformer.h]
             ref_t2m.set_attention_backend("sdpa")
             try:
-                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
-                                 steps=steps, end_latent=None)
+                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g, cfg)
             finally:
                 for b, backend in zip(ref_t2m.transformer.h, saved):
-                    b.attn.backend = backend
+                    b.attn.attn_backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
         base_per_latent = per_unit(base, n_lat)
 

@@ -5,18 +5,22 @@ cd "$(dirname "$0")/.."
 python -m pip install "torch==2.13.0"
 python -m pip install -r requirements-build.txt
 python -m pip install --no-build-isolation -e ".[test,triton]"
-# The browser test (tests/test_serve_browser.py) drives Debian's Chromium through Playwright's
-# executable_path (Playwright never downloads a browser here): install it when it is missing.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-    || echo "scripts/test.sh: could not install chromium; the browser test will fail" >&2
+# What the tests run outside Python, from Debian's packages when missing: Chromium for the browser test
+# (tests/test_serve_browser.py drives it through Playwright's executable_path; Playwright never downloads
+# a browser here) and Node.js for tests/js (the Khronos glTF validator and three.js's GLTFLoader, pinned
+# by package-lock.json), and on x86-64 qemu-user: the int8 ONNX test (tests/test_export_onnx.py) reruns
+# the int8 graphs on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell) and requires the same bits.
+# With MOTIONSTREAMER_REQUIRE_JS=1 a missing node tool fails its tests.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+[ "$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+    || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
 fi
-# The int8 ONNX test (tests/test_export_onnx.py) reruns the int8 graphs on an emulated AVX2-only CPU
-# (qemu-x86_64 -cpu Haswell) and requires the same bits as on this CPU: install qemu-user when missing.
-if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user; } \
-    || echo "scripts/test.sh: could not install qemu-user; the int8 ONNX test will fail" >&2
-fi
+(cd tests/js && npm ci --no-audit --no-fund)
+export MOTIONSTREAMER_REQUIRE_JS=1
 # `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, where the top-level
 # kernels/ folder would shadow the `kernels` name that transformers probes for.
 pytest -q -x tests

@@ -360,14 +360,23 @@ function setQueue(q) {
 }
 
 function addEvent(kind, where, text) {
+  const ul = $("events"), top = ul.firstElementChild;
+  // "continue" restarts a prompt at each action end: repeats fold into one line with a count
+  if (top && top.dataset.kind === kind && top.dataset.text === text) {
+    const n = Number(top.dataset.count) + 1;
+    top.dataset.count = n;
+    top.querySelector("time").textContent = new Date().toLocaleTimeString([], { hour12: false });
+    top.lastChild.textContent = ` ${where} · ${text} (×${n})`;
+    return;
+  }
   const li = document.createElement("li");
+  Object.assign(li.dataset, { kind, text, count: 1 });
   li.className = kind;
   const t = document.createElement("time");
   t.textContent = new Date().toLocaleTimeString([], { hour12: false });
   const b = document.createElement("b");
   b.textContent = kind.replace("_", " ");
   li.append(t, b, document.createTextNode(` ${where} · ${text}`));
-  const ul = $("events");
   ul.prepend(li);
   while (ul.children.length > 60) ul.lastChild.remove();
 }
