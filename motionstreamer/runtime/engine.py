@@ -169,18 +169,22 @@ class StreamingEngine:
                    max_latents: int | None = None) -> int:
         if not self._free_slots:
             raise RuntimeError(f"engine is full ({self.capacity} streams); close one or raise capacity")
-        slot = self._free_slots.pop(0)
         gen = torch.Generator(device="cpu")
         if seed is None:
             gen.seed()      # a fresh seed from the OS; the caller's global torch RNG is left alone
         else:
             gen.manual_seed(policy.check_seed(seed))
+        slot = self._free_slots.pop(0)
         sid = next(self._ids)
         self.streams[sid] = _Stream(sid, slot, gen)
         self.backend.reset(slot)
         self.root.reset_rows(torch.tensor([slot], device=self.device))
         if prompt is not None:
-            self.push_text(sid, prompt, max_latents=max_latents)
+            try:
+                self.push_text(sid, prompt, max_latents=max_latents)
+            except Exception:      # a refused prompt or budget must not leave a slot taken
+                self.close(sid)
+                raise
         return sid
 
     def push_text(self, stream_id: int, prompt: str, max_latents: int | None = None,
