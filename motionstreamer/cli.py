@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 # Order here is the order in `--help`.
@@ -63,6 +64,15 @@ def check_positive(args, *names) -> None:
             raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
+def check_finite_options(args: argparse.Namespace) -> None:
+    """CLIError naming the first number option given as NaN or inf (argparse's float() takes 'nan',
+    'inf' and '1e999'): no verb has a use for them, and they would reach the models silently. Ranges
+    are each verb's to check."""
+    for name, v in vars(args).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from motionstreamer import __version__
 
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_finite_options(args)
         return int(args.func(args) or 0)
     except CLIError as e:
         parser.exit(2, f"motionstreamer: error: {e}\n")

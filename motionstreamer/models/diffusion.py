@@ -53,6 +53,12 @@ class DiffusionHeadConfig(ConfigDict):
             raise ValueError(f"DiffusionHeadConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
+# The numbers a sampler takes. Beyond them nothing useful happens, only overflow: a guidance scale of
+# 1e30 or a temperature of 1e30 turns every latent into inf/NaN. The original uses cfg 4 and
+# temperature 1; 0 < cfg < 1 and negative scales (anti-guidance) are legitimate experiments.
+SAMPLER_RANGES = {"cfg_scale": (-100.0, 100.0), "temperature": (0.0, 10.0), "eta": (0.0, 1.0)}
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """How the head samples one latent. Frozen and hashable: a CUDA graph of the sampling loop is
@@ -75,10 +81,10 @@ class SamplerSettings:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if isinstance(self.sampling_steps, bool) or not isinstance(self.sampling_steps, int) or self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be an int >= 1, got {self.sampling_steps!r}")
-        for name, low in (("cfg_scale", -math.inf), ("temperature", 0.0), ("eta", 0.0)):
+        for name, (low, high) in SAMPLER_RANGES.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v < math.inf:
-                raise ValueError(f"{name} must be a finite number{'' if low == -math.inf else f' >= {low:g}'}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {v!r}")
 
     @property
     def guided(self) -> bool:

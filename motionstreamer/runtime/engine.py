@@ -45,11 +45,19 @@ class GenerationConfig:
     history_keep: int | None = None   # latents kept when the window slides (default: block_size // 2)
 
     def validate(self) -> None:
+        """ValueError naming the first field out of range (the sampler's numbers: SamplerSettings)."""
         self.sampler_settings()
         if self.on_action_end not in ("stop", "continue"):
             raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
-        if self.max_latents < 1:
-            raise ValueError(f"max_latents must be >= 1, got {self.max_latents}")
+        for name in ("max_latents", "min_action_latents") + (("history_keep",) if self.history_keep is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        thr = self.end_threshold      # <= 0: actions never end by themselves (only by their budget)
+        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)):
+            raise ValueError(f"end_threshold must be a finite number, got {thr!r}")
+        if self.skip_terminal_step is not None and not isinstance(self.skip_terminal_step, bool):
+            raise ValueError(f"skip_terminal_step must be true, false or None, got {self.skip_terminal_step!r}")
 
     def sampler_settings(self) -> SamplerSettings:
         """How the head samples each latent (checked there); skip_terminal_step None counts as False:

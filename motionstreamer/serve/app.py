@@ -78,6 +78,15 @@ class ServeConfig:
             raise ValueError(f"on_end must be 'continue' or 'stop', got {self.on_end!r}")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("token must be at least 8 characters")
+        self.generation_config().validate()     # the guidance scale and the sampler, before the model loads
+
+    def generation_config(self):
+        from motionstreamer.runtime.engine import GenerationConfig
+
+        gen = GenerationConfig(sampling_steps=self.steps, on_action_end=self.on_end, max_latents=10**9)
+        if self.cfg_scale is not None:
+            gen.cfg_scale = self.cfg_scale
+        return gen
 
 
 def example_prompts(bundle_config: dict, embedded: bool) -> list[str]:
@@ -136,7 +145,7 @@ class Service:
 
         from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
         from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, SMPL_OFFSETS_24
-        from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+        from motionstreamer.runtime.engine import StreamingEngine
         from motionstreamer.runtime.loading import load_models
         from motionstreamer.serve.scheduler import StreamScheduler
 
@@ -144,9 +153,7 @@ class Service:
         if c.threads is not None or c.device == "cpu":
             torch.set_num_threads(c.threads or 1)
         bundle, text_encoder, desc = load_models(c.checkpoint, c.device, c.dtype)
-        gen = GenerationConfig(sampling_steps=c.steps, on_action_end=c.on_end, max_latents=10**9)
-        if c.cfg_scale is not None:
-            gen.cfg_scale = c.cfg_scale
+        gen = c.generation_config()
         capacity = self.limits.max_streams + self.limits.max_generate_jobs
         engine = StreamingEngine(bundle, text_encoder, capacity=capacity, config=gen, device=c.device)
         text_encoder.encode([""])      # warm the encoder and the empty-prompt cache
@@ -170,7 +177,8 @@ class Service:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.load)
+        if self.scheduler is None:      # `motionstreamer serve` loads before binding (cmd_serve)
+            await asyncio.to_thread(self.load)
         self.scheduler.start()
 
     async def shutdown(self) -> None:
@@ -427,8 +435,8 @@ def create_app(config: ServeConfig | None = None, **overrides):
             seed = req.get("seed")
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
                 raise ProtocolError("bad_request", f"seed must be an integer in [0, 2**63), got {seed!r}")
-        except json.JSONDecodeError as e:
-            return JSONResponse({"error": f"body is not valid JSON: {e}"}, status_code=400)
+        except (json.JSONDecodeError, RecursionError) as e:
+            return JSONResponse({"error": f"body is not valid JSON: {str(e)[:120]}"}, status_code=400)
         except ProtocolError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         from motionstreamer.serve.scheduler import ServerFull

@@ -108,6 +108,10 @@ def cmd_serve(args) -> int:
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RedactToken())
     app = create_app(cfg)
+    try:   # before the port is bound: a bad checkpoint or sampler settings are a clear error, not a failed startup
+        app.state.service.load()
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e))
     print(f"motionstreamer serve: http://{args.host}:{args.port}/ (WebSocket /v1/stream; "
           f"{cfg.limits.max_streams} streams, {cfg.steps} sampling steps, look-ahead {cfg.lookahead})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -112,11 +112,13 @@ class Close:
 
 
 def check_prompt_text(text, limits: ServeLimits) -> str:
-    if not isinstance(text, str):
-        raise ProtocolError("bad_prompt", f"'text' must be a string, got {type(text).__name__}")
-    text = " ".join(text.split())
-    if not text:
-        raise ProtocolError("bad_prompt", "'text' is empty: describe a motion, e.g. 'a person walks forward'")
+    """The engine's prompt check (runtime.policy: a string, UTF-8, not blank) and the service's length."""
+    from motionstreamer.runtime.policy import check_prompt
+
+    try:
+        text = check_prompt(text)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError("bad_prompt", f"'text': {e}") from None
     if len(text) > limits.max_prompt_chars:
         raise ProtocolError("bad_prompt", f"'text' is too long ({len(text)} characters, at most "
                                           f"{limits.max_prompt_chars})")

@@ -318,6 +318,20 @@ class StreamScheduler:
             joints = torch.stack([c.joints for c in chunks]).float().cpu().numpy()
         for i, c in enumerate(chunks):
             job = jobs_by_sid.get(c.stream_id)
+            if not (torch.isfinite(c.features).all() and np.isfinite(joints[i]).all()):
+                # a broken checkpoint, never sent on: the stream ends with a reason, the others go on
+                self.stats["step_errors"] += 1
+                why = f"the model produced non-finite motion (NaN/inf) at latent {c.latent_index}"
+                ev_by_sid.pop(c.stream_id, None)
+                if job is not None:
+                    self._finish_job(job, exc=RuntimeError(why))
+                else:
+                    live = by_sid[c.stream_id]
+                    self._live.pop(live.key, None)
+                    live.closed = True
+                    self.engine.close(live.sid)
+                    out.append((live.sink, Close(CLOSE_INTERNAL, why)))
+                continue
             if job is not None:
                 job.features.append(c.features.float().cpu().numpy())
                 job.joints.append(joints[i])

@@ -112,7 +112,7 @@ def _config(cls, args, **flags):
             cfg = cfg.updated(load_config_file(args.config))
         cfg = cfg.updated(parse_overrides(args.set, cls))
         cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
-        check_run_dir(cfg.out_dir, args.resume, args.overwrite)   # before the data is read
+        check_run_dir(cfg.out_dir, getattr(args, "resume", None), getattr(args, "overwrite", False))   # before the data is read
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     return cfg

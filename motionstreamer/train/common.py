@@ -73,6 +73,8 @@ class TrainConfig(ConfigDict):
                 raise ValueError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
         if not self.lr > 0:
             raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not self.gamma > 0:
+            raise ValueError(f"{name}.weight_decay must be >= 0 and gamma > 0, got {self.weight_decay}, {self.gamma}")
         if self.schedule not in ("cosine", "multistep", "constant"):
             raise ValueError(f"{name}.schedule must be cosine|multistep|constant, got {self.schedule!r}")
         if self.warmup_steps < 0:
@@ -104,6 +106,8 @@ def _coerce(cls_name: str, key: str, value, annotation):
         if "None" in allowed:
             return None
         raise ValueError(f"{cls_name}.{key} must be {ann}, got null")
+    if isinstance(value, float) and not math.isfinite(value):   # JSON/YAML NaN, Infinity, 1e999
+        raise ValueError(f"{cls_name}.{key} must be a finite number, got {value}")
     for a in allowed:
         if a == "None":
             continue
