@@ -28,7 +28,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def temporaries_of(path: str | os.PathLike) -> list[Path]:
-    """The temporary files atomic_path makes for `path` (`.NAME.XXXX.tmpSUFFIX` beside it)."""
+    """The temporaries atomic_path / atomic_dir make for `path` (`.NAME.XXXX.tmpSUFFIX` beside it)."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
@@ -46,7 +46,11 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         try:
             if _try_lock(fd):
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir() and not tmp.is_symlink():   # atomic_dir's
+                    import shutil
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
                 removed.append(tmp)
         finally:
             os.close(fd)
@@ -69,9 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)   # mkstemp makes 0600; outputs get the usual permissions
+        os.chmod(tmp_path, 0o666 & ~_umask())   # mkstemp makes 0600; outputs get the usual permissions
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -79,6 +81,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path` (`.NAME.XXXX.tmp`); on success it replaces the
+    folder `path`: the old one is renamed aside, the new one renamed in, the old one removed. A failed
+    or interrupted write leaves `path` as it was; the temporary is locked while written, and one left
+    by a killed writer is removed by the next atomic_dir of the same `path` (as atomic_path does)."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    _try_lock(fd)
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; a dataset gets the usual permissions
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

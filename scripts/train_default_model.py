@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                "seed": args.seed, "clips": args.clips, "stream_pairs": args.stream_pairs}
     t0 = time.time()
     if not (data / "synth_meta.json").exists():
-        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs)
+        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs, overwrite=True)  # no meta: an unfinished folder
     mean, std = load_mean_std(data / "mean_std")
 
     # 1. Causal TAE

@@ -293,6 +293,49 @@ def test_checkpoint_temporaries_of_killed_writers_are_removed(tmp_path):
     assert live.returncode == 0 and temporaries_of(ck) == [] and ck.read_bytes() == b"half a checkpoint"
 
 
+# ----------------------------------------------------------------------------- 6. datasets
+def test_synth_onto_a_dataset_is_refused_unless_overwritten(tmp_path, monkeypatch, capsys):
+    import motionstreamer.data.synth.writers as writers
+
+    data = tmp_path / "data"
+    args = ["synth", "--out", data, "--clips", "3", "--min-seconds", "1", "--max-seconds", "2", "--quiet"]
+    assert run_cli(args + ["--stream-pairs", "2"], capsys)[0] == 0
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    assert any("babel_stream" in str(p) for p in before)
+    for other in (data, tmp_path / "notes"):                       # a dataset, or any non-empty folder
+        other.mkdir(exist_ok=True)
+        (other / "mine.txt").write_text("keep")
+        code, _, err = run_cli(args[:2] + [other] + args[3:], capsys)
+        assert_clear_error(code, err, "is not empty", "--overwrite")
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and p.name != "mine.txt"} == before
+
+    def fails(out, *a):                                            # a run that dies half-way
+        (out / "motion_data").mkdir()
+        (out / "motion_data" / "000000.npy").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(writers, "_write_dataset", fails)
+        code, _, err = run_cli(args + ["--overwrite"], capsys)
+        assert_clear_error(code, err, "No space left on device")
+    assert (data / "mine.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes"]
+
+    assert run_cli(args + ["--overwrite", "--seed", "1"], capsys)[0] == 0   # replaced as a whole
+    assert not (data / "mine.txt").exists() and not (data / "babel_stream").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes"]   # nothing left beside it
+
+
+def test_a_killed_dataset_write_is_cleaned_by_the_next(tmp_path):
+    from motionstreamer.utils import atomic_dir, temporaries_of
+
+    killed = "import sys; from motionstreamer.utils import atomic_dir\n" \
+             "with atomic_dir(sys.argv[1]) as t:\n    (t / 'x').write_text('half'); import os; os.kill(os.getpid(), 9)"
+    assert subprocess.run([sys.executable, "-c", killed, str(tmp_path / "d")]).returncode == -9
+    assert len(temporaries_of(tmp_path / "d")) == 1 and not (tmp_path / "d").exists()
+    with atomic_dir(tmp_path / "d") as t:
+        (t / "y").write_text("whole")
+    assert temporaries_of(tmp_path / "d") == [] and [p.name for p in (tmp_path / "d").iterdir()] == ["y"]
+
+
 # ----------------------------------------------------------------------------- 7. bundle config vs weights
 @pytest.mark.parametrize("edit,msg", [
     (lambda c: c["tae"].update(width=30000), "mis-shaped"),            # would allocate 14+ GB

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
 
     p = add_verb(subparsers, "synth", cmd_synth,
                  "write a synthetic motion dataset (HumanML3D-272 layout, optional BABEL-stream pairs)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files are replaced atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: new or empty (written beside it, renamed into place when complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace the dataset (or anything) already in --out")
     p.add_argument("--clips", type=int, default=500, help="number of clips (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
     p.add_argument("--stream-pairs", type=int, default=0, metavar="M", help="also write M BABEL-stream A/B pairs")
@@ -55,7 +57,8 @@ def cmd_synth(args) -> int:
         raise CLIError(f"--composite-fraction must be in [0, 1], got {args.composite_fraction}")
     try:
         meta = make_dataset(args.out, args.clips, args.seed, args.stream_pairs, args.min_seconds, args.max_seconds,
-                            progress=not args.quiet, composite_fraction=args.composite_fraction)
+                            progress=not args.quiet, composite_fraction=args.composite_fraction,
+                            overwrite=args.overwrite)
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     kinds = {a for a in meta["actions"].values() if "+" not in a}

@@ -42,8 +42,12 @@ def _split(ids: list[str], rng, fractions=(0.8, 0.1, 0.1), names=("train", "val"
 
 def make_dataset(out: str | Path, clips: int, seed: int = 0, stream_pairs: int = 0,
                  min_seconds: float = 2.0, max_seconds: float = 10.0, progress: bool = True,
-                 composite_fraction: float = 0.1) -> dict:
+                 composite_fraction: float = 0.1, overwrite: bool = False) -> dict:
     """Write a synthetic dataset in the HumanML3D-272 layout.
+
+    `out` must not exist or be empty; with overwrite=True a folder in the way (a previous dataset) is
+    replaced as a whole. The dataset is written beside it and renamed into place once complete
+    (utils.atomic_dir), so a failed or interrupted run leaves `out` as it was and nothing is mixed.
 
     out/motion_data/<id>.npy (T, 272) float32 · out/texts/<id>.txt lines `caption#tokens#start#end`
     (0.0#0.0 = whole clip; composite clips add sub-captions with their seconds) · out/split/{train,val,
@@ -55,10 +59,7 @@ def make_dataset(out: str | Path, clips: int, seed: int = 0, stream_pairs: int =
     the segments themselves in the BABEL-272 layout: out/babel_272/{motion_data,texts,split/{train,val}.txt,
     t2m_babel_mean_std} (Mean/Std over HumanML3D train + BABEL train, as the t2m_babel statistics).
     """
-    from tqdm import tqdm
-
-    from motionstreamer.representation.normalize import compute_mean_std
-    from motionstreamer.utils import atomic_save_npy, atomic_write_json
+    from motionstreamer.utils import atomic_dir
 
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
@@ -68,7 +69,24 @@ def make_dataset(out: str | Path, clips: int, seed: int = 0, stream_pairs: int =
         raise ValueError(f"need 0.5 <= min_seconds <= max_seconds <= 60, got {min_seconds}, {max_seconds}")
     if not 0.0 <= composite_fraction <= 1.0:
         raise ValueError(f"composite_fraction must be in [0, 1], got {composite_fraction}")
-    out = Path(out)
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    held = sorted(p.name for p in out.iterdir())[:4] if out.is_dir() else []
+    if held and not overwrite:
+        raise ValueError(f"{out} is not empty (it holds {', '.join(held)}...): writing a dataset there would mix "
+                         f"two; choose another --out, or replace it with --overwrite")
+    with atomic_dir(out) as tmp:
+        return _write_dataset(tmp, clips, seed, stream_pairs, min_seconds, max_seconds, progress, composite_fraction)
+
+
+def _write_dataset(out: Path, clips: int, seed: int, stream_pairs: int, min_seconds: float, max_seconds: float,
+                   progress: bool, composite_fraction: float) -> dict:
+    from tqdm import tqdm
+
+    from motionstreamer.representation.normalize import compute_mean_std
+    from motionstreamer.utils import atomic_save_npy, atomic_write_json
+
     rng = np.random.default_rng(seed)
     names = list(ACTIONS)
     meta = {"seed": seed, "version": VERSION, "fps": FPS, "actions": {}, "captions": {}, "segments": {},
