@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from motionstreamer import FEATURE_DIM, NUM_JOINTS
+from motionstreamer.utils import load_npy
 
 
 
@@ -42,14 +43,11 @@ def load_motion_array(path: str | Path, name: str | None = None) -> np.ndarray:
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
             raise ValueError(f"{name}: not a valid .npy file (no NUMPY header)")
-    try:
-        a = np.load(path, allow_pickle=False)
+    try:   # no pickles; a header claiming more than the file holds is refused before allocating
+        a = load_npy(path)
     except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise ValueError(f"{name}: holds Python objects (pickled); only plain numeric arrays are "
-                             "loaded, for safety") from None
-        raise ValueError(f"{name}: not a valid .npy file ({e})") from None
-    except (OSError, EOFError) as e:
+        raise ValueError(f"{name}: {str(e).removeprefix(f'{path}: ')}") from None
+    except OSError as e:
         raise ValueError(f"{name}: cannot read as .npy ({e})") from None
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected one array, got {type(a).__name__}")

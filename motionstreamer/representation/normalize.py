@@ -23,8 +23,9 @@ def _clip_items(clips: Iterable, names: Iterable[str] | None):
             label, item = str(item[0]) if label is None else label, item[1]
         if isinstance(item, (str, os.PathLike)):
             label = str(item) if label is None else label
+            from motionstreamer.utils import load_npy
             try:
-                item = np.load(item)
+                item = load_npy(item)
             except (OSError, ValueError) as e:
                 raise ValueError(f"compute_mean_std: cannot read {label}: {e}") from e
         if hasattr(item, "detach"):
