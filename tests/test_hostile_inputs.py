@@ -103,6 +103,57 @@ def test_non_finite_generated_motion_fails_with_nothing_written(tmp_path, capsys
     assert outputs(dest) == []
 
 
+NUMBERS = [   # (verb and arguments, what the one error line names); every case is refused before any work
+    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg", "--temperature", "--end-threshold",
+                                                                        "--max-seconds") for v in ("nan", "inf", "-inf")],
+    (["generate", "a person walks", "--cfg", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--cfg=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--temperature", "1e30"], "temperature must be a finite number in [0, 10]"),
+    (["generate", "a person walks", "--temperature=-1"], "temperature must be a finite number in [0, 10]"),
+    (["stream", "--prompt", "walk@1e999"], "must be in (0, 600]"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg", "1e30"], "cfg_scale"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg", "nan"], "--cfg must be a finite number"),
+    (["serve", "--cfg", "inf"], "--cfg must be a finite number"),
+    (["serve", "--cfg", "1e30"], "cfg_scale must be a finite number"),
+    (["serve", "--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
+    (["synth", "--out", "x", "--min-seconds", "nan"], "--min-seconds must be a finite number"),
+    (["train", "tae", "--data", "missing", "--out", "run", "--set", "lr=Infinity"], "lr must be a finite number"),
+    (["train", "tae", "--data", "missing", "--out", "run", "--set", "grad_clip=NaN"], "grad_clip must be a finite"),
+    (["download", "--timeout", "nan"], "--timeout must be a finite number"),
+    (["render", "in.npy", "--out", "r.mp4", "--fps", "inf"], "--fps must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("args,msg", NUMBERS, ids=[" ".join(a[1:] if a[0] == "generate" else a) for a, _ in NUMBERS])
+def test_non_finite_or_absurd_numbers_are_refused_up_front(args, msg, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra = out(tmp_path) if args[0] in ("generate", "stream") else []
+    code, _, err = run_cli(args + extra, capsys)
+    assert_clear_error(code, err, msg)
+    assert "model:" not in err and outputs(tmp_path) == []      # before any model or data was loaded
+
+
+def test_api_configs_refuse_non_finite_numbers():
+    from motionstreamer.models.diffusion import SamplerSettings
+    from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.serve.app import ServeConfig
+    from motionstreamer.serve.protocol import ProtocolError, ServeLimits, parse_client_message
+
+    for kw in ({"cfg_scale": float("nan")}, {"cfg_scale": 1e30}, {"temperature": float("inf")}, {"temperature": -1.0},
+               {"end_threshold": float("nan")}, {"max_latents": 2.5}, {"min_action_latents": 0},
+               {"history_keep": 0}, {"skip_terminal_step": "yes"}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            GenerationConfig(**kw).validate()
+    with pytest.raises(ValueError, match="eta"):
+        SamplerSettings(sampler="ddim", eta=float("nan"))
+    with pytest.raises(ValueError, match="cfg_scale"):
+        ServeConfig(cfg_scale=float("inf")).validate()
+    for msg in ('{"type": "prompt", "text": "walk", "seconds": NaN}', '{"type": "prompt", "text": "walk", "seconds": 1e999}',
+                '{"type": "prompt", "text": "wa\\udcff"}'):
+        with pytest.raises(ProtocolError):
+            parse_client_message(msg, ServeLimits())
+
+
 # ----------------------------------------------------------------------------- 2. training run folders
 def tiny_tae_train(out: Path, steps: int, **kw):
     from train_tiny import quiet, tiny_tae

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["--steps", "0"], "steps must be an integer in [1, 1000]"),
     (["--lookahead", "0"], "lookahead must be"),
     (["--max-streams", "0"], "max_streams must be an integer >= 1"),
-    (["--idle-timeout", "nan"], "idle_timeout_s must be a finite number"),
+    (["--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
     (["--checkpoint", "/nonexistent/bundle"], "not a directory"),
     (["--threads", "0"], "--threads must be >= 1"),
 ])

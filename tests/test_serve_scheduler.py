@@ -179,6 +179,34 @@ def test_failing_step_closes_only_its_streams(models):
     assert len(frames_of(out, "B")) >= 3
 
 
+def test_non_finite_chunk_closes_its_stream_and_fails_its_job(models):
+    """A broken checkpoint's NaN never reaches a client: the stream whose chunk is not finite is closed
+    with 1011 and a reason, a /v1/generate job fails, the other streams go on."""
+    sched, engine, clock, out = make(models)
+    streaming(sched, clock, seconds=0.0, name="A")
+    streaming(sched, clock, seconds=0.0, name="B")
+    fut = sched.generate("a person jumps up", seconds=1.0, seed=0)
+    real_step = engine.step
+
+    def step(ids=None):
+        poisoned = {live.sid for live in sched._live.values() if live.sink == "A"}
+        poisoned |= {job.sid for job in sched._jobs.values()}
+        chunks = real_step(ids)
+        for c in chunks:
+            if c.stream_id in poisoned:
+                c.features = c.features.clone()
+                c.features[1, 3] = float("nan")
+        return chunks
+    engine.step = step
+    run_until(sched, clock, clock.t + 0.5)
+    closes = [m for s, m in out if s == "A" and isinstance(m, Close)]
+    assert closes and closes[0].code == CLOSE_INTERNAL and "non-finite" in closes[0].reason
+    assert frames_of(out, "A") == [] and "NaN" not in "".join(m for _, m in out if isinstance(m, str))
+    with pytest.raises(RuntimeError, match="non-finite motion"):
+        fut.result(timeout=0)
+    assert len(frames_of(out, "B")) >= 3 and sched.n_jobs == 0
+
+
 def test_generate_job_runs_beside_live_streams(models):
     sched, engine, clock, out = make(models)
     streaming(sched, clock, seconds=0.0)

@@ -117,6 +117,20 @@ def _load_tae(path: str, device):
         raise CLIError(f"--tae {path}: {e}")
 
 
+def _generation_config(args):
+    """The sampler settings of --cfg/--steps/--sampler, checked (CLIError): run before any data or model
+    loads, and again where the generation is built."""
+    from motionstreamer.cli import CLIError
+    from motionstreamer.runtime.engine import GenerationConfig
+
+    cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise CLIError(str(e))
+    return cfg
+
+
 def _generation(args, device):
     """(bundle, text encoder, GenerationConfig, description, backend factory or None) from the runtime,
     or a clear error without it. With --onnx the bundle is the export's statistics and the factory
@@ -128,10 +142,8 @@ def _generation(args, device):
         try:
             from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
-            from motionstreamer.runtime.engine import GenerationConfig
             stats, probe = load_ort(args.onnx, 1)
-            cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
-            cfg.validate()
+            cfg = _generation_config(args)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
             raise CLIError(f"--onnx needs onnxruntime: {e}")
@@ -149,15 +161,13 @@ def _generation(args, device):
             return backends[capacity]
         return stats, text_encoder, cfg, desc, backend_for
     try:
-        from motionstreamer.runtime.engine import GenerationConfig
         from motionstreamer.runtime.loading import load_models
     except ImportError as e:
         raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
                        f"not available: {e}")
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
-        cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
-        cfg.validate()
+        cfg = _generation_config(args)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
     return bundle, text_encoder, cfg, desc, None
@@ -174,6 +184,8 @@ def cmd_evaluate(args) -> int:
     check_positive(args, "repeats", "batch", "steps", "transition_length")
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
+    if hasattr(args, "cfg"):
+        _generation_config(args)
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
