@@ -1,6 +1,6 @@
 """Test doubles shared by the test modules (not a test module itself): a deterministic text encoder,
-a model bundle built from in-memory models, and random weights for the diffusion head's
-zero-initialised layers."""
+a model bundle built from in-memory models, random weights for the diffusion head's
+zero-initialised layers, and the CLI run in-process (run_cli)."""
 from __future__ import annotations
 
 import hashlib
@@ -56,3 +56,15 @@ def randomize_head(t2m, std: float = 0.1, seed: int = 5):
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return t2m
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `motionstreamer ARGV` run in this process."""
+    from motionstreamer.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

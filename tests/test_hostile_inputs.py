@@ -24,22 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import run_cli
 
-from motionstreamer.cli import main
 from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
 
 FAST = ["--steps", "2", "--quiet"]
 UNWRITABLE_DIR = "/sys/motionstreamer-test"   # EACCES/EROFS even for root (tests run as root in CI)
-
-
-def run_cli(args, capsys):
-    """(exit code, stdout, stderr) of `motionstreamer ARGS` run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_clear_error(code, err, *needles):
@@ -540,7 +530,7 @@ def test_add_stream_without_seed_leaves_the_global_rng_alone(engine_parts):
     engine = StreamingEngine(bundle, encoder, capacity=2, config=GenerationConfig(sampling_steps=2))
     torch.manual_seed(1234)
     state = torch.get_rng_state()
-    a, b = engine.add_stream("walk", seed=None), engine.add_stream("walk", seed=None)
+    a, _ = engine.add_stream("walk", seed=None), engine.add_stream("walk", seed=None)
     assert torch.equal(torch.get_rng_state(), state)
     chunks = engine.step()
     assert torch.equal(torch.get_rng_state(), state)

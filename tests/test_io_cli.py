@@ -5,9 +5,9 @@ import re
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from fakes import run_cli
 from scipy.spatial.transform import Rotation
 
-from motionstreamer.cli import main
 from motionstreamer.io.bvh import bvh_text, read_bvh
 from motionstreamer.io.motion_io import load_motion_array, motion_kind, save_npy, to_features, to_joints
 from motionstreamer.representation.features import (
@@ -36,16 +36,6 @@ def files(tmp_path_factory):
                         joints=recover_joints(features), joints66=recover_joints(features).reshape(T, 66)).items():
         np.save(paths[name], a)
     return paths, features
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of `motionstreamer argv`."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_to_bvh_denormalises(files, tmp_path, capsys):
