@@ -121,8 +121,11 @@ def _generation_config(args):
     """The sampler settings of --cfg/--steps/--sampler, checked (CLIError): run before any data or model
     loads, and again where the generation is built."""
     from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.engine import GenerationConfig
-
+    try:
+        from motionstreamer.runtime.engine import GenerationConfig
+    except ImportError as e:
+        raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
+                       f"not available: {e}")
     cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
     try:
         cfg.validate()
@@ -160,14 +163,10 @@ def _generation(args, device):
                 backends[capacity] = load_ort(args.onnx, capacity)[1]
             return backends[capacity]
         return stats, text_encoder, cfg, desc, backend_for
-    try:
-        from motionstreamer.runtime.loading import load_models
-    except ImportError as e:
-        raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
-                       f"not available: {e}")
+    cfg = _generation_config(args)      # CLIError without the runtime
+    from motionstreamer.runtime.loading import load_models
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
-        cfg = _generation_config(args)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
     return bundle, text_encoder, cfg, desc, None
