@@ -117,6 +117,9 @@ NUMBERS = [   # (verb and arguments, what the one error line names); every case 
 @pytest.mark.parametrize("args,msg", NUMBERS, ids=[" ".join(a[1:] if a[0] == "generate" else a) for a, _ in NUMBERS])
 def test_non_finite_or_absurd_numbers_are_refused_up_front(args, msg, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    if args[0] == "serve":    # a refusal that regressed must fail here, not serve forever
+        import uvicorn
+        monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("serve started with " + " ".join(args)))
     extra = out(tmp_path) if args[0] in ("generate", "stream") else []
     code, _, err = run_cli(args + extra, capsys)
     assert_clear_error(code, err, msg)
