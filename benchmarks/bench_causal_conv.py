@@ -1,12 +1,11 @@
 """Native causal conv (motionstreamer._C) vs the PyTorch reference (F.pad + F.conv1d: cuDNN / oneDNN).
 
-Cases, each timed for backend "native" and "torch" on the same random weights (official TAE shapes,
-spec reference-model §1, at a chosen width):
+Cases, each timed for conv backend "native" and "torch" on the same random weights:
   layer_*         one conv k3 (dilation 9) layer, full sequence
-  decode_full_*   the TAE decoder stack on L latents -> 4L frames (decode_proj, conv, 2x(3 resblocks,
-                  upsample, conv), conv, relu, conv -> 272)
-  encode_full_*   the TAE encoder stack on 4L frames (conv 272->w, 2x(conv k4 s2, 3 resblocks), conv, proj)
-  decode_step_*   one streaming decode step: one latent -> 4 frames through the per-layer states;
+  decode_full_*   the TAE (models/tae.py, official layout at a chosen width) decoding L latents -> 4L frames
+  encode_full_*   the TAE encoding 4L frames
+  decode_step_*   the TAE's streaming decode step (what the runtime runs per latent): one latent -> 4
+                  frames through the per-layer states (native: the fused streaming update op);
                   on CUDA also captured in a CUDA graph ("_graph"), as the runtime runs it
 Every function returns {name: {"min", "median", "max", "repeats", "unit": "ms"}}; nothing runs at import.
 `python benchmarks/bench_causal_conv.py [--device cuda] [--width 1024]` prints the ratios.
@@ -14,121 +13,37 @@ Every function returns {name: {"min", "median", "max", "repeats", "unit": "ms"}}
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from motionstreamer.ops import causal_conv as cc
+from timing import time_fn  # benchmarks/ is on sys.path (run directly or from run.py)
 
-BACKENDS = ("native", "torch")
-
-
-# ----------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+CONV_BACKENDS = ("native", "torch")
 
 
-def time_fn(fn, device, repeats: int = 20, warmup: int = 3) -> dict:
-    """Wall time per call in ms (device synchronised around each call)."""
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats,
-            "unit": "ms"}
+@contextlib.contextmanager
+def conv_backend(name: str):
+    """The global conv backend set to `name` for the block (the TAE reads the global switch)."""
+    old = cc.get_conv_backend()
+    cc.set_conv_backend(name)
+    try:
+        yield
+    finally:
+        cc.set_conv_backend(old)
 
 
-# ----------------------------------------------------------------------------- TAE-shaped stacks
-class TAEStacks:
-    """Random weights with the official TAE layer shapes at `width`, run through causal_conv ops."""
+def make_tae(width: int, device, dtype, seed: int = 0):
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 
-    def __init__(self, width=1024, in_dim=272, latent=16, depth=3, growth=3, down_t=2, device="cpu",
-                 dtype=torch.float32, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.width, self.in_dim, self.down_t = width, in_dim, down_t
-        self.dilations = [growth ** d for d in range(depth)][::-1]  # reverse_dilation: 9, 3, 1
-
-        def conv(cout, cin, k):
-            w = torch.randn(cout, cin, k, generator=g) * (cin * k) ** -0.5
-            return w.to(device, dtype), (torch.randn(cout, generator=g) * 0.1).to(device, dtype)
-
-        def resnet():
-            return [(*conv(width, width, 3), *conv(width, width, 1)) for _ in self.dilations]
-
-        self.decode_proj = conv(width, latent, 1)
-        self.dec_in = conv(width, width, 3)
-        self.dec_up = [(resnet(), conv(width, width, 3)) for _ in range(down_t)]
-        self.dec_out = conv(width, width, 3)
-        self.dec_final = conv(in_dim, width, 3)
-        self.enc_in = conv(width, in_dim, 3)
-        self.enc_down = [(conv(width, width, 4), resnet()) for _ in range(down_t)]
-        self.enc_out = conv(width, width, 3)
-        self.enc_proj = conv(2 * latent, width, 1)
-
-    # full sequence
-    def _resnet(self, h, blocks, backend):
-        for (w1, b1, w2, b2), d in zip(blocks, self.dilations):
-            h = cc.causal_resblock(h, w1, b1, w2, b2, d, backend=backend)
-        return h
-
-    def decode(self, z, backend):
-        """z (B, L, latent) -> frames (B, in_dim, 4L)."""
-        h = F.linear(z, self.decode_proj[0][:, :, 0], self.decode_proj[1]).transpose(1, 2)
-        h = cc.causal_conv1d(h, *self.dec_in, post_relu=True, backend=backend)
-        for blocks, up in self.dec_up:
-            h = self._resnet(h, blocks, backend).repeat_interleave(2, dim=2)
-            h = cc.causal_conv1d(h, *up, backend=backend)
-        h = cc.causal_conv1d(h, *self.dec_out, post_relu=True, backend=backend)
-        return cc.causal_conv1d(h, *self.dec_final, backend=backend)
-
-    def encode(self, x, backend):
-        """x (B, in_dim, T) -> (B, T/4, 2*latent) (mu | logvar)."""
-        h = cc.causal_conv1d(x, *self.enc_in, post_relu=True, backend=backend)
-        for down, blocks in self.enc_down:
-            h = cc.causal_conv1d(h, *down, stride=2, backend=backend)
-            h = self._resnet(h, blocks, backend)
-        h = cc.causal_conv1d(h, *self.enc_out, backend=backend)
-        return F.linear(h.transpose(1, 2), self.enc_proj[0][:, :, 0], self.enc_proj[1])
-
-    # streaming decode
-    def init_decode_states(self, batch, device, dtype):
-        w = self.width
-        sizes = [2] + ([2 * d for d in self.dilations] + [2]) * self.down_t + [2, 2]
-        return [torch.zeros(batch, w, s, device=device, dtype=dtype) for s in sizes]
-
-    def decode_step(self, z, states, backend):
-        """z (B, 1, latent), states (in place) -> frames (B, in_dim, 4)."""
-        new = []
-        h = F.linear(z, self.decode_proj[0][:, :, 0], self.decode_proj[1]).transpose(1, 2)
-        h, s = cc.causal_conv1d_update(h, states[0], *self.dec_in, post_relu=True, backend=backend)
-        new.append(s)
-        for blocks, up in self.dec_up:
-            for (w1, b1, w2, b2), d in zip(blocks, self.dilations):
-                h, s = cc.causal_resblock_update(h, states[len(new)], w1, b1, w2, b2, d, backend=backend)
-                new.append(s)
-            h, s = cc.causal_conv1d_update(h.repeat_interleave(2, dim=2), states[len(new)], *up, backend=backend)
-            new.append(s)
-        h, s = cc.causal_conv1d_update(h, states[len(new)], *self.dec_out, post_relu=True, backend=backend)
-        new.append(s)
-        h, s = cc.causal_conv1d_update(h, states[len(new)], *self.dec_final, backend=backend)
-        new.append(s)
-        for old, n in zip(states, new):
-            old.copy_(n)
-        return h
+    torch.manual_seed(seed)
+    return CausalHumanTAE(TAEConfig(hidden=width, width=width)).to(device, dtype).eval()
 
 
 # ----------------------------------------------------------------------------- cases
 def _backends(x) -> list[str]:
-    return [b for b in BACKENDS if b == "torch" or cc.supports(x)]
+    return [b for b in CONV_BACKENDS if b == "torch" or cc.supports(x)]
 
 
 def bench_layer(device="cpu", dtype=torch.float32, batch=1, frames=64, width=1024, k=3, dilation=9,
@@ -139,57 +54,48 @@ def bench_layer(device="cpu", dtype=torch.float32, batch=1, frames=64, width=102
     b = torch.randn(width, generator=g).to(device, dtype)
     name = f"layer_w{width}_k{k}_d{dilation}_b{batch}_t{frames}"
     with torch.no_grad():
-        return {f"{name}/{be}": time_fn(lambda: cc.causal_conv1d(x, w, b, dilation=dilation, backend=be), device,
+        return {f"{name}/{be}": time_fn(lambda: cc.causal_conv1d(x, w, b, dilation=dilation, conv_backend=be), device,
                                         repeats) for be in _backends(x)}
 
 
-def bench_tae_full(device="cpu", dtype=torch.float32, batch=1, latents=16, width=1024, repeats=10,
-                   stacks: TAEStacks | None = None) -> dict:
-    st = stacks or TAEStacks(width, device=device, dtype=dtype)
+def bench_tae(device="cpu", dtype=torch.float32, batch=1, latents=16, width=1024, repeats=10, tae=None,
+              cuda_graph: bool = True) -> dict:
+    """The TAE's full decode and encode and its streaming decode step, per conv backend."""
+    device = torch.device(device)
+    tae = tae or make_tae(width, device, dtype)
     g = torch.Generator().manual_seed(1)
     z = torch.randn(batch, latents, 16, generator=g).to(device, dtype)
-    x = torch.randn(batch, st.in_dim, 4 * latents, generator=g).to(device, dtype)
-    out = {}
-    with torch.no_grad():
-        for be in _backends(x):
-            out[f"decode_full_w{width}_b{batch}_l{latents}/{be}"] = time_fn(lambda: st.decode(z, be), device, repeats)
-            out[f"encode_full_w{width}_b{batch}_t{4 * latents}/{be}"] = time_fn(lambda: st.encode(x, be), device,
-                                                                                 repeats)
-    return out
-
-
-def bench_decode_step(device="cpu", dtype=torch.float32, batch=1, width=1024, repeats=50,
-                      stacks: TAEStacks | None = None, cuda_graph: bool = True) -> dict:
-    st = stacks or TAEStacks(width, device=device, dtype=dtype)
-    device = torch.device(device)
-    z = torch.randn(batch, 1, 16, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    x = torch.randn(batch, 4 * latents, tae.config.in_dim, generator=g).to(device, dtype)
     out = {}
     with torch.no_grad():
         for be in _backends(z):
-            states = st.init_decode_states(batch, device, dtype)
-            name = f"decode_step_w{width}_b{batch}/{be}"
-            out[name] = time_fn(lambda: st.decode_step(z, states, be), device, repeats)
-            if cuda_graph and device.type == "cuda":
-                side = torch.cuda.Stream(device)
-                side.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(side):
-                    for _ in range(2):
-                        st.decode_step(z, states, be)
-                torch.cuda.current_stream(device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    st.decode_step(z, states, be)
-                out[name + "_graph"] = time_fn(graph.replay, device, repeats)
+            with conv_backend(be):
+                out[f"decode_full_w{width}_b{batch}_l{latents}/{be}"] = time_fn(lambda: tae.decode(z), device, repeats)
+                out[f"encode_full_w{width}_b{batch}_t{4 * latents}/{be}"] = time_fn(lambda: tae.encode(x, sample=False),
+                                                                                     device, repeats)
+                state, z1 = tae.init_decode_state(batch), z[:, :1]
+                name = f"decode_step_w{width}_b{batch}/{be}"
+                out[name] = time_fn(lambda: tae.decode_step(z1, state), device, max(repeats, 20))
+                if cuda_graph and device.type == "cuda":
+                    side = torch.cuda.Stream(device)
+                    side.wait_stream(torch.cuda.current_stream(device))
+                    with torch.cuda.stream(side):
+                        for _ in range(2):
+                            tae.decode_step(z1, state)
+                    torch.cuda.current_stream(device).wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        tae.decode_step(z1, state)
+                    out[name + "_graph"] = time_fn(graph.replay, device, max(repeats, 20))
     return out
 
 
 def run(device="cpu", dtype=torch.float32, width=1024, batches=(1, 256), latents=16, repeats=10) -> dict:
     """Every case at one width; {name: stats}."""
-    st = TAEStacks(width, device=device, dtype=dtype)
+    tae = make_tae(width, device, dtype)
     res = bench_layer(device, dtype, 1, 4 * latents, width, repeats=repeats)
     for b in batches:
-        res.update(bench_tae_full(device, dtype, b, latents, width, repeats, stacks=st))
-        res.update(bench_decode_step(device, dtype, b, width, max(repeats, 20), stacks=st))
+        res.update(bench_tae(device, dtype, b, latents, width, repeats, tae=tae))
     return res
 
 

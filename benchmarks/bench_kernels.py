@@ -29,38 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from timing import time_fn  # benchmarks/ is on sys.path (run directly, from run.py or the tests)
 
 STREAMS = (2, 64, 512)
 
 
 # ----------------------------------------------------------------------------- timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device, iters: int = 20, repeats: int = 5, warmup: int = 3) -> dict:
-    """ms per call: `repeats` timings of `iters` back-to-back calls (sync only around each batch, so
-    a few-microsecond kernel is not measured as a host round trip)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3 / iters)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "unit": "ms",
-            "iters": iters, "repeats": repeats}
-
-
 def cuda_graph(fn, device, warmup: int = 3):
     """fn captured in a CUDA graph (its tensors become static): returns graph.replay."""
     s = torch.cuda.Stream(device)
@@ -253,7 +231,7 @@ def head_piece_cases(device, dtype, info, W, streams, iters, repeats, use_compil
 def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters, repeats, use_compile, bandwidth):
     from motionstreamer.kernels import integration
     from motionstreamer.kernels.diffusion_head import head_step
-    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, draw_sampling_noise
+    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
 
     torch.manual_seed(0)
     dl = DiffLoss(DiffusionHeadConfig(latent_dim=latent, width=width, depth=depth, cond_dim=768)).to(device, dtype)
@@ -280,8 +258,8 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
 
         def loop(backend):
             def run():
-                dl.set_backend(backend)
-                return dl.sample(cond, uncond, cfg=4.0, steps=steps, noise=noise)
+                dl.set_head_backend(backend)
+                return dl.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=steps), noise=noise)
             return run
 
         variants = {"eager": loop("torch"), "triton": loop("triton")}
@@ -293,7 +271,7 @@ def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters,
                     variants[f"{name}_graph"] = _raiser(e)
         with torch.no_grad():
             times = _variants(device, variants, max(1, iters // 10), repeats)
-        dl.set_backend("auto")
+        dl.set_head_backend("auto")
         row = _row(f"head_loop_s{s}", info, {"streams": s, "rows": N, "width": width, "depth": depth,
                                               "steps": steps}, times)
         row["head_weight_bytes_per_step"] = step_bytes

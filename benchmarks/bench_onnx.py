@@ -37,7 +37,7 @@ def _per_latent_ms(session_factory, n_latents: int, repeats: int) -> dict:
 def run_all(device, small: bool, quick: bool) -> list[dict]:
     from motionstreamer.checkpoints import load_bundle, save_bundle
     from motionstreamer.export.onnx_export import export_bundle
-    from motionstreamer.export.ort_engine import ort_session
+    from motionstreamer.runtime.ort_backend import ort_session
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
     from motionstreamer.runtime.engine import GenerationConfig

@@ -48,7 +48,7 @@ def train_case(model_cfg, batch: int, steps: int, warmup: int, backend: str, bf1
         cfg = T2MTrainConfig(out_dir=tmp, steps=total, batch_size=batch, warmup_steps=0, save_every=10**9,
                              log_every=10**9, progress=False, tensorboard=False, device=str(device), bf16=bf16)
         data = LatentTextData(examples, emb, cfg)
-        objective = TwoForwardObjective(model, total_steps=2 * total, batch_mul=cfg.batch_mul)
+        objective = TwoForwardObjective(model, total_steps=2 * total, diffmlps_batch_mul=cfg.diffmlps_batch_mul)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -17,37 +17,24 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from motionstreamer import FPS, FRAMES_PER_LATENT
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import time_fn  # noqa: E402
 
-LATENTS_PER_SECOND_REALTIME = 30 / 4  # one latent = 4 frames at 30 fps
+LATENTS_PER_SECOND_REALTIME = FPS / FRAMES_PER_LATENT
 
 
 # ----------------------------------------------------------------------------- timing helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timeit(fn, device, repeats: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t) * 1000.0)
-    return {"min": min(times), "median": statistics.median(times), "max": max(times), "repeats": repeats, "unit": "ms"}
+    return time_fn(fn, device, repeats=repeats, warmup=warmup)
 
 
 def per_unit(stats: dict, n: int) -> dict:
@@ -159,14 +146,13 @@ def case_stream_latency(ctx) -> list[dict]:
 
         def run_ref():
             # the original algorithm keeps PyTorch attention (SDPA) whatever the engine's "auto" picks
-            saved = [b.attn.backend for b in ref_t2m.transformer.h]
+            saved = [b.attn.attn_backend for b in ref_t2m.transformer.h]
             ref_t2m.set_attention_backend("sdpa")
             try:
-                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g,
-                                 steps=steps, end_latent=None)
+                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g, cfg)
             finally:
                 for b, backend in zip(ref_t2m.transformer.h, saved):
-                    b.attn.backend = backend
+                    b.attn.attn_backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
         base_per_latent = per_unit(base, n_lat)
 
@@ -257,7 +243,7 @@ def case_embedded(ctx) -> list[dict]:
     return rows
 
 
-EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train")
+EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train", "bench_serve")
 
 
 def case_external(ctx) -> list[dict]:
@@ -358,21 +344,28 @@ def main(argv=None) -> int:
     print(json.dumps(info, indent=1))
     print(table)
     if not args.no_write:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         tag = "quick" if args.quick else ("small" if small else "official")
         if args.cases != ap.get_default("cases") or len(external) < len(EXTERNAL_MODULES):
             parts = [c if c != "external" else "-".join(m.removeprefix("bench_") for m in external)
                      for c in args.cases.split(",")]
             tag += "_" + "-".join(parts)
-        base = out / f"{slug}_{tag}_{stamp}"
-        from motionstreamer.utils import atomic_write_json, atomic_write_text
-        atomic_write_json(f"{base}.json", {"info": info, "results": rows})
-        atomic_write_text(f"{base}.md", f"# {info['name']} ({tag}, {info['dtype']}) {stamp}\n\n{table}\n")
-        print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+        write_results(args.out, info, rows, tag, f"({tag}, {info['dtype']})")
     return 0
+
+
+def write_results(out_dir, info: dict, rows: list[dict], tag: str, title: str, preamble: str = "") -> Path:
+    """benchmarks/results/<device>_<tag>_<date>.json and .md (the table); returns the path stem."""
+    from motionstreamer.utils import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = out / f"{slug}_{tag}_{stamp}"
+    atomic_write_json(f"{base}.json", {"info": info, "results": rows})
+    atomic_write_text(f"{base}.md", f"# {info['name']} {title} {stamp}\n\n{preamble}{markdown_table(rows)}\n")
+    print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+    return base
 
 
 if __name__ == "__main__":

@@ -5,13 +5,21 @@
 
 namespace py = pybind11;
 
+namespace {
+bool with_cuda() {
+#ifdef MOTIONSTREAMER_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "motionstreamer native ops (causal conv1d, CPU and CUDA)";
-  m.def("with_cuda", &motionstreamer::with_cuda, "True when the CUDA sources were compiled in");
-  motionstreamer::register_cpu_ops(m);
+  m.def("with_cuda", &with_cuda, "True when the CUDA sources were compiled in");
   motionstreamer::register_cpu_causal_conv(m);
 #ifdef MOTIONSTREAMER_WITH_CUDA
-  motionstreamer::register_cuda_ops(m);
   motionstreamer::register_cuda_causal_conv(m);
 #endif
 }

@@ -8,7 +8,7 @@ PyTorch reference function beside it (the `*_reference` functions, which the tes
   residual           gated_residual: x + gate * (h + b)
   linear             fused_linear: linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
   diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from those pieces
-  integration        adapters the models call behind their backend switch
+  integration        adapters the models call behind their attention / head backend switches
   compile_check      compiles every kernel for sm_90 without a GPU (ptxas), with registers and spills
 
 Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1 set
@@ -19,8 +19,8 @@ from .adaln_layernorm import adaln_modulate_layernorm, adaln_modulate_layernorm_
 from .silu import bias_silu, bias_silu_reference
 from .linear import fused_linear, fused_linear_reference
 from .residual import gated_residual, gated_residual_reference
-from .diffusion_head import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
-                        head_sample_loop_reference, head_step, head_step_reference)
+from .diffusion_head import (BlockWeights, HeadWeights, head_sample_loop, head_sample_loop_reference, head_step,
+                             head_step_reference)
 from .qknorm_attention import (attention_reference, qknorm_rope_attention, qknorm_rope_attention_reference,
                                qknorm_rope_reference, rope_tables)
 from .qknorm_decode import qknorm_decode_attention, qknorm_decode_attention_reference
@@ -35,5 +35,5 @@ __all__ = [
     "gated_residual", "gated_residual_reference",
     "fused_linear", "fused_linear_reference",
     "BlockWeights", "HeadWeights", "head_step", "head_step_reference", "head_sample_loop",
-    "head_sample_loop_reference", "ddpm_coefficients", "ddim_coefficients",
+    "head_sample_loop_reference",
 ]

@@ -81,6 +81,25 @@ def as_scale_tensor(scale, device) -> torch.Tensor:
 
 if HAS_TRITON:
     @triton.jit
+    def row_norm_stats(X, row, stride, W, BLOCK: tl.constexpr, eps):
+        """LayerNorm statistics of row `row` (width W <= BLOCK) in fp32: (mean, 1/std, x - mean with 0
+        beyond W, columns, their mask)."""
+        cols = tl.arange(0, BLOCK)
+        valid = cols < W
+        x = tl.load(X + row * stride + cols, mask=valid, other=0.0).to(tl.float32)
+        mean = tl.sum(x, 0) / W
+        xc = tl.where(valid, x - mean, 0.0)
+        return mean, 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / W + eps), xc, cols, valid
+
+    @triton.jit
+    def load_plus_bias(X, B, row, stride, cols, valid, HAS_BIAS: tl.constexpr):
+        """Row `row` of X at `cols` in fp32, plus the bias B[cols] when HAS_BIAS."""
+        h = tl.load(X + row * stride + cols, mask=valid, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            h += tl.load(B + cols, mask=valid, other=0.0).to(tl.float32)
+        return h
+
+    @triton.jit
     def mm(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         """acc + a @ b with fp32 accumulation; operands already in the input dtype."""
         if UPCAST:

@@ -23,16 +23,13 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._common import row_norm_stats
+
     @triton.jit
     def _adaln_ln_kernel(X, Y, LNW, LNB, SHIFT, SCALE, W, sx, sy, ssh, ssc, eps,
                          BLOCK: tl.constexpr, AFFINE: tl.constexpr):
         row = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        valid = cols < W
-        x = tl.load(X + row * sx + cols, mask=valid, other=0.0).to(tl.float32)
-        mean = tl.sum(x, 0) / W
-        xc = tl.where(valid, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / W + eps)
+        _, rstd, xc, cols, valid = row_norm_stats(X, row, sx, W, BLOCK, eps)
         h = xc * rstd
         if AFFINE:
             h = h * tl.load(LNW + cols, mask=valid, other=0.0).to(tl.float32) + \

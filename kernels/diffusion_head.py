@@ -19,7 +19,6 @@ matmul operands stay in the weights' dtype.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,55 +107,18 @@ def head_step_reference(x, weights: HeadWeights, block_mods, final_mods) -> torc
     return F.linear(a, weights.final_w, weights.final_b)
 
 
-def ddpm_coefficients(process, temperature: float = 1.0) -> np.ndarray:
-    """Per-step update coefficients (S, 6) of the ancestral DDPM step, for a GaussianDiffusion-like
-    `process` (numpy arrays sqrt_recip_alphas_cumprod, ...). Row i: x0 = c0 x - c1 eps;
-    x' = c2 x0 + c3 x + c4 eps + c5 noise."""
-    S = len(process.betas)
-    c = np.zeros((S, 6), dtype=np.float64)
-    c[:, 0] = process.sqrt_recip_alphas_cumprod
-    c[:, 1] = process.sqrt_recipm1_alphas_cumprod
-    c[:, 2] = process.posterior_mean_coef1
-    c[:, 3] = process.posterior_mean_coef2
-    c[1:, 5] = np.exp(0.5 * process.posterior_log_variance_clipped[1:]) * temperature   # no noise at t=0
-    return c
-
-
-def ddim_coefficients(process, eta: float = 0.0, temperature: float = 1.0) -> np.ndarray:
-    """As ddpm_coefficients for the DDIM step (eta 0 = deterministic)."""
-    S = len(process.betas)
-    c = np.zeros((S, 6), dtype=np.float64)
-    c[:, 0] = process.sqrt_recip_alphas_cumprod
-    c[:, 1] = process.sqrt_recipm1_alphas_cumprod
-    for i in range(S):
-        a_bar, a_prev = float(process.alphas_cumprod[i]), float(process.alphas_cumprod_prev[i])
-        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
-        c[i, 2] = math.sqrt(a_prev)
-        c[i, 4] = math.sqrt(max(1 - a_prev - sigma ** 2, 0.0))
-        if i > 0 and eta > 0:
-            c[i, 5] = sigma * temperature
-    return c
-
-
 def head_sample_loop_reference(weights: HeadWeights, mods: dict, x_T, step_noise, coefs: np.ndarray,
-                               cfg: float | None = None) -> torch.Tensor:
-    """The sampling loop over steps S-1..0 in plain PyTorch (the model's fast sampler, unfused).
+                               cfg: float | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """The sampling loop over steps S-1..0 in plain PyTorch: the model's sample_loop with the eps of
+    head_step_reference (the model's fast sampler, unfused).
 
     mods {"blocks": (depth, S, N, 3, W), "final": (S, N, 2, W)}; N = 2B rows [cond; uncond] when
-    cfg is not None (both halves start from the same x), else B. x_T (B, L); step_noise (S, B, L)."""
-    x = x_T
-    for i in reversed(range(coefs.shape[0])):
-        xin = torch.cat([x, x]) if cfg is not None else x
-        eps = head_step_reference(xin, weights, mods["blocks"][:, i], mods["final"][i])
-        if cfg is not None:
-            e_c, e_u = eps.chunk(2)
-            eps = e_u + cfg * (e_c - e_u)
-        c = coefs[i]
-        x0 = float(c[0]) * x - float(c[1]) * eps
-        x = float(c[2]) * x0 + float(c[3]) * x + float(c[4]) * eps
-        if c[5] != 0:
-            x = x + float(c[5]) * step_noise[i]
-    return x
+    cfg is not None (both halves start from the same x), else B. x_T (B, L); step_noise (S, B, L);
+    coefs (S, 6) from GaussianDiffusion.step_coefficients."""
+    from motionstreamer.models.diffusion import sample_loop
+
+    return sample_loop(lambda x, i: head_step_reference(x, weights, mods["blocks"][:, i], mods["final"][i]),
+                       x_T, coefs, step_noise, cfg, temperature)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -164,16 +126,13 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._common import row_norm_stats
+
     @triton.jit
     def _final_row(HIN, row, sh, MODF, smr, smp, WF, swf, BF, ln_eps,
                    WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BW: tl.constexpr, LAT: tl.constexpr, LATP: tl.constexpr):
         """eps of one row: LayerNorm (no affine) -> modulate -> final linear (fp32)."""
-        cols = tl.arange(0, BLOCK_W)
-        valid = cols < WIDTH
-        x = tl.load(HIN + row * sh + cols, mask=valid, other=0.0).to(tl.float32)
-        mean = tl.sum(x, 0) / WIDTH
-        xc = tl.where(valid, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / WIDTH + ln_eps)
+        mean, rstd, _, _, _ = row_norm_stats(HIN, row, sh, WIDTH, BLOCK_W, ln_eps)
         li = tl.arange(0, LATP)
         acc = tl.zeros([LATP, BW], dtype=tl.float32)
         for w0 in tl.static_range(0, WIDTH, BW):
@@ -313,13 +272,15 @@ def head_step(x: torch.Tensor, weights: HeadWeights, block_mods: torch.Tensor, f
 
 @torch.no_grad()
 def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_noise: torch.Tensor | None,
-                     coefs: np.ndarray, cfg: float | None = None, fused: bool | None = None) -> torch.Tensor:
+                     coefs: np.ndarray, cfg: float | None = None, temperature: float = 1.0,
+                     fused: bool | None = None) -> torch.Tensor:
     """The whole sampling loop (steps S-1..0) with 2*depth + 1 launches per step.
 
     mods: {"blocks": (depth, S, N, 3, W), "final": (S, N, 2, W)} as SimpleMLPAdaLN.modulations
     returns; with cfg (a float), N = 2B rows [cond; uncond] sharing x, eps = eps_u + cfg (eps_c -
     eps_u); without, N = B. x_T (B, L); step_noise (S, B, L) or None (then coefs[:, 5] must be 0);
-    coefs (S, 6) from ddpm_coefficients / ddim_coefficients. Returns x_0 (B, L) in x_T's dtype.
+    coefs (S, 6) from GaussianDiffusion.step_coefficients (the model's update, the same table),
+    the noise term scaled by temperature. Returns x_0 (B, L) in x_T's dtype.
     No host sync: safe to capture in a CUDA graph."""
     name = "head_sample_loop"
     weights.validate()
@@ -346,6 +307,8 @@ def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_n
     if B == 0:
         return xs.to(x_T.dtype)
     noise = step_noise.contiguous() if step_noise is not None else None
+    coefs = coefs.copy()
+    coefs[:, 5] *= temperature     # the kernel takes the noise term's coefficient whole
     _io(weights, B, None, None, xs, None, None, buf.h[0], None, None, final=False, store_eps=False, update=False,
         project=True, guided=guided)
     src = 0
@@ -360,5 +323,4 @@ def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_n
 
 
 __all__ = ["BlockWeights", "HeadWeights", "head_step", "head_step_reference", "head_blocks_reference",
-           "head_sample_loop", "head_sample_loop_reference", "ddpm_coefficients", "ddim_coefficients",
-           "FUSED_MAX_ROWS"]
+           "head_sample_loop", "head_sample_loop_reference", "FUSED_MAX_ROWS"]

@@ -3,17 +3,18 @@
 Each function takes the model's own modules and tensors, so wiring a kernel in is one call at the
 place the model computes the same thing, behind its backend switch:
 
-  attention(q, k, v, scale, mask, causal)        the transformer's `attention(..., backend="triton")` hook
+  attention(q, k, v, scale, mask, causal)        the transformer's `attention(..., attn_backend="triton")` hook
   self_attention(attn, x, cos, sin, lengths)     CausalSelfAttention.forward (QKV proj -> fused QK-Norm,
                                                  RoPE, causal attention -> out proj); returns (y, k, v)
   decode_self_attention(attn, x, k_cache, v_cache, positions, cos, sin, rows)
                                                  one decode step of a layer, cache append fused
   head_forward_with_modulations(net, x, mods, step)  SimpleMLPAdaLN.forward_with_modulations
-  sample(diff_loss, cond, uncond, ...)           DiffLoss.sample (fast path), the whole loop fused
-  sample_fused(...)                              the same without the fallback (DiffLoss.sample's "triton" path)
+  sample_loop_fused(net, c, model_t, x_T, ...)   models.diffusion.sample_loop, the whole loop fused
+                                                 (DiffLoss.sample's "triton" head backend)
 
-Every function falls back to the plain PyTorch path when the kernels cannot run on the tensors'
-device (no triton, or CPU without TRITON_INTERPRET=1), so a "triton" switch is always safe.
+Every function but sample_loop_fused (whose caller checks `available`) falls back to the plain
+PyTorch path when the kernels cannot run on the tensors' device (no triton, or CPU without
+TRITON_INTERPRET=1), so a "triton" switch is always safe.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import HAS_TRITON, SUPPORTED_DTYPES, interpreting, kernels_usable
-from .diffusion_head import (BlockWeights, HeadWeights, ddim_coefficients, ddpm_coefficients, head_sample_loop,
-                        head_step)
+from .diffusion_head import BlockWeights, HeadWeights, head_sample_loop, head_step
 from .qknorm_attention import qknorm_rope_attention
 from .qknorm_decode import qknorm_decode_attention
 
@@ -33,12 +33,6 @@ def available(device: torch.device | str) -> bool:
     if not HAS_TRITON:
         return False
     return (device.type == "cuda" and not interpreting()) or (device.type == "cpu" and interpreting())
-
-
-def default_backend(device: torch.device | str) -> str:
-    """The fastest available path: "triton" on a CUDA device with triton installed, else "sdpa"."""
-    device = torch.device(device)
-    return "triton" if device.type == "cuda" and available(device) else "sdpa"
 
 
 # ----------------------------------------------------------------------------- transformer
@@ -133,44 +127,16 @@ def head_forward_with_modulations(net, x: torch.Tensor, mods: dict, step: int) -
 
 
 @torch.no_grad()
-def sample(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
-           temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
-           noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
-           eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
-    """DiffLoss.sample (same arguments, same randomness) with the fused sampling loop; the model's
-    own sampler when the kernels cannot run on cond's device."""
-    if not kernels_usable(cond) or cond.dtype not in SUPPORTED_DTYPES:
-        return diff_loss.sample(cond, uncond, cfg=cfg, temperature=temperature, steps=steps, method=method,
-                                noise=noise, generator=generator, eta=eta, skip_terminal=skip_terminal)
-    return sample_fused(diff_loss, cond, uncond, cfg, temperature, steps, method, noise, generator, eta, skip_terminal)
+def sample_loop_fused(net, c: torch.Tensor, model_t: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor,
+                      coefs, cfg_scale: float | None, temperature: float) -> torch.Tensor:
+    """models.diffusion.sample_loop with the fused kernels (DiffLoss.sample calls it for the "triton"
+    head backend): condition rows c ([cond; uncond] when cfg_scale is given), model timesteps
+    model_t, x_T (B, L), step_noise (>= S, B, L), coefs (S, 6) from step_coefficients."""
+    mods = net.modulations(c, model_t)
+    out = head_sample_loop(head_weights(net), mods, x_T, step_noise[:coefs.shape[0]], coefs, cfg=cfg_scale,
+                           temperature=temperature)
+    return out.to(c.dtype)
 
 
-@torch.no_grad()
-def sample_fused(diff_loss, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
-                 temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
-                 noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
-                 eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
-    """The fused loop itself, no fallback (DiffLoss.sample calls this when its backend is "triton")."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
-
-    if method not in ("ddpm", "ddim"):
-        raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
-    net = diff_loss.net
-    B, dim = cond.shape[0], diff_loss.config.latent_dim
-    proc = diff_loss.sampling_process(steps, skip_terminal)
-    S = proc.num_timesteps
-    if noise is None:
-        noise = draw_sampling_noise(generator, B, S, dim, cond.device, cond.dtype)
-    x, step_noise = noise
-    if step_noise.shape[0] < S:
-        raise ValueError(f"noise has {step_noise.shape[0]} steps, the process needs {S}")
-    guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
-    c = torch.cat([cond, uncond]) if guided else cond
-    mods = net.modulations(c, diff_loss.model_timesteps(steps, cond.device, skip_terminal))
-    coefs = ddpm_coefficients(proc, temperature) if method == "ddpm" else ddim_coefficients(proc, eta, temperature)
-    out = head_sample_loop(head_weights(net), mods, x, step_noise[:S], coefs, cfg=float(cfg) if guided else None)
-    return out.to(cond.dtype)
-
-
-__all__ = ["available", "default_backend", "kernel_head_size", "attention", "self_attention", "decode_self_attention", "head_weights",
-           "head_forward_with_modulations", "sample", "sample_fused"]
+__all__ = ["available", "kernel_head_size", "attention", "self_attention", "decode_self_attention", "head_weights",
+           "head_forward_with_modulations", "sample_loop_fused"]

@@ -448,10 +448,5 @@ def qknorm_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return out
 
 
-def attention_bytes(B: int, H: int, T: int, D: int, dtype: torch.dtype) -> int:
-    """HBM bytes a fused forward must move at least: q, k, v in, o out."""
-    return 4 * B * H * T * D * torch.empty(0, dtype=dtype).element_size()
-
-
 __all__ = ["rope_tables", "qknorm_rope_reference", "attention_reference", "qknorm_rope_attention_reference",
-           "qknorm_rope_attention", "attention_bytes", "NORM_EPS", "interpreting", "math"]
+           "qknorm_rope_attention", "NORM_EPS", "interpreting", "math"]

@@ -16,14 +16,14 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._common import load_plus_bias
+
     @triton.jit
     def _gated_residual_kernel(X, H, G, B, Y, W, sx, sh, sg, sy, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         valid = cols < W
-        h = tl.load(H + row * sh + cols, mask=valid, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            h += tl.load(B + cols, mask=valid, other=0.0).to(tl.float32)
+        h = load_plus_bias(H, B, row, sh, cols, valid, HAS_BIAS)
         x = tl.load(X + row * sx + cols, mask=valid, other=0.0).to(tl.float32)
         g = tl.load(G + row * sg + cols, mask=valid, other=0.0).to(tl.float32)
         tl.store(Y + row * sy + cols, (x + g * h).to(Y.dtype.element_ty), mask=valid)

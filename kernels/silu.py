@@ -15,14 +15,14 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._common import load_plus_bias
+
     @triton.jit
     def _bias_silu_kernel(X, B, Y, W, sx, sy, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         valid = cols < W
-        h = tl.load(X + row * sx + cols, mask=valid, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            h += tl.load(B + cols, mask=valid, other=0.0).to(tl.float32)
+        h = load_plus_bias(X, B, row, sx, cols, valid, HAS_BIAS)
         tl.store(Y + row * sy + cols, (h / (1.0 + tl.exp(-h))).to(Y.dtype.element_ty), mask=valid)
 
 

@@ -12,18 +12,44 @@ import sys
 # Order here is the order in `--help`.
 COMMAND_MODULES = (
     "motionstreamer.runtime.commands",   # generate, stream
-    "motionstreamer.data.commands",      # synth
-    "motionstreamer.data.amass",         # prepare-amass
+    "motionstreamer.data.commands",      # synth, prepare-amass
     "motionstreamer.io.commands",        # render, to-bvh
     "motionstreamer.models.commands",    # convert-checkpoint, download
-    "motionstreamer.train.commands",     # train tae|t2m|stream|evaluator, encode-latents
-    "motionstreamer.eval.commands",      # evaluate, train-evaluator
+    "motionstreamer.train.commands",     # train tae|t2m|stream, train-evaluator, encode-latents, make-bundle
+    "motionstreamer.eval.commands",      # evaluate
     "motionstreamer.export.commands",    # export-onnx
+    "motionstreamer.serve.commands",     # serve
 )
 
 
 class CLIError(Exception):
     """A user-facing error: printed as `motionstreamer: error: ...` with exit code 2, no traceback."""
+
+
+def add_verb(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A verb's parser that runs `func`: `help` in the verb list, the handler's docstring as the
+    verb's own --help description (argparse re-wraps it)."""
+    import inspect
+
+    p = subparsers.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or help))
+    p.set_defaults(func=func)
+    return p
+
+
+def add_group(subparsers, name: str, help: str, description: str, dest: str, metavar: str):
+    """A verb with sub-verbs (`train tae`, `evaluate t2m`); alone it prints its help. Returns the
+    sub-verbs' subparsers."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    return p.add_subparsers(dest=dest, metavar=metavar)
+
+
+def check_positive(args, *names) -> None:
+    """CLIError for the first of these integer flags given as < 1."""
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
 def build_parser() -> argparse.ArgumentParser:

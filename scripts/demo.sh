@@ -8,9 +8,9 @@ python -m pip install -r requirements-build.txt
 python -m pip install --no-build-isolation .
 mkdir -p out
 if [ "$#" -eq 0 ]; then set -- "a person jogs forward then waves"; fi
-motionstreamer generate "$1" --out out/demo --render mp4 --bvh
+motionstreamer generate "$1" --out out/demo --render mp4 --bvh --glb
 if [ "$#" -gt 1 ]; then
   args=(); for p in "$@"; do args+=(--prompt "$p"); done
-  motionstreamer stream "${args[@]}" --out out/stream --render mp4 --bvh
+  motionstreamer stream "${args[@]}" --out out/stream --render mp4 --bvh --glb
 fi
-echo "open out/demo.mp4 (video) and out/demo.bvh (Blender: File > Import > BVH)"
+echo "open out/demo.mp4 (video), out/demo.bvh (Blender: File > Import > BVH) or out/demo.glb (any glTF viewer)"

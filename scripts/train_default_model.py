@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     model = TextToMotionModel(cfg)
     mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
-                          log_every=50, seed=args.seed, batch_mul=2)
+                          log_every=50, seed=args.seed, diffmlps_batch_mul=2)
     t2m_ck = work / "t2m" / "checkpoint_last.pt"
     res = train_t2m(model, examples, emb, mcfg, name="t2m", extra_config={"text_encoder": "minilm"},
                     resume=t2m_ck if args.resume and t2m_ck.exists() else None)
@@ -220,7 +220,7 @@ def loss_summary(run_dir: Path) -> dict:
 def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     """The small TMR-style evaluator (MiniLM backbone, frozen) on the training split; a finished run
     in run_dir is reused as it is."""
-    from motionstreamer.eval.train_evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
+    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
     from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
     from motionstreamer.train.common import load_checkpoint
 

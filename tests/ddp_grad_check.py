@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import FakeTextEncoder, tiny_t2m  # noqa: E402
+from fakes import FakeTextEncoder  # noqa: E402
+from train_tiny import tiny_t2m  # noqa: E402
 
 GLOBAL_BATCH = 4
 OBJECTIVE_STEP, TOTAL_STEPS = 5, 10      # Two-Forward replaces half of the positions
@@ -34,11 +35,11 @@ def fixed_batch():
     # 8 target latents in every row; histories of 0, 2, 4 latents make rows of different lengths (padding)
     examples = [LatentExample(f"caption {i}", rng.standard_normal((2 * (i % 3), 16)).astype(np.float32),
                               rng.standard_normal((8, 16)).astype(np.float32), edge_drop=False) for i in range(6)]
-    cfg = T2MTrainConfig(text_dropout=0.5, drop_edge_prob=0.0, batch_mul=2)
+    cfg = T2MTrainConfig(text_dropout=0.5, drop_edge_prob=0.0, diffmlps_batch_mul=2)
     emb = embed_captions(examples, FakeTextEncoder())
     g = torch.Generator().manual_seed(1)
     batch = LatentTextData(examples, emb, cfg).sample_batch(g, GLOBAL_BATCH)
-    return draw_diffusion_noise(batch, cfg.batch_mul, 50, g), cfg
+    return draw_diffusion_noise(batch, cfg.diffmlps_batch_mul, 50, g), cfg
 
 
 def run(out: Path, rows: tuple[int, int] | None = None) -> dict:
@@ -53,7 +54,7 @@ def run(out: Path, rows: tuple[int, int] | None = None) -> dict:
         rows = (env.rank * n, env.rank * n + n)
     rows = rows or (0, GLOBAL_BATCH)
     model = tiny_t2m(seed=0).double()
-    objective = TwoForwardObjective(model, TOTAL_STEPS, data_cfg.batch_mul, two_forward=True)
+    objective = TwoForwardObjective(model, TOTAL_STEPS, data_cfg.diffmlps_batch_mul, two_forward=True)
     cfg = T2MTrainConfig(out_dir=str(out / f"run_w{env.world_size}_{rows[0]}_{rows[1]}"), steps=1,
                          batch_size=(rows[1] - rows[0]) * env.world_size, lr=1e-3, grad_clip=None,
                          save_every=100, progress=False, tensorboard=False, device="cpu")

@@ -50,8 +50,8 @@ def _make(c, gen, dtype=torch.float32):
 def test_native_matches_reference(c):
     x, w, b, r = _make(c, torch.Generator().manual_seed(zlib.crc32(str(c).encode())))
     kw = dict(stride=c["stride"], dilation=c["dilation"], pre_relu=c["pre_relu"], post_relu=c["post_relu"], residual=r)
-    ref = cc.causal_conv1d(x, w, b, backend="torch", **kw)
-    out = cc.causal_conv1d(x, w, b, backend="native", **kw)
+    ref = cc.causal_conv1d(x, w, b, conv_backend="torch", **kw)
+    out = cc.causal_conv1d(x, w, b, conv_backend="native", **kw)
     assert out.shape == ref.shape == (c["B"], c["cout"], c["T"] // c["stride"])
     assert_close_rel(out, ref)
 
@@ -63,8 +63,8 @@ def test_reference_is_the_tae_causal_conv():
         conv = torch.nn.Conv1d(6, 5, k, stride=s, dilation=d)
         x = torch.randn(2, 6, 16, generator=g)
         want = conv(F.pad(x, ((k - 1) * d + 1 - s, 0)))
-        assert_close_rel(cc.conv_forward_full(conv, x, backend="torch").detach(), want.detach(), 1e-6)
-        assert_close_rel(cc.conv_forward_full(conv, x, backend="native").detach(), want.detach())
+        assert_close_rel(cc.conv_forward_full(conv, x, conv_backend="torch").detach(), want.detach(), 1e-6)
+        assert_close_rel(cc.conv_forward_full(conv, x, conv_backend="native").detach(), want.detach())
 
 
 @pytest.mark.parametrize("pad", [0, 1, 5, -1, -3])
@@ -72,8 +72,8 @@ def test_explicit_pad(pad):
     g = torch.Generator().manual_seed(1)
     x, w, b = torch.randn(2, 4, 11, generator=g), torch.randn(3, 4, 3, generator=g), torch.randn(3, generator=g)
     for s in (1, 2):
-        ref = cc.causal_conv1d(x, w, b, stride=s, dilation=2, pad=pad, backend="torch")
-        out = cc.causal_conv1d(x, w, b, stride=s, dilation=2, pad=pad, backend="native")
+        ref = cc.causal_conv1d(x, w, b, stride=s, dilation=2, pad=pad, conv_backend="torch")
+        out = cc.causal_conv1d(x, w, b, stride=s, dilation=2, pad=pad, conv_backend="native")
         assert out.shape[2] == cc.out_len(11, 3, s, 2, pad)
         assert_close_rel(out, ref)
 
@@ -82,12 +82,12 @@ def test_empty_output_and_large_layer():
     g = torch.Generator().manual_seed(2)
     # pad 0 and T shorter than the receptive field -> no outputs
     y = cc.causal_conv1d(torch.randn(1, 3, 4, generator=g), torch.randn(2, 3, 3, generator=g), dilation=3, pad=0,
-                         backend="native")
+                         conv_backend="native")
     assert y.shape == (1, 2, 0)
     # one official-width layer (several reduction chunks, row/column blocks with remainders)
     x, w, b = torch.randn(1, 1024, 6, generator=g), torch.randn(1023, 1024, 3, generator=g) * 0.03, torch.randn(1023)
-    assert_close_rel(cc.causal_conv1d(x, w, b, dilation=3, backend="native"),
-                     cc.causal_conv1d(x, w, b, dilation=3, backend="torch"))
+    assert_close_rel(cc.causal_conv1d(x, w, b, dilation=3, conv_backend="native"),
+                     cc.causal_conv1d(x, w, b, dilation=3, conv_backend="torch"))
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -101,8 +101,8 @@ def test_every_cpu_instruction_set(isa, monkeypatch):
         x, w, b, r = _make(c, torch.Generator().manual_seed(i))
         kw = dict(stride=c["stride"], dilation=c["dilation"], pre_relu=c["pre_relu"], post_relu=c["post_relu"],
                   residual=r)
-        assert_close_rel(cc.causal_conv1d(x, w, b, backend="native", **kw),
-                         cc.causal_conv1d(x, w, b, backend="torch", **kw))
+        assert_close_rel(cc.causal_conv1d(x, w, b, conv_backend="native", **kw),
+                         cc.causal_conv1d(x, w, b, conv_backend="torch", **kw))
 
 
 def _usable_isas():
@@ -113,7 +113,7 @@ def _usable_isas():
 def test_unknown_isa_is_an_error(monkeypatch):
     monkeypatch.setattr(cc, "_CPU_ISA", "sse9")
     with pytest.raises(ValueError, match="instruction set 'sse9' is not available"):
-        cc.causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 2, 1), backend="native")
+        cc.causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 2, 1), conv_backend="native")
 
 
 def test_threads_and_noncontiguous_inputs():
@@ -122,12 +122,12 @@ def test_threads_and_noncontiguous_inputs():
     w = torch.randn(64, 3, 40, generator=g).permute(0, 2, 1)  # (64, 40, 3) non-contiguous
     b = torch.randn(128, generator=g)[::2]
     assert not x.is_contiguous() and not w.is_contiguous() and not b.is_contiguous()
-    ref = cc.causal_conv1d(x, w, b, dilation=3, pre_relu=True, backend="torch")
+    ref = cc.causal_conv1d(x, w, b, dilation=3, pre_relu=True, conv_backend="torch")
     n = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            assert_close_rel(cc.causal_conv1d(x, w, b, dilation=3, pre_relu=True, backend="native"), ref)
+            assert_close_rel(cc.causal_conv1d(x, w, b, dilation=3, pre_relu=True, conv_backend="native"), ref)
     finally:
         torch.set_num_threads(n)
 
@@ -152,14 +152,14 @@ def test_streaming_chunks_equal_full_pass(backend, k, stride, dilation):
     x, w, b = torch.randn(B, cin, T, generator=g), torch.randn(cout, cin, k, generator=g), torch.randn(cout, generator=g)
     for pre_relu, post_relu, with_res in [(False, False, False), (True, True, False), (True, False, True)]:
         res = torch.randn(B, cout, T // stride, generator=g) if with_res else None
-        full = cc.causal_conv1d(x, w, b, stride, dilation, pre_relu, post_relu, res, backend="torch")
+        full = cc.causal_conv1d(x, w, b, stride, dilation, pre_relu, post_relu, res, conv_backend="torch")
         state = cc.init_state(B, cin, k, stride, dilation)
         assert state.shape == (B, cin, (k - 1) * dilation + 1 - stride)
         ys, t = [], 0
         for n in _chunks(rng, T, stride):
             r = None if res is None else res[:, :, t // stride:(t + n) // stride]
             y, new_state = cc.causal_conv1d_update(x[:, :, t:t + n], state, w, b, stride, dilation, pre_relu,
-                                                   post_relu, r, backend=backend)
+                                                   post_relu, r, conv_backend=backend)
             assert y.shape == (B, cout, n // stride) and new_state.shape == state.shape
             ys.append(y)
             state, t = new_state, t + n
@@ -175,31 +175,14 @@ def test_native_update_equals_torch_update_from_any_state():
     x, state = torch.randn(3, 8, 4, generator=g), torch.randn(3, 8, 18, generator=g)  # raw (negative) values too
     w, b = torch.randn(8, 8, 3, generator=g), torch.randn(8, generator=g)
     for pre in (False, True):
-        y0, s0 = cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=pre, backend="torch")
-        y1, s1 = cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=pre, backend="native")
+        y0, s0 = cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=pre, conv_backend="torch")
+        y1, s1 = cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=pre, conv_backend="native")
         assert_close_rel(y1, y0)
         torch.testing.assert_close(s1, s0, rtol=0, atol=0)
     # the state argument is not modified
     before = state.clone()
-    cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=True, backend="native")
+    cc.causal_conv1d_update(x, state, w, b, dilation=9, pre_relu=True, conv_backend="native")
     assert torch.equal(state, before)
-
-
-def test_resblock_full_and_streaming():
-    g = torch.Generator().manual_seed(5)
-    C, T = 12, 21
-    x = torch.randn(2, C, T, generator=g)
-    w1, b1 = torch.randn(C, C, 3, generator=g) * 0.3, torch.randn(C, generator=g)
-    w2, b2 = torch.randn(C, C, 1, generator=g) * 0.3, torch.randn(C, generator=g)
-    for d in (1, 3, 9):
-        want = x + F.conv1d(F.relu(F.conv1d(F.pad(F.relu(x), (2 * d, 0)), w1, b1, dilation=d)), w2, b2)
-        for backend in ("torch", "native"):
-            assert_close_rel(cc.causal_resblock(x, w1, b1, w2, b2, d, backend=backend), want)
-            state, ys = torch.zeros(2, C, 2 * d), []
-            for t0, t1 in [(0, 1), (1, 5), (5, 6), (6, 14), (14, 21)]:
-                y, state = cc.causal_resblock_update(x[:, :, t0:t1], state, w1, b1, w2, b2, d, backend=backend)
-                ys.append(y)
-            assert_close_rel(torch.cat(ys, 2), want)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -210,7 +193,7 @@ def test_gradcheck_reference_float64():
     b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     r = torch.randn(2, 4, 9, generator=g, dtype=torch.float64, requires_grad=True)
     fn = lambda x, w, b, r: cc.causal_conv1d(x, w, b, dilation=2, pre_relu=True, post_relu=True, residual=r,
-                                             backend="auto")  # float64 -> torch path
+                                             conv_backend="auto")  # float64 -> torch path
     assert torch.autograd.gradcheck(fn, (x, w, b, r))
 
 
@@ -230,7 +213,7 @@ def test_native_gradients_match_reference(pre_relu, post_relu, with_res, with_bi
     for backend in ("torch", "native"):
         leaves = [t.clone().requires_grad_(True) if t is not None else None for t in (x0, w0, b0, r0)]
         y = cc.causal_conv1d(leaves[0], leaves[1], leaves[2], stride, d, pre_relu, post_relu, leaves[3],
-                             backend=backend, pad=pad)
+                             conv_backend=backend, pad=pad)
         (y * gy).sum().backward()
         grads[backend] = (y.detach(), [t.grad for t in leaves if t is not None])
     assert_close_rel(grads["native"][0], grads["torch"][0])
@@ -243,10 +226,10 @@ def test_update_with_grad_uses_differentiable_path():
     x = torch.randn(1, 4, 4, generator=g, requires_grad=True)
     state = torch.randn(1, 4, 6, generator=g)
     w = torch.randn(4, 4, 3, generator=g, requires_grad=True)
-    y, s = cc.causal_conv1d_update(x, state, w, dilation=3, pre_relu=True, backend="native")
+    y, s = cc.causal_conv1d_update(x, state, w, dilation=3, pre_relu=True, conv_backend="native")
     y.sum().backward()
     xr, wr = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
-    yr, sr = cc.causal_conv1d_update(xr, state, wr, dilation=3, pre_relu=True, backend="torch")
+    yr, sr = cc.causal_conv1d_update(xr, state, wr, dilation=3, pre_relu=True, conv_backend="torch")
     yr.sum().backward()
     assert_close_rel(y.detach(), yr.detach())
     assert_close_rel(x.grad, xr.grad)
@@ -255,25 +238,23 @@ def test_update_with_grad_uses_differentiable_path():
 
 # ----------------------------------------------------------------------------- switch, TAE, errors
 def test_backend_switch_and_resolution(monkeypatch):
-    old = cc.get_backend()
+    old = cc.get_conv_backend()
     try:
-        cc.set_backend("auto")
-        assert cc.resolve_backend(torch.zeros(1, 1, 1)) == "native"
-        assert cc.resolve_backend(torch.zeros(1, 1, 1, dtype=torch.float64)) == "torch"
+        cc.set_conv_backend("auto")
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1)) == "native"
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1, dtype=torch.float64)) == "torch"
         limit = cc.AUTO_NATIVE_MAX_COLUMNS["cpu"]
-        assert cc.resolve_backend(torch.zeros(1, 1, 1), columns=limit) == "native"
-        assert cc.resolve_backend(torch.zeros(1, 1, 1), columns=limit + 1) == "torch"
-        assert cc.resolve_backend(torch.zeros(1, 1, 1), "native", columns=limit + 1) == "native"
-        cc.set_backend("torch")
-        assert cc.resolve_backend(torch.zeros(1, 1, 1)) == "torch"
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1), columns=limit) == "native"
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1), columns=limit + 1) == "torch"
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1), "native", columns=limit + 1) == "native"
+        cc.set_conv_backend("torch")
+        assert cc.resolve_conv_backend(torch.zeros(1, 1, 1)) == "torch"
         with pytest.raises(ValueError, match="must be one of"):
-            cc.set_backend("cudnn")
+            cc.set_conv_backend("cudnn")
         with pytest.raises(RuntimeError, match="float32 only, got torch.float64"):
-            cc.resolve_backend(torch.zeros(1, 1, 1, dtype=torch.float64), "native")
+            cc.resolve_conv_backend(torch.zeros(1, 1, 1, dtype=torch.float64), "native")
     finally:
-        cc.set_backend(old)
-    from motionstreamer.ops import conv_backend
-    assert conv_backend.get_backend is cc.get_backend
+        cc.set_conv_backend(old)
 
 
 def test_tae_decoder_native_equals_torch():
@@ -282,11 +263,11 @@ def test_tae_decoder_native_equals_torch():
     tae = CausalHumanTAE(TAEConfig(hidden=32, width=32)).eval()
     z = torch.randn(2, 5, 16)
     x = torch.randn(2, 12, 272)
-    old = cc.get_backend()
+    old = cc.get_conv_backend()
     out = {}
     try:
         for backend in ("torch", "native"):
-            cc.set_backend(backend)
+            cc.set_conv_backend(backend)
             with torch.no_grad():
                 full = tae.decode(z)
                 st = tae.init_decode_state(2)
@@ -294,7 +275,7 @@ def test_tae_decoder_native_equals_torch():
                 mu = tae.encode(x, sample=False)[1]
             out[backend] = (full, steps, mu)
     finally:
-        cc.set_backend(old)
+        cc.set_conv_backend(old)
     for a, e in zip(out["native"], out["torch"]):
         assert_close_rel(a, e, 1e-4)  # through 20 stacked convs
     assert_close_rel(out["native"][1], out["native"][0], 1e-4)
@@ -320,8 +301,6 @@ def test_clear_errors():
         cc.causal_conv1d_update(torch.zeros(1, 4, 3), torch.zeros(1, 4, 1), torch.zeros(3, 4, 3), stride=2)
     with pytest.raises(ValueError, match="streaming needs"):
         cc.causal_conv1d_update(x, torch.zeros(1, 4, 0), torch.zeros(3, 4, 1), stride=2)
-    with pytest.raises(ValueError, match="w2 must be a 1x1 conv weight"):
-        cc.causal_resblock(torch.zeros(1, 4, 8), torch.zeros(4, 4, 3), None, torch.zeros(4, 4, 3), None)
     with pytest.raises(ValueError, match="groups=1 and padding=0"):
         cc.conv_forward_full(torch.nn.Conv1d(4, 4, 3, padding=1), x)
     # the C++ layer validates too (a caller bypassing the Python checks gets a named error)
@@ -339,29 +318,22 @@ def test_extension_reports_cuda_build():
         assert cc.with_cuda()
 
 
-def test_benchmark_stacks_stream_equals_full():
-    """The TAE-shaped stacks timed in benchmarks/bench_causal_conv.py compute the same thing both ways."""
+def test_benchmark_cases_run_both_backends():
+    """benchmarks/bench_causal_conv.py times one layer and the TAE itself (full decode and encode, the
+    streaming decode step) for both conv backends."""
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_causal_conv.py"
     spec = importlib.util.spec_from_file_location("bench_causal_conv", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    st = bench.TAEStacks(width=24, seed=3)
-    z = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(9))
-    full = st.decode(z, "torch")
-    assert full.shape == (2, 272, 20)
-    for backend in ("torch", "native"):
-        states = st.init_decode_states(2, "cpu", torch.float32)
-        steps = torch.cat([st.decode_step(z[:, i:i + 1], states, backend) for i in range(5)], 2)
-        assert_close_rel(steps, full, 1e-4)
-        assert_close_rel(st.decode(z, backend), full, 1e-4)
-    x = torch.randn(2, 272, 20, generator=torch.Generator().manual_seed(10))
-    assert st.encode(x, "native").shape == (2, 5, 32)
-    assert_close_rel(st.encode(x, "native"), st.encode(x, "torch"), 1e-4)
     res = bench.bench_layer("cpu", batch=1, frames=8, width=16, repeats=2)
     assert set(res) == {"layer_w16_k3_d9_b1_t8/native", "layer_w16_k3_d9_b1_t8/torch"}
+    res = bench.bench_tae("cpu", batch=2, latents=3, width=16, repeats=2)
+    assert {k.rsplit("/", 1)[0] for k in res} == {"decode_full_w16_b2_l3", "encode_full_w16_b2_t12", "decode_step_w16_b2"}
+    assert {k.rsplit("/", 1)[1] for k in res} == {"native", "torch"}
     assert all(v["min"] <= v["median"] <= v["max"] for v in res.values())
+    assert cc.get_conv_backend() == "torch"          # the bench restores the switch
 
 
 @pytest.mark.parametrize("backend", ["torch", None])   # None: auto (the native CPU op is fp32-only)
@@ -372,10 +344,10 @@ def test_autocast_casts_operands_like_conv1d(backend):
     x = torch.randn(2, 16, 12, generator=g)
     w, b = torch.randn(8, 16, 3, generator=g) * 0.2, torch.randn(8, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = cc.causal_conv1d(x.bfloat16(), w, b, backend=backend)
+        got = cc.causal_conv1d(x.bfloat16(), w, b, conv_backend=backend)
         want = F.conv1d(F.pad(x.bfloat16(), (2, 0)), w, b)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=2e-2)   # bf16 rounding
     # outside autocast the dtype rule still holds
     with pytest.raises(TypeError, match="weight dtype torch.float32 != x dtype torch.bfloat16"):
-        cc.causal_conv1d(x.bfloat16(), w, b, backend=backend)
+        cc.causal_conv1d(x.bfloat16(), w, b, conv_backend=backend)

@@ -60,7 +60,7 @@ def test_cuda_matches_reference(shape, dtype):
                                 (rng.random() < 0.5, True, True)]:
         r = _rand((B, cout, T // s), g, dtype) if with_res else None
         kw = dict(stride=s, dilation=d, pre_relu=pre, post_relu=post)
-        out = cc.causal_conv1d(x, w, b, residual=r, backend="native", **kw)
+        out = cc.causal_conv1d(x, w, b, residual=r, conv_backend="native", **kw)
         assert out.dtype == dtype and out.shape == (B, cout, T // s)
         _assert_close(out, _ref64(x, w, b, r, **kw), dtype)
         # and against cuDNN in the same dtype (which rounds intermediate results too: 2x the tolerance;
@@ -68,7 +68,7 @@ def test_cuda_matches_reference(shape, dtype):
         tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = False
         try:
-            cudnn = cc.causal_conv1d(x, w, b, residual=r, backend="torch", **kw).double().cpu()
+            cudnn = cc.causal_conv1d(x, w, b, residual=r, conv_backend="torch", **kw).double().cpu()
         finally:
             torch.backends.cudnn.allow_tf32 = tf32
         torch.testing.assert_close(out.double().cpu(), cudnn, rtol=0,
@@ -82,10 +82,10 @@ def test_cuda_streaming_equals_full_pass(dtype, batch):
     C, T = 256, 24
     for k, s, d in [(3, 1, 9), (4, 2, 1), (3, 1, 1)]:
         x, w, b = _rand((batch, C, T), g, dtype), _rand((C, C, k), g, dtype, (C * k) ** -0.5), _rand((C,), g, dtype)
-        full = cc.causal_conv1d(x, w, b, s, d, pre_relu=True, backend="native")
+        full = cc.causal_conv1d(x, w, b, s, d, pre_relu=True, conv_backend="native")
         state, ys, t = cc.init_state(batch, C, k, s, d, device="cuda", dtype=dtype), [], 0
         for n in [s, 2 * s, s, 4 * s, T - 8 * s]:
-            y, state = cc.causal_conv1d_update(x[:, :, t:t + n], state, w, b, s, d, pre_relu=True, backend="native")
+            y, state = cc.causal_conv1d_update(x[:, :, t:t + n], state, w, b, s, d, pre_relu=True, conv_backend="native")
             ys.append(y)
             t += n
         # same kernels and accumulation order per output: streaming equals the full pass closely
@@ -103,7 +103,8 @@ def test_cuda_resblock_and_gradients():
     outs = {}
     for backend in ("torch", "native"):
         x.grad = w1.grad = w2.grad = None
-        y = cc.causal_resblock(x, w1, b1, w2, b2, 3, backend=backend)
+        h = cc.causal_conv1d(x, w1, b1, dilation=3, pre_relu=True, post_relu=True, conv_backend=backend)
+        y = cc.causal_conv1d(h, w2, b2, residual=x, conv_backend=backend)   # the TAE's ResBlock
         y.square().sum().backward()
         outs[backend] = [y.detach(), x.grad.clone(), w1.grad.clone(), w2.grad.clone()]
     for a, e in zip(outs["native"], outs["torch"]):
@@ -119,16 +120,16 @@ def test_cuda_graph_capture_of_update():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up (shared-memory opt-in, caches) outside capture
-        cc.causal_conv1d_update(x, state, w, b, dilation=9, backend="native")
+        cc.causal_conv1d_update(x, state, w, b, dilation=9, conv_backend="native")
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y, new_state = cc.causal_conv1d_update(x, state, w, b, dilation=9, backend="native")
+        y, new_state = cc.causal_conv1d_update(x, state, w, b, dilation=9, conv_backend="native")
         state.copy_(new_state)
     want_states, want_ys = [state.clone()], []
     for i in range(3):
         x.copy_(_rand((1, C, 4), g, dtype))
-        yy, ns = cc.causal_conv1d_update(x, want_states[-1], w, b, dilation=9, backend="native")
+        yy, ns = cc.causal_conv1d_update(x, want_states[-1], w, b, dilation=9, conv_backend="native")
         want_ys.append(yy)
         want_states.append(ns)
         graph.replay()
@@ -141,16 +142,16 @@ def test_tae_official_width_decode_step_bf16():
     torch.manual_seed(0)
     tae = CausalHumanTAE(TAEConfig.official()).to("cuda", torch.bfloat16).eval()
     z = torch.randn(1, 6, 16, device="cuda", dtype=torch.bfloat16)
-    old = cc.get_backend()
+    old = cc.get_conv_backend()
     out = {}
     try:
         for backend in ("torch", "native"):
-            cc.set_backend(backend)
+            cc.set_conv_backend(backend)
             with torch.no_grad():
                 st = tae.init_decode_state(1)
                 out[backend] = torch.cat([tae.decode_step(z[:, i:i + 1], st) for i in range(6)], 1).float()
     finally:
-        cc.set_backend(old)
+        cc.set_conv_backend(old)
     scale = out["torch"].abs().max().item()
     # 20 stacked bf16 convs: each path rounds every layer to bf16, differently
     torch.testing.assert_close(out["native"], out["torch"], rtol=0, atol=0.05 * scale)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SimpleMLPAdaLN,
+from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, SimpleMLPAdaLN,
                                              cosine_betas, draw_sampling_noise, space_timesteps,
                                              timestep_embedding)
 
@@ -212,7 +212,7 @@ def test_sampler_equals_original_algorithm(head, steps):
     with torch.no_grad():
         want = original_sample(head, cond, uncond, 4.0, 0.8, steps, x_T, step_noise, other)
     for fast in (True, False):
-        got = head.sample(cond, uncond, cfg=4.0, temperature=0.8, steps=steps, noise=(x_T, step_noise), fast=fast)
+        got = head.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, temperature=0.8, sampling_steps=steps), noise=(x_T, step_noise), fast=fast)
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
@@ -220,21 +220,21 @@ def test_cfg_conventions(head):
     cond, uncond = conds()
     g = torch.Generator().manual_seed(4)
     noise = draw_sampling_noise(g, 3, 10, 16)
-    plain = head.sample(cond, None, steps=10, noise=noise)
+    plain = head.sample(cond, None, SamplerSettings(sampling_steps=10), noise=noise)
     # cfg == 1 runs unguided even with an uncond given
-    torch.testing.assert_close(head.sample(cond, uncond, cfg=1.0, steps=10, noise=noise), plain, atol=0, rtol=0)
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(cfg_scale=1.0, sampling_steps=10), noise=noise), plain, atol=0, rtol=0)
     # both halves share x_t and noise: with uncond == cond any scale gives the unguided sample
     # (float64: the first step divides by sqrt(alpha_bar) ~ 1e-3, which would magnify the last
     # bits of fp32 matmuls of 2B vs B rows)
     h64 = copy.deepcopy(head).double()
     n64 = (noise[0].double(), noise[1].double())
-    torch.testing.assert_close(h64.sample(cond.double(), cond.double(), cfg=4.0, steps=10, noise=n64),
-                               h64.sample(cond.double(), None, steps=10, noise=n64), atol=1e-10, rtol=1e-10)
-    guided = head.sample(cond, uncond, cfg=4.0, steps=10, noise=noise)
+    torch.testing.assert_close(h64.sample(cond.double(), cond.double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=n64),
+                               h64.sample(cond.double(), None, SamplerSettings(sampling_steps=10), noise=n64), atol=1e-10, rtol=1e-10)
+    guided = head.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=noise)
     assert (guided - plain).abs().max() > 1e-3
     # rows are independent: one row alone gives the same as inside a batch
-    one = h64.sample(cond[1:2].double(), uncond[1:2].double(), cfg=4.0, steps=10, noise=(n64[0][1:2], n64[1][:, 1:2]))
-    all3 = h64.sample(cond.double(), uncond.double(), cfg=4.0, steps=10, noise=n64)
+    one = h64.sample(cond[1:2].double(), uncond[1:2].double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=(n64[0][1:2], n64[1][:, 1:2]))
+    all3 = h64.sample(cond.double(), uncond.double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=n64)
     torch.testing.assert_close(one, all3[1:2], atol=1e-10, rtol=1e-10)
     # fp32 vs fp64: the 10-step sampler magnifies fp32 rounding (1.2e-4 relative seen on one CPU)
     torch.testing.assert_close(all3.float(), guided, atol=1e-3, rtol=1e-3)
@@ -243,21 +243,21 @@ def test_cfg_conventions(head):
 def test_noise_temperature_and_reproducibility(head):
     cond, uncond = conds()
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    a = head.sample(cond, uncond, steps=10, generator=g1)
-    b = head.sample(cond, uncond, steps=10, generator=g2)
+    a = head.sample(cond, uncond, SamplerSettings(sampling_steps=10), generator=g1)
+    b = head.sample(cond, uncond, SamplerSettings(sampling_steps=10), generator=g2)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     x_T, n1 = draw_sampling_noise(torch.Generator().manual_seed(6), 3, 10, 16)
     n2 = torch.randn_like(n1)
     # temperature 0: the step noise is irrelevant, the result depends on x_T only
-    t0 = head.sample(cond, uncond, steps=10, temperature=0.0, noise=(x_T, n1))
-    torch.testing.assert_close(head.sample(cond, uncond, steps=10, temperature=0.0, noise=(x_T, n2)), t0,
+    t0 = head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=0.0), noise=(x_T, n1))
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=0.0), noise=(x_T, n2)), t0,
                                atol=0, rtol=0)
-    t1 = head.sample(cond, uncond, steps=10, temperature=1.0, noise=(x_T, n1))
-    assert (head.sample(cond, uncond, steps=10, temperature=1.0, noise=(x_T, n2)) - t1).abs().max() > 1e-3
+    t1 = head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=1.0), noise=(x_T, n1))
+    assert (head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=1.0), noise=(x_T, n2)) - t1).abs().max() > 1e-3
     # step_noise[0] is never used by DDPM (no noise at the last step)
     n3 = n1.clone()
     n3[0] = 100.0
-    torch.testing.assert_close(head.sample(cond, uncond, steps=10, noise=(x_T, n3)), t1, atol=0, rtol=0)
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10), noise=(x_T, n3)), t1, atol=0, rtol=0)
 
 
 def hand_ddim(head, cond, uncond, cfg, steps, x_T, eta, step_noise):
@@ -284,40 +284,39 @@ def test_ddim_matches_hand_and_eta0_is_deterministic(head, eta):
     h64 = copy.deepcopy(head).double()    # float64: exact comparison with the hand formulas
     with torch.no_grad():
         want = hand_ddim(h64, cond.double(), uncond.double(), 3.0, 10, x_T.double(), eta, n1.double())
-    got64 = h64.sample(cond.double(), uncond.double(), cfg=3.0, steps=10, method="ddim", eta=eta,
-                       noise=(x_T.double(), n1.double()))
+    got64 = h64.sample(cond.double(), uncond.double(), SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta), noise=(x_T.double(), n1.double()))
     torch.testing.assert_close(got64, want, atol=1e-10, rtol=1e-10)
-    got = head.sample(cond, uncond, cfg=3.0, steps=10, method="ddim", eta=eta, noise=(x_T, n1))
+    got = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta), noise=(x_T, n1))
     if eta == 0.0:
-        again = head.sample(cond, uncond, cfg=3.0, steps=10, method="ddim", noise=(x_T, torch.randn_like(n1)))
+        again = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim"), noise=(x_T, torch.randn_like(n1)))
         torch.testing.assert_close(again, got, atol=0, rtol=0)
-        ddpm = head.sample(cond, uncond, cfg=3.0, steps=10, method="ddpm", noise=(x_T, n1))
+        ddpm = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddpm"), noise=(x_T, n1))
         assert (ddpm - got).abs().max() > 1e-3
 
 
 def test_sampler_errors_are_named(head):
     cond, uncond = conds()
-    with pytest.raises(ValueError, match="method must be one of"):
-        head.sample(cond, uncond, method="euler")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        head.sample(cond, uncond, SamplerSettings(sampler="euler"))
     with pytest.raises(ValueError, match=r"sampling steps must be an int in \[1, 50\]"):
-        head.sample(cond, uncond, steps=51)
+        head.sample(cond, uncond, SamplerSettings(sampling_steps=51))
     with pytest.raises(ValueError, match=r"uncond must have shape \(3, 20\)"):
         head.sample(cond, uncond[:2])
     with pytest.raises(ValueError, match=r"cond must have shape \(N, 20\)"):
         head.sample(cond[:, :4])
     x_T, n = draw_sampling_noise(None, 3, 5, 16)
     with pytest.raises(ValueError, match=r"step noise must have shape \(>= 10, 3, 16\)"):
-        head.sample(cond, uncond, steps=10, noise=(x_T, n))
+        head.sample(cond, uncond, SamplerSettings(sampling_steps=10), noise=(x_T, n))
     with pytest.raises(ValueError, match=r"noise x_T must have shape \(3, 16\)"):
-        head.sample(cond, uncond, steps=5, noise=(x_T[:2], n))
+        head.sample(cond, uncond, SamplerSettings(sampling_steps=5), noise=(x_T[:2], n))
 
 
 def test_one_step_process_and_skip_terminal():
     h = randomize(DiffLoss(DiffusionHeadConfig(width=16, depth=1, cond_dim=4)))
     c = torch.randn(2, 4)
-    x = h.sample(c, steps=1, generator=torch.Generator().manual_seed(0))
+    x = h.sample(c, None, SamplerSettings(sampling_steps=1), generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 16) and torch.isfinite(x).all()
-    p = h.sampling_process(50, skip_terminal=True)
+    p = h.sampling_process(50, skip_terminal_step=True)
     assert p.timestep_map.tolist() == list(range(49))
 
 
@@ -336,24 +335,24 @@ def test_loss_is_masked_eps_mse_with_batch_mul(head):
         xt = ab.sqrt() * X0 + (1 - ab).sqrt() * noise
         row = ((head.net(xt, t, C) - noise) ** 2).mean(-1)
         want = row[M].mean()
-        got = head.loss(x0, c, t, noise, mask=mask, batch_mul=4)
+        got = head.loss(x0, c, t, noise, mask=mask, diffmlps_batch_mul=4)
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
         assert head.loss(X0, C, t, noise).item() == pytest.approx(row.mean().item(), rel=1e-6)
         # masked rows never reach the network: NaN padding does not leak
         bad = x0.clone()
         bad[~mask] = float("nan")
-        assert head.loss(bad, c, t, noise, mask=mask, batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)
+        assert head.loss(bad, c, t, noise, mask=mask, diffmlps_batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)
         # float mask = weights
         w = mask.float() * 2
-        assert head.loss(x0, c, t, noise, mask=w, batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)
+        assert head.loss(x0, c, t, noise, mask=w, diffmlps_batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)
         assert head.loss(x0, c, mask=torch.zeros(N, dtype=torch.bool)).item() == 0.0
     # gradients flow into the head
-    loss = head.loss(x0, c, t, noise, mask=mask, batch_mul=4)
+    loss = head.loss(x0, c, t, noise, mask=mask, diffmlps_batch_mul=4)
     loss.backward()
     assert head.net.input_proj.weight.grad.abs().sum() > 0
     head.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match=r"t must have shape \(20,\)"):
-        head.loss(x0, c, t[:N], noise, batch_mul=4)
+        head.loss(x0, c, t[:N], noise, diffmlps_batch_mul=4)
     with pytest.raises(ValueError, match=r"mask must have shape \(5,\)"):
         head.loss(x0, c, mask=mask[:3])
     with pytest.raises(ValueError, match=r"cond must have shape \(5, 20\)"):
@@ -372,7 +371,7 @@ def test_official_head_samples_on_cpu():
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(1, 768, generator=g), torch.randn(1, 768, generator=g)
     noise = draw_sampling_noise(g, 1, 2, 16)
-    fast = h.sample(cond, uncond, cfg=4.0, steps=2, noise=noise)
-    ref = h.sample(cond, uncond, cfg=4.0, steps=2, noise=noise, fast=False)
+    fast = h.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=2), noise=noise)
+    ref = h.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=2), noise=noise, fast=False)
     assert fast.shape == (1, 16) and torch.isfinite(fast).all()
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fakes import randomize_head
 
 from motionstreamer.cli import main
 from motionstreamer.eval import protocols as P
@@ -30,7 +31,8 @@ def evaluator_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, data):
-    """A small random model bundle (MiniLM text encoder, offline)."""
+    """A small random model bundle (MiniLM text encoder, offline); the diffusion head has random weights,
+    so the generated motions depend on the captions (a fresh head's samples depend on the noise only)."""
     from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
@@ -38,7 +40,7 @@ def bundle_dir(tmp_path_factory, data):
     torch.manual_seed(0)
     mean, std = load_mean_std(data / "mean_std")
     d = tmp_path_factory.mktemp("bundle") / "model"
-    save_bundle(d, CausalHumanTAE(TAEConfig.small()), TextToMotionModel(T2MConfig.small()), mean, std,
+    save_bundle(d, CausalHumanTAE(TAEConfig.small()), randomize_head(TextToMotionModel(T2MConfig.small())), mean, std,
                 np.full(16, 100.0, np.float32), text_encoder="minilm")
     return d
 
@@ -176,10 +178,12 @@ def test_evaluate_gt_prints_a_table_and_writes_json(capsys, tmp_path, data, eval
     code, text = _run(capsys, ["evaluate", "gt", "--data", str(data), "--split", "train", "--evaluator",
                                str(evaluator_dir), "--repeats", "3", "--batch", "8", "--out", str(out), "--quiet"])
     assert code == 0
-    for label in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "mean ± 95% CI"):
+    for label in ("FID", "R@1", "R@2", "R@3", "MM-Dist", "mean ± 95% CI", "Foot skating ratio",
+                  "Foot skating (--clean-feet)", "Floor penetration (mm)"):
         assert label in text
     res = json.loads(out.read_text())
     assert res["protocol"] == "gt" and res["info"]["batch"] == 8
+    assert 0 <= res["metrics"]["foot_skating_clean"]["mean"] <= 1 and res["metrics"]["floor_penetration_mm"]["mean"] >= 0
     fid = res["metrics"]["fid"]
     assert len(fid["values"]) == 3
     assert fid["mean"] == pytest.approx(np.mean(fid["values"]))
@@ -199,7 +203,8 @@ def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_di
                                "--out", str(tmp_path / "t2m.json"), "--quiet"])
     assert code == 0 and "Real R@3" in text
     res = json.loads((tmp_path / "t2m.json").read_text())
-    assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3"} <= set(res["metrics"])
+    assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3", "foot_skating",
+            "foot_skating_clean", "floor_penetration_mm"} <= set(res["metrics"])
 
 
 def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):

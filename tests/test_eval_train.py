@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.eval import metrics as M
-from motionstreamer.eval.train_evaluator import (
+from motionstreamer.train.evaluator import (
     EpochSampler, EvaluatorTrainConfig, infonce_loss, tmr_losses, train_evaluator,
 )
 from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator

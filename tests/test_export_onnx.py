@@ -5,26 +5,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from fakes import FakeTextEncoder
 
 from motionstreamer.checkpoints import load_bundle, save_bundle
 from motionstreamer.export.onnx_export import export_bundle, read_manifest
-from motionstreamer.export.ort_engine import ort_session
-from motionstreamer.models.diffusion import draw_sampling_noise
+from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.runtime.engine import GenerationConfig
+from motionstreamer.runtime.ort_backend import ort_session
 from motionstreamer.runtime.session import StreamingSession
 
 # fp32 graph vs module: reassociated sums in ORT's fused kernels; relative to the output scale
 REL_TOL = 1e-5
-
-
-class HashEncoder:
-    dim = 384
-
-    def encode(self, texts):
-        return torch.stack([torch.randn(self.dim, generator=torch.Generator().manual_seed(sum(map(ord, t)) + 1))
-                            for t in texts])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,7 @@ def test_head_graph_matches_sampler(exported, method, steps):
     E = bundle.t2m.config.n_embd
     cond, unc = torch.randn(2, E, generator=g), torch.randn(2, E, generator=g)
     x, n = draw_sampling_noise(g, 2, steps, 16)
-    ref = bundle.t2m.diff_loss.sample(cond, unc, cfg=3.0, temperature=0.9, steps=steps, method=method, noise=(x, n))
+    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps, sampler=method), noise=(x, n))
     sess = ort.InferenceSession(str(out / f"head_{method}{steps}.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"cond": cond.numpy(), "uncond": unc.numpy(), "x_T": x.numpy(), "step_noise": n.numpy(),
              "cfg": np.array([3.0], np.float32), "temperature": np.array([0.9], np.float32)}
@@ -115,8 +108,8 @@ def test_tae_step_graph_matches_streaming_decoder(exported):
 def test_ort_stream_matches_torch_session(exported):
     bundle, out = exported
     cfg = GenerationConfig(sampling_steps=50, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
-    a = StreamingSession(bundle, HashEncoder(), config=cfg, seed=7)
-    b = ort_session(out, HashEncoder(), config=cfg, seed=7)
+    a = StreamingSession(bundle, FakeTextEncoder(384), config=cfg, seed=7)
+    b = ort_session(out, FakeTextEncoder(384), config=cfg, seed=7)
     for s in (a, b):
         s.push_text("walk forward", max_latents=6)
         s.push_text("turn left", after_current=True)   # crosses the 9-latent window: re-prefill
@@ -128,10 +121,8 @@ def test_ort_stream_matches_torch_session(exported):
 
 def test_missing_head_variant_is_a_clear_error(exported):
     bundle, out = exported
-    s = ort_session(out, HashEncoder(), config=GenerationConfig(sampling_steps=20, end_threshold=-1.0), seed=0)
-    s.push_text("walk")
-    with pytest.raises(ValueError, match="no exported head"):
-        s.step()
+    with pytest.raises(ValueError, match="no exported head"):   # when the session is made, before any step
+        ort_session(out, FakeTextEncoder(384), config=GenerationConfig(sampling_steps=20, end_threshold=-1.0), seed=0)
 
 
 # ---------------------------------------------------------------- int8 (export_bundle(quantize="int8"))
@@ -208,7 +199,7 @@ def test_int8_ort_stream_close_to_fp32(exported, exported_int8):
     cfg = GenerationConfig(sampler="ddim", sampling_steps=5, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
     chunks = []
     for out in (out32, out8):
-        s = ort_session(out, HashEncoder(), config=cfg, seed=7)
+        s = ort_session(out, FakeTextEncoder(384), config=cfg, seed=7)
         s.push_text("walk forward", max_latents=6)
         s.push_text("turn left", after_current=True)   # crosses the window: re-prefill
         chunks.append(list(s))

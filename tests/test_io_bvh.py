@@ -144,7 +144,8 @@ def _fk_from_bvh_package(mocap: Bvh) -> np.ndarray:
 @pytest.mark.parametrize("floor_at_zero", [False, True])
 def test_features_to_bvh_to_joints_matches_recover_joints(tmp_path, floor_at_zero):
     features = motion_features(T=40, seed=1)
-    path = features_to_bvh(tmp_path / "f.bvh", features, fps=30, floor_at_zero=floor_at_zero)
+    path = features_to_bvh(tmp_path / "f.bvh", features, fps=30, floor_at_zero=floor_at_zero,
+                           skeleton="smpl-neutral", rotations="model")     # the released converter's file
     shift = 0.0 if floor_at_zero else SPEC_OFFSETS[0]
     want = recover_joints(features)                              # (T, 22, 3), pos-mode inverse
     by_package = _fk_from_bvh_package(Bvh(path.read_text())) - shift
@@ -168,9 +169,12 @@ def test_read_bvh_round_trip(written):
 
 def test_inputs_as_torch_and_float32(tmp_path):
     features = motion_features(T=8, seed=2)
-    a = features_to_bvh(tmp_path / "a.bvh", features).read_text()
-    b = features_to_bvh(tmp_path / "b.bvh", torch.from_numpy(features)).read_text()
+    converter = dict(skeleton="smpl-neutral", rotations="model")
+    a = features_to_bvh(tmp_path / "a.bvh", features, **converter).read_text()
+    b = features_to_bvh(tmp_path / "b.bvh", torch.from_numpy(features), **converter).read_text()
     assert a == b
+    assert features_to_bvh(tmp_path / "d.bvh", features).read_text() == \
+        features_to_bvh(tmp_path / "e.bvh", torch.from_numpy(features)).read_text()
     rot, trans = recover_rotations(features)
     c = write_bvh(tmp_path / "c.bvh", rot.astype(np.float32), trans.astype(np.float32))
     np.testing.assert_allclose(read_bvh(c).motion, read_bvh(tmp_path / "a.bvh").motion, atol=2e-3)

@@ -51,19 +51,26 @@ def run_cli(argv, capsys):
 def test_to_bvh_denormalises(files, tmp_path, capsys):
     paths, features = files
     out = tmp_path / "n.bvh"
+    converter = ["--skeleton", "smpl-neutral", "--rotations", "model"]
     code, stdout, _ = run_cli(["to-bvh", paths["normalised"], "--out", out, "--mean", paths["mean"],
-                               "--std", paths["std"]], capsys)
+                               "--std", paths["std"]] + converter, capsys)
     assert code == 0 and f"wrote {out}" in stdout
     plain = tmp_path / "p.bvh"
-    assert run_cli(["to-bvh", paths["features"], "--out", plain], capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", plain] + converter, capsys)[0] == 0
     assert out.read_text() == plain.read_text() == bvh_text(*recover_rotations(features))
+    default_n, default_p = tmp_path / "dn.bvh", tmp_path / "dp.bvh"           # the motion's own skeleton
+    assert run_cli(["to-bvh", paths["normalised"], "--out", default_n, "--mean", paths["mean"], "--std",
+                    paths["std"]], capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", default_p], capsys)[0] == 0
+    np.testing.assert_allclose(read_bvh(default_n).motion, read_bvh(default_p).motion, atol=2e-6)
 
 
 def test_to_bvh_fps_and_floor(files, tmp_path, capsys):
     paths, _ = files
     a, b = tmp_path / "a.bvh", tmp_path / "b.bvh"
-    assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60], capsys)[0] == 0
-    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"], capsys)[0] == 0
+    converter = ["--skeleton", "smpl-neutral", "--rotations", "model"]
+    assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60] + converter, capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"] + converter, capsys)[0] == 0
     ra, rb = read_bvh(a), read_bvh(b)
     assert ra.frame_time == rb.frame_time == 0.016667 and ra.motion.shape == (T, 75)
     np.testing.assert_allclose(ra.motion[:, :3] - rb.motion[:, :3], np.tile([-0.001795, -0.223333, 0.028219], (T, 1)),
@@ -84,8 +91,10 @@ def test_render(files, tmp_path, capsys, source, ext):
 
 
 def test_help(capsys):
-    for verb, words in (("render", ["--mean", "--std", "--title", "--size", ".gif"]),
-                        ("to-bvh", ["--floor-at-zero", "--fps", "272"])):
+    for verb, words in (("render", ["--mean", "--std", "--title", "--size", ".gif", "--views", "--clean-feet"]),
+                        ("to-bvh", ["--floor-at-zero", "--fps", "272", "--skeleton", "--rotations", "--rig"]),
+                        ("to-glb", ["--skeleton", "--rotations", "--rig", "--clean-feet"]),
+                        ("to-smpl", ["AMASS", "--rotations", "--clean-feet"])):
         code, out, _ = run_cli([verb, "--help"], capsys)
         assert code == 0 and all(w in out for w in words), verb
 
@@ -103,7 +112,21 @@ def _write(path, data: bytes):
     (lambda p, d: ["render", d / "missing.npy", "--out", d / "x.gif"], "INPUT .*missing.npy: file not found"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--size", 99], "--size must be an even number"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--fps", 0], r"--fps must be in \(0, 1000\]"),
-    (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh"], "holds joint positions .*to-bvh needs 272-dim"),
+    (lambda p, d: ["to-bvh", p["joints"], "--out", d / "x.bvh", "--rotations", "model"],
+     "holds joint positions .*--rotations model needs 272-dim"),
+    (lambda p, d: ["to-smpl", p["joints"], "--out", d / "x.npz"], "holds joint positions .*--rotations model needs"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--floor-at-zero"],
+     "--floor-at-zero applies to --skeleton smpl-neutral --rotations model"),
+    (lambda p, d: ["to-glb", p["features"], "--out", d / "x.gltf"], r"the output must end in \.glb"),
+    (lambda p, d: ["to-smpl", p["features"], "--out", d / "x.npy"], r"the output must end in \.npz"),
+    (lambda p, d: ["render", p["features"], "--out", "", "--quiet"], "has no file name"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", str(d) + "/"], "has no file name"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.gif", "--mean", p["mean"], "--std",
+                   np.save(d / "zero_std.npy", np.r_[np.ones(271), 0.0]) or d / "zero_std.npy"],
+     r"--std .*zero_std.npy: every entry must be > 0 .*entry 271 is 0"),
+    (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--mean", p["mean"], "--std",
+                   np.save(d / "neg_std.npy", -np.ones(272)) or d / "neg_std.npy"],
+     r"--std .*neg_std.npy: every entry must be > 0 .*entry 0 is -1"),
     (lambda p, d: ["to-bvh", p["features"], "--out", p["features"] / "x.bvh"], "features.npy/x.bvh: cannot write"),
     (lambda p, d: ["render", p["features"], "--out", p["features"] / "x.gif"], "cannot write the video"),
     (lambda p, d: ["render", p["joints"], "--out", d / "x.gif", "--mean", p["mean"], "--std", p["std"]],
@@ -173,3 +196,66 @@ def test_load_and_save_npy(tmp_path):
 def _mkdir(path):
     path.mkdir()
     return path
+
+
+def test_title_bytes_that_are_not_utf8_give_a_clear_error(files, tmp_path):
+    """Issue 18: non-UTF-8 bytes on the command line (Python keeps them as surrogates) -> one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    paths, _ = files
+    out = tmp_path / "t.gif"
+    argv = [sys.executable, "-m", "motionstreamer", "render", str(paths["features"]), "--out", str(out), "--quiet",
+            "--size", "64", "--title"]
+    res = subprocess.run([os.fsencode(a) for a in argv] + [b"caf\xe9 \xff"], capture_output=True)
+    assert res.returncode == 2 and not out.exists()
+    err = res.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "motionstreamer: error: --title: title is not valid UTF-8" in err
+    ok = subprocess.run([os.fsencode(a) for a in argv] + ["€ $x^2$ 走".encode()], capture_output=True)
+    assert ok.returncode == 0 and out.exists(), ok.stderr.decode()
+
+
+def test_to_bvh_streams_the_file(tmp_path, monkeypatch):
+    """Issue 18: the BVH is written a block of frames at a time; memory does not hold the whole text."""
+    import io
+    import tracemalloc
+
+    import motionstreamer.io.bvh as bvh_module
+    from motionstreamer.io.bvh import write_bvh_stream, write_rig_bvh
+    from motionstreamer.io.rig import RIG_NAMES, Rig
+    from motionstreamer.representation.skeleton import SMPL_OFFSETS_24
+
+    def rig_of(T):
+        rot = Rotation.from_rotvec(np.random.default_rng(0).normal(0, 0.3, (T * 24, 3))).as_matrix()
+        return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, rot.reshape(T, 24, 3, 3), np.zeros((T, 3)), 30.0)
+
+    class Sink(io.StringIO):
+        largest = 0
+
+        def write(self, s):
+            Sink.largest = max(Sink.largest, len(s))
+            return super().write(s)
+
+    FRAMES_PER_WRITE = 64                                             # small blocks: a quick test
+    monkeypatch.setattr(bvh_module, "FRAMES_PER_WRITE", FRAMES_PER_WRITE)
+    T = 3 * FRAMES_PER_WRITE + 17
+    sink = Sink()
+    write_bvh_stream(sink, rig_of(T))
+    text = sink.getvalue()
+    assert text.count("\n") > T and Sink.largest < 5000                # the hierarchy, then line by line
+    peaks, sizes = [], []
+    for T in (4 * FRAMES_PER_WRITE, 16 * FRAMES_PER_WRITE):            # 4x the frames: the same peak memory
+        rig = rig_of(T)
+        tracemalloc.start()
+        path = write_rig_bvh(tmp_path / "long.bvh", rig)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        sizes.append(path.stat().st_size)
+    assert sizes[1] > 3.9 * sizes[0] and peaks[1] < 1.2 * peaks[0], (peaks, sizes)
+    assert peaks[1] < 0.5 * sizes[1]
+    bad = rig_of(40)
+    bad.rotations[33, 5, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="contains NaN/inf"):
+        write_rig_bvh(path, bad)
+    assert path.stat().st_size == sizes[1] and sorted(p.name for p in tmp_path.iterdir()) == ["long.bvh"]

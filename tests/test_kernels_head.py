@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_layernorm_reference, bias_silu,
-                                    bias_silu_reference, ddim_coefficients, ddpm_coefficients, fused_linear,
+                                    bias_silu_reference, fused_linear,
                                     fused_linear_reference, gated_residual, gated_residual_reference, head_sample_loop,
                                     head_sample_loop_reference, head_step, head_step_reference)
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, draw_sampling_noise
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
 
 from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
@@ -142,20 +142,25 @@ def test_head_sample_loop_matches_model_sampler(method, guided, fused):
         proc = dl.sampling_process(steps, skip)
         noise = draw_sampling_noise(torch.Generator().manual_seed(steps), B, proc.num_timesteps, 6, DEV)
         eta = 0.5 if method == "ddim" else 0.0
-        kw = dict(cfg=3.0, temperature=0.8, steps=steps, method=method, noise=noise, eta=eta, skip_terminal=skip)
-        ref = dl.sample(cond, uncond if guided else None, **kw)
-        if fused:   # the adapter (what the model calls; it picks the fused path at these sizes)
-            got = integration.sample(dl, cond, uncond if guided else None, **kw)
-            assert_close(got, ref, 1e-4, f"integration.sample steps={steps}")
+        settings = SamplerSettings(cfg_scale=3.0, temperature=0.8, sampling_steps=steps, sampler=method, eta=eta,
+                                   skip_terminal_step=skip)
+        dl.set_head_backend("torch")
+        ref = dl.sample(cond, uncond if guided else None, settings, noise=noise)
+        if fused:   # what the model calls with the "triton" head backend (the fused path at these sizes)
+            dl.set_head_backend("triton")
+            got = dl.sample(cond, uncond if guided else None, settings, noise=noise)
+            assert_close(got, ref, 1e-4, f"DiffLoss.sample (triton) steps={steps}")
         c = torch.cat([cond, uncond]) if guided else cond
         mods = dl.net.modulations(c, dl.model_timesteps(steps, DEV, skip))
-        coefs = (ddpm_coefficients(proc, 0.8) if method == "ddpm" else ddim_coefficients(proc, eta, 0.8))
+        coefs = proc.step_coefficients(method, eta)
         w = integration.head_weights(dl.net)
         x_T, step_noise = noise
-        got = head_sample_loop(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None, fused=fused)
+        got = head_sample_loop(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None, temperature=0.8,
+                               fused=fused)
         assert_close(got, ref, 1e-4, f"head_sample_loop steps={steps}")
         with torch.no_grad():
-            loop_ref = head_sample_loop_reference(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None)
+            loop_ref = head_sample_loop_reference(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None,
+                                                  temperature=0.8)
         assert_close(loop_ref, ref, 1e-4, "head_sample_loop_reference")
 
 
@@ -165,18 +170,18 @@ def test_head_sample_loop_reduced_precision_and_errors():
     cond, uncond = randn(B, 20, seed=1, dtype=torch.float16), randn(B, 20, seed=2, dtype=torch.float16)
     proc = dl.sampling_process(4, True)
     noise = draw_sampling_noise(torch.Generator().manual_seed(0), B, proc.num_timesteps, 6, DEV, torch.float16)
-    kw = dict(cfg=2.0, steps=4, method="ddpm", noise=noise, skip_terminal=True)
-    got = integration.sample(dl, cond, uncond, **kw)
-    ref = dl.float().sample(cond.float(), uncond.float(), cfg=2.0, steps=4, method="ddpm",
-                            noise=(noise[0].float(), noise[1].float()), skip_terminal=True)
+    settings = SamplerSettings(cfg_scale=2.0, sampling_steps=4, sampler="ddpm", skip_terminal_step=True)
+    dl.set_head_backend("triton")
+    got = dl.sample(cond, uncond, settings, noise=noise)
+    ref = dl.float().sample(cond.float(), uncond.float(), settings, noise=(noise[0].float(), noise[1].float()))
     assert got.dtype == torch.float16
     assert_close(got, ref, 3e-2, "fp16 loop vs fp32 model")
     w = integration.head_weights(dl.net)
     mods = dl.net.modulations(torch.cat([cond, uncond]).float(), dl.model_timesteps(4, DEV, True))
     with pytest.raises(ValueError, match="pass step_noise"):
-        head_sample_loop(w, mods, noise[0].float(), None, ddpm_coefficients(proc), cfg=2.0)
+        head_sample_loop(w, mods, noise[0].float(), None, proc.step_coefficients("ddpm"), cfg=2.0)
     with pytest.raises(ValueError, match="modulations for"):
-        head_sample_loop(w, mods, noise[0].float(), noise[1][:proc.num_timesteps].float(), ddpm_coefficients(proc))
+        head_sample_loop(w, mods, noise[0].float(), noise[1][:proc.num_timesteps].float(), proc.step_coefficients("ddpm"))
 
 
 # ----------------------------------------------------------------------------- GPU, official head
@@ -191,11 +196,12 @@ def test_gpu_official_head(dtype, streams):
     uncond = randn(B, 768, seed=2, dtype=dtype, device="cuda")
     proc = dl.sampling_process(50, True)
     noise = draw_sampling_noise(torch.Generator().manual_seed(0), B, proc.num_timesteps, 16, "cuda", dtype)
-    kw = dict(cfg=4.0, steps=50, method="ddpm", skip_terminal=True)
-    got = integration.sample(dl, cond, uncond, noise=noise, **kw)
-    dl.set_backend("torch")
-    eager = dl.sample(cond, uncond, noise=noise, **kw)   # the PyTorch loop in the same dtype
-    ref = dl.float().sample(cond.float(), uncond.float(), noise=(noise[0].float(), noise[1].float()), **kw)
+    settings = SamplerSettings(cfg_scale=4.0, sampling_steps=50, sampler="ddpm", skip_terminal_step=True)
+    dl.set_head_backend("triton")
+    got = dl.sample(cond, uncond, settings, noise=noise)
+    dl.set_head_backend("torch")
+    eager = dl.sample(cond, uncond, settings, noise=noise)   # the PyTorch loop in the same dtype
+    ref = dl.float().sample(cond.float(), uncond.float(), settings, noise=(noise[0].float(), noise[1].float()))
     # 50 steps in reduced precision drift from fp32; the fused loop must drift no more than eager does
     err, err_eager = ((t.float() - ref).abs().max().item() for t in (got, eager))
     assert err <= 2 * err_eager + 1e-2 * ref.abs().max().item(), (err, err_eager)

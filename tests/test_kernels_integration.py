@@ -12,9 +12,10 @@ from unittest import mock
 
 import pytest
 import torch
+from fakes import FakeBundle, FakeTextEncoder
 
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffusionHeadConfig, draw_sampling_noise
+from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings, draw_sampling_noise, sample_loop
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel, resolve_attention_backend
 
 pytestmark = pytest.mark.skipif(not integration.available("cpu"),
@@ -52,16 +53,16 @@ def tiny_model(seed=0):
 def test_auto_is_the_default_and_resolves_to_sdpa_on_cpu():
     assert T2MConfig().attn_backend == "auto"
     m = tiny_model()
-    assert all(b.attn.backend == "auto" for b in m.transformer.h) and m.diff_loss.backend == "auto"
+    assert all(b.attn.attn_backend == "auto" for b in m.transformer.h) and m.diff_loss.head_backend == "auto"
     assert resolve_attention_backend("auto", torch.device("cpu")) == "sdpa"   # even under the interpreter
     assert resolve_attention_backend("triton", torch.device("cpu")) == "triton"
     assert resolve_attention_backend("math", torch.device("cpu")) == "math"
     # configs written before "auto" existed keep their explicit backend
     assert T2MConfig.from_dict(dict(T2MConfig().to_dict(), attn_backend="sdpa")).attn_backend == "sdpa"
     with pytest.raises(ValueError, match="head backend must be one of"):
-        m.diff_loss.set_backend("cuda")
+        m.diff_loss.set_head_backend("cuda")
     with pytest.raises(ValueError, match="attention backend must be one of"):
-        m.set_backend("flash")
+        m.set_fast_paths("flash")
 
 
 def test_triton_switch_falls_back_where_the_kernels_do_not_apply():
@@ -74,13 +75,13 @@ def test_triton_switch_falls_back_where_the_kernels_do_not_apply():
         lat, text = torch.randn(2, 3, 16, dtype=dtype), torch.randn(2, 8, dtype=dtype)
         outs = {}
         for backend in ("sdpa", "triton"):
-            m.set_backend(backend)
+            m.set_fast_paths(backend)
             with kernel_calls() as calls:
                 out = m(lat, text)
                 cache = m.new_kv_cache(2)
                 m.prefill(text, lat[:, :1], cache)
                 nxt = m.decode_step(lat[:, 1], cache)
-                z = m.diff_loss.sample(out[:, 0].detach(), out[:, 1].detach(), steps=3,
+                z = m.diff_loss.sample(out[:, 0].detach(), out[:, 1].detach(), SamplerSettings(sampling_steps=3),
                                        noise=draw_sampling_noise(torch.Generator().manual_seed(1), 2, 3, 16,
                                                                  dtype=dtype))
             outs[backend] = (out.detach(), nxt, z)
@@ -102,7 +103,7 @@ def test_training_forward_and_gradients_match(ref_backend):
     w = torch.randn(3, 10, 64, generator=g)
     results = {}
     for backend in (ref_backend, "triton"):
-        m.set_backend(backend)
+        m.set_fast_paths(backend)
         m.zero_grad()
         with kernel_calls() as calls:
             out = m(lat, text, lengths=lengths)
@@ -115,9 +116,9 @@ def test_training_forward_and_gradients_match(ref_backend):
     for n in g_ref:
         assert_close(grads[n], g_ref[n], what=f"grad {n}")
     # without lengths: every position
-    m.set_backend("triton")
+    m.set_fast_paths("triton")
     full = m(lat, text)
-    m.set_backend(ref_backend)
+    m.set_fast_paths(ref_backend)
     assert_close(full, m(lat, text), what="outputs without lengths")
 
 
@@ -129,7 +130,7 @@ def test_prefill_decode_and_cache_match_sdpa():
     out, caches = {}, {}
     with torch.no_grad(), kernel_calls() as calls:
         for backend in ("sdpa", "triton"):
-            m.set_backend(backend)
+            m.set_fast_paths(backend)
             cache = m.new_kv_cache(4)
             rows = torch.tensor([3, 0, 2])   # cache rows out of order: the rows= path
             conds = [m.prefill(text, lat[:, :5], cache, rows=rows, lengths=lengths)]
@@ -158,19 +159,20 @@ def test_head_sampling_switch(method):
     noise = draw_sampling_noise(g, 2, proc.num_timesteps, 16)
     got = {}
     for backend in ("torch", "triton"):
-        m.diff_loss.set_backend(backend)
+        m.diff_loss.set_head_backend(backend)
         with kernel_calls() as calls:
-            got[backend] = m.diff_loss.sample(cond, uncond, cfg=2.5, steps=6, method=method, noise=noise, eta=0.3)
+            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise)
         assert calls["head_sample_loop"] == (backend == "triton")
     assert_close(got["triton"], got["torch"], what="sampled latents")
-    # fast=False stays the reference path; a tensor cfg (ONNX export) too
-    m.diff_loss.set_backend("triton")
-    ref = m.diff_loss.sample(cond, uncond, cfg=2.5, steps=6, method=method, noise=noise, eta=0.3, fast=False)
+    # fast=False stays the reference path; the loop with a tensor cfg (the ONNX head graph) too
+    m.diff_loss.set_head_backend("triton")
+    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise, fast=False)
     assert_close(got["triton"], ref, what="vs net.forward sampler")
-    t = m.diff_loss.sample(cond, uncond, cfg=torch.tensor(2.5), steps=6, method=method, noise=noise, eta=0.3)
+    c = torch.cat([cond, uncond])
+    t = sample_loop(m.diff_loss.eps_function(c, m.diff_loss.model_timesteps(6, "cpu")), noise[0],
+                    m.diff_loss.sampling_process(6).step_coefficients(method, 0.3), noise[1], torch.tensor(2.5))
     assert_close(t, got["torch"], 1e-6, "tensor cfg")
     # head_forward_with_modulations: one step
-    c = torch.cat([cond, uncond])
     mods = m.diff_loss.net.modulations(c, m.diff_loss.model_timesteps(6, "cpu"))
     x = torch.randn(4, 16, generator=g)
     with torch.no_grad(), kernel_calls() as calls:
@@ -187,23 +189,12 @@ def test_streaming_engine_triton_equals_torch():
     tae = CausalHumanTAE(TAEConfig.small()).eval()
     t2m = tiny_model(seed=6).eval()
 
-    class Bundle:
-        def __init__(self):
-            self.tae, self.t2m = tae, t2m
-            g = torch.Generator().manual_seed(1)
-            self.mean, self.std = torch.randn(272, generator=g) * 0.1, torch.rand(272, generator=g) + 0.5
-            self.end_latent = torch.full((16,), 100.0)
-
-    class Text:
-        def encode(self, texts):
-            return torch.stack([torch.randn(24, generator=torch.Generator().manual_seed(len(t))) for t in texts])
-
     cfg = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=14)   # crosses the window slide
     latents, frames = {}, {}
     for backend in ("sdpa", "triton"):
-        t2m.set_backend(backend)
+        t2m.set_fast_paths(backend)
         with kernel_calls() as calls:
-            eng = StreamingEngine(Bundle(), Text(), capacity=2, config=cfg)
+            eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(24), capacity=2, config=cfg)
             eng.add_stream("walk", seed=1)
             eng.add_stream("jump forward", seed=2)
             chunks = [c for _ in range(14) for c in eng.step()]

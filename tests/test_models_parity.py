@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, cosine_betas, draw_sampling_noise
+from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, SamplerSettings, cosine_betas,
+                                             draw_sampling_noise)
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 
@@ -172,15 +173,15 @@ def test_sampler_cfg_and_noise_conventions(small_t2m):
     E = small_t2m.config.n_embd
     c, u = torch.randn(3, E, generator=g), torch.randn(3, E, generator=g)
     noise = draw_sampling_noise(g, 3, 50, 16)
-    plain = head.sample(c, None, cfg=1.0, noise=noise)
-    torch.testing.assert_close(head.sample(c, u, cfg=1.0, noise=noise), plain, **TOL)   # cfg 1 == unguided
-    torch.testing.assert_close(head.sample(c, u, cfg=3.0, noise=noise, fast=True),
-                               head.sample(c, u, cfg=3.0, noise=noise, fast=False), **TOL)
-    zero_t = head.sample(c, u, cfg=3.0, noise=(noise[0], noise[1] * 0), temperature=1.0)
-    torch.testing.assert_close(head.sample(c, u, cfg=3.0, noise=noise, temperature=0.0), zero_t, **TOL)
+    plain = head.sample(c, None, SamplerSettings(cfg_scale=1.0), noise=noise)
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=1.0), noise=noise), plain, **TOL)   # cfg 1 == unguided
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=True),
+                               head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=False), **TOL)
+    zero_t = head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=1.0), noise=(noise[0], noise[1] * 0))
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=0.0), noise=noise), zero_t, **TOL)
     d5 = draw_sampling_noise(g, 3, 5, 16)
-    a = head.sample(c, u, cfg=3.0, steps=5, method="ddim", noise=d5)
-    b = head.sample(c, u, cfg=3.0, steps=5, method="ddim", noise=(d5[0], torch.randn_like(d5[1])))
+    a = head.sample(c, u, SamplerSettings(cfg_scale=3.0, sampling_steps=5, sampler="ddim"), noise=d5)
+    b = head.sample(c, u, SamplerSettings(cfg_scale=3.0, sampling_steps=5, sampler="ddim"), noise=(d5[0], torch.randn_like(d5[1])))
     torch.testing.assert_close(a, b)   # DDIM eta=0 ignores step noise
 
 

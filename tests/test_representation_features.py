@@ -232,3 +232,56 @@ def test_gradients_flow_through_forward_and_inverse():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def tilted_features(T=150, tilt=1e-3, seed=11):
+    """Features whose heading deltas are not pure yaw (as generated features are): each delta is
+    composed with a small rotation about x, so the accumulated heading tilts over time."""
+    from motionstreamer.representation.rotation import matrix_to_rot6d, rot6d_to_matrix
+    J, R = canonical_motion(T=T, seed=seed)
+    x = joints_to_272(J, R)
+    c, s = np.cos(tilt), np.sin(tilt)
+    rx = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    x[1:, 2:8] = matrix_to_rot6d(rx @ rot6d_to_matrix(x[1:, 2:8]))
+    return x
+
+
+def test_recovery_has_no_vertical_drift_with_tilted_heading_deltas():
+    """Issue 16 item 4: the root translation is accumulated in x and z only (as the original and the
+    streaming recovery), so the pelvis height stays dim 9 (up to the tilt of the heading itself) instead
+    of drifting by the sum of the tilted velocities' y parts (~0.3 m here before the fix)."""
+    from motionstreamer.runtime.kinematics import RootState, recover_joints_step
+
+    from motionstreamer.representation.features import headings_from_features
+
+    x = tilted_features()
+    whole = recover_joints(x)
+    H = headings_from_features(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(whole[:, 0, 1], x[:, 9] * H[:, 1, 1], atol=1e-12)   # H^T (0, h, 0), no drift
+    assert np.abs(whole[:, 0, 1] - x[:, 9]).max() < 0.02
+    # the full recovery equals the chunked streaming recovery
+    state = RootState.initial(1, dtype=torch.float64)
+    parts, start = [], 0
+    for n in (4, 4, 1, 13, 128):
+        parts.append(recover_joints_step(torch.from_numpy(x[None, start:start + n]), state)[0].numpy())
+        start += n
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-10, rtol=0)
+
+
+@pytest.mark.skipif(not (__import__("motionstreamer.runtime.loading", fromlist=["x"]).default_model_dir()
+                         / "config.json").exists(), reason="embedded default model not built")
+def test_generated_features_full_recovery_equals_streaming_joints():
+    """The same check on features the embedded model generates (their heading deltas carry small tilts)."""
+    from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.runtime.loading import load_models
+    from motionstreamer.runtime.session import StreamingSession
+
+    bundle, enc, _ = load_models(device="cpu", dtype="fp32")
+    s = StreamingSession(bundle, enc, config=GenerationConfig(end_threshold=-1.0, sampling_steps=10), seed=3)
+    s.push_text("a person walks forward", max_latents=24)
+    chunks = list(s)
+    feats = torch.cat([c.features for c in chunks]).double().numpy()
+    streamed = torch.cat([c.joints for c in chunks]).double().numpy()
+    assert np.abs(feats[:, [3, 5, 7]]).max() > 1e-6             # the deltas are not pure yaw rotations
+    np.testing.assert_allclose(recover_joints(feats), streamed, atol=2e-4, rtol=0)   # float32 stream
+    np.testing.assert_allclose(recover_joints(feats)[:, 0, 1], feats[:, 9], atol=2e-3)

@@ -142,18 +142,17 @@ def test_step_input_errors(small_tae):
 
 
 def test_every_conv_goes_through_the_backend_switch(small_tae, monkeypatch):
-    """The native op plugs in at ops.conv_backend.conv1d: both the full and the streamed decode
-    (and the encoder) must call it for every convolution."""
-    from motionstreamer.ops import conv_backend
+    """The native op plugs in at ops.causal_conv's conv_forward_full / conv_forward_step (the conv
+    backend switch): both the full and the streamed decode (and the encoder) must call them for every
+    convolution."""
+    from motionstreamer.ops import causal_conv as ops
 
     calls = []
-    real = conv_backend.conv1d
-
-    def spy(x, conv, pad):
-        calls.append(conv)
-        return real(x, conv, pad)
-
-    monkeypatch.setattr(conv_backend, "conv1d", spy)
+    for name in ("conv_forward_full", "conv_forward_step"):
+        def spy(conv, *args, real=getattr(ops, name), **kw):
+            calls.append(conv)
+            return real(conv, *args, **kw)
+        monkeypatch.setattr(ops, name, spy)
     n_decoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.decoder.modules())
     n_encoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.encoder.modules())
     with torch.no_grad():

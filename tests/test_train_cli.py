@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, make_synth
+from fakes import FakeTextEncoder
+from train_tiny import make_synth
 
 from motionstreamer.cli import main
 from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint

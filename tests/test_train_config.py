@@ -27,7 +27,7 @@ def test_official_defaults():
     t2m = T2MTrainConfig()
     assert (t2m.lr, t2m.batch_size, t2m.steps, t2m.warmup_steps, t2m.weight_decay, t2m.schedule) == \
         (1e-4, 256, 100_000, 10_000, 1e-6, "cosine")
-    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.batch_mul, t2m.two_forward, t2m.grad_clip) == \
+    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.diffmlps_batch_mul, t2m.two_forward, t2m.grad_clip) == \
         (0.1, 78, 1 / 3, 4, True, None)
 
 
@@ -71,7 +71,7 @@ def test_config_files_yaml_json_and_errors(tmp_path):
     assert TAETrainConfig().updated(load_config_file(tmp_path / "c.yaml")).milestones == (10,)
     assert TAETrainConfig().updated(load_config_file(tmp_path / "c.json")).batch_size == 8
     (tmp_path / "u.yaml").write_text("steps: 20\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match=r"unknown TAETrainConfig field\(s\): learning_rate"):
+    with pytest.raises(ValueError, match=r"unknown TAETrainConfig field\(s\) \['learning_rate'\]"):
         TAETrainConfig().updated(load_config_file(tmp_path / "u.yaml"))
     (tmp_path / "bad.json").write_text("{steps: 3")
     with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):

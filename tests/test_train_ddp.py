@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, encode_dataset, free_port, make_synth, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import encode_dataset, free_port, make_synth, tiny_tae
 
 import ddp_grad_check
 from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint

@@ -4,7 +4,8 @@ only B's positions, caption grouping and sub-caption crops, stream-pair parsing.
 import numpy as np
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, encode_dataset, make_synth, quiet, tiny_t2m, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import encode_dataset, make_synth, quiet, tiny_t2m, tiny_tae
 
 from motionstreamer.data.humanml3d import load_motions
 from motionstreamer.train.stream import load_stream_examples, parse_stream_line
@@ -44,7 +45,7 @@ def test_tae_loss_falls(data):
 def _t2m_run(data, examples, name, steps=150):
     emb = embed_captions(examples, FakeTextEncoder())
     cfg = quiet(T2MTrainConfig, out_dir=str(data["root"] / name), steps=steps, batch_size=8, lr=1e-3,
-                warmup_steps=10, save_every=1000, batch_mul=2)
+                warmup_steps=10, save_every=1000, diffmlps_batch_mul=2)
     return train_t2m(tiny_t2m(), examples, emb, cfg, name=name)
 
 
@@ -69,10 +70,10 @@ def _stream_batch(seed=0, L_a=5, L_b=6, rows=3, dim=16):
     examples = [LatentExample(f"cap {i}", torch.randn(L_a + i, 16, generator=g).numpy(),
                               torch.randn(L_b + i, 16, generator=g).numpy(), edge_drop=False) for i in range(rows)]
     emb = embed_captions(examples, FakeTextEncoder(dim))
-    cfg = T2MTrainConfig(text_dropout=0.0, max_latents=78, batch_mul=3)
+    cfg = T2MTrainConfig(text_dropout=0.0, max_latents=78, diffmlps_batch_mul=3)
     data = LatentTextData(examples, emb, cfg)
     batch = data.sample_batch(g, rows)
-    return draw_diffusion_noise(batch, cfg.batch_mul, 50, g), cfg
+    return draw_diffusion_noise(batch, cfg.diffmlps_batch_mul, 50, g), cfg
 
 
 def _manual_loss(model, batch, replaced_inputs):
@@ -95,7 +96,7 @@ def test_loss_covers_only_b_positions_single_forward():
     model = tiny_t2m()
     batch, cfg = _stream_batch()
     assert (batch["a_len"] > 0).all()
-    obj = TwoForwardObjective(model, total_steps=10, batch_mul=cfg.batch_mul, two_forward=False)
+    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=cfg.diffmlps_batch_mul, two_forward=False)
     loss, _ = obj(batch, 5)
     ref = _manual_loss(model, batch, batch["latents"])
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
@@ -104,7 +105,7 @@ def test_loss_covers_only_b_positions_single_forward():
 def test_two_forward_replaces_only_b_positions_with_head_x0():
     model = tiny_t2m()
     batch, cfg = _stream_batch(seed=1)
-    obj = TwoForwardObjective(model, total_steps=10, batch_mul=cfg.batch_mul, two_forward=True)
+    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=cfg.diffmlps_batch_mul, two_forward=True)
     seen = []
     orig = model.forward
     model.forward = lambda lat, text, lengths=None: (seen.append(lat.detach().clone()), orig(lat, text))[1]

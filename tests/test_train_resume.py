@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_tiny import FakeTextEncoder, quiet, state_equal, tiny_t2m, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import quiet, state_equal, tiny_t2m, tiny_tae
 
 from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
 from motionstreamer.train.t2m import LatentExample, T2MTrainConfig, embed_captions, train_t2m
@@ -48,7 +49,7 @@ def compare_checkpoints(a: Path, b: Path):
 def t2m_cfg(out, **kw):
     return quiet(T2MTrainConfig, out_dir=str(out), steps=12, batch_size=6, lr=2e-3, warmup_steps=3,
                  weight_decay=1e-6, grad_clip=1.0, ema_decay=0.9, text_dropout=0.3, save_every=100,
-                 batch_mul=2, **kw)
+                 diffmlps_batch_mul=2, **kw)
 
 
 def test_t2m_resume_is_bit_exact(tmp_path):

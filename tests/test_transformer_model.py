@@ -209,15 +209,15 @@ def test_attention_backends_agree_with_masks_and_causality():
     mask = torch.rand(2, 1, 4, 6, generator=g) > 0.3
     mask[..., 0] = True
     for kw in (dict(causal=True), dict(mask=mask), dict(mask=mask, causal=True)):
-        a, b = attention(q, k, v, 2.5, backend="math", **kw), attention(q, k, v, 2.5, backend="sdpa", **kw)
+        a, b = attention(q, k, v, 2.5, attn_backend="math", **kw), attention(q, k, v, 2.5, attn_backend="sdpa", **kw)
         torch.testing.assert_close(a, b, **TOL)
     # causal with Tq < Tk: query i is at position Tk - Tq + i
     logits = (q @ k.transpose(-1, -2)) * 2.5
     allowed = torch.ones(4, 6).tril(diagonal=2).bool()
     hand = torch.softmax(logits.masked_fill(~(allowed & mask), float("-inf")), -1) @ v
-    torch.testing.assert_close(attention(q, k, v, 2.5, mask=mask, causal=True, backend="sdpa"), hand, **TOL)
+    torch.testing.assert_close(attention(q, k, v, 2.5, mask=mask, causal=True, attn_backend="sdpa"), hand, **TOL)
     with pytest.raises(ValueError, match="unknown attention backend"):
-        attention(q, k, v, 1.0, backend="cuda")
+        attention(q, k, v, 1.0, attn_backend="cuda")
 
 
 def test_scale_is_read_and_tracks_loaded_values(model):

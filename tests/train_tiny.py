@@ -1,33 +1,14 @@
-"""Tiny models, data and a fake text encoder shared by the training tests (tests/test_train_*.py)
+"""Tiny models and data shared by the training tests (tests/test_train_*.py)
 and tests/ddp_grad_check.py. Not a test module itself."""
 from __future__ import annotations
 
-import hashlib
 import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 
-TEXT_DIM = 16
-
-
-class FakeTextEncoder:
-    """Deterministic per-caption random vectors: the `.dim` / `.encode(list)` surface of TextEncoder."""
-
-    name = "fake-test-encoder"
-
-    def __init__(self, dim: int = TEXT_DIM):
-        self.dim = dim
-        self.calls = 0
-
-    def encode(self, texts):
-        self.calls += 1
-        out = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
-            out.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
-        return torch.stack(out)
+from fakes import TEXT_DIM
 
 
 def tiny_tae(seed: int = 0):

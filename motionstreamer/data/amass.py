@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET_FPS = 30
+from motionstreamer import FPS, NUM_JOINTS
+
+TARGET_FPS = FPS      # the 272 format's rate: the floor stride samples AMASS down to it
 NUM_BETAS = 10
-NUM_BODY_JOINTS = 22
+NUM_BODY_JOINTS = NUM_JOINTS
 # Z-up -> Y-up: (x, y, z) -> (x, z, -y), applied to the root rotation by left-multiplication.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
@@ -353,48 +355,3 @@ def prepare_amass(index_path, amass_root, body_model_path, out_dir, target_fps: 
         atomic_save_npy(stats_dir / "Mean.npy", mean)
         atomic_save_npy(stats_dir / "Std.npy", std)
     return {"written": written, "failed": failed, "motion_dir": str(motion_dir), "mean_std_dir": str(stats_dir)}
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare-amass", help="build 272-dim clips (and mirrors, Mean/Std) from AMASS with your body model",
-        description="The released AMASS -> HumanML3D-272 pipeline: 30 fps floor stride, crop, Z-up -> Y-up, "
-                    "mirror, face +Z, SMPL-X joints, 272 features. Writes OUT/motion_data/<id>.npy, "
-                    "OUT/motion_data/M<id>.npy and OUT/mean_std/{Mean,Std}.npy. No body model is shipped: pass "
-                    "SMPLX_NEUTRAL.npz (keys v_template, shapedirs, J_regressor, kintree_table).")
-    p.add_argument("--index", required=True, metavar="FILE",
-                   help="clip index: CSV with source_path,start_frame,end_frame,new_name (HumanML3D index.csv) "
-                        "or rows 'path start end id'; start/end are frames of the 30 fps strided sequence")
-    p.add_argument("--amass-root", metavar="DIR", default=None,
-                   help="directory that relative index paths are resolved against (.npy names map to .npz)")
-    p.add_argument("--body-model", required=True, metavar="NPZ", help="SMPL-X NEUTRAL .npz (the released data uses it)")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--fps", type=int, default=TARGET_FPS, help="target rate of the floor stride (default 30)")
-    p.add_argument("--strict", action="store_true", help="stop at the first clip that fails instead of skipping it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare_amass)
-
-
-def cmd_prepare_amass(args) -> int:
-    from motionstreamer.cli import CLIError
-
-    if args.fps < 1:
-        raise CLIError(f"--fps must be >= 1, got {args.fps}")
-    if args.amass_root is not None and not Path(args.amass_root).is_dir():
-        raise CLIError(f"--amass-root {args.amass_root}: not a directory")
-    try:
-        result = prepare_amass(args.index, args.amass_root, args.body_model, args.out, args.fps,
-                               strict=args.strict, progress=not args.quiet)
-    except ValueError as e:
-        raise CLIError(str(e))
-    for where, reason in result["failed"]:
-        print(f"motionstreamer: skipped {where}: {reason}", file=sys.stderr)
-    n = len(result["written"])
-    print(f"wrote {n} clips and {n} mirrors to {result['motion_dir']}"
-          + (f", Mean/Std to {result['mean_std_dir']}" if n else "")
-          + (f"; {len(result['failed'])} failed" if result["failed"] else ""))
-    return 1 if result["failed"] or not n else 0

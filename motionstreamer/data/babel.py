@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer import FEATURE_DIM
 from motionstreamer.data.humanml3d import (
-    FEATURE_DIM, UNIT_LENGTH, DataError, HumanML3D272Dataset, load_mean_std, load_motion_file, read_lines,
-    skip_or_raise,
+    UNIT_LENGTH, DataError, HumanML3D272Dataset, load_mean_std, load_motion_file, parse_lines, skip_or_raise,
 )
 
 BABEL_MEAN_STD = "t2m_babel_mean_std"
@@ -58,17 +58,8 @@ def parse_stream_line(line: str, where: str) -> dict:
 
 def read_stream_text(path: Path, lenient: bool = False) -> list[dict]:
     """The usable lines of a stream text file (empty-B lines skipped, as the reference does)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: stream text file not found")
     out = []
-    for n, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = parse_stream_line(line.strip(), f"{path}:{n}")
-        except DataError as e:
-            skip_or_raise(e, lenient)
-            continue
+    for n, rec in parse_lines(path, parse_stream_line, lenient, "stream text file not found"):
         if not rec["text_b"]:
             continue
         if out and rec["a_frames"] != out[0]["a_frames"]:

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FPS = 30
-FEATURE_DIM = 272
-MIN_FRAMES, MAX_FRAMES, UNIT_LENGTH = 60, 300, 4
+from motionstreamer import FEATURE_DIM, FPS, FRAMES_PER_LATENT
+
+MIN_FRAMES, MAX_FRAMES, UNIT_LENGTH = 60, 300, FRAMES_PER_LATENT
 CAPTION_MODES = ("random", "all", "first")
 
 
@@ -113,22 +113,36 @@ def parse_caption_line(line: str, where: str) -> Caption:
     return Caption(caption.strip(), tokens.strip().split(" ") if tokens.strip() else [], start, end, where)
 
 
+def parse_lines(path: Path, parse, lenient: bool, missing: str):
+    """(line number, parse(line, "path:n")) for every non-blank line of a text file; a malformed line
+    raises (lenient: is skipped with a warning). FileNotFoundError `path: missing`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    for n, line in enumerate(read_lines(path), 1):
+        if line.strip():
+            try:
+                yield n, parse(line.strip(), f"{path}:{n}")
+            except DataError as e:
+                skip_or_raise(e, lenient)
+
+
 def read_text_file(path: str | Path, lenient: bool = False) -> list[Caption]:
     """All captions of a clip's text file; malformed lines raise (lenient: are skipped with a warning)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: text file not found")
-    out = []
-    for n, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(parse_caption_line(line.strip(), f"{path}:{n}"))
-        except DataError as e:
-            skip_or_raise(e, lenient)
+    out = [c for _, c in parse_lines(path, parse_caption_line, lenient, "text file not found")]
     if not out:
         raise DataError(f"{path}: no captions")
     return out
+
+
+def _load_npy(path: Path, missing: str) -> np.ndarray:
+    """np.load without pickles; FileNotFoundError `path: missing` / DataError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a numeric .npy array ({e})") from None
 
 
 def load_mean_std(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -137,12 +151,7 @@ def load_mean_std(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for name in ("Mean.npy", "Std.npy"):
         path = d / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (Mean.npy and Std.npy are needed to normalise)")
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path}: not a numeric .npy array ({e})") from None
+        x = _load_npy(path, "not found (Mean.npy and Std.npy are needed to normalise)")
         if x.shape != (FEATURE_DIM,) or not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{path}: expected shape ({FEATURE_DIM},) numbers, got {x.shape} {x.dtype}")
         if not np.all(np.isfinite(x)):
@@ -157,12 +166,7 @@ def load_mean_std(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def load_motion_file(path: str | Path) -> np.ndarray:
     """(T, 272) float32 features, checked: shape, numeric, finite, T >= 1."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: motion file not found")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a numeric .npy array ({e})") from None
+    x = _load_npy(path, "motion file not found")
     if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
         raise DataError(f"{path}: expected (frames, {FEATURE_DIM}) features, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):

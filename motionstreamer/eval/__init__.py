@@ -1,3 +1,3 @@
-"""Evaluation: metrics (metrics.py), protocols gt | tae | t2m | stream (protocols.py), the evaluator's
-trainer (train_evaluator.py) and the `evaluate` / `train-evaluator` verbs (commands.py). The evaluator
-model itself is motionstreamer.models.evaluator."""
+"""Evaluation: metrics (metrics.py), protocols gt | tae | t2m | stream (protocols.py) and the `evaluate`
+verb (commands.py). The evaluator model is motionstreamer.models.evaluator, its trainer
+motionstreamer.train.evaluator (`train-evaluator`)."""

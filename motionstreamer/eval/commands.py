@@ -1,4 +1,4 @@
-"""CLI verbs: `evaluate gt|tae|t2m|stream` and `train-evaluator`."""
+"""CLI verb `evaluate gt|tae|t2m|stream|head`."""
 from __future__ import annotations
 
 import argparse
@@ -40,11 +40,12 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    e = subparsers.add_parser("evaluate", help="evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
-                              description="Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, "
-                                          "MM-Dist, Diversity (and MPJPE, MultiModality, transition metrics); mean "
-                                          "± 95% CI over repeats, printed and written as JSON.")
-    sub = e.add_subparsers(dest="protocol", metavar="<protocol>")
+    from motionstreamer.cli import add_group
+
+    sub = add_group(subparsers, "evaluate", "evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
+                    "Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, MM-Dist, Diversity (and "
+                    "MPJPE, MultiModality, transition metrics); mean ± 95% CI over repeats, printed and written as "
+                    "JSON.", "protocol", "<protocol>")
     g = sub.add_parser("gt", help="real vs real (the reference row of every table)")
     _data_args(g)
     _evaluator_args(g)
@@ -95,40 +96,9 @@ def register(subparsers) -> None:
     h.add_argument("--device", default="auto")
     h.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     h.set_defaults(func=cmd_evaluate_head)
-    e.set_defaults(func=lambda args: e.print_help() or 2)
-
-    r = subparsers.add_parser("train-evaluator", help="train the TMR-style evaluator",
-                              description="Train the text/motion evaluator (TMR losses, frozen text backbone) on a "
-                                          "HumanML3D-272 layout folder; writes OUT/checkpoint_last.pt (resumable) "
-                                          "and OUT/evaluator/ (safetensors + config.json) every --save-every steps.")
-    r.add_argument("--data", required=True, metavar="DIR")
-    r.add_argument("--out", required=True, metavar="DIR")
-    r.add_argument("--split", default="train")
-    r.add_argument("--model-size", choices=("official", "small"), default="official")
-    r.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
-                   help="HF AutoModel folder or name, 'minilm' (offline) or 'tiny-distilbert' "
-                        "(default: distilbert-base-uncased for official, minilm for small)")
-    r.add_argument("--epochs", type=int, default=None)
-    r.add_argument("--batch-size", type=int, default=None)
-    r.add_argument("--save-every", type=int, default=None, metavar="STEPS")
-    r.add_argument("--no-tensorboard", action="store_true")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of EvaluatorTrainConfig fields")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    r.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/checkpoint_last.pt")
-    r.add_argument("--device", default="auto")
-    r.set_defaults(func=cmd_train_evaluator)
 
 
 # ----------------------------------------------------------------------------- evaluate
-def _positive(args, *names) -> None:
-    from motionstreamer.cli import CLIError
-    for n in names:
-        v = getattr(args, n, None)
-        if v is not None and v < 1:
-            raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
-
-
 def load_evaluator(path: str | None, backbone: str | None, device):
     from motionstreamer.cli import CLIError
     from motionstreamer.models.evaluator import TMREvaluator
@@ -177,7 +147,7 @@ def _generation(args, device):
         if args.checkpoint or args.dtype:
             raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
         try:
-            from motionstreamer.export.ort_engine import load_ort
+            from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
             from motionstreamer.runtime.engine import GenerationConfig
             stats, probe = load_ort(args.onnx, 1)
@@ -217,12 +187,12 @@ def _generation(args, device):
 def cmd_evaluate(args) -> int:
     import torch
 
-    from motionstreamer.cli import CLIError
+    from motionstreamer.cli import CLIError, check_positive
     from motionstreamer.eval import protocols as P
     from motionstreamer.runtime.loading import resolve_device
     from motionstreamer.utils import atomic_write_json
 
-    _positive(args, "repeats", "batch", "steps", "transition_length")
+    check_positive(args, "repeats", "batch", "steps", "transition_length")
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
@@ -288,12 +258,12 @@ def parse_step_list(text: str, flag: str) -> list[int]:
 def cmd_evaluate_head(args) -> int:
     import torch
 
-    from motionstreamer.cli import CLIError
+    from motionstreamer.cli import CLIError, check_positive
     from motionstreamer.eval.head_quality import format_comparison, head_report
     from motionstreamer.runtime.loading import load_models
     from motionstreamer.utils import atomic_write_json
 
-    _positive(args, "conditions", "threads")
+    check_positive(args, "conditions", "threads")
     if args.samples < 2:
         raise CLIError(f"--samples must be >= 2, got {args.samples}")
     if args.cfg is not None and not math.isfinite(args.cfg):
@@ -316,47 +286,3 @@ def cmd_evaluate_head(args) -> int:
                                                 f"{args.split} conditions x {args.samples} samples)"))
     print(f"wrote {out}")
     return 0
-
-
-# ----------------------------------------------------------------------------- train-evaluator
-def cmd_train_evaluator(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.eval.train_evaluator import EvaluatorTrainConfig, train_evaluator
-    from motionstreamer.models.evaluator import EvaluatorConfig
-    from motionstreamer.train.common import cleanup_distributed, load_config_file, parse_overrides
-
-    _positive(args, "epochs", "batch_size", "save_every")
-    try:
-        cfg = EvaluatorTrainConfig()
-        if args.config:
-            cfg = cfg.updated(load_config_file(args.config))
-        cfg = cfg.updated(parse_overrides(args.set, EvaluatorTrainConfig))
-        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "save_every": args.save_every}
-        cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
-        cfg = cfg.updated({"out_dir": args.out, "device": args.device, "progress": not args.quiet,
-                           "tensorboard": not args.no_tensorboard})
-        if args.model_size == "official":
-            model_cfg = EvaluatorConfig.official() if args.text_backbone is None else EvaluatorConfig(
-                text_backbone=args.text_backbone, text_dim=_hidden(args.text_backbone))
-        else:
-            model_cfg = EvaluatorConfig.small(args.text_backbone or "minilm")
-    except (ValueError, OSError) as e:
-        raise CLIError(str(e))
-    try:
-        evaluator, res = train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e))
-    finally:
-        cleanup_distributed()
-    last = res.losses[-1][1] if res.losses else float("nan")
-    print(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
-          f"model {Path(args.out) / 'evaluator'}, checkpoint {res.checkpoint}")
-    return 0
-
-
-def _hidden(backbone: str) -> int:
-    from motionstreamer.models.evaluator import backbone_hidden_size
-    try:
-        return backbone_hidden_size(backbone)
-    except Exception as e:
-        raise ValueError(f"--text-backbone {backbone!r}: {e}") from e

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+from motionstreamer import FPS
+
 
 def _np(x, name: str, ndim: int | None = None) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -115,27 +117,27 @@ def matching_score(text_emb, motion_emb) -> float:
     return float(np.linalg.norm(t - m, axis=1).mean())
 
 
-def diversity(emb, n_pairs: int = 300, seed=0) -> float:
-    """Mean distance between n_pairs random pairs (two independent draws without replacement)."""
-    a = _np(emb, "embeddings", 2)
-    if a.shape[0] <= n_pairs:
-        raise ValueError(f"diversity with {n_pairs} pairs needs more than {n_pairs} embeddings, got {a.shape[0]}")
+def _random_pair_distance(a: np.ndarray, axis: int, n_pairs: int, seed, what: str) -> float:
+    """Mean distance between n_pairs random pairs along `axis` (two independent draws without
+    replacement, the same indices for every other leading index), as the field computes both
+    Diversity and MultiModality."""
+    if a.shape[axis] <= n_pairs:
+        raise ValueError(f"{what} with {n_pairs} pairs needs more than {n_pairs} "
+                         f"{'embeddings' if axis == 0 else 'repeats per caption'}, got {a.shape[axis]}")
     rng = _rng(seed)
-    first = rng.choice(a.shape[0], n_pairs, replace=False)
-    second = rng.choice(a.shape[0], n_pairs, replace=False)
-    return float(np.linalg.norm(a[first] - a[second], axis=1).mean())
+    first, second = (rng.choice(a.shape[axis], n_pairs, replace=False) for _ in range(2))
+    return float(np.linalg.norm(np.take(a, first, axis) - np.take(a, second, axis), axis=-1).mean())
+
+
+def diversity(emb, n_pairs: int = 300, seed=0) -> float:
+    """Mean distance between n_pairs random pairs of embeddings."""
+    return _random_pair_distance(_np(emb, "embeddings", 2), 0, n_pairs, seed, "diversity")
 
 
 def multimodality(emb, n_pairs: int = 10, seed=0) -> float:
     """emb (N captions, R repeats, d): mean distance between n_pairs random pairs of repeats of the
     same caption (the same repeat indices for every caption, as the field)."""
-    a = _np(emb, "embeddings", 3)
-    if a.shape[1] <= n_pairs:
-        raise ValueError(f"multimodality with {n_pairs} pairs needs more than {n_pairs} repeats per caption, got {a.shape[1]}")
-    rng = _rng(seed)
-    first = rng.choice(a.shape[1], n_pairs, replace=False)
-    second = rng.choice(a.shape[1], n_pairs, replace=False)
-    return float(np.linalg.norm(a[:, first] - a[:, second], axis=2).mean())
+    return _random_pair_distance(_np(emb, "embeddings", 3), 1, n_pairs, seed, "multimodality")
 
 
 # ----------------------------------------------------------------------------- joints
@@ -212,3 +214,54 @@ def mean_and_ci95(values) -> tuple[float, float]:
     if v.size == 0:
         raise ValueError("mean_and_ci95 of no values")
     return float(v.mean()), float(1.96 * v.std() / np.sqrt(v.size))
+
+
+# ----------------------------------------------------------------------------- feet
+def foot_skating_ratio(joints, fps: float = FPS, height: float = 0.05, speed: float = 0.5, window: int = 5) -> float:
+    """The field's foot-skating ratio (GMD, Karunratanakul et al. 2023; used by OmniControl and others):
+    the fraction of frame pairs in which either foot joint (10, 11) is below `height` m in both frames
+    and slides horizontally faster than `speed` m/s, both in that pair and on average over `window`
+    frames. joints (T, 22, 3), Y up, floor at y = 0."""
+    from scipy.ndimage import uniform_filter1d
+
+    j = _np(joints, "joints", 3)
+    if j.shape[0] < 2 or j.shape[1:] != (22, 3):
+        raise ValueError(f"joints must have shape (frames >= 2, 22, 3), got {j.shape}")
+    feet = j[:, [10, 11]]
+    v = np.linalg.norm(np.diff(feet[..., [0, 2]], axis=0), axis=-1) * fps            # (T-1, 2)
+    v_avg = uniform_filter1d(v, size=window, axis=0, mode="constant")
+    low = (feet[:-1, :, 1] < height) & (feet[1:, :, 1] < height)
+    return float((low & (v > speed) & (v_avg > speed)).any(axis=1).mean())
+
+
+def floor_penetration(joints, joints_idx=(7, 8, 10, 11)) -> dict:
+    """How far the foot joints (ankles, feet) go below the floor y = 0: mean over frames of the lowest
+    one's depth (m, 0 when above), the worst frame's depth, and the fraction of frames deeper than 1 cm."""
+    j = _np(joints, "joints", 3)
+    depth = np.maximum(0.0, -j[:, list(joints_idx), 1].min(axis=1))
+    return {"mean": float(depth.mean()), "max": float(depth.max()), "frames_over_1cm": float((depth > 0.01).mean())}
+
+
+def foot_metrics(joints_list, fps: float = FPS, prefix: str = "") -> dict:
+    """Foot metrics of motions as the exports show them, averaged over the motions (T, 22, 3) each:
+    the skating ratio after grounding by foot contacts (representation.feet.ground), after the offline
+    clean-up (clean_feet) and after the causal one a stream uses (FootCleaner, on the joints as
+    recovered), and the floor penetration (m) of the joints as recovered, against the format's floor
+    y = 0 (after grounding it is 0 by construction)."""
+    from motionstreamer.representation.feet import FootCleaner, clean_feet, ground
+
+    skate, clean, causal, depth = [], [], [], []
+    for j in joints_list:
+        j = _np(j, "joints", 3)
+        if len(j) < 2:
+            continue
+        grounded, _ = ground(j, fps)
+        skate.append(foot_skating_ratio(grounded, fps))
+        clean.append(foot_skating_ratio(clean_feet(grounded, fps)[0], fps))
+        causal.append(foot_skating_ratio(FootCleaner(fps)(j), fps))
+        depth.append(floor_penetration(j)["mean"])
+    if not skate:
+        raise ValueError("foot_metrics needs at least one motion of 2 frames or more")
+    return {f"{prefix}foot_skating": float(np.mean(skate)), f"{prefix}foot_skating_clean": float(np.mean(clean)),
+            f"{prefix}foot_skating_causal": float(np.mean(causal)),
+            f"{prefix}floor_penetration_mm": float(np.mean(depth) * 1000)}

@@ -32,7 +32,17 @@ METRIC_LABELS = {
     "fid": "FID", "r_precision_top1": "R@1", "r_precision_top2": "R@2", "r_precision_top3": "R@3",
     "matching_score": "MM-Dist", "diversity": "Diversity", "multimodality": "MultiModality",
     "mpjpe_mm": "MPJPE (mm)", "transition_fid": "Transition FID", "peak_jerk": "Peak Jerk", "auj": "AUJ",
+    "foot_skating": "Foot skating ratio", "foot_skating_clean": "Foot skating (--clean-feet)",
+    "foot_skating_causal": "Foot skating (causal clean-up)",
+    "floor_penetration_mm": "Floor penetration (mm)",
 }
+
+
+def _joints_of(normalised: list, lengths, mean: np.ndarray, std: np.ndarray) -> list:
+    """Joints (T, 22, 3) of normalised feature rows (cropped to their lengths), for the foot metrics."""
+    from motionstreamer.representation.features import recover_joints
+
+    return [recover_joints(np.asarray(m[:int(n)], np.float64) * std + mean) for m, n in zip(normalised, lengths)]
 
 
 # ----------------------------------------------------------------------------- the test set
@@ -223,7 +233,8 @@ def evaluate_gt(evaluator, evalset: EvalSet, repeats: int = 1, batch: int = 32, 
         et = torch.cat([evaluator.encode_text(b["captions"]) for b in first]).numpy()
         em = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in first]).numpy()
         em2 = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in second]).numpy()
-        res.add(fid=M.fid(em, em2), **_retrieval_metrics(et, em, batch, rng))
+        feet = M.foot_metrics([j for b in first for j in _joints_of(b["motion"], b["lengths"], evalset.mean, evalset.std)])
+        res.add(fid=M.fid(em, em2), **_retrieval_metrics(et, em, batch, rng), **feet)
     res.info["samples_per_repeat"] = len(first) * batch
     return res
 
@@ -292,7 +303,7 @@ def evaluate_t2m(evaluator, evalset: EvalSet, generate: GenerateFn, repeats: int
                                       "shuffle_text": shuffle_text})
     for r in _progress(range(repeats), "t2m repeats", progress):
         rng = np.random.default_rng([seed, r])
-        et, em_real, em_gen, batches = [], [], [], evalset.draw(rng, batch)
+        et, em_real, em_gen, batches, gen_joints = [], [], [], evalset.draw(rng, batch), []
         for k, b in enumerate(_progress(batches, "generate", progress)):
             captions = list(b["captions"])
             if shuffle_text:
@@ -304,9 +315,10 @@ def evaluate_t2m(evaluator, evalset: EvalSet, generate: GenerateFn, repeats: int
             et.append(evaluator.encode_text(b["captions"]))
             em_real.append(evaluator.encode_motion(b["motion"], b["lengths"]))
             em_gen.append(evaluator.encode_motion(gen, gen_len))
+            gen_joints += _joints_of(gen, gen_len, evalset.mean, evalset.std)
         et, em_real, em_gen = (torch.cat(v).numpy() for v in (et, em_real, em_gen))
         metrics = {"fid": M.fid(em_real, em_gen), **_retrieval_metrics(et, em_gen, batch, rng),
-                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_")}
+                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_"), **M.foot_metrics(gen_joints)}
         if mm_captions > 0:
             caps = [c for b in batches for c in b["captions"]][:mm_captions]
             lens = [n for b in batches for n in b["lengths"].tolist()][:mm_captions]
@@ -342,7 +354,7 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
     for r in _progress(range(repeats), "stream repeats", progress):
         rng = np.random.default_rng([seed, r])
         order = rng.permutation(len(cases))
-        texts, seg_real, seg_gen = [], [], []
+        texts, seg_real, seg_gen, gen_joints = [], [], [], []
         win_real, win_gen, jwin_real, jwin_gen = [], [], [], []
         for k, s in enumerate(_progress(range(0, len(order) - batch + 1, batch), "generate", progress)):
             chunk = [cases[i] for i in order[s:s + batch]]
@@ -360,6 +372,7 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
                 seg_real.append(torch.from_numpy(c.motion[real_bounds[-1]:][:max_frames]))
                 seg_gen.append(g[bounds[-1]:][:max_frames])
                 g_joints = recover_joints(g.double() * std_t + mean_t).numpy()
+                gen_joints.append(g_joints)
                 for rb, gb in zip(real_bounds, bounds):
                     wr = M.transition_windows(c.motion, [rb], transition_length)
                     wg = M.transition_windows(g.numpy(), [gb], transition_length)
@@ -372,7 +385,7 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
         em_real = evaluator.encode_motion(*_pad(seg_real)).numpy()
         em_gen = evaluator.encode_motion(*_pad(seg_gen)).numpy()
         metrics = {"fid": M.fid(em_real, em_gen), **_retrieval_metrics(et, em_gen, batch, rng),
-                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_")}
+                   **_retrieval_metrics(et, em_real, batch, rng, prefix="real_"), **M.foot_metrics(gen_joints)}
         if len(win_gen) >= 2:
             metrics["transition_fid"] = M.transition_fid(evaluator.encode_motion(*_pad(win_real)).numpy(),
                                                          evaluator.encode_motion(*_pad(win_gen)).numpy())
@@ -394,48 +407,27 @@ def runtime_generator(bundle, text_encoder, config=None, device=None, backend_fa
     """t2m generation with the streaming runtime: each caption for ceil(frames / 4) latents, batched.
     backend_factory(capacity) -> engine backend runs the models elsewhere (e.g. onnxruntime, with
     `bundle` then an OrtBundle of statistics)."""
-    from motionstreamer.runtime.batch import generate_batch
-
-    fpl = _frames_per_latent(bundle)
+    stream = runtime_stream_generator(bundle, text_encoder, config, device, backend_factory)
 
     def generate(captions: list, lengths: list, seed: int) -> list:
-        n_lat = [max(1, -(-int(n) // fpl)) for n in lengths]
-        backend = backend_factory(len(captions)) if backend_factory else None
-        return generate_batch(bundle, text_encoder, list(captions), n_lat, config=config, seed=seed, device=device,
-                              backend=backend)
+        return [feats for feats, _ in stream([[c] for c in captions], [[n] for n in lengths], seed)]
 
     return generate
 
 
 def runtime_stream_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> StreamGenerateFn:
-    """Prompt sequences with the streaming runtime: prompt i runs for ceil(frames_i / 4) latents, the
-    next one queued to start right after (no end-latent stops), all sequences batched."""
-    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    """Prompt sequences with the streaming runtime (runtime.batch.run_schedules): prompt i runs for
+    ceil(frames_i / 4) latents, the next one queued to start right after (no end-latent stops), all
+    sequences batched."""
+    from motionstreamer.runtime.batch import run_schedules
 
     fpl = _frames_per_latent(bundle)
 
     def generate(prompt_lists: list, length_lists: list, seed: int) -> list:
-        base = config or GenerationConfig()
         budgets = [[max(1, -(-int(n) // fpl)) for n in lens] for lens in length_lists]
-        cfg = GenerationConfig(**{**base.__dict__, "end_threshold": -1.0,
-                                  "max_latents": max(sum(b) for b in budgets)})
         backend = backend_factory(len(prompt_lists)) if backend_factory else None
-        engine = StreamingEngine(bundle, text_encoder, capacity=len(prompt_lists), config=cfg, device=device,
-                                 backend=backend)
-        ids = []
-        for i, (prompts, lat) in enumerate(zip(prompt_lists, budgets)):
-            sid = engine.add_stream(prompts[0], seed=seed + i, max_latents=lat[0])
-            for p, n in zip(prompts[1:], lat[1:]):
-                engine.push_text(sid, p, max_latents=n, after_current=True)
-            ids.append(sid)
-        frames = {sid: [] for sid in ids}
-        while engine.active_ids:
-            for chunk in engine.step():
-                frames[chunk.stream_id].append(chunk.features.float().cpu())
-        out = []
-        for sid, lat in zip(ids, budgets):
-            feats = torch.cat(frames[sid])
-            out.append((feats, (np.cumsum(lat)[:-1] * fpl).tolist()))
-        return out
+        feats = run_schedules(bundle, text_encoder, [list(zip(p, b)) for p, b in zip(prompt_lists, budgets)],
+                              config, seed, device=device, backend=backend)
+        return [(f, (np.cumsum(b)[:-1] * fpl).tolist()) for f, b in zip(feats, budgets)]
 
     return generate

@@ -7,7 +7,7 @@ Graphs (fp32, legacy TorchScript exporter, opset 17):
                     n_latents never change the valid ones, and the decode mask hides them.
   decode_step.onnx  latent (B, 16), k_cache, v_cache, pos (B,) int64 -> cond (B, E), k_cache, v_cache
                     (the new key/value written at `pos`, RoPE at `pos`, attention over positions <= pos)
-  head_<method><steps>.onnx  cond (B, E), uncond (B, E), x_T (B, 16), step_noise (S, B, 16),
+  head_<sampler><steps>.onnx  cond (B, E), uncond (B, E), x_T (B, 16), step_noise (S, B, 16),
                     cfg (1,), temperature (1,) -> latent (B, 16): the whole guided sampling loop
   tae_decode_step.onnx  z (B, 16), state_i (B, C_i, S_i) for each decoder conv -> frames (B, 4, 272), state_i
 manifest.json: names, shapes, the bundle config, Mean/Std/end latent, exported sampler settings.
@@ -21,14 +21,49 @@ The manifest's "quantization" entry names the rewritten files and the scheme.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from motionstreamer.models.transformer import attention
+from motionstreamer.models.diffusion import SamplerSettings, sample_loop
+from motionstreamer.models.transformer import KVWriter, decode_mask
 
 OPSET = 17
+
+
+class CollectingWriter(KVWriter):
+    """Prefill as a graph: the tokens' k/v of every layer are collected as outputs; the plain "math"
+    attention (the legacy exporter traces it as ops ONNX has)."""
+    attn_backend = "math"
+
+    def __init__(self):
+        super().__init__()
+        self.k, self.v = [], []
+
+    def update(self, layer, k, v):
+        self.k.append(k)
+        self.v.append(v)
+        return k, v
+
+
+class FunctionalDecodeWriter(CollectingWriter):
+    """A decode step as a graph: the new k/v blended into copies of the cache inputs at `pos` (no
+    in-place write), the copies collected as the cache outputs."""
+    causal = False
+
+    def __init__(self, k_cache, v_cache, pos):
+        super().__init__()
+        self.k_cache, self.v_cache = k_cache, v_cache
+        T = k_cache.shape[3]
+        self.onehot = (torch.arange(T, device=pos.device)[None, :] == pos[:, None]).to(k_cache.dtype)[:, None, :, None]
+        self.mask = decode_mask(pos, T)
+
+    def update(self, layer, k, v):
+        keep = 1 - self.onehot
+        return super().update(layer, self.k_cache[layer] * keep + k * self.onehot,
+                              self.v_cache[layer] * keep + v * self.onehot)
 
 
 class PrefillGraph(nn.Module):
@@ -37,20 +72,12 @@ class PrefillGraph(nn.Module):
         self.m = t2m
 
     def forward(self, text, latents, n_latents):
-        m = self.m
-        x = m._tokens(latents, text)
+        m, kv = self.m, CollectingWriter()
+        x = m.embed(latents, text)
         T = x.shape[1]
-        cos, sin = m.rope_cos[:T], m.rope_sin[:T]
-        ks, vs = [], []
-        for blk in m.transformer.h:
-            q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)
-            x = x + blk.attn.out(attention(q, k, v, float(blk.attn.scale), causal=True, backend="math"))
-            x = x + blk.mlp(blk.rms_2(x))
-            ks.append(k)
-            vs.append(v)
-        idx = n_latents.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        last = torch.gather(x, 1, idx)[:, 0]
-        return m._head(last), torch.stack(ks), torch.stack(vs)
+        x = m.run_blocks(x, m.rope_cos[:T], m.rope_sin[:T], kv)
+        last = torch.gather(x, 1, n_latents.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
+        return m.project(last), torch.stack(kv.k), torch.stack(kv.v)
 
 
 class DecodeStepGraph(nn.Module):
@@ -59,33 +86,25 @@ class DecodeStepGraph(nn.Module):
         self.m = t2m
 
     def forward(self, latent, k_cache, v_cache, pos):
-        m = self.m
-        T = k_cache.shape[3]
-        x = m.transformer.wte(latent)[:, None, :]
-        cos, sin = m.rope_cos[pos][:, None, None, :], m.rope_sin[pos][:, None, None, :]
-        ar = torch.arange(T, device=latent.device)[None, :]
-        onehot = (ar == pos[:, None]).to(x.dtype)[:, None, :, None]          # (B, 1, T, 1)
-        mask = (ar <= pos[:, None])[:, None, None, :]                          # (B, 1, 1, T)
-        ks, vs = [], []
-        for i, blk in enumerate(m.transformer.h):
-            q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)
-            K = k_cache[i] * (1 - onehot) + k * onehot
-            V = v_cache[i] * (1 - onehot) + v * onehot
-            x = x + blk.attn.out(attention(q, K, V, float(blk.attn.scale), mask=mask, backend="math"))
-            x = x + blk.mlp(blk.rms_2(x))
-            ks.append(K)
-            vs.append(V)
-        return m._head(x[:, 0]), torch.stack(ks), torch.stack(vs)
+        m, kv = self.m, FunctionalDecodeWriter(k_cache, v_cache, pos)
+        x = m.run_blocks(m.embed(latent[:, None, :], None), *m.rope_at(pos), kv)
+        return m.project(x[:, 0]), torch.stack(kv.k), torch.stack(kv.v)
 
 
 class HeadSampleGraph(nn.Module):
-    def __init__(self, t2m, steps: int, method: str, skip_terminal: bool = False):
+    """The guided sampling loop of one (sampler, steps): the model's sample_loop, with cfg and
+    temperature as graph inputs."""
+
+    def __init__(self, t2m, settings: SamplerSettings):
         super().__init__()
-        self.head, self.steps, self.method, self.skip = t2m.diff_loss, steps, method, skip_terminal
+        self.head, self.settings = t2m.diff_loss, settings
 
     def forward(self, cond, uncond, x_T, step_noise, cfg, temperature):
-        return self.head.sample(cond, uncond=uncond, cfg=cfg, temperature=temperature, steps=self.steps,
-                                method=self.method, noise=(x_T, step_noise), fast=True, skip_terminal=self.skip)
+        h, s = self.head, self.settings
+        eps_at = h.eps_function(torch.cat([cond, uncond]), h.model_timesteps(s.sampling_steps, cond.device,
+                                                                           s.skip_terminal_step))
+        coefs = h.sampling_process(s.sampling_steps, s.skip_terminal_step).step_coefficients(s.sampler, s.eta)
+        return sample_loop(eps_at, x_T, coefs, step_noise, cfg, temperature)
 
 
 class TAEStepGraph(nn.Module):
@@ -155,17 +174,70 @@ def _quantize_int8(path: Path, per_channel: bool) -> None:
         logging.getLogger().setLevel(level)
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
-    import onnx
-    import warnings
+@dataclass
+class GraphSpec:
+    """One exported graph: its module and named inputs/outputs with their shapes ("B": the dynamic
+    batch axis). The example inputs, the exporter's dynamic axes and the manifest entry come from it."""
+    file: str
+    module: nn.Module
+    inputs: dict
+    outputs: dict
 
-    from motionstreamer.utils import atomic_path
+    def example_inputs(self) -> tuple:
+        batch = 2
+        return tuple(torch.zeros([batch if d == "B" else d for d in shape],
+                                 dtype=torch.long if name in INT_INPUTS else torch.float32)
+                     for name, shape in self.inputs.items())
 
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        onnx.checker.check_model(onnx.load(str(tmp)))
+    def dynamic_axes(self) -> dict:
+        return {name: {shape.index("B"): "batch"} for name, shape in {**self.inputs, **self.outputs}.items()
+                if "B" in shape}
+
+    def export(self, out: Path) -> None:
+        import warnings
+
+        import onnx
+
+        from motionstreamer.utils import atomic_path
+
+        with atomic_path(out / self.file) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(self.module, self.example_inputs(), str(tmp), input_names=list(self.inputs),
+                              output_names=list(self.outputs), dynamic_axes=self.dynamic_axes(),
+                              opset_version=OPSET, dynamo=False, do_constant_folding=True)
+            onnx.checker.check_model(onnx.load(str(tmp)))
+
+    def manifest_entry(self) -> dict:
+        return {"file": self.file, "inputs": self.inputs, "outputs": self.outputs}
+
+
+INT_INPUTS = ("n_latents", "pos")
+
+
+def graph_specs(t2m, tae, heads: list[SamplerSettings]) -> dict:
+    """The streaming graphs of a model, by name."""
+    c = t2m.config
+    E, Z, T = c.n_embd, c.latent_dim, c.block_size
+    cache = [c.n_layer, "B", c.n_head, T, c.head_dim]
+    states = {f"state_{i}": ["B", *map(int, b.shape[1:])] for i, b in enumerate(tae.init_decode_state(1).buffers)}
+    specs = {
+        "prefill": GraphSpec("prefill.onnx", PrefillGraph(t2m),
+                             {"text": ["B", c.cond_dim], "latents": ["B", T - 1, Z], "n_latents": ["B"]},
+                             {"cond": ["B", E], "k_cache": cache, "v_cache": cache}),
+        "decode_step": GraphSpec("decode_step.onnx", DecodeStepGraph(t2m),
+                                 {"latent": ["B", Z], "k_cache": cache, "v_cache": cache, "pos": ["B"]},
+                                 {"cond": ["B", E], "k_cache_out": cache, "v_cache_out": cache}),
+        "tae_decode_step": GraphSpec("tae_decode_step.onnx", TAEStepGraph(tae), {"z": ["B", Z], **states},
+                                     {"frames": ["B", tae.config.frames_per_latent, tae.config.in_dim],
+                                      **{f"{k}_out": v for k, v in states.items()}}),
+    }
+    for s in heads:
+        S = t2m.diff_loss.sampling_process(s.sampling_steps, s.skip_terminal_step).num_timesteps
+        specs[f"head_{s.sampler}{s.sampling_steps}"] = GraphSpec(
+            f"head_{s.sampler}{s.sampling_steps}.onnx", HeadSampleGraph(t2m, s),
+            {"cond": ["B", E], "uncond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "cfg": [1],
+             "temperature": [1]}, {"latent": ["B", Z]})
+    return specs
 
 
 @torch.no_grad()
@@ -173,77 +245,46 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("dd
                   quantize: str | None = None) -> dict:
     """Export a loaded bundle (fp32, CPU) to out_dir; returns the manifest.
 
-    quantize="int8": int8 weights in the transformer and head graphs (module docstring)."""
+    head_variants: (sampler, sampling_steps) pairs, one guided head graph each, with the bundle's
+    skip_terminal_step. quantize="int8": int8 weights in the transformer and head graphs (module
+    docstring)."""
     if quantize not in (None, *QUANTIZE):
         raise ValueError(f"quantize={quantize!r}: use one of {', '.join(QUANTIZE)} (or None for fp32)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tae, t2m = bundle.tae.float().cpu().eval(), bundle.t2m.float().cpu().eval()
-    c = t2m.config
-    H, D, T, L = c.n_head, c.n_embd // c.n_head, c.block_size, c.n_layer
-    B = 2
-    text = torch.zeros(B, c.cond_dim)
-    lat = torch.zeros(B, T - 1, c.latent_dim)
-    n = torch.zeros(B, dtype=torch.long)
-    cache_axes = {1: "batch"}
-    _export(PrefillGraph(t2m), (text, lat, n), out / "prefill.onnx", ["text", "latents", "n_latents"],
-            ["cond", "k_cache", "v_cache"],
-            {"text": {0: "batch"}, "latents": {0: "batch"}, "n_latents": {0: "batch"}, "cond": {0: "batch"},
-             "k_cache": cache_axes, "v_cache": cache_axes})
-    kc = torch.zeros(L, B, H, T, D)
-    _export(DecodeStepGraph(t2m), (torch.zeros(B, c.latent_dim), kc, kc.clone(), n), out / "decode_step.onnx",
-            ["latent", "k_cache", "v_cache", "pos"], ["cond", "k_cache_out", "v_cache_out"],
-            {"latent": {0: "batch"}, "k_cache": cache_axes, "v_cache": cache_axes, "pos": {0: "batch"},
-             "cond": {0: "batch"}, "k_cache_out": cache_axes, "v_cache_out": cache_axes})
-    heads = []
     skip = bool(bundle.config.get("sampler", {}).get("skip_terminal_step", False))
-    for method, steps in head_variants:
-        name = f"head_{method}{steps}.onnx"
-        n_noise = t2m.diff_loss.sampling_process(steps, skip).num_timesteps
-        _export(HeadSampleGraph(t2m, steps, method, skip),
-                (torch.zeros(B, c.n_embd), torch.zeros(B, c.n_embd), torch.zeros(B, c.latent_dim),
-                 torch.zeros(n_noise, B, c.latent_dim), torch.tensor([4.0]), torch.tensor([1.0])),
-                out / name, ["cond", "uncond", "x_T", "step_noise", "cfg", "temperature"], ["latent"],
-                {"cond": {0: "batch"}, "uncond": {0: "batch"}, "x_T": {0: "batch"}, "step_noise": {1: "batch"},
-                 "latent": {0: "batch"}})
-        heads.append({"file": name, "method": method, "steps": steps, "skip_terminal": skip, "noise_steps": n_noise})
-    state = tae.init_decode_state(B, device="cpu", dtype=torch.float32)
-    snames = [f"state_{i}" for i in range(len(state.buffers))]
-    _export(TAEStepGraph(tae), (torch.zeros(B, c.latent_dim), *state.buffers), out / "tae_decode_step.onnx",
-            ["z", *snames], ["frames", *[s + "_out" for s in snames]],
-            {k: {0: "batch"} for k in ["z", "frames", *snames, *[s + "_out" for s in snames]]})
+    heads = [SamplerSettings(sampling_steps=n, sampler=sampler, skip_terminal_step=skip) for sampler, n in head_variants]
+    specs = graph_specs(t2m, tae, heads)
+    for spec in specs.values():
+        spec.export(out)
+    head_files = [specs[f"head_{h.sampler}{h.sampling_steps}"] for h in heads]
     # Per-channel weight scales where they helped on the embedded model (relative error of one graph
     # call vs fp32): transformer cond 0.037 -> 0.035 per-channel; head latent 0.018 per-tensor vs 0.019.
-    quantized = {"prefill.onnx": {"per_channel": True}, "decode_step.onnx": {"per_channel": True},
-                 **{h["file"]: {"per_channel": False} for h in heads}}
     # The TAE decoder stays fp32: int8 Conv (ConvInteger) tripled the frame error of a stream in the
     # tests' model (joints rel. error 0.05 -> 0.16), and it runs once per latent against one decode
     # step and a 10-50 step head loop, so int8 there buys little time.
+    quantized = {"prefill.onnx": {"per_channel": True}, "decode_step.onnx": {"per_channel": True},
+                 **{h.file: {"per_channel": False} for h in head_files}}
     for f, how in quantized.items() if quantize else []:
         _quantize_int8(out / f, how["per_channel"])
+    c = t2m.config
     manifest = {
-        "format": "motionstreamer-onnx", "version": 1, "opset": OPSET, "dtype": "float32",
+        "format": "motionstreamer-onnx", "version": 2, "opset": OPSET, "dtype": "float32",
         "config": bundle.config, "text_encoder": bundle.text_encoder_name,
-        "n_layer": L, "n_head": H, "head_dim": D, "block_size": T, "n_embd": c.n_embd,
-        "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
-        "tae_states": [list(b.shape[1:]) for b in state.buffers],
-        "heads": heads,
+        "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
+        "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
+        "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
+        "heads": [{"file": spec.file, "sampler": h.sampler, "sampling_steps": h.sampling_steps,
+                   "skip_terminal_step": h.skip_terminal_step, "noise_steps": spec.inputs["step_noise"][0]}
+                  for h, spec in zip(heads, head_files)],
         "quantization": {"weights": "int8", "method": "onnxruntime.quantization.quantize_dynamic",
                          "weight_type": "QInt8", "activations": "uint8, dynamic", "ops": ["MatMul", "Gemm"],
                          "files": quantized, "fp32_files": ["tae_decode_step.onnx"]}
                         if quantize else None,
         "mean": bundle.mean.float().cpu().tolist(), "std": bundle.std.float().cpu().tolist(),
         "end_latent": bundle.end_latent.float().cpu().reshape(-1).tolist(),
-        "graphs": {
-            "prefill": {"file": "prefill.onnx", "inputs": {"text": ["B", c.cond_dim], "latents": ["B", T - 1, c.latent_dim],
-                                                           "n_latents": ["B"]},
-                        "outputs": {"cond": ["B", c.n_embd], "k_cache": [L, "B", H, T, D], "v_cache": [L, "B", H, T, D]}},
-            "decode_step": {"file": "decode_step.onnx", "inputs": {"latent": ["B", c.latent_dim], "k_cache": [L, "B", H, T, D],
-                                                                   "v_cache": [L, "B", H, T, D], "pos": ["B"]},
-                            "outputs": {"cond": ["B", c.n_embd], "k_cache_out": [L, "B", H, T, D], "v_cache_out": [L, "B", H, T, D]}},
-            "tae_decode_step": {"file": "tae_decode_step.onnx", "inputs": {"z": ["B", c.latent_dim]},
-                                "outputs": {"frames": ["B", tae.config.frames_per_latent, tae.config.in_dim]}},
-        },
+        "graphs": {name: spec.manifest_entry() for name, spec in specs.items()},
     }
     from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "manifest.json", manifest)

@@ -1,9 +1,14 @@
 """BVH output in the released converter's exact format (spec §3), and a small BVH reader.
 
-Writer (byte-compatible with `representation_272_to_bvh.py`, whose writer comes from smpl2bvh):
+Every BVH is written in that format from an `io.rig.Rig` (names, offsets, rotations, root): by
+default the motion's own skeleton with rotations solved from its joints (`features_to_bvh`, the CLI);
+`write_bvh` / `bvh_text` / skeleton 'smpl-neutral' + rotations 'model' are the converter's file.
+Frames are converted and written a block at a time, so memory does not grow with the clip.
+
+Format (byte-compatible with `representation_272_to_bvh.py`, whose writer comes from smpl2bvh):
 - the 24-joint SMPL hierarchy, depth-first from the pelvis with children in increasing SMPL index
   (file order 0,1,4,7,10,2,5,8,11,3,6,9,12,15,13,16,18,20,22,14,17,19,21,23), tab-indented;
-- OFFSETs are the SMPL-neutral rest offsets (betas 0); leaves (feet, head, palms) end in an
+- OFFSETs are the rig's rest offsets (the converter's: SMPL neutral, betas 0); leaves (feet, head, palms) end in an
   `End Site` with OFFSET 0 0 0;
 - root `CHANNELS 6 Xposition Yposition Zposition Zrotation Yrotation Xrotation ` (trailing space),
   others `CHANNELS 3 Zrotation Yrotation Xrotation`;
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer import FPS
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 
 NUM_BVH_JOINTS = len(JOINT_NAMES)   # 24: the 22 body joints and the two palms
@@ -87,10 +93,9 @@ def _check_finite(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN/inf (first at index {bad})")
 
 
-def bvh_text(rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> str:
-    """The whole BVH file as text. rotations (T, 22, 3, 3): [0] pelvis global rotation, [1:]
-    parent-local (recover_rotations' output); translation (T, 3): pelvis position (tau_x, h, tau_z)."""
-    from motionstreamer.representation.rotation import matrix_to_euler_zyx
+def _converter_rig(rotations, translation, fps: float, floor_at_zero: bool):
+    """The released converter's rig: SMPL-neutral offsets, these rotations, root = offset[0] + translation."""
+    from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24
 
     rot = _as_numpy(rotations, "rotations")
     trans = _as_numpy(translation, "translation")
@@ -103,32 +108,68 @@ def bvh_text(rotations, translation, fps: float = 30, floor_at_zero: bool = Fals
     _check_finite(rot, "rotations")
     _check_finite(trans, "translation")
     fps = _check_fps(fps)
-
-    T = rot.shape[0]
-    euler = np.zeros((T, NUM_BVH_JOINTS, 3))
-    euler[:, :NUM_JOINTS] = matrix_to_euler_zyx(rot, degrees=True)     # [z, y, x]; palms stay 0
     root = trans if floor_at_zero else trans + SMPL_OFFSETS_24[0]
-    values = np.concatenate([root, euler[:, list(JOINT_ORDER)].reshape(T, -1)], axis=1)   # (T, 75)
-    out = io.StringIO()
-    out.write(hierarchy_text())
-    out.write(f"MOTION\nFrames: {T}\nFrame Time: {1.0 / fps:f}\n")
-    np.savetxt(out, values, fmt="%f", delimiter=" ", newline=" \n")   # every value followed by a space
-    return out.getvalue()
+    return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, _pad24(rot), root, fps)
 
 
-def write_bvh(path: str | Path, rotations, translation, fps: float = 30, floor_at_zero: bool = False) -> Path:
-    """Write rotations (T, 22, 3, 3) + pelvis translation (T, 3) as a BVH file (atomic); returns the path."""
-    from motionstreamer.utils import atomic_write_text
+FRAMES_PER_WRITE = 512    # frame lines converted and written at a time: memory stays bounded
 
-    text = bvh_text(rotations, translation, fps, floor_at_zero)
+
+def write_bvh_stream(out, rig) -> None:
+    """Write `rig` (io.rig.Rig) as BVH text to the text stream `out`, a block of frames at a time."""
+    from motionstreamer.representation.rotation import matrix_to_euler_zyx
+
+    _check_fps(rig.fps)
+    T = len(rig.root)
+    out.write(hierarchy_text(rig.offsets, rig.names))
+    out.write(f"MOTION\nFrames: {T}\nFrame Time: {1.0 / rig.fps:f}\n")
+    order = list(JOINT_ORDER)
+    for start in range(0, T, FRAMES_PER_WRITE):
+        rot = rig.rotations[start:start + FRAMES_PER_WRITE]
+        _check_finite(rot, f"rotations (frames {start}..)")
+        _check_finite(rig.root[start:start + FRAMES_PER_WRITE], f"root positions (frames {start}..)")
+        euler = matrix_to_euler_zyx(np.ascontiguousarray(rot[:, order]), degrees=True)   # [z, y, x] per joint
+        n = len(rot)
+        values = np.concatenate([rig.root[start:start + n], euler.reshape(n, -1)], axis=1)
+        np.savetxt(out, values, fmt="%f", delimiter=" ", newline=" \n")   # every value followed by a space
+
+
+def write_rig_bvh(path: str | Path, rig) -> Path:
+    """Write a Rig (io.rig) as a BVH file, atomically and streaming (memory does not grow with T)."""
+    from motionstreamer.utils import atomic_path
+
     path = Path(path)
-    atomic_write_text(path, text)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            write_bvh_stream(f, rig)
     return path
 
 
-def features_to_bvh(path: str | Path, features, fps: float = 30, floor_at_zero: bool = False) -> Path:
-    """De-normalised 272 features (T, 272) -> BVH, through the rot-mode inverse (spec §2.3)."""
-    from motionstreamer.representation.features import recover_rotations
+def bvh_text(rotations, translation, fps: float = FPS, floor_at_zero: bool = False) -> str:
+    """The released converter's BVH as text (for small clips; files are written streaming).
+    rotations (T, 22, 3, 3): [0] pelvis global rotation, [1:] parent-local (recover_rotations' output);
+    translation (T, 3): pelvis position (tau_x, h, tau_z)."""
+    out = io.StringIO()
+    write_bvh_stream(out, _converter_rig(rotations, translation, fps, floor_at_zero))
+    return out.getvalue()
+
+
+def write_bvh(path: str | Path, rotations, translation, fps: float = FPS, floor_at_zero: bool = False) -> Path:
+    """Write rotations (T, 22, 3, 3) + pelvis translation (T, 3) as the released converter's BVH
+    (atomic, streaming); returns the path."""
+    return write_rig_bvh(path, _converter_rig(rotations, translation, fps, floor_at_zero))
+
+
+def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero: bool = False,
+                    skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
+                    clean_feet: bool = False) -> Path:
+    """De-normalised 272 features (T, 272) -> BVH.
+
+    Default: the motion's own skeleton with rotations solved from its joint positions, grounded (the
+    joints of `io.rig.prepare_motion`, i.e. what PREFIX_joints.npy holds). skeleton='smpl-neutral',
+    rotations='model' is the released converter's output (rot-mode inverse, spec §2.3), byte for byte;
+    floor_at_zero applies to it only. rig: 'smpl' or 'mixamo' joint names."""
+    from motionstreamer.io.rig import make_rig, prepare_motion
 
     x = _as_numpy(features, "features")
     if x.ndim != 2 or x.shape[1] != 272:
@@ -136,8 +177,11 @@ def features_to_bvh(path: str | Path, features, fps: float = 30, floor_at_zero: 
     if x.shape[0] == 0:
         raise ValueError("features has no frames")
     _check_finite(x, "features")
-    rotations, translation = recover_rotations(x)
-    return write_bvh(path, rotations, translation, fps, floor_at_zero)
+    if skeleton == "smpl-neutral" and rotations == "model" and rig == "smpl" and not clean_feet:
+        from motionstreamer.representation.features import recover_rotations   # no solve needed
+        return write_bvh(path, *recover_rotations(x), fps=fps, floor_at_zero=floor_at_zero)
+    motion = prepare_motion(x, clean_feet=clean_feet, fps=fps)
+    return write_rig_bvh(path, make_rig(motion, skeleton, rotations, rig, converter=True, floor_at_zero=floor_at_zero))
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -1,56 +1,145 @@
-"""CLI verbs for motion output: `render` (skeleton .mp4 / .gif) and `to-bvh`."""
+"""CLI verbs for motion output: `render` (.mp4 / .gif), `to-bvh`, `to-glb`, `to-smpl`; and the export
+options and writer that `generate` / `stream` share (`add_export_args`, `write_outputs`).
+
+Every output of one motion shows the same joints: `io.rig.prepare_motion` (rigid skeleton with the
+motion's bone lengths, grounded by foot contacts, optionally foot-cleaned) is computed once and each
+file is written from it.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-RENDER_HELP = """\
-Render a motion .npy as a skeleton video in the reference visualiser's style.
-INPUT is 272-dim features (frames, 272) or joint positions (frames, 22, 3) / (frames, 66).
-Features must be de-normalised; give --mean and --std if the file holds normalised features.
+MOTION_HELP = """\
+INPUT is 272-dim features (frames, 272) or joint positions (frames, 22, 3) / (frames, 66). Features
+must be de-normalised; give --mean and --std if the file holds normalised features. The motion is put
+on one rigid skeleton with its own bone lengths, grounded by its foot contacts (no foot joint below
+y = 0), and with --clean-feet its planted feet are pinned (foot-skating clean-up).
 """
+RENDER_HELP = "Render a motion .npy as a skeleton video (.mp4 or .gif).\n" + MOTION_HELP
 TO_BVH_HELP = """\
-Convert 272-dim features (frames, 272) to a BVH file (SMPL 24-joint skeleton, ZYX Euler degrees).
-Features must be de-normalised; give --mean and --std if the file holds normalised features.
-"""
+Convert a motion to BVH (24-joint SMPL hierarchy, ZYX Euler degrees; Blender: File > Import > BVH).
+Default: the motion's own skeleton with rotations solved from its joints, the same joints as the video
+and PREFIX_joints.npy. --skeleton smpl-neutral --rotations model writes the released converter's file
+(the model's rotation channels on SMPL-neutral bones; other joints, feet not on the floor).
+""" + MOTION_HELP
+TO_GLB_HELP = """\
+Convert a motion to glTF 2.0 binary (.glb): a skinned skeleton with its animation (30 fps keys) and a
+simple capsule body, for three.js, Blender, Unity, Unreal and web viewers.
+""" + MOTION_HELP
+TO_SMPL_HELP = """\
+Convert 272-dim features to SMPL parameters in the AMASS .npz layout (poses (T, 156) axis-angle in the
+SMPL+H order with zero hands, trans, betas zeros, gender neutral, mocap_framerate; Z up as AMASS) for
+the smplx library and the SMPL-X Blender add-on. Rotations: the model's rotation channels (default) or
+solved from the joints (--rotations solved, needed for joint-position input); trans grounded by the
+body's foot contacts.
+""" + MOTION_HELP
 
 
-def _add_stats_args(p: argparse.ArgumentParser) -> None:
+# ----------------------------------------------------------------------------------------- options
+def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
+    p.add_argument("--skeleton", choices=("motion", "smpl-neutral"), default="motion",
+                   help="bone lengths: the motion's own (default: the exported joints equal PREFIX_joints.npy) "
+                        "or SMPL neutral's" + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
+    p.add_argument("--rotations", choices=("solved", "model"), default="solved",
+                   help="solved from the joint positions (default) or the model's rotation channels as they are")
+    p.add_argument("--rig", choices=("smpl", "mixamo"), default="smpl",
+                   help="joint names: SMPL's (Pelvis, Left_hip, ...) or Mixamo's (mixamorig:Hips, ...: Unity "
+                        "Humanoid and Mixamo-based retargeters map them automatically)")
+
+
+def _add_motion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", metavar="MEAN.npy", help="feature Mean (272,) to de-normalise INPUT (needs --std)")
     p.add_argument("--std", metavar="STD.npy", help="feature Std (272,) to de-normalise INPUT (needs --mean)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second of INPUT (default: 30)")
+    p.add_argument("--clean-feet", action="store_true",
+                   help="foot-skating clean-up: pin planted feet to the floor (leg IK), smooth hand-over")
+
+
+def _add_render_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}size", type=int, default=480,
+                   help="picture height (and width per view) in pixels, even (default: 480)")
+    p.add_argument(f"--{prefix}views", type=int, choices=(1, 3), default=1,
+                   help="1: one following camera (default); 3: front, side and top side by side")
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    """The output options of `generate` / `stream` (files beside PREFIX)."""
+    p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
+    p.add_argument("--glb", action="store_true", help="also write PREFIX.glb (glTF 2.0, skinned skeleton + body)")
+    p.add_argument("--smpl", action="store_true", help="also write PREFIX_smpl.npz (SMPL parameters, AMASS layout)")
+    p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
+    _add_render_args(p, prefix="render-")
+    _add_rig_args(p, bvh=True)
+    p.add_argument("--clean-feet", action="store_true",
+                   help="foot-skating clean-up of the written files (offline, whole motion); with stream "
+                        "--jsonl the printed chunks are cleaned causally, chunk by chunk")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("render", help="render a motion .npy to .mp4 or .gif", description=RENDER_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
-    p.add_argument("--out", required=True, metavar="OUT.mp4|OUT.gif", help="output video; format from the suffix")
-    _add_stats_args(p)
-    p.add_argument("--title", default="", help="caption above the skeleton (wrapped at 40 characters)")
-    p.add_argument("--size", type=int, default=480,
-                   help="width = height in pixels, even (default: 480; the reference renders 960)")
+    def verb(name: str, help: str, description: str, out: str, out_help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=description,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("input", metavar="INPUT.npy", help="features (frames, 272) or joints (frames, 22, 3)")
+        p.add_argument("--out", required=True, metavar=out, help=out_help)
+        _add_motion_args(p)
+        return p
+
+    p = verb("render", "render a motion .npy to .mp4 or .gif", RENDER_HELP, "OUT.mp4|OUT.gif",
+             "output video; format from the suffix")
+    p.add_argument("--title", default="", help="caption in a band above the picture (literal text)")
+    _add_render_args(p)
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="draw every Nth frame (at fps / N, so the motion keeps its speed): smaller GIFs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
 
-    p = subparsers.add_parser("to-bvh", help="convert 272-dim features to BVH", description=TO_BVH_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT.npy", help="272-dim features (frames, 272)")
-    p.add_argument("--out", required=True, metavar="OUT.bvh", help="output BVH file")
-    _add_stats_args(p)
+    p = verb("to-bvh", "convert a motion .npy to BVH", TO_BVH_HELP, "OUT.bvh", "output BVH file")
+    _add_rig_args(p, bvh=True)
     p.add_argument("--floor-at-zero", action="store_true",
-                   help="write the root position without the rest-pelvis offset, so the floor is at y = 0 "
-                        "(the released converter adds it; its files put the floor ~0.22 m lower)")
-    p.set_defaults(func=cmd_to_bvh)
+                   help="with --skeleton smpl-neutral --rotations model: write the root position without the "
+                        "rest-pelvis offset (the released converter adds it; its files put the floor ~0.22 m lower)")
+    p.set_defaults(func=cmd_export, suffix=".bvh")
+
+    p = verb("to-glb", "convert a motion .npy to glTF binary (.glb)", TO_GLB_HELP, "OUT.glb", "output .glb file")
+    _add_rig_args(p, bvh=False)
+    p.set_defaults(func=cmd_export, suffix=".glb")
+
+    p = verb("to-smpl", "convert a motion .npy to SMPL parameters (AMASS .npz)", TO_SMPL_HELP, "OUT.npz",
+             "output .npz file")
+    p.add_argument("--rotations", choices=("model", "solved"), default="model",
+                   help="the model's rotation channels (default) or rotations solved from the joints")
+    p.set_defaults(func=cmd_export, suffix=".npz")
 
 
-def _check_common(args, suffixes: tuple[str, ...]) -> None:
+# ----------------------------------------------------------------------------------------- checks
+def check_title(title: str, flag: str = "--title") -> str:
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.render import check_title as check
+
+    try:
+        return check(title)
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}") from None
+
+
+def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
+    """--out of a file verb: the right suffix, a file name, not a folder; ~ expanded."""
     from motionstreamer.cli import CLIError
 
-    if Path(args.out).suffix.lower() not in suffixes:
-        raise CLIError(f"--out {args.out!r}: the output must end in {' or '.join(suffixes)}")
-    if Path(args.out).is_dir():
-        raise CLIError(f"--out {args.out!r} is a directory; give a file name")
+    path = Path(out).expanduser()
+    if not out or not path.name or path.name in (".", "..") or out.endswith(("/", "\\")):
+        raise CLIError(f"--out {out!r} has no file name; give e.g. out/walk{suffixes[0]}")
+    if path.suffix.lower() not in suffixes:
+        raise CLIError(f"--out {out!r}: the output must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise CLIError(f"--out {out!r} is a directory; give a file name")
+    return path
+
+
+def _check_common(args) -> None:
+    from motionstreamer.cli import CLIError
+
     if (args.mean is None) != (args.std is None):
         given, missing = ("--mean", "--std") if args.mean is not None else ("--std", "--mean")
         raise CLIError(f"{given} needs {missing} too (normalised features are de-normalised with both)")
@@ -60,6 +149,8 @@ def _check_common(args, suffixes: tuple[str, ...]) -> None:
 
 def _load(args):
     """(input array, mean, std) with file errors turned into CLI errors naming the argument."""
+    import numpy as np
+
     from motionstreamer.cli import CLIError
     from motionstreamer.io.motion_io import load_motion_array
 
@@ -76,50 +167,140 @@ def _load(args):
         if s is not None and s.shape != (272,):
             raise CLIError(f"{flag} {path}: must hold the 272 feature statistics, shape (272,), got {s.shape}")
         stats.append(s)
+    std = stats[1]
+    if std is not None and not np.all(std > 0):
+        bad = int(np.flatnonzero(~(std > 0))[0])
+        raise CLIError(f"--std {args.std}: every entry must be > 0 (features are de-normalised as x * std + "
+                       f"mean); entry {bad} is {std[bad]:g}")
     return x, *stats
+
+
+def _motion(args):
+    """io.rig.Motion of INPUT (de-normalised, grounded, cleaned if asked), CLI errors for bad input."""
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.motion_io import motion_kind, to_features
+    from motionstreamer.io.rig import prepare_motion
+
+    _check_common(args)
+    x, mean, std = _load(args)
+    name = f"INPUT {args.input}"
+    try:
+        if mean is not None:
+            if motion_kind(x, name) != "features":
+                raise ValueError(f"{name} holds joint positions; mean/std apply only to 272-dim features")
+            x = to_features(x, mean, std, name=name)
+        return prepare_motion(x, clean_feet=args.clean_feet, fps=args.fps, name=name)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------------------- writing
+def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
+               floor_at_zero: bool = False, title: str = "", size: int = 480, views: int = 1,
+               progress: bool = False) -> str:
+    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | smpl | mp4 | gif. Returns a note
+    for the log (what the file holds relative to the motion's joints)."""
+    import numpy as np
+
+    from motionstreamer.io.rig import make_rig
+
+    if kind in ("mp4", "gif"):
+        from motionstreamer.io.render import render_motion
+
+        render_motion(motion.joints, path, title=title, fps=motion.fps, progress=progress, size=size, views=views)
+        return ""
+    if kind == "smpl":
+        from motionstreamer.io.smpl import amass_params, write_amass_npz
+
+        write_amass_npz(path, amass_params(make_rig(motion, "smpl-neutral", rotations)))
+        return f"SMPL-neutral body, {rotations} rotations, grounded"
+    converter = kind == "bvh"
+    r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
+    if kind == "bvh":
+        from motionstreamer.io.bvh import write_rig_bvh
+
+        write_rig_bvh(path, r)
+    else:
+        from motionstreamer.io.gltf import write_glb
+
+        write_glb(path, r)
+    if skeleton == "motion" and rotations == "solved":
+        return "same joints as the video"
+    err = np.linalg.norm(r.joints()[:, :22] - motion.joints, axis=-1).mean() * 1000
+    return f"{skeleton} skeleton, {rotations} rotations: joints differ from the video's by {err:.0f} mm on average"
 
 
 def cmd_render(args) -> int:
     from motionstreamer.cli import CLIError
 
-    _check_common(args, (".mp4", ".gif"))
+    out = check_out_file(args.out, (".mp4", ".gif"))
+    title = check_title(args.title)
     if args.size < 64 or args.size > 4096 or args.size % 2:
         raise CLIError(f"--size must be an even number of pixels in [64, 4096], got {args.size}")
-    x, mean, std = _load(args)
-
-    from motionstreamer.io.motion_io import to_joints
-    from motionstreamer.io.render import render_motion
-
+    if args.every < 1:
+        raise CLIError(f"--every must be >= 1, got {args.every}")
+    motion = _motion(args)
     try:
-        joints = to_joints(x, mean, std, name=f"INPUT {args.input}")
-        render_motion(joints, args.out, title=args.title, fps=args.fps, progress=not args.quiet, size=args.size)
+        from motionstreamer.io.render import render_motion
+
+        render_motion(motion.joints[::args.every], out, title=title, fps=args.fps / args.every,
+                      progress=not args.quiet, size=args.size, views=args.views)
     except ValueError as e:
         raise CLIError(str(e)) from None
     except OSError as e:   # unwritable --out, ffmpeg failure
         raise CLIError(f"--out {args.out}: cannot write the video ({e})") from None
     if not args.quiet:
-        print(f"wrote {args.out} ({len(joints)} frames, {len(joints) / args.fps:.2f} s at {args.fps:g} fps)")
+        print(f"wrote {out} ({len(motion)} frames, {len(motion) / args.fps:.2f} s at {args.fps:g} fps)")
     return 0
 
 
-def cmd_to_bvh(args) -> int:
+def cmd_export(args) -> int:
     from motionstreamer.cli import CLIError
 
-    _check_common(args, (".bvh",))
-    x, mean, std = _load(args)
-
-    from motionstreamer.io.bvh import features_to_bvh
-    from motionstreamer.io.motion_io import motion_kind, to_features
-
+    out = check_out_file(args.out, (args.suffix,))
+    kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl"}[args.suffix]
+    skeleton, rig = getattr(args, "skeleton", "smpl-neutral"), getattr(args, "rig", "smpl")
+    floor = getattr(args, "floor_at_zero", False)
+    if floor and not (skeleton == "smpl-neutral" and args.rotations == "model"):
+        raise CLIError("--floor-at-zero applies to --skeleton smpl-neutral --rotations model (the released "
+                       "converter's layout); the other skeletons are already on the floor")
+    motion = _motion(args)
+    if args.rotations == "model" and motion.model_rotations is None:
+        raise CLIError(f"INPUT {args.input} holds joint positions {tuple(motion.joints.shape)}; --rotations model "
+                       "needs 272-dim features (frames, 272), whose rotation channels it exports (or use "
+                       "--rotations solved)")
     try:
-        if motion_kind(x, f"INPUT {args.input}") != "features":
-            raise CLIError(f"INPUT {args.input} holds joint positions {x.shape}; to-bvh needs 272-dim features "
-                           "(frames, 272), whose rotations the BVH channels are made of")
-        features = to_features(x, mean, std, name=f"INPUT {args.input}")
-        features_to_bvh(args.out, features, fps=args.fps, floor_at_zero=args.floor_at_zero)
+        note = write_file(kind, out, motion, skeleton, args.rotations, rig, floor_at_zero=floor)
     except ValueError as e:
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None
-    print(f"wrote {args.out} ({len(features)} frames at {args.fps:g} fps)")
+    print(f"wrote {out} ({len(motion)} frames at {args.fps:g} fps; {note})")
     return 0
+
+
+def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
+    """Files of a generated motion: PREFIX.npy (de-normalised features, as generated), PREFIX_joints.npy
+    (the joints every output shows) and the exports asked for. Returns the paths written."""
+    import numpy as np
+
+    from motionstreamer.io.rig import prepare_motion
+    from motionstreamer.utils import atomic_save_npy
+
+    title = title.encode("utf-8", "replace").decode("utf-8")   # a caption must not fail a finished generation
+    motion = prepare_motion(features, clean_feet=args.clean_feet)
+    log(f"skeleton: the motion's own bone lengths; the position channels moved {motion.fit_error_mm:.1f} mm on "
+        f"average onto it; grounded by foot contacts" + ("; feet cleaned" if args.clean_feet else ""))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(f"{prefix}.npy", features)
+    atomic_save_npy(f"{prefix}_joints.npy", motion.joints.astype(np.float32))
+    written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
+    jobs = [(k, f"{prefix}{suffix}") for k, suffix, on in (
+        ("bvh", ".bvh", args.bvh), ("glb", ".glb", args.glb), ("smpl", "_smpl.npz", args.smpl),
+        (args.render, f".{args.render}", args.render)) if on]
+    for kind, path in jobs:
+        note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
+                          args.rig, title=title, size=args.render_size, views=args.render_views,
+                          progress=not args.quiet)
+        written.append(path + (f" ({note})" if note else ""))
+    return written

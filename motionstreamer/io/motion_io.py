@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_DIM = 272
-NUM_JOINTS = 22
+from motionstreamer import FEATURE_DIM, NUM_JOINTS
+
 
 
 def _as_numpy(x, name: str) -> np.ndarray:

@@ -1,46 +1,71 @@
-"""Skeleton video (.mp4 / .gif) in the style of the reference visualiser (spec §4), on current matplotlib.
+"""Skeleton video (.mp4 / .gif): a figure on a checkerboard floor, filmed by a camera that follows it.
 
-The picture is the reference's: a 10x10 in figure (960x960 px at 96 dpi), the title wrapped at 40
-characters (16 pt), camera elev=110 azim=-90, limits x [-2, 2], y [-2, 2], z [0, 2], HumanML3D's
-kinematic chains (width 4) in red/blue/black. The clip is put on its floor (min y = 0) and every frame
-is re-centred so the pelvis stays at XZ = 0; the grey floor quad (the clip's XZ extent over all joints)
-and the blue root trajectory (past frames, drawn from frame 2 on) move underneath.
+The picture, per view:
+- a perspective camera that follows the pelvis smoothly (its floor position smoothed over ~0.4 s,
+  centred in time, so a walk stays in the middle of the frame without the camera jittering with
+  each step); the figure's height range fills about 3/4 of the picture height;
+- a checkerboard floor (0.5 m tiles, fixed in the world so that the floor visibly moves under a
+  walking figure) in a disc centred under the camera's target, fading out at its edge, with the
+  pelvis path so far drawn on it and a soft shadow under the body;
+- bones as thick round-capped lines (left side blue, right side red, spine and head dark), painted
+  far to near, and joint dots; the head a larger disc; all scaled with the frame size, so they read
+  at 480 px;
+- the title, if any, in its own band above the picture (literal text: no `$...$` math; wrapped to
+  the frame width, at most three lines).
+`views=3` films front, side (the figure's left) and top views side by side (width 3 x size).
 
-Differences from the reference, all for speed or for current matplotlib:
-- one figure for the whole clip whose artists are updated per frame (the reference builds a figure
-  per frame and cannot run on matplotlib >= 3.5); no pyplot, so no global backend switch;
-- `size` sets the dpi (size/10), so any size is the reference picture scaled; 480 by default;
-- `ax.dist = 7.5` becomes `set_box_aspect(zoom=1.28)`: 10/7.5 times the 3.4 default, which
-  matplotlib >= 3.6 already enlarges by 25/24;
-- draw order is fixed (floor, trajectory, bones) instead of depth-sorted, so the floor never
-  covers the legs (the camera is above the floor, so bones are always in front of it);
-- frames stream into ffmpeg (H.264 yuv420p for .mp4; per-frame palettes for .gif) instead of being
-  collected and written at the end; the output file appears atomically when complete.
+The floor is y = 0: pass grounded joints (io.rig.prepare_motion does; `render_motion` does not move
+the motion). Frames stream into ffmpeg (H.264 yuv420p for .mp4; per-frame palettes for .gif); the
+output file appears atomically when complete.
 """
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from motionstreamer.representation.skeleton import CHAIN_COLORS, KINEMATIC_CHAIN
+from motionstreamer import FPS
+from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS
 
-REFERENCE_SIZE = 960      # the reference's 10 in x 96 dpi
 DEFAULT_SIZE = 480
-FIGURE_INCHES = 10.0
-LIMITS = ((-2.0, 2.0), (-2.0, 2.0), (0.0, 2.0))   # x, y (height), z
-ZOOM = 10.0 / 7.5 * 24.0 / 25.0
-FLOOR_RGBA = (0.5, 0.5, 0.5, 0.5)
 VIDEO_FORMATS = (".mp4", ".gif")
+TILE = 0.5                    # m, checkerboard tile
+BACKGROUND = (0.97, 0.97, 0.98)
+TILE_SHADES = (0.90, 0.80)
+LEFT, RIGHT, CENTRE = (0.16, 0.38, 0.85), (0.86, 0.22, 0.22), (0.22, 0.22, 0.26)
+PATH_COLOUR = (0.30, 0.45, 0.75)
+LEFT_JOINTS = {1, 4, 7, 10, 13, 16, 18, 20}
+RIGHT_JOINTS = {2, 5, 8, 11, 14, 17, 19, 21}
+HEAD = 15
+FOLLOW_SECONDS = 0.4          # camera smoothing (Gaussian sigma of the followed floor position)
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    azimuth: float            # degrees about +Y from +Z (0: in front of a figure facing +Z; 90: its left)
+    elevation: float          # degrees above the floor
+    distance: float           # m from the target
+    floor_radius: float       # m of checkerboard around the target
+    span: float = 1.36        # picture heights ([-1, 1] = 2) per figure height: 1.36 -> the figure fills ~3/4
+
+
+VIEWS = {
+    1: (View("", 35.0, 15.0, 4.6, 4.0),),
+    3: (View("front", 0.0, 8.0, 4.6, 4.0, 1.55), View("side", 90.0, 8.0, 4.6, 4.0, 1.55),
+        View("top", 0.0, 90.0, 4.5, 2.0)),
+}
 
 # ffmpeg settings per output kind: (codec, output pixel format, extra output arguments).
 _FFMPEG = {
     ".mp4": ("libx264", "yuv420p", ["-preset", "veryfast", "-movflags", "+faststart"]),
-    # one palette per frame, generated and applied inside ffmpeg, so memory stays bounded
+    # one palette per frame, generated and applied inside ffmpeg, so memory stays bounded; 64 colours
+    # hold the picture (flat colours, anti-aliased edges) and make files ~25% smaller than 256
     ".gif": ("gif", "pal8", ["-filter_complex",
-                             "split[a][b];[a]palettegen=stats_mode=single:reserve_transparent=0[p];"
+                             "split[a][b];[a]palettegen=stats_mode=single:max_colors=64:reserve_transparent=0[p];"
                              "[b][p]paletteuse=new=1:dither=none",
                              "-loop", "0"]),
 }
@@ -51,8 +76,8 @@ def check_joints(joints, name: str = "joints") -> np.ndarray:
     if hasattr(joints, "detach"):
         joints = joints.detach().cpu().numpy()
     j = np.asarray(joints)
-    if j.ndim != 3 or j.shape[1:] != (22, 3):
-        raise ValueError(f"{name} must have shape (frames, 22, 3), got {j.shape}")
+    if j.ndim != 3 or j.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"{name} must have shape (frames, {NUM_JOINTS}, 3), got {j.shape}")
     if j.shape[0] == 0:
         raise ValueError(f"{name} has no frames")
     if not np.issubdtype(j.dtype, np.number):
@@ -70,67 +95,196 @@ def check_size(size) -> int:
     return int(size)
 
 
-def _draw_frames(joints: np.ndarray, title: str, size: int, progress: bool) -> Iterator[np.ndarray]:
-    """Yield the canvas's RGBA buffer (size, size, 4) per frame: a view, valid until the next one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
-    from tqdm import tqdm
-
-    j = joints.copy()
-    mins, maxs = j.min(axis=(0, 1)), j.max(axis=(0, 1))        # floor extent: all joints, all frames
-    j[..., 1] -= mins[1]                                         # floor at y = 0
-    traj = j[:, 0, [0, 2]].copy()                                # root XZ before re-centring
-    j[..., 0] -= traj[:, None, 0]
-    j[..., 2] -= traj[:, None, 1]
-
-    fig = Figure(figsize=(FIGURE_INCHES, FIGURE_INCHES), dpi=size / FIGURE_INCHES)
-    canvas = FigureCanvasAgg(fig)
-    if title:
-        fig.suptitle("\n".join(textwrap.wrap(title, 40)), fontsize=16)
-    ax = fig.add_axes((0, 0, 1, 1), projection="3d", computed_zorder=False)
-    ax.set_xlim(*LIMITS[0])
-    ax.set_ylim(*LIMITS[1])
-    ax.set_zlim(*LIMITS[2])
-    ax.view_init(elev=110, azim=-90)
-    ax.set_box_aspect(None, zoom=ZOOM)
-    ax.grid(False)
-    ax.set_axis_off()
-    floor = Poly3DCollection([np.zeros((4, 3))], facecolors=FLOOR_RGBA, edgecolors="none", zorder=1)
-    ax.add_collection3d(floor)
-    (trajectory,) = ax.plot([], [], [], color="blue", linewidth=1.0, zorder=2)
-    bones = [ax.plot([], [], [], color=color, linewidth=4.0, zorder=3)[0] for color in CHAIN_COLORS]
-    chains = [list(chain) for chain in KINEMATIC_CHAIN]
-
-    for t in tqdm(range(len(j)), desc="render", unit="frame", disable=not progress, leave=False):
-        cx, cz = traj[t]
-        x0, x1, z0, z1 = mins[0] - cx, maxs[0] - cx, mins[2] - cz, maxs[2] - cz
-        floor.set_verts([[(x0, 0.0, z0), (x0, 0.0, z1), (x1, 0.0, z1), (x1, 0.0, z0)]])
-        trajectory.set_visible(t > 1)
-        if t > 1:
-            past = traj[:t] - traj[t]
-            trajectory.set_data_3d(past[:, 0], np.zeros(t), past[:, 1])
-        for line, chain in zip(bones, chains):
-            pts = j[t, chain]
-            line.set_data_3d(pts[:, 0], pts[:, 1], pts[:, 2])
-        canvas.draw()
-        yield np.asarray(canvas.buffer_rgba())   # (size, size, 4): exact for every even size
+def check_views(views) -> int:
+    if isinstance(views, bool) or views not in VIEWS:
+        raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views!r}")
+    return int(views)
 
 
-def render_frames(joints, title: str = "", size: int = DEFAULT_SIZE, progress: bool = False
-                  ) -> Iterator[np.ndarray]:
-    """Yield one RGB frame (size, size, 3) uint8 per frame of joints (T, 22, 3); each a fresh array."""
-    for rgba in _draw_frames(check_joints(joints), str(title), check_size(size), progress):
+def check_title(title) -> str:
+    """Any text; ValueError for strings that are not valid Unicode (bytes that did not decode as UTF-8
+    reach Python as lone surrogates) or absurdly long ones."""
+    title = str(title)
+    try:
+        title.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("title is not valid UTF-8 text (it holds bytes that do not decode)") from None
+    if len(title) > 1000:
+        raise ValueError(f"title is too long ({len(title)} characters, at most 1000)")
+    return title
+
+
+def follow_targets(joints: np.ndarray, fps: float) -> np.ndarray:
+    """(T, 3) camera targets: the pelvis floor position smoothed over FOLLOW_SECONDS (centred), at
+    the height of the middle of the figure's usual vertical extent."""
+    from scipy.ndimage import gaussian_filter1d
+
+    xz = gaussian_filter1d(joints[:, 0, [0, 2]], sigma=max(FOLLOW_SECONDS * fps, 1e-3), axis=0, mode="nearest")
+    top = float(np.percentile(joints[..., 1].max(axis=1), 95))
+    return np.stack([xz[:, 0], np.full(len(xz), max(top, 0.5) / 2), xz[:, 1]], axis=1)
+
+
+class _Camera:
+    def __init__(self, view: View, height: float):
+        az, el = np.deg2rad(view.azimuth), np.deg2rad(view.elevation)
+        self.back = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
+        forward = -self.back
+        hint = np.array([0.0, 0.0, 1.0]) if view.elevation > 89 else np.array([0.0, 1.0, 0.0])
+        self.right = np.cross(forward, hint)
+        self.right /= np.linalg.norm(self.right)
+        self.up = np.cross(self.right, forward)
+        self.forward = forward
+        self.distance = view.distance
+        # the figure's vertical extent (plus margins) spans the picture's height [-1, 1]; from above,
+        # the picture spans 3 m of floor
+        self.focal = 2 * view.distance / (view.span * max(height, 1.0)) if view.elevation < 89 else view.distance / 1.5
+
+    def project(self, points: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., 3) world points -> (..., 2) picture coordinates (y up, [-1, 1] vertically), depth (m)."""
+        d = points - (target + self.distance * self.back)
+        depth = d @ self.forward
+        safe = np.maximum(depth, 1e-3)
+        xy = np.stack([d @ self.right, d @ self.up], axis=-1) * (self.focal / safe)[..., None]
+        return xy, depth
+
+
+def _floor_tiles(target: np.ndarray, radius: float):
+    """Tile corners (n, 4, 3) within `radius` of the target, their shade index and fade (0..1)."""
+    n = int(np.ceil(radius / TILE)) + 1
+    ix = np.floor(target[0] / TILE) + np.arange(-n, n + 1)
+    iz = np.floor(target[2] / TILE) + np.arange(-n, n + 1)
+    gx, gz = np.meshgrid(ix, iz, indexing="ij")
+    gx, gz = gx.ravel(), gz.ravel()
+    dist = np.hypot((gx + 0.5) * TILE - target[0], (gz + 0.5) * TILE - target[2])
+    keep = dist < radius
+    gx, gz, dist = gx[keep], gz[keep], dist[keep]
+    corners = np.stack([np.stack([gx + a, np.zeros_like(gx), gz + b], -1) * TILE
+                        for a, b in ((0, 0), (1, 0), (1, 1), (0, 1))], axis=1)
+    fade = np.clip((radius - dist) / (0.35 * radius), 0.0, 1.0)
+    return corners, ((gx + gz) % 2).astype(int), fade
+
+
+def _bone_colour(child: int):
+    return LEFT if child in LEFT_JOINTS else RIGHT if child in RIGHT_JOINTS else CENTRE
+
+
+class SkeletonRenderer:
+    """Draws frames of joints (T, 22, 3) (grounded, Y up, metres). `frames()` yields RGBA buffers."""
+
+    def __init__(self, joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = FPS):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.collections import LineCollection, PolyCollection
+        from matplotlib.figure import Figure
+
+        self.joints = check_joints(joints)
+        self.size, self.views = check_size(size), VIEWS[check_views(views)]
+        self.title_text = check_title(title)
+        self.width, self.height = self.size * len(self.views), self.size
+        self.dpi = 100.0
+        self.fig = Figure(figsize=(self.width / self.dpi, self.height / self.dpi), dpi=self.dpi,
+                          facecolor=BACKGROUND)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.px = self.size / 480.0                        # scale of strokes and text
+        pt = 72.0 / self.dpi                               # points per pixel
+        self.title = None
+        band = 0.0
+        if self.title_text.strip():
+            font_px = 20 * self.px
+            chars = max(10, int(self.width / (0.55 * font_px)))
+            lines = textwrap.wrap(self.title_text, chars, max_lines=3, placeholder=" ...") or [self.title_text[:chars]]
+            band = (len(lines) * 1.35 + 0.9) * font_px / self.height
+            self.title = self.fig.text(0.5, 1 - band / 2, "\n".join(lines), ha="center", va="center",
+                                       fontsize=font_px * pt, color=(0.1, 0.1, 0.12), parse_math=False,
+                                       linespacing=1.2)
+        self.band = band
+        self.targets = follow_targets(self.joints, fps)
+        extent = float(np.percentile(self.joints[..., 1].max(axis=1), 95))
+        self.panels = []
+        for i, view in enumerate(self.views):
+            ax = self.fig.add_axes((i / len(self.views), 0.0, 1 / len(self.views), 1 - band))
+            aspect = (self.width / len(self.views)) / (self.height * (1 - band))
+            ax.set_xlim(-aspect, aspect)
+            ax.set_ylim(-1, 1)
+            ax.set_axis_off()
+            ax.set_facecolor(BACKGROUND)
+            cam = _Camera(view, extent)
+            floor = PolyCollection([], edgecolors="none", zorder=1)
+            path = LineCollection([], colors=[PATH_COLOUR], linewidths=2.2 * self.px * pt, alpha=0.85, zorder=2,
+                                  capstyle="round")
+            shadow = PolyCollection([], facecolors=[(0, 0, 0, 0.12)], edgecolors="none", zorder=3)
+            bones = LineCollection([], linewidths=9 * self.px * pt, capstyle="round", zorder=4)
+            head = PolyCollection([], zorder=6, edgecolors="white", linewidths=1.5 * self.px * pt)
+            for artist in (floor, path, shadow, bones, head):
+                ax.add_collection(artist)
+            dots = ax.scatter(np.zeros(NUM_JOINTS - 1), np.zeros(NUM_JOINTS - 1), zorder=5,
+                              s=(12 * self.px * pt) ** 2, linewidths=1.0 * self.px * pt, edgecolors="white")
+            if view.name:
+                ax.text(0.04, 0.95, view.name, transform=ax.transAxes, fontsize=14 * self.px * pt,
+                        color=(0.35, 0.35, 0.4), va="top", parse_math=False)
+            self.panels.append(dict(view=view, cam=cam, aspect=aspect, floor=floor, path=path, shadow=shadow,
+                                    bones=bones, dots=dots, head=head))
+
+    def _draw_panel(self, p: dict, t: int) -> None:
+        cam, view, target = p["cam"], p["view"], self.targets[t]
+        j = self.joints[t]
+        # floor
+        corners, shade, fade = _floor_tiles(target, view.floor_radius)
+        xy, depth = cam.project(corners, target)
+        ok = (depth > 0.2).all(axis=1)
+        base = np.array(BACKGROUND)
+        tone = np.array(TILE_SHADES)[shade[ok]][:, None] * np.ones(3)
+        colour = base + (tone - base) * fade[ok][:, None]
+        p["floor"].set_verts(list(xy[ok]))
+        p["floor"].set_facecolor(colour)
+        # path so far
+        trail = np.concatenate([self.joints[:t + 1, 0, [0]], np.full((t + 1, 1), 0.004), self.joints[:t + 1, 0, [2]]], 1)
+        near = np.hypot(trail[:, 0] - target[0], trail[:, 2] - target[2]) < view.floor_radius
+        txy, tdepth = cam.project(trail, target)
+        seg_ok = near[1:] & near[:-1] & (tdepth[1:] > 0.2) & (tdepth[:-1] > 0.2)
+        p["path"].set_segments(list(np.stack([txy[:-1], txy[1:]], 1)[seg_ok]))
+        # shadow
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        ring = np.stack([j[0, 0] + 0.28 * np.cos(ang), np.full_like(ang, 0.002), j[0, 2] + 0.22 * np.sin(ang)], 1)
+        sxy, sdepth = cam.project(ring, target)
+        p["shadow"].set_verts([sxy] if (sdepth > 0.2).all() else [])
+        # bones, far to near
+        pts, pdepth = cam.project(j, target)
+        children = np.arange(1, NUM_JOINTS)
+        order = children[np.argsort(-(pdepth[children] + pdepth[list(PARENTS[1:])]))]
+        p["bones"].set_segments([pts[[PARENTS[c], c]] for c in order])
+        p["bones"].set_color([_bone_colour(c) for c in order])
+        body = [k for k in np.argsort(-pdepth) if k != HEAD]
+        p["dots"].set_offsets(pts[body])
+        p["dots"].set_facecolor([_bone_colour(k) if k else CENTRE for k in body])
+        r = 0.1 * cam.focal / max(pdepth[HEAD], 0.2)
+        p["head"].set_verts([pts[HEAD] + r * np.stack([np.cos(ang), np.sin(ang)], 1)])
+        p["head"].set_facecolor([CENTRE])
+
+    def frames(self, progress: bool = False) -> Iterator[np.ndarray]:
+        """Yield the canvas's RGBA buffer (height, width, 4) per frame: a view, valid until the next one."""
+        from tqdm import tqdm
+
+        for t in tqdm(range(len(self.joints)), desc="render", unit="frame", disable=not progress, leave=False):
+            for p in self.panels:
+                self._draw_panel(p, t)
+            self.canvas.draw()
+            yield np.asarray(self.canvas.buffer_rgba())
+
+
+def render_frames(joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = FPS,
+                  progress: bool = False) -> Iterator[np.ndarray]:
+    """Yield one RGB frame (size, size * views, 3) uint8 per frame of joints (T, 22, 3); each a fresh array."""
+    for rgba in SkeletonRenderer(joints, title, size, views, fps).frames(progress):
         yield np.ascontiguousarray(rgba[..., :3])
 
 
-def render_motion(joints, out_path: str | Path, title: str = "", fps: float = 30, progress: bool = True,
-                  size: int = DEFAULT_SIZE) -> Path:
-    """Render joints (T, 22, 3) (Y-up metres) to `out_path` (.mp4 or .gif) at `fps`; returns the path.
+def render_motion(joints, out_path: str | Path, title: str = "", fps: float = FPS, progress: bool = True,
+                  size: int = DEFAULT_SIZE, views: int = 1) -> Path:
+    """Render joints (T, 22, 3) (Y-up metres, floor at y = 0) to `out_path` (.mp4 or .gif) at `fps`.
 
-    size: output width = height in pixels (even; REFERENCE_SIZE = 960 is the reference's). The file
-    is written to a temporary name and renamed when complete.
-    """
+    size: picture height and width per view in pixels (even); views: 1, or 3 (front, side, top side by
+    side). The file is written to a locked temporary name and renamed when complete; temporaries left
+    by a killed render of the same file are removed first."""
     import imageio_ffmpeg
 
     from motionstreamer.utils import atomic_path
@@ -142,17 +296,16 @@ def render_motion(joints, out_path: str | Path, title: str = "", fps: float = 30
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
             or not np.isfinite(fps) or not 0 < fps <= 1000:
         raise ValueError(f"fps must be a positive number (at most 1000), got {fps!r}")
-    joints = check_joints(joints)
-    size = check_size(size)
+    renderer = SkeletonRenderer(joints, title, size, views, fps)
     codec, pix_fmt, extra = _FFMPEG[ext]
     with atomic_path(out_path) as tmp:
         writer = imageio_ffmpeg.write_frames(
-            str(tmp), (size, size), pix_fmt_in="rgba", pix_fmt_out=pix_fmt, fps=float(fps), codec=codec,
-            quality=5 if ext == ".mp4" else None, macro_block_size=1, ffmpeg_log_level="error",
+            str(tmp), (renderer.width, renderer.height), pix_fmt_in="rgba", pix_fmt_out=pix_fmt, fps=float(fps),
+            codec=codec, quality=5 if ext == ".mp4" else None, macro_block_size=1, ffmpeg_log_level="error",
             output_params=["-f", ext[1:]] + extra)
         writer.send(None)   # start ffmpeg
         try:
-            for rgba in _draw_frames(joints, str(title), size, progress):
+            for rgba in renderer.frames(progress):
                 writer.send(rgba)   # ffmpeg drops alpha in its own process
         finally:
             writer.close()

@@ -5,12 +5,9 @@ COMPONENTS = ["tae", "tae_babel", "t2m", "evaluator", "stats"]   # = checkpoints
 
 
 def register(subparsers) -> None:
-    c = subparsers.add_parser(
-        "convert-checkpoint", help="official .pth files -> a safetensors model bundle",
-        description="Convert the released MotionStreamer files (Causal_TAE/net_last.pth, "
-                    "Experiments/t2m_model/latest.pth, humanml3d_272/mean_std/{Mean,Std}.npy, "
-                    "reference_end_latent_t2m_272.npy) into a model bundle directory. Every tensor is "
-                    "checked against the official model configuration.")
+    from motionstreamer.cli import add_verb
+
+    c = add_verb(subparsers, "convert-checkpoint", cmd_convert, "official .pth files -> a safetensors model bundle")
     c.add_argument("src", help="folder holding the released files (the hub layout, as `motionstreamer download` "
                                "writes it); the options below name files elsewhere")
     c.add_argument("dst", help="output bundle directory")
@@ -23,17 +20,12 @@ def register(subparsers) -> None:
                    help="without an end latent file, use the TAE's mean encoding of an all-zero pose")
     c.add_argument("--tae-config", metavar="JSON", help="TAE config (a JSON file) for non-official trainings")
     c.add_argument("--t2m-config", metavar="JSON", help="text-to-motion config (a JSON file) for non-official trainings")
-    c.set_defaults(func=cmd_convert)
 
-    d = subparsers.add_parser("download", help="download the official checkpoints from the Hugging Face Hub",
-                              description="Fetch the released files (hub lxxiao/MotionStreamer; Mean/Std from "
-                                          "the lxxiao/272-dim-HumanML3D dataset) into a folder that "
-                                          "`motionstreamer convert-checkpoint` reads.")
+    d = add_verb(subparsers, "download", cmd_download, "download the official checkpoints from the Hugging Face Hub")
     d.add_argument("--dest", default="official", help="download folder (default: ./official)")
     d.add_argument("--components", nargs="+", default=["tae", "t2m", "evaluator", "stats"], choices=COMPONENTS,
                    help="what to fetch (default: tae t2m evaluator stats)")
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub (default 10)")
-    d.set_defaults(func=cmd_download)
 
 
 def _read_config(path: str | None, cls, flag: str):
@@ -56,6 +48,10 @@ def _read_config(path: str | None, cls, flag: str):
 
 
 def cmd_convert(args) -> int:
+    """Convert the released MotionStreamer files (Causal_TAE/net_last.pth,
+    Experiments/t2m_model/latest.pth, humanml3d_272/mean_std/{Mean,Std}.npy,
+    reference_end_latent_t2m_272.npy) into a model bundle directory. Every tensor is checked against
+    the official model configuration."""
     from motionstreamer.checkpoints import CheckpointError, convert_official
     from motionstreamer.cli import CLIError
     from motionstreamer.models.tae import TAEConfig
@@ -75,6 +71,8 @@ def cmd_convert(args) -> int:
 
 
 def cmd_download(args) -> int:
+    """Fetch the released files (hub lxxiao/MotionStreamer; Mean/Std from the lxxiao/272-dim-HumanML3D
+    dataset) into a folder that `motionstreamer convert-checkpoint` reads."""
     from motionstreamer.checkpoints import download_official
     from motionstreamer.cli import CLIError
 

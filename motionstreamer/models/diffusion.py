@@ -10,19 +10,28 @@ Fast path used by the runtime: the AdaLN modulations depend only on (timestep, c
 `modulations()` computes them for every sampling step with one batched matmul per block, and the
 sequential loop then runs only the per-step MLPs (`forward_with_modulations`). The plain
 `forward()` is the reference.
+
+Sampling has one definition: `GaussianDiffusion.step_coefficients` (the DDPM / DDIM update as an
+(S, 6) table), `denoise_step` (one update) and `sample_loop` (guidance + the steps S-1..0). The
+PyTorch sampler, the fused Triton loop (motionstreamer.kernels), its reference and the ONNX head
+graphs all run from them. `SamplerSettings` is how a latent is sampled (steps, sampler, guidance,
+temperature); whether guidance runs, and so how many condition rows a stream needs, is decided
+there and nowhere else.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motionstreamer.config import ConfigDict, check_positive_ints
+
 SCHEDULES = ("cosine", "linear")
-METHODS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim")
 # sampling: "auto" = "triton" (the fused loop, motionstreamer.kernels) on CUDA when the kernels run there, else
 # "torch"; "torch" = the PyTorch loop below; "triton" = the fused loop wherever the kernels run (CPU
 # under the Triton interpreter too), else "torch"
@@ -30,7 +39,7 @@ HEAD_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
-class DiffusionHeadConfig:
+class DiffusionHeadConfig(ConfigDict):
     latent_dim: int = 16
     width: int = 1792
     depth: int = 9
@@ -39,23 +48,47 @@ class DiffusionHeadConfig:
     schedule: str = "cosine"
 
     def __post_init__(self):
-        for name in ("latent_dim", "width", "depth", "cond_dim", "num_train_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"DiffusionHeadConfig.{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("latent_dim", "width", "depth", "cond_dim", "num_train_steps"))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"DiffusionHeadConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionHeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DiffusionHeadConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How the head samples one latent. Frozen and hashable: a CUDA graph of the sampling loop is
+    captured per settings (runtime/cuda_graph.py), an ONNX head graph exported per (sampler, steps).
+
+    sampling_steps: respaced steps (1..num_train_steps; the original: 50). sampler: "ddpm" (ancestral,
+    the original) or "ddim" (eta-scaled noise; eta 0 is deterministic given x_T). cfg_scale:
+    classifier-free guidance, eps = eps_u + cfg_scale (eps_c - eps_u); 1 turns guidance off.
+    temperature scales the step noise. skip_terminal_step: start one step after the degenerate
+    terminal step (DiffLoss.sampling_process)."""
+    sampling_steps: int = 50
+    sampler: str = "ddpm"
+    cfg_scale: float = 4.0
+    temperature: float = 1.0
+    skip_terminal_step: bool = False
+    eta: float = 0.0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if isinstance(self.sampling_steps, bool) or not isinstance(self.sampling_steps, int) or self.sampling_steps < 1:
+            raise ValueError(f"sampling_steps must be an int >= 1, got {self.sampling_steps!r}")
+        for name, low in (("cfg_scale", -math.inf), ("temperature", 0.0), ("eta", 0.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v < math.inf:
+                raise ValueError(f"{name} must be a finite number{'' if low == -math.inf else f' >= {low:g}'}, got {v!r}")
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs (cfg_scale != 1): the one place this is decided."""
+        return self.cfg_scale != 1.0
+
+    @property
+    def condition_rows(self) -> int:
+        """Condition rows per stream, hence KV-cache rows: [cond; uncond] when guided, else [cond]."""
+        return 2 if self.guided else 1
 
 
 # ----------------------------------------------------------------------------- the network
@@ -277,6 +310,67 @@ class GaussianDiffusion:
         """Mean of q(x_{t-1} | x_t, x_0)."""
         return self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
 
+    def step_coefficients(self, sampler: str = "ddpm", eta: float = 0.0) -> np.ndarray:
+        """The sampling update as a table (S, 6), float64; row i is respaced step i (the loop runs
+        S-1..0): x0 = c0 x - c1 eps;  x' = c2 x0 + c3 x + c4 eps + c5 temperature noise.
+
+        ddpm (ancestral, as the original): the posterior mean, plus its standard deviation at every
+        step but the last. ddim: x0 sqrt(a_prev) + sqrt(1 - a_prev - sigma^2) eps, sigma =
+        eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev)), noise only when eta > 0."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        c = np.zeros((self.num_timesteps, 6), dtype=np.float64)
+        c[:, 0] = self.sqrt_recip_alphas_cumprod
+        c[:, 1] = self.sqrt_recipm1_alphas_cumprod
+        if sampler == "ddpm":
+            c[:, 2] = self.posterior_mean_coef1
+            c[:, 3] = self.posterior_mean_coef2
+            c[1:, 5] = np.exp(0.5 * self.posterior_log_variance_clipped[1:])    # no noise at t=0
+            return c
+        for i in range(self.num_timesteps):
+            a_bar, a_prev = float(self.alphas_cumprod[i]), float(self.alphas_cumprod_prev[i])
+            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
+            c[i, 2] = math.sqrt(a_prev)
+            c[i, 4] = math.sqrt(max(1 - a_prev - sigma ** 2, 0.0))
+            if i > 0 and eta > 0:
+                c[i, 5] = sigma
+        return c
+
+
+def denoise_step(x: torch.Tensor, eps: torch.Tensor, c, noise: torch.Tensor | None = None,
+                 temperature=1.0) -> torch.Tensor:
+    """One sampling update with a row `c` of step_coefficients (terms with a zero coefficient are
+    skipped, so DDPM and DDIM run exactly their own arithmetic). temperature may be a tensor (ONNX)."""
+    x0 = float(c[0]) * x - float(c[1]) * eps
+    out = float(c[2]) * x0
+    if c[3] != 0:
+        out = out + float(c[3]) * x
+    if c[4] != 0:
+        out = out + float(c[4]) * eps
+    if c[5] != 0:
+        out = out + float(c[5]) * noise * temperature
+    return out
+
+
+def guide(eps: torch.Tensor, cfg_scale) -> torch.Tensor:
+    """Classifier-free guidance on eps of rows [cond; uncond]: eps_u + cfg_scale (eps_c - eps_u)."""
+    e_c, e_u = eps.chunk(2)
+    return e_u + cfg_scale * (e_c - e_u)
+
+
+def sample_loop(eps_at, x: torch.Tensor, coefs: np.ndarray, step_noise: torch.Tensor | None,
+                cfg_scale=None, temperature=1.0) -> torch.Tensor:
+    """The sampling loop over steps S-1..0 from x = x_T (B, latent). eps_at(rows, i) is the head's eps
+    at respaced step i; with cfg_scale (a float, or a tensor in the ONNX graphs) the rows are
+    [x; x] for conditions [cond; uncond] (both halves share x and the noise) and eps is guided.
+    step_noise (>= S, B, latent): index i is used at step i (None when coefs add no noise)."""
+    for i in reversed(range(coefs.shape[0])):
+        eps = eps_at(torch.cat([x, x]) if cfg_scale is not None else x, i)
+        if cfg_scale is not None:
+            eps = guide(eps, cfg_scale)
+        x = denoise_step(x, eps, coefs[i], None if step_noise is None else step_noise[i], temperature)
+    return x
+
 
 def draw_sampling_noise(generator: torch.Generator | None, batch: int, steps: int, dim: int,
                         device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,54 +395,55 @@ class DiffLoss(nn.Module):
         self.train_diffusion = GaussianDiffusion(self.base_betas)
         self._sampling = {}
         self._timesteps = {}
-        self.backend = "auto"   # a runtime choice (HEAD_BACKENDS), not part of the checkpoint
+        self.head_backend = "auto"   # a runtime choice (HEAD_BACKENDS), not part of the checkpoint
 
-    def set_backend(self, backend: str) -> None:
+    def set_head_backend(self, backend: str) -> None:
         if backend not in HEAD_BACKENDS:
             raise ValueError(f"head backend must be one of {HEAD_BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.head_backend = backend
 
-    def _fused_sampler(self, cond: torch.Tensor, cfg):
+    def _fused_sampler(self, cond: torch.Tensor):
         """motionstreamer.kernels.integration when this call should run the fused loop, else None."""
         device = cond.device
-        if self.backend == "torch" or (self.backend == "auto" and device.type != "cuda"):
+        if self.head_backend == "torch" or (self.head_backend == "auto" and device.type != "cuda"):
             return None
         if cond.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return None
-        if not isinstance(cfg, (int, float)) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return None   # a tensor cfg means ONNX export: trace the PyTorch loop
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return None   # the kernels cannot be traced
         try:
             from motionstreamer.kernels import integration
         except ImportError:
             return None
         return integration if integration.available(device) else None
 
-    def sampling_process(self, steps: int, skip_terminal: bool = False) -> GaussianDiffusion:
-        """The respaced process for `steps` sampling steps (the original's respacing).
+    def sampling_process(self, sampling_steps: int, skip_terminal_step: bool = False) -> GaussianDiffusion:
+        """The respaced process for `sampling_steps` steps (the original's respacing).
 
-        skip_terminal drops the last training timestep from the spacing. With the cosine schedule's
+        skip_terminal_step drops the last training timestep from the spacing. With the cosine schedule's
         beta clipped at 0.999, alpha_bar at that step is ~1e-6, so the first sampling step divides
         the eps error by ~1e-3; a well-trained model (the released one) predicts eps there precisely
         enough, a briefly trained one does not, and its samples drift off the data. Starting from
         pure noise one step later (alpha_bar ~4e-3) avoids that. Off by default (exact original).
         """
-        key = (steps, skip_terminal)
+        steps = sampling_steps
+        key = (steps, skip_terminal_step)
         if key not in self._sampling:
-            n = self.config.num_train_steps - (1 if skip_terminal else 0)
+            n = self.config.num_train_steps - (1 if skip_terminal_step else 0)
             if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.config.num_train_steps:
                 raise ValueError(f"sampling steps must be an int in [1, {self.config.num_train_steps}], got {steps!r}")
             if n < 1:
-                raise ValueError("skip_terminal needs at least 2 training steps")
-            steps_n = min(steps, n)   # skip_terminal: "all steps" means the n remaining timesteps
+                raise ValueError("skip_terminal_step needs at least 2 training steps")
+            steps_n = min(steps, n)   # skip_terminal_step: "all steps" means the n remaining timesteps
             self._sampling[key] = GaussianDiffusion(self.base_betas[:n], space_timesteps(n, str(steps_n)))
         return self._sampling[key]
 
-    def model_timesteps(self, steps: int, device, skip_terminal: bool = False) -> torch.Tensor:
+    def model_timesteps(self, sampling_steps: int, device, skip_terminal_step: bool = False) -> torch.Tensor:
         """The model-input timesteps of a respaced process, cached per device (no host copy in the
         sampling loop, which CUDA-graph capture forbids)."""
-        key = (steps, skip_terminal, str(device))
+        key = (sampling_steps, skip_terminal_step, str(device))
         if key not in self._timesteps:
-            proc = self.sampling_process(steps, skip_terminal)
+            proc = self.sampling_process(sampling_steps, skip_terminal_step)
             self._timesteps[key] = torch.as_tensor(proc.timestep_map, device=device)
         return self._timesteps[key]
 
@@ -360,13 +455,13 @@ class DiffLoss(nn.Module):
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None,
              noise: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
-             batch_mul: int = 1) -> torch.Tensor:
+             diffmlps_batch_mul: int = 1) -> torch.Tensor:
         """Epsilon MSE at random timesteps, as the original's training_losses + masked mean.
 
-        target (N, latent), cond (N, cond_dim). batch_mul repeats the rows (tiled, like the original's
-        `.repeat(diffmlps_batch_mul, 1)`) so each token is trained at batch_mul timesteps; the default 1
-        is for callers that repeat themselves (the t2m objective). t (batch_mul*N,) and noise
-        (batch_mul*N, latent) may be given explicitly (reproducible/DDP-splittable batches).
+        target (N, latent), cond (N, cond_dim). diffmlps_batch_mul repeats the rows (tiled, like the original's
+        `.repeat(diffmlps_batch_mul, 1)`) so each token is trained at that many timesteps; the default 1
+        is for callers that repeat themselves (the t2m objective). t (diffmlps_batch_mul*N,) and noise
+        (diffmlps_batch_mul*N, latent) may be given explicitly (reproducible/DDP-splittable batches).
         mask (N,), bool: only rows where it is True count (they are selected before the network, as
         the original's trainer does, so padded rows cannot leak NaNs into the gradients); float:
         weights, loss = sum(row_mse * mask) / sum(mask). row_mse is the mean over latent dims. With
@@ -375,18 +470,19 @@ class DiffLoss(nn.Module):
         d = self.train_diffusion
         self._check_rows("target", target, self.config.latent_dim)
         self._check_rows("cond", cond, self.config.cond_dim, target.shape[0])
-        if isinstance(batch_mul, bool) or not isinstance(batch_mul, int) or batch_mul < 1:
-            raise ValueError(f"batch_mul must be a positive int, got {batch_mul!r}")
+        mul = diffmlps_batch_mul
+        if isinstance(mul, bool) or not isinstance(mul, int) or mul < 1:
+            raise ValueError(f"diffmlps_batch_mul must be a positive int, got {mul!r}")
         if mask is not None and tuple(mask.shape) != (target.shape[0],):
             raise ValueError(f"mask must have shape ({target.shape[0]},), got {tuple(mask.shape)}")
-        if batch_mul > 1:
-            target, cond = target.repeat(batch_mul, 1), cond.repeat(batch_mul, 1)
-            mask = mask.repeat(batch_mul) if mask is not None else None
+        if mul > 1:
+            target, cond = target.repeat(mul, 1), cond.repeat(mul, 1)
+            mask = mask.repeat(mul) if mask is not None else None
         n = target.shape[0]
         if t is None:
             t = torch.randint(0, d.num_timesteps, (n,), device=target.device)
         elif tuple(t.shape) != (n,):
-            raise ValueError(f"t must have shape ({n},) (batch_mul x rows), got {tuple(t.shape)}")
+            raise ValueError(f"t must have shape ({n},) (diffmlps_batch_mul x rows), got {tuple(t.shape)}")
         if noise is None:
             noise = torch.randn_like(target)
         elif noise.shape != target.shape:
@@ -411,69 +507,53 @@ class DiffLoss(nn.Module):
         x_t = d.q_sample(target, t, torch.randn_like(target))
         return d.predict_x0(x_t, t, self.net(x_t, t, cond))
 
-    # ---- sampling: one loop, parameterised
-    @torch.no_grad()
-    def sample(self, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 4.0,
-               temperature: float = 1.0, steps: int = 50, method: str = "ddpm",
-               noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
-               fast: bool = True, eta: float = 0.0, skip_terminal: bool = False) -> torch.Tensor:
-        """Latents (B, latent_dim) for conditions cond (B, cond_dim).
+    # ---- sampling
+    def eps_function(self, c: torch.Tensor, model_t: torch.Tensor, fast: bool = True):
+        """eps_at(x, i) for condition rows c at the model timesteps model_t (S,): with fast, the
+        AdaLN modulations of every step precomputed (forward_with_modulations), else the plain
+        net.forward (the reference)."""
+        if fast:
+            mods = self.net.modulations(c, model_t)
+            return lambda x, i: self.net.forward_with_modulations(x, mods, i)
+        return lambda x, i: self.net(x, model_t[i].expand(x.shape[0]), c)
 
-        Guidance: with uncond (B, cond_dim) and cfg != 1 the network runs on rows [cond; uncond]
-        (2B) and eps = eps_u + cfg * (eps_c - eps_u) for both halves; both halves share x_T and the
-        step noise, so only the cond half is carried (the original discards the uncond half's x every
-        step too). cfg == 1 or uncond None: B rows, no guidance.
-        method 'ddpm': ancestral step of the respaced process (the original), mean + exp(0.5 logvar)
-        * noise * temperature, no noise at the last step. 'ddim': x0 * sqrt(a_prev) + direction
-        * eps (+ eta-scaled noise * temperature); eta 0 is deterministic given x_T.
-        steps: respaced sampling steps (1..num_train_steps). noise: (x_T (B, latent), step_noise
-        (n, B, latent)) from draw_sampling_noise; drawn from `generator` when None.
-        fast: precomputed AdaLN modulations (same math as the reference `net.forward`); with the
-        "triton" backend (self.backend, "auto" on CUDA) the whole loop runs in the fused kernels.
-        """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, uncond: torch.Tensor | None = None, settings: SamplerSettings | None = None,
+               *, noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
+               fast: bool = True) -> torch.Tensor:
+        """Latents (B, latent_dim) for conditions cond (B, cond_dim), sampled as `settings` says
+        (default SamplerSettings(): the original's 50 DDPM steps, guidance 4).
+
+        Guidance runs when settings.guided and uncond (B, cond_dim) is given: the network sees rows
+        [cond; uncond] sharing x_T and the step noise (the original discards the uncond half's x every
+        step too); otherwise B rows. noise: (x_T (B, latent), step_noise (n, B, latent)) from
+        draw_sampling_noise, drawn from `generator` when None. fast: precomputed AdaLN modulations (same
+        math as the reference net.forward); with the "triton" head backend ("auto" on CUDA) the whole
+        loop runs in the fused kernels."""
+        s = settings or SamplerSettings()
+        proc = self.sampling_process(s.sampling_steps, s.skip_terminal_step)
+        x, step_noise = self._sampling_inputs(cond, uncond, proc.num_timesteps, noise, generator)
+        guided = uncond is not None and s.guided
+        c = torch.cat([cond, uncond]) if guided else cond
+        cfg_scale = s.cfg_scale if guided else None
+        model_t = self.model_timesteps(s.sampling_steps, cond.device, s.skip_terminal_step)
+        coefs = proc.step_coefficients(s.sampler, s.eta)
+        kernels = self._fused_sampler(cond) if fast else None
+        if kernels is not None:
+            return kernels.sample_loop_fused(self.net, c, model_t, x, step_noise, coefs, cfg_scale, s.temperature)
+        return sample_loop(self.eps_function(c, model_t, fast), x, coefs, step_noise, cfg_scale, s.temperature)
+
+    def _sampling_inputs(self, cond, uncond, n_steps: int, noise, generator):
+        """Checked shapes; (x_T, step_noise) as given, or drawn."""
         self._check_rows("cond", cond, self.config.cond_dim)
         B, dim = cond.shape[0], self.config.latent_dim
         if uncond is not None:
             self._check_rows("uncond", uncond, self.config.cond_dim, B)
-        proc = self.sampling_process(steps, skip_terminal)
         if noise is None:
-            noise = draw_sampling_noise(generator, B, proc.num_timesteps, dim, cond.device, cond.dtype)
+            noise = draw_sampling_noise(generator, B, n_steps, dim, cond.device, cond.dtype)
         x, step_noise = noise
         if tuple(x.shape) != (B, dim):
             raise ValueError(f"noise x_T must have shape ({B}, {dim}), got {tuple(x.shape)}")
-        if step_noise.dim() != 3 or step_noise.shape[0] < proc.num_timesteps or tuple(step_noise.shape[1:]) != (B, dim):
-            raise ValueError(f"step noise must have shape (>= {proc.num_timesteps}, {B}, {dim}), "
-                             f"got {tuple(step_noise.shape)}")
-        kernels = self._fused_sampler(cond, cfg) if fast else None
-        if kernels is not None:
-            return kernels.sample_fused(self, cond, uncond, cfg=cfg, temperature=temperature, steps=steps,
-                                        method=method, noise=(x, step_noise), eta=eta, skip_terminal=skip_terminal)
-        # cfg may be a tensor (ONNX export); guidance is off only for a plain 1.0
-        guided = uncond is not None and not (isinstance(cfg, (int, float)) and cfg == 1.0)
-        c = torch.cat([cond, uncond]) if guided else cond
-        model_t = self.model_timesteps(steps, cond.device, skip_terminal)
-        mods = self.net.modulations(c, model_t) if fast else None
-        for i in reversed(range(proc.num_timesteps)):
-            # every row is at the same step: the schedule coefficients are plain floats
-            xin = torch.cat([x, x]) if guided else x
-            if fast:
-                eps = self.net.forward_with_modulations(xin, mods, i)
-            else:
-                eps = self.net(xin, model_t[i].expand(xin.shape[0]), c)
-            if guided:
-                e_c, e_u = eps.chunk(2)
-                eps = e_u + cfg * (e_c - e_u)
-            x0 = float(proc.sqrt_recip_alphas_cumprod[i]) * x - float(proc.sqrt_recipm1_alphas_cumprod[i]) * eps
-            if method == "ddpm":
-                x = float(proc.posterior_mean_coef1[i]) * x0 + float(proc.posterior_mean_coef2[i]) * x
-                if i > 0:
-                    x = x + float(np.exp(0.5 * proc.posterior_log_variance_clipped[i])) * step_noise[i] * temperature
-            else:
-                a_bar, a_prev = float(proc.alphas_cumprod[i]), float(proc.alphas_cumprod_prev[i])
-                sigma = eta * math.sqrt((1 - a_prev) / (1 - a_bar) * (1 - a_bar / a_prev))
-                x = x0 * math.sqrt(a_prev) + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
-                if i > 0 and eta > 0:
-                    x = x + sigma * step_noise[i] * temperature
-        return x
+        if step_noise.dim() != 3 or step_noise.shape[0] < n_steps or tuple(step_noise.shape[1:]) != (B, dim):
+            raise ValueError(f"step noise must have shape (>= {n_steps}, {B}, {dim}), got {tuple(step_noise.shape)}")
+        return x, step_noise

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from motionstreamer import FEATURE_DIM
+from motionstreamer.config import ConfigDict
 
 OFFICIAL_BACKBONE = "distilbert-base-uncased"
 TINY_BACKBONE = "tiny-distilbert"
@@ -46,8 +49,8 @@ class EvaluatorCheckpointError(ValueError):
 
 
 @dataclass
-class EvaluatorConfig:
-    nfeats: int = 272
+class EvaluatorConfig(ConfigDict):
+    nfeats: int = FEATURE_DIM
     latent_dim: int = 256
     ff_size: int = 1024
     num_layers: int = 4
@@ -67,17 +70,6 @@ class EvaluatorConfig:
     def small(cls, text_backbone: str = "minilm") -> "EvaluatorConfig":
         return cls(latent_dim=64, ff_size=128, num_layers=2, num_heads=2, text_backbone=text_backbone,
                    text_dim=backbone_hidden_size(text_backbone))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvaluatorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown EvaluatorConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
 
     def __post_init__(self):
         if self.latent_dim % self.num_heads:

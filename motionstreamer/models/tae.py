@@ -7,22 +7,25 @@ Every convolution pads on the left only, so the decoder can run as a stream: eac
 the last (k-1)*dilation inputs it saw (a zero state is exactly the zero left padding of a full
 decode), and n new latents yield their 4n frames without recomputing the past (`decode_step`).
 Every convolution, full or streamed, runs through `causal_conv`, the one place where the conv
-backend (PyTorch reference or the native op, motionstreamer.ops.conv_backend) is chosen.
+backend (PyTorch reference or the native op, motionstreamer.ops.causal_conv) is chosen; the streamed
+decoder runs the op's streaming update (`causal_conv1d_update`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from motionstreamer import FEATURE_DIM
+from motionstreamer.config import ConfigDict, check_positive_ints
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
 @dataclass
-class TAEConfig:
-    in_dim: int = 272              # motion feature width (normalised 272-dim frames)
+class TAEConfig(ConfigDict):
+    in_dim: int = FEATURE_DIM      # motion feature width (normalised 272-dim frames)
     hidden: int = 1024             # width at the latent projections (the original's hidden_size)
     width: int = 1024              # conv width (the released wrapper sets it to hidden_size)
     down_t: int = 2                # number of 2x temporal down/upsampling stages
@@ -39,9 +42,7 @@ class TAEConfig:
             raise ValueError(f"TAEConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if len(self.logvar_clip) != 2 or self.logvar_clip[0] > self.logvar_clip[1]:
             raise ValueError(f"TAEConfig.logvar_clip must be (low, high) with low <= high, got {self.logvar_clip}")
-        for name in ("in_dim", "hidden", "width", "stride_t", "depth", "dilation_growth", "latent_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_positive_ints(self, ("in_dim", "hidden", "width", "stride_t", "depth", "dilation_growth", "latent_dim"))
         if self.down_t < 0:
             raise ValueError(f"TAEConfig.down_t must be >= 0, got {self.down_t}")
 
@@ -58,33 +59,21 @@ class TAEConfig:
     def frames_per_latent(self) -> int:
         return self.stride_t ** self.down_t
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["logvar_clip"] = list(self.logvar_clip)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TAEConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TAEConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
-def causal_conv(conv: nn.Conv1d, x: torch.Tensor, pad: int, state: torch.Tensor | None = None):
-    """The one place a TAE convolution runs.
+def causal_conv(conv: nn.Conv1d, x: torch.Tensor, pad: int, state: torch.Tensor | None = None, **fused):
+    """The one place a TAE convolution runs: motionstreamer.ops.causal_conv, which runs the PyTorch
+    reference or the native op (its conv backend switch). Returns (output, new state).
 
-    Full sequence (state None): x (B, C, T) is left-padded with `pad` zeros -> (B, C', T_out).
-    Streaming (state (B, C, pad)): the state stands in for the padding -> (output, new state), the
-    new state being the last `pad` inputs. Chaining steps equals one full call on the concatenation.
-    """
-    from motionstreamer.ops import conv_backend
+    Full sequence (state None): x (B, C, T) is left-padded with `pad` zeros -> (B, C', T_out), new state
+    None. Streaming (state (B, C, pad)): the state stands in for the padding (the native update op reads
+    it in place) and the new state is the last `pad` inputs; chaining steps equals one full call on the
+    concatenation. fused: pre_relu / post_relu / residual, done inside the op."""
+    from motionstreamer.ops import causal_conv as ops
 
     if state is None:
-        return conv_backend.conv1d(x, conv, pad)
-    xx = torch.cat([state, x], dim=-1)
-    return conv_backend.conv1d(xx, conv, 0), xx[..., xx.shape[-1] - pad:]
+        return ops.conv_forward_full(conv, x, pad=pad, **fused), None
+    return ops.conv_forward_step(conv, x, state, **fused)
 
 
 class CausalConv1d(nn.Module):
@@ -96,7 +85,7 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation)
 
     def forward(self, x):
-        return causal_conv(self.conv, x, self.pad)
+        return causal_conv(self.conv, x, self.pad)[0]
 
     # streaming (stride 1 only: the decoder's convs)
     def state_shape(self) -> tuple[int, int]:
@@ -107,24 +96,31 @@ class CausalConv1d(nn.Module):
 
 
 class CausalResBlock(nn.Module):
-    """x + conv2_1x1(act(conv1_k3_dilated(leftpad(act(x))))); the state holds act(x) (what conv1 sees)."""
+    """x + conv2_1x1(act(conv1_k3_dilated(leftpad(act(x))))); the state holds act(x) (what conv1 sees).
+    With ReLU (the released TAE) both activations and the residual add run inside the conv op."""
 
     def __init__(self, n: int, dilation: int, activation: str = "relu"):
         super().__init__()
         self.act = ACTIVATIONS[activation]()
+        self.fused_relu = activation == "relu"
         self.left_padding = 2 * dilation
         self.conv1 = nn.Conv1d(n, n, 3, dilation=dilation)
         self.conv2 = nn.Conv1d(n, n, 1)
 
     def forward(self, x):
-        return x + causal_conv(self.conv2, self.act(causal_conv(self.conv1, self.act(x), self.left_padding)), 0)
+        return self._conv_pair(x, None)[0]
 
     def state_shape(self) -> tuple[int, int]:
         return self.conv1.in_channels, self.left_padding
 
     def step(self, x, state):
-        h, new_state = causal_conv(self.conv1, self.act(x), self.left_padding, state)
-        return x + causal_conv(self.conv2, self.act(h), 0), new_state
+        return self._conv_pair(x, state)
+
+    def _conv_pair(self, x, state):
+        relu = self.fused_relu
+        h, new_state = causal_conv(self.conv1, x if relu else self.act(x), self.left_padding, state,
+                                   pre_relu=relu, post_relu=relu)
+        return causal_conv(self.conv2, h if relu else self.act(h), 0, residual=x)[0], new_state
 
 
 class CausalResnet1D(nn.Module):

@@ -8,10 +8,13 @@ Attention: q and k are L2-normalised per head, then rotated by RoPE (adjacent pa
 at their ABSOLUTE positions, and logits are scaled by the per-layer scalar `scale`
 (log2(block^2 - block) at init; the original reads it with .item(), so it never trains).
 
-Backends (T2MConfig.attn_backend, set_backend): "auto" (default) runs the Triton kernels of
-motionstreamer.kernels on CUDA (fused QK-Norm + RoPE + flash attention for training/prefill, fused
-decode with the cache append, fused head sampling loop) and SDPA elsewhere; "sdpa", "math"
-(reference) and "triton" force one path.
+Attention backend (T2MConfig.attn_backend; set_fast_paths also sets the head's): "auto" (default)
+runs the Triton kernels of motionstreamer.kernels on CUDA (fused QK-Norm + RoPE + flash attention
+for training/prefill, fused decode with the cache append, fused head sampling loop) and SDPA
+elsewhere; "sdpa", "math" (reference) and "triton" force one path.
+
+One block loop (run_blocks -> Block.forward) serves the training forward, prefill, the decode step
+and the ONNX graphs; a KVWriter argument says how attention meets the cache (gpt-fast style).
 
 Incremental decoding uses a static KV cache (keys stored after norm and RoPE). Each row of the
 cache has its own length, so independent streams at different positions share one decode step.
@@ -22,19 +25,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motionstreamer.config import ConfigDict, check_positive_ints
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 
 
 @dataclass
-class T2MConfig:
+class T2MConfig(ConfigDict):
     latent_dim: int = 16
     n_layer: int = 12
     n_head: int = 12
@@ -42,7 +46,7 @@ class T2MConfig:
     block_size: int = 78
     cond_dim: int = 768                 # text embedding width (sentence-t5-xxl: 768, MiniLM: 384)
     head: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
-    diffmlps_batch_mul: int = 4         # training: each token's head loss at this many timesteps
+    diffmlps_batch_mul: int = 4         # the released config's; training reads T2MTrainConfig.diffmlps_batch_mul
     rope_base: float = 10000.0
     attn_backend: str = "auto"          # "auto" (fastest: "triton" on CUDA with triton installed, else
                                         # "sdpa"), "math" (reference), "sdpa", "triton"
@@ -52,10 +56,8 @@ class T2MConfig:
             self.head = DiffusionHeadConfig.from_dict(self.head)
         if not isinstance(self.head, DiffusionHeadConfig):
             raise ValueError(f"T2MConfig.head must be a DiffusionHeadConfig or dict, got {type(self.head).__name__}")
-        for name in ("latent_dim", "n_layer", "n_head", "n_embd", "block_size", "cond_dim", "diffmlps_batch_mul"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"T2MConfig.{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("latent_dim", "n_layer", "n_head", "n_embd", "block_size", "cond_dim",
+                                   "diffmlps_batch_mul"))
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} / n_head {self.n_head} must give an even head size (RoPE pairs)")
         if self.attn_backend not in ATTN_BACKENDS:
@@ -84,18 +86,6 @@ class T2MConfig:
         return cls(n_layer=4, n_head=4, n_embd=128, cond_dim=cond_dim,
                    head=DiffusionHeadConfig(width=256, depth=3))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["head"] = self.head.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "T2MConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown T2MConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)   # a nested head dict is converted in __post_init__
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -162,14 +152,15 @@ def resolve_attention_backend(backend: str, device: torch.device) -> str:
 
 
 def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: bool = False,
-              backend: str = "sdpa") -> torch.Tensor:
+              attn_backend: str = "sdpa") -> torch.Tensor:
     """The one attention call: softmax(scale * q k^T [masked]) v.
 
     q (B,H,Tq,D), k/v (B,H,Tk,D); mask: bool broadcastable to (B,H,Tq,Tk), True = attend;
     causal: query i (the last Tq of Tk positions) sees keys up to its own position.
-    backend: 'math' (plain matmul/softmax, the reference), 'sdpa' (torch), 'triton'
+    attn_backend: 'math' (plain matmul/softmax, the reference), 'sdpa' (torch), 'triton'
     (motionstreamer.kernels when installed; otherwise sdpa, with a warning), 'auto' (see
     resolve_attention_backend)."""
+    backend = attn_backend
     if backend in ("auto", "triton"):
         backend = resolve_attention_backend(backend, q.device)
         if backend == "triton":
@@ -202,7 +193,7 @@ class CausalSelfAttention(nn.Module):
         b = cfg.block_size
         # a checkpoint tensor, but the original reads it with .item(): it never receives a gradient
         self.scale = nn.Parameter(torch.tensor(math.log2(b * b - b)), requires_grad=False)
-        self.backend = cfg.attn_backend
+        self.attn_backend = cfg.attn_backend
         self._scale_cache = (None, None, None, 0.0)
 
     def scale_value(self) -> float:
@@ -229,15 +220,16 @@ class CausalSelfAttention(nn.Module):
         B, H, T, D = y.shape
         return self.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
-    def forward(self, x, cos, sin, lengths=None):
-        """-> (y, k, v), k normalised and rotated (what the KV cache stores). lengths (B,), optional:
-        valid tokens per row; only the triton path uses it (to skip padding keys): with causal
-        attention, padding never reaches valid positions on any path."""
-        backend = resolve_attention_backend(self.backend, x.device)
-        if backend == "triton":   # fused QK-Norm + RoPE + flash attention, forward and backward
-            return _kernels().self_attention(self, x, cos, sin, lengths)
+    def forward(self, x, cos, sin, kv: "KVWriter", layer: int):
+        """x (B, T, C) after rms_1 -> (B, T, C). `kv` says where the keys come from and go to: the new
+        tokens alone (training forward, prefill) or the cache (a decode step); it stores this layer's
+        normalised, rotated k and v as its cache needs. cos/sin: RoPE at the tokens' positions."""
+        backend = kv.attn_backend or resolve_attention_backend(self.attn_backend, x.device)
+        if backend == "triton":   # fused QK-Norm + RoPE + attention (+ cache append), forward and backward
+            return kv.fused(self, x, cos, sin, layer)
         q, k, v = self.qkv(x, cos, sin)
-        return self.out(attention(q, k, v, self.scale_value(), causal=True, backend=backend)), k, v
+        k, v = kv.update(layer, k, v)
+        return self.out(attention(q, k, v, self.scale_value(), mask=kv.mask, causal=kv.causal, attn_backend=backend))
 
 
 class MLP(nn.Module):
@@ -255,7 +247,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(rms_1(x)), then + mlp(rms_2(x)); the model drives the two halves (cache writes)."""
+    """x + attn(rms_1(x)), then + mlp(rms_2(x)). `kv` (a KVWriter) is how attention meets the cache."""
 
     def __init__(self, cfg: T2MConfig):
         super().__init__()
@@ -263,6 +255,10 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.rms_2 = RMSNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, kv: "KVWriter", layer: int):
+        x = x + self.attn(self.rms_1(x), cos, sin, kv, layer)
+        return x + self.mlp(self.rms_2(x))
 
 
 @dataclass
@@ -287,6 +283,76 @@ class KVCache:
             self.length.zero_()
         else:
             self.length[rows] = 0
+
+
+def decode_mask(pos: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(R, 1, 1, max_len) bool: a token decoded at position pos[r] sees cache positions <= pos[r]."""
+    return (torch.arange(max_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
+
+
+class KVWriter:
+    """How one pass through the blocks meets the keys and values (gpt-fast's `kv_cache.update`, passed
+    as an argument so training, prefill, decode and the ONNX graphs share one block loop).
+
+    This base class is the training forward: each token attends causally to the new tokens, nothing
+    is stored. update(layer, k, v) stores what a cache needs and returns the keys/values to attend
+    to; fused() is the same through the Triton kernels. key_lengths (B,), optional: valid tokens per
+    row of a padded batch (only the kernel uses it, to skip padding keys: with causal attention
+    padding never reaches a valid position). attn_backend overrides the layers' own switch."""
+    causal = True
+    mask = None
+    attn_backend = None
+
+    def __init__(self, key_lengths: torch.Tensor | None = None):
+        self.key_lengths = key_lengths
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        return k, v
+
+    def fused(self, attn, x, cos, sin, layer: int):
+        y, k, v = _kernels().self_attention(attn, x, cos, sin, self.key_lengths)
+        self.update(layer, k, v)
+        return y
+
+
+class PrefillWriter(KVWriter):
+    """Prefill: the tokens attend causally among themselves and their k/v fill positions 0..T-1 of
+    cache rows `rows`."""
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor, key_lengths: torch.Tensor | None = None):
+        super().__init__(key_lengths)
+        self.cache, self.rows = cache, rows
+
+    def update(self, layer, k, v):
+        T = k.shape[2]
+        self.cache.k[layer][self.rows, :, :T] = k.to(self.cache.k[layer].dtype)
+        self.cache.v[layer][self.rows, :, :T] = v.to(self.cache.v[layer].dtype)
+        return k, v
+
+
+class DecodeWriter(KVWriter):
+    """A decode step: one new token per row, written at its row's own position `pos` (R,) of cache rows
+    `rows` (R,), attending to the cache up to that position; full: `rows` are all the cache's rows, in
+    order (no gather). rope: the model's full cos/sin tables (the fused kernel rotates at `pos` itself)."""
+    causal = False
+
+    def __init__(self, cache: KVCache, pos: torch.Tensor, rows: torch.Tensor, full: bool, rope: tuple):
+        super().__init__()
+        self.cache, self.pos, self.rows, self.full, self.rope = cache, pos, rows, full, rope
+        self.mask = decode_mask(pos, cache.max_len)
+
+    def update(self, layer, k, v):
+        K, V = self.cache.k[layer], self.cache.v[layer]
+        K[self.rows, :, self.pos] = k[:, :, 0].to(K.dtype)
+        V[self.rows, :, self.pos] = v[:, :, 0].to(V.dtype)
+        if not self.full:
+            K, V = K[self.rows], V[self.rows]
+        return K.to(k.dtype), V.to(v.dtype)
+
+    def fused(self, attn, x, cos, sin, layer):
+        # one kernel: QK-Norm + RoPE at each row's position, cache append, attention
+        return _kernels().decode_self_attention(attn, x, self.cache.k[layer], self.cache.v[layer], self.pos,
+                                                *self.rope, None if self.full else self.rows)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -317,14 +383,14 @@ class TextToMotionModel(nn.Module):
         if backend not in ATTN_BACKENDS:
             raise ValueError(f"attention backend must be one of {ATTN_BACKENDS}, got {backend!r}")
         for b in self.transformer.h:
-            b.attn.backend = backend
+            b.attn.attn_backend = backend
 
-    def set_backend(self, backend: str) -> None:
-        """One switch for every fast path: "auto" (the fastest available: the Triton kernels on CUDA,
+    def set_fast_paths(self, backend: str) -> None:
+        """One switch for the attention and head backends: "auto" (the fastest available: the Triton kernels on CUDA,
         else SDPA and the PyTorch head loop), "triton" (fused attention, decode and head sampling
         wherever the kernels run), or "sdpa" / "math" (PyTorch attention and head loop)."""
         self.set_attention_backend(backend)
-        self.diff_loss.set_backend(backend if backend in ("auto", "triton") else "torch")
+        self.diff_loss.set_head_backend(backend if backend in ("auto", "triton") else "torch")
 
     # ---- input checks (host-side shapes only: safe inside CUDA-graph capture)
     def _check_text(self, text_emb: torch.Tensor, rows: int | None = None) -> None:
@@ -349,14 +415,29 @@ class TextToMotionModel(nn.Module):
             raise ValueError(f"lengths must lie in [0, {L}], got {lengths.tolist()}")
         return lengths
 
-    def _tokens(self, latents: torch.Tensor | None, text_emb: torch.Tensor) -> torch.Tensor:
-        text_tok = self.transformer.cond_embed(text_emb.to(self.out_proj.weight.dtype))[:, None, :]
-        if latents is None or latents.shape[1] == 0:
-            return text_tok
-        return torch.cat([text_tok, self.transformer.wte(latents.to(text_tok.dtype))], dim=1)
+    def embed(self, latents: torch.Tensor | None, text_emb: torch.Tensor | None) -> torch.Tensor:
+        """Tokens [cond_embed(text), wte(latent_0), ...] (B, T, n_embd); text_emb None: the latents'
+        tokens alone (a decode step)."""
+        dtype = self.out_proj.weight.dtype
+        tokens = [] if text_emb is None else [self.transformer.cond_embed(text_emb.to(dtype))[:, None, :]]
+        if latents is not None and latents.shape[1]:
+            tokens.append(self.transformer.wte(latents.to(dtype)))
+        return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
 
-    def _head(self, x):
+    def run_blocks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: KVWriter) -> torch.Tensor:
+        """The one block loop (training forward, prefill, decode step, ONNX graphs): kv says how
+        attention meets the cache; cos/sin are RoPE at the tokens' positions."""
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, kv, layer)
+        return x
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states -> the diffusion head's conditions (ln_f, out_proj)."""
         return self.out_proj(self.transformer.ln_f(x))
+
+    def rope_at(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for one token per row at positions pos (R,): each (R, 1, 1, head_dim/2)."""
+        return self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]
 
     def forward(self, latents: torch.Tensor | None, text_emb: torch.Tensor, lengths=None) -> torch.Tensor:
         """latents (B, L, 16) (None or L=0: text only), text_emb (B, cond_dim) -> conditions
@@ -371,18 +452,13 @@ class TextToMotionModel(nn.Module):
         self._check_latents(latents, text_emb.shape[0])
         if lengths is not None:
             self._check_lengths(lengths, text_emb.shape[0], 0 if latents is None else latents.shape[1])
-        x = self._tokens(latents, text_emb)
+        x = self.embed(latents, text_emb)
         T = x.shape[1]
         key_lengths = None if lengths is None else torch.as_tensor(lengths).to(x.device) + 1   # + the text token
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens (text + {T - 1} latents) exceeds block_size "
                              f"{self.config.block_size}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        for blk in self.transformer.h:
-            a, _, _ = blk.attn(blk.rms_1(x), cos, sin, key_lengths)
-            x = x + a
-            x = x + blk.mlp(blk.rms_2(x))
-        return self._head(x)
+        return self.project(self.run_blocks(x, self.rope_cos[:T], self.rope_sin[:T], KVWriter(key_lengths)))
 
     # ---- incremental decoding
     def new_kv_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
@@ -409,7 +485,7 @@ class TextToMotionModel(nn.Module):
         R = text_emb.shape[0]
         self._check_text(text_emb)
         self._check_latents(latents, R)
-        x = self._tokens(latents, text_emb)
+        x = self.embed(latents, text_emb)
         T = x.shape[1]
         if T > cache.max_len:
             raise ValueError(f"prefill of {T} tokens exceeds the cache length {cache.max_len}")
@@ -419,18 +495,12 @@ class TextToMotionModel(nn.Module):
         if lengths is not None:
             lengths = self._check_lengths(lengths, R, T - 1).to(x.device)
         key_lengths = None if lengths is None else lengths + 1
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        for i, blk in enumerate(self.transformer.h):
-            a, k, v = blk.attn(blk.rms_1(x), cos, sin, key_lengths)
-            cache.k[i][rows, :, :T] = k.to(cache.k[i].dtype)
-            cache.v[i][rows, :, :T] = v.to(cache.v[i].dtype)
-            x = x + a
-            x = x + blk.mlp(blk.rms_2(x))
+        x = self.run_blocks(x, self.rope_cos[:T], self.rope_sin[:T], PrefillWriter(cache, rows, key_lengths))
         if lengths is None:
             cache.length[rows] = T
-            return self._head(x[:, -1])
+            return self.project(x[:, -1])
         cache.length[rows] = lengths + 1
-        return self._head(x[torch.arange(R, device=x.device), lengths])
+        return self.project(x[torch.arange(R, device=x.device), lengths])
 
     def decode_step(self, latent: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
                     check: bool = True) -> torch.Tensor:
@@ -442,7 +512,7 @@ class TextToMotionModel(nn.Module):
         d = self.config.latent_dim
         if latent.dim() != 2 or latent.shape[1] != d:
             raise ValueError(f"latent must have shape (R, {d}), got {tuple(latent.shape)}")
-        x = self.transformer.wte(latent.to(self.out_proj.weight.dtype))[:, None, :]   # (R, 1, C)
+        x = self.embed(latent[:, None, :], None)                                       # (R, 1, C)
         R = x.shape[0]
         full = rows is None
         if full and R != cache.batch:
@@ -453,22 +523,7 @@ class TextToMotionModel(nn.Module):
         pos = cache.length[rows]                                                        # (R,)
         if check and int(pos.max()) >= cache.max_len:
             raise ValueError(f"KV cache full ({cache.max_len} positions): re-prefill a shorter window")
-        cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (R,1,1,D/2)
-        mask = (torch.arange(cache.max_len, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]
-        for i, blk in enumerate(self.transformer.h):
-            if resolve_attention_backend(blk.attn.backend, x.device) == "triton":
-                # one kernel: QK-Norm + RoPE at each row's position, cache append, attention
-                x = x + _kernels().decode_self_attention(blk.attn, blk.rms_1(x), cache.k[i], cache.v[i], pos,
-                                                         self.rope_cos, self.rope_sin, None if full else rows)
-                x = x + blk.mlp(blk.rms_2(x))
-                continue
-            q, k, v = blk.attn.qkv(blk.rms_1(x), cos, sin)                              # (R, H, 1, D)
-            cache.k[i][rows, :, pos] = k[:, :, 0].to(cache.k[i].dtype)
-            cache.v[i][rows, :, pos] = v[:, :, 0].to(cache.v[i].dtype)
-            K = cache.k[i] if full else cache.k[i][rows]
-            V = cache.v[i] if full else cache.v[i][rows]
-            y = attention(q, K.to(q.dtype), V.to(q.dtype), blk.attn.scale_value(), mask=mask, backend=blk.attn.backend)
-            x = x + blk.attn.out(y)
-            x = x + blk.mlp(blk.rms_2(x))
+        kv = DecodeWriter(cache, pos, rows, full, (self.rope_cos, self.rope_sin))
+        x = self.run_blocks(x, *self.rope_at(pos), kv)
         cache.length[rows] = pos + 1
-        return self._head(x[:, 0])
+        return self.project(x[:, 0])

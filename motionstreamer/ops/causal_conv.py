@@ -7,8 +7,8 @@ Backends: "torch" is the reference (F.pad + F.conv1d: cuDNN on GPU, oneDNN on CP
 motionstreamer._C (CPU fp32; CUDA fp32/fp16/bf16 with fp32 accumulation, on torch's current stream);
 "auto" uses native when the extension is built and supports the tensor's device and dtype, else torch
 (only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN / cuDNN).
-The global switch is set_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
-"torch"); every function also takes backend= to override it per call. The CPU kernels pick AVX-512,
+The global switch is set_conv_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
+"torch"); every function also takes conv_backend= to override it per call. The CPU kernels pick AVX-512,
 AVX2+FMA or generic vector code at run time (MOTIONSTREAMER_CPU_ISA forces one).
 
 Streaming (causal_conv1d_update) follows causal-conv1d's conv_state design: the state (B, Cin, S) with
@@ -27,28 +27,28 @@ import os
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "native", "torch")
+CONV_BACKENDS = ("auto", "native", "torch")
 # CPU kernel instruction set: "" = the fastest this CPU has; "avx512" | "avx2" | "generic" to force one.
 _CPU_ISA = os.environ.get("MOTIONSTREAMER_CPU_ISA", "").strip().lower()
 _CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def _check_backend(name) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"conv backend must be one of {BACKENDS}, got {name!r}")
+    if name not in CONV_BACKENDS:
+        raise ValueError(f"conv backend must be one of {CONV_BACKENDS}, got {name!r}")
     return name
 
 
 _backend = _check_backend(os.environ.get("MOTIONSTREAMER_CONV_BACKEND", "torch").strip().lower() or "torch")
 
 
-def set_backend(name: str) -> None:
-    """Set the global backend: 'auto', 'native' or 'torch'."""
+def set_conv_backend(name: str) -> None:
+    """Set the global conv backend: 'auto', 'native' or 'torch'."""
     global _backend
     _backend = _check_backend(name)
 
 
-def get_backend() -> str:
+def get_conv_backend() -> str:
     return _backend
 
 
@@ -112,12 +112,12 @@ def supports(x: torch.Tensor) -> bool:
 AUTO_NATIVE_MAX_COLUMNS = {"cpu": 64, "cuda": 16}
 
 
-def resolve_backend(x: torch.Tensor, backend: str | None = None, columns: int | None = None) -> str:
-    """The backend that will run for x: 'native' or 'torch' (errors when 'native' cannot run).
+def resolve_conv_backend(x: torch.Tensor, conv_backend: str | None = None, columns: int | None = None) -> str:
+    """The conv backend that will run for x: 'native' or 'torch' (errors when 'native' cannot run).
 
     'auto' picks native when it supports x and, on devices listed in AUTO_NATIVE_MAX_COLUMNS with a limit,
     when the op has at most that many output columns (batch * output frames)."""
-    b = _check_backend(backend) if backend is not None else _backend
+    b = _check_backend(conv_backend) if conv_backend is not None else _backend
     if b == "torch":
         return "torch"
     reason = _unsupported_reason(x)
@@ -302,7 +302,7 @@ def _autocast_inputs(x, weight, bias, residual):
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
                   dilation: int = 1, pre_relu: bool = False, post_relu: bool = False,
-                  residual: torch.Tensor | None = None, backend: str | None = None,
+                  residual: torch.Tensor | None = None, conv_backend: str | None = None,
                   pad: int | None = None) -> torch.Tensor:
     """Full-sequence causal conv1d: x (B, Cin, T), weight (Cout, Cin, k) -> (B, Cout, Tout).
 
@@ -312,7 +312,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         and weight.dim() == 3 else pad
     x, weight, bias, residual = _autocast_inputs(x, weight, bias, residual)
     tout = _check("causal_conv1d", x, weight, bias, residual, stride, dilation, pad)
-    if resolve_backend(x, backend, x.shape[0] * tout) == "torch":
+    if resolve_conv_backend(x, conv_backend, x.shape[0] * tout) == "torch":
         return causal_conv1d_reference(x, weight, bias, stride, dilation, pad, pre_relu, post_relu, residual)
     if _needs_grad(x, weight, bias, residual):
         return _NativeCausalConv1d.apply(x, weight, bias, residual, stride, dilation, pad, bool(pre_relu),
@@ -329,13 +329,13 @@ def init_state(batch: int, in_channels: int, kernel_size: int, stride: int = 1, 
 def causal_conv1d_update(x_new: torch.Tensor, state: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor | None = None, stride: int = 1, dilation: int = 1,
                          pre_relu: bool = False, post_relu: bool = False, residual: torch.Tensor | None = None,
-                         backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         conv_backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Streaming step: new inputs x_new (B, Cin, n) with n % stride == 0 and the state (B, Cin, S) ->
     (y (B, Cout, n // stride), new_state (B, Cin, S)), S = (k-1)*dilation + 1 - stride. The state is not
     modified (copy new_state into it to keep one buffer, e.g. for CUDA graphs)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
         raise ValueError("causal_conv1d_update: weight must be a (out_channels, in_channels, kernel) tensor")
-    S = state_size(weight.shape[2], stride, dilation)
+    S = state_size(int(weight.shape[2]), stride, dilation)   # int(): a traced size (ONNX export) is a tensor
     _check("causal_conv1d_update", x_new, weight, bias, residual, stride, dilation, S, xname="x_new")
     if not isinstance(state, torch.Tensor):
         raise TypeError(f"causal_conv1d_update: state must be a torch.Tensor, got {type(state).__name__}")
@@ -348,42 +348,16 @@ def causal_conv1d_update(x_new: torch.Tensor, state: torch.Tensor, weight: torch
                          f"{x_new.dtype} on {x_new.device}")
     if x_new.shape[2] % stride:
         raise ValueError(f"causal_conv1d_update: {x_new.shape[2]} new inputs is not a multiple of stride {stride}")
-    if resolve_backend(x_new, backend, x_new.shape[0] * (x_new.shape[2] // stride)) == "native" and \
+    if resolve_conv_backend(x_new, conv_backend, x_new.shape[0] * (x_new.shape[2] // stride)) == "native" and \
             not _needs_grad(x_new, state, weight, bias, residual):
         return _native_call(x_new, weight, bias, residual, state, stride, dilation, S, pre_relu, post_relu, True)
     # Same maths through the full op on [state | x_new] (differentiable; torch or native per backend).
     xx = torch.cat([state, x_new], dim=2)
     if pre_relu:
         xx = F.relu(xx)
-    y = causal_conv1d(xx, weight, bias, stride, dilation, post_relu=post_relu, residual=residual, backend=backend,
+    y = causal_conv1d(xx, weight, bias, stride, dilation, post_relu=post_relu, residual=residual, conv_backend=conv_backend,
                       pad=0)
     return y, xx[:, :, xx.shape[2] - S:].contiguous()
-
-
-def _check_resblock(fn, w1, w2):
-    if not (isinstance(w2, torch.Tensor) and w2.dim() == 3 and w2.shape[2] == 1):
-        raise ValueError(f"{fn}: w2 must be a 1x1 conv weight (C, C, 1), got "
-                         f"{tuple(w2.shape) if isinstance(w2, torch.Tensor) else type(w2).__name__}")
-    if not (isinstance(w1, torch.Tensor) and w1.dim() == 3 and w1.shape[0] == w1.shape[1] == w2.shape[0] ==
-            w2.shape[1]):
-        raise ValueError(f"{fn}: w1 must be (C, C, k) with C = w2's channels, got "
-                         f"{tuple(w1.shape) if isinstance(w1, torch.Tensor) else type(w1).__name__}")
-
-
-def causal_resblock(x, w1, b1, w2, b2, dilation: int = 1, backend: str | None = None) -> torch.Tensor:
-    """The TAE ResBlock: x + conv1x1(relu(conv_k_dilated(relu(x)))), as two fused convs."""
-    _check_resblock("causal_resblock", w1, w2)
-    h = causal_conv1d(x, w1, b1, dilation=dilation, pre_relu=True, post_relu=True, backend=backend)
-    return causal_conv1d(h, w2, b2, residual=x, backend=backend)
-
-
-def causal_resblock_update(x_new, state, w1, b1, w2, b2, dilation: int = 1,
-                           backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Streaming ResBlock: (x_new (B, C, n), state (B, C, (k-1)*dilation)) -> (y (B, C, n), new_state)."""
-    _check_resblock("causal_resblock_update", w1, w2)
-    h, new_state = causal_conv1d_update(x_new, state, w1, b1, dilation=dilation, pre_relu=True, post_relu=True,
-                                        backend=backend)
-    return causal_conv1d(h, w2, b2, residual=x_new, backend=backend), new_state
 
 
 # ----------------------------------------------------------------------------- nn.Conv1d adapters
@@ -396,19 +370,17 @@ def _conv_params(conv: torch.nn.Conv1d):
 
 def conv_forward_full(conv: torch.nn.Conv1d, x: torch.Tensor, pad: int | None = None, pre_relu: bool = False,
                       post_relu: bool = False, residual: torch.Tensor | None = None,
-                      backend: str | None = None) -> torch.Tensor:
-    """forward_full for a causal-conv module holding an unpadded nn.Conv1d `conv`."""
+                      conv_backend: str | None = None) -> torch.Tensor:
+    """causal_conv1d with the weights of an unpadded nn.Conv1d `conv` (the TAE's full-sequence call)."""
     w, b, stride, dilation = _conv_params(conv)
-    return causal_conv1d(x, w, b, stride, dilation, pre_relu, post_relu, residual, backend, pad=pad)
+    return causal_conv1d(x, w, b, stride, dilation, pre_relu, post_relu, residual, conv_backend, pad=pad)
 
 
 def conv_forward_step(conv: torch.nn.Conv1d, x: torch.Tensor, state: torch.Tensor, pre_relu: bool = False,
                       post_relu: bool = False, residual: torch.Tensor | None = None,
-                      backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """forward_step for the same module: (new inputs, state) -> (outputs, new state)."""
+                      conv_backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """causal_conv1d_update with the weights of `conv`: (new inputs, state) -> (outputs, new state) (the
+    TAE's streaming call)."""
     w, b, stride, dilation = _conv_params(conv)
-    return causal_conv1d_update(x, state, w, b, stride, dilation, pre_relu, post_relu, residual, backend)
+    return causal_conv1d_update(x, state, w, b, stride, dilation, pre_relu, post_relu, residual, conv_backend)
 
-
-def conv_state_size(conv: torch.nn.Conv1d) -> int:
-    return state_size(conv.kernel_size[0], conv.stride[0], conv.dilation[0])

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from motionstreamer import FEATURE_DIM, NUM_JOINTS
 from motionstreamer.representation.rotation import (
     array_api, check_trailing, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix, rot_y,
 )
 
-NUM_JOINTS = 22
-FEATURE_DIM = 8 + 12 * NUM_JOINTS  # 272
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 # Slices of the layout (spec §1.5).
@@ -79,10 +78,16 @@ def headings_from_features(features: torch.Tensor) -> torch.Tensor:
 
 def root_translation(features: torch.Tensor, headings: torch.Tensor) -> torch.Tensor:
     """tau[t] = sum_{k<=t} v[k]: v[0] = (x0, 0, x1) unrotated, v[t] = H[t-1]^T (x0, 0, x1) (spec §2.2).
-    Returns (..., T, 3) with y = 0."""
+    Returns (..., T, 3) with y = 0.
+
+    Only x and z are accumulated, as the original and the streaming recovery (runtime/kinematics.py) do:
+    generated heading deltas are not pure yaw rotations (small tilts), so H^T v has a small y part, and
+    summing it over a stream would sink or lift the whole body (0.17 m over 28 s, measured). The
+    height is dim 9, absolute per frame."""
     vel = torch.stack([features[..., 0], torch.zeros_like(features[..., 0]), features[..., 1]], -1)
     rotated = torch.einsum("...tba,...tb->...ta", headings[..., :-1, :, :], vel[..., 1:, :])
-    return torch.cumsum(torch.cat([vel[..., :1, :], rotated], dim=-2), dim=-2)
+    tau = torch.cumsum(torch.cat([vel[..., :1, :], rotated], dim=-2), dim=-2)
+    return tau * torch.tensor([1.0, 0.0, 1.0], dtype=tau.dtype, device=tau.device)
 
 
 @array_api
@@ -156,7 +161,7 @@ def recover_joints(features):
     local = features[..., POSITIONS].reshape(*features.shape[:-1], NUM_JOINTS, 3)
     P = torch.einsum("...tba,...tjb->...tja", H, local)                     # H^T p
     tau = root_translation(features, H)
-    return P + tau[..., None, :]                                             # tau.y is 0
+    return P + tau[..., None, :]                                             # tau.y is 0 (x, z only)
 
 
 @array_api

@@ -9,8 +9,9 @@ from typing import Iterable
 
 import numpy as np
 
-FEATURE_DIM = 272
-FEATURE_GROUPS = ((0, 2), (2, 8), (8, 74), (74, 140), (140, 272))
+from motionstreamer import FEATURE_DIM
+
+FEATURE_GROUPS = ((0, 2), (2, 8), (8, 74), (74, 140), (140, FEATURE_DIM))
 
 
 def _clip_items(clips: Iterable, names: Iterable[str] | None):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NUM_JOINTS = 22
+from motionstreamer import NUM_JOINTS
+
 
 JOINT_NAMES = (
     "Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2",

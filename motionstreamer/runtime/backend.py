@@ -1,52 +1,94 @@
 """What the streaming engine needs from the models, behind one small interface.
 
-The engine (runtime/engine.py) owns prompts, queues, end-of-action logic, window slides, noise and
-joint recovery; a backend owns the four model calls on its slot-indexed state:
-  prefill(text (2, text_dim), history (L, latent), slot) -> conditions (2, n_embd)
-  decode(latents (n, latent), slots) -> next conditions (2n, n_embd) as [cond rows; uncond rows]
-  sample(cond (n, E), uncond (n, E), noise, ...) -> latents (n, latent)
-  num_sampling_steps(steps, method, skip_terminal) -> how many noise draws one sample takes
-  tae_step(latents (n, latent), slots) -> normalised frames (n, 4, 272)
-  reset(slot)
-TorchBackend runs the PyTorch modules (KV cache, fast head, streaming TAE); export/ort_engine.py
-provides the onnxruntime one.
+The engine (runtime/engine.py) owns prompts, queues, end-of-action logic, window slides
+(runtime/policy.py), noise and joint recovery; a backend owns the model calls on its slot-indexed
+state. How a latent is sampled is one frozen SamplerSettings (models/diffusion.py); how many
+condition rows a stream uses ([prompt; empty prompt] under guidance, else [prompt]) is its
+`condition_rows`, decided there and nowhere else.
+
+KV-cache layout: condition row r of stream slot i lives in cache row i + r * capacity, so the rows
+of all streams for one condition are contiguous (a full batch decodes without a gather).
+
+Backends: TorchBackend (below: the PyTorch modules with a static KV cache, the fast head and the
+streaming TAE), GraphedBackend (runtime/cuda_graph.py: the same replayed as CUDA graphs) and
+OrtBackend (runtime/ort_backend.py: onnxruntime sessions of an exported model).
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
+
+from motionstreamer.models.diffusion import SamplerSettings
+
+MAX_CONDITION_ROWS = 2   # [cond; uncond]: what a backend's cache holds per stream unless told otherwise
+
+
+class Backend(Protocol):
+    capacity: int                   # stream slots
+    condition_rows: int             # KV-cache rows held per slot (>= the settings' condition_rows)
+    block_size: int                 # tokens in the context window (text token + latents)
+    latent_dim: int
+    device: torch.device
+
+    def reset(self, slot: int) -> None:
+        """A new stream starts in `slot` (its TAE decoder state goes back to zeros)."""
+
+    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
+        """text (rows, text_dim): [prompt; empty prompt][:rows]; history (L, latent) -> the conditions
+        for the next latent (rows, n_embd); the slot's cache rows then hold [text, history]."""
+
+    def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:
+        """New latents z (n, latent) appended to the first `rows` condition rows of `slots` -> the next
+        conditions (n, rows, n_embd)."""
+
+    def noise_steps(self, settings: SamplerSettings) -> int:
+        """How many step-noise draws one sample takes under these settings."""
+
+    def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
+        """conditions (n, rows, n_embd), noise (x_T (n, latent), step_noise (S, n, latent)) -> latents (n, latent)."""
+
+    def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """New latents (n, latent) of `slots` -> their normalised frames (n, frames_per_latent, 272)."""
+
+
+def cache_rows(slots: list[int], rows: int, capacity: int) -> list[int]:
+    """The KV-cache rows of `slots`, condition row by condition row: [row 0 of each slot, row 1 ...]."""
+    return [slot + r * capacity for r in range(rows) for slot in slots]
 
 
 class TorchBackend:
-    def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
+                 condition_rows: int = MAX_CONDITION_ROWS):
         self.tae, self.t2m = bundle.tae, bundle.t2m
-        self.capacity, self.device, self.dtype = capacity, device, dtype
+        self.capacity, self.condition_rows, self.device, self.dtype = capacity, condition_rows, device, dtype
         self.block_size = self.t2m.config.block_size
         self.latent_dim = self.t2m.config.latent_dim
-        self.cache = self.t2m.new_kv_cache(2 * capacity, self.block_size, device=device, dtype=dtype)
+        self.cache = self.t2m.new_kv_cache(condition_rows * capacity, self.block_size, device=device, dtype=dtype)
         self.tae_state = self.tae.init_decode_state(capacity, device=device, dtype=dtype)
+
+    def _rows(self, slots: list[int], rows: int) -> torch.Tensor:
+        return torch.tensor(cache_rows(slots, rows, self.capacity), device=self.device)
 
     def reset(self, slot: int) -> None:
         self.tae.reset_decode_state(self.tae_state, torch.tensor([slot], device=self.device))
 
     def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
-        lat = history.to(self.device, self.dtype).unsqueeze(0).expand(2, -1, -1)
-        rows = torch.tensor([slot, self.capacity + slot], device=self.device)
-        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=rows)
+        rows = text.shape[0]
+        lat = history.to(self.device, self.dtype).unsqueeze(0).expand(rows, -1, -1)
+        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=self._rows([slot], rows))
 
-    def decode(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        s = torch.tensor(slots, device=self.device)
+    def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:
         z = z.to(self.device, self.dtype)
-        return self.t2m.decode_step(torch.cat([z, z]), self.cache, rows=torch.cat([s, s + self.capacity]))
+        out = self.t2m.decode_step(z.repeat(rows, 1), self.cache, rows=self._rows(slots, rows))
+        return out.view(rows, len(slots), -1).transpose(0, 1)
 
-    def num_sampling_steps(self, steps: int, method: str, skip_terminal: bool) -> int:
-        return self.t2m.diff_loss.sampling_process(steps, skip_terminal).num_timesteps
+    def noise_steps(self, settings: SamplerSettings) -> int:
+        return self.t2m.diff_loss.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
 
-    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str,
-               skip_terminal: bool = False):
+    def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
         noise = (noise[0].to(self.device, self.dtype), noise[1].to(self.device, self.dtype))
-        return self.t2m.diff_loss.sample(cond, uncond=uncond, cfg=cfg_scale, temperature=temperature,
-                                         steps=steps, method=method, noise=noise, fast=True,
-                                         skip_terminal=skip_terminal)
+        return self.t2m.diff_loss.sample(*conditions.unbind(1), settings=settings, noise=noise)
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
         rows = torch.tensor(slots, device=self.device)

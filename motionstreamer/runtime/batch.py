@@ -1,35 +1,43 @@
-"""Batched generation for evaluation: many captions at once through one StreamingEngine.
+"""Batched generation for evaluation (eval/protocols.py): many prompt schedules at once through one
+StreamingEngine.
 
-Each caption becomes a stream of a fixed number of latents (the ground-truth length, as the
-evaluation protocol of the original), all stepping together: one batched transformer decode and one
-batched head call per latent for the whole batch.
+Each schedule (one caption, or a sequence of prompts) becomes one stream, every prompt running for a
+fixed number of latents (the ground-truth length, as the original's evaluation protocol), the next
+queued right behind it; all streams step together: one batched transformer decode and one batched
+head call per latent for the whole batch.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from motionstreamer import FEATURE_DIM
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
 
 @torch.no_grad()
-def generate_batch(bundle, text_encoder, captions: list[str], n_latents: list[int],
-                   config: GenerationConfig | None = None, seed: int = 0, use_end_latent: bool = False,
-                   device=None, dtype=None, backend=None) -> list[torch.Tensor]:
-    """Returns de-normalised features (4 * n_latents[i], 272) per caption (fewer when use_end_latent
-    lets an action end early)."""
-    if len(captions) != len(n_latents):
-        raise ValueError(f"{len(captions)} captions but {len(n_latents)} lengths")
-    if not captions:
+def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], config: GenerationConfig | None = None,
+                  seed: int = 0, use_end_latent: bool = False, device=None, dtype=None, backend=None) -> list[torch.Tensor]:
+    """schedules[i]: [(prompt, n_latents), ...] for stream i (seeded seed + i). Returns de-normalised
+    features (frames, 272) per stream: 4 * sum(n_latents), fewer when use_end_latent lets an action end
+    early (the end latent then starts the next prompt)."""
+    if not schedules:
         return []
     cfg = config or GenerationConfig()
-    if not use_end_latent:
-        cfg = GenerationConfig(**{**cfg.__dict__, "end_threshold": -1.0})
-    cfg = GenerationConfig(**{**cfg.__dict__, "max_latents": max(n_latents)})
-    engine = StreamingEngine(bundle, text_encoder, capacity=len(captions), config=cfg, device=device, dtype=dtype,
+    cfg = dataclasses.replace(cfg, end_threshold=cfg.end_threshold if use_end_latent else -1.0,
+                              max_latents=max(sum(n for _, n in sched) for sched in schedules))
+    engine = StreamingEngine(bundle, text_encoder, capacity=len(schedules), config=cfg, device=device, dtype=dtype,
                              backend=backend)
-    ids = [engine.add_stream(c, seed=seed + i, max_latents=n) for i, (c, n) in enumerate(zip(captions, n_latents))]
+    ids = []
+    for i, sched in enumerate(schedules):
+        (prompt, n), rest = sched[0], sched[1:]
+        ids.append(engine.add_stream(prompt, seed=seed + i, max_latents=n))
+        for prompt, n in rest:
+            engine.push_text(ids[-1], prompt, max_latents=n, after_current=True)
     frames = {i: [] for i in ids}
     while engine.active_ids:
         for chunk in engine.step():
-            frames[chunk.stream_id].append(chunk.features.cpu())
-    return [torch.cat(frames[i]) if frames[i] else torch.zeros(0, 272) for i in ids]
+            frames[chunk.stream_id].append(chunk.features.float().cpu())
+    return [torch.cat(frames[i]) if frames[i] else torch.zeros(0, FEATURE_DIM) for i in ids]
+

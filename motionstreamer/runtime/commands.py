@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
+
+from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
 
 MAX_SECONDS = 600.0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix: writes PREFIX.npy (T,272 de-normalised) and PREFIX_joints.npy (T,22,3)")
-    p.add_argument("--out-dir", default=".", help="folder outputs must stay inside (default: current folder)")
+                   help=f"output prefix, anywhere (~ expanded): writes PREFIX.npy (T,{FEATURE_DIM} de-normalised) "
+                        f"and PREFIX_joints.npy (T,{NUM_JOINTS},3: the joints the video and every export show)")
+    p.add_argument("--out-dir", default=".", help="folder a relative --out is resolved in (default: current folder)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="model directory (motionstreamer bundle); default: the embedded model")
     p.add_argument("--seed", type=int, default=0)
@@ -33,9 +35,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default 1 on CPU: the per-latent ops are small, and extra "
                         "threads spin-wait; measured 22 ms vs 2.8 s per latent on a busy 2-core machine)")
-    p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
-    p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     p.add_argument("--quiet", action="store_true")
+    from motionstreamer.io.commands import add_export_args
+    add_export_args(p)
 
 
 def register(subparsers) -> None:
@@ -76,18 +78,17 @@ def parse_prompt(spec: str) -> tuple[str, float | None]:
     return text, seconds
 
 
-def resolve_output_prefix(out: str, out_dir: str) -> Path:
-    """PREFIX resolved inside out_dir; a prefix that escapes it (.., absolute elsewhere) is refused."""
+def resolve_output_prefix(out: str, out_dir: str = ".") -> Path:
+    """--out PREFIX as the user wrote it (their own argument: anywhere, ~ expanded; relative to
+    --out-dir). Refused: a prefix with no file name ("", ".", "..", "dir/") or naming a folder."""
     from motionstreamer.cli import CLIError
 
-    base = Path(out_dir).resolve()
-    target = (base / out).resolve()
-    if target != base and base not in target.parents:
-        raise CLIError(f"output {out!r} escapes the output folder {str(base)!r}; choose a path inside it "
-                       f"or set --out-dir")
-    if not target.name or target.name in (".", ".."):
-        raise CLIError(f"output prefix {out!r} has no file name")
-    return target
+    target = Path(out_dir).expanduser() / Path(out).expanduser()
+    if not out.strip() or out.rstrip().endswith(("/", "\\")) or Path(out).name in ("", ".", ".."):
+        raise CLIError(f"--out {out!r} has no file name; give a prefix such as out/walk (writes out/walk.npy, ...)")
+    if target.is_dir():
+        raise CLIError(f"--out {out!r} is a folder; give a prefix inside it, e.g. {str(Path(out) / 'walk')!r}")
+    return target.resolve()
 
 
 def _config(args):
@@ -113,16 +114,14 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     import torch
 
     from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.engine import MAX_PROMPT_CHARS
     from motionstreamer.runtime.loading import load_models
+    from motionstreamer.runtime.policy import check_prompt
     from motionstreamer.runtime.session import StreamingSession
-    from motionstreamer.utils import atomic_save_npy
 
-    for text, _ in prompts:
-        if not text.strip():
-            raise CLIError("a prompt is empty: describe the motion, e.g. 'a person walks forward'")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise CLIError(f"a prompt is too long ({len(text)} characters, at most {MAX_PROMPT_CHARS})")
+    try:
+        prompts = [(check_prompt(text), seconds) for text, seconds in prompts]
+    except ValueError as e:
+        raise CLIError(str(e))
     prefix = resolve_output_prefix(args.out, args.out_dir)
     try:
         config = _config(args)
@@ -139,13 +138,37 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     log(f"model: {desc}")
-    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed)
-    for i, (text, seconds) in enumerate(prompts):
+    # live JSON chunks (stream --jsonl) are foot-cleaned causally; the files offline, below
+    clean_live = args.clean_feet and getattr(args, "jsonl", False)
+    session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed, clean_feet=clean_live)
+    for text, seconds in prompts:
         session.push_text(text, duration=seconds, after_current=True)
+    chunks, gen_time, first_latency = _stream(session, args, live_stdin, log)
+    if not chunks:
+        raise CLIError("no frames were generated (the first action ended immediately); try another seed")
+    features = torch.cat([c.features.cpu() for c in chunks]).numpy().astype(np.float32)
+    motion_seconds = features.shape[0] / FPS
+    for ev in session.events:
+        log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
+    log(f"generated {features.shape[0]} frames ({len(chunks)} latents, {motion_seconds:.2f} s of motion) in "
+        f"{gen_time:.2f} s; first-latent latency {first_latency * 1000:.1f} ms; real-time factor "
+        f"{motion_seconds / max(gen_time, 1e-9):.1f}x")
+    title = " / ".join(t for t, _ in prompts) if prompts else "stream"
+    from motionstreamer.io.commands import write_outputs
+    for path in write_outputs(prefix, features, args, title, log):
+        log(f"wrote {path}")
+    return 0
+
+
+def _stream(session, args, live_stdin: bool, log):
+    """Step the session until it finishes (and, with --stdin, until stdin closes), printing JSON lines
+    and pacing at 30 fps as asked. Returns (chunks, generation seconds, first-latent latency)."""
+    import numpy as np
 
     lock = threading.Lock()
+    reader = None
     if live_stdin:
-        def reader():
+        def read_prompts():
             for line in sys.stdin:
                 line = line.strip()
                 if line:
@@ -155,21 +178,21 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
                             log(f"prompt queued: {line!r}")
                         except ValueError as e:
                             log(f"ignored prompt: {e}")
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-
-    feats, joints = [], []
+        reader = threading.Thread(target=read_prompts, daemon=True)
+        reader.start()
+    chunks = []
     t0 = time.perf_counter()
     first_latency = None
     gen_time = 0.0
+    due = 0.0      # --realtime: when the frames out so far have played; never behind the step that starts
     while True:
         with lock:
             finished = session.finished
         if finished:
-            if live_stdin and thread.is_alive():
+            if reader is not None and reader.is_alive():
                 time.sleep(0.05)
                 continue
-            break
+            return chunks, gen_time, first_latency
         ts = time.perf_counter()
         with lock:
             chunk = session.step()
@@ -178,41 +201,15 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
             continue
         if first_latency is None:
             first_latency = time.perf_counter() - t0
-        feats.append(chunk.features.cpu())
-        joints.append(chunk.joints.cpu())
-        if args.jsonl if hasattr(args, "jsonl") else False:
+        chunks.append(chunk)
+        if getattr(args, "jsonl", False):
             print(json.dumps({"start_frame": chunk.start_frame, "prompt": chunk.prompt,
                               "joints": np.round(chunk.joints.cpu().numpy(), 5).tolist()}), flush=True)
         if getattr(args, "realtime", False):
-            due = t0 + (chunk.start_frame + 4) / 30.0
+            # a playback clock that waits while the stream is idle or late (a first prompt typed after a
+            # while, a slow step) instead of bursting through the motion it is behind on
+            due = max(due, ts) + chunk.features.shape[0] / FPS
             time.sleep(max(0.0, due - time.perf_counter()))
-    if not feats:
-        raise CLIError("no frames were generated (the first action ended immediately); try another seed")
-    features = torch.cat(feats).numpy().astype(np.float32)
-    joint_arr = torch.cat(joints).numpy().astype(np.float32)
-    n_frames = features.shape[0]
-    motion_seconds = n_frames / 30.0
-    for ev in session.events:
-        log(f"  latent {ev.latent_index:4d}: {ev.kind} ({ev.prompt!r})")
-    log(f"generated {n_frames} frames ({len(feats)} latents, {motion_seconds:.2f} s of motion) in {gen_time:.2f} s; "
-        f"first-latent latency {first_latency * 1000:.1f} ms; real-time factor {motion_seconds / max(gen_time, 1e-9):.1f}x")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(f"{prefix}.npy", features)
-    atomic_save_npy(f"{prefix}_joints.npy", joint_arr)
-    written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
-    title = " / ".join(t for t, _ in prompts) if prompts else "stream"
-    if args.bvh:
-        from motionstreamer.io.bvh import features_to_bvh
-        features_to_bvh(f"{prefix}.bvh", features, fps=30)
-        written.append(f"{prefix}.bvh")
-    if args.render:
-        from motionstreamer.io.render import render_motion
-        out = f"{prefix}.{args.render}"
-        render_motion(joint_arr, out, title=title, fps=30, progress=not args.quiet)
-        written.append(out)
-    for w in written:
-        log(f"wrote {w}")
-    return 0
 
 
 def cmd_generate(args) -> int:

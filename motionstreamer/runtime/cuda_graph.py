@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from motionstreamer.runtime.backend import TorchBackend
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, TorchBackend
 
 
 class GraphedBackend(TorchBackend):
-    def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype, warmup: int = 2):
-        super().__init__(bundle, capacity, device, dtype)
+    """Graphs are keyed by what they bake in: the decode step by its condition rows, the head loop by
+    (batch, SamplerSettings) (frozen, hashable), the TAE step by nothing."""
+
+    def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
+                 condition_rows: int = MAX_CONDITION_ROWS, warmup: int = 2):
+        super().__init__(bundle, capacity, device, dtype, condition_rows)
         self.enabled = device.type == "cuda"
         self.warmup = warmup
         self._graphs = {}
@@ -49,40 +53,35 @@ class GraphedBackend(TorchBackend):
         return [*self.cache.k, *self.cache.v, self.cache.length]
 
     # ---- graphed calls
-    def decode(self, z, slots):
+    def decode(self, z, slots, rows):
         if not self._full(slots):
-            return super().decode(z, slots)
-        key = "decode"
+            return super().decode(z, slots, rows)
+        key = ("decode", rows)
         if key not in self._graphs:
-            zs = torch.zeros(2 * self.capacity, self.latent_dim, device=self.device, dtype=self.dtype)
-            self._capture(key, lambda: self.t2m.decode_step(zs, self.cache, rows=None, check=False), [zs],
+            n = rows * self.capacity
+            zs = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
+            index = None if n == self.cache.batch else torch.arange(n, device=self.device)   # all rows: no gather
+            self._capture(key, lambda: self.t2m.decode_step(zs, self.cache, rows=index, check=False), [zs],
                           self._cache_tensors())
         graph, (zs,), out = self._graphs[key]
         if int(self.cache.length.max()) >= self.cache.max_len:
             raise ValueError("KV cache full: re-prefill a shorter window")
-        z = z.to(self.device, self.dtype)
-        zs.copy_(torch.cat([z, z]))
+        zs.copy_(z.to(self.device, self.dtype).repeat(rows, 1))
         graph.replay()
-        return out.clone()
+        return out.clone().view(rows, self.capacity, -1).transpose(0, 1)
 
-    def sample(self, cond, uncond, noise, cfg_scale, temperature, steps, method, skip_terminal=False):
-        n = cond.shape[0]
+    def sample(self, conditions, noise, settings):
+        n = conditions.shape[0]
         if not self.enabled or n != self.capacity:
-            return super().sample(cond, uncond, noise, cfg_scale, temperature, steps, method, skip_terminal)
-        key = ("head", n, steps, method, skip_terminal, uncond is None, float(cfg_scale), float(temperature))
+            return super().sample(conditions, noise, settings)
+        key = ("head", n, settings)
         if key not in self._graphs:
-            E = cond.shape[1]
-            c = torch.zeros(n, E, device=self.device, dtype=self.dtype)
-            u = torch.zeros(n, E, device=self.device, dtype=self.dtype) if uncond is not None else None
+            c = torch.zeros_like(conditions, device=self.device, dtype=self.dtype)
             x = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
             nz = torch.zeros(noise[1].shape[0], n, self.latent_dim, device=self.device, dtype=self.dtype)
-            self._capture(key, lambda: self.t2m.diff_loss.sample(
-                c, uncond=u, cfg=cfg_scale, temperature=temperature, steps=steps, method=method,
-                noise=(x, nz), fast=True, skip_terminal=skip_terminal), [c, u, x, nz], [])
-        graph, (c, u, x, nz), out = self._graphs[key]
-        c.copy_(cond)
-        if u is not None:
-            u.copy_(uncond)
+            self._capture(key, lambda: self.t2m.diff_loss.sample(*c.unbind(1), settings=settings, noise=(x, nz)), [c, x, nz], [])
+        graph, (c, x, nz), out = self._graphs[key]
+        c.copy_(conditions)
         x.copy_(noise[0])
         nz.copy_(noise[1])
         graph.replay()

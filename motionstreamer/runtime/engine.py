@@ -1,20 +1,21 @@
 """The streaming engine: many independent text-to-motion streams stepped together, one latent each.
 
-Hot path of one step (see DESIGN.md):
-  pending condition (from the last prefill or decode step) for [cond rows; uncond rows]
+Hot path of one step (the picture: docs/design.md):
+  pending conditions (from the last prefill or decode step) for each stream's condition rows
   -> diffusion head with classifier-free guidance (AdaLN modulations for all steps precomputed)
   -> new latent -> end-of-action check
-  -> (a) one batched transformer decode step appends it to the KV cache and yields the next condition
+  -> (a) one batched transformer decode step appends it to the KV cache and yields the next conditions
   -> (b) the causal TAE decoder turns it into 4 frames from its per-layer state
   -> de-normalise -> incremental joint recovery -> FrameChunk per stream.
 
-Layout of the KV cache: 2 * capacity rows; stream slot i uses row i (its prompt) and row
-capacity + i (the empty prompt, for guidance). Both rows share the same motion history.
-A new prompt, or a full context window, re-prefills the slot's two rows with
-[text token, kept history]; everything else is a single decode step per latent.
+A stream has SamplerSettings.condition_rows condition rows: its prompt and, under guidance, the
+empty prompt, sharing one motion history (KV layout: runtime/backend.py). A new prompt, or a full
+context window, re-prefills them with [text token, kept history] (runtime/policy.py); everything
+else is a single decode step per latent.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from typing import Iterable
 
 import torch
 
+from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.runtime import policy
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
-
-MAX_PROMPT_CHARS = 1000
 
 
 @dataclass
@@ -42,21 +43,21 @@ class GenerationConfig:
     history_keep: int | None = None   # latents kept when the window slides (default: block_size // 2)
 
     def validate(self) -> None:
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        self.sampler_settings()
         if self.on_action_end not in ("stop", "continue"):
             raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
-        if self.sampling_steps < 1:
-            raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
         if self.max_latents < 1:
             raise ValueError(f"max_latents must be >= 1, got {self.max_latents}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+    def sampler_settings(self) -> SamplerSettings:
+        """How the head samples each latent (checked there); skip_terminal_step None counts as False:
+        resolve_config fills it from the bundle first."""
+        return SamplerSettings(sampling_steps=self.sampling_steps, sampler=self.sampler, cfg_scale=self.cfg_scale,
+                               temperature=self.temperature, skip_terminal_step=bool(self.skip_terminal_step))
 
 
 def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
     """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
-    import dataclasses
     sampler = bundle_config.get("sampler", {})
     skip = config.skip_terminal_step
     if skip is None:
@@ -101,7 +102,7 @@ class _Stream:
     queue: deque = field(default_factory=deque)        # (prompt, embedding, max_latents, after_current)
     history: list = field(default_factory=list)        # latents (16,) of the current window
     needs_prefill: bool = True
-    condition: torch.Tensor | None = None              # (2, n_embd) pending [cond; uncond]
+    condition: torch.Tensor | None = None              # (rows, n_embd) pending [cond; uncond][:rows]
     latents_emitted: int = 0
     action_latents: int = 0
     action_budget: int | None = None                   # latents allowed for the current prompt
@@ -120,6 +121,8 @@ class StreamingEngine:
                  cuda_graphs: bool = True):
         self.config = resolve_config(config or GenerationConfig(), getattr(bundle, "config", None) or {})
         self.config.validate()
+        self.settings = self.config.sampler_settings()
+        self.rows = self.settings.condition_rows
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if backend is None:
@@ -129,7 +132,11 @@ class StreamingEngine:
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
             backend = cls(bundle, capacity, device, dtype or p.dtype)
+        if backend.condition_rows < self.rows:
+            raise ValueError(f"the backend holds {backend.condition_rows} condition row(s) per stream, these sampler "
+                             f"settings need {self.rows}")
         self.backend = backend
+        self.noise_steps = backend.noise_steps(self.settings)
         self.device = torch.device(device) if device is not None else getattr(backend, "device", torch.device("cpu"))
         self.mean = bundle.mean.to(self.device, torch.float32)
         self.std = bundle.std.to(self.device, torch.float32)
@@ -174,7 +181,7 @@ class StreamingEngine:
         max_latents bounds how long this prompt runs (None: until its end latent).
         """
         s = self._get(stream_id)
-        prompt = self._check_prompt(prompt)
+        prompt = policy.check_prompt(prompt)
         if max_latents is not None and max_latents < 1:
             raise ValueError(f"max_latents must be >= 1, got {max_latents}")
         s.queue.append((prompt, self._embed(prompt), max_latents, after_current))
@@ -195,17 +202,6 @@ class StreamingEngine:
             raise KeyError(f"unknown or closed stream id {stream_id}")
         return self.streams[stream_id]
 
-    @staticmethod
-    def _check_prompt(prompt: str) -> str:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        prompt = " ".join(prompt.split())
-        if not prompt:
-            raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
-        return prompt
-
     def _embed(self, prompt: str) -> torch.Tensor:
         return self.text_encoder.encode([prompt])[0].float().cpu()
 
@@ -216,22 +212,29 @@ class StreamingEngine:
 
     # ---------------------------------------------------------------- the step
     @torch.inference_mode()
-    def step(self) -> list[FrameChunk]:
-        """Generate one latent (4 frames) for every active stream. Returns the chunks produced."""
+    def step(self, stream_ids: Iterable[int] | None = None) -> list[FrameChunk]:
+        """Generate one latent (4 frames) for every active stream, or only for the active ones among
+        `stream_ids` (a real-time server steps just the streams that are due, in one batch).
+        Returns the chunks produced."""
         self.events = []
-        streams = [self.streams[sid] for sid in self.active_ids]
+        ids = self.active_ids
+        if stream_ids is not None:
+            wanted = set(stream_ids)
+            ids = [sid for sid in ids if sid in wanted]
+        streams = [self.streams[sid] for sid in ids]
         for s in streams:
             self._maybe_switch_prompt(s)
         streams = [s for s in streams if not s.finished]
         if not streams:
             return []
         for s in streams:
-            if s.needs_prefill or len(s.history) >= self.block_size - 1:
+            if s.needs_prefill or policy.window_full(len(s.history), self.block_size):
                 self._prefill(s)
         latents = self._sample(streams)
         accepted, restart = [], []
         for s, z in zip(streams, latents):
-            if self._is_action_end(s, z):
+            if policy.is_action_end(z, self.end_latent, self.config.end_threshold, s.action_latents,
+                                    self.config.min_action_latents):
                 self.events.append(StreamEvent(s.stream_id, "action_end", s.latents_emitted, s.prompt))
                 if s.queue:
                     self._maybe_switch_prompt(s, force=True)
@@ -277,51 +280,36 @@ class StreamingEngine:
         self.events.append(StreamEvent(s.stream_id, "finished", s.latents_emitted, s.prompt or ""))
 
     def _prefill(self, s: _Stream) -> None:
-        if len(s.history) >= self.block_size - 1:  # window full: slide, keep the recent history
-            s.history = s.history[-self.history_keep:]
+        s.history = policy.slide(s.history, self.block_size, self.history_keep)
         hist = torch.stack(s.history) if s.history else torch.zeros(0, self.latent_dim)
-        text = torch.stack([s.text_emb, self._uncond_emb()])               # (2, text_dim)
-        s.condition = self.backend.prefill(text, hist, s.slot)             # (2, n_embd)
+        # condition rows: the prompt, then (under guidance) the empty prompt
+        text = torch.stack([s.text_emb] + [self._uncond_emb() for _ in range(self.rows - 1)])
+        s.condition = self.backend.prefill(text, hist, s.slot)             # (rows, n_embd)
         s.needs_prefill = False
 
     def _sample(self, streams: list[_Stream]) -> torch.Tensor:
-        from motionstreamer.models.diffusion import draw_sampling_noise
-
-        cfg = self.config
-        cond = torch.cat([s.condition[:1] for s in streams])
-        uncond = torch.cat([s.condition[1:] for s in streams])   # stays on the backend's device
-        x_T, step_noise = [], []
-        n_steps = self.backend.num_sampling_steps(cfg.sampling_steps, cfg.sampler, cfg.skip_terminal_step)
-        for s in streams:  # per-stream generators: a stream's samples do not depend on its neighbours
-            a, b = draw_sampling_noise(s.generator, 1, n_steps, self.latent_dim, device="cpu", dtype=torch.float32)
-            x_T.append(a)
-            step_noise.append(b)
-        noise = (torch.cat(x_T), torch.cat(step_noise, dim=1))
-        guided = cfg.cfg_scale != 1.0
-        return self.backend.sample(cond, uncond if guided else None, noise, cfg.cfg_scale, cfg.temperature,
-                                   cfg.sampling_steps, cfg.sampler, cfg.skip_terminal_step).float().cpu()
-
-    def _is_action_end(self, s: _Stream, z: torch.Tensor) -> bool:
-        if s.action_latents < self.config.min_action_latents:
-            return False
-        return torch.linalg.vector_norm(z.float() - self.end_latent).item() < self.config.end_threshold
+        conditions = torch.stack([s.condition for s in streams])           # (n, rows, n_embd), backend's device
+        # per-stream generators: a stream's samples do not depend on its neighbours
+        noise = [draw_sampling_noise(s.generator, 1, self.noise_steps, self.latent_dim) for s in streams]
+        noise = (torch.cat([x for x, _ in noise]), torch.cat([n for _, n in noise], dim=1))
+        return self.backend.sample(conditions, noise, self.settings).float().cpu()
 
     def _emit(self, accepted: list[tuple[_Stream, torch.Tensor]]) -> list[FrameChunk]:
         streams = [s for s, _ in accepted]
         z = torch.stack([z for _, z in accepted])                           # (n, 16)
         slots = [s.slot for s in streams]
-        # (a) append to the KV cache: one decode step over [cond rows; uncond rows] of these slots
-        nxt = self.backend.decode(z, slots)
-        n = len(streams)
+        # (a) append to the KV cache: one decode step over the condition rows of these slots
+        nxt = self.backend.decode(z, slots, self.rows)                      # (n, rows, n_embd)
         # (b) TAE: 4 frames per latent from the decoder state of these slots
         frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
         feats = frames.float().to(self.device) * self.std + self.mean
         joints = recover_joints_step(feats, self.root, rows=torch.tensor(slots, device=self.device))
+        per_latent = frames.shape[1]
         chunks = []
         for i, s in enumerate(streams):
-            s.condition = torch.stack([nxt[i], nxt[n + i]])
+            s.condition = nxt[i]
             s.history.append(z[i].float().cpu())
-            chunks.append(FrameChunk(s.stream_id, s.latents_emitted, 4 * s.latents_emitted,
+            chunks.append(FrameChunk(s.stream_id, s.latents_emitted, per_latent * s.latents_emitted,
                                      feats[i], joints[i], z[i].float(), s.prompt))
             s.latents_emitted += 1
             s.action_latents += 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from motionstreamer import FEATURE_DIM, NUM_JOINTS
 from motionstreamer.representation.rotation import rot6d_to_matrix
 
 
@@ -36,13 +37,13 @@ def recover_joints_step(features: torch.Tensor, state: RootState, rows: torch.Te
 
     Returns global joints (n, T, 22, 3).
     """
-    if features.ndim != 3 or features.shape[-1] != 272:
-        raise ValueError(f"features must be (batch, frames, 272), got {tuple(features.shape)}")
+    if features.ndim != 3 or features.shape[-1] != FEATURE_DIM:
+        raise ValueError(f"features must be (batch, frames, {FEATURE_DIM}), got {tuple(features.shape)}")
     heading = state.heading if rows is None else state.heading[rows]
     tau = state.translation if rows is None else state.translation[rows]
     n, T, _ = features.shape
     delta = rot6d_to_matrix(features[..., 2:8])                    # (n, T, 3, 3)
-    local = features[..., 8:74].reshape(n, T, 22, 3)
+    local = features[..., 8:8 + 3 * NUM_JOINTS].reshape(n, T, NUM_JOINTS, 3)
     zero = torch.zeros_like(features[..., 0])
     vel = torch.stack([features[..., 0], zero, features[..., 1]], dim=-1)  # (n, T, 3)
     joints = []

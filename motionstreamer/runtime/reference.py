@@ -5,13 +5,16 @@ What it does, as the released sampling loops do: every latent recomputes the who
 unconditional context as two separate forwards, samples the head with the plain module forward
 (AdaLN recomputed every diffusion step, Python loop), and re-decodes the whole latent sequence with
 the TAE whenever frames are needed. Only the prompt schedule, the context-window slide and the
-noise source are shared with the engine, so that the two can be compared latent by latent.
+noise source are shared with the engine (runtime/policy.py, the engine's GenerationConfig and
+per-stream generator), so that the two can be compared latent by latent.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from motionstreamer.runtime import policy
 
 
 @dataclass
@@ -23,19 +26,25 @@ class ReferenceResult:
 
 @torch.no_grad()
 def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: torch.Generator,
-                     cfg_scale: float = 4.0, temperature: float = 1.0, steps: int = 50,
-                     method: str = "ddpm", history_keep: int | None = None,
-                     end_latent: torch.Tensor | None = None, end_threshold: float = 0.1,
-                     min_action_latents: int = 2, decode_every_latent: bool = True,
-                     skip_terminal: bool = False) -> ReferenceResult:
-    """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt;
-    when end_latent is given, a prompt's action may end early as in the original t2m demo
-    (its end latent is dropped and generation moves to the next prompt)."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
+                     config=None, end_latent: torch.Tensor | None = None, decode_every_latent: bool = True,
+                     context: torch.Tensor | None = None) -> ReferenceResult:
+    """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt,
+    sampled as `config` (a GenerationConfig, the engine's; fields left None take the original's
+    values) says; when end_latent is given, a prompt's action may end early as in the original t2m
+    demo (its end latent is dropped and generation moves to the next prompt).
 
+    context (N, latent), optional (teacher forcing): latent k is sampled after context[:k] instead of
+    after the reference's own samples, so another implementation's stream can be checked latent by
+    latent without the differences compounding through the autoregressive loop."""
+    from motionstreamer.models.diffusion import draw_sampling_noise
+    from motionstreamer.runtime.engine import GenerationConfig, resolve_config
+
+    cfg = resolve_config(config or GenerationConfig(), {})
+    settings = cfg.sampler_settings()
     block = t2m.config.block_size
-    keep = history_keep or block // 2
+    keep = cfg.history_keep or block // 2
     p = next(t2m.parameters())
+    n_steps = t2m.diff_loss.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
     latents, window = [], []
     features = None
     ended_early = False
@@ -44,24 +53,18 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
         empty = uncond_emb.reshape(1, -1).to(p)
         k = 0
         while k < n_latents:
-            if len(window) >= block - 1:
-                window = window[-keep:]
+            window = policy.slide(window, block, keep)
             ctx = (torch.stack(window)[None] if window else torch.zeros(1, 0, t2m.config.latent_dim).to(p))
             cond = t2m(ctx, text)[:, -1]                      # full prefix, conditional
             uncond = t2m(ctx, empty)[:, -1]                   # full prefix, unconditional, separately
-            n_steps = t2m.diff_loss.sampling_process(steps, skip_terminal).num_timesteps
-            noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim, device="cpu", dtype=torch.float32)
-            noise = (noise[0].to(p), noise[1].to(p))
-            guided = cfg_scale != 1.0
-            z = t2m.diff_loss.sample(cond, uncond=uncond if guided else None, cfg=cfg_scale,
-                                     temperature=temperature, steps=steps, method=method, noise=noise,
-                                     fast=False, skip_terminal=skip_terminal)[0]
-            if (end_latent is not None and k >= min_action_latents
-                    and torch.linalg.vector_norm(z.float() - end_latent.reshape(-1).to(z.device, torch.float32)).item() < end_threshold):
+            noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim)
+            z = t2m.diff_loss.sample(cond, uncond, settings, noise=(noise[0].to(p), noise[1].to(p)), fast=False)[0]
+            if end_latent is not None and policy.is_action_end(z, end_latent.reshape(-1), cfg.end_threshold, k,
+                                                                cfg.min_action_latents):
                 ended_early = True
                 break
             latents.append(z)
-            window.append(z)
+            window.append(z if context is None else context[len(latents) - 1].to(z))
             k += 1
             if decode_every_latent:  # the original re-decodes everything whenever frames are needed
                 features = tae.decode(torch.stack(latents)[None])[0]

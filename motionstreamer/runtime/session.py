@@ -21,14 +21,22 @@ class StreamingSession:
     >>> for chunk in session:            # FrameChunk: 4 frames, features + joints
     ...     if chunk.latent_index == 20:
     ...         session.push_text("a person turns left")   # takes effect at the next latent
+
+    clean_feet=True passes every chunk's joints through a causal foot-skating clean-up
+    (representation.feet.FootCleaner: planted feet pinned to the floor, leg IK); the features stay as
+    generated.
     """
 
     def __init__(self, bundle, text_encoder, config: GenerationConfig | None = None, seed: int | None = None,
-                 device=None, dtype=None, backend=None):
+                 device=None, dtype=None, backend=None, clean_feet: bool = False):
         self.engine = StreamingEngine(bundle, text_encoder, capacity=1, config=config, device=device, dtype=dtype,
                                       backend=backend)
         self.stream_id = self.engine.add_stream(seed=seed)
         self.events = []
+        self.foot_cleaner = None
+        if clean_feet:
+            from motionstreamer.representation.feet import FootCleaner
+            self.foot_cleaner = FootCleaner()
 
     def push_text(self, prompt: str, duration: float | None = None, after_current: bool = False,
                   max_latents: int | None = None) -> None:
@@ -49,7 +57,10 @@ class StreamingSession:
             return None
         chunks = self.engine.step()
         self.events.extend(self.engine.events)
-        return chunks[0] if chunks else None
+        chunk = chunks[0] if chunks else None
+        if chunk is not None and self.foot_cleaner is not None:
+            chunk = self.foot_cleaner.clean_chunk(chunk)
+        return chunk
 
     def __iter__(self) -> Iterator[FrameChunk]:
         while not self.finished:

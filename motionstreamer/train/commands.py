@@ -1,4 +1,4 @@
-"""CLI verbs: `train tae|t2m|stream`, `encode-latents`, `make-bundle`.
+"""CLI verbs: `train tae|t2m|stream`, `train-evaluator`, `encode-latents`, `make-bundle`, `distill-head`.
 
 The pipeline from a HumanML3D-272 folder to a model that `generate`/`stream` can run:
 
@@ -19,6 +19,13 @@ import os
 from pathlib import Path
 
 
+def _text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-encoder", default="minilm", help="minilm | sentence-t5-xxl | hub id | folder")
+    p.add_argument("--text-cache", default=None, metavar="FILE",
+                   help="caption embeddings file: read when present (same --text-encoder), missing captions "
+                        "are encoded and the file is updated; the encoder is not loaded when all are cached")
+
+
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -32,18 +39,12 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the config's device, auto)")
 
 
-def _text_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-encoder", default="minilm", help="minilm | sentence-t5-xxl | hub id | folder")
-    p.add_argument("--text-cache", default=None, metavar="FILE",
-                   help="caption embeddings file: read when present (same --text-encoder), missing captions "
-                        "are encoded and the file is updated; the encoder is not loaded when all are cached")
-
-
 def register(subparsers) -> None:
-    t = subparsers.add_parser("train", help="train a model (tae | t2m | stream)",
-                              description="Train on the CPU, one GPU, or many (torchrun --nproc_per_node N -m "
-                                          "motionstreamer train ...). Config: defaults <- --config <- --set.")
-    sub = t.add_subparsers(dest="what", metavar="<model>")
+    from motionstreamer.cli import add_group, add_verb
+
+    sub = add_group(subparsers, "train", "train a model (tae | t2m | stream)",
+                    "Train on the CPU, one GPU, or many (torchrun --nproc_per_node N -m motionstreamer train ...). "
+                    "Config: defaults <- --config <- --set.", "what", "<model>")
     a = sub.add_parser("tae", help="Causal TAE on 272-dim motion windows")
     _common(a, "runs/tae")
     a.set_defaults(func=cmd_train_tae)
@@ -60,12 +61,8 @@ def register(subparsers) -> None:
     _text_args(c)
     c.add_argument("--init", default=None, metavar="CKPT", help="start from a text-to-motion checkpoint")
     c.set_defaults(func=cmd_train_stream)
-    t.set_defaults(func=lambda args: t.print_help() or 2)
 
-    e = subparsers.add_parser("encode-latents", help="encode a dataset into per-clip latent files",
-                              description="Encode every clip with a trained TAE into DIR/<clip>.npy of shape "
-                                          "(L+1, 16): the SAMPLED z per clip (the decoder was trained on samples), "
-                                          "then the reference end latent appended, as the original.")
+    e = add_verb(subparsers, "encode-latents", cmd_encode_latents, "encode a dataset into per-clip latent files")
     e.add_argument("--data", required=True, metavar="DIR")
     e.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt or a model bundle dir")
     e.add_argument("--out", required=True, metavar="DIR")
@@ -77,27 +74,30 @@ def register(subparsers) -> None:
     e.add_argument("--mu", action="store_true", help="store the posterior mean instead of a sample")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
-    e.set_defaults(func=cmd_encode_latents)
 
-    m = subparsers.add_parser("make-bundle", help="training checkpoints -> a model bundle for generate/stream",
-                              description="Combine a TAE and a text-to-motion (or streaming) training checkpoint "
-                                          "(EMA weights when present) with the dataset's Mean/Std into a "
-                                          "safetensors model bundle.")
+    m = add_verb(subparsers, "make-bundle", cmd_make_bundle,
+                 "training checkpoints -> a model bundle for generate/stream")
     m.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt")
     m.add_argument("--t2m", required=True, metavar="CKPT", help="t2m or stream checkpoint_last.pt")
     m.add_argument("--data", default=None, metavar="DIR", help="dataset folder whose mean_std/ normalised the training")
     m.add_argument("--mean-std", default=None, metavar="DIR", help="folder with Mean.npy/Std.npy (instead of --data)")
     m.add_argument("--out", required=True, metavar="DIR")
     m.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
-    m.set_defaults(func=cmd_make_bundle)
 
-    d = subparsers.add_parser(
-        "distill-head", help="distil the guided 50-step head into a 1-4 step student (no guidance rows)",
-        description="Train a few-step student head (the teacher head's architecture, initialised from it) that "
-                    "reproduces the bundle's guided sampling distribution from the conditional row alone, on "
-                    "conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing). "
-                    "Writes NEW_BUNDLE: the teacher bundle unchanged plus student_head.safetensors. Method and "
-                    "numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs.")
+    r = add_verb(subparsers, "train-evaluator", cmd_train_evaluator, "train the TMR-style evaluator")
+    _common(r, "runs/evaluator")
+    r.add_argument("--split", default="train")
+    r.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
+                   help="HF AutoModel folder or name, 'minilm' (offline) or 'tiny-distilbert' "
+                        "(default: distilbert-base-uncased for official, minilm for small)")
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--save-every", type=int, default=None, metavar="STEPS")
+    r.add_argument("--no-tensorboard", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = add_verb(subparsers, "distill-head", cmd_distill_head,
+                 "distil the guided 50-step head into a 1-4 step student (no guidance rows)")
     d.add_argument("--checkpoint", required=True, metavar="BUNDLE", help="the teacher model bundle")
     d.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder (train split)")
     d.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents from encode-latents")
@@ -118,23 +118,21 @@ def register(subparsers) -> None:
     d.add_argument("--resume", default=None, metavar="CKPT", help="continue from the run's checkpoint_last.pt")
     d.add_argument("--text-cache", default=None, metavar="FILE", help="caption embeddings file (see train t2m)")
     d.add_argument("--device", default=None, help="cpu, cuda or auto")
-    d.set_defaults(func=cmd_distill_head)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _config(cls, args):
+def _config(cls, args, **flags):
+    """The trainer config: defaults <- --config <- --set <- the verb's own flags (None: not given)."""
     from motionstreamer.cli import CLIError
     from motionstreamer.train.common import load_config_file, parse_overrides
 
     cfg = cls()
+    flags = {"out_dir": args.out, "device": args.device, **flags}
     try:
         if args.config:
             cfg = cfg.updated(load_config_file(args.config))
         cfg = cfg.updated(parse_overrides(args.set, cls))
-        if args.out is not None:
-            cfg = cfg.updated({"out_dir": args.out})
-        if args.device is not None:
-            cfg = cfg.updated({"device": args.device})
+        cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     return cfg
@@ -315,6 +313,8 @@ def cmd_train_stream(args) -> int:
 
 # ----------------------------------------------------------------------------- latents, bundle
 def cmd_encode_latents(args) -> int:
+    """Encode every clip with a trained TAE into DIR/<clip>.npy of shape (L+1, 16): the SAMPLED z per clip
+    (the decoder was trained on samples), then the reference end latent appended, as the original."""
     from motionstreamer.cli import CLIError
     from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
     from motionstreamer.train.tae import encode_latents, reference_end_latent
@@ -371,6 +371,8 @@ def load_tae(path: str, device: str = "auto"):
 
 
 def cmd_make_bundle(args) -> int:
+    """Combine a TAE and a text-to-motion (or streaming) training checkpoint (EMA weights when present)
+    with the dataset's Mean/Std into a safetensors model bundle."""
     from motionstreamer.checkpoints import save_bundle
     from motionstreamer.cli import CLIError
     from motionstreamer.data.humanml3d import load_mean_std
@@ -395,8 +397,41 @@ def cmd_make_bundle(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train-evaluator
+def cmd_train_evaluator(args) -> int:
+    """Train the text/motion evaluator (TMR losses, frozen text backbone) on a HumanML3D-272 layout folder;
+    writes OUT/checkpoint_last.pt (resumable) and OUT/evaluator/ (safetensors + config.json) every
+    --save-every steps."""
+    from motionstreamer.cli import CLIError, check_positive
+    from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
+    from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
+
+    check_positive(args, "epochs", "batch_size", "save_every")
+    cfg = _config(EvaluatorTrainConfig, args, epochs=args.epochs, batch_size=args.batch_size,
+                  save_every=args.save_every, progress=not args.quiet, tensorboard=not args.no_tensorboard)
+    try:
+        if args.model_size == "small":
+            model_cfg = EvaluatorConfig.small(args.text_backbone or "minilm")
+        elif args.text_backbone is None:
+            model_cfg = EvaluatorConfig.official()
+        else:
+            model_cfg = EvaluatorConfig(text_backbone=args.text_backbone, text_dim=backbone_hidden_size(args.text_backbone))
+    except Exception as e:   # a backbone name that cannot be resolved, offline or unknown
+        raise CLIError(f"--text-backbone {args.text_backbone!r}: {e}")
+    evaluator, res = _run(lambda: train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split))
+    last = res.losses[-1][1] if res.losses else float("nan")
+    _say(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
+         f"model {Path(cfg.out_dir) / 'evaluator'}, checkpoint {res.checkpoint}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- distill-head
 def cmd_distill_head(args) -> int:
+    """Train a few-step student head (the teacher head's architecture, initialised from it) that
+    reproduces the bundle's guided sampling distribution from the conditional row alone, on the
+    conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing).
+    Writes NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and
+    numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs."""
     from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle
     from motionstreamer.cli import CLIError
     from motionstreamer.eval.commands import parse_step_list
@@ -405,16 +440,10 @@ def cmd_distill_head(args) -> int:
     from motionstreamer.train.t2m import load_latent_examples
 
     out = Path(args.out)
-    cfg = _config(DistillConfig, argparse.Namespace(**{**vars(args), "out": args.run_dir}))   # .out: the run folder
-    overrides = {}
-    if args.student_steps is not None:
-        overrides["student_steps"] = parse_step_list(args.student_steps, "--student-steps")
-    if args.cfg is not None:
-        overrides["cfg"] = args.cfg
-    try:
-        cfg = cfg.updated(overrides)
-    except ValueError as e:
-        raise CLIError(str(e))
+    steps = None if args.student_steps is None else parse_step_list(args.student_steps, "--student-steps")
+    # --out is the new bundle here; the run folder is --run-dir
+    cfg = _config(DistillConfig, argparse.Namespace(**{**vars(args), "out": args.run_dir}),
+                  student_steps=steps, cfg=args.cfg)
     if (args.stream_data is None) != (args.stream_latents is None):
         raise CLIError("give both --stream-data and --stream-latents, or neither")
     if (out / "config.json").exists() and not args.overwrite:

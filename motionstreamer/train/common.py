@@ -18,8 +18,6 @@ communication. The global batch is split evenly across ranks and DDP averages th
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import math
 import os
@@ -33,13 +31,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from motionstreamer.config import ConfigDict
 from motionstreamer.utils import atomic_torch_save, atomic_write_json
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     out_dir: str = "runs/exp"
     steps: int = 1000                  # total optimiser steps
     batch_size: int = 32               # GLOBAL batch (split across ranks)
@@ -86,19 +85,6 @@ class TrainConfig:
             raise ValueError(f"{name}.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"{name}.grad_clip must be > 0 or null, got {self.grad_clip}")
-
-    # ---- config files and overrides
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**d)
 
     def updated(self, overrides: dict):
         d = self.to_dict()
@@ -287,6 +273,76 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read training checkpoint {path}: {e}") from e
 
 
+class _RunLog:
+    """What the main rank shows and keeps while training: the progress bar, log.jsonl every log_every
+    steps, TensorBoard scalars."""
+
+    def __init__(self, cfg: TrainConfig, name: str, out_dir: Path, step: int, is_main: bool):
+        self.cfg, self.name, self.file, self.on = cfg, name, out_dir / "log.jsonl", is_main
+        self.writer = self.bar = None
+        if is_main and cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(out_dir / "tb"))
+            except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
+                self.writer = None
+        if is_main and cfg.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
+
+    def step(self, step: int, loss: float, lr: float, rate: float, logs: dict) -> None:
+        if not self.on:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+            rec = {"step": step, "loss": loss, "lr": lr, "samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
+            with open(self.file, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.writer is not None:
+                for k, v in rec.items():
+                    if k != "step":
+                        self.writer.add_scalar(f"{self.name}/{k}", v, step)
+
+    def close(self) -> None:
+        for thing in (self.bar, self.writer):
+            if thing is not None:
+                thing.close()
+
+
+def _restore(resume, name: str, model, opt, sched, ema, rank: int, data_gen: torch.Generator) -> int:
+    """Load a checkpoint_last.pt into the run; returns its step."""
+    ck = load_checkpoint(resume)
+    if ck.get("trainer") != name:
+        raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{resume}: its weights do not fit this model (different config?): {e}") from None
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if ema is not None and "ema" in ck:
+        ema.load_state_dict(ck["ema"])
+    set_rng_state(ck["rng"][min(rank, len(ck["rng"]) - 1)], data_gen)
+    return int(ck["step"])
+
+
+def _save(out_dir: Path, env: Dist, data_gen: torch.Generator, checkpoint: dict) -> Path:
+    """checkpoint_last.pt (with every rank's RNG state, gathered so a resumed multi-process run
+    continues each rank's stream) and config.json, atomically, from the main rank."""
+    states = [rng_state(data_gen)]
+    if env.world_size > 1:
+        gathered = [None] * env.world_size
+        dist.all_gather_object(gathered, states[0])
+        states = gathered
+    path = out_dir / CHECKPOINT_NAME
+    if env.is_main:
+        atomic_torch_save(path, {**checkpoint, "rng": states})
+        atomic_write_json(out_dir / "config.json", checkpoint["config"])
+    return path
+
+
 def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[[torch.Generator, int], Any],
                loss_fn: Callable[[torch.nn.Module, Any, int], tuple], *, name: str,
                extra_config: dict | None = None, resume: str | os.PathLike | None = None,
@@ -314,69 +370,29 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    step = 0
+    step = _restore(resume, name, model, opt, sched, ema, env.rank, data_gen) if resume else 0
     out_dir = Path(cfg.out_dir)
     full_config = {"trainer": name, "train": cfg.to_dict(), "world_size": env.world_size, **(extra_config or {})}
-    if resume:
-        ck = load_checkpoint(resume)
-        if ck.get("trainer") != name:
-            raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise ValueError(f"{resume}: its weights do not fit this model (different config?): {e}") from None
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step = int(ck["step"])
-        if ema is not None and "ema" in ck:
-            ema.load_state_dict(ck["ema"])
-        set_rng_state(ck["rng"][min(env.rank, len(ck["rng"]) - 1)], data_gen)
+
+    def save() -> Path:
+        ck = {"trainer": name, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "step": step, "config": full_config}
+        if ema is not None:
+            ck["ema"] = ema.state_dict()
+        return _save(out_dir, env, data_gen, ck)
 
     ddp_model = model
     if env.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = cfg.bf16 and device.type == "cuda"
-
-    writer = None
-    if env.is_main and cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out_dir / "tb"))
-        except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
-            writer = None
-    bar = None
-    if env.is_main and cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
-
-    def save() -> Path:
-        path = out_dir / CHECKPOINT_NAME
-        # every rank's RNG is gathered so a resumed multi-process run continues each rank's stream
-        states = [rng_state(data_gen)]
-        if env.world_size > 1:
-            gathered = [None] * env.world_size
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
-        if env.is_main:
-            ck = {"trainer": name, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict(), "step": step, "rng": states, "config": full_config}
-            if ema is not None:
-                ck["ema"] = ema.state_dict()
-            atomic_torch_save(path, ck)
-            atomic_write_json(out_dir / "config.json", full_config)
-        return path
-
-    losses = []
-    log_file = out_dir / "log.jsonl"
+    log = _RunLog(cfg, name, out_dir, step, env.is_main)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", full_config)
-    t_start, n_samples = time.perf_counter(), 0
-    step_times, t_last = [], t_start
-    ckpt = None
-    saved_at = step
-    done_here = 0
+    losses, step_times = [], []
+    t_start = t_last = time.perf_counter()
+    n_samples, done_here, ckpt, saved_at = 0, 0, None, step
     while step < cfg.steps and (stop_after is None or done_here < stop_after):
         ddp_model.train()
         batch = sample_batch(data_gen, local_batch)
@@ -395,34 +411,16 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
         step += 1
         done_here += 1
         n_samples += cfg.batch_size
-        lval = float(loss.detach())
-        losses.append((step, lval))
+        losses.append((step, float(loss.detach())))
         t_now = time.perf_counter()
         step_times.append(t_now - t_last)
         t_last = t_now
-        if env.is_main:
-            rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
-            lr = sched.get_last_lr()[0]
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{lval:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {"step": step, "loss": lval, "lr": lr, "samples_per_s": rate,
-                       **{k: float(v) for k, v in logs.items()}}
-                with open(log_file, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if writer is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            writer.add_scalar(f"{name}/{k}", v, step)
+        log.step(step, losses[-1][1], sched.get_last_lr()[0], n_samples / max(t_now - t_start, 1e-9), logs)
         if checkpoints and (step % cfg.save_every == 0 or step == cfg.steps):
             ckpt, saved_at = save(), step
     if checkpoints and step != saved_at:  # stopped early (stop_after): leave a checkpoint to resume from
         ckpt = save()
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
+    log.close()
     rate = n_samples / max(time.perf_counter() - t_start, 1e-9)
     return TrainResult(step, losses, rate, ckpt, step_times)
 
@@ -434,7 +432,3 @@ def ema_or_model_state(checkpoint: dict) -> dict:
         state.update({k: v.to(state[k].dtype) for k, v in checkpoint["ema"].items()})
         return state
     return checkpoint["model"]
-
-
-def copy_config(cfg):
-    return copy.deepcopy(cfg)

@@ -42,16 +42,14 @@ class T2MTrainConfig(TrainConfig):
     steps: int = 100_000
     batch_size: int = 256
     lr: float = 1e-4
-    weight_decay: float = 1e-6
-    betas: tuple = (0.9, 0.99)
-    schedule: str = "cosine"
+    weight_decay: float = 1e-6         # betas (0.9, 0.99), cosine schedule: TrainConfig's
     warmup_steps: int = 10_000        # total/10, as the original
     grad_clip: float | None = None     # the original does not clip
     text_dropout: float = 0.1
     max_latents: int = 78              # block_size: text token + 77 inputs
     drop_edge_prob: float = 1 / 3      # drop first or last latent with this probability
     two_forward: bool = True
-    batch_mul: int = 4                 # diffmlps_batch_mul
+    diffmlps_batch_mul: int = 4        # each target token's head loss at this many timesteps (the original's name)
 
     def check(self) -> None:
         super().check()
@@ -60,8 +58,8 @@ class T2MTrainConfig(TrainConfig):
                 raise ValueError(f"T2MTrainConfig.{k} must be in [0, 1], got {getattr(self, k)}")
         if self.max_latents < 2:
             raise ValueError(f"T2MTrainConfig.max_latents must be >= 2 (text token + one latent), got {self.max_latents}")
-        if self.batch_mul < 1:
-            raise ValueError(f"T2MTrainConfig.batch_mul must be >= 1, got {self.batch_mul}")
+        if self.diffmlps_batch_mul < 1:
+            raise ValueError(f"T2MTrainConfig.diffmlps_batch_mul must be >= 1, got {self.diffmlps_batch_mul}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -134,17 +132,17 @@ class LatentTextData:
         return {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
 
 
-def draw_diffusion_noise(batch: dict, batch_mul: int, num_timesteps: int, generator: torch.Generator) -> dict:
+def draw_diffusion_noise(batch: dict, diffmlps_batch_mul: int, num_timesteps: int, generator: torch.Generator) -> dict:
     """Add explicit per-position diffusion randomness to a batch: t/noise for the loss (each of the
-    batch_mul repeats) and t_x0/noise_x0 for the Two-Forward first pass. A batch carrying them has a
+    diffmlps_batch_mul repeats) and t_x0/noise_x0 for the Two-Forward first pass. A batch carrying them has a
     loss that is a pure function of its rows, so it can be split across processes and give the same
     gradients as one process (tests/test_train_ddp.py). Without them the objective draws from the
     global torch RNG (faster on GPU: no host-side noise)."""
     b, l, d = batch["latents"].shape
     g = generator
     return {**batch,
-            "t": torch.randint(num_timesteps, (b, l, batch_mul), generator=g),
-            "noise": torch.randn(b, l, batch_mul, d, generator=g),
+            "t": torch.randint(num_timesteps, (b, l, diffmlps_batch_mul), generator=g),
+            "noise": torch.randn(b, l, diffmlps_batch_mul, d, generator=g),
             "t_x0": torch.randint(num_timesteps, (b, l), generator=g),
             "noise_x0": torch.randn(b, l, d, generator=g)}
 
@@ -162,9 +160,9 @@ def replace_fraction(step: int, total: int) -> float:
 class TwoForwardObjective(torch.nn.Module):
     """The original objective as a module, so DDP wraps one forward that uses every parameter."""
 
-    def __init__(self, model, total_steps: int, batch_mul: int = 4, two_forward: bool = True):
+    def __init__(self, model, total_steps: int, diffmlps_batch_mul: int = 4, two_forward: bool = True):
         super().__init__()
-        self.model, self.total_steps, self.batch_mul, self.two_forward = model, total_steps, batch_mul, two_forward
+        self.model, self.total_steps, self.diffmlps_batch_mul, self.two_forward = model, total_steps, diffmlps_batch_mul, two_forward
 
     def forward(self, batch: dict, step: int):
         model, diff = self.model, self.model.diff_loss
@@ -197,9 +195,9 @@ class TwoForwardObjective(torch.nn.Module):
                 inputs = lat.clone()
                 inputs[replace] = x0.to(lat.dtype)
         cond = model(inputs, text)[:, :-1]
-        # valid target tokens, each repeated batch_mul times with its own t and noise
-        tgt = lat[target_mask].repeat(self.batch_mul, 1)
-        z = cond[target_mask].repeat(self.batch_mul, 1)
+        # valid target tokens, each repeated diffmlps_batch_mul times with its own t and noise
+        tgt = lat[target_mask].repeat(self.diffmlps_batch_mul, 1)
+        z = cond[target_mask].repeat(self.diffmlps_batch_mul, 1)
         t = noise = None
         if "t" in batch:  # (b, l, mul) -> valid (n, mul) -> repeat-major (mul * n), the order of tgt/z
             t = batch["t"].to(dev)[target_mask].T.reshape(-1)
@@ -293,7 +291,7 @@ def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str
 def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, cfg: T2MTrainConfig,
               name: str = "t2m", resume=None, stop_after=None, extra_config=None):
     data = LatentTextData(examples, text_embeddings, cfg)
-    objective = TwoForwardObjective(model, cfg.steps, cfg.batch_mul, cfg.two_forward)
+    objective = TwoForwardObjective(model, cfg.steps, cfg.diffmlps_batch_mul, cfg.two_forward)
     return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
                       resume=resume, stop_after=stop_after,
                       extra_config={"t2m": model.config.to_dict(), **(extra_config or {})})

@@ -24,12 +24,9 @@ class TAETrainConfig(TrainConfig):
     out_dir: str = "runs/tae"
     steps: int = 2_000_000
     batch_size: int = 128
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.99)
+    lr: float = 5e-5                   # weight decay 0, betas (0.9, 0.99), gamma 0.05: TrainConfig's
     schedule: str = "multistep"
     milestones: tuple = (1_900_000,)
-    gamma: float = 0.05
     warmup_steps: int = 1000
     grad_clip: float | None = None     # the original does not clip
     window: int = 64

@@ -1,10 +1,12 @@
-"""onnxruntime backend for the streaming engine: the same session API, the models run in ORT.
+"""onnxruntime backend for the streaming engine: the same engine and session API, the models run in
+ORT sessions of an `export-onnx` folder (motionstreamer/export/onnx_export.py writes it).
 
 CPUExecutionProvider everywhere; CUDAExecutionProvider when `onnxruntime-gpu` is installed (install
 either `onnxruntime` or `onnxruntime-gpu`, not both: they ship the same module). The prompt logic,
 noise, end-of-action detection and joint recovery are the PyTorch engine's (runtime/engine.py);
-only the four model calls differ (runtime/backend.py). An int8 export (`export-onnx --quantize int8`)
-loads the same way: its graphs keep fp32 inputs and outputs, and ORT runs the quantized MatMuls.
+only the model calls differ (the Backend protocol, runtime/backend.py). An int8 export
+(`export-onnx --quantize int8`) loads the same way: its graphs keep fp32 inputs and outputs, and ORT
+runs the quantized MatMuls.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 
 from motionstreamer.export.onnx_export import read_manifest
+from motionstreamer.models.diffusion import SamplerSettings
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows
 
 
 def make_session(path: Path, providers=None, threads: int | None = None):
@@ -30,21 +34,21 @@ def make_session(path: Path, providers=None, threads: int | None = None):
 
 
 class OrtBackend:
-    def __init__(self, directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None):
+    def __init__(self, directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
+                 condition_rows: int = MAX_CONDITION_ROWS):
         d = Path(directory)
         self.manifest = m = read_manifest(d)
-        self.capacity = capacity
+        self.capacity, self.condition_rows = capacity, condition_rows
         self.block_size, self.latent_dim = m["block_size"], m["latent_dim"]
         self.device = torch.device("cpu")
         self.prefill_s = make_session(d / "prefill.onnx", providers, threads)
         self.decode_s = make_session(d / "decode_step.onnx", providers, threads)
         self.tae_s = make_session(d / "tae_decode_step.onnx", providers, threads)
-        self.heads = {(h["method"], h["steps"], h.get("skip_terminal", False)): (make_session(d / h["file"], providers, threads), h)
-                      for h in m["heads"]}
-        shape = (m["n_layer"], 2 * capacity, m["n_head"], m["block_size"], m["head_dim"])
+        self.heads = {head_key(h): (make_session(d / h["file"], providers, threads), h) for h in m["heads"]}
+        shape = (m["n_layer"], condition_rows * capacity, m["n_head"], m["block_size"], m["head_dim"])
         self.k = np.zeros(shape, np.float32)
         self.v = np.zeros(shape, np.float32)
-        self.pos = np.zeros(2 * capacity, np.int64)
+        self.pos = np.zeros(condition_rows * capacity, np.int64)
         self.tae_states = [np.zeros((capacity, *s), np.float32) for s in m["tae_states"]]
 
     def reset(self, slot: int) -> None:
@@ -52,45 +56,47 @@ class OrtBackend:
             s[slot] = 0
 
     def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
-        L = history.shape[0]
-        lat = np.zeros((2, self.block_size - 1, self.latent_dim), np.float32)
+        n_rows, L = text.shape[0], history.shape[0]
+        lat = np.zeros((n_rows, self.block_size - 1, self.latent_dim), np.float32)
         lat[:, :L] = history.numpy()
         cond, k, v = self.prefill_s.run(None, {"text": text.numpy().astype(np.float32), "latents": lat,
-                                               "n_latents": np.full(2, L, np.int64)})
-        rows = [slot, self.capacity + slot]
+                                               "n_latents": np.full(n_rows, L, np.int64)})
+        rows = cache_rows([slot], n_rows, self.capacity)
         self.k[:, rows], self.v[:, rows] = k, v
         self.pos[rows] = L + 1
         return torch.from_numpy(cond)
 
-    def decode(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        rows = list(slots) + [s + self.capacity for s in slots]
-        zz = np.concatenate([z.numpy(), z.numpy()]).astype(np.float32)
+    def decode(self, z: torch.Tensor, slots: list[int], n_rows: int) -> torch.Tensor:
+        rows = cache_rows(slots, n_rows, self.capacity)
         if int(self.pos[rows].max()) >= self.block_size:
             raise ValueError("KV cache full: re-prefill a shorter window")
-        cond, k, v = self.decode_s.run(None, {"latent": zz, "k_cache": self.k[:, rows], "v_cache": self.v[:, rows],
+        cond, k, v = self.decode_s.run(None, {"latent": np.tile(z.numpy().astype(np.float32), (n_rows, 1)),
+                                              "k_cache": self.k[:, rows], "v_cache": self.v[:, rows],
                                               "pos": self.pos[rows]})
         self.k[:, rows], self.v[:, rows] = k, v
         self.pos[rows] += 1
-        return torch.from_numpy(cond)
+        return torch.from_numpy(cond).view(n_rows, len(slots), -1).transpose(0, 1)
 
-    def num_sampling_steps(self, steps: int, method: str, skip_terminal: bool) -> int:
-        return self._head(steps, method, skip_terminal)[1]["noise_steps"]
-
-    def _head(self, steps, method, skip_terminal):
-        key = (method, steps, skip_terminal)
-        if key not in self.heads:
-            raise ValueError(f"no exported head for sampler {method!r} with {steps} steps (skip_terminal={skip_terminal}); "
-                             f"exported: {sorted(self.heads)} (re-export with --head {method}:{steps})")
+    def _head(self, settings: SamplerSettings):
+        key = (settings.sampler, settings.sampling_steps, settings.skip_terminal_step)
+        if key not in self.heads or settings.eta != 0:
+            raise ValueError(f"no exported head for sampler {settings.sampler!r} with {settings.sampling_steps} steps "
+                             f"(skip_terminal_step={settings.skip_terminal_step}, eta={settings.eta}); exported: "
+                             f"{sorted(self.heads)} (re-export with --head {settings.sampler}:{settings.sampling_steps})")
         return self.heads[key]
 
-    def sample(self, cond, uncond, noise, cfg_scale: float, temperature: float, steps: int, method: str,
-               skip_terminal: bool = False):
-        sess = self._head(steps, method, skip_terminal)[0]
-        if uncond is None:  # guidance off: cfg 1 makes eps_u + 1*(eps_c - eps_u) = eps_c
-            uncond, cfg_scale = cond, 1.0
+    def noise_steps(self, settings: SamplerSettings) -> int:
+        return self._head(settings)[1]["noise_steps"]
+
+    def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
+        sess = self._head(settings)[0]
+        cond, *rest = conditions.unbind(1)
+        # the graph is always guided; one condition row means cfg_scale 1: eps_u + 1 (eps_c - eps_u) = eps_c
+        uncond = rest[0] if rest else cond
         feeds = {"cond": cond.numpy().astype(np.float32), "uncond": uncond.numpy().astype(np.float32),
                  "x_T": noise[0].numpy().astype(np.float32), "step_noise": noise[1].numpy().astype(np.float32),
-                 "cfg": np.array([cfg_scale], np.float32), "temperature": np.array([temperature], np.float32)}
+                 "cfg": np.array([settings.cfg_scale], np.float32),
+                 "temperature": np.array([settings.temperature], np.float32)}
         names = {i.name for i in sess.get_inputs()}   # deterministic DDIM graphs drop the unused noise inputs
         out = sess.run(None, {k: v for k, v in feeds.items() if k in names})
         return torch.from_numpy(out[0])
@@ -103,6 +109,12 @@ class OrtBackend:
         for s, new in zip(self.tae_states, out[1:]):
             s[slots] = new
         return torch.from_numpy(out[0])
+
+
+def head_key(head: dict) -> tuple:
+    """(sampler, sampling_steps, skip_terminal_step) of a manifest head entry (version 1 names too)."""
+    return (head.get("sampler", head.get("method")), head.get("sampling_steps", head.get("steps")),
+            head.get("skip_terminal_step", head.get("skip_terminal", False)))
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""The stream policy the engine and the reference sampler share: prompt checks, the context-window
+slide and the end-of-action test. Plain functions on plain values, so the original algorithm
+(runtime/reference.py) and the engine cannot drift apart in them; tests/test_runtime_engine.py checks
+the engine's slide against a full forward, independently of this file."""
+from __future__ import annotations
+
+import torch
+
+MAX_PROMPT_CHARS = 1000
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt with its whitespace collapsed; TypeError / ValueError naming what is wrong."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+    return prompt
+
+
+def window_full(history_len: int, block_size: int) -> bool:
+    """The text token and `history_len` latents fill the block: the next latent needs a slide first."""
+    return history_len >= block_size - 1
+
+
+def slide(history: list, block_size: int, keep: int) -> list:
+    """The context before the next latent: the latest `keep` latents once the window is full (the
+    stream is then re-prefilled with [text, kept history]), else the history as it is."""
+    return history[-keep:] if window_full(len(history), block_size) else history
+
+
+def is_action_end(z: torch.Tensor, end_latent: torch.Tensor, threshold: float, action_latents: int,
+                  min_action_latents: int) -> bool:
+    """A latent within `threshold` (L2) of the reference end latent ends the action, once it has run
+    `min_action_latents` latents (the original's t2m demo)."""
+    if action_latents < min_action_latents:
+        return False
+    return torch.linalg.vector_norm(z.float() - end_latent.to(z.device, torch.float32)).item() < threshold

@@ -1,0 +1,115 @@
+"""CLI verb `serve`: the live service on uvicorn, or on Ray Serve with --ray."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+TOKEN_ENV = "MOTIONSTREAMER_TOKEN"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="live service: WebSocket streaming API and a browser app",
+        description="Serve text-to-motion streams over a WebSocket API (/v1/stream) with a browser app at /. "
+                    "Binds to 127.0.0.1 by default; any other address needs --token (or $MOTIONSTREAMER_TOKEN).")
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle; default: the embedded model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-streams", type=int, default=32, help="concurrent streams per engine (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="diffusion sampling steps per latent (default 10: the embedded model streams 20+ clients "
+                        "on 2 CPU cores; 50 is the original algorithm)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
+    p.add_argument("--lookahead", type=int, default=2,
+                   help="latents generated ahead of each stream's playback clock (default 2 = 267 ms)")
+    p.add_argument("--on-end", choices=("continue", "stop"), default="continue",
+                   help="an action that ends with no prompt queued: keep doing it (default) or stop the stream")
+    p.add_argument("--token", default=None,
+                   help=f"require this token on /v1/* (Authorization: Bearer TOKEN or ?token=TOKEN); default "
+                        f"${TOKEN_ENV}; required when --host is not loopback")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a browser Origin allowed besides the page's own (repeat; '*' allows any)")
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds without a client message (default 300)")
+    p.add_argument("--max-prompt-chars", type=int, default=300)
+    p.add_argument("--max-backlog", type=int, default=64,
+                   help="messages a slow client may leave unread before it is dropped (default 64 = 8.5 s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    r = p.add_argument_group("Ray Serve (scale-out)")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (needs `pip install ray[serve]`)")
+    r.add_argument("--replicas", type=int, default=1, help="replicas at start (each owns one engine)")
+    r.add_argument("--max-replicas", type=int, default=None,
+                   help="autoscale between --replicas and this on ongoing streams (default: no autoscaling)")
+    r.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (1 in production)")
+    r.add_argument("--cpus-per-replica", type=float, default=1.0)
+    r.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    p.set_defaults(func=cmd_serve)
+
+
+def config_from_args(args):
+    from motionstreamer.cli import CLIError
+    from motionstreamer.serve.app import ServeConfig, is_loopback
+    from motionstreamer.serve.protocol import ServeLimits
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and not token:
+        raise CLIError(f"--host {args.host} is not loopback: give --token TOKEN (or set ${TOKEN_ENV}) so that only "
+                       "clients with the token can use the server")
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in [1, 65535], got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
+        raise CLIError(f"--checkpoint {args.checkpoint}: not a directory")
+    try:
+        limits = ServeLimits(max_streams=args.max_streams, idle_timeout_s=args.idle_timeout,
+                             max_prompt_chars=args.max_prompt_chars, max_backlog=args.max_backlog)
+        cfg = ServeConfig(checkpoint=args.checkpoint, device=args.device,
+                          dtype=None if args.dtype == "auto" else args.dtype, steps=args.steps, cfg_scale=args.cfg,
+                          on_end=args.on_end, lookahead=args.lookahead, token=token,
+                          allowed_origins=tuple(args.allow_origin), limits=limits, threads=args.threads)
+        cfg.validate()
+    except ValueError as e:
+        raise CLIError(str(e))
+    return cfg
+
+
+class RedactToken(logging.Filter):
+    """Access logs print the request line; a ?token= in it must not reach the log."""
+    pattern = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.pattern.sub(r"\1***", record.msg)
+        return True
+
+
+def cmd_serve(args) -> int:
+    from motionstreamer.cli import CLIError
+
+    cfg = config_from_args(args)
+    if args.ray:
+        from motionstreamer.serve.ray_app import run_ray
+
+        return run_ray(cfg, host=args.host, port=args.port, replicas=args.replicas, max_replicas=args.max_replicas,
+                       gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                       address=args.ray_address)
+    try:
+        import uvicorn
+
+        from motionstreamer.serve.app import create_app
+    except ImportError as e:
+        raise CLIError(f"the service needs the 'serve' extra: pip install 'motionstreamer[serve]' ({e})")
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactToken())
+    app = create_app(cfg)
+    print(f"motionstreamer serve: http://{args.host}:{args.port}/ (WebSocket /v1/stream; "
+          f"{cfg.limits.max_streams} streams, {cfg.steps} sampling steps, look-ahead {cfg.lookahead})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                ws_max_size=max(cfg.limits.max_message_bytes * 4, 65536))
+    return 0
