@@ -239,7 +239,7 @@ def save_bundle(directory: str | os.PathLike, tae, t2m, mean, std, end_latent, t
     if student is not None:
         _check_student(student, t2m.config.head)
         _save_safetensors(d / STUDENT_FILE, student.state_dict())
-        config["student_head"] = student.config.to_dict()
+        config["student_head"] = student.student_config.to_dict()
     else:
         (d / STUDENT_FILE).unlink(missing_ok=True)
     config.update(extra_config or {})
@@ -325,8 +325,8 @@ def load_bundle(directory: str | os.PathLike, device="cpu", dtype=torch.float32)
 
 def _check_student(student, head) -> None:
     """A student must have its teacher's architecture (head: the t2m model's DiffusionHeadConfig)."""
-    if student.head_config != head:
-        raise CheckpointError(f"the student head's config {student.head_config.to_dict()} differs from the t2m "
+    if student.config != head:
+        raise CheckpointError(f"the student head's config {student.config.to_dict()} differs from the t2m "
                               f"model's head {head.to_dict()}")
 
 
@@ -370,7 +370,7 @@ def add_student_head(src: str | os.PathLike, student, dst: str | os.PathLike | N
                 with atomic_path(dst / f.name) as tmp:
                     shutil.copyfile(f, tmp)
     _save_safetensors(dst / STUDENT_FILE, student.state_dict())
-    config["student_head"] = student.config.to_dict()
+    config["student_head"] = student.student_config.to_dict()
     if description is not None:
         config["description"] = description
     atomic_write_json(dst / "config.json", config)

@@ -6,12 +6,13 @@ import torch
 
 from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle, save_bundle
 from motionstreamer.eval.head_quality import energy_distance, sliced_wasserstein
-from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, student_timesteps
+from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
+from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, student_settings, student_timesteps
 from motionstreamer.train.distill import (DistillConfig, EnergyDistillObjective, TeacherBank, distill_head,
                                           energy_score, teacher_forced_conditions, teacher_samples)
 
-from train_tiny import FakeTextEncoder, quiet, tiny_t2m, tiny_tae
+from fakes import FakeTextEncoder
+from train_tiny import quiet, tiny_t2m, tiny_tae
 
 HEAD = DiffusionHeadConfig(width=64, depth=2, cond_dim=32)
 
@@ -42,13 +43,13 @@ def test_student_sampler_equals_its_reference_loop(steps):
     gen = torch.Generator().manual_seed(1)
     noise = (torch.randn(10, 16, generator=gen, dtype=torch.float64),
              torch.randn(steps, 10, 16, generator=gen, dtype=torch.float64))
-    fast = s.sample(cond.repeat_interleave(2, 0), steps, noise=noise)
-    ref = s.sample(cond.repeat_interleave(2, 0), steps, noise=noise, fast=False)
-    rep = s.sample(cond, steps, noise=noise, repeats=2)
+    fast = s.sample(cond.repeat_interleave(2, 0), settings=student_settings(steps), noise=noise)
+    ref = s.sample(cond.repeat_interleave(2, 0), settings=student_settings(steps), noise=noise, fast=False)
+    rep = s.rollout(cond, steps, noise, repeats=2)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(rep, ref, rtol=0, atol=1e-12)
     # by hand: x0 from eps, then the posterior of the k-step process (noise only between steps)
-    proc, x = s.process(steps), noise[0]
+    proc, x = s.sampling_process(steps), noise[0]
     t = student_timesteps(48, steps)
     for i in reversed(range(steps)):
         eps = s.net(x, torch.full((10,), t[i]), cond.repeat_interleave(2, 0))
@@ -64,11 +65,14 @@ def test_student_sampler_equals_its_reference_loop(steps):
 def test_student_sampler_checks_its_inputs():
     s = student()
     with pytest.raises(ValueError, match="cond must have shape"):
-        s.sample(torch.zeros(2, 31, dtype=torch.float64), 2)
-    with pytest.raises(ValueError, match="noise must be"):
-        s.sample(torch.zeros(2, 32, dtype=torch.float64), 2, noise=(torch.zeros(2, 16), torch.zeros(1, 2, 16)))
+        s.sample(torch.zeros(2, 31, dtype=torch.float64), settings=student_settings(2))
+    with pytest.raises(ValueError, match="step noise must have shape"):
+        s.sample(torch.zeros(2, 32, dtype=torch.float64), settings=student_settings(2),
+                 noise=(torch.zeros(2, 16), torch.zeros(1, 2, 16)))
     with pytest.raises(ValueError, match="repeats"):
-        s.sample(torch.zeros(2, 32, dtype=torch.float64), 2, repeats=0)
+        s.rollout(torch.zeros(2, 32, dtype=torch.float64), 2, None, repeats=0)
+    with pytest.raises(ValueError, match="student head samples with 'ddpm'"):
+        SamplerSettings(sampling_steps=2, sampler="ddim", head="student")
 
 
 @pytest.mark.parametrize("field,value,msg", [
@@ -165,8 +169,8 @@ def test_teacher_bank_is_the_runtime_sampler_and_chunk_independent(tiny):
     gen = torch.Generator().manual_seed(0)
     c = pairs[:4]
     noise = draw_sampling_noise(gen, 12, 49, 16)
-    want = t2m.diff_loss.sample(c[:, 0].repeat_interleave(3, 0), uncond=c[:, 1].repeat_interleave(3, 0), cfg=4.0,
-                                steps=50, noise=noise, skip_terminal=True)
+    want = t2m.diff_loss.sample(c[:, 0].repeat_interleave(3, 0), c[:, 1].repeat_interleave(3, 0),
+                                SamplerSettings(sampling_steps=50, cfg_scale=4.0, skip_terminal_step=True), noise=noise)
     torch.testing.assert_close(a[:4].reshape(12, 16), want)
 
 
@@ -185,8 +189,8 @@ def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     for name in ("tae.safetensors", "t2m.safetensors", "stats.safetensors"):
         assert (out / name).read_bytes() == (root / "teacher" / name).read_bytes()
     b = load_bundle(out)
-    assert b.student is not None and b.student.config.steps == (1, 2) and b.student.config.default_steps == 2
-    assert b.student.config.top_timestep == 48 and b.student.config.teacher_skip_terminal
+    assert b.student is not None and b.student.student_config.steps == (1, 2) and b.student.student_config.default_steps == 2
+    assert b.student.student_config.top_timestep == 48 and b.student.student_config.teacher_skip_terminal
     for k, v in s.state_dict().items():
         assert torch.equal(b.student.state_dict()[k], v)
     assert load_bundle(root / "teacher").student is None
@@ -260,7 +264,7 @@ def test_cli_distill_head_writes_a_student_bundle(cli_setup, tmp_path, capsys):
     assert main(distill_args(root, data, lat, cache, tmp_path / "out", tmp_path / "run")) == 0
     assert "distilled a 1,2-step head in 4 steps" in capsys.readouterr().out
     b = load_bundle(tmp_path / "out")
-    assert b.student.config.steps == (1, 2) and b.student.config.top_timestep == 49   # teacher: no skip
+    assert b.student.student_config.steps == (1, 2) and b.student.student_config.top_timestep == 49   # teacher: no skip
     assert (tmp_path / "out" / "t2m.safetensors").read_bytes() == (root / "teacher" / "t2m.safetensors").read_bytes()
     # no silent overwrite of a bundle
     with pytest.raises(SystemExit) as e:

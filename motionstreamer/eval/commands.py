@@ -31,7 +31,11 @@ def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
 def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
     p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (official 4.0)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (official 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion sampling steps (official 50; a student: its default count)")
+    p.add_argument("--head", choices=("teacher", "student"), default=None,
+                   help="teacher: the guided head; student: the bundle's distilled few-step head (default: the "
+                        "bundle's choice)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--onnx", default=None, metavar="DIR",
@@ -150,9 +154,9 @@ def _generation(args, device):
             from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
             from motionstreamer.runtime.engine import GenerationConfig
-            stats, probe = load_ort(args.onnx, 1)
-            cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+            cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler, head=args.head)
             cfg.validate()
+            stats, probe = load_ort(args.onnx, 1, config=cfg)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
             raise CLIError(f"--onnx needs onnxruntime: {e}")
@@ -166,19 +170,20 @@ def _generation(args, device):
 
         def backend_for(capacity: int):
             if capacity not in backends:
-                backends[capacity] = load_ort(args.onnx, capacity)[1]
+                backends[capacity] = load_ort(args.onnx, capacity, config=cfg)[1]
             return backends[capacity]
         return stats, text_encoder, cfg, desc, backend_for
     try:
-        from motionstreamer.runtime.engine import GenerationConfig
+        from motionstreamer.runtime.engine import GenerationConfig, resolve_config
         from motionstreamer.runtime.loading import load_models
     except ImportError as e:
         raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
                        f"not available: {e}")
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
-        cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+        cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler, head=args.head)
         cfg.validate()
+        resolve_config(cfg, bundle.config)   # --head/--steps against the bundle (a student's step counts)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
     return bundle, text_encoder, cfg, desc, None

@@ -114,16 +114,17 @@ def teacher_sampler(diff_loss, cfg: float, steps: int, skip_terminal: bool, meth
                     max_rows: int = 1024) -> Sampler:
     """A Sampler for the guided teacher head (DiffLoss): conditions are (C, 2, E) pairs [cond, uncond].
     At most max_rows rows per sampling call (the AdaLN tables of all steps grow with the rows)."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
+    from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+
+    settings = SamplerSettings(sampling_steps=steps, sampler=method, cfg_scale=cfg, skip_terminal_step=skip_terminal)
 
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         cond, unc = repeat_rows(c[:, 0], n), repeat_rows(c[:, 1], n)
         proc = diff_loss.sampling_process(steps, skip_terminal)
         x, step_noise = draw_sampling_noise(gen, cond.shape[0], proc.num_timesteps, diff_loss.config.latent_dim,
                                             cond.device, cond.dtype)
-        z = torch.cat([diff_loss.sample(cond[s:s + max_rows], uncond=unc[s:s + max_rows], cfg=cfg, steps=steps,
-                                        method=method, noise=(x[s:s + max_rows], step_noise[:, s:s + max_rows]),
-                                        skip_terminal=skip_terminal)
+        z = torch.cat([diff_loss.sample(cond[s:s + max_rows], unc[s:s + max_rows], settings,
+                                        noise=(x[s:s + max_rows], step_noise[:, s:s + max_rows]))
                        for s in range(0, cond.shape[0], max_rows)])
         return grouped(z, c.shape[0])
     return sample
@@ -131,9 +132,11 @@ def teacher_sampler(diff_loss, cfg: float, steps: int, skip_terminal: bool, meth
 
 def student_sampler(student, steps: int) -> Sampler:
     """A Sampler for a StudentHead at `steps` steps (uses only the cond row of (C, 2, E) pairs)."""
+    from motionstreamer.models.few_step import student_settings
+
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         cond = repeat_rows(c[:, 0], n)
-        return grouped(student.sample(cond, steps, generator=gen), c.shape[0])
+        return grouped(student.sample(cond, settings=student_settings(steps), generator=gen), c.shape[0])
     return sample
 
 
@@ -162,11 +165,11 @@ def head_report(bundle, text_encoder, data, latents, split: str = "test", condit
     student = bundle.student
     skip = bool((bundle.config or {}).get("sampler", {}).get("skip_terminal_step", False))
     if cfg is None:
-        cfg = student.config.teacher_cfg if student is not None else 4.0
+        cfg = student.student_config.teacher_cfg if student is not None else 4.0
     diff = bundle.t2m.diff_loss
     candidates = {"teacher, other seeds (noise floor)": teacher_sampler(diff, cfg, 50, skip)}
     if student is not None:
-        for k in (student_steps or student.config.steps):
+        for k in (student_steps or student.student_config.steps):
             candidates[f"student {k} steps"] = student_sampler(student, k)
     for k in respaced:
         candidates[f"respaced teacher {k} steps"] = teacher_sampler(diff, cfg, k, skip)

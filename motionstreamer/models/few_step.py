@@ -2,10 +2,10 @@
 
 A student has the teacher head's architecture (SimpleMLPAdaLN, same widths, keys `net.*`) and is
 trained by `motionstreamer distill-head` (train/distill.py) to reproduce the teacher's guided
-sampling distribution. It samples with the same ancestral DDPM update as the teacher
-(models/diffusion.py: x0 from the eps prediction, posterior mean of the process, plus
-exp(0.5 logvar) * noise * temperature, no noise at the last step), on a process respaced to k
-timesteps, with NO guidance: one row per latent, no unconditional condition.
+sampling distribution. It is a DiffLoss whose sampling processes are its own, so it samples with the
+one sampler of models/diffusion.py (step_coefficients "ddpm" + sample_loop: the ancestral update,
+no noise at the last step; the fused Triton loop on CUDA; CUDA graphs; the ONNX head graph), with
+SamplerSettings(head="student"): one row per latent, no unconditional condition, no guidance.
 
 Timesteps: the teacher samples from `top` (the last training timestep, or the one before it with
 the bundle's skip_terminal_step) down to 0. The original respacing always keeps timestep 0, so at
@@ -20,10 +20,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from motionstreamer.models.diffusion import (DiffusionHeadConfig, GaussianDiffusion, SimpleMLPAdaLN,
-                                             draw_sampling_noise, named_betas)
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, sample_loop
 
 HEAD_KIND = "few-step"
 STUDENT_FILE = "student_head.safetensors"
@@ -94,74 +92,45 @@ def teacher_top_timestep(head: DiffusionHeadConfig, skip_terminal: bool) -> int:
     return head.num_train_steps - (2 if skip_terminal else 1)
 
 
-class StudentHead(nn.Module):
-    """The student network and its k-step processes. State dict: `net.*` (the head's keys)."""
+def student_settings(steps: int, temperature: float = 1.0) -> SamplerSettings:
+    """How a student samples in `steps` steps."""
+    return SamplerSettings(sampling_steps=steps, temperature=temperature, head="student")
+
+
+class StudentHead(DiffLoss):
+    """The student network and its k-step processes. `config`: the head's DiffusionHeadConfig (the
+    teacher's); `student_config`: what the bundle records. State dict: `net.*` (the head's keys)."""
 
     def __init__(self, head: DiffusionHeadConfig, config: StudentHeadConfig):
-        super().__init__()
         if config.top_timestep >= head.num_train_steps:
             raise ValueError(f"student_head.top_timestep {config.top_timestep} must be < the head's "
                              f"num_train_steps {head.num_train_steps}")
-        self.head_config, self.config = head, config
-        self.net = SimpleMLPAdaLN(head)
-        self.base_betas = named_betas(head.schedule, head.num_train_steps)
-        self._processes, self._timesteps = {}, {}
+        super().__init__(head)
+        self.student_config = config
 
-    def process(self, steps: int) -> GaussianDiffusion:
-        """The k-step process (any k in [1, top]; the bundle's supported counts are what it was trained for)."""
-        if steps not in self._processes:
-            top = self.config.top_timestep
-            self._processes[steps] = GaussianDiffusion(self.base_betas[:top + 1], student_timesteps(top, steps))
-        return self._processes[steps]
+    def sampling_process(self, sampling_steps: int, skip_terminal_step: bool = False) -> GaussianDiffusion:
+        """The k-step process (any k in [1, top]; student_config.steps are what it was trained for).
+        skip_terminal_step is the teacher's and already in student_config.top_timestep."""
+        key = ("student", sampling_steps)
+        if key not in self._sampling:
+            top = self.student_config.top_timestep
+            self._sampling[key] = GaussianDiffusion(self.base_betas[:top + 1], student_timesteps(top, sampling_steps))
+        return self._sampling[key]
 
-    def model_timesteps(self, steps: int, device) -> torch.Tensor:
-        key = (steps, str(device))
-        if key not in self._timesteps:
-            self._timesteps[key] = torch.as_tensor(self.process(steps).timestep_map, device=device)
-        return self._timesteps[key]
-
-    def sample(self, cond: torch.Tensor, steps: int, temperature: float = 1.0,
-               noise: tuple[torch.Tensor, torch.Tensor] | None = None, generator: torch.Generator | None = None,
-               fast: bool = True, differentiable: bool = False, repeats: int = 1) -> torch.Tensor:
-        """Latents (B, latent) for conditions (B, cond_dim) in `steps` steps, one row each.
-
-        noise: (x_T (B, latent), step_noise (>= steps, B, latent)) as draw_sampling_noise gives them;
-        step_noise[i] is used at index i (never at 0). fast: precomputed AdaLN modulations (the
-        runtime's path); fast=False is the reference loop with the plain module forward.
-        differentiable: keep the graph (training); otherwise runs under no_grad.
-        repeats: draw that many samples per condition (rows i*repeats .. (i+1)*repeats - 1 of the
-        (B * repeats, latent) result), the AdaLN modulations computed once per condition (training).
-        """
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            return self._sample(cond, steps, temperature, noise, generator, fast, repeats)
-
-    def _sample(self, cond, steps, temperature, noise, generator, fast, repeats):
-        hc = self.head_config
-        if cond.dim() != 2 or cond.shape[1] != hc.cond_dim:
-            raise ValueError(f"cond must have shape (B, {hc.cond_dim}), got {tuple(cond.shape)}")
+    def rollout(self, cond: torch.Tensor, steps: int, noise: tuple[torch.Tensor, torch.Tensor],
+                repeats: int = 1) -> torch.Tensor:
+        """The k-step sampler with gradients (training): `repeats` samples per condition (rows
+        i*repeats .. (i+1)*repeats - 1 of the (B * repeats, latent) result), the AdaLN modulations
+        computed once per condition. noise as for sample(), for B * repeats rows."""
+        if cond.dim() != 2 or cond.shape[1] != self.config.cond_dim:
+            raise ValueError(f"cond must have shape (B, {self.config.cond_dim}), got {tuple(cond.shape)}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-        proc = self.process(steps)
-        B, dim = cond.shape[0] * repeats, hc.latent_dim
-        if noise is None:
-            noise = draw_sampling_noise(generator, B, proc.num_timesteps, dim, cond.device, cond.dtype)
-        x, step_noise = noise
-        if tuple(x.shape) != (B, dim) or step_noise.dim() != 3 or step_noise.shape[0] < proc.num_timesteps \
-                or tuple(step_noise.shape[1:]) != (B, dim):
-            raise ValueError(f"noise must be x_T ({B}, {dim}) and step noise (>= {proc.num_timesteps}, {B}, {dim}), "
-                             f"got {tuple(x.shape)} and {tuple(step_noise.shape)}")
-        model_t = self.model_timesteps(steps, cond.device)
-        mods = self.net.modulations(cond, model_t) if fast else None
+        proc = self.sampling_process(steps)
+        x, step_noise = self._sampling_inputs(cond.repeat_interleave(repeats, 0), None, proc.num_timesteps, noise, None)
+        mods = self.net.modulations(cond, self.model_timesteps(steps, cond.device))
         if repeats > 1:
-            cond = cond.repeat_interleave(repeats, 0)
-            if fast:
-                mods = {"blocks": mods["blocks"].repeat_interleave(repeats, 2),
-                        "final": mods["final"].repeat_interleave(repeats, 1)}
-        for i in reversed(range(proc.num_timesteps)):
-            eps = self.net.forward_with_modulations(x, mods, i) if fast else \
-                self.net(x, model_t[i].expand(B), cond)
-            x0 = float(proc.sqrt_recip_alphas_cumprod[i]) * x - float(proc.sqrt_recipm1_alphas_cumprod[i]) * eps
-            x = float(proc.posterior_mean_coef1[i]) * x0 + float(proc.posterior_mean_coef2[i]) * x
-            if i > 0:
-                x = x + float(np.exp(0.5 * proc.posterior_log_variance_clipped[i])) * step_noise[i] * temperature
-        return x
+            mods = {"blocks": mods["blocks"].repeat_interleave(repeats, 2),
+                    "final": mods["final"].repeat_interleave(repeats, 1)}
+        return sample_loop(lambda x, i: self.net.forward_with_modulations(x, mods, i), x,
+                           proc.step_coefficients("ddpm"), step_noise)

@@ -32,7 +32,10 @@ from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 class GenerationConfig:
     cfg_scale: float = 4.0            # official demo value
     temperature: float = 1.0
-    sampling_steps: int = 50          # 50 = the original; fewer uses the respaced process
+    sampling_steps: int | None = None  # None: 50 (the original) for the teacher, the student's default count
+    # "teacher" (the guided head, the original algorithm) or "student" (the bundle's few-step head, one
+    # condition row per stream); None = the bundle's default (its config.json "sampler": {"head": ...})
+    head: str | None = None
     sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
     # None = the bundle's calibrated value (config.json), else the original's (False / 0.1)
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
@@ -52,8 +55,9 @@ class GenerationConfig:
     def sampler_settings(self) -> SamplerSettings:
         """How the head samples each latent (checked there); skip_terminal_step None counts as False:
         resolve_config fills it from the bundle first."""
-        return SamplerSettings(sampling_steps=self.sampling_steps, sampler=self.sampler, cfg_scale=self.cfg_scale,
-                               temperature=self.temperature, skip_terminal_step=bool(self.skip_terminal_step))
+        return SamplerSettings(sampling_steps=50 if self.sampling_steps is None else self.sampling_steps,
+                               sampler=self.sampler, cfg_scale=self.cfg_scale, temperature=self.temperature,
+                               skip_terminal_step=bool(self.skip_terminal_step), head=self.head or "teacher")
 
 
 def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
@@ -65,7 +69,24 @@ def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationC
     thr = config.end_threshold
     if thr is None:
         thr = float(bundle_config.get("end_threshold", 0.1))
-    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=thr)
+    head, steps = student_choice(config.head, config.sampling_steps, bundle_config)
+    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=thr, head=head, sampling_steps=steps)
+
+
+def student_choice(head: str | None, steps: int | None, bundle_config: dict) -> tuple[str, int]:
+    """(head, sampling steps) for a bundle: head None = the bundle's default (config.json
+    "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's default
+    count; a student's steps must be among the counts it supports (ValueError naming them)."""
+    from motionstreamer.models.few_step import StudentHeadConfig
+
+    if head is None:
+        head = bundle_config.get("sampler", {}).get("head", "teacher")
+    if head != "student":
+        return head, 50 if steps is None else steps
+    if "student_head" not in bundle_config:
+        raise ValueError("this bundle has no few-step student head (make one with `motionstreamer distill-head`)")
+    student = StudentHeadConfig.from_dict(bundle_config["student_head"])
+    return head, student.default_steps if steps is None else student.check_steps(steps)
 
 
 @dataclass
@@ -131,7 +152,9 @@ class StreamingEngine:
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
-            backend = cls(bundle, capacity, device, dtype or p.dtype)
+            # a student needs no unconditional rows: its cache holds one row per stream
+            rows = {"condition_rows": 1} if self.settings.head == "student" else {}
+            backend = cls(bundle, capacity, device, dtype or p.dtype, **rows)
         if backend.condition_rows < self.rows:
             raise ValueError(f"the backend holds {backend.condition_rows} condition row(s) per stream, these sampler "
                              f"settings need {self.rows}")

@@ -467,7 +467,7 @@ def cmd_distill_head(args) -> int:
                                              teacher_name=str(Path(args.checkpoint).resolve())))
     if _is_main():
         add_student_head(args.checkpoint, student, out)
-    _say(f"distilled a {','.join(map(str, student.config.steps))}-step head in {res.step} steps "
+    _say(f"distilled a {','.join(map(str, student.student_config.steps))}-step head in {res.step} steps "
          f"({res.samples_per_s:.1f} conditions/s); wrote {out} (run folder {cfg.out_dir}). "
          f"Compare it with its teacher: motionstreamer evaluate head --checkpoint {out} --data {args.data} "
          f"--latents {args.latents}")

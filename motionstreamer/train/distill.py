@@ -119,9 +119,10 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg: flo
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
     import torch.distributed as dist
 
-    from motionstreamer.models.diffusion import draw_sampling_noise
+    from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 
     p = next(diff_loss.parameters())
+    settings = SamplerSettings(sampling_steps=steps, cfg_scale=cfg, skip_terminal_step=skip_terminal)
     n_steps = diff_loss.sampling_process(steps, skip_terminal).num_timesteps
     starts = list(range(0, pairs.shape[0], chunk))
     parts = {}
@@ -132,7 +133,7 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg: flo
         cond, unc = c[:, 0].repeat_interleave(per_condition, 0), c[:, 1].repeat_interleave(per_condition, 0)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
         noise = draw_sampling_noise(gen, cond.shape[0], n_steps, diff_loss.config.latent_dim, p.device, p.dtype)
-        z = diff_loss.sample(cond, uncond=unc, cfg=cfg, steps=steps, noise=noise, skip_terminal=skip_terminal)
+        z = diff_loss.sample(cond, unc, settings, noise=noise)
         parts[j] = z.float().cpu().reshape(c.shape[0], per_condition, -1)
     if world_size > 1:
         gathered = [None] * world_size
@@ -189,10 +190,10 @@ class EnergyDistillObjective(torch.nn.Module):
         yy = (_pairwise(target, target).sum(dim=(-1, -2)) / (n * (n - 1))).mean()
         total, logs = 0.0, {}
         for k in self.steps:
-            k_noise = self.student.process(k).num_timesteps
+            k_noise = self.student.sampling_process(k).num_timesteps
             noise = (torch.randn(B * m, d, device=w.device, dtype=w.dtype),
                      torch.randn(k_noise, B * m, d, device=w.device, dtype=w.dtype))
-            x = self.student.sample(cond, k, noise=noise, differentiable=True, repeats=m).float().reshape(B, m, d)
+            x = self.student.rollout(cond, k, noise, repeats=m).float().reshape(B, m, d)
             score = energy_score(x, target)
             total = total + score
             logs[f"energy_distance_{k}"] = (2 * score - yy).detach()
@@ -211,7 +212,7 @@ class EnergyDistillObjective(torch.nn.Module):
         target = batch["target"].to(w.device, w.dtype)
         B = cond.shape[0]
         x0 = target[torch.arange(B, device=w.device), torch.randint(target.shape[1], (B,), device=w.device)]
-        top = self.student.config.top_timestep
+        top = self.student.student_config.top_timestep
         proc = GaussianDiffusion(self.student.base_betas)
         t = torch.randint(0, top + 1, (B,), device=w.device)
         x_t = proc.q_sample(x0, t, torch.randn_like(x0))
