@@ -81,7 +81,7 @@ class OrtBackend:
         key = (settings.head, settings.sampler, settings.sampling_steps, settings.skip_terminal_step)
         if key not in self.heads or settings.eta != 0:
             what = "student" if settings.head == "student" else settings.sampler
-            raise ValueError(f"no exported {settings.head} head for sampler {settings.sampler!r} with "
+            raise ValueError(f"no exported head for the {settings.head}, sampler {settings.sampler!r} with "
                              f"{settings.sampling_steps} steps (skip_terminal_step={settings.skip_terminal_step}, "
                              f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --head "
                              f"{what}:{settings.sampling_steps})")
