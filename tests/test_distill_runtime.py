@@ -195,3 +195,14 @@ def test_export_student_variant_errors(bundles, tmp_path):
         export_bundle(load_bundle(sdir), tmp_path / "a", head_variants=[("student", 3)])
     with pytest.raises(ValueError, match="no few-step student head"):
         export_bundle(load_bundle(tdir), tmp_path / "b", head_variants=[("student", 1)])
+
+
+def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
+    from motionstreamer.cli import main
+
+    tdir, sdir = bundles
+    for argv, msg in ((["--checkpoint", str(tdir)], "no few-step student head"),
+                      (["--checkpoint", str(sdir), "--steps", "10"], "samples in 1, 2 steps, not 10")):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--head", "student", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err

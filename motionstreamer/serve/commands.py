@@ -76,6 +76,12 @@ def config_from_args(args):
                           on_end=args.on_end, lookahead=args.lookahead, token=token,
                           allowed_origins=tuple(args.allow_origin), limits=limits, threads=args.threads)
         cfg.validate()
+        if args.head == "student":   # its step counts, checked before the server starts
+            from motionstreamer.checkpoints import read_bundle_config
+            from motionstreamer.runtime.engine import GenerationConfig, resolve_config
+            from motionstreamer.runtime.loading import default_model_dir
+            resolve_config(GenerationConfig(sampling_steps=cfg.steps, head="student"),
+                           read_bundle_config(cfg.checkpoint or default_model_dir()))
     except ValueError as e:
         raise CLIError(str(e))
     return cfg
@@ -113,7 +119,7 @@ def cmd_serve(args) -> int:
         logging.getLogger(name).addFilter(RedactToken())
     app = create_app(cfg)
     print(f"motionstreamer serve: http://{args.host}:{args.port}/ (WebSocket /v1/stream; "
-          f"{cfg.limits.max_streams} streams, {cfg.steps} sampling steps, look-ahead {cfg.lookahead})", flush=True)
+          f"{cfg.limits.max_streams} streams, {cfg.head or 'teacher'} head, {cfg.steps or 'default'} sampling steps, look-ahead {cfg.lookahead})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 ws_max_size=max(cfg.limits.max_message_bytes * 4, 65536))
     return 0
