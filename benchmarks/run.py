@@ -211,8 +211,9 @@ def case_throughput(ctx) -> list[dict]:
 
 def case_student(ctx) -> list[dict]:
     """The guided teacher (50 steps, [cond; uncond] rows) against a few-step student (models/few_step.py:
-    1 row per stream, 1/2/4 steps; random weights, same architecture), at batch 1 and 64 streams:
-    ms per latent (one engine step), first-frame latency at batch 1, and the weight-read bound."""
+    1 row per stream, 1/2/4 steps; random weights, same architecture), at batch 1 and the --batches
+    sizes (e.g. --batches 64): ms per latent (one engine step), first-frame latency at batch 1, and
+    the weight-read bound (GPU: measured bandwidth)."""
     from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
@@ -228,7 +229,7 @@ def case_student(ctx) -> list[dict]:
     variants = [("teacher", 4), ("student", 1)] if ctx["quick"] else \
         [("teacher", 50), ("student", 1), ("student", 2), ("student", 4)]
     rows, n = [], ctx["throughput_latents"]
-    for batch in ([1, 4] if ctx["quick"] else [1, 64]):
+    for batch in sorted({1, *ctx["batches"]}):
         for kind, steps in variants:
             cfg = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
             engine = StreamingEngine(bundle, text, capacity=batch, config=cfg, device=dev, dtype=dtype)
