@@ -1,6 +1,7 @@
 """Few-step head distillation: the student's sampler, its objective, the trainer, the bundle, the CLI."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -300,3 +301,29 @@ def test_cli_distill_head_under_torchrun_shares_the_bank(cli_setup, tmp_path):
     a, b = (torch.load(tmp_path / r / "teacher_bank.pt", weights_only=True) for r in ("ddp_run", "one_run"))
     assert torch.equal(a["pairs"], b["pairs"]) and torch.equal(a["samples"], b["samples"])
     assert load_bundle(tmp_path / "ddp").student is not None
+
+
+def test_head_report_compares_student_teacher_floor_and_respaced(cli_setup, tmp_path):
+    from motionstreamer.eval.commands import parse_step_list
+    from motionstreamer.eval.head_quality import head_report
+
+    root, data, lat, _ = cli_setup
+    teacher = load_bundle(root / "teacher")
+    torch.manual_seed(3)
+    s = StudentHead(teacher.t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, top_timestep=49))
+    for p in s.parameters():
+        p.data.normal_(0, 0.1)
+    out = add_student_head(root / "teacher", s, tmp_path / "b")
+    report = head_report(load_bundle(out), FakeTextEncoder(), data, lat, "train", conditions=4, samples=8,
+                         respaced=[2])
+    names = set(report["samplers"])
+    assert names == {"teacher, other seeds (noise floor)", "student 1 steps", "student 2 steps",
+                     "respaced teacher 2 steps"}, names
+    for r in report["samplers"].values():
+        assert r["conditions"] == 4 and r["samples"] == 8 and np.isfinite(r["energy"]["mean"])
+    assert teacher.student is None
+    assert parse_step_list("1,2,4", "--respaced") == [1, 2, 4] and parse_step_list(" ", "--respaced") == []
+    from motionstreamer.cli import CLIError
+    for bad in ("1,,2", "0", "2,2"):
+        with pytest.raises(CLIError, match="--respaced"):
+            parse_step_list(bad, "--respaced")
