@@ -1,5 +1,7 @@
 """ONNX Runtime engine vs the PyTorch engine, per latent (same weights, same session logic), and the
-int8 export (`quantize="int8"`: int8 MatMul weights in the transformer and head) beside the fp32 one.
+int8 export (`quantize="int8"`: int8 MatMul weights in the transformer and head) beside the fp32 one;
+the guided teacher head and a few-step student head (models/few_step.py, random weights: one
+condition row per stream, 1/2/4 steps).
 
 Small config always; the official size with 50 and 10 sampling steps unless quick/small. CPU here;
 on a GPU box the ORT CUDA provider is used when onnxruntime-gpu is installed.
@@ -35,7 +37,8 @@ def _per_latent_ms(session_factory, n_latents: int, repeats: int) -> dict:
 
 
 def run_all(device, small: bool, quick: bool) -> list[dict]:
-    from motionstreamer.checkpoints import load_bundle, save_bundle
+    from motionstreamer.checkpoints import add_student_head, load_bundle, save_bundle
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.export.onnx_export import export_bundle
     from motionstreamer.runtime.ort_backend import ort_session
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
@@ -54,22 +57,29 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             tae, t2m = CausalHumanTAE(tcfg), TextToMotionModel(mcfg)
             save_bundle(f"{tmp}/b", tae, t2m, torch.zeros(272), torch.ones(272), torch.full((16,), 1e6))
+            student_steps = (1,) if quick else (1, 2, 4)
+            student = StudentHead(mcfg.head, StudentHeadConfig(steps=student_steps, default_steps=student_steps[-1],
+                                                               top_timestep=mcfg.head.num_train_steps - 1))
+            student.net.load_state_dict(t2m.diff_loss.net.state_dict())
+            add_student_head(f"{tmp}/b", student)
             bundle = load_bundle(f"{tmp}/b")
             steps_list = [4] if quick else [50, 10]
-            heads = [("ddpm", s) for s in steps_list]
+            heads = [("ddpm", s) for s in steps_list] + [("student", k) for k in student_steps]
             export_bundle(bundle, f"{tmp}/onnx", head_variants=heads)
             export_bundle(bundle, f"{tmp}/onnx_int8", head_variants=heads, quantize="int8")
             enc = _Enc(mcfg.cond_dim)
             n = 3 if quick else 8
-            for steps in steps_list:
-                cfg = GenerationConfig(sampling_steps=steps, end_threshold=-1.0)
+            for sampler, steps in heads:
+                head = "student" if sampler == "student" else "teacher"
+                cfg = GenerationConfig(sampling_steps=steps, end_threshold=-1.0, head=head)
+                what = f"student{steps}" if head == "student" else f"steps{steps}"
                 torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=cfg, seed=0), n, 1 if quick else 2)
                 ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=cfg, seed=0), n,
                                                   1 if quick else 2) for d in ("onnx", "onnx_int8"))
-                rows.append({"case": f"onnx_{name}_steps{steps}", "torch_eager_ms_per_latent": torch_ms,
+                rows.append({"case": f"onnx_{name}_{what}", "torch_eager_ms_per_latent": torch_ms,
                              "ort_ms_per_latent": ort_ms, "ort_speedup": torch_ms["median"] / ort_ms["median"],
                              "ort_realtime": ort_ms["median"] < 1000 * 4 / 30})
-                rows.append({"case": f"onnx_int8_{name}_steps{steps}", "ort_int8_ms_per_latent": int8_ms,
+                rows.append({"case": f"onnx_int8_{name}_{what}", "ort_int8_ms_per_latent": int8_ms,
                              "int8_speedup_vs_ort_fp32": ort_ms["median"] / int8_ms["median"],
                              "int8_speedup_vs_torch_eager": torch_ms["median"] / int8_ms["median"],
                              "ort_realtime": int8_ms["median"] < 1000 * 4 / 30})

@@ -209,6 +209,52 @@ def case_throughput(ctx) -> list[dict]:
     return rows
 
 
+def case_student(ctx) -> list[dict]:
+    """The guided teacher (50 steps, [cond; uncond] rows) against a few-step student (models/few_step.py:
+    1 row per stream, 1/2/4 steps; random weights, same architecture), at batch 1 and the --batches
+    sizes (e.g. --batches 64): ms per latent (one engine step), first-frame latency at batch 1, and
+    the weight-read bound (GPU: measured bandwidth)."""
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+
+    tae, t2m, dev, dtype = ctx["tae"], ctx["t2m"], ctx["device"], ctx["dtype"]
+    head = t2m.config.head
+    student = StudentHead(head, StudentHeadConfig(steps=(1, 2, 4), default_steps=4,
+                                                  top_timestep=head.num_train_steps - 1))
+    student.net.load_state_dict(t2m.diff_loss.net.state_dict())
+    bundle = Bundle(tae, t2m, dev)
+    bundle.student = student.to(dev, dtype).eval()
+    bundle.config = {"student_head": student.student_config.to_dict()}
+    text = RandomTextEncoder(t2m.config.cond_dim)
+    variants = [("teacher", 4), ("student", 1)] if ctx["quick"] else \
+        [("teacher", 50), ("student", 1), ("student", 2), ("student", 4)]
+    rows, n = [], ctx["throughput_latents"]
+    for batch in sorted({1, *ctx["batches"]}):
+        for kind, steps in variants:
+            cfg = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+            engine = StreamingEngine(bundle, text, capacity=batch, config=cfg, device=dev, dtype=dtype)
+            for i in range(batch):
+                engine.add_stream(f"prompt {i % 7}", seed=i)
+            engine.step()  # prefill all + warm-up
+            r = per_unit(timeit(lambda: [engine.step() for _ in range(n)], dev, repeats=ctx["repeats"], warmup=0), n)
+            row = {"case": f"student_b{batch}_{kind}{steps}", "streams": batch, "kv_rows_per_stream": engine.rows,
+                   "ms_per_latent": r, "latents_per_s": batch * 1000 / r["median"],
+                   "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / r["median"]}
+            if batch == 1:
+                for sid in list(engine.streams):
+                    engine.close(sid)
+
+                def first_frame():
+                    sid = engine.add_stream("walk", seed=0, max_latents=1)
+                    engine.step()
+                    engine.close(sid)
+                row["first_frame_ms"] = timeit(first_frame, dev, repeats=ctx["repeats"], warmup=1)
+                if ctx["bandwidth"]:   # the student has the teacher's architecture: same bytes per step
+                    row["weight_read_bound_ms"] = weight_read_bytes_per_latent(t2m, steps) / ctx["bandwidth"] * 1000
+            rows.append(row)
+    return rows
+
+
 def case_embedded(ctx) -> list[dict]:
     """The embedded default model as `motionstreamer generate/stream` runs it: its own weights, the
     MiniLM text encoder, the bundle's sampler defaults (end detection off: fixed-length runs).
@@ -294,7 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="fp32|bf16|fp16|auto (bf16 on GPU)")
     ap.add_argument("--cases", default="stream,throughput,external",
-                    help="comma list of stream, throughput, external, embedded (the shipped default model)")
+                    help="comma list of stream, throughput, external, embedded (the shipped default model), "
+                         "student (guided teacher vs few-step student)")
     ap.add_argument("--batches", default=None, help="comma list of concurrent streams (default 64,512)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
@@ -335,7 +382,7 @@ def main(argv=None) -> int:
     rows = []
     for case in args.cases.split(","):
         fn = {"stream": case_stream_latency, "throughput": case_throughput, "external": case_external,
-              "embedded": case_embedded}.get(case)
+              "embedded": case_embedded, "student": case_student}.get(case)
         if fn is None:
             ap.error(f"unknown case {case!r}")
         print(f"[bench] {case} ...", file=sys.stderr, flush=True)

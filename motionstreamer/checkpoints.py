@@ -9,6 +9,8 @@ embedded default model:
     t2m.safetensors    TextToMotionModel state dict (official key names)
     stats.safetensors  mean (272,), std (272,), end_latent (16,)
     evaluator.safetensors (optional, with "evaluator" in config.json; read by models.evaluator)
+    student_head.safetensors (optional, with "student_head" in config.json: a few-step head distilled
+                       from t2m's guided head, models/few_step.py; t2m.safetensors keeps the teacher)
 
 Each file is written atomically and config.json last, so a directory with a config.json is complete.
 Official files load with torch.load(weights_only=True) (never a plain unpickle); strict key checks
@@ -28,6 +30,7 @@ import torch
 from motionstreamer.utils import atomic_path, atomic_write_json, load_npy
 
 BUNDLE_FORMAT = "motionstreamer-bundle"
+STUDENT_FILE = "student_head.safetensors"
 BUNDLE_VERSION = 1
 HUB_REPO = "lxxiao/MotionStreamer"
 # component -> (hub repo, repo type, allow_patterns, sub-folder of dest); layout as the original's
@@ -224,6 +227,7 @@ class Bundle:
     config: dict = field(default_factory=dict)
     text_encoder_name: str = "minilm"
     path: Path | None = None
+    student: torch.nn.Module | None = None   # models.few_step.StudentHead when the bundle carries one
 
     def check_text_encoder(self, encoder) -> None:
         """Raise CheckpointError unless `encoder.dim` is the text width the t2m model takes."""
@@ -239,7 +243,7 @@ class Bundle:
 
 
 def save_bundle(directory: str | os.PathLike, tae, t2m, mean, std, end_latent, text_encoder: str = "minilm",
-                description: str = "", extra_config: dict | None = None, evaluator=None) -> Path:
+                description: str = "", extra_config: dict | None = None, evaluator=None, student=None) -> Path:
     """Write a model bundle (layout in the module docstring); returns its directory.
 
     Any previous config.json is removed first and the new one written last, so an interrupted save
@@ -256,7 +260,7 @@ def save_bundle(directory: str | os.PathLike, tae, t2m, mean, std, end_latent, t
     if known is not None and known != t2m.config.cond_dim:   # loadable, but generation would need another encoder
         warnings.warn(f"bundle {d}: text encoder {text_encoder!r} gives {known}-dim embeddings but the t2m model "
                       f"takes cond_dim {t2m.config.cond_dim}", stacklevel=2)
-    reserved = {"format", "version"} & set(extra_config or {})
+    reserved = {"format", "version", "student_head"} & set(extra_config or {})
     if reserved:
         raise CheckpointError(f"extra_config may not set {sorted(reserved)}")
     d.mkdir(parents=True, exist_ok=True)
@@ -270,6 +274,12 @@ def save_bundle(directory: str | os.PathLike, tae, t2m, mean, std, end_latent, t
         export = getattr(evaluator, "export_state_dict", None)
         _save_safetensors(d / "evaluator.safetensors", export() if export else evaluator.state_dict())
         config["evaluator"] = evaluator.config.to_dict()
+    if student is not None:
+        _check_student(student, t2m.config.head)
+        _save_safetensors(d / STUDENT_FILE, student.state_dict())
+        config["student_head"] = student.student_config.to_dict()
+    else:
+        (d / STUDENT_FILE).unlink(missing_ok=True)
     config.update(extra_config or {})
     atomic_write_json(d / "config.json", config)   # last: a bundle without config.json is incomplete
     return d
@@ -310,10 +320,13 @@ def load_bundle(directory: str | os.PathLike, device="cpu", dtype=torch.float32)
     cfg_path = d / "config.json"
     needed = ["tae.safetensors", "t2m.safetensors", "stats.safetensors"]
     needed += ["evaluator.safetensors"] if "evaluator" in config else []
+    needed += [STUDENT_FILE] if "student_head" in config else []
     missing = [n for n in needed if not (d / n).is_file()]
     if missing:
+        why = {"evaluator.safetensors": " (config.json names an evaluator)",
+               STUDENT_FILE: " (config.json names a student head)"}
         raise CheckpointError(f"model bundle {d} is missing {', '.join(missing)}"
-                              + (" (config.json names an evaluator)" if "evaluator.safetensors" in missing else ""))
+                              + "".join(why.get(n, "") for n in missing))
     configs = {}
     for name, cls in (("tae", TAEConfig), ("t2m", T2MConfig)):
         try:
@@ -340,10 +353,69 @@ def load_bundle(directory: str | os.PathLike, device="cpu", dtype=torch.float32)
         raise CheckpointError(f"{f}: {e}") from e
     if not bool((std > 0).all()):
         raise CheckpointError(f"{f}: std has non-positive entries")
+    student = None
+    if "student_head" in config:
+        student = load_student_head(d, config, t2m)
     tae = tae.to(device, dtype).eval()
     t2m = t2m.to(device, dtype).eval()
+    if student is not None:
+        student = student.to(device, dtype).eval()
     return Bundle(tae, t2m, mean.to(device), std.to(device), end.to(device), config,
-                  config.get("text_encoder", "minilm"), d)
+                  config.get("text_encoder", "minilm"), d, student)
+
+
+def _check_student(student, head) -> None:
+    """A student must have its teacher's architecture (head: the t2m model's DiffusionHeadConfig)."""
+    if student.config != head:
+        raise CheckpointError(f"the student head's config {student.config.to_dict()} differs from the t2m "
+                              f"model's head {head.to_dict()}")
+
+
+def load_student_head(directory: str | os.PathLike, config: dict, t2m):
+    """The few-step student head of a bundle (config.json "student_head" + student_head.safetensors),
+    checked against the t2m model's head config, keys strict."""
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
+
+    d = Path(directory)
+    try:
+        student = StudentHead(t2m.config.head, StudentHeadConfig.from_dict(config["student_head"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{d / 'config.json'}: bad 'student_head' config ({e})") from e
+    f = d / STUDENT_FILE
+    load_state_dict_strict(student, load_checkpoint_file(f), str(f))
+    return student
+
+
+def add_student_head(src: str | os.PathLike, student, dst: str | os.PathLike | None = None,
+                     description: str | None = None) -> Path:
+    """Write `src`'s bundle with `student` (a models.few_step.StudentHead) as its few-step head to `dst`
+    (default: in place). Every other file is copied byte for byte, so the teacher (t2m.safetensors)
+    and the rest stay exactly as they were; config.json gains "student_head" and is written last."""
+    import shutil
+
+    from motionstreamer.models.transformer import T2MConfig
+
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src
+    config = read_bundle_config(src)
+    try:
+        head = T2MConfig.from_dict(config["t2m"]).head
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{src / 'config.json'}: bad 't2m' config ({e})") from e
+    _check_student(student, head)
+    dst.mkdir(parents=True, exist_ok=True)
+    if dst.resolve() != src.resolve():
+        (dst / "config.json").unlink(missing_ok=True)
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in ("config.json", STUDENT_FILE):
+                with atomic_path(dst / f.name) as tmp:
+                    shutil.copyfile(f, tmp)
+    _save_safetensors(dst / STUDENT_FILE, student.state_dict())
+    config["student_head"] = student.student_config.to_dict()
+    if description is not None:
+        config["description"] = description
+    atomic_write_json(dst / "config.json", config)
+    return dst
 
 
 # ----------------------------------------------------------------------------- official files

@@ -7,7 +7,12 @@ Steps: synthetic dataset (clips + BABEL-stream pairs) -> Causal TAE (small) -> l
 reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips
 and A/B pairs together) -> TMR-style evaluator (small, MiniLM backbone) -> bundle (safetensors +
 config, evaluator included) -> quality on the synthetic test split (real pairs, generated, and the
-random-text baseline) -> training_summary.json.
+random-text baseline) -> few-step student head distilled from the guided head (train/distill.py),
+added to the bundle, with its head-level quality -> training_summary.json.
+
+`--stages distill` runs only the last stage on top of an existing bundle at --out (the dataset and
+latents are regenerated in the work folder when missing: the same synthetic data, latents from the
+bundle's TAE); `--resume` continues a stopped run, the distillation included.
 """
 from __future__ import annotations
 
@@ -36,8 +41,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="continue from the work folder's checkpoints (data, TAE and latents are reused)")
+    ap.add_argument("--stages", choices=("all", "distill"), default="all",
+                    help="'distill': only the few-step head, on the bundle already at --out")
+    ap.add_argument("--distill-steps", type=int, default=DISTILL_STEPS)
+    ap.add_argument("--distill-conditions", type=int, default=DISTILL_CONDITIONS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.stages == "distill":
+        return distill_only(args, argv)
 
     from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std, load_motions
@@ -112,15 +123,95 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     finish_bundle(out, tae, model, mean, std, end, work, data, args.seed, evaluator)
-    summary["minutes"] = (time.time() - t0) / 60
     summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
 
     # 5. quality with the project's evaluator on the synthetic test split
     summary["quality"] = measure_quality(out, data, args.quality_repeats, args.seed)
+
+    # 6. the few-step student head
+    summary["distill"] = distill_stage(args, out, work, data)
+    summary["minutes"] = (time.time() - t0) / 60
     from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "training_summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+# a few CPU minutes on 2 cores (longer runs help: runs/scratch d1, 1500 steps on 8192 conditions, README)
+DISTILL_STEPS = 400
+DISTILL_CONDITIONS = 4096
+DISTILL_LR = 2e-4
+
+
+def distill_only(args, argv) -> int:
+    """--stages distill: the student head for the bundle at --out; its summary goes into the bundle's
+    training_summary.json beside the earlier stages'."""
+    from motionstreamer.data.synth import make_dataset
+    from motionstreamer.utils import atomic_write_json
+
+    out, work = Path(args.out), Path(args.work)
+    data = work / "data"
+    if not (out / "config.json").is_file():
+        raise SystemExit(f"--stages distill needs a trained bundle at --out {out}")
+    if not (data / "synth_meta.json").exists():
+        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs)
+    path = out / "training_summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary["distill"] = distill_stage(args, out, work, data)
+    summary["distill"]["command"] = " ".join(["python", "scripts/train_default_model.py",
+                                              *(argv if argv is not None else sys.argv[1:])])
+    atomic_write_json(path, summary)
+    print(json.dumps(summary["distill"], indent=1))
+    return 0
+
+
+def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
+    """Distil the bundle's guided head into a 1/2/4-step student (train/distill.py), add it to the
+    bundle (the teacher's files stay as they are), and measure it against the teacher on held-out
+    conditions (motionstreamer evaluate head)."""
+    from motionstreamer.checkpoints import add_student_head, load_bundle
+    from motionstreamer.data.humanml3d import load_mean_std, load_motions
+    from motionstreamer.eval.head_quality import head_report
+    from motionstreamer.models.text import TextEncoder
+    from motionstreamer.train.distill import DistillConfig, distill_head
+    from motionstreamer.train.stream import load_stream_examples
+    from motionstreamer.train.t2m import embed_captions, load_latent_examples
+    from motionstreamer.train.tae import encode_latents
+
+    t0 = time.time()
+    bundle = load_bundle(out)
+    latents, stream_latents = work / "latents", work / "stream_latents"
+    stream_root = data / "babel_stream"
+    if not latents.is_dir():   # --stages distill on a fresh work folder: the bundle's (stored) TAE
+        end = bundle.end_latent.cpu()
+        motions = {}
+        for split in ("train", "val", "test"):
+            motions.update(load_motions(data, split, normalize=True))
+        encode_latents(bundle.tae, motions, latents, end, sample=True, seed=args.seed)
+        mean, std = load_mean_std(data / "mean_std")
+        for split in ("train", "val"):
+            folder = stream_root / f"{split}_stream"
+            if folder.is_dir():
+                sm = {p.stem: (np.load(p) - mean) / std for p in sorted(folder.glob("*.npy"))}
+                encode_latents(bundle.tae, sm, stream_latents, end, sample=True, seed=args.seed)
+    enc = TextEncoder.load("minilm")
+    examples = load_latent_examples(latents, data, "train")
+    examples += load_stream_examples(stream_root, stream_latents, "train")
+    emb = embed_captions(examples, enc)
+    cfg = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
+                        lr=DISTILL_LR, warmup_steps=50,
+                        seed=args.seed, tensorboard=False)
+    ck = work / "distill" / "checkpoint_last.pt"
+    student, res = distill_head(bundle, examples, emb, cfg, teacher_name="embedded default model",
+                                resume=ck if args.resume and ck.exists() else None)
+    add_student_head(out, student)
+    store_half(out)
+    bundle = load_bundle(out)
+    head = head_report(bundle, enc, data, latents, "test", conditions=64, samples=256, seed=args.seed)
+    info = {"method": bundle.student.student_config.method, "steps_supported": list(bundle.student.student_config.steps),
+            "train_steps": res.step, "conditions": cfg.conditions, "teacher_samples": cfg.teacher_samples,
+            "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(work / "distill")}
+    return info
 
 
 def loss_summary(run_dir: Path) -> dict:
@@ -184,7 +275,7 @@ def store_half(bundle: Path) -> None:
     from safetensors.torch import load_file, save_file
     from motionstreamer.utils import atomic_path
 
-    for name in ("tae", "t2m", "evaluator"):
+    for name in ("tae", "t2m", "evaluator", "student_head"):
         path = bundle / f"{name}.safetensors"
         if path.is_file():
             state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}

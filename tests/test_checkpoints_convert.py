@@ -5,7 +5,6 @@ override flags; the converted bundle reproduces the source models exactly. Downl
 offline and asks the hub for exactly the released folders."""
 import json
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -57,7 +57,7 @@ def test_posterior_matches_bayes_rule():
     x0, xt = torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64)
     t = torch.arange(50)
     for i in range(50):
-        ab, ab_prev, beta = d.alphas_cumprod[i], d.alphas_cumprod_prev[i], d.betas[i]
+        ab_prev, beta = d.alphas_cumprod_prev[i], d.betas[i]
         alpha = 1 - beta
         if i > 0:
             precision = 1 / (1 - ab_prev) + alpha / beta

@@ -14,7 +14,6 @@ eager PyTorch path's in the same dtype.
 """
 import itertools
 
-import numpy as np
 import pytest
 import torch
 

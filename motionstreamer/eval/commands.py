@@ -1,7 +1,8 @@
-"""CLI verb `evaluate gt|tae|t2m|stream`."""
+"""CLI verb `evaluate gt|tae|t2m|stream|head`."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -30,7 +31,11 @@ def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
 def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
     p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (official 4.0)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (official 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion sampling steps (official 50; a student: its default count)")
+    p.add_argument("--head", choices=("teacher", "student"), default=None,
+                   help="teacher: the guided head; student: the bundle's distilled few-step head (default: the "
+                        "bundle's choice)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--onnx", default=None, metavar="DIR",
@@ -75,6 +80,26 @@ def register(subparsers) -> None:
     _evaluator_args(s)
     _generation_args(s)
     s.set_defaults(func=cmd_evaluate)
+    h = sub.add_parser("head", help="diffusion head only: a few-step student vs its guided teacher",
+                       description="Distance between latent samplers on held-out teacher-forced conditions: the "
+                                   "bundle's guided 50-step teacher is the reference; the teacher with other seeds "
+                                   "(the noise floor), the bundle's student head at each of its step counts and the "
+                                   "teacher respaced to fewer steps are compared with it (energy distance, sliced "
+                                   "Wasserstein-2; mean ± 95%% CI over conditions).")
+    h.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
+    _data_args(h)
+    h.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents of --data (encode-latents)")
+    h.add_argument("--conditions", type=int, default=64, help="held-out conditions (default 64)")
+    h.add_argument("--samples", type=int, default=256, help="samples per condition and sampler (default 256)")
+    h.add_argument("--respaced", default="1,2,4,10", metavar="K,K,...",
+                   help="step counts of the respaced-teacher baselines ('' for none)")
+    h.add_argument("--cfg", type=float, default=None,
+                   help="teacher guidance scale (default: the one the student reproduces, else 4.0)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--out", default=None, metavar="JSON", help="results file (default results/eval_head.json)")
+    h.add_argument("--device", default="auto")
+    h.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    h.set_defaults(func=cmd_evaluate_head)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -126,7 +151,7 @@ def _generation_config(args):
     except ImportError as e:
         raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
                        f"not available: {e}")
-    cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler)
+    cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler, head=args.head)
     try:
         cfg.validate()
     except ValueError as e:
@@ -145,8 +170,8 @@ def _generation(args, device):
         try:
             from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
-            stats, probe = load_ort(args.onnx, 1)
             cfg = _generation_config(args)
+            stats, probe = load_ort(args.onnx, 1, config=cfg)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
             raise CLIError(f"--onnx needs onnxruntime: {e}")
@@ -160,13 +185,15 @@ def _generation(args, device):
 
         def backend_for(capacity: int):
             if capacity not in backends:
-                backends[capacity] = load_ort(args.onnx, capacity)[1]
+                backends[capacity] = load_ort(args.onnx, capacity, config=cfg)[1]
             return backends[capacity]
         return stats, text_encoder, cfg, desc, backend_for
     cfg = _generation_config(args)      # CLIError without the runtime
+    from motionstreamer.runtime.engine import resolve_config
     from motionstreamer.runtime.loading import load_models
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
+        resolve_config(cfg, bundle.config)   # --head/--steps against the bundle (a student's step counts)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
     return bundle, text_encoder, cfg, desc, None
@@ -230,5 +257,53 @@ def cmd_evaluate(args) -> int:
         atomic_write_json(out, result.to_json())
     except OSError as e:
         raise CLIError(f"--out {out}: could not write the results ({e.strerror or e}); the table above holds them")
+    print(f"wrote {out}")
+    return 0
+
+
+def parse_step_list(text: str, flag: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; a clear CLIError for anything else ('' -> [])."""
+    from motionstreamer.cli import CLIError
+
+    if not text.strip():
+        return []
+    try:
+        steps = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CLIError(f"{flag} must be a comma-separated list of step counts, e.g. 1,2,4; got {text!r}")
+    if any(k < 1 for k in steps) or len(set(steps)) != len(steps):
+        raise CLIError(f"{flag} must list distinct positive step counts, got {text!r}")
+    return steps
+
+
+def cmd_evaluate_head(args) -> int:
+    import torch
+
+    from motionstreamer.cli import CLIError, check_positive
+    from motionstreamer.eval.head_quality import format_comparison, head_report
+    from motionstreamer.runtime.loading import load_models
+    from motionstreamer.utils import atomic_write_json
+
+    check_positive(args, "conditions", "threads")
+    if args.samples < 2:
+        raise CLIError(f"--samples must be >= 2, got {args.samples}")
+    if args.cfg is not None and not math.isfinite(args.cfg):
+        raise CLIError(f"--cfg must be a finite number, got {args.cfg}")
+    respaced = parse_step_list(args.respaced, "--respaced")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        bundle, text_encoder, desc = load_models(args.checkpoint, args.device, "fp32")
+        for k in respaced:
+            bundle.t2m.diff_loss.sampling_process(k, False)
+        report = head_report(bundle, text_encoder, args.data, args.latents, args.split, args.conditions,
+                             args.samples, args.seed, respaced=respaced, cfg=args.cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e))
+    report["model"] = desc
+    out = Path(args.out or "results/eval_head.json")
+    atomic_write_json(out, report)
+    print(format_comparison(report["samplers"], f"head samplers vs the guided teacher ({report['conditions']} "
+                                                f"{args.split} conditions x {args.samples} samples)"))
     print(f"wrote {out}")
     return 0

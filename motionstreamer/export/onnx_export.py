@@ -100,18 +100,28 @@ class DecodeStepGraph(nn.Module):
 
 class HeadSampleGraph(nn.Module):
     """The guided sampling loop of one (sampler, steps): the model's sample_loop, with cfg and
-    temperature as graph inputs."""
+    temperature as graph inputs. head: the t2m model's DiffLoss."""
 
-    def __init__(self, t2m, settings: SamplerSettings):
+    def __init__(self, head, settings: SamplerSettings):
         super().__init__()
-        self.head, self.settings = t2m.diff_loss, settings
+        self.head, self.settings = head, settings
 
-    def forward(self, cond, uncond, x_T, step_noise, cfg, temperature):
+    def loop(self, c, x_T, step_noise, cfg, temperature):
         h, s = self.head, self.settings
-        eps_at = h.eps_function(torch.cat([cond, uncond]), h.model_timesteps(s.sampling_steps, cond.device,
-                                                                           s.skip_terminal_step))
+        eps_at = h.eps_function(c, h.model_timesteps(s.sampling_steps, c.device, s.skip_terminal_step))
         coefs = h.sampling_process(s.sampling_steps, s.skip_terminal_step).step_coefficients(s.sampler, s.eta)
         return sample_loop(eps_at, x_T, coefs, step_noise, cfg, temperature)
+
+    def forward(self, cond, uncond, x_T, step_noise, cfg, temperature):
+        return self.loop(torch.cat([cond, uncond]), x_T, step_noise, cfg, temperature)
+
+
+class StudentSampleGraph(HeadSampleGraph):
+    """A few-step student's loop (head: the bundle's StudentHead): one condition row, no guidance, so
+    no uncond and no cfg inputs."""
+
+    def forward(self, cond, x_T, step_noise, temperature):
+        return self.loop(cond, x_T, step_noise, None, temperature)
 
 
 class TAEStepGraph(nn.Module):
@@ -225,8 +235,13 @@ class GraphSpec:
 INT_INPUTS = ("n_latents", "pos")
 
 
-def graph_specs(t2m, tae, heads: list[SamplerSettings]) -> dict:
-    """The streaming graphs of a model, by name."""
+def head_graph_name(s: SamplerSettings) -> str:
+    return f"head_student{s.sampling_steps}" if s.head == "student" else f"head_{s.sampler}{s.sampling_steps}"
+
+
+def graph_specs(t2m, tae, heads: list[SamplerSettings], student=None) -> dict:
+    """The streaming graphs of a model, by name (student: the bundle's few-step head, for the heads
+    with head="student")."""
     c = t2m.config
     E, Z, T = c.n_embd, c.latent_dim, c.block_size
     cache = [c.n_layer, "B", c.n_head, T, c.head_dim]
@@ -243,21 +258,30 @@ def graph_specs(t2m, tae, heads: list[SamplerSettings]) -> dict:
                                       **{f"{k}_out": v for k, v in states.items()}}),
     }
     for s in heads:
+        name = head_graph_name(s)
+        if s.head == "student":
+            S = student.sampling_process(s.sampling_steps).num_timesteps
+            specs[name] = GraphSpec(f"{name}.onnx", StudentSampleGraph(student, s),
+                                    {"cond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "temperature": [1]},
+                                    {"latent": ["B", Z]})
+            continue
         S = t2m.diff_loss.sampling_process(s.sampling_steps, s.skip_terminal_step).num_timesteps
-        specs[f"head_{s.sampler}{s.sampling_steps}"] = GraphSpec(
-            f"head_{s.sampler}{s.sampling_steps}.onnx", HeadSampleGraph(t2m, s),
+        specs[name] = GraphSpec(
+            f"{name}.onnx", HeadSampleGraph(t2m.diff_loss, s),
             {"cond": ["B", E], "uncond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "cfg": [1],
              "temperature": [1]}, {"latent": ["B", Z]})
     return specs
 
 
 @torch.no_grad()
-def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("ddpm", 10)),
+def export_bundle(bundle, out_dir: str | Path, head_variants=None,
                   quantize: str | None = None) -> dict:
     """Export a loaded bundle (fp32, CPU) to out_dir; returns the manifest.
 
     head_variants: (sampler, sampling_steps) pairs, one guided head graph each, with the bundle's
-    skip_terminal_step. quantize="int8": int8 weights in the transformer and head graphs (module
+    skip_terminal_step; ("student", k) exports the bundle's few-step student at k steps (one row, no
+    guidance inputs; k among the counts it supports). None: ddpm 50 and 10, plus every count of the
+    student when the bundle has one. quantize="int8": int8 weights in the transformer and head graphs (module
     docstring)."""
     if quantize not in (None, *QUANTIZE):
         raise ValueError(f"quantize={quantize!r}: use one of {', '.join(QUANTIZE)} (or None for fp32)")
@@ -265,11 +289,23 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("dd
     out.mkdir(parents=True, exist_ok=True)
     tae, t2m = bundle.tae.float().cpu().eval(), bundle.t2m.float().cpu().eval()
     skip = bool(bundle.config.get("sampler", {}).get("skip_terminal_step", False))
-    heads = [SamplerSettings(sampling_steps=n, sampler=sampler, skip_terminal_step=skip) for sampler, n in head_variants]
-    specs = graph_specs(t2m, tae, heads)
+    student = getattr(bundle, "student", None)
+    if head_variants is None:
+        head_variants = [("ddpm", 50), ("ddpm", 10)] + \
+            ([("student", k) for k in student.student_config.steps] if student is not None else [])
+    heads = []
+    for sampler, n in head_variants:
+        if sampler == "student":
+            if student is None:
+                raise ValueError("head variant ('student', ...): this bundle has no few-step student head")
+            student.student_config.check_steps(n)
+            heads.append(SamplerSettings(sampling_steps=n, skip_terminal_step=skip, head="student"))
+        else:
+            heads.append(SamplerSettings(sampling_steps=n, sampler=sampler, skip_terminal_step=skip))
+    specs = graph_specs(t2m, tae, heads, student.float().cpu().eval() if student is not None else None)
     for spec in specs.values():
         spec.export(out)
-    head_files = [specs[f"head_{h.sampler}{h.sampling_steps}"] for h in heads]
+    head_files = [specs[head_graph_name(h)] for h in heads]
     # Per-channel weight scales where they helped on the embedded model (relative error of one graph
     # call vs fp32): transformer cond 0.037 -> 0.035 per-channel; head latent 0.018 per-tensor vs 0.019.
     # The TAE decoder stays fp32: int8 Conv (ConvInteger) tripled the frame error of a stream in the
@@ -286,7 +322,7 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=(("ddpm", 50), ("dd
         "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
         "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
         "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
-        "heads": [{"file": spec.file, "sampler": h.sampler, "sampling_steps": h.sampling_steps,
+        "heads": [{"file": spec.file, "head": h.head, "sampler": h.sampler, "sampling_steps": h.sampling_steps,
                    "skip_terminal_step": h.skip_terminal_step, "noise_steps": spec.inputs["step_noise"][0]}
                   for h, spec in zip(heads, head_files)],
         "quantization": {"weights": "int8", "method": "onnxruntime.quantization.quantize_dynamic",

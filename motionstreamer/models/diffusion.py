@@ -32,6 +32,8 @@ from motionstreamer.config import ConfigDict, check_positive_ints
 
 SCHEDULES = ("cosine", "linear")
 SAMPLERS = ("ddpm", "ddim")
+# which network samples: the guided teacher (DiffLoss) or a bundle's few-step student (models/few_step.py)
+HEADS = ("teacher", "student")
 # sampling: "auto" = "triton" (the fused loop, motionstreamer.kernels) on CUDA when the kernels run there, else
 # "torch"; "torch" = the PyTorch loop below; "triton" = the fused loop wherever the kernels run (CPU
 # under the Triton interpreter too), else "torch"
@@ -68,17 +70,24 @@ class SamplerSettings:
     the original) or "ddim" (eta-scaled noise; eta 0 is deterministic given x_T). cfg_scale:
     classifier-free guidance, eps = eps_u + cfg_scale (eps_c - eps_u); 1 turns guidance off.
     temperature scales the step noise. skip_terminal_step: start one step after the degenerate
-    terminal step (DiffLoss.sampling_process)."""
+    terminal step (DiffLoss.sampling_process). head: "teacher" (the model's guided head, the
+    original algorithm) or "student" (the bundle's distilled few-step head: one condition row, no
+    guidance, so cfg_scale is not used; ancestral DDPM only, as it was trained)."""
     sampling_steps: int = 50
     sampler: str = "ddpm"
     cfg_scale: float = 4.0
     temperature: float = 1.0
     skip_terminal_step: bool = False
     eta: float = 0.0
+    head: str = "teacher"
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "student" and self.sampler != "ddpm":
+            raise ValueError(f"the few-step student head samples with 'ddpm' (what it was trained for), not {self.sampler!r}")
         if isinstance(self.sampling_steps, bool) or not isinstance(self.sampling_steps, int) or self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be an int >= 1, got {self.sampling_steps!r}")
         for name, (low, high) in SAMPLER_RANGES.items():
@@ -88,8 +97,9 @@ class SamplerSettings:
 
     @property
     def guided(self) -> bool:
-        """Classifier-free guidance runs (cfg_scale != 1): the one place this is decided."""
-        return self.cfg_scale != 1.0
+        """Classifier-free guidance runs (the teacher with cfg_scale != 1): the one place this is decided.
+        A student reproduces the guided distribution from the conditional row alone."""
+        return self.head == "teacher" and self.cfg_scale != 1.0
 
     @property
     def condition_rows(self) -> int:

@@ -61,6 +61,7 @@ class TorchBackend:
     def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
                  condition_rows: int = MAX_CONDITION_ROWS):
         self.tae, self.t2m = bundle.tae, bundle.t2m
+        self.student = getattr(bundle, "student", None)   # models.few_step.StudentHead, when the bundle has one
         self.capacity, self.condition_rows, self.device, self.dtype = capacity, condition_rows, device, dtype
         self.block_size = self.t2m.config.block_size
         self.latent_dim = self.t2m.config.latent_dim
@@ -83,12 +84,20 @@ class TorchBackend:
         out = self.t2m.decode_step(z.repeat(rows, 1), self.cache, rows=self._rows(slots, rows))
         return out.view(rows, len(slots), -1).transpose(0, 1)
 
+    def head(self, settings: SamplerSettings):
+        """The module that samples under `settings`: the t2m model's guided head, or the student."""
+        if settings.head == "student":
+            if self.student is None:
+                raise ValueError("this bundle has no few-step student head")
+            return self.student
+        return self.t2m.diff_loss
+
     def noise_steps(self, settings: SamplerSettings) -> int:
-        return self.t2m.diff_loss.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
+        return self.head(settings).sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
 
     def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
         noise = (noise[0].to(self.device, self.dtype), noise[1].to(self.device, self.dtype))
-        return self.t2m.diff_loss.sample(*conditions.unbind(1), settings=settings, noise=noise)
+        return self.head(settings).sample(*conditions.unbind(1), settings=settings, noise=noise)
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
         rows = torch.tensor(slots, device=self.device)

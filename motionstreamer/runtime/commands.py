@@ -27,7 +27,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion sampling steps (default 50; a student: its default count, one it supports)")
+    p.add_argument("--head", choices=("teacher", "student"), default=None,
+                   help="teacher: the guided head, the exact original algorithm; student: the bundle's distilled "
+                        "few-step head, no guidance rows (default: the bundle's choice)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--end-threshold", type=float, default=None,
                    help="L2 distance to the reference end latent that ends an action")
@@ -108,7 +112,8 @@ def _config(args):
     from motionstreamer.runtime.engine import GenerationConfig
     from motionstreamer.runtime.session import seconds_to_latents
 
-    cfg = GenerationConfig(temperature=args.temperature, sampler=args.sampler, on_action_end=args.on_end)
+    cfg = GenerationConfig(temperature=args.temperature, sampler=args.sampler, on_action_end=args.on_end,
+                           head=args.head)
     if args.cfg is not None:
         cfg.cfg_scale = args.cfg
     if args.steps is not None:
@@ -155,6 +160,7 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         log(f"model: {desc}")
         # live JSON chunks (stream --jsonl) are foot-cleaned causally; the files offline, below
         clean_live = args.clean_feet and getattr(args, "jsonl", False)
+        # ValueError also for --head/--steps the bundle lacks (a student's supported step counts)
         session = StreamingSession(bundle, text_encoder, config=config, seed=args.seed, clean_feet=clean_live)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))

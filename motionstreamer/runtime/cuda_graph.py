@@ -1,7 +1,7 @@
 """GPU path: the per-latent work replayed as CUDA graphs, so it costs no Python or launch overhead.
 
 When every slot of the engine is active (the steady state of a serving batch), one latent is three
-graph replays: the guided head sampling loop (all steps, precomputed AdaLN modulations), the
+graph replays: the head's sampling loop (guided teacher or few-step student) (all steps, precomputed AdaLN modulations), the
 transformer decode step over the static KV cache, and the streaming TAE decoder step. Each graph is
 captured once per batch shape on static buffers; inputs are copied in, outputs copied out. Partial
 batches, prefills and anything on the CPU take the eager TorchBackend path, which is also the
@@ -79,7 +79,8 @@ class GraphedBackend(TorchBackend):
             c = torch.zeros_like(conditions, device=self.device, dtype=self.dtype)
             x = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
             nz = torch.zeros(noise[1].shape[0], n, self.latent_dim, device=self.device, dtype=self.dtype)
-            self._capture(key, lambda: self.t2m.diff_loss.sample(*c.unbind(1), settings=settings, noise=(x, nz)), [c, x, nz], [])
+            head = self.head(settings)   # the guided teacher or the student (one condition row, no guidance)
+            self._capture(key, lambda: head.sample(*c.unbind(1), settings=settings, noise=(x, nz)), [c, x, nz], [])
         graph, (c, x, nz), out = self._graphs[key]
         c.copy_(conditions)
         x.copy_(noise[0])

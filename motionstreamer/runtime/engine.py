@@ -34,7 +34,10 @@ from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 class GenerationConfig:
     cfg_scale: float = 4.0            # official demo value
     temperature: float = 1.0
-    sampling_steps: int = 50          # 50 = the original; fewer uses the respaced process
+    sampling_steps: int | None = None  # None: 50 (the original) for the teacher, the student's default count
+    # "teacher" (the guided head, the original algorithm) or "student" (the bundle's few-step head, one
+    # condition row per stream); None = the bundle's default (its config.json "sampler": {"head": ...})
+    head: str | None = None
     sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
     # None = the bundle's calibrated value (config.json), else the original's (False / 0.1)
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
@@ -62,17 +65,19 @@ class GenerationConfig:
     def sampler_settings(self) -> SamplerSettings:
         """How the head samples each latent (checked there); skip_terminal_step None counts as False:
         resolve_config fills it from the bundle first."""
-        return SamplerSettings(sampling_steps=self.sampling_steps, sampler=self.sampler, cfg_scale=self.cfg_scale,
-                               temperature=self.temperature, skip_terminal_step=bool(self.skip_terminal_step))
+        return SamplerSettings(sampling_steps=50 if self.sampling_steps is None else self.sampling_steps,
+                               sampler=self.sampler, cfg_scale=self.cfg_scale, temperature=self.temperature,
+                               skip_terminal_step=bool(self.skip_terminal_step), head=self.head or "teacher")
 
 
 def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
     """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
     sampler = bundle_config.get("sampler", {})
-    if not isinstance(sampler, dict) or set(sampler) - {"skip_terminal_step"} \
-            or not isinstance(sampler.get("skip_terminal_step", False), bool):
-        raise ValueError(f"the model's config.json: 'sampler' must be {{\"skip_terminal_step\": true|false}}, "
-                         f"got {sampler!r}")
+    if not isinstance(sampler, dict) or set(sampler) - {"skip_terminal_step", "head"} \
+            or not isinstance(sampler.get("skip_terminal_step", False), bool) \
+            or sampler.get("head", "teacher") not in ("teacher", "student"):
+        raise ValueError(f"the model's config.json: 'sampler' must be {{\"skip_terminal_step\": true|false, "
+                         f"\"head\": \"teacher\"|\"student\"}}, got {sampler!r}")
     skip = config.skip_terminal_step
     if skip is None:
         skip = sampler.get("skip_terminal_step", False)
@@ -81,7 +86,25 @@ def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationC
         thr = bundle_config.get("end_threshold", 0.1)
         if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
             raise ValueError(f"the model's config.json: 'end_threshold' must be a finite number, got {thr!r}")
-    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr))
+    head, steps = student_choice(config.head, config.sampling_steps, bundle_config)
+    return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,
+                               sampling_steps=steps)
+
+
+def student_choice(head: str | None, steps: int | None, bundle_config: dict) -> tuple[str, int]:
+    """(head, sampling steps) for a bundle: head None = the bundle's default (config.json
+    "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's default
+    count; a student's steps must be among the counts it supports (ValueError naming them)."""
+    from motionstreamer.models.few_step import StudentHeadConfig
+
+    if head is None:
+        head = bundle_config.get("sampler", {}).get("head", "teacher")
+    if head != "student":
+        return head, 50 if steps is None else steps
+    if "student_head" not in bundle_config:
+        raise ValueError("this bundle has no few-step student head (make one with `motionstreamer distill-head`)")
+    student = StudentHeadConfig.from_dict(bundle_config["student_head"])
+    return head, student.default_steps if steps is None else student.check_steps(steps)
 
 
 @dataclass
@@ -147,7 +170,9 @@ class StreamingEngine:
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
-            backend = cls(bundle, capacity, device, dtype or p.dtype)
+            # a student needs no unconditional rows: its cache holds one row per stream
+            rows = {"condition_rows": 1} if self.settings.head == "student" else {}
+            backend = cls(bundle, capacity, device, dtype or p.dtype, **rows)
         if backend.condition_rows < self.rows:
             raise ValueError(f"the backend holds {backend.condition_rows} condition row(s) per stream, these sampler "
                              f"settings need {self.rows}")

@@ -78,11 +78,13 @@ class OrtBackend:
         return torch.from_numpy(cond).view(n_rows, len(slots), -1).transpose(0, 1)
 
     def _head(self, settings: SamplerSettings):
-        key = (settings.sampler, settings.sampling_steps, settings.skip_terminal_step)
+        key = (settings.head, settings.sampler, settings.sampling_steps, settings.skip_terminal_step)
         if key not in self.heads or settings.eta != 0:
-            raise ValueError(f"no exported head for sampler {settings.sampler!r} with {settings.sampling_steps} steps "
-                             f"(skip_terminal_step={settings.skip_terminal_step}, eta={settings.eta}); exported: "
-                             f"{sorted(self.heads)} (re-export with --head {settings.sampler}:{settings.sampling_steps})")
+            what = "student" if settings.head == "student" else settings.sampler
+            raise ValueError(f"no exported head for the {settings.head}, sampler {settings.sampler!r} with "
+                             f"{settings.sampling_steps} steps (skip_terminal_step={settings.skip_terminal_step}, "
+                             f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --head "
+                             f"{what}:{settings.sampling_steps})")
         return self.heads[key]
 
     def noise_steps(self, settings: SamplerSettings) -> int:
@@ -91,13 +93,14 @@ class OrtBackend:
     def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
         sess = self._head(settings)[0]
         cond, *rest = conditions.unbind(1)
-        # the graph is always guided; one condition row means cfg_scale 1: eps_u + 1 (eps_c - eps_u) = eps_c
+        # a teacher graph is always guided, so one condition row means cfg_scale 1 there:
+        # eps_u + 1 (eps_c - eps_u) = eps_c; a student graph has no uncond/cfg inputs (dropped below)
         uncond = rest[0] if rest else cond
         feeds = {"cond": cond.numpy().astype(np.float32), "uncond": uncond.numpy().astype(np.float32),
                  "x_T": noise[0].numpy().astype(np.float32), "step_noise": noise[1].numpy().astype(np.float32),
                  "cfg": np.array([settings.cfg_scale], np.float32),
                  "temperature": np.array([settings.temperature], np.float32)}
-        names = {i.name for i in sess.get_inputs()}   # deterministic DDIM graphs drop the unused noise inputs
+        names = {i.name for i in sess.get_inputs()}   # deterministic DDIM graphs drop unused noise inputs too
         out = sess.run(None, {k: v for k, v in feeds.items() if k in names})
         return torch.from_numpy(out[0])
 
@@ -112,8 +115,10 @@ class OrtBackend:
 
 
 def head_key(head: dict) -> tuple:
-    """(sampler, sampling_steps, skip_terminal_step) of a manifest head entry (version 1 names too)."""
-    return (head.get("sampler", head.get("method")), head.get("sampling_steps", head.get("steps")),
+    """(head, sampler, sampling_steps, skip_terminal_step) of a manifest head entry (version 1 names,
+    and entries from before student heads, too)."""
+    return (head.get("head", "teacher"), head.get("sampler", head.get("method")),
+            head.get("sampling_steps", head.get("steps")),
             head.get("skip_terminal_step", head.get("skip_terminal", False)))
 
 
@@ -128,8 +133,15 @@ class OrtBundle:
     frames_per_latent: int = 4
 
 
-def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None):
-    backend = OrtBackend(directory, capacity, providers, threads)
+def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
+             config=None):
+    """(statistics, backend) of an export; config (a GenerationConfig) sizes the KV cache for its
+    condition rows (a student: one per stream), else for [cond; uncond]."""
+    rows = MAX_CONDITION_ROWS
+    if config is not None:
+        from motionstreamer.runtime.engine import resolve_config
+        rows = resolve_config(config, read_manifest(directory).get("config", {})).sampler_settings().condition_rows
+    backend = OrtBackend(directory, capacity, providers, threads, condition_rows=rows)
     m = backend.manifest
     stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"],
                       m.get("config", {}), int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
@@ -141,5 +153,5 @@ def ort_session(directory: str | Path, text_encoder, config=None, seed: int | No
     """A StreamingSession whose models run in onnxruntime."""
     from motionstreamer.runtime.session import StreamingSession
 
-    stats, backend = load_ort(directory, 1, providers, threads)
+    stats, backend = load_ort(directory, 1, providers, threads, config)
     return StreamingSession(stats, text_encoder, config=config, seed=seed, backend=backend)

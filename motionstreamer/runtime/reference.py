@@ -27,7 +27,7 @@ class ReferenceResult:
 @torch.no_grad()
 def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: torch.Generator,
                      config=None, end_latent: torch.Tensor | None = None, decode_every_latent: bool = True,
-                     context: torch.Tensor | None = None) -> ReferenceResult:
+                     context: torch.Tensor | None = None, student=None) -> ReferenceResult:
     """schedule: list of (text_emb (text_dim,), n_latents). Latents are generated prompt after prompt,
     sampled as `config` (a GenerationConfig, the engine's; fields left None take the original's
     values) says; when end_latent is given, a prompt's action may end early as in the original t2m
@@ -35,16 +35,21 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
 
     context (N, latent), optional (teacher forcing): latent k is sampled after context[:k] instead of
     after the reference's own samples, so another implementation's stream can be checked latent by
-    latent without the differences compounding through the autoregressive loop."""
+    latent without the differences compounding through the autoregressive loop.
+
+    student: a bundle's few-step head (models.few_step.StudentHead), sampled when the config's head
+    is "student" (plain module forward too; no unconditional forward then)."""
     from motionstreamer.models.diffusion import draw_sampling_noise
     from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 
-    cfg = resolve_config(config or GenerationConfig(), {})
+    cfg = resolve_config(config or GenerationConfig(),
+                         {"student_head": student.student_config.to_dict()} if student is not None else {})
     settings = cfg.sampler_settings()
+    head = student if settings.head == "student" else t2m.diff_loss
     block = t2m.config.block_size
     keep = cfg.history_keep or block // 2
     p = next(t2m.parameters())
-    n_steps = t2m.diff_loss.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
+    n_steps = head.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
     latents, window = [], []
     features = None
     ended_early = False
@@ -56,9 +61,9 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
             window = policy.slide(window, block, keep)
             ctx = (torch.stack(window)[None] if window else torch.zeros(1, 0, t2m.config.latent_dim).to(p))
             cond = t2m(ctx, text)[:, -1]                      # full prefix, conditional
-            uncond = t2m(ctx, empty)[:, -1]                   # full prefix, unconditional, separately
+            uncond = t2m(ctx, empty)[:, -1] if settings.guided else None   # unconditional, separately
             noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim)
-            z = t2m.diff_loss.sample(cond, uncond, settings, noise=(noise[0].to(p), noise[1].to(p)), fast=False)[0]
+            z = head.sample(cond, uncond, settings, noise=(noise[0].to(p), noise[1].to(p)), fast=False)[0]
             if end_latent is not None and policy.is_action_end(z, end_latent.reshape(-1), cfg.end_threshold, k,
                                                                 cfg.min_action_latents):
                 ended_early = True

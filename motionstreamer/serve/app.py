@@ -59,7 +59,8 @@ class ServeConfig:
     checkpoint: str | None = None         # model bundle directory; None = the embedded default model
     device: str = "cpu"
     dtype: str | None = None
-    steps: int = 10                       # diffusion sampling steps per latent (see README: why 10)
+    steps: int | None = 10                # diffusion sampling steps per latent (see README: why 10); None: the head's default
+    head: str | None = None               # "teacher" | "student" (a distilled bundle's few-step head); None: the bundle's
     cfg_scale: float | None = None        # None: the engine's default (4.0)
     on_end: str = "continue"              # an action that ends with nothing queued: repeat it, or "stop"
     lookahead: int = 2                    # latents generated ahead of each stream's playback clock
@@ -70,8 +71,11 @@ class ServeConfig:
 
     def validate(self) -> None:
         self.limits.validate()
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or not 1 <= self.steps <= 1000):
             raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        if self.head not in (None, "teacher", "student"):
+            raise ValueError(f"head must be 'teacher' or 'student', got {self.head!r}")
         if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 1 <= self.lookahead <= 32:
             raise ValueError(f"lookahead must be an integer in [1, 32] latents, got {self.lookahead!r}")
         if self.on_end not in ("continue", "stop"):
@@ -83,7 +87,8 @@ class ServeConfig:
     def generation_config(self):
         from motionstreamer.runtime.engine import GenerationConfig
 
-        gen = GenerationConfig(sampling_steps=self.steps, on_action_end=self.on_end, max_latents=10**9)
+        gen = GenerationConfig(sampling_steps=self.steps, head=self.head, on_action_end=self.on_end,
+                               max_latents=10**9)
         if self.cfg_scale is not None:
             gen.cfg_scale = self.cfg_scale
         return gen
@@ -165,7 +170,7 @@ class Service:
             "protocol": PROTOCOL_VERSION, "encoding": ENCODING,
             "model": desc, "checkpoint": c.checkpoint or "embedded",
             "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT,
-            "sampling_steps": c.steps, "cfg_scale": engine.config.cfg_scale, "lookahead": c.lookahead,
+            "sampling_steps": engine.config.sampling_steps, "head": engine.config.head, "cfg_scale": engine.config.cfg_scale, "lookahead": c.lookahead,
             "device": str(engine.device),
             "skeleton": {"joint_names": list(JOINT_NAMES[:NUM_JOINTS]), "parents": list(PARENTS),
                          "rest_offsets": SMPL_OFFSETS_24[:NUM_JOINTS].round(6).tolist(),

@@ -19,9 +19,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams per engine (default 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--steps", type=int, default=10,
+    p.add_argument("--steps", type=int, default=None,
                    help="diffusion sampling steps per latent (default 10: the embedded model streams 20+ clients "
-                        "on 2 CPU cores; 50 is the original algorithm)")
+                        "on 2 CPU cores; 50 is the original algorithm; a student: its default count)")
+    p.add_argument("--head", choices=("teacher", "student"), default=None,
+                   help="teacher: the guided head (the original algorithm); student: the bundle's distilled "
+                        "few-step head, one condition row per stream (default: the bundle's choice)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
     p.add_argument("--lookahead", type=int, default=2,
                    help="latents generated ahead of each stream's playback clock (default 2 = 267 ms)")
@@ -68,10 +71,17 @@ def config_from_args(args):
         limits = ServeLimits(max_streams=args.max_streams, idle_timeout_s=args.idle_timeout,
                              max_prompt_chars=args.max_prompt_chars, max_backlog=args.max_backlog)
         cfg = ServeConfig(checkpoint=args.checkpoint, device=args.device,
-                          dtype=None if args.dtype == "auto" else args.dtype, steps=args.steps, cfg_scale=args.cfg,
+                          dtype=None if args.dtype == "auto" else args.dtype, head=args.head, cfg_scale=args.cfg,
+                          steps=args.steps if args.steps is not None or args.head == "student" else 10,
                           on_end=args.on_end, lookahead=args.lookahead, token=token,
                           allowed_origins=tuple(args.allow_origin), limits=limits, threads=args.threads)
         cfg.validate()
+        if args.head == "student":   # its step counts, checked before the server starts
+            from motionstreamer.checkpoints import read_bundle_config
+            from motionstreamer.runtime.engine import GenerationConfig, resolve_config
+            from motionstreamer.runtime.loading import default_model_dir
+            resolve_config(GenerationConfig(sampling_steps=cfg.steps, head="student"),
+                           read_bundle_config(cfg.checkpoint or default_model_dir()))
     except ValueError as e:
         raise CLIError(str(e))
     return cfg
@@ -113,7 +123,7 @@ def cmd_serve(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     print(f"motionstreamer serve: http://{args.host}:{args.port}/ (WebSocket /v1/stream; "
-          f"{cfg.limits.max_streams} streams, {cfg.steps} sampling steps, look-ahead {cfg.lookahead})", flush=True)
+          f"{cfg.limits.max_streams} streams, {cfg.head or 'teacher'} head, {cfg.steps or 'default'} sampling steps, look-ahead {cfg.lookahead})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 ws_max_size=max(cfg.limits.max_message_bytes * 4, 65536))
     return 0

@@ -1,4 +1,4 @@
-"""CLI verbs: `train tae|t2m|stream`, `train-evaluator`, `encode-latents`, `make-bundle`.
+"""CLI verbs: `train tae|t2m|stream`, `train-evaluator`, `encode-latents`, `make-bundle`, `distill-head`.
 
 The pipeline from a HumanML3D-272 folder to a model that `generate`/`stream` can run:
 
@@ -97,6 +97,29 @@ def register(subparsers) -> None:
     r.add_argument("--save-every", type=int, default=None, metavar="STEPS")
     r.add_argument("--no-tensorboard", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = add_verb(subparsers, "distill-head", cmd_distill_head,
+                 "distil the guided 50-step head into a 1-4 step student (no guidance rows)")
+    d.add_argument("--checkpoint", required=True, metavar="BUNDLE", help="the teacher model bundle")
+    d.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder (train split)")
+    d.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents from encode-latents")
+    d.add_argument("--stream-data", default=None, metavar="DIR", help="BABEL-stream layout folder (optional)")
+    d.add_argument("--stream-latents", default=None, metavar="DIR", help="latents of the stream pairs")
+    d.add_argument("--out", required=True, metavar="NEW_BUNDLE", help="the bundle to write (teacher + student)")
+    d.add_argument("--overwrite", action="store_true", help="replace NEW_BUNDLE when it already holds a bundle")
+    d.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="training run folder: checkpoints, logs, TensorBoard, the teacher-sample bank "
+                        "(default: the config's out_dir, runs/distill)")
+    d.add_argument("--student-steps", default=None, metavar="K[,K...]",
+                   help="step counts the student is trained for and supports (default 1,2,4); the largest is "
+                        "its default")
+    d.add_argument("--cfg", type=float, default=None, help="the teacher's guidance scale to reproduce (default 4.0)")
+    d.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of DistillConfig fields")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=2000 --set conditions=8192")
+    d.add_argument("--resume", default=None, metavar="CKPT", help="continue from the run's checkpoint_last.pt")
+    d.add_argument("--text-cache", default=None, metavar="FILE", help="caption embeddings file (see train t2m)")
+    d.add_argument("--device", default=None, help="cpu, cuda or auto")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -403,4 +426,53 @@ def cmd_train_evaluator(args) -> int:
     last = res.losses[-1][1] if res.losses else float("nan")
     _say(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
          f"model {Path(cfg.out_dir) / 'evaluator'}, checkpoint {res.checkpoint}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- distill-head
+def cmd_distill_head(args) -> int:
+    """Train a few-step student head (the teacher head's architecture, initialised from it) that
+    reproduces the bundle's guided sampling distribution from the conditional row alone, on the
+    conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing).
+    Writes NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and
+    numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs."""
+    from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle
+    from motionstreamer.cli import CLIError
+    from motionstreamer.eval.commands import parse_step_list
+    from motionstreamer.train.distill import DistillConfig, distill_head
+    from motionstreamer.train.stream import load_stream_examples
+    from motionstreamer.train.t2m import load_latent_examples
+
+    out = Path(args.out)
+    steps = None if args.student_steps is None else parse_step_list(args.student_steps, "--student-steps")
+    # --out is the new bundle here; the run folder is --run-dir
+    cfg = _config(DistillConfig, argparse.Namespace(**{**vars(args), "out": args.run_dir}),
+                  student_steps=steps, cfg=args.cfg)
+    if (args.stream_data is None) != (args.stream_latents is None):
+        raise CLIError("give both --stream-data and --stream-latents, or neither")
+    if (out / "config.json").exists() and not args.overwrite:
+        raise CLIError(f"--out {out} already holds a model bundle; pass --overwrite to replace it")
+    try:
+        teacher = load_bundle(args.checkpoint)
+    except CheckpointError as e:
+        raise CLIError(str(e))
+    try:
+        examples = load_latent_examples(args.latents, args.data, "train")
+        if args.stream_data:
+            examples += load_stream_examples(args.stream_data, args.stream_latents, "train")
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e))
+    emb = text_embeddings_for(examples, teacher.text_encoder_name, args.text_cache)
+    if next(iter(emb.values())).shape[-1] != teacher.t2m.config.cond_dim:
+        raise CLIError(f"the teacher takes {teacher.t2m.config.cond_dim}-dim text embeddings, the text encoder "
+                       f"{teacher.text_encoder_name!r} gives {next(iter(emb.values())).shape[-1]}")
+    torch_seed(cfg.seed)
+    student, res = _run(lambda: distill_head(teacher, examples, emb, cfg, resume=args.resume,
+                                             teacher_name=str(Path(args.checkpoint).resolve())))
+    if _is_main():
+        add_student_head(args.checkpoint, student, out)
+    _say(f"distilled a {','.join(map(str, student.student_config.steps))}-step head in {res.step} steps "
+         f"({res.samples_per_s:.1f} conditions/s); wrote {out} (run folder {cfg.out_dir}). "
+         f"Compare it with its teacher: motionstreamer evaluate head --checkpoint {out} --data {args.data} "
+         f"--latents {args.latents}")
     return 0
