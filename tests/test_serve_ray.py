@@ -61,8 +61,14 @@ def test_two_replicas_one_killed(ray_serve):
     url = f"ws://127.0.0.1:{ray_serve}/v1/stream"
 
     async def go():
-        log = {}
-        tasks = [asyncio.create_task(client(url, i, log)) for i in range(6)]
+        log, tasks = {}, []
+        # clients arrive one at a time: the proxy routes a new socket by the replicas' ongoing streams,
+        # which count the previous socket once it is open (a burst under CPU load could land on one)
+        for i in range(6):
+            tasks.append(asyncio.create_task(client(url, i, log)))
+            t0 = time.monotonic()
+            while "server" not in log.get(i, {}) and time.monotonic() - t0 < 30:
+                await asyncio.sleep(0.05)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (len({r.get("server") for r in log.values()} - {None}) < 2
                                                or min((r["frames"] for r in log.values()), default=0) < 5
