@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     ctx = dict(tae=tae, t2m=t2m, ref_models=(ref_t2m, ref_tae), device=device, dtype=dtype, small=small,
                quick=args.quick, latents=latents, steps_list=steps_list, repeats=repeats,
                repeats_ref=1 if args.quick else max(1, repeats // 2), batches=batches, throughput_latents=tl,
-               bandwidth=measure_bandwidth(device), external=external)
+               bandwidth=None if args.quick else measure_bandwidth(device), external=external)
     info = device_info(device)
     info.update(config="small" if small else "official", dtype=str(dtype).replace("torch.", ""),
                 bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)
