@@ -93,6 +93,27 @@ def test_non_finite_generated_motion_fails_with_nothing_written(tmp_path, capsys
     assert outputs(dest) == []
 
 
+
+def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
+    """StreamingSession.step raises (FloatingPointError naming the latent) instead of handing back NaN."""
+    from safetensors.torch import load_file, save_file
+
+    from motionstreamer.runtime.loading import load_models
+    from motionstreamer.runtime.policy import NonFiniteMotionError
+    from motionstreamer.runtime.session import StreamingSession
+
+    def huge_std(d, cfg):
+        stats = load_file(d / "stats.safetensors")
+        stats["std"] = torch.full_like(stats["std"], 1e38)
+        save_file(stats, d / "stats.safetensors")
+    bundle, text_encoder, _ = load_models(str(edited_bundle(tmp_path, huge_std)), "cpu", None)
+    session = StreamingSession(bundle, text_encoder, seed=0)
+    session.push_text("a person walks")
+    with pytest.raises(NonFiniteMotionError, match=r"non-finite motion \(NaN/inf\) at latent \d+"):
+        for _ in range(20):      # the overflow shows once the recovered joints accumulate
+            session.step()
+    assert issubclass(NonFiniteMotionError, FloatingPointError)
+
 NUMBERS = [   # (verb and arguments, what the one error line names); every case is refused before any work
     *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg", "--temperature", "--end-threshold",
                                                                         "--max-seconds") for v in ("nan", "inf", "-inf")],

@@ -200,9 +200,9 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
     or when stdout closes under --jsonl. Returns (chunks, generation seconds, first-latent latency,
     why it stopped early or None, prompts read from stdin)."""
     import numpy as np
-    import torch
 
     from motionstreamer.cli import CLIError
+    from motionstreamer.runtime.policy import NonFiniteMotionError
 
     lock = threading.Lock()
     reader = None
@@ -235,15 +235,15 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
             break
         ts = time.perf_counter()
         with lock:
-            chunk = session.step()
+            try:
+                chunk = session.step()
+            except NonFiniteMotionError as e:
+                raise CLIError(f"{e}; nothing written. Check --cfg/--temperature and the checkpoint") from None
         gen_time += time.perf_counter() - ts
         if chunk is None:
             continue
         if first_latency is None:
             first_latency = time.perf_counter() - t0
-        if not (torch.isfinite(chunk.features).all() and torch.isfinite(chunk.joints).all()):
-            raise CLIError(f"the model produced non-finite motion (NaN/inf) at latent {chunk.latent_index}; "
-                           f"nothing written. Check --cfg/--temperature and the checkpoint")
         chunks.append(chunk)
         if getattr(args, "jsonl", False) and not print_jsonl(
                 {"start_frame": chunk.start_frame, "prompt": chunk.prompt,

@@ -30,6 +30,16 @@ def check_prompt(prompt: str) -> str:
     return prompt
 
 
+class NonFiniteMotionError(FloatingPointError):
+    """The model produced NaN/inf motion (a broken checkpoint, or settings that overflow it)."""
+
+
+def check_finite_chunk(chunk) -> None:
+    """NonFiniteMotionError naming the latent unless the chunk's features and joints are finite."""
+    if not (torch.isfinite(chunk.features).all() and torch.isfinite(chunk.joints).all()):
+        raise NonFiniteMotionError(f"the model produced non-finite motion (NaN/inf) at latent {chunk.latent_index}")
+
+
 def check_seed(seed: int) -> int:
     """A stream's seed; ValueError unless an integer torch.Generator takes."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

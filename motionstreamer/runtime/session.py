@@ -6,6 +6,7 @@ import numbers
 from typing import Iterator
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.runtime import policy
 from motionstreamer.runtime.engine import FrameChunk, GenerationConfig, StreamingEngine
 
 
@@ -60,8 +61,10 @@ class StreamingSession:
         chunks = self.engine.step()
         self.events.extend(self.engine.events)
         chunk = chunks[0] if chunks else None
-        if chunk is not None and self.foot_cleaner is not None:
-            chunk = self.foot_cleaner.clean_chunk(chunk)
+        if chunk is not None:
+            policy.check_finite_chunk(chunk)     # fail loudly: never a silent NaN to the caller
+            if self.foot_cleaner is not None:
+                chunk = self.foot_cleaner.clean_chunk(chunk)
         return chunk
 
     def __iter__(self) -> Iterator[FrameChunk]:
