@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.runtime import policy
 from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Close, Event, FramesMessage, StreamOptions, dumps,
                                            error)
 
@@ -318,10 +319,12 @@ class StreamScheduler:
             joints = torch.stack([c.joints for c in chunks]).float().cpu().numpy()
         for i, c in enumerate(chunks):
             job = jobs_by_sid.get(c.stream_id)
-            if not (torch.isfinite(c.features).all() and np.isfinite(joints[i]).all()):
+            try:
+                policy.check_finite_chunk(c)
+            except policy.NonFiniteMotionError as e:
                 # a broken checkpoint, never sent on: the stream ends with a reason, the others go on
                 self.stats["step_errors"] += 1
-                why = f"the model produced non-finite motion (NaN/inf) at latent {c.latent_index}"
+                why = str(e)
                 ev_by_sid.pop(c.stream_id, None)
                 if job is not None:
                     self._finish_job(job, exc=RuntimeError(why))
