@@ -86,19 +86,17 @@ def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationC
         thr = bundle_config.get("end_threshold", 0.1)
         if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
             raise ValueError(f"the model's config.json: 'end_threshold' must be a finite number, got {thr!r}")
-    head, steps = student_choice(config.head, config.sampling_steps, bundle_config)
+    head, steps = student_choice(config.head or sampler.get("head", "teacher"), config.sampling_steps, bundle_config)
     return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,
                                sampling_steps=steps)
 
 
-def student_choice(head: str | None, steps: int | None, bundle_config: dict) -> tuple[str, int]:
-    """(head, sampling steps) for a bundle: head None = the bundle's default (config.json
-    "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's default
-    count; a student's steps must be among the counts it supports (ValueError naming them)."""
+def student_choice(head: str, steps: int | None, bundle_config: dict) -> tuple[str, int]:
+    """(head, sampling steps) for a bundle (resolve_config gives the head: the config's, else the
+    bundle's "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's
+    default count; a student's steps must be among the counts it supports (ValueError naming them)."""
     from motionstreamer.models.few_step import StudentHeadConfig
 
-    if head is None:
-        head = bundle_config.get("sampler", {}).get("head", "teacher")
     if head != "student":
         return head, 50 if steps is None else steps
     if "student_head" not in bundle_config:
