@@ -143,8 +143,8 @@ def _load_tae(path: str, device):
 
 
 def _generation_config(args):
-    """The sampler settings of --cfg/--steps/--sampler, checked (CLIError): run before any data or model
-    loads, and again where the generation is built."""
+    """The sampler settings of --cfg/--steps/--sampler/--head, checked (CLIError): built once, before any
+    data or model loads."""
     from motionstreamer.cli import CLIError
     try:
         from motionstreamer.runtime.engine import GenerationConfig
@@ -159,9 +159,9 @@ def _generation_config(args):
     return cfg
 
 
-def _generation(args, device):
-    """(bundle, text encoder, GenerationConfig, description, backend factory or None) from the runtime,
-    or a clear error without it. With --onnx the bundle is the export's statistics and the factory
+def _generation(args, device, cfg):
+    """(bundle, text encoder, GenerationConfig, description, backend factory or None) for the checked
+    generation config `cfg`. With --onnx the bundle is the export's statistics and the factory
     builds onnxruntime backends of the batch's size."""
     from motionstreamer.cli import CLIError
     if args.onnx:
@@ -170,7 +170,6 @@ def _generation(args, device):
         try:
             from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
-            cfg = _generation_config(args)
             stats, probe = load_ort(args.onnx, 1, config=cfg)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
@@ -188,7 +187,6 @@ def _generation(args, device):
                 backends[capacity] = load_ort(args.onnx, capacity, config=cfg)[1]
             return backends[capacity]
         return stats, text_encoder, cfg, desc, backend_for
-    cfg = _generation_config(args)      # CLIError without the runtime
     from motionstreamer.runtime.engine import resolve_config
     from motionstreamer.runtime.loading import load_models
     try:
@@ -210,8 +208,7 @@ def cmd_evaluate(args) -> int:
     check_positive(args, "repeats", "batch", "steps", "transition_length")
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
-    if hasattr(args, "cfg"):
-        _generation_config(args)
+    gen_cfg = _generation_config(args) if hasattr(args, "cfg") else None   # CLIError without the runtime
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
@@ -229,7 +226,7 @@ def cmd_evaluate(args) -> int:
             from motionstreamer.data.humanml3d import load_mean_std
             mean, std = load_mean_std(args.mean_std)
             cases = P.load_stream_cases(args.stream_data, args.split, mean=mean, std=std)
-            bundle, text_encoder, gcfg, desc, factory = _generation(args, device)
+            bundle, text_encoder, gcfg, desc, factory = _generation(args, device, gen_cfg)
             result = P.evaluate_stream(evaluator, cases,
                                        P.runtime_stream_generator(bundle, text_encoder, gcfg, device, factory),
                                        mean, std, transition_length=args.transition_length, **kw)
@@ -243,7 +240,7 @@ def cmd_evaluate(args) -> int:
                 result = P.evaluate_tae(evaluator, tae, evalset, sample=not args.tae_mean, **kw)
                 result.info["tae"] = str(args.tae)
             else:
-                bundle, text_encoder, gcfg, desc, factory = _generation(args, device)
+                bundle, text_encoder, gcfg, desc, factory = _generation(args, device, gen_cfg)
                 result = P.evaluate_t2m(evaluator, evalset,
                                         P.runtime_generator(bundle, text_encoder, gcfg, device, factory),
                                         mm_captions=args.mm_captions, mm_repeats=args.mm_repeats,
