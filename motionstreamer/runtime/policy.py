@@ -1,7 +1,7 @@
-"""The stream policy the engine and the reference sampler share: prompt checks, the context-window
-slide and the end-of-action test. Plain functions on plain values, so the original algorithm
-(runtime/reference.py) and the engine cannot drift apart in them; tests/test_runtime_engine.py checks
-the engine's slide against a full forward, independently of this file."""
+"""The stream policy the engine, the session and the reference sampler share: prompt and seed checks,
+the context-window slide, the end-of-action test and the finite-motion check. Plain functions on plain
+values, so the original algorithm (runtime/reference.py) and the engine cannot drift apart in them;
+tests/test_runtime_engine.py checks the engine's slide against a full forward, independently of this file."""
 from __future__ import annotations
 
 import numbers
