@@ -62,8 +62,10 @@ def test_stream_stdin_realtime_jsonl(bundle_dir, tmp_path):
                 proc.stdin.write("a person turns left\n")
                 proc.stdin.close()
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        err = proc.stderr.read()
     finally:
         proc.kill()
+    assert "Loading weights" not in err and "it/s" not in err, err   # --quiet: no progress bar, the text encoder's neither
     n = 15                                              # --max-seconds 2: 2 * 30 / 4 latents
     assert [c["start_frame"] for c in lines] == list(range(0, 4 * n, 4))
     joints = np.array([c["joints"] for c in lines])

@@ -81,7 +81,9 @@ class TextEncoder:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"text encoder name must be a non-empty string, got {name!r}")
         from sentence_transformers import SentenceTransformer
+        from transformers import logging as hf_logging
 
+        hf_logging.disable_progress_bar()   # a local model's "Loading weights" bar is noise on every command
         target = resolve_name(name)
         local = Path(target).is_dir()
         if not local and Path(target).exists():
