@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle, save_bundle
-from motionstreamer.eval.head_quality import energy_distance, sliced_wasserstein
+from motionstreamer.eval.head_quality import (energy_distance, extrapolated_sampler, guidance_capture, sliced_wasserstein,
+                                             teacher_sampler)
 from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, student_settings, student_timesteps
 from motionstreamer.train.distill import (DistillConfig, EnergyDistillObjective, TeacherBank, distill_head,
@@ -102,6 +103,31 @@ def test_energy_score_prefers_the_target_distribution():
     assert abs(float(energy_distance(same, y).mean())) < 0.02
     assert float(energy_distance(shifted, y).mean()) > 0.1
     assert float(sliced_wasserstein(shifted, y).mean()) > float(sliced_wasserstein(same, y).mean()) + 0.2
+
+
+def test_guidance_capture_reads_the_share_of_the_mean_shift():
+    g = torch.Generator().manual_seed(0)
+    unguided, shift = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    noise = torch.randn(8, 4096, 4, generator=g) * 0.1
+    for share in (0.0, 0.4, 1.0):
+        got = guidance_capture(unguided[:, None] + share * shift[:, None] + noise, unguided + shift, unguided)
+        assert abs(got - share) < 0.01, (share, got)
+
+
+def test_extrapolated_sampler_is_guidance_moved_into_the_condition():
+    """One row on u + s (c - u): at s = 1 it is the unguided teacher on c, draw for draw; at s = 0 the
+    one on u; a u-predictor replaces u (the probe of what a one-row head can know)."""
+    head = student(seed=3).double()
+    g = torch.Generator().manual_seed(1)
+    pairs = torch.randn(3, 2, HEAD.cond_dim, generator=g, dtype=torch.float64)
+    draw = lambda sampler, c: sampler(c, 5, torch.Generator().manual_seed(7))   # noqa: E731
+    on_c = draw(teacher_sampler(head, 1.0, 4, False), pairs)
+    torch.testing.assert_close(draw(extrapolated_sampler(head, 1.0, 4, False), pairs), on_c)
+    on_u = draw(teacher_sampler(head, 1.0, 4, False), pairs[:, [1, 1]])
+    torch.testing.assert_close(draw(extrapolated_sampler(head, 0.0, 4, False), pairs), on_u)
+    assert not torch.allclose(on_c, on_u)
+    predicted = draw(extrapolated_sampler(head, 0.0, 4, False, predict_uncond=lambda c: c), pairs)
+    torch.testing.assert_close(predicted, on_c)
 
 
 def test_objective_gradients_are_finite_with_equal_samples():

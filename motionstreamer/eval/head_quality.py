@@ -140,6 +140,29 @@ def student_sampler(student, steps: int) -> Sampler:
     return sample
 
 
+def extrapolated_sampler(diff_loss, scale: float, steps: int, skip_terminal: bool,
+                         predict_uncond: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Sampler:
+    """The teacher head's network with ONE row per sample, unguided, on the extrapolated condition
+    u + scale (c - u) of each [c, u] pair: guidance moved from the output (eps) into the condition,
+    which a one-row head could run. predict_uncond(c) -> u replaces the true u (what a one-row student
+    would have to do: it never sees u). A probe of what a one-row head can reach, not a runtime sampler."""
+    one_row = teacher_sampler(diff_loss, 1.0, steps, skip_terminal)
+
+    def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+        u = c[:, 1] if predict_uncond is None else predict_uncond(c[:, 0])
+        e = u + scale * (c[:, 0] - u)
+        return one_row(torch.stack([e, e], dim=1), n, gen)
+    return sample
+
+
+def guidance_capture(samples: torch.Tensor, guided_mean: torch.Tensor, unguided_mean: torch.Tensor) -> float:
+    """Share of the guidance shift a sampler's per-condition mean reproduces: sum <m - u, g - u> over
+    sum |g - u|^2, m the samples' mean (C, n, d) -> (C, d), g / u the guided / unguided teacher's means
+    (C, d). 1: all of the shift classifier-free guidance adds, 0: none (an unguided sampler)."""
+    shift = guided_mean - unguided_mean
+    return float(((samples.mean(dim=-2) - unguided_mean) * shift).sum() / (shift * shift).sum())
+
+
 def summarize_floor(result: dict, floor: str) -> dict:
     """Each sampler's energy distance as a multiple of the floor's CI half-width (how many noise-floor
     widths it sits above zero): a compact 'within the noise floor' check."""

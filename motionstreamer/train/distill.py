@@ -29,6 +29,13 @@ respaced to 10 steps (`motionstreamer evaluate head`, 32 conditions x 256 sample
 would start from a bias larger than a 10-step teacher's. The energy score targets the ancestral
 distribution itself, needs only samples of it, and trains every step count of one network at once.
 
+Limit (measured, scripts/student_guidance_probe.py, README "Few-step distilled head"): one row per
+stream means the student sees the conditional condition c but never u, the empty caption's condition
+over the same history, and guidance is a function of both. The embedded student is closer to the
+teacher than the 4-step respaced teacher by energy distance yet reproduces ~1/5 of the guidance mean
+shift (its R-precision is the unguided teacher's); the teacher's own network on u + cfg (c - u) with
+the true u reproduces it all, with u predicted from c about 2/3. Closing the gap needs a cheap view of u.
+
 Data: the conditions are the frozen transformer's outputs over the training set's latent sequences
 with teacher forcing ([caption, history A, target B], every position that predicts a latent of B,
 the end latent included), once with the caption and once with the empty caption for the teacher's
