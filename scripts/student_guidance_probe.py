@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         predict_u = fit_uncond_predictor(conditions("train", args.train_pairs), seed=args.seed)
     sc = bundle.student.student_config
     cfg, skip, diff, n = sc.teacher_cfg, sc.teacher_skip_terminal, bundle.t2m.diff_loss, args.samples
-    gen = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)   # noqa: E731
+    gen = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)
     guided = H.teacher_sampler(diff, cfg, 50, skip)(test, n, gen(0))
     unguided_mean = H.teacher_sampler(diff, 1.0, 50, skip)(test, n, gen(1)).mean(dim=1)
     candidates = {"teacher, other seeds (floor)": H.teacher_sampler(diff, cfg, 50, skip)}

@@ -4,17 +4,38 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle, save_bundle
-from motionstreamer.eval.head_quality import (energy_distance, extrapolated_sampler, guidance_capture, sliced_wasserstein,
-                                             teacher_sampler)
-from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
-from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, student_settings, student_timesteps
-from motionstreamer.train.distill import (DistillConfig, EnergyDistillObjective, TeacherBank, distill_head,
-                                          energy_score, teacher_forced_conditions, teacher_samples)
-
 from fakes import FakeTextEncoder
 from train_tiny import quiet, tiny_t2m, tiny_tae
+
+from motionstreamer.checkpoints import (
+    CheckpointError,
+    add_student_head,
+    load_bundle,
+    save_bundle,
+)
+from motionstreamer.eval.head_quality import (
+    energy_distance,
+    extrapolated_sampler,
+    guidance_capture,
+    sliced_wasserstein,
+    teacher_sampler,
+)
+from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
+from motionstreamer.models.few_step import (
+    StudentHead,
+    StudentHeadConfig,
+    student_settings,
+    student_timesteps,
+)
+from motionstreamer.train.distill import (
+    DistillConfig,
+    EnergyDistillObjective,
+    TeacherBank,
+    distill_head,
+    energy_score,
+    teacher_forced_conditions,
+    teacher_samples,
+)
 
 HEAD = DiffusionHeadConfig(width=64, depth=2, cond_dim=32)
 
@@ -120,7 +141,7 @@ def test_extrapolated_sampler_is_guidance_moved_into_the_condition():
     head = student(seed=3).double()
     g = torch.Generator().manual_seed(1)
     pairs = torch.randn(3, 2, HEAD.cond_dim, generator=g, dtype=torch.float64)
-    draw = lambda sampler, c: sampler(c, 5, torch.Generator().manual_seed(7))   # noqa: E731
+    draw = lambda sampler, c: sampler(c, 5, torch.Generator().manual_seed(7))
     on_c = draw(teacher_sampler(head, 1.0, 4, False), pairs)
     torch.testing.assert_close(draw(extrapolated_sampler(head, 1.0, 4, False), pairs), on_c)
     on_u = draw(teacher_sampler(head, 1.0, 4, False), pairs[:, [1, 1]])
@@ -260,8 +281,13 @@ def test_bank_rejects_non_finite_samples():
 # ----------------------------------------------------------------------------- the CLI, one process and torchrun
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory):
-    from motionstreamer.train.t2m import embed_captions, load_latent_examples, save_text_embeddings
     from train_tiny import encode_dataset, make_synth
+
+    from motionstreamer.train.t2m import (
+        embed_captions,
+        load_latent_examples,
+        save_text_embeddings,
+    )
 
     root = tmp_path_factory.mktemp("distill_cli")
     data = make_synth(root / "data", clips=20, pairs=4)
