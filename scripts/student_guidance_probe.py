@@ -37,10 +37,7 @@ def fit_uncond_predictor(pairs: torch.Tensor, steps: int = 3000, hidden: int = 5
 
 
 def main(argv=None) -> int:
-    from motionstreamer.eval import head_quality as H
-    from motionstreamer.runtime.loading import load_models
-    from motionstreamer.train.distill import teacher_forced_conditions
-    from motionstreamer.train.t2m import embed_captions, load_latent_examples
+    from motionstreamer.cli import CLIError, check_positive
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="a bundle with a student head (default: the embedded model)")
@@ -51,10 +48,26 @@ def main(argv=None) -> int:
     ap.add_argument("--train-pairs", type=int, default=8192, help="training conditions the u-predictor is fitted on")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    try:
+        check_positive(args, "conditions", "train_pairs")
+        if args.samples < 2:
+            raise CLIError(f"--samples must be >= 2, got {args.samples}")
+        probe(args)
+    except (CLIError, ValueError, FileNotFoundError) as e:   # bad flags, bundle or dataset: one line
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+    return 0
+
+
+def probe(args) -> None:
+    from motionstreamer.eval import head_quality as H
+    from motionstreamer.runtime.loading import load_models
+    from motionstreamer.train.distill import teacher_forced_conditions
+    from motionstreamer.train.t2m import embed_captions, load_latent_examples
+
     torch.set_grad_enabled(False)
     bundle, enc, desc = load_models(args.checkpoint, "cpu", "fp32")
     if bundle.student is None:
-        raise SystemExit(f"{desc} has no student head")
+        raise ValueError(f"{desc} has no student head")
 
     def conditions(split: str, count: int) -> torch.Tensor:
         ex = load_latent_examples(args.latents, args.data, split)
@@ -67,6 +80,7 @@ def main(argv=None) -> int:
     cfg, skip, diff, n = sc.teacher_cfg, sc.teacher_skip_terminal, bundle.t2m.diff_loss, args.samples
     gen = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)
     guided = H.teacher_sampler(diff, cfg, 50, skip)(test, n, gen(0))
+    guided_mean = guided.mean(dim=1)
     unguided_mean = H.teacher_sampler(diff, 1.0, 50, skip)(test, n, gen(1)).mean(dim=1)
     candidates = {"teacher, other seeds (floor)": H.teacher_sampler(diff, cfg, 50, skip)}
     for k in (50, max(sc.steps)):
@@ -80,10 +94,9 @@ def main(argv=None) -> int:
     print(f"{'sampler':58s} energy distance      guidance captured")
     for j, (name, sampler) in enumerate(candidates.items()):
         s = sampler(test, n, gen(10 + j))
-        e = H.energy_distance(s, guided)   # unbiased: the floor scatters around 0
-        print(f"{name:58s} {float(e.mean()):7.3f} ± {float(1.96 * e.std() / len(e) ** 0.5):.3f}   "
-              f"{H.guidance_capture(s, guided.mean(dim=1), unguided_mean):6.2f}", flush=True)
-    return 0
+        e = H.mean_ci(H.energy_distance(s, guided))   # unbiased: the floor scatters around 0
+        print(f"{name:58s} {e['mean']:7.3f} ± {e['ci95']:.3f}   "
+              f"{H.guidance_capture(s, guided_mean, unguided_mean):6.2f}", flush=True)
 
 
 if __name__ == "__main__":

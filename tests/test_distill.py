@@ -151,6 +151,20 @@ def test_extrapolated_sampler_is_guidance_moved_into_the_condition():
     torch.testing.assert_close(predicted, on_c)
 
 
+@pytest.mark.parametrize("extra, msg", [(["--samples", "1"], "--samples must be >= 2"),
+                                        (["--conditions", "0"], "--conditions must be >= 1"),
+                                        (["--checkpoint", "."], "is not a motionstreamer model directory")])
+def test_guidance_probe_script_bad_input_is_one_line(extra, msg, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "student_guidance_probe.py"
+    r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path), "--latents", str(tmp_path), *extra],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_objective_gradients_are_finite_with_equal_samples():
     s = student().float()
     obj = EnergyDistillObjective(s, (1, 2), 4)

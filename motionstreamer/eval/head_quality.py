@@ -52,7 +52,8 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 128,
     return ((px - py) ** 2).mean(dim=(-1, -2)).sqrt()
 
 
-def _mean_ci(v: torch.Tensor) -> dict:
+def mean_ci(v: torch.Tensor) -> dict:
+    """{mean, ci95} of per-condition values (normal approximation, 1.96 standard errors)."""
     a = v.double().cpu().numpy()
     ci = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
     return {"mean": float(a.mean()), "ci95": float(ci)}
@@ -85,7 +86,7 @@ def compare_samplers(conditions: torch.Tensor, reference: Sampler, candidates: d
     result = {}
     for name, r in out.items():
         e, w, sc = (torch.cat(r[k]) for k in ("energy", "swd", "scale"))
-        result[name] = {"energy": _mean_ci(e), "energy_rel": _mean_ci(e / sc), "swd": _mean_ci(w),
+        result[name] = {"energy": mean_ci(e), "energy_rel": mean_ci(e / sc), "swd": mean_ci(w),
                         "conditions": int(e.numel()), "samples": samples}
     return result
 
