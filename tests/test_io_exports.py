@@ -73,6 +73,27 @@ def test_joints_file_is_the_grounded_rigid_motion(generated):
     np.testing.assert_allclose(prepare_motion(joints).joints, joints, atol=1e-6)   # float32 file
 
 
+def test_joints_file_stays_put_under_refit_rounding(generated, tmp_path):
+    """The fixed point must not hang on the last bits. The IK refit moves joints by ~1e-7 m, by how much
+    depends on the BLAS build, and a foot read at -1e-7 m once shifted the whole motion down by the
+    planted feet's floor (3.4 mm). Jittered by 2e-7 m (a few float32 ulps at 1 m) or lowered by 5 um,
+    the joints file still comes back where it was; lowered by 0.1 mm it is a motion below the floor and
+    is grounded anew (its planted feet's floor, mm away). Re-exported to BVH it is lossless."""
+    _, _, joints = generated
+    rng = np.random.default_rng(0)
+    jittered = joints + rng.normal(0.0, 2e-7, joints.shape)
+    assert jittered[:, FOOT, 1].min() < 0
+    for near in (jittered, joints - np.array([0.0, 5e-6, 0.0])):
+        np.testing.assert_allclose(prepare_motion(near).joints, joints, atol=2e-5)
+    sunk = joints - np.array([0.0, 1e-4, 0.0])
+    assert np.abs(prepare_motion(sunk).joints - joints).max() > 1e-3
+    src = tmp_path / "again_joints.npy"
+    np.save(src, jittered.astype(np.float32))
+    assert main(["to-bvh", str(src), "--out", str(tmp_path / "again.bvh")]) == 0
+    by_package = fk_with_bvh_package(tmp_path / "again.bvh")[:, BODY_IN_FILE_ORDER]
+    assert np.abs(by_package - joints).max() < 5e-5          # %f channels: ~1e-6 m; the 6.4 mm shift is gone
+
+
 def test_bvh_read_back_by_independent_parser_equals_joints(generated):
     prefix, _, joints = generated
     path = prefix.with_suffix(".bvh")

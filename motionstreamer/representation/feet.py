@@ -121,6 +121,10 @@ def lift_offsets(joints, smooth_frames: int = 4) -> np.ndarray:
 
 
 GROUNDED_ABOVE = 0.02     # m: planted feet at most this far above y = 0, nothing below: already grounded
+# m: how far below y = 0 a grounded motion's feet may read once stored (a float32 file rounds a 1 m
+# coordinate by up to 6e-8 m) and refitted (ik.solve_rotations moves joints by ~1e-7 m, more or less
+# by the BLAS build): still on the floor. Far below any real penetration (generated feet sink by mm).
+FLOOR_TOLERANCE = 1e-5
 
 
 def ground(joints, fps: float = FPS) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +133,7 @@ def ground(joints, fps: float = FPS) -> tuple[np.ndarray, np.ndarray]:
     GROUNDED_ABOVE above it: what `ground` returns) is left as it is, so grounding is idempotent."""
     j = _joints(joints).copy()
     floor = floor_height(j, fps)
-    on_floor = j[:, GROUND_JOINTS, 1].min() >= -1e-9 and 0.0 <= floor <= GROUNDED_ABOVE
+    on_floor = j[:, GROUND_JOINTS, 1].min() >= -FLOOR_TOLERANCE and -FLOOR_TOLERANCE <= floor <= GROUNDED_ABOVE
     shift = 0.0 if on_floor else -floor
     j[..., 1] += shift
     lift = lift_offsets(j)
