@@ -7,7 +7,7 @@ the guidance mean shift reproduced, eval/head_quality.guidance_capture):
   - the teacher's network run with ONE row on u + cfg (c - u): guidance in the condition, true u;
   - the same with u predicted from c by an MLP fitted on training conditions (all a one-row head has);
   - the bundle's student at each of its step counts.
-The README's distillation section quotes its numbers (embedded model, synthetic data):
+docs/student.md (the distillation page) quotes its numbers (embedded model, synthetic data):
 
     python scripts/student_guidance_probe.py --data data/synth --latents runs/latents
 """

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     return 0
 
 
-# a few CPU minutes on 2 cores (longer runs help: runs/scratch d1, 1500 steps on 8192 conditions, README)
+# a few CPU minutes on 2 cores (longer runs help: runs/scratch d1, 1500 steps on 8192 conditions, docs/student.md)
 DISTILL_STEPS = 400
 DISTILL_CONDITIONS = 4096
 DISTILL_LR = 2e-4

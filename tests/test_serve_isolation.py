@@ -2,8 +2,8 @@
 server or beside 20 churning clients (connecting, prompting at random, dropping, garbage messages).
 
 Each stream draws its noise from its own generator, so only the batch composition differs: fp32 CPU
-matmuls round slightly differently at other batch sizes (<= 1e-6 relative per step, the README's
-batch-mate bound), and the autoregression amplifies that, as it amplifies any rounding (the README's
+matmuls round slightly differently at other batch sizes (<= 1e-6 relative per step, docs/streaming.md's
+batch-mate bound), and the autoregression amplifies that, as it amplifies any rounding (docs/streaming.md's
 free-running divergence). Measured on the embedded model (4 steps): 0 to 2e-5 m over the first 30
 latents, up to 6e-4 m after 40 on a quiet machine and 4.7e-3 m once under load, where the batches
 differ most. A leak of state or noise between streams moves the motion by what another seed does

@@ -7,7 +7,7 @@ Layout per frame (22 joints; joint j: position 8+3j, velocity 74+3j, rotation 14
             y is the height above the clip floor, so dim 9 is the pelvis height
   [74:140]  frame differences of [8:74]
   [140:272] 6D (rows 0, 1) of H[t] R_pelvis[t] for joint 0 and the SMPL parent-local rotations of 1..21
-with phi[t] = -atan2(R[t][0,2], R[t][2,2]) (minus the yaw of the pelvis local +Z) and H[t] = Ry(phi[t]).
+with `phi[t] = -atan2(R[t][0,2], R[t][2,2])` (minus the yaw of the pelvis local +Z) and `H[t] = Ry(phi[t])`.
 
 Row-0 conventions (T frames in, T frames out): row 0 holds zero root velocity, the identity heading
 delta [1,0,0,0,1,0] and zero joint velocities, so row 0 = [0,0, 1,0,0,0,1,0, 0,h0,0, ...]. The

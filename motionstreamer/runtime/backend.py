@@ -35,7 +35,7 @@ class Backend(Protocol):
         """A new stream starts in `slot` (its TAE decoder state goes back to zeros)."""
 
     def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
-        """text (rows, text_dim): [prompt; empty prompt][:rows]; history (L, latent) -> the conditions
+        """text (rows, text_dim): `[prompt; empty prompt][:rows]`; history (L, latent) -> the conditions
         for the next latent (rows, n_embd); the slot's cache rows then hold [text, history]."""
 
     def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ Routes:
   GET  /health           liveness and load (no token needed)
   GET  /v1/info          model, fps, skeleton (names, parents, BVH hierarchy), limits, example prompts
   POST /v1/generate      one-shot: {"text", "seconds", "format": npy|bvh|json, "seed"} -> file
-  WS   /v1/stream        one stream per connection (protocol.py; README "Streaming protocol")
+  WS   /v1/stream        one stream per connection (protocol.py; docs/serve.md "Streaming protocol")
   GET  /v1/stream        (plain HTTP) 503 when full, else 426: a capacity probe for load balancers
 
 Run it with `motionstreamer serve` (uvicorn), mount it in another ASGI app, or deploy it on Ray Serve
@@ -59,7 +59,7 @@ class ServeConfig:
     checkpoint: str | None = None         # model bundle directory; None = the embedded default model
     device: str = "cpu"
     dtype: str | None = None
-    steps: int | None = 10                # diffusion sampling steps per latent (see README: why 10); None: the head's default
+    steps: int | None = 10                # diffusion steps per latent (docs/serve.md: why 10); None: the head's default
     head: str | None = None               # "teacher" | "student" (a distilled bundle's few-step head); None: the bundle's
     cfg_scale: float | None = None        # None: the engine's default (4.0)
     on_end: str = "continue"              # an action that ends with nothing queued: repeat it, or "stop"

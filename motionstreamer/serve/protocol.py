@@ -10,7 +10,7 @@ Client -> server:
   {"type": "prompt", "text": str, "seconds": number (optional), "after_current": bool (optional)}
   {"type": "ping"}      {"type": "close"}
 Server -> client: hello (once), ack (a prompt was queued), frames (one per latent), events (events
-without frames), pong, error. The README documents the fields; `tests/test_serve_protocol.py` holds
+without frames), pong, error. docs/serve.md documents the fields; `tests/test_serve_protocol.py` holds
 the server to them.
 """
 from __future__ import annotations

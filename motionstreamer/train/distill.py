@@ -29,7 +29,7 @@ respaced to 10 steps (`motionstreamer evaluate head`, 32 conditions x 256 sample
 would start from a bias larger than a 10-step teacher's. The energy score targets the ancestral
 distribution itself, needs only samples of it, and trains every step count of one network at once.
 
-Limit (measured, scripts/student_guidance_probe.py, README "Few-step distilled head"): one row per
+Limit (measured, scripts/student_guidance_probe.py, docs/student.md): one row per
 stream means the student sees the conditional condition c but never u, the empty caption's condition
 over the same history, and guidance is a function of both. The embedded student is closer to the
 teacher than the 4-step respaced teacher by energy distance yet reproduces ~1/5 of the guidance mean

@@ -1,4 +1,4 @@
-// motionstreamer live: a client of the /v1 protocol (see the README). Frames arrive 4 per latent,
+// motionstreamer live: a client of the /v1 protocol (see docs/serve.md). Frames arrive 4 per latent,
 // ahead of time; a small jitter buffer feeds a 30 fps playback clock, drawn with interpolation at the
 // display rate. Everything it played is kept (rotations + pelvis) for "Download BVH".
 import * as THREE from "three";
