@@ -3,9 +3,7 @@
 # (CPU, offline) and write a video and a BVH. Usage: bash scripts/demo.sh ["a prompt" ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install "torch==2.13.0"
-python -m pip install -r requirements-build.txt
-python -m pip install --no-build-isolation .
+bash scripts/install.sh          # the lock: exactly what CI tested (scripts/install.sh --latest: the newest)
 mkdir -p out
 if [ "$#" -eq 0 ]; then set -- "a person jogs forward then waves"; fi
 motionstreamer generate "$1" --out out/demo --render mp4 --bvh --glb

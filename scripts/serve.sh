@@ -4,7 +4,5 @@
 # Extra arguments go to `motionstreamer serve` (e.g. --port 9000, --steps 50, --max-streams 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install "torch==2.13.0"
-python -m pip install -r requirements-build.txt
-python -m pip install --no-build-isolation ".[serve]"
+bash scripts/install.sh          # the lock: exactly what CI tested (scripts/install.sh --latest: the newest)
 exec motionstreamer serve "$@"

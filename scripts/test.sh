@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The README's test command: install (CPU torch first, then the package and test extras), then pytest.
+# The README's test command: install (scripts/install.sh: the lock, editable), the tools the tests run
+# outside Python, then the linter and the whole suite.
+#   bash scripts/test.sh            the lock (requirements/lock.txt): what CI runs
+#   bash scripts/test.sh --latest   the newest versions pyproject.toml's ranges allow: drift seen before
+#                                   users see it (run it in a fresh virtual environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install "torch==2.13.0"
-python -m pip install -r requirements-build.txt
-python -m pip install --no-build-isolation -e ".[test,triton]"
+case "${1:-}" in
+  "") bash scripts/install.sh --editable ;;
+  --latest) bash scripts/install.sh --latest --editable ;;
+  *) echo "usage: bash scripts/test.sh [--latest]" >&2; exit 2 ;;
+esac
 # What the tests run outside Python, from Debian's packages when missing: Chromium for the browser test
 # (tests/test_serve_browser.py drives it through Playwright's executable_path; Playwright never downloads
 # a browser here) and Node.js for tests/js (the Khronos glTF validator and three.js's GLTFLoader, pinned
@@ -21,6 +27,5 @@ if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -
 fi
 (cd tests/js && npm ci --no-audit --no-fund)
 export MOTIONSTREAMER_REQUIRE_JS=1
-# `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, where the top-level
-# kernels/ folder would shadow the `kernels` name that transformers probes for.
+ruff check .              # the lint rules are pyproject.toml's [tool.ruff]
 pytest -q -x tests
