@@ -80,8 +80,8 @@ def test_python_m_motionstreamer_from_the_root(tmp_path):
     assert r.returncode == 0 and "usage: motionstreamer" in r.stdout, r.stderr
     assert not kernels_file(r.stderr).is_relative_to(OURS)
     out = tmp_path / "walk"
-    r = run_from_root(["-m", "motionstreamer", "generate", "a person walks forward", "--max-seconds", "1", "--steps", "2",
-                       "--out", str(out), "--quiet"], tmp_path, path)
+    r = run_from_root(["-m", "motionstreamer", "generate", "a person walks forward", "--max-seconds", "1",
+                       "--steps", "2", "--out", str(out), "--quiet"], tmp_path, path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "walk.npy").exists() and (tmp_path / "walk_joints.npy").exists()
     assert not kernels_file(r.stderr).is_relative_to(OURS)
