@@ -219,7 +219,7 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
     if kind == "bvh":
         from motionstreamer.io.bvh import write_rig_bvh
 
-        write_rig_bvh(path, r)
+        write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
         from motionstreamer.io.gltf import write_glb
 
