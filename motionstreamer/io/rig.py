@@ -97,10 +97,11 @@ def prepare_motion(motion, clean_feet: bool = False, fps: float = FPS, name: str
     ValueError naming `name` for bad input."""
     from motionstreamer.io.motion_io import motion_kind, to_features, to_joints
     from motionstreamer.representation import feet, ik
-    from motionstreamer.representation.features import recover_rotations
 
     fps = _check_fps(fps)
     if motion_kind(motion, name) == "features":
+        from motionstreamer.representation.features import recover_rotations   # torch: features only
+
         features = to_features(motion, name=name)
         model_rot, model_trans = recover_rotations(features)
     else:
