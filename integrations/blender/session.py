@@ -73,11 +73,12 @@ class Live:
                 joints, quats, _ = self.stream.chunks.get_nowait()
             except Exception:
                 return
-            if not self.played:        # the source skeleton: the first chunk's bone lengths
-                self.retargeter.set_source(ik.scaled_offsets(ik.bone_lengths(joints)))
+            # the source skeleton: bone lengths over the frames so far (a stream's first frames are
+            # not representative: its first latent's legs came out ~15% short in the tests)
+            self.sources.append(joints)
+            self.retargeter.set_source(ik.scaled_offsets(ik.bone_lengths(np.concatenate(self.sources[-75:]))))
             chunk = self.retargeter.stream(joints, _quat_matrix(quats))
             self.played.append(chunk)
-            self.sources.append(joints)
             self.pending.extend((chunk, k) for k in range(len(chunk.rotations)))
 
     def tick(self) -> float | None:

@@ -181,9 +181,11 @@ def main():
     scene.collection.objects.link(bad)
     bpy.context.view_layer.objects.active = bad
     bpy.ops.object.mode_set(mode="EDIT")
+    prev = None
     for n, (h, t) in {"a": ((0, 0, 0), (0, 0, 1)), "b": ((0, 0, 1), (0, 0, 2))}.items():
         b = bad.data.edit_bones.new(n)
-        b.head, b.tail = h, t
+        b.head, b.tail, b.parent = h, t, prev
+        prev = b
     bpy.ops.object.mode_set(mode="OBJECT")
     try:
         bpy.ops.motionstreamer.generate()
