@@ -287,7 +287,8 @@ def test_unmappable_rigs_and_bad_bone_maps_are_one_line_errors(tmp_path):
     (tmp_path / "m.yaml").write_text("".join(f"{k}: '{v}'\n" for k, v in good.items()))
     for f in ("m.json", "m.yaml"):
         assert load_bone_map(tmp_path / f, sk) == {j: j for j in range(22)}
-    cases = [({**good, "Tail": "x"}, r"unknown joint 'Tail'"), ({**good, "Head": "nope"}, r"Head -> 'nope' is not a bone"),
+    cases = [({**good, "Tail": "x"}, r"unknown joint 'Tail'"),
+             ({**good, "Head": "nope"}, r"Head -> 'nope' is not a bone"),
              ({**good, "Head": names[0]}, r"is given to two joints"),
              ({k: v for k, v in good.items() if k != "Left_wrist"}, r"lacks Left_wrist"),
              ({**good, "Left_knee": names[20], "Left_wrist": names[4]}, r"is not below"), ([], r"must be a mapping")]
@@ -306,12 +307,12 @@ def test_retarget_cli_errors_are_one_line(walk, tmp_path, capsys):
     write_unreal_bvh(tmp_path / "rig.bvh", humanoid(), UNREAL4)
     (tmp_path / "taken.bvh").write_text("mine")
     (tmp_path / "notes.txt").write_text("x")
-    cases = [(["--target", str(tmp_path / "none.bvh"), "--out", str(tmp_path / "o.bvh")], r"none\.bvh: file not found"),
-             (["--target", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o.bvh")], r"expected a \.bvh, \.glb"),
-             (["--target", str(tmp_path / "rig.bvh"), "--out", str(tmp_path / "o.mp4")], r"must end in \.bvh or \.glb or \.fbx"),
-             (["--target", str(tmp_path / "rig.bvh"), "--out", str(tmp_path / "taken.bvh")], r"exists; give --overwrite"),
-             (["--target", str(tmp_path / "rig.bvh"), "--out", str(tmp_path / "o.bvh"), "--map", str(tmp_path / "no.json")],
-              r"bone map .*no\.json: cannot read")]
+    rig, out = str(tmp_path / "rig.bvh"), str(tmp_path / "o.bvh")
+    cases = [(["--target", str(tmp_path / "none.bvh"), "--out", out], r"none\.bvh: file not found"),
+             (["--target", str(tmp_path / "notes.txt"), "--out", out], r"expected a \.bvh, \.glb"),
+             (["--target", rig, "--out", str(tmp_path / "o.mp4")], r"must end in \.bvh or \.glb or \.fbx"),
+             (["--target", rig, "--out", str(tmp_path / "taken.bvh")], r"exists; give --overwrite"),
+             (["--target", rig, "--out", out, "--map", str(tmp_path / "no.json")], r"bone map .*no\.json: cannot read")]
     for extra, match in cases:
         with pytest.raises(SystemExit) as e:
             main(["retarget", f"{prefix}.npy", *extra])
@@ -328,10 +329,10 @@ def test_fbx_read_back_by_three_js_within_a_millimetre(walk, capsys):
     assert main(["to-fbx", f"{prefix}.npy", "--out", str(out)]) == 0
     T = len(motion)
     back = read_fbx(out, 30, T)
-    order = [back["names"].index(n) for n in ("Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee",
-                                              "Spine2", "Left_ankle", "Right_ankle", "Spine3", "Left_foot", "Right_foot",
-                                              "Neck", "Left_collar", "Right_collar", "Head", "Left_shoulder",
-                                              "Right_shoulder", "Left_elbow", "Right_elbow", "Left_wrist", "Right_wrist")]
+    smpl = ("Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2", "Left_ankle",
+            "Right_ankle", "Spine3", "Left_foot", "Right_foot", "Neck", "Left_collar", "Right_collar", "Head",
+            "Left_shoulder", "Right_shoulder", "Left_elbow", "Right_elbow", "Left_wrist", "Right_wrist")
+    order = [back["names"].index(n) for n in smpl]
     got = np.array(back["positions"])[:, order]
     assert back["duration"] == pytest.approx((T - 1) / 30, abs=1e-3)
     assert np.linalg.norm(got - motion.joints, axis=-1).max() < 0.001            # measured ~0.003 mm

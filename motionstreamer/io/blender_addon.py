@@ -13,7 +13,7 @@ ADDON_DIR = PACKAGE.parent / "integrations" / "blender"
 ADDON_FILES = ("blender_manifest.toml", "__init__.py", "client.py", "session.py")
 VENDORED = ("__init__.py", "utils.py", "io/rig.py", "io/motion_io.py", "io/retarget.py", "io/blender_rig.py",
             "io/bvh.py", "representation/ik.py", "representation/feet.py", "representation/skeleton.py")
-PACKAGE_STUB = '"""motionstreamer modules vendored into the Blender add-on (see motionstreamer/io/blender_addon.py)."""\n'
+PACKAGE_STUB = '"""motionstreamer modules vendored into the Blender add-on (motionstreamer/io/blender_addon.py)."""\n'
 
 
 def build_addon_zip(out) -> Path:

@@ -257,10 +257,8 @@ def _motion(args):
 def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
                floor_at_zero: bool = False, title: str = "", size: int = 480, views: int = 1,
                progress: bool = False) -> str:
-    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | smpl | mp4 | gif. Returns a note
-    for the log (what the file holds relative to the motion's joints)."""
-    import numpy as np
-
+    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | fbx | smpl | mp4 | gif. Returns a
+    note for the log (what the file holds relative to the motion's joints)."""
     from motionstreamer.io.rig import make_rig
 
     if kind in ("mp4", "gif"):
@@ -391,7 +389,7 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
 def cmd_retarget(args) -> int:
     from motionstreamer.cli import CLIError
     from motionstreamer.io.fbx import BlenderMissing
-    from motionstreamer.io.retarget import OUT_SUFFIXES, RetargetError, Retargeter, load_bone_map, read_skeleton, write_target
+    from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
 
     out = check_out_file(args.out, OUT_SUFFIXES)
     check_new_file(out, args)
@@ -404,9 +402,7 @@ def cmd_retarget(args) -> int:
         retargeter = Retargeter(skeleton, bone_map, motion.offsets, motion.fps)
         rig = retargeter.retarget(motion.joints, motion.rotations)
         write_target(out, rig)
-    except (RetargetError, BlenderMissing) as e:
-        raise CLIError(str(e)) from None
-    except ValueError as e:
+    except (ValueError, BlenderMissing) as e:      # RetargetError is a ValueError
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None

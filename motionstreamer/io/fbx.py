@@ -47,8 +47,8 @@ def _import_fbx(bpy, path: Path):
     try:
         bpy.ops.import_scene.fbx(filepath=str(path), automatic_bone_orientation=False, ignore_leaf_bones=False)
     except RuntimeError as e:
-        raise RetargetError(f"target {path}: Blender cannot import it as FBX ({str(e).strip().splitlines()[-1][:200]})") \
-            from None
+        why = str(e).strip().splitlines()[-1][:200]
+        raise RetargetError(f"target {path}: Blender cannot import it as FBX ({why})") from None
     arms = [o for o in bpy.context.scene.objects if o.type == "ARMATURE"]
     if not arms:
         raise RetargetError(f"target {path}: the FBX has no armature (skeleton)")

@@ -184,12 +184,14 @@ def detect_bone_map(skeleton: Skeleton) -> tuple[str, dict]:
             best = (key, scheme, found, missing)
     _, scheme, found, missing = best
     if missing:
-        names = ", ".join(JOINT_NAMES[j] if isinstance(j, int) else "/".join(JOINT_NAMES[k] for k in j)
-                          for j in missing)
         raise RetargetError(f"cannot map the rig {skeleton.source or ''}: no naming scheme (SMPL, Mixamo, Rigify, "
-                            f"metarig, Unreal) matches it; the closest ({scheme}) lacks {names}. Give a bone map "
-                            "(--map MAP.json: {\"Pelvis\": \"hips_bone\", ...})".replace("rig  :", "rig:"))
+                            f"metarig, Unreal) matches it; the closest ({scheme}) lacks {_joint_list(missing)}. Give "
+                            "a bone map (--map MAP.json: {\"Pelvis\": \"hips_bone\", ...})".replace("rig :", "rig:"))
     return scheme, _checked(skeleton, found)
+
+
+def _joint_list(missing: list) -> str:
+    return ", ".join(JOINT_NAMES[j] if isinstance(j, int) else "/".join(JOINT_NAMES[k] for k in j) for j in missing)
 
 
 def _missing(found: dict) -> list:
@@ -238,8 +240,8 @@ def load_bone_map(path, skeleton: Skeleton) -> dict:
         else:
             data = json.loads(text)
     except Exception as e:       # the parsers' own errors: one line, naming the file
-        raise RetargetError(f"bone map {path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}"
-                            f" ({str(e).splitlines()[0][:120]})") from None
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        raise RetargetError(f"bone map {path}: not valid {kind} ({str(e).splitlines()[0][:120]})") from None
     return bone_map_from_dict(data, skeleton, f"bone map {path}")
 
 
@@ -260,7 +262,7 @@ def bone_map_from_dict(data, skeleton: Skeleton, what: str = "bone map") -> dict
         out[joints[k.lower()]] = bones[v]
     missing = _missing(out)
     if missing:
-        raise RetargetError(f"{what}: lacks {', '.join(JOINT_NAMES[j] if isinstance(j, int) else '/'.join(JOINT_NAMES[i] for i in j) for j in missing)}")
+        raise RetargetError(f"{what}: lacks {_joint_list(missing)}")
     return _checked(skeleton, out)
 
 
@@ -645,9 +647,10 @@ def _quat_matrix(q: np.ndarray) -> np.ndarray:
     """(..., 4) quaternions w, x, y, z -> (..., 3, 3) rotation matrices (normalised first)."""
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
+    m = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                  2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                  2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
+    return m.reshape(q.shape[:-1] + (3, 3))
 
 
 # ----------------------------------------------------------------------------------------- writing
