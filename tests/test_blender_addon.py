@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _rigs import leg_length
 from _serve_testing import ServerThread
 from motionstreamer.cli import main
 from motionstreamer.representation import feet
@@ -26,13 +27,6 @@ TOKEN = "blender-test-token"
 CHECK = Path(__file__).parent / "blender" / "addon_check.py"
 LIVE_SECONDS = 3.0
 END_EFFECTORS = [15, 20, 21, 7, 8]          # head, wrists, ankles
-
-
-def leg_length(pos) -> float:
-    def bone(a, b):
-        return np.median(np.linalg.norm(pos[..., a, :] - pos[..., b, :], axis=-1))
-
-    return float(np.mean([bone(1 + k, 4 + k) + bone(4 + k, 7 + k) for k in (0, 1)]))
 
 
 @pytest.fixture(scope="module")

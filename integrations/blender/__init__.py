@@ -45,12 +45,22 @@ class MotionStreamerSettings(bpy.types.PropertyGroup):
     status: StringProperty(name="Status", default="")
 
 
-def _armature(context, op):
+def _armature(context, op, busy: str):
+    """The selected armature, or None after reporting why not (none selected, or Live running: `busy`)."""
     obj = context.active_object
     if obj is None or obj.type != "ARMATURE":
         op.report({"ERROR"}, "select an armature (the character to animate) first")
         return None
+    if _live is not None:
+        op.report({"ERROR"}, busy)
+        return None
     return obj
+
+
+def _failed(op, settings, e: Exception) -> set:
+    op.report({"ERROR"}, _say(e))
+    settings.status = f"error: {_say(e)}"
+    return {"CANCELLED"}
 
 
 class MOTIONSTREAMER_OT_generate(bpy.types.Operator):
@@ -61,18 +71,13 @@ class MOTIONSTREAMER_OT_generate(bpy.types.Operator):
 
     def execute(self, context):
         s = context.scene.motionstreamer
-        obj = _armature(context, self)
+        obj = _armature(context, self, "a Live stream is running: Stop it first")
         if obj is None:
-            return {"CANCELLED"}
-        if _live is not None:
-            self.report({"ERROR"}, "a Live stream is running: Stop it first")
             return {"CANCELLED"}
         try:
             action = session.generate(obj, s.server, s.token, s.prompt, s.seconds, s.seed, bpy.path.abspath(s.bone_map))
         except Exception as e:
-            self.report({"ERROR"}, _say(e))
-            s.status = f"error: {_say(e)}"
-            return {"CANCELLED"}
+            return _failed(self, s, e)
         s.status = f"keyed {action.name!r}: {int(action.frame_range[1] - action.frame_range[0]) + 1} frames"
         self.report({"INFO"}, s.status)
         return {"FINISHED"}
@@ -107,18 +112,13 @@ class MOTIONSTREAMER_OT_live(bpy.types.Operator):
     def execute(self, context):
         global _live
         s = context.scene.motionstreamer
-        obj = _armature(context, self)
+        obj = _armature(context, self, "Live is already running")
         if obj is None:
-            return {"CANCELLED"}
-        if _live is not None:
-            self.report({"ERROR"}, "Live is already running")
             return {"CANCELLED"}
         try:
             _live = session.Live(obj, s.server, s.token, s.prompt, s.seed, bpy.path.abspath(s.bone_map))
         except Exception as e:
-            self.report({"ERROR"}, _say(e))
-            s.status = f"error: {_say(e)}"
-            return {"CANCELLED"}
+            return _failed(self, s, e)
         bpy.app.timers.register(_tick, first_interval=0.0)     # main-thread application, UI never blocked
         s.status = "live: type a prompt and press Send"
         return {"FINISHED"}
@@ -160,8 +160,7 @@ class MOTIONSTREAMER_OT_stop(bpy.types.Operator):
         try:
             action = live.stop(bake=True)
         except Exception as e:
-            self.report({"ERROR"}, _say(e))
-            return {"CANCELLED"}
+            return _failed(self, s, e)
         s.status = f"baked {action.name!r}" if action else "nothing was played"
         self.report({"INFO"}, s.status)
         return {"FINISHED"}

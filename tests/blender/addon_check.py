@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -17,39 +18,8 @@ import numpy as np
 ZIP, URL, TOKEN, OUT = sys.argv[1:5]
 LIVE_SECONDS = float(sys.argv[5]) if len(sys.argv) > 5 else 3.0
 
-# SMPL neutral rest offsets (the spec's; Y up, metres), parents: the humanoid every rig is drawn from
-OFFSETS = np.array([
-    [-0.001795, -0.223333, 0.028219], [0.069520, -0.091406, -0.006815], [-0.067670, -0.090522, -0.004320],
-    [-0.002533, 0.108963, -0.026696], [0.034277, -0.375199, -0.004496], [-0.038290, -0.382569, -0.008850],
-    [0.005487, 0.135180, 0.001092], [-0.013596, -0.397960, -0.043693], [0.015774, -0.398415, -0.042312],
-    [0.001457, 0.052922, 0.025425], [0.026358, -0.055791, 0.119288], [-0.025372, -0.048144, 0.123348],
-    [-0.002778, 0.213870, -0.042857], [0.078845, 0.121749, -0.034090], [-0.081759, 0.118833, -0.038615],
-    [0.005152, 0.064970, 0.051349], [0.090977, 0.030469, -0.008868], [-0.096012, 0.032551, -0.009143],
-    [0.259612, -0.012772, -0.027456], [-0.253742, -0.013329, -0.021401], [0.249234, 0.008986, -0.001171],
-    [-0.255298, 0.007772, -0.005559]])
-PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
-LEGS = {1, 2, 4, 5, 7, 8, 10, 11}
-LEFT_ARM, RIGHT_ARM = (16, 18, 20), (17, 19, 21)
-
-
-def joints_y_up(leg_scale=1.0, arm_down_deg=0.0, scale=1.0):
-    """(22, 3) rest joints: SMPL's T-pose, legs scaled, arms lowered by arm_down_deg (an A-pose), the
-    lowest joint on the floor, all scaled."""
-    off = OFFSETS.copy()
-    for j in LEGS:
-        off[j] *= leg_scale
-    pos = np.zeros((22, 3))
-    for j in range(1, 22):
-        pos[j] = pos[PARENTS[j]] + off[j]
-    a = math.radians(arm_down_deg)
-    for side, arm in ((1, LEFT_ARM), (-1, RIGHT_ARM)):
-        c, s = math.cos(a), math.sin(a) * side
-        rot = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])          # about +Z (forward): arm tips go down
-        root = pos[arm[0]].copy()
-        for j in arm[1:]:
-            pos[j] = root + rot @ (pos[j] - root)
-    pos[:, 1] -= pos[:, 1].min()
-    return pos * scale
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # tests/: the hand-drawn humanoids
+from _rigs import MIXAMO, PARENTS, RIGIFY, UNREAL4, humanoid  # noqa: E402
 
 
 def to_blender(p):
@@ -97,11 +67,8 @@ def build(name, names, joints, extra=(), obj_scale=1.0, rolls=None, root_bone=No
 
 def rigify():
     """(a) a Rigify-style armature: DEF- deform bones with the metarig's names, extra segments."""
-    j = joints_y_up()
-    names = ["DEF-spine", "DEF-thigh.L", "DEF-thigh.R", "DEF-spine.001", "DEF-shin.L", "DEF-shin.R", "DEF-spine.002",
-             "DEF-foot.L", "DEF-foot.R", "DEF-spine.003", "DEF-toe.L", "DEF-toe.R", "DEF-spine.004",
-             "DEF-shoulder.L", "DEF-shoulder.R", "DEF-spine.006", "DEF-upper_arm.L", "DEF-upper_arm.R",
-             "DEF-forearm.L", "DEF-forearm.R", "DEF-hand.L", "DEF-hand.R"]
+    j = humanoid()
+    names = RIGIFY
     extra = [("DEF-f_index.01.L", "DEF-hand.L", j[20], j[20] + [0.08, 0, 0.02]),
              ("DEF-f_index.01.R", "DEF-hand.R", j[21], j[21] + [-0.08, 0, 0.02])]
     return build("rigify", names, j, extra), names, j
@@ -110,11 +77,8 @@ def rigify():
 def mixamo():
     """(b) Mixamo names, an A-pose (arms 45 degrees down), longer legs, random bone rolls, the object
     scaled 0.01 with bones in centimetres."""
-    j = joints_y_up(leg_scale=1.1, arm_down_deg=45.0)
-    names = ["mixamorig:" + n for n in (
-        "Hips", "LeftUpLeg", "RightUpLeg", "Spine", "LeftLeg", "RightLeg", "Spine1", "LeftFoot", "RightFoot", "Spine2",
-        "LeftToeBase", "RightToeBase", "Neck", "LeftShoulder", "RightShoulder", "Head", "LeftArm", "RightArm",
-        "LeftForeArm", "RightForeArm", "LeftHand", "RightHand")]
+    j = humanoid(leg_scale=1.1, arm_down_deg=45.0)
+    names = MIXAMO
     extra = [("mixamorig:HeadTop_End", "mixamorig:Head", j[15] + [0, 0.18, 0], j[15] + [0, 0.25, 0])]
     rolls = np.random.default_rng(0).uniform(-math.pi, math.pi, 22)
     return build("mixamo", names, j, extra, obj_scale=0.01, rolls=rolls), names, j
@@ -122,10 +86,8 @@ def mixamo():
 
 def small():
     """(c) a scaled-down character (0.5) with Unreal mannequin names under a root bone at the origin."""
-    j = joints_y_up(scale=0.5)
-    names = ["pelvis", "thigh_l", "thigh_r", "spine_01", "calf_l", "calf_r", "spine_02", "foot_l", "foot_r", "spine_03",
-             "ball_l", "ball_r", "neck_01", "clavicle_l", "clavicle_r", "head", "upperarm_l", "upperarm_r",
-             "lowerarm_l", "lowerarm_r", "hand_l", "hand_r"]
+    j = humanoid(scale=0.5)
+    names = UNREAL4
     return build("small", names, j, root_bone="root"), names, j
 
 
