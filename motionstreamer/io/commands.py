@@ -1,5 +1,6 @@
-"""CLI verbs for motion output: `render` (.mp4 / .gif), `to-bvh`, `to-glb`, `to-smpl`; and the export
-options and writer that `generate` / `stream` share (`add_export_args`, `write_outputs`).
+"""CLI verbs for motion output: `render` (.mp4 / .gif), `to-bvh`, `to-glb`, `to-smpl`, `to-fbx`,
+`retarget` (onto a user's rig), `blender-addon` (the add-on's zip); and the export options and writer
+that `generate` / `stream` share (`add_export_args`, `write_outputs`).
 
 Every output of one motion shows the same joints: `io.rig.prepare_motion` (rigid skeleton with the
 motion's bone lengths, grounded by foot contacts, optionally foot-cleaned) is computed once and each
@@ -34,6 +35,24 @@ the smplx library and the SMPL-X Blender add-on. Rotations: the model's rotation
 solved from the joints (--rotations solved, needed for joint-position input); trans grounded by the
 body's foot contacts.
 """ + MOTION_HELP
+TO_FBX_HELP = """\
+Convert a motion to FBX (binary, 7.4) through Blender's own exporter: the 24-joint skeleton with one key
+per frame, Y up, -Z forward, FBX unit scale (Unity: Scale Factor 1; Unreal: Import Uniform Scale 1; see
+docs/blender.md). Needs Blender's bpy module: pip install "motionstreamer[blender]" (Python 3.11).
+""" + MOTION_HELP
+RETARGET_HELP = """\
+Put a motion onto your own humanoid rig and write it in that rig's hierarchy and rest pose. RIG is a
+.bvh, .glb / .gltf or .fbx (FBX read through Blender: needs "motionstreamer[blender]"); its bones are
+mapped from their names (SMPL, Mixamo mixamorig:, Rigify DEF-/ORG-, Blender's metarig, Unreal's
+mannequin) or by --map (JSON or YAML: {"Pelvis": "hips", "Left_hip": "thigh_l", ...}, the SMPL joint
+names of `motionstreamer to-bvh`). A-pose or T-pose rest poses and bone rolls are absorbed; the root
+moves along the motion's path scaled by leg length; planted feet stay planted on the rig's floor
+(leg IK). OUT: .bvh, .glb or .fbx (an FBX rig is re-imported and keyed, so its meshes come along).
+""" + MOTION_HELP
+ADDON_HELP = """\
+Zip the Blender add-on (integrations/blender: a Blender 4.2+ extension) with the retargeting code it
+needs, ready for Blender's Preferences > Get Extensions > Install from Disk. See docs/blender.md.
+"""
 
 
 # ----------------------------------------------------------------------------------------- options
@@ -68,6 +87,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
     p.add_argument("--glb", action="store_true", help="also write PREFIX.glb (glTF 2.0, skinned skeleton + body)")
     p.add_argument("--smpl", action="store_true", help="also write PREFIX_smpl.npz (SMPL parameters, AMASS layout)")
+    p.add_argument("--fbx", action="store_true",
+                   help="also write PREFIX.fbx (through Blender's exporter: needs \"motionstreamer[blender]\")")
     p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     _add_render_args(p, prefix="render-")
     _add_rig_args(p, bvh=True)
@@ -111,6 +132,25 @@ def register(subparsers) -> None:
                    help="the model's rotation channels (default) or rotations solved from the joints")
     p.set_defaults(func=cmd_export, suffix=".npz")
 
+    p = verb("to-fbx", "convert a motion .npy to FBX (through Blender)", TO_FBX_HELP, "OUT.fbx", "output .fbx file")
+    _add_rig_args(p, bvh=False)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_export, suffix=".fbx")
+
+    p = verb("retarget", "put a motion onto your own rig (BVH, glTF, FBX)", RETARGET_HELP, "OUT.bvh|OUT.glb|OUT.fbx",
+             "output file in the rig's hierarchy; format from the suffix")
+    p.add_argument("--target", required=True, metavar="RIG", help="the rig: .bvh, .glb, .gltf or .fbx")
+    p.add_argument("--map", metavar="MAP.json|MAP.yaml", help="bone map {SMPL joint name: bone name} (default: "
+                   "detected from the bone names)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_retarget)
+
+    p = subparsers.add_parser("blender-addon", help="zip the Blender add-on (a Blender 4.2+ extension)",
+                              description=ADDON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="OUT.zip", help="the extension's .zip")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_blender_addon)
+
 
 # ----------------------------------------------------------------------------------------- checks
 def check_title(title: str, flag: str = "--title") -> str:
@@ -135,6 +175,25 @@ def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
     if path.is_dir():
         raise CLIError(f"--out {out!r} is a directory; give a file name")
     return path
+
+
+def check_new_file(path: Path, args) -> None:
+    """CLIError when OUT exists and --overwrite was not given (these verbs never replace a file unasked)."""
+    from motionstreamer.cli import CLIError
+
+    if path.exists() and not getattr(args, "overwrite", False):
+        raise CLIError(f"--out {path} exists; give --overwrite to replace it")
+
+
+def check_fbx_tools() -> None:
+    """CLIError naming the extra when FBX output cannot be written (bpy missing)."""
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.fbx import BlenderMissing, require_bpy
+
+    try:
+        require_bpy()
+    except BlenderMissing as e:
+        raise CLIError(str(e)) from None
 
 
 def _check_common(args) -> None:
@@ -198,10 +257,8 @@ def _motion(args):
 def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
                floor_at_zero: bool = False, title: str = "", size: int = 480, views: int = 1,
                progress: bool = False) -> str:
-    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | smpl | mp4 | gif. Returns a note
-    for the log (what the file holds relative to the motion's joints)."""
-    import numpy as np
-
+    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | fbx | smpl | mp4 | gif. Returns a
+    note for the log (what the file holds relative to the motion's joints)."""
     from motionstreamer.io.rig import make_rig
 
     if kind in ("mp4", "gif"):
@@ -214,16 +271,28 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
 
         write_amass_npz(path, amass_params(make_rig(motion, "smpl-neutral", rotations)))
         return f"SMPL-neutral body, {rotations} rotations, grounded"
+    if kind == "fbx":
+        from motionstreamer.io.fbx import write_fbx
+
+        r = make_rig(motion, skeleton, rotations, rig)
+        write_fbx(path, r)
+        return _rig_note(r, motion, skeleton, rotations)
     converter = kind == "bvh"
     r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
     if kind == "bvh":
         from motionstreamer.io.bvh import write_rig_bvh
 
-        write_rig_bvh(path, r)
+        write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
         from motionstreamer.io.gltf import write_glb
 
         write_glb(path, r)
+    return _rig_note(r, motion, skeleton, rotations)
+
+
+def _rig_note(r, motion, skeleton: str, rotations: str) -> str:
+    import numpy as np
+
     if skeleton == "motion" and rotations == "solved":
         return "same joints as the video"
     err = np.linalg.norm(r.joints()[:, :22] - motion.joints, axis=-1).mean() * 1000
@@ -258,7 +327,10 @@ def cmd_export(args) -> int:
     from motionstreamer.cli import CLIError
 
     out = check_out_file(args.out, (args.suffix,))
-    kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl"}[args.suffix]
+    kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl", ".fbx": "fbx"}[args.suffix]
+    if kind == "fbx":
+        check_new_file(out, args)
+        check_fbx_tools()
     skeleton, rig = getattr(args, "skeleton", "smpl-neutral"), getattr(args, "rig", "smpl")
     floor = getattr(args, "floor_at_zero", False)
     if floor and not (skeleton == "smpl-neutral" and args.rotations == "model"):
@@ -281,11 +353,13 @@ def cmd_export(args) -> int:
 
 def output_files(prefix: Path, args) -> list[tuple[str, str]]:
     """(kind, path) of every file write_outputs writes for these arguments: the features, the joints,
-    then the exports asked for."""
+    then the exports asked for. CLIError when a tool one of them needs is missing (bpy for --fbx)."""
+    if getattr(args, "fbx", False):
+        check_fbx_tools()
     return [("npy", f"{prefix}.npy"), ("joints", f"{prefix}_joints.npy")] + [
         (k, f"{prefix}{suffix}") for k, suffix, on in (
             ("bvh", ".bvh", args.bvh), ("glb", ".glb", args.glb), ("smpl", "_smpl.npz", args.smpl),
-            (args.render, f".{args.render}", args.render)) if on]
+            ("fbx", ".fbx", getattr(args, "fbx", False)), (args.render, f".{args.render}", args.render)) if on]
 
 
 def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
@@ -310,3 +384,43 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
                           progress=not args.quiet)
         written.append(path + (f" ({note})" if note else ""))
     return written
+
+
+def cmd_retarget(args) -> int:
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.fbx import BlenderMissing
+    from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
+
+    out = check_out_file(args.out, OUT_SUFFIXES)
+    check_new_file(out, args)
+    if out.suffix.lower() == ".fbx" or str(args.target).lower().endswith(".fbx"):
+        check_fbx_tools()
+    try:
+        skeleton = read_skeleton(args.target)
+        bone_map = load_bone_map(args.map, skeleton) if args.map else None
+        motion = _motion(args)
+        retargeter = Retargeter(skeleton, bone_map, motion.offsets, motion.fps)
+        rig = retargeter.retarget(motion.joints, motion.rotations)
+        write_target(out, rig)
+    except (ValueError, BlenderMissing) as e:      # RetargetError is a ValueError
+        raise CLIError(str(e)) from None
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write ({e})") from None
+    print(f"wrote {out} ({len(motion)} frames at {args.fps:g} fps on {len(skeleton.names)} bones of {args.target}; "
+          f"bone map: {retargeter.scheme}, {len(retargeter.map)} of 22 joints; root motion x{retargeter.scale:.3f} "
+          "(leg length)")
+    return 0
+
+
+def cmd_blender_addon(args) -> int:
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.blender_addon import build_addon_zip
+
+    out = check_out_file(args.out, (".zip",))
+    check_new_file(out, args)
+    try:
+        build_addon_zip(out)
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write ({e})") from None
+    print(f"wrote {out} (Blender: Edit > Preferences > Get Extensions > Install from Disk)")
+    return 0
