@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-_FLOATS = {"eps", "cfg", "c0", "c1", "c2", "c3", "c4", "c5", "ln_eps"}
+_FLOATS = {"eps", "cfg_scale", "c0", "c1", "c2", "c3", "c4", "c5", "ln_eps"}
 _FP32_PTRS = {"LSE", "DELTA", "DSCALE", "SCALE", "COS", "SIN", "XS", "NOISE"}
 _INT_PTRS = {"LENS": "*i32", "POS": "*i64", "ROWS": "*i64"}
 _I32 = {n: "i32" for n in ("H", "T", "W", "M", "N")}   # upper-case scalars (sizes); overridden per kernel below

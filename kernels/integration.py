@@ -133,7 +133,7 @@ def sample_loop_fused(net, c: torch.Tensor, model_t: torch.Tensor, x_T: torch.Te
     head backend): condition rows c ([cond; uncond] when cfg_scale is given), model timesteps
     model_t, x_T (B, L), step_noise (>= S, B, L), coefs (S, 6) from step_coefficients."""
     mods = net.modulations(c, model_t)
-    out = head_sample_loop(head_weights(net), mods, x_T, step_noise[:coefs.shape[0]], coefs, cfg=cfg_scale,
+    out = head_sample_loop(head_weights(net), mods, x_T, step_noise[:coefs.shape[0]], coefs, cfg_scale=cfg_scale,
                            temperature=temperature)
     return out.to(c.dtype)
 

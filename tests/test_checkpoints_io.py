@@ -149,11 +149,11 @@ def test_bundle_round_trip_gives_identical_outputs(tmp_path):
                     extra_config={"sampler": {"skip_terminal_step": True}})
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "stats.safetensors", "t2m.safetensors",
                                                    "tae.safetensors"]
-    cfg = json.loads((d / "config.json").read_text())
-    assert cfg["format"] == "motionstreamer-bundle" and cfg["version"] == 1 and cfg["fps"] == 30
-    assert cfg["tae"] == tae.config.to_dict() and cfg["t2m"] == t2m.config.to_dict()
-    assert cfg["text_encoder"] == "minilm" and cfg["text_dim"] == 384 and cfg["description"] == "unit test"
-    assert cfg["sampler"] == {"skip_terminal_step": True}
+    config = json.loads((d / "config.json").read_text())
+    assert config["format"] == "motionstreamer-bundle" and config["version"] == 1 and config["fps"] == 30
+    assert config["tae"] == tae.config.to_dict() and config["t2m"] == t2m.config.to_dict()
+    assert config["text_encoder"] == "minilm" and config["text_dim"] == 384 and config["description"] == "unit test"
+    assert config["sampler"] == {"skip_terminal_step": True}
     b = load_bundle(d)
     assert isinstance(b, Bundle) and b.path == d and b.text_encoder_name == "minilm" and b.evaluator_path is None
     assert not b.tae.training and not b.t2m.training
@@ -198,20 +198,20 @@ def test_bundle_errors_name_the_broken_part(tmp_path):
     save_file({"mean": mean[:100], "std": std, "end_latent": end}, str(d / "stats.safetensors"))
     with pytest.raises(CheckpointError, match="stats.safetensors: mean must hold 272 values, got 100"):
         load_bundle(d)
-    cfg = json.loads((d / "config.json").read_text())
+    config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="config.json: invalid JSON"):
         load_bundle(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "format": "other"}))
+    (d / "config.json").write_text(json.dumps({**config, "format": "other"}))
     with pytest.raises(CheckpointError, match="format is 'other', expected 'motionstreamer-bundle'"):
         read_bundle_config(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "version": 2}))
+    (d / "config.json").write_text(json.dumps({**config, "version": 2}))
     with pytest.raises(CheckpointError, match="bundle version 2 is not supported"):
         read_bundle_config(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "tae": {**cfg["tae"], "widht": 3}}))
+    (d / "config.json").write_text(json.dumps({**config, "tae": {**config["tae"], "widht": 3}}))
     with pytest.raises(CheckpointError, match=r"bad 'tae' config \(unknown TAEConfig field\(s\) \['widht'\]"):
         load_bundle(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "evaluator": {"latent_dim": 256}}))
+    (d / "config.json").write_text(json.dumps({**config, "evaluator": {"latent_dim": 256}}))
     with pytest.raises(CheckpointError, match=r"is missing evaluator.safetensors \(config.json names an evaluator\)"):
         load_bundle(d)
 

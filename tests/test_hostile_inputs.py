@@ -28,7 +28,7 @@ from fakes import run_cli
 
 from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
 
-FAST = ["--steps", "2", "--quiet"]
+FAST = ["--sampling-steps", "2", "--quiet"]
 UNWRITABLE_DIR = "/sys/motionstreamer-test"   # EACCES/EROFS even for root (tests run as root in CI)
 
 
@@ -67,10 +67,10 @@ def edited_bundle(tmp_path: Path, edit) -> Path:
     """A copy of the embedded model with config.json (or its files) changed by edit(dir, config)."""
     d = tmp_path / "bundle"
     shutil.copytree(DEFAULT_MODEL_DIR, d)
-    cfg = json.loads((d / "config.json").read_text())
-    edit(d, cfg)
-    if cfg is not None:
-        (d / "config.json").write_text(json.dumps(cfg))
+    config = json.loads((d / "config.json").read_text())
+    edit(d, config)
+    if config is not None:
+        (d / "config.json").write_text(json.dumps(config))
     return d
 
 
@@ -79,7 +79,7 @@ def test_non_finite_generated_motion_fails_with_nothing_written(tmp_path, capsys
     """A model whose output overflows (Std of 1e38: finite, but the de-normalised frames are inf)."""
     from safetensors.torch import load_file, save_file
 
-    def huge_std(d, cfg):
+    def huge_std(d, config):
         stats = load_file(d / "stats.safetensors")
         stats["std"] = torch.full_like(stats["std"], 1e38)
         save_file(stats, d / "stats.safetensors")
@@ -102,7 +102,7 @@ def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
     from motionstreamer.runtime.policy import NonFiniteMotionError
     from motionstreamer.runtime.session import StreamingSession
 
-    def huge_std(d, cfg):
+    def huge_std(d, config):
         stats = load_file(d / "stats.safetensors")
         stats["std"] = torch.full_like(stats["std"], 1e38)
         save_file(stats, d / "stats.safetensors")
@@ -115,17 +115,17 @@ def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
     assert issubclass(NonFiniteMotionError, FloatingPointError)
 
 NUMBERS = [   # (verb and arguments, what the one error line names); every case is refused before any work
-    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg", "--temperature", "--end-threshold",
+    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg-scale", "--temperature", "--end-threshold",
                                                                         "--max-seconds") for v in ("nan", "inf", "-inf")],
-    (["generate", "a person walks", "--cfg", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
-    (["generate", "a person walks", "--cfg=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--cfg-scale", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--cfg-scale=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
     (["generate", "a person walks", "--temperature", "1e30"], "temperature must be a finite number in [0, 10]"),
     (["generate", "a person walks", "--temperature=-1"], "temperature must be a finite number in [0, 10]"),
     (["stream", "--prompt", "walk@1e999"], "must be in (0, 600]"),
-    (["evaluate", "t2m", "--data", "missing", "--cfg", "1e30"], "cfg_scale"),
-    (["evaluate", "t2m", "--data", "missing", "--cfg", "nan"], "--cfg must be a finite number"),
-    (["serve", "--cfg", "inf"], "--cfg must be a finite number"),
-    (["serve", "--cfg", "1e30"], "cfg_scale must be a finite number"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg-scale", "1e30"], "cfg_scale"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
+    (["serve", "--cfg-scale", "inf"], "--cfg-scale must be a finite number"),
+    (["serve", "--cfg-scale", "1e30"], "cfg_scale must be a finite number"),
     (["serve", "--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
     (["synth", "--out", "x", "--min-seconds", "nan"], "--min-seconds must be a finite number"),
     (["train", "tae", "--data", "missing", "--out", "run", "--set", "lr=Infinity"], "lr must be a finite number"),
@@ -176,9 +176,9 @@ def tiny_tae_train(out: Path, steps: int, **kw):
 
     rng = np.random.default_rng(0)
     motions = [rng.standard_normal((70, 272)).astype(np.float32) for _ in range(4)]
-    cfg = quiet(TAETrainConfig, out_dir=str(out), steps=steps, batch_size=2, window=16, warmup_steps=0,
+    config = quiet(TAETrainConfig, out_dir=str(out), steps=steps, batch_size=2, window=16, warmup_steps=0,
                 save_every=3, log_every=1)
-    return train_tae(tiny_tae(0), motions, cfg, **kw)
+    return train_tae(tiny_tae(0), motions, config, **kw)
 
 
 def log_steps(out: Path) -> list[int]:
@@ -256,7 +256,7 @@ def test_live_stdin_survives_undecodable_and_huge_lines(tmp_path, monkeypatch, c
             f.write(b"\xff\xfe\n" + b"y" * 100_000 + b"\na person walks\n")
     threading.Thread(target=feed, daemon=True).start()
     monkeypatch.setattr(sys, "stdin", os.fdopen(r, "r"))
-    code, _, err = run_cli(["stream", "--stdin", *out(tmp_path, "live"), "--max-seconds", "1", "--steps", "2"],
+    code, _, err = run_cli(["stream", "--stdin", *out(tmp_path, "live"), "--max-seconds", "1", "--sampling-steps", "2"],
                            capsys)
     assert code == 0, err
     assert "not UTF-8" in err and "longer than" in err and "prompt queued: 'a person walks'" in err
@@ -429,7 +429,7 @@ def test_absurd_json_nesting_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["generate", "a person \udcff walks"], "not valid UTF-8 text (byte 0xff at position 9)"),   # argv bytes
     (["stream", "--prompt", "walk \udc80@2"], "not valid UTF-8"),
-    (["generate", "a person walks", "--steps", "51"], "sampling steps must be an int in [1, 50]"),
+    (["generate", "a person walks", "--sampling-steps", "51"], "sampling steps must be an int in [1, 50]"),
     (["generate", "a person walks", "--device", "bogus"], "unknown device 'bogus'"),
     (["generate", "a person walks", "--device", "cuda:7"], "cuda:7"),
     (["generate", "a person walks", "--seed", str(2 ** 70)], "seed must be in"),
@@ -539,9 +539,9 @@ def engine_parts():
 
     torch.manual_seed(0)
     d = Path(tempfile.mkdtemp())
-    cfg = T2MConfig.small(cond_dim=16)
-    cfg.block_size = 10
-    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), TextToMotionModel(cfg), torch.zeros(272),
+    config = T2MConfig.small(cond_dim=16)
+    config.block_size = 10
+    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), TextToMotionModel(config), torch.zeros(272),
                 torch.ones(272), torch.zeros(16))
     yield load_bundle(d), FakeTextEncoder()
     shutil.rmtree(d)

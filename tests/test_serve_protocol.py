@@ -27,14 +27,14 @@ TOKEN = "test-token-0123456789"
 def server():
     limits = ServeLimits(max_streams=MAX_STREAMS, max_message_bytes=2048, max_generate_jobs=1,
                          messages_per_second=5.0, message_burst=8, max_prompt_chars=200)
-    with ServerThread(create_app(steps=4, limits=limits)) as s:
+    with ServerThread(create_app(sampling_steps=4, limits=limits)) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def token_server():
     limits = ServeLimits(max_streams=2, idle_timeout_s=1.5)
-    with ServerThread(create_app(steps=2, token=TOKEN, limits=limits,
+    with ServerThread(create_app(sampling_steps=2, token=TOKEN, limits=limits,
                                  allowed_origins=("https://app.example",))) as s:
         yield s
 

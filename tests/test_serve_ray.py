@@ -33,7 +33,7 @@ def ray_serve():
     s.close()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"replicas": 2, "cpus_per_replica": 1, "steps": 2, "limits": {"max_streams": 6}}),
+        serve.run(build_app({"replicas": 2, "cpus_per_replica": 1, "sampling_steps": 2, "limits": {"max_streams": 6}}),
                   name="motionstreamer", route_prefix="/")
         yield port
     finally:

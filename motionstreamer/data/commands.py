@@ -10,8 +10,7 @@ from motionstreamer import FPS
 def register(subparsers) -> None:
     from motionstreamer.cli import add_verb
 
-    p = add_verb(subparsers, "synth", cmd_synth,
-                 "write a synthetic motion dataset (HumanML3D-272 layout, optional BABEL-stream pairs)")
+    p = add_verb(subparsers, "synth", cmd_synth)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: new or empty (written beside it, renamed into place when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset (or anything) already in --out")
@@ -24,8 +23,7 @@ def register(subparsers) -> None:
                    help="fraction of clips made of two actions, with sub-captions (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = add_verb(subparsers, "prepare-amass", cmd_prepare_amass,
-                 "build 272-dim clips (and mirrors, Mean/Std) from AMASS with your body model")
+    p = add_verb(subparsers, "prepare-amass", cmd_prepare_amass)
     p.add_argument("--index", required=True, metavar="FILE",
                    help="clip index: CSV with source_path,start_frame,end_frame,new_name (HumanML3D index.csv) "
                         "or rows 'path start end id'; start/end are frames of the 30 fps strided sequence")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+
+from motionstreamer.models.diffusion import SamplerSettings
+from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
 
 
 def _evaluator_args(p: argparse.ArgumentParser) -> None:
@@ -30,13 +32,11 @@ def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
 
 def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (official 4.0)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="diffusion sampling steps (official 50; a student: its default count)")
-    p.add_argument("--head", choices=("teacher", "student"), default=None,
-                   help="teacher: the guided head; student: the bundle's distilled few-step head (default: the "
-                        "bundle's choice)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    add_sampler_args(p, "cfg_scale", "sampling_steps", "head", "sampler", helps={
+        "sampling_steps": "diffusion sampling steps (default: 50, the original, for the teacher; a student's default "
+                          "count)",
+        "head": "teacher: the guided head; student: the bundle's distilled few-step head (default: the bundle's "
+                "choice)"})
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--onnx", default=None, metavar="DIR",
                    help="an export-onnx folder: generate with the onnxruntime engine instead (e.g. to score an "
@@ -46,7 +46,7 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     from motionstreamer.cli import add_group
 
-    sub = add_group(subparsers, "evaluate", "evaluate real data, a TAE, or generation (gt | tae | t2m | stream)",
+    sub = add_group(subparsers, "evaluate",
                     "Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, MM-Dist, Diversity (and "
                     "MPJPE, MultiModality, transition metrics); mean ± 95% CI over repeats, printed and written as "
                     "JSON.", "protocol", "<protocol>")
@@ -93,8 +93,9 @@ def register(subparsers) -> None:
     h.add_argument("--samples", type=int, default=256, help="samples per condition and sampler (default 256)")
     h.add_argument("--respaced", default="1,2,4,10", metavar="K,K,...",
                    help="step counts of the respaced-teacher baselines ('' for none)")
-    h.add_argument("--cfg", type=float, default=None,
-                   help="teacher guidance scale (default: the one the student reproduces, else 4.0)")
+    add_sampler_args(h, "cfg_scale", cfg_scale=None, helps={
+        "cfg_scale": f"teacher guidance scale (default: the one the student reproduces, else "
+                     f"{SamplerSettings.cfg_scale:g})"})
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default=None, metavar="JSON", help="results file (default results/eval_head.json)")
     h.add_argument("--device", default="auto")
@@ -143,25 +144,20 @@ def _load_tae(path: str, device):
 
 
 def _generation_config(args):
-    """The sampler settings of --cfg/--steps/--sampler/--head, checked (CLIError): built once, before any
-    data or model loads."""
+    """The sampler settings of the sampler flags, checked (CLIError): built once, before any data or model
+    loads."""
     from motionstreamer.cli import CLIError
+    config = generation_config(args)
     try:
-        from motionstreamer.runtime.engine import GenerationConfig
-    except ImportError as e:
-        raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
-                       f"not available: {e}")
-    cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler, head=args.head)
-    try:
-        cfg.validate()
+        config.validate()
     except ValueError as e:
         raise CLIError(str(e))
-    return cfg
+    return config
 
 
-def _generation(args, device, cfg):
+def _generation(args, device, config):
     """(bundle, text encoder, GenerationConfig, description, backend factory or None) for the checked
-    generation config `cfg`. With --onnx the bundle is the export's statistics and the factory
+    generation config `config`. With --onnx the bundle is the export's statistics and the factory
     builds onnxruntime backends of the batch's size."""
     from motionstreamer.cli import CLIError
     if args.onnx:
@@ -170,7 +166,7 @@ def _generation(args, device, cfg):
         try:
             from motionstreamer.runtime.ort_backend import load_ort
             from motionstreamer.models.text import TextEncoder
-            stats, probe = load_ort(args.onnx, 1, config=cfg)
+            stats, probe = load_ort(args.onnx, 1, config=config)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
             raise CLIError(f"--onnx needs onnxruntime: {e}")
@@ -184,17 +180,17 @@ def _generation(args, device, cfg):
 
         def backend_for(capacity: int):
             if capacity not in backends:
-                backends[capacity] = load_ort(args.onnx, capacity, config=cfg)[1]
+                backends[capacity] = load_ort(args.onnx, capacity, config=config)[1]
             return backends[capacity]
-        return stats, text_encoder, cfg, desc, backend_for
+        return stats, text_encoder, config, desc, backend_for
     from motionstreamer.runtime.engine import resolve_config
     from motionstreamer.runtime.loading import load_models
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
-        resolve_config(cfg, bundle.config)   # --head/--steps against the bundle (a student's step counts)
+        resolve_config(config, bundle.config)   # --head/--steps against the bundle (a student's step counts)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
-    return bundle, text_encoder, cfg, desc, None
+    return bundle, text_encoder, config, desc, None
 
 
 def cmd_evaluate(args) -> int:
@@ -205,10 +201,10 @@ def cmd_evaluate(args) -> int:
     from motionstreamer.runtime.loading import resolve_device
     from motionstreamer.utils import atomic_write_json
 
-    check_positive(args, "repeats", "batch", "steps", "transition_length")
+    check_positive(args, "repeats", "batch", "sampling_steps", "transition_length")
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
-    gen_cfg = _generation_config(args) if hasattr(args, "cfg") else None   # CLIError without the runtime
+    gen_cfg = _generation_config(args) if hasattr(args, "cfg_scale") else None
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
@@ -284,8 +280,6 @@ def cmd_evaluate_head(args) -> int:
     check_positive(args, "conditions", "threads")
     if args.samples < 2:
         raise CLIError(f"--samples must be >= 2, got {args.samples}")
-    if args.cfg is not None and not math.isfinite(args.cfg):
-        raise CLIError(f"--cfg must be a finite number, got {args.cfg}")
     respaced = parse_step_list(args.respaced, "--respaced")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,7 +288,7 @@ def cmd_evaluate_head(args) -> int:
         for k in respaced:
             bundle.t2m.diff_loss.sampling_process(k, False)
         report = head_report(bundle, text_encoder, args.data, args.latents, args.split, args.conditions,
-                             args.samples, args.seed, respaced=respaced, cfg=args.cfg)
+                             args.samples, args.seed, respaced=respaced, cfg_scale=args.cfg_scale)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))
     report["model"] = desc

@@ -7,7 +7,7 @@ COMPONENTS = ["tae", "tae_babel", "t2m", "evaluator", "stats"]   # = checkpoints
 def register(subparsers) -> None:
     from motionstreamer.cli import add_verb
 
-    c = add_verb(subparsers, "convert-checkpoint", cmd_convert, "official .pth files -> a safetensors model bundle")
+    c = add_verb(subparsers, "convert-checkpoint", cmd_convert)
     c.add_argument("src", help="folder holding the released files (the hub layout, as `motionstreamer download` "
                                "writes it); the options below name files elsewhere")
     c.add_argument("dst", help="output bundle directory")
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     c.add_argument("--tae-config", metavar="JSON", help="TAE config (a JSON file) for non-official trainings")
     c.add_argument("--t2m-config", metavar="JSON", help="text-to-motion config (a JSON file) for non-official trainings")
 
-    d = add_verb(subparsers, "download", cmd_download, "download the official checkpoints from the Hugging Face Hub")
+    d = add_verb(subparsers, "download", cmd_download)
     d.add_argument("--dest", default="official", help="download folder (default: ./official)")
     d.add_argument("--components", nargs="+", default=["tae", "t2m", "evaluator", "stats"], choices=COMPONENTS,
                    help="what to fetch (default: tae t2m evaluator stats)")

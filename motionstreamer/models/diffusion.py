@@ -56,8 +56,8 @@ class DiffusionHeadConfig(ConfigDict):
 
 
 # The numbers a sampler takes. Beyond them nothing useful happens, only overflow: a guidance scale of
-# 1e30 or a temperature of 1e30 turns every latent into inf/NaN. The original uses cfg 4 and
-# temperature 1; 0 < cfg < 1 and negative scales (anti-guidance) are legitimate experiments.
+# 1e30 or a temperature of 1e30 turns every latent into inf/NaN. The original uses cfg_scale 4 and
+# temperature 1; 0 < cfg_scale < 1 and negative scales (anti-guidance) are legitimate experiments.
 SAMPLER_RANGES = {"cfg_scale": (-100.0, 100.0), "temperature": (0.0, 10.0), "eta": (0.0, 1.0)}
 
 

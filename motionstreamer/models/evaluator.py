@@ -90,8 +90,8 @@ def backbone_hidden_size(spec: str) -> int:
     if spec == OFFICIAL_BACKBONE:
         return 768
     from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(_resolve_backbone(spec))
-    return int(getattr(cfg, "hidden_size", None) or cfg.dim)
+    config = AutoConfig.from_pretrained(_resolve_backbone(spec))
+    return int(getattr(config, "hidden_size", None) or config.dim)
 
 
 def _resolve_backbone(spec: str) -> str:
@@ -390,13 +390,13 @@ class TMREvaluator(nn.Module):
         if not cfg_path.is_file():
             raise EvaluatorCheckpointError(f"{p}: not an evaluator folder (no config.json) nor a .ckpt file")
         try:
-            cfg = json.loads(cfg_path.read_text())
+            saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise EvaluatorCheckpointError(f"{cfg_path}: invalid JSON ({e})") from e
-        if "evaluator" not in cfg:
+        if "evaluator" not in saved:
             raise EvaluatorCheckpointError(f"{cfg_path}: no 'evaluator' config in it")
         try:
-            config = EvaluatorConfig.from_dict(cfg["evaluator"])
+            config = EvaluatorConfig.from_dict(saved["evaluator"])
         except (TypeError, ValueError) as e:
             raise EvaluatorCheckpointError(f"{cfg_path}: bad evaluator config ({e})") from e
         if backbone is not None:

@@ -30,15 +30,18 @@ from motionstreamer.runtime import policy
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
 
+ON_ACTION_END = ("stop", "continue")
+
+
 @dataclass
 class GenerationConfig:
-    cfg_scale: float = 4.0            # official demo value
-    temperature: float = 1.0
+    cfg_scale: float = SamplerSettings.cfg_scale   # the original's (its demo's) value
+    temperature: float = SamplerSettings.temperature
     sampling_steps: int | None = None  # None: 50 (the original) for the teacher, the student's default count
     # "teacher" (the guided head, the original algorithm) or "student" (the bundle's few-step head, one
     # condition row per stream); None = the bundle's default (its config.json "sampler": {"head": ...})
     head: str | None = None
-    sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
+    sampler: str = SamplerSettings.sampler   # "ddpm" (ancestral, as the original) or "ddim"
     # None = the bundle's calibrated value (config.json), else the original's (False / 0.1)
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
     end_threshold: float | None = None      # L2 distance to the reference end latent that ends an action
@@ -50,7 +53,7 @@ class GenerationConfig:
     def validate(self) -> None:
         """ValueError naming the first field out of range (the sampler's numbers: SamplerSettings)."""
         self.sampler_settings()
-        if self.on_action_end not in ("stop", "continue"):
+        if self.on_action_end not in ON_ACTION_END:
             raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
         for name in ("max_latents", "min_action_latents") + (("history_keep",) if self.history_keep is not None else ()):
             v = getattr(self, name)

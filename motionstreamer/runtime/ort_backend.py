@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
 from motionstreamer.models.diffusion import SamplerSettings
 from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows
@@ -83,7 +84,7 @@ class OrtBackend:
             what = "student" if settings.head == "student" else settings.sampler
             raise ValueError(f"no exported head for the {settings.head}, sampler {settings.sampler!r} with "
                              f"{settings.sampling_steps} steps (skip_terminal_step={settings.skip_terminal_step}, "
-                             f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --head "
+                             f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --variant "
                              f"{what}:{settings.sampling_steps})")
         return self.heads[key]
 
@@ -94,13 +95,16 @@ class OrtBackend:
         sess = self._head(settings)[0]
         cond, *rest = conditions.unbind(1)
         # a teacher graph is always guided, so one condition row means cfg_scale 1 there:
-        # eps_u + 1 (eps_c - eps_u) = eps_c; a student graph has no uncond/cfg inputs (dropped below)
+        # eps_u + 1 (eps_c - eps_u) = eps_c; a student graph has no uncond/cfg_scale inputs (dropped below)
         uncond = rest[0] if rest else cond
         feeds = {"cond": cond.numpy().astype(np.float32), "uncond": uncond.numpy().astype(np.float32),
                  "x_T": noise[0].numpy().astype(np.float32), "step_noise": noise[1].numpy().astype(np.float32),
-                 "cfg": np.array([settings.cfg_scale], np.float32),
+                 "cfg_scale": np.array([settings.cfg_scale], np.float32),
                  "temperature": np.array([settings.temperature], np.float32)}
         names = {i.name for i in sess.get_inputs()}   # deterministic DDIM graphs drop unused noise inputs too
+        for old, new in LEGACY_HEAD_INPUTS.items():   # an export from before manifest version 3
+            if old in names and new in feeds:
+                feeds[old] = feeds[new]
         out = sess.run(None, {k: v for k, v in feeds.items() if k in names})
         return torch.from_numpy(out[0])
 
@@ -114,12 +118,17 @@ class OrtBackend:
         return torch.from_numpy(out[0])
 
 
+# what exports written before the one sampler vocabulary name: manifest head keys (version 1) and the
+# head graphs' guidance input (versions 1 and 2); old name -> current name
+LEGACY_HEAD_KEYS = {"method": "sampler", "steps": "sampling_steps", "skip_terminal": "skip_terminal_step"}
+LEGACY_HEAD_INPUTS = {"cfg": "cfg_scale"}
+
+
 def head_key(head: dict) -> tuple:
-    """(head, sampler, sampling_steps, skip_terminal_step) of a manifest head entry (version 1 names,
-    and entries from before student heads, too)."""
-    return (head.get("head", "teacher"), head.get("sampler", head.get("method")),
-            head.get("sampling_steps", head.get("steps")),
-            head.get("skip_terminal_step", head.get("skip_terminal", False)))
+    """(head, sampler, sampling_steps, skip_terminal_step) of a manifest head entry (entries from before
+    student heads, and version 1 names, too)."""
+    head = current_keys(head, LEGACY_HEAD_KEYS, "manifest.json head")
+    return head.get("head", "teacher"), head["sampler"], head["sampling_steps"], head.get("skip_terminal_step", False)
 
 
 @dataclass

@@ -32,6 +32,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.config import current_keys
+from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG,
                                            ENCODING, PROTOCOL_VERSION, Close, ProtocolError, Prompt, ServeLimits,
                                            check_prompt_text, check_seconds, dumps, error, parse_client_message,
@@ -54,44 +56,51 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# sampling steps of the teacher head unless told (README: why 10; the original's 50 is --sampling-steps 50)
+SERVICE_TEACHER_STEPS = 10
+
+
 @dataclass
 class ServeConfig:
     checkpoint: str | None = None         # model bundle directory; None = the embedded default model
     device: str = "cpu"
     dtype: str | None = None
-    steps: int | None = 10                # diffusion sampling steps per latent (see README: why 10); None: the head's default
-    head: str | None = None               # "teacher" | "student" (a distilled bundle's few-step head); None: the bundle's
-    cfg_scale: float | None = None        # None: the engine's default (4.0)
-    on_end: str = "continue"              # an action that ends with nothing queued: repeat it, or "stop"
+    # the sampler (GenerationConfig's names); sampling_steps None: SERVICE_TEACHER_STEPS for the teacher,
+    # a student's default count; head None: the bundle's choice
+    sampling_steps: int | None = None
+    head: str | None = None
+    cfg_scale: float = GenerationConfig.cfg_scale
+    on_action_end: str = "continue"       # an action that ends with nothing queued: repeat it, or "stop"
     lookahead: int = 2                    # latents generated ahead of each stream's playback clock
     token: str | None = None              # required on /v1/* when set (Authorization: Bearer, or ?token=)
     allowed_origins: tuple = ()           # browser Origins allowed besides the page's own ("*": any)
     limits: ServeLimits = field(default_factory=ServeLimits)
     threads: int | None = None            # torch CPU threads (None: 1 on CPU)
 
+    # what a user may still pass under the names before the one sampler vocabulary (create_app, Ray args)
+    LEGACY_KEYS = {"steps": "sampling_steps", "on_end": "on_action_end"}
+
     def validate(self) -> None:
         self.limits.validate()
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or not 1 <= self.steps <= 1000):
-            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
-        if self.head not in (None, "teacher", "student"):
-            raise ValueError(f"head must be 'teacher' or 'student', got {self.head!r}")
+        steps = self.sampling_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000):
+            raise ValueError(f"sampling_steps must be an integer in [1, 1000], got {steps!r}")
         if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 1 <= self.lookahead <= 32:
             raise ValueError(f"lookahead must be an integer in [1, 32] latents, got {self.lookahead!r}")
-        if self.on_end not in ("continue", "stop"):
-            raise ValueError(f"on_end must be 'continue' or 'stop', got {self.on_end!r}")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("token must be at least 8 characters")
-        self.generation_config().validate()     # the guidance scale and the sampler, before the model loads
+        self.generation_config().validate()     # the head, the guidance scale and the sampler, before the model loads
 
-    def generation_config(self):
-        from motionstreamer.runtime.engine import GenerationConfig
-
-        gen = GenerationConfig(sampling_steps=self.steps, head=self.head, on_action_end=self.on_end,
-                               max_latents=10**9)
-        if self.cfg_scale is not None:
-            gen.cfg_scale = self.cfg_scale
-        return gen
+    def generation_config(self, bundle_config: dict | None = None) -> GenerationConfig:
+        """The engine's settings; with the bundle's config they are resolved against it (its default head,
+        a student's step counts: ValueError naming them)."""
+        head = self.head or ((bundle_config or {}).get("sampler", {}).get("head") or "teacher")
+        steps = self.sampling_steps
+        if steps is None and head == "teacher":
+            steps = SERVICE_TEACHER_STEPS
+        gen = GenerationConfig(sampling_steps=steps, head=self.head, cfg_scale=self.cfg_scale,
+                               on_action_end=self.on_action_end, max_latents=10**9)
+        return gen if bundle_config is None else resolve_config(gen, bundle_config)
 
 
 def example_prompts(bundle_config: dict, embedded: bool) -> list[str]:
@@ -158,7 +167,7 @@ class Service:
         if c.threads is not None or c.device == "cpu":
             torch.set_num_threads(c.threads or 1)
         bundle, text_encoder, desc = load_models(c.checkpoint, c.device, c.dtype)
-        gen = c.generation_config()
+        gen = c.generation_config(bundle.config)
         capacity = self.limits.max_streams + self.limits.max_generate_jobs
         engine = StreamingEngine(bundle, text_encoder, capacity=capacity, config=gen, device=c.device)
         text_encoder.encode([""])      # warm the encoder and the empty-prompt cache
@@ -360,6 +369,7 @@ def create_app(config: ServeConfig | None = None, **overrides):
     """The ASGI app. create_app(steps=10, token="...", limits=ServeLimits(max_streams=64), ...)."""
     import dataclasses
 
+    overrides = current_keys(overrides, ServeConfig.LEGACY_KEYS, "create_app", note=True)
     config = dataclasses.replace(config, **overrides) if config is not None else ServeConfig(**overrides)
     config.validate()
     service = Service(config)

@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves
 
 from ray import serve  # noqa: E402
 
+from motionstreamer.config import current_keys  # noqa: E402
 from motionstreamer.serve.app import ServeConfig, create_app  # noqa: E402
 from motionstreamer.serve.protocol import ServeLimits  # noqa: E402
 
@@ -76,8 +77,7 @@ def build(config: ServeConfig, replicas: int = 1, max_replicas: int | None = Non
     config.validate()
     opts = deployment_options(config.limits.max_streams, replicas, max_replicas, gpus_per_replica, cpus_per_replica,
                               config.limits.max_generate_jobs)
-    cfg = dataclasses.asdict(config)
-    return MotionStreamerReplica.options(**opts).bind(cfg)
+    return MotionStreamerReplica.options(**opts).bind(dataclasses.asdict(config))
 
 
 def build_app(args: dict):
@@ -85,7 +85,7 @@ def build_app(args: dict):
     args holds the ServeConfig fields (checkpoint, device, steps, lookahead, token, ...), `limits`
     (ServeLimits fields) and replicas, max_replicas, gpus_per_replica, cpus_per_replica. The token
     defaults to $MOTIONSTREAMER_TOKEN on the replicas (set it in runtime_env.env_vars)."""
-    args = dict(args or {})
+    args = current_keys(dict(args or {}), ServeConfig.LEGACY_KEYS, "motionstreamer serve args", note=True)
     scale = {k: args.pop(k) for k in ("replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica") if k in args}
     limits = ServeLimits(**args.pop("limits", {}))
     if "allowed_origins" in args:

@@ -93,11 +93,11 @@ class TAEObjective(torch.nn.Module):
         return tae_loss(recon, x, mu, logvar, self.root_weight)
 
 
-def train_tae(tae, motions: list[np.ndarray], cfg: TAETrainConfig, resume=None, stop_after=None, extra_config=None,
+def train_tae(tae, motions: list[np.ndarray], config: TAETrainConfig, resume=None, stop_after=None, extra_config=None,
               overwrite: bool = False):
-    data = WindowData(motions, cfg.window)
-    objective = TAEObjective(tae, cfg.root_weight)
-    return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch), name="tae",
+    data = WindowData(motions, config.window)
+    objective = TAEObjective(tae, config.root_weight)
+    return train_loop(objective, config, data.sample_batch, lambda m, batch, step: m(batch), name="tae",
                       resume=resume, stop_after=stop_after, overwrite=overwrite,
                       extra_config={"tae": tae.config.to_dict(), **(extra_config or {})})
 
