@@ -106,6 +106,19 @@ def check_positive(args, *names) -> None:
             raise CLIError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
+def parse_step_list(text: str, flag: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; a clear CLIError naming `flag` for anything else ('' -> [])."""
+    if not text.strip():
+        return []
+    try:
+        steps = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CLIError(f"{flag} must be a comma-separated list of step counts, e.g. 1,2,4; got {text!r}")
+    if any(k < 1 for k in steps) or len(set(steps)) != len(steps):
+        raise CLIError(f"{flag} must list distinct positive step counts, got {text!r}")
+    return steps
+
+
 def check_finite_options(args: argparse.Namespace) -> None:
     """CLIError naming the first number option given as NaN or inf (argparse's float() takes 'nan',
     'inf' and '1e999'): no verb has a use for them, and they would reach the models silently. Ranges

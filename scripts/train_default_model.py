@@ -226,12 +226,12 @@ def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     in run_dir is reused as it is."""
     from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
     from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
-    from motionstreamer.train.common import load_checkpoint
+    from motionstreamer.checkpoints import load_training_checkpoint
 
     config = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
                                save_every=100, tensorboard=False)
     ck = run_dir / CHECKPOINT_NAME
-    done = ck.exists() and int(load_checkpoint(ck)["step"]) >= epochs * json.loads(
+    done = ck.exists() and int(load_training_checkpoint(ck)["step"]) >= epochs * json.loads(
         (run_dir / "config.json").read_text())["steps_per_epoch"]
     if done:
         evaluator = TMREvaluator.load(run_dir / "evaluator")

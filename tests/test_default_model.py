@@ -47,7 +47,7 @@ def test_engine_equals_the_original_algorithm_latent_by_latent(models):
     4e-4 after 90 latents for seed 0, while seeds 2 and 4 drift into other motions after 40-60."""
     bundle, enc = models
     prompts = [("a person walks forward", 40), ("a person jogs in a circle", 50)]
-    config = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config["sampler"]["skip_terminal_step"])
+    config = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config.sampler.skip_terminal_step)
     s = StreamingSession(bundle, enc, config=config, seed=0)
     for p, n in prompts:
         s.push_text(p, max_latents=n, after_current=True)

@@ -289,7 +289,7 @@ def test_train_evaluator_cli_then_evaluate(capsys, tmp_path, data):
     (["evaluate", "gt", "--data", "{data}", "--evaluator", "{ev}", "--repeats", "0"], "--repeats must be >= 1"),
     (["evaluate", "gt", "--data", "{tmp}/nodata", "--evaluator", "{ev}"], "split file not found|not found"),
     (["evaluate", "gt", "--data", "{data}", "--split", "test", "--evaluator", "{ev}"], "fewer than one batch of 32"),
-    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae .*not found"),
+    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae: .*none.pt: not found"),
     (["evaluate", "t2m", "--data", "{data}", "--evaluator", "{ev}", "--mm-captions", "5", "--mm-repeats", "5"],
      "--mm-repeats must be > 10"),
     (["train-evaluator", "--data", "{data}", "--out", "{tmp}/x", "--set", "lamda=1"], "unknown config field"),

@@ -186,7 +186,8 @@ def log_steps(out: Path) -> list[int]:
 
 
 def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
-    from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
+    from motionstreamer.train.common import CHECKPOINT_NAME
+    from motionstreamer.checkpoints import load_training_checkpoint
 
     run = tmp_path / "run"
     tiny_tae_train(run, 6)
@@ -204,7 +205,7 @@ def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp
         tiny_tae_train(run, 8, resume=other / CHECKPOINT_NAME)
     # overwrite replaces the run: a fresh log, a step-2 checkpoint
     tiny_tae_train(run, 2, overwrite=True)
-    assert log_steps(run) == [1, 2] and load_checkpoint(run / CHECKPOINT_NAME)["step"] == 2
+    assert log_steps(run) == [1, 2] and load_training_checkpoint(run / CHECKPOINT_NAME)["step"] == 2
 
 
 def test_resumed_run_does_not_repeat_lost_steps_in_its_log(tmp_path):
@@ -310,15 +311,15 @@ def test_evaluate_checks_out_first_and_prints_before_writing(synth, tmp_path, mo
     assert_clear_error(code, err, "--out")
     assert "mean ± 95% CI" not in out                            # refused before evaluating
 
-    import motionstreamer.utils
+    import motionstreamer.eval.commands
 
-    real_write = motionstreamer.utils.atomic_write_json
+    real_write = motionstreamer.eval.commands.atomic_write_json
 
-    def disk_full(path, obj):   # only for the results (modules imported meanwhile may bind this function)
+    def disk_full(path, obj):   # only for the results
         if Path(path).name == "r.json":
             raise OSError(28, "No space left on device")
         return real_write(path, obj)
-    monkeypatch.setattr(motionstreamer.utils, "atomic_write_json", disk_full)
+    monkeypatch.setattr(motionstreamer.eval.commands, "atomic_write_json", disk_full)   # the writer evaluate uses
     code, out, err = run_cli(eval_args + ["--out", tmp_path / "r.json"], capsys)
     assert_clear_error(code, err, "No space left on device", "the table above holds them")
     assert "mean ± 95% CI" in out                                # the results were printed first

@@ -11,7 +11,8 @@ from train_tiny import quiet, tiny_tae
 
 from motionstreamer.cli import main
 from motionstreamer.train.commands import _config
-from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint, load_config_file, lr_lambda, parse_overrides
+from motionstreamer.train.common import CHECKPOINT_NAME, load_config_file, lr_lambda, parse_overrides
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.train.t2m import T2MTrainConfig
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 
@@ -115,7 +116,7 @@ def test_config_json_is_written_at_start_and_beside_each_checkpoint(tmp_path):
     assert run_config["trainer"] == "tae" and run_config["train"] == config.to_dict() and run_config["world_size"] == 1
     assert run_config["tae"]["hidden"] == 32
     train_tae(tiny_tae(), motions, config, resume=out / CHECKPOINT_NAME)
-    ck = load_checkpoint(out / CHECKPOINT_NAME)
+    ck = load_training_checkpoint(out / CHECKPOINT_NAME)
     assert ck["step"] == 3 and ck["config"] == json.loads((out / "config.json").read_text())
     # a run's config.json can seed the next run (--config runs/x/config.json): its train fields are used
     assert TAETrainConfig().updated(load_config_file(out / "config.json")) == config

@@ -4,8 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from motionstreamer.checkpoints import load_tae
+from motionstreamer.cli import CLIError, add_group, check_output, check_positive, parse_step_list
+from motionstreamer.data.humanml3d import load_mean_std
+from motionstreamer.eval import protocols as P
+from motionstreamer.eval.head_quality import format_comparison, head_report
 from motionstreamer.models.diffusion import SamplerSettings
+from motionstreamer.models.evaluator import TMREvaluator
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.runtime.engine import resolve_config
+from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR, load_models, resolve_device
+from motionstreamer.runtime.ort_backend import load_ort
 from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
+from motionstreamer.utils import atomic_write_json
 
 
 def _evaluator_args(p: argparse.ArgumentParser) -> None:
@@ -44,8 +57,6 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_group
-
     sub = add_group(subparsers, "evaluate",
                     "Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, MM-Dist, Diversity (and "
                     "MPJPE, MultiModality, transition metrics); mean ± 95% CI over repeats, printed and written as "
@@ -105,11 +116,7 @@ def register(subparsers) -> None:
 
 # ----------------------------------------------------------------------------- evaluate
 def load_evaluator(path: str | None, backbone: str | None, device):
-    from motionstreamer.cli import CLIError
-    from motionstreamer.models.evaluator import TMREvaluator
-
     if path is None:
-        from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
         if not (DEFAULT_MODEL_DIR / "evaluator.safetensors").is_file():
             raise CLIError("--evaluator is required: the embedded default model ships no evaluator")
         path = str(DEFAULT_MODEL_DIR)
@@ -121,32 +128,9 @@ def load_evaluator(path: str | None, backbone: str | None, device):
         raise CLIError(f"--evaluator {path}: {e}")
 
 
-def _load_tae(path: str, device):
-    from motionstreamer.cli import CLIError
-
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"--tae {path}: not found")
-    if p.is_file() and p.suffix == ".pth":       # the released Causal_TAE/net_last.pth
-        from motionstreamer.checkpoints import CheckpointError, load_checkpoint_file, load_state_dict_strict
-        from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-        tae = CausalHumanTAE(TAEConfig.official())
-        try:
-            load_state_dict_strict(tae, load_checkpoint_file(p, key="net"), str(p))
-        except CheckpointError as e:
-            raise CLIError(str(e))
-        return tae.to(device).eval()
-    from motionstreamer.train.commands import load_tae
-    try:
-        return load_tae(str(p), str(device))
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(f"--tae {path}: {e}")
-
-
 def _generation_config(args):
     """The sampler settings of the sampler flags, checked (CLIError): built once, before any data or model
     loads."""
-    from motionstreamer.cli import CLIError
     config = generation_config(args)
     try:
         config.validate()
@@ -159,13 +143,10 @@ def _generation(args, device, config):
     """(bundle, text encoder, GenerationConfig, description, backend factory or None) for the checked
     generation config `config`. With --onnx the bundle is the export's statistics and the factory
     builds onnxruntime backends of the batch's size."""
-    from motionstreamer.cli import CLIError
     if args.onnx:
         if args.checkpoint or args.dtype:
             raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
         try:
-            from motionstreamer.runtime.ort_backend import load_ort
-            from motionstreamer.models.text import TextEncoder
             stats, probe = load_ort(args.onnx, 1, config=config)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
@@ -183,8 +164,6 @@ def _generation(args, device, config):
                 backends[capacity] = load_ort(args.onnx, capacity, config=config)[1]
             return backends[capacity]
         return stats, text_encoder, config, desc, backend_for
-    from motionstreamer.runtime.engine import resolve_config
-    from motionstreamer.runtime.loading import load_models
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
         resolve_config(config, bundle.config)   # --head/--steps against the bundle (a student's step counts)
@@ -194,13 +173,6 @@ def _generation(args, device, config):
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
-    from motionstreamer.cli import CLIError, check_output, check_positive
-    from motionstreamer.eval import protocols as P
-    from motionstreamer.runtime.loading import resolve_device
-    from motionstreamer.utils import atomic_write_json
-
     check_positive(args, "repeats", "batch", "sampling_steps", "transition_length")
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
@@ -219,7 +191,6 @@ def cmd_evaluate(args) -> int:
     kw = {"repeats": args.repeats, "batch": args.batch, "seed": args.seed, "progress": progress}
     try:
         if args.protocol == "stream":
-            from motionstreamer.data.humanml3d import load_mean_std
             mean, std = load_mean_std(args.mean_std)
             cases = P.load_stream_cases(args.stream_data, args.split, mean=mean, std=std)
             bundle, text_encoder, gcfg, desc, factory = _generation(args, device, gen_cfg)
@@ -232,7 +203,10 @@ def cmd_evaluate(args) -> int:
             if args.protocol == "gt":
                 result = P.evaluate_gt(evaluator, evalset, **kw)
             elif args.protocol == "tae":
-                tae = _load_tae(args.tae, device)
+                try:
+                    tae = load_tae(args.tae, device)
+                except (ValueError, FileNotFoundError) as e:
+                    raise CLIError(f"--tae: {e}")
                 result = P.evaluate_tae(evaluator, tae, evalset, sample=not args.tae_mean, **kw)
                 result.info["tae"] = str(args.tae)
             else:
@@ -254,29 +228,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def parse_step_list(text: str, flag: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; a clear CLIError for anything else ('' -> [])."""
-    from motionstreamer.cli import CLIError
-
-    if not text.strip():
-        return []
-    try:
-        steps = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise CLIError(f"{flag} must be a comma-separated list of step counts, e.g. 1,2,4; got {text!r}")
-    if any(k < 1 for k in steps) or len(set(steps)) != len(steps):
-        raise CLIError(f"{flag} must list distinct positive step counts, got {text!r}")
-    return steps
-
-
 def cmd_evaluate_head(args) -> int:
-    import torch
-
-    from motionstreamer.cli import CLIError, check_positive
-    from motionstreamer.eval.head_quality import format_comparison, head_report
-    from motionstreamer.runtime.loading import load_models
-    from motionstreamer.utils import atomic_write_json
-
     check_positive(args, "conditions", "threads")
     if args.samples < 2:
         raise CLIError(f"--samples must be >= 2, got {args.samples}")

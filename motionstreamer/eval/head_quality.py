@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from motionstreamer.checkpoints import bundle_config_of
 from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import student_settings
 from motionstreamer.train.distill import teacher_forced_conditions
@@ -187,7 +188,7 @@ def head_report(bundle, text_encoder, data, latents, split: str = "test", condit
     emb = embed_captions(examples, text_encoder)
     pairs = teacher_forced_conditions(bundle.t2m, examples, emb, count=conditions, seed=seed)
     student = bundle.student
-    skip = bool((bundle.config or {}).get("sampler", {}).get("skip_terminal_step", False))
+    skip = bool(bundle_config_of(bundle).sampler.skip_terminal_step)
     if cfg_scale is None:
         cfg_scale = student.student_config.teacher_cfg_scale if student is not None else SamplerSettings.cfg_scale
     diff = bundle.t2m.diff_loss

@@ -28,14 +28,18 @@ outputs are bit-identical (tests/test_export_onnx.py runs them under qemu's Hasw
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from motionstreamer.checkpoints import bundle_config_of
 from motionstreamer.models.diffusion import SamplerSettings, sample_loop
 from motionstreamer.models.transformer import KVWriter, decode_mask
+from motionstreamer.utils import atomic_path, atomic_write_json
 
 OPSET = 17
 # 3: the head graphs' guidance input is cfg_scale (2: cfg; the onnxruntime engine reads both)
@@ -178,12 +182,10 @@ def _quantize_int8(path: Path, per_channel: bool) -> None:
     """Replace the fp32 graph at `path` by its int8 dynamic quantization (weights int8 in
     [-WEIGHT_QMAX, WEIGHT_QMAX], activations uint8 per call), atomically, checked. Conv stays fp32
     (see export_bundle)."""
-    import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from motionstreamer.utils import atomic_path
 
     model = _gemm_to_matmul(onnx.load(str(path)))
     level = logging.getLogger().level
@@ -217,11 +219,8 @@ class GraphSpec:
                 if "B" in shape}
 
     def export(self, out: Path) -> None:
-        import warnings
-
         import onnx
 
-        from motionstreamer.utils import atomic_path
 
         with atomic_path(out / self.file) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -290,7 +289,8 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tae, t2m = bundle.tae.float().cpu().eval(), bundle.t2m.float().cpu().eval()
-    skip = bool(bundle.config.get("sampler", {}).get("skip_terminal_step", False))
+    bundle_config = bundle_config_of(bundle)
+    skip = bool(bundle_config.sampler.skip_terminal_step)
     student = getattr(bundle, "student", None)
     if variants is None:
         variants = [("ddpm", 50), ("ddpm", 10)] + \
@@ -320,7 +320,7 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
     c = t2m.config
     manifest = {
         "format": "motionstreamer-onnx", "version": MANIFEST_VERSION, "opset": OPSET, "dtype": "float32",
-        "config": bundle.config, "text_encoder": bundle.text_encoder_name,
+        "config": bundle_config.to_dict(), "text_encoder": bundle_config.text_encoder,
         "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
         "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
         "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
@@ -336,7 +336,6 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
         "end_latent": bundle.end_latent.float().cpu().reshape(-1).tolist(),
         "graphs": {name: spec.manifest_entry() for name, spec in specs.items()},
     }
-    from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

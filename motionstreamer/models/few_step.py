@@ -25,7 +25,6 @@ from motionstreamer.config import current_keys
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, sample_loop
 
 HEAD_KIND = "few-step"
-STUDENT_FILE = "student_head.safetensors"
 
 
 def student_timesteps(top: int, steps: int) -> list[int]:

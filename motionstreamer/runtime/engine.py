@@ -25,8 +25,12 @@ from typing import Iterable
 
 import torch
 
+from motionstreamer.checkpoints import BundleConfig, bundle_config_of
 from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.models.few_step import StudentHeadConfig
 from motionstreamer.runtime import policy
+from motionstreamer.runtime.backend import TorchBackend
+from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
 
@@ -73,38 +77,32 @@ class GenerationConfig:
                                skip_terminal_step=bool(self.skip_terminal_step), head=self.head or "teacher")
 
 
-def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
-    """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
-    sampler = bundle_config.get("sampler", {})
-    if not isinstance(sampler, dict) or set(sampler) - {"skip_terminal_step", "head"} \
-            or not isinstance(sampler.get("skip_terminal_step", False), bool) \
-            or sampler.get("head", "teacher") not in ("teacher", "student"):
-        raise ValueError(f"the model's config.json: 'sampler' must be {{\"skip_terminal_step\": true|false, "
-                         f"\"head\": \"teacher\"|\"student\"}}, got {sampler!r}")
+ORIGINAL_END_THRESHOLD = 0.1   # the original t2m demo's distance to the end latent that ends an action
+
+
+def resolve_config(config: GenerationConfig, bundle_config: BundleConfig | None = None) -> GenerationConfig:
+    """Fill the fields left as None from the bundle's calibrated defaults (its config.json, typed),
+    else the original's."""
+    b = bundle_config or BundleConfig()
     skip = config.skip_terminal_step
     if skip is None:
-        skip = sampler.get("skip_terminal_step", False)
+        skip = bool(b.sampler.skip_terminal_step)
     thr = config.end_threshold
     if thr is None:
-        thr = bundle_config.get("end_threshold", 0.1)
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-            raise ValueError(f"the model's config.json: 'end_threshold' must be a finite number, got {thr!r}")
-    head, steps = student_choice(config.head or sampler.get("head", "teacher"), config.sampling_steps, bundle_config)
+        thr = ORIGINAL_END_THRESHOLD if b.end_threshold is None else b.end_threshold
+    head, steps = student_choice(config.head or b.sampler.head or "teacher", config.sampling_steps, b.student_head)
     return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,
                                sampling_steps=steps)
 
 
-def student_choice(head: str, steps: int | None, bundle_config: dict) -> tuple[str, int]:
-    """(head, sampling steps) for a bundle (resolve_config gives the head: the config's, else the
-    bundle's "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's
-    default count; a student's steps must be among the counts it supports (ValueError naming them)."""
-    from motionstreamer.models.few_step import StudentHeadConfig
-
+def student_choice(head: str, steps: int | None, student: StudentHeadConfig | None) -> tuple[str, int]:
+    """(head, sampling steps): steps None = 50 for the teacher, the student's default count; a student's
+    steps must be among the counts it supports (ValueError naming them). student: the bundle's
+    config.json "student_head", None when it has none."""
     if head != "student":
         return head, 50 if steps is None else steps
-    if "student_head" not in bundle_config:
+    if student is None:
         raise ValueError("this bundle has no few-step student head (make one with `motionstreamer distill-head`)")
-    student = StudentHeadConfig.from_dict(bundle_config["student_head"])
     return head, student.default_steps if steps is None else student.check_steps(steps)
 
 
@@ -159,15 +157,13 @@ class StreamingEngine:
     def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None,
                  cuda_graphs: bool = True):
-        self.config = resolve_config(config or GenerationConfig(), getattr(bundle, "config", None) or {})
+        self.config = resolve_config(config or GenerationConfig(), bundle_config_of(bundle))
         self.config.validate()
         self.settings = self.config.sampler_settings()
         self.rows = self.settings.condition_rows
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if backend is None:
-            from motionstreamer.runtime.backend import TorchBackend
-            from motionstreamer.runtime.cuda_graph import GraphedBackend
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend

@@ -56,6 +56,6 @@ def load_models(checkpoint: str | Path | None = None, device: str | None = None,
     dt = resolve_dtype(dtype, dev)
     bundle = load_bundle(path, device=dev, dtype=dt)
     text_encoder = TextEncoder.load(bundle.text_encoder_name, device=str(dev))
-    desc = bundle.config.get("description") or path.name
+    desc = bundle.config.description or path.name
     label = "embedded default model" if checkpoint is None else "checkpoint"
     return bundle, text_encoder, f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; {dev}, {str(dt).replace('torch.', '')})"

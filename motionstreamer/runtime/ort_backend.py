@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer import FRAMES_PER_LATENT
+from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
 from motionstreamer.models.diffusion import SamplerSettings
 from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows
+from motionstreamer.runtime.engine import resolve_config
+from motionstreamer.runtime.session import StreamingSession
 
 
 def make_session(path: Path, providers=None, threads: int | None = None):
@@ -137,30 +141,33 @@ class OrtBundle:
     mean: torch.Tensor
     std: torch.Tensor
     end_latent: torch.Tensor
-    text_encoder_name: str
-    config: dict            # the exported bundle's config (sampler defaults, end threshold)
-    frames_per_latent: int = 4
+    config: BundleConfig    # the exported bundle's config (sampler defaults, end threshold)
+    frames_per_latent: int = FRAMES_PER_LATENT
+
+    @property
+    def text_encoder_name(self) -> str:
+        return self.config.text_encoder
 
 
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
              config=None):
     """(statistics, backend) of an export; config (a GenerationConfig) sizes the KV cache for its
     condition rows (a student: one per stream), else for [cond; uncond]."""
+    manifest = read_manifest(directory)
+    bundle_config = BundleConfig.from_dict({"text_encoder": manifest["text_encoder"], **manifest.get("config", {})})
     rows = MAX_CONDITION_ROWS
     if config is not None:
-        from motionstreamer.runtime.engine import resolve_config
-        rows = resolve_config(config, read_manifest(directory).get("config", {})).sampler_settings().condition_rows
+        rows = resolve_config(config, bundle_config).sampler_settings().condition_rows
     backend = OrtBackend(directory, capacity, providers, threads, condition_rows=rows)
     m = backend.manifest
-    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"],
-                      m.get("config", {}), int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
+    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), bundle_config,
+                      int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
     return stats, backend
 
 
 def ort_session(directory: str | Path, text_encoder, config=None, seed: int | None = None, providers=None,
                 threads: int | None = None):
     """A StreamingSession whose models run in onnxruntime."""
-    from motionstreamer.runtime.session import StreamingSession
 
     stats, backend = load_ort(directory, 1, providers, threads, config)
     return StreamingSession(stats, text_encoder, config=config, seed=seed, backend=backend)

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from motionstreamer.checkpoints import BundleConfig
+from motionstreamer.models.diffusion import draw_sampling_noise
 from motionstreamer.runtime import policy
+from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 
 
 @dataclass
@@ -39,11 +42,9 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
 
     student: a bundle's few-step head (models.few_step.StudentHead), sampled when the config's head
     is "student" (plain module forward too; no unconditional forward then)."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
-    from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 
     resolved = resolve_config(config or GenerationConfig(),
-                         {"student_head": student.student_config.to_dict()} if student is not None else {})
+                              BundleConfig(student_head=student.student_config) if student is not None else None)
     settings = resolved.sampler_settings()
     head = student if settings.head == "student" else t2m.diff_loss
     block = t2m.config.block_size

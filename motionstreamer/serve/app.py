@@ -14,8 +14,10 @@ Run it with `motionstreamer serve` (uvicorn), mount it in another ASGI app, or d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -26,18 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
+import torch
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.config import current_keys
-from motionstreamer.runtime.engine import GenerationConfig, resolve_config
-from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG,
-                                           ENCODING, PROTOCOL_VERSION, Close, ProtocolError, Prompt, ServeLimits,
-                                           check_prompt_text, check_seconds, dumps, error, parse_client_message,
-                                           parse_stream_options)
+from motionstreamer.data.synth import ACTIONS, sample_params, verb_phrases
+from motionstreamer.io.bvh import JOINT_ORDER, bvh_text, hierarchy_text
+from motionstreamer.representation.features import recover_rotations
+from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, SMPL_OFFSETS_24
+from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
+from motionstreamer.runtime.loading import load_models
+from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART,
+                                           CLOSE_TOO_BIG, ENCODING, PROTOCOL_VERSION, Close, Prompt, ProtocolError,
+                                           ServeLimits, check_prompt_text, check_seconds, dumps, error,
+                                           parse_client_message, parse_stream_options)
+from motionstreamer.serve.scheduler import ServerFull, StreamScheduler
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -46,8 +57,6 @@ log = logging.getLogger("motionstreamer.serve")
 
 
 def is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host in LOOPBACK_HOSTS:
         return True
     try:
@@ -91,10 +100,10 @@ class ServeConfig:
             raise ValueError("token must be at least 8 characters")
         self.generation_config().validate()     # the head, the guidance scale and the sampler, before the model loads
 
-    def generation_config(self, bundle_config: dict | None = None) -> GenerationConfig:
+    def generation_config(self, bundle_config: BundleConfig | None = None) -> GenerationConfig:
         """The engine's settings; with the bundle's config they are resolved against it (its default head,
         a student's step counts: ValueError naming them)."""
-        head = self.head or ((bundle_config or {}).get("sampler", {}).get("head") or "teacher")
+        head = self.head or (bundle_config.sampler.head if bundle_config is not None else None) or "teacher"
         steps = self.sampling_steps
         if steps is None and head == "teacher":
             steps = SERVICE_TEACHER_STEPS
@@ -103,16 +112,14 @@ class ServeConfig:
         return gen if bundle_config is None else resolve_config(gen, bundle_config)
 
 
-def example_prompts(bundle_config: dict, embedded: bool) -> list[str]:
+def example_prompts(bundle_config: BundleConfig, embedded: bool) -> list[str]:
     """Prompts the loaded model knows: the bundle's own list, else the synthetic action vocabulary
     for the embedded model (data/synth.py, one canonical caption per action), else common
     HumanML3D-style prompts."""
-    if bundle_config.get("example_prompts"):
-        return [str(p) for p in bundle_config["example_prompts"]][:32]
-    if embedded or "synthetic" in str(bundle_config.get("description", "")):
-        import numpy as np
+    if bundle_config.example_prompts:
+        return [str(p) for p in bundle_config.example_prompts][:32]
+    if embedded or "synthetic" in bundle_config.description:
 
-        from motionstreamer.data.synth import ACTIONS, sample_params, verb_phrases
 
         rng = np.random.default_rng(0)
         out = []
@@ -155,14 +162,6 @@ class Service:
 
     # -------------------------------------------------------------- lifecycle
     def load(self) -> None:
-        import torch
-
-        from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
-        from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, SMPL_OFFSETS_24
-        from motionstreamer.runtime.engine import StreamingEngine
-        from motionstreamer.runtime.loading import load_models
-        from motionstreamer.serve.scheduler import StreamScheduler
-
         c = self.config
         if c.threads is not None or c.device == "cpu":
             torch.set_num_threads(c.threads or 1)
@@ -186,7 +185,7 @@ class Service:
                          "bvh_hierarchy": hierarchy_text(), "bvh_joint_order": list(JOINT_ORDER),
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
-            "example_prompts": example_prompts(bundle.config or {}, c.checkpoint is None),
+            "example_prompts": example_prompts(bundle.config, c.checkpoint is None),
         }
 
     async def start(self) -> None:
@@ -367,7 +366,6 @@ class Connection:
 
 def create_app(config: ServeConfig | None = None, **overrides):
     """The ASGI app. create_app(steps=10, token="...", limits=ServeLimits(max_streams=64), ...)."""
-    import dataclasses
 
     overrides = current_keys(overrides, ServeConfig.LEGACY_KEYS, "create_app", note=True)
     config = dataclasses.replace(config, **overrides) if config is not None else ServeConfig(**overrides)
@@ -454,7 +452,6 @@ def create_app(config: ServeConfig | None = None, **overrides):
             return JSONResponse({"error": f"body is not valid JSON: {str(e)[:120]}"}, status_code=400)
         except ProtocolError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
-        from motionstreamer.serve.scheduler import ServerFull
         try:
             fut = service.scheduler.generate(text, seconds, seed)
         except ServerFull as e:
@@ -466,16 +463,12 @@ def create_app(config: ServeConfig | None = None, **overrides):
         return await asyncio.to_thread(_generate_response, fmt, text, features, joints)
 
     def _generate_response(fmt, text, features, joints):
-        import numpy as np
-
         if fmt == "npy":
             buf = io.BytesIO()
             np.save(buf, features.astype(np.float32), allow_pickle=False)
             return Response(buf.getvalue(), media_type="application/octet-stream",
                             headers={"Content-Disposition": 'attachment; filename="motion.npy"'})
         if fmt == "bvh":
-            from motionstreamer.io.bvh import bvh_text
-            from motionstreamer.representation.features import recover_rotations
 
             rotations, translation = recover_rotations(features.astype(np.float64))
             return Response(bvh_text(rotations, translation, fps=FPS), media_type="text/plain",
@@ -485,8 +478,6 @@ def create_app(config: ServeConfig | None = None, **overrides):
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket):
-        from motionstreamer.serve.scheduler import ServerFull
-
         await ws.accept()
         why = service.refusal(ws.headers, ws.query_params, websocket=True)
         if why is not None:

@@ -18,8 +18,26 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
+from motionstreamer.checkpoints import (CheckpointError, add_student_head, ema_or_model_state, load_bundle,
+                                        load_state_dict_strict, load_tae, load_training_checkpoint, save_bundle)
+from motionstreamer.cli import CLIError, add_group, add_verb, check_positive, parse_step_list
+from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
+from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
+from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+from motionstreamer.runtime.loading import resolve_device
 from motionstreamer.runtime.sampler_args import add_sampler_args
-from motionstreamer.train.distill import DistillConfig
+from motionstreamer.train.common import check_run_dir, cleanup_distributed, load_config_file, parse_overrides
+from motionstreamer.train.distill import DistillConfig, distill_head
+from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
+from motionstreamer.train.stream import load_stream_examples
+from motionstreamer.train.t2m import (T2MTrainConfig, embed_captions, load_latent_examples, load_text_embeddings,
+                                      save_text_embeddings, train_t2m)
+from motionstreamer.train.tae import TAETrainConfig, encode_latents, reference_end_latent, train_tae
+from motionstreamer.utils import atomic_save_npy
 
 
 def _text_args(p: argparse.ArgumentParser) -> None:
@@ -45,8 +63,6 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_group, add_verb
-
     sub = add_group(subparsers, "train",
                     "Train on the CPU, one GPU, or many (torchrun --nproc_per_node N -m motionstreamer train ...). "
                     "Config: defaults <- --config <- --set.", "what", "<model>")
@@ -127,8 +143,6 @@ def register(subparsers) -> None:
 # ----------------------------------------------------------------------------- helpers
 def _config(cls, args, **flags):
     """The trainer config: defaults <- --config <- --set <- the verb's own flags (None: not given)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import check_run_dir, load_config_file, parse_overrides
 
     config = cls()
     flags = {"out_dir": args.out, "device": args.device, **flags}
@@ -153,23 +167,22 @@ def _say(msg: str) -> None:
 
 
 def _checkpoint(path: str, trainers: tuple) -> dict:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import load_checkpoint
-
     try:
-        ck = load_checkpoint(path)
+        return load_training_checkpoint(path, trainers)
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
-    if not isinstance(ck, dict) or ck.get("trainer") not in trainers:
-        got = ck.get("trainer") if isinstance(ck, dict) else None
-        raise CLIError(f"{path} is not a {' or '.join(trainers)} training checkpoint (trainer={got!r})")
-    return ck
+
+
+def _tae(path: str, device) -> torch.nn.Module:
+    """--tae: a bundle, a TAE training checkpoint or the released net_last.pth (checkpoints.load_tae)."""
+    try:
+        return load_tae(path, device)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--tae: {e}")
 
 
 def _run(train_fn):
     """Run a training call; turn config/data errors into CLI errors; close the process group."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import cleanup_distributed
 
     try:
         result = train_fn()
@@ -184,17 +197,11 @@ def _run(train_fn):
 
 
 def torch_seed(seed: int) -> None:
-    import torch
     torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- train
 def cmd_train_tae(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_motions
-    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-    from motionstreamer.train.tae import TAETrainConfig, train_tae
-
     config = _config(TAETrainConfig, args)
     try:
         motions = list(load_motions(args.data, "train", normalize=True).values())
@@ -218,8 +225,6 @@ def _captions_needed(examples) -> set:
 def text_embeddings_for(examples, encoder_name: str, cache: str | None):
     """Caption embeddings for the examples: from the cache file where present, the rest encoded
     (the encoder is loaded only then), the cache updated by the main process."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.t2m import embed_captions, load_text_embeddings, save_text_embeddings
 
     known = {}
     if cache and Path(cache).exists():
@@ -233,7 +238,6 @@ def text_embeddings_for(examples, encoder_name: str, cache: str | None):
     missing = _captions_needed(examples) - set(known)
     enc = None
     if missing:
-        from motionstreamer.models.text import TextEncoder
         try:
             enc = TextEncoder.load(encoder_name)
         except FileNotFoundError as e:
@@ -245,9 +249,6 @@ def text_embeddings_for(examples, encoder_name: str, cache: str | None):
 
 
 def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None):
-    from motionstreamer.cli import CLIError
-    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-
     if from_checkpoint is not None:
         config = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
     else:
@@ -259,11 +260,6 @@ def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None):
 
 
 def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
-    from motionstreamer.checkpoints import load_state_dict_strict
-    from motionstreamer.train.common import ema_or_model_state
-
-    from motionstreamer.cli import CLIError
-
     state = ema_or_model_state(ck) if ema else ck["model"]
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:
@@ -273,9 +269,6 @@ def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
 
 
 def cmd_train_t2m(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
-
     config = _config(T2MTrainConfig, args)
     try:
         examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents)
@@ -292,10 +285,6 @@ def cmd_train_t2m(args) -> int:
 
 
 def cmd_train_stream(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
-
     config = _config(T2MTrainConfig, args)
     try:
         examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents)
@@ -320,12 +309,12 @@ def cmd_train_stream(args) -> int:
 def cmd_encode_latents(args) -> int:
     """Encode every clip with a trained TAE into DIR/<clip>.npy of shape (L+1, 16): the SAMPLED z per clip
     (the decoder was trained on samples), then the reference end latent appended, as the original."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
-    from motionstreamer.train.tae import encode_latents, reference_end_latent
-    from motionstreamer.utils import atomic_save_npy
 
-    tae = load_tae(args.tae, args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e))
+    tae = _tae(args.tae, device)
     try:
         motions = {}
         if args.all_files:
@@ -351,37 +340,9 @@ def cmd_encode_latents(args) -> int:
     return 0
 
 
-def load_tae(path: str, device: str = "auto"):
-    """A TAE from a model bundle dir or a TAE training checkpoint (EMA weights when present)."""
-    from motionstreamer.checkpoints import load_state_dict_strict
-    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-    from motionstreamer.runtime.loading import resolve_device
-    from motionstreamer.train.common import ema_or_model_state
-
-    dev = resolve_device(device)
-    p = Path(path)
-    if p.is_dir():
-        from motionstreamer.checkpoints import load_bundle
-        return load_bundle(p, device=dev).tae.eval()
-    from motionstreamer.cli import CLIError
-
-    ck = _checkpoint(str(p), ("tae",))
-    tae = CausalHumanTAE(TAEConfig.from_dict(ck["config"]["tae"]))
-    state = ema_or_model_state(ck)
-    try:
-        load_state_dict_strict(tae, {k[len("tae."):]: v for k, v in state.items() if k.startswith("tae.")}, str(p))
-    except ValueError as e:
-        raise CLIError(str(e))
-    return tae.to(dev).eval()
-
-
 def cmd_make_bundle(args) -> int:
     """Combine a TAE and a text-to-motion (or streaming) training checkpoint (EMA weights when present)
     with the dataset's Mean/Std into a safetensors model bundle."""
-    from motionstreamer.checkpoints import save_bundle
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_mean_std
-    from motionstreamer.train.tae import reference_end_latent
 
     if not (args.data or args.mean_std):
         raise CLIError("give --data (its mean_std/ folder) or --mean-std")
@@ -389,9 +350,8 @@ def cmd_make_bundle(args) -> int:
         mean, std = load_mean_std(args.mean_std or Path(args.data) / "mean_std")
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    tae = load_tae(args.tae, "cpu")
+    tae = _tae(args.tae, "cpu")
     ck = _checkpoint(args.t2m, ("t2m", "stream"))
-    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
     model = TextToMotionModel(T2MConfig.from_dict(ck["config"]["t2m"]))
     _load_t2m_weights(model, ck, args.t2m, ema=not args.no_ema)
     text_encoder = ck["config"].get("text_encoder", "minilm")
@@ -407,9 +367,6 @@ def cmd_train_evaluator(args) -> int:
     """Train the text/motion evaluator (TMR losses, frozen text backbone) on a HumanML3D-272 layout folder;
     writes OUT/checkpoint_last.pt (resumable) and OUT/evaluator/ (safetensors + config.json) every
     --save-every steps."""
-    from motionstreamer.cli import CLIError, check_positive
-    from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
-    from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
     check_positive(args, "epochs", "batch_size", "save_every")
     config = _config(EvaluatorTrainConfig, args, epochs=args.epochs, batch_size=args.batch_size,
@@ -438,12 +395,6 @@ def cmd_distill_head(args) -> int:
     conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing).
     Writes NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and
     numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs."""
-    from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle
-    from motionstreamer.cli import CLIError
-    from motionstreamer.eval.commands import parse_step_list
-    from motionstreamer.train.distill import DistillConfig, distill_head
-    from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import load_latent_examples
 
     out = Path(args.out)
     steps = None if args.student_steps is None else parse_step_list(args.student_steps, "--student-steps")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.config import ConfigDict, current_keys
 from motionstreamer.utils import atomic_torch_save, atomic_write_json
 
@@ -272,13 +273,6 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read training checkpoint {path}: {e}") from e
-
-
 # What a training run leaves in its folder (train-evaluator also writes evaluator/): a folder holding
 # any of them is a run, continued with --resume or replaced with --overwrite, never silently mixed.
 RUN_FILES = (CHECKPOINT_NAME, "config.json", "log.jsonl", "tb", "evaluator")
@@ -388,7 +382,7 @@ class _RunLog:
 
 def _restore(resume, name: str, model, opt, sched, ema, rank: int, data_gen: torch.Generator) -> int:
     """Load a checkpoint_last.pt into the run; returns its step."""
-    ck = load_checkpoint(resume)
+    ck = load_training_checkpoint(resume)
     if ck.get("trainer") != name:
         raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
     try:
@@ -515,10 +509,3 @@ def train_loop(model: torch.nn.Module, config: TrainConfig, sample_batch: Callab
     return TrainResult(step, losses, rate, ckpt, step_times)
 
 
-def ema_or_model_state(checkpoint: dict) -> dict:
-    """Weights to export from a training checkpoint: the EMA shadow when present."""
-    if "ema" in checkpoint:
-        state = dict(checkpoint["model"])
-        state.update({k: v.to(state[k].dtype) for k, v in checkpoint["ema"].items()})
-        return state
-    return checkpoint["model"]

@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.checkpoints import bundle_config_of, ema_or_model_state, load_training_checkpoint
+from motionstreamer.models.diffusion import GaussianDiffusion, SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, teacher_top_timestep
-from motionstreamer.train.common import TrainConfig
+from motionstreamer.train.common import Dist, TrainConfig, setup_distributed, train_loop
+from motionstreamer.utils import atomic_torch_save
 
 METHOD = "energy-score distillation of the guided ancestral sampler (motionstreamer.train.distill)"
 
@@ -105,7 +109,6 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scal
     rows sharing their noise) for each [cond, uncond] pair (N, 2, E) -> (N, per_condition, latent),
     on the CPU in float32. Chunk j of conditions draws from its own generator (seed, j) in process
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
-    import torch.distributed as dist
 
 
     p = next(diff_loss.parameters())
@@ -192,8 +195,6 @@ class EnergyDistillObjective(torch.nn.Module):
         return total, logs
 
     def guidance_loss(self, batch: dict):
-        from motionstreamer.models.diffusion import GaussianDiffusion
-
         w = self.student.net.final_layer.linear.weight
         cond, uncond = batch["cond"].to(w.device, w.dtype), batch["uncond"].to(w.device, w.dtype)
         target = batch["target"].to(w.device, w.dtype)
@@ -277,15 +278,13 @@ class TeacherBank:
         return {"cond": self.pairs[idx, 0], "uncond": self.pairs[idx, 1], "target": self.samples[idx]}
 
     def save(self, path) -> None:
-        from motionstreamer.utils import atomic_torch_save
         atomic_torch_save(path, {"format": BANK_FORMAT, "pairs": self.pairs, "samples": self.samples,
                                  "meta": self.meta})
 
     @classmethod
     def load(cls, path, meta: dict) -> "TeacherBank | None":
         """The bank saved at path when it was built with the same `meta`, else None."""
-        from motionstreamer.train.common import load_checkpoint
-        d = load_checkpoint(path)
+        d = load_training_checkpoint(path)
         if not isinstance(d, dict) or d.get("format") != BANK_FORMAT or d.get("meta") != meta:
             return None
         return cls(d["pairs"], d["samples"], meta)
@@ -309,7 +308,7 @@ def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> S
 def teacher_skip_terminal_step(config: DistillConfig, bundle) -> bool:
     if config.skip_terminal_step is not None:
         return config.skip_terminal_step
-    return bool((bundle.config or {}).get("sampler", {}).get("skip_terminal_step", False))
+    return bool(bundle_config_of(bundle).sampler.skip_terminal_step)
 
 
 def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig, resume=None, stop_after=None,
@@ -317,9 +316,7 @@ def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig,
     """Train a student head for a loaded teacher bundle. Returns (student, TrainResult); in the main
     process the student holds the EMA weights when EMA is on (what a bundle should get). The bank
     (conditions + teacher samples) is cached in config.out_dir and reused by a resumed run."""
-    from pathlib import Path
 
-    from motionstreamer.train.common import Dist, ema_or_model_state, load_checkpoint, setup_distributed, train_loop
 
     env: Dist = setup_distributed(config.device)
     t2m = bundle.t2m.to(env.device, torch.float32).eval()
@@ -347,6 +344,6 @@ def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig,
                      extra_config={"student_head": scfg.to_dict(), "head": t2m.config.head.to_dict(),
                                    "teacher": teacher_name, "bank": {k: v for k, v in meta.items()}})
     if config.ema_decay and res.checkpoint is not None and env.is_main:   # the main process writes the checkpoint
-        state = ema_or_model_state(load_checkpoint(res.checkpoint))
+        state = ema_or_model_state(load_training_checkpoint(res.checkpoint))
         student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
     return student.cpu().eval(), res

@@ -26,10 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from motionstreamer.checkpoints import load_training_checkpoint
+from motionstreamer.data.humanml3d import HumanML3D272Dataset
 from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
-from motionstreamer.train.common import CHECKPOINT_NAME, TrainConfig, TrainResult, load_checkpoint, train_loop
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.train.common import CHECKPOINT_NAME, TrainConfig, TrainResult, check_run_dir, train_loop
 
 TRAINER_NAME = "evaluator"
 
@@ -139,7 +144,6 @@ class CaptionFeatureCache:
         self.features: list[torch.Tensor | None] = [None] * len(self.index)
         it = range(0, len(order), batch)
         if progress:
-            from tqdm import tqdm
             it = tqdm(it, desc="text backbone features", dynamic_ncols=True)
         for s in it:
             chunk = order[s:s + batch]
@@ -160,7 +164,6 @@ class CaptionFeatureCache:
 
 def caption_similarities(captions: list[str], encoder_name: str) -> tuple[dict, torch.Tensor]:
     """{caption: row} and unit-norm sentence embeddings (rows) for the near-duplicate filter."""
-    from motionstreamer.models.text import TextEncoder
     enc = TextEncoder.load(encoder_name, device="cpu")
     uniq = list(dict.fromkeys(captions))
     emb = torch.cat([enc.encode(uniq[i:i + 256]) for i in range(0, len(uniq), 256)]).float()
@@ -189,7 +192,6 @@ class EpochSampler:
 
 
 def _rank() -> int:
-    import torch.distributed as dist
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -234,14 +236,12 @@ def train_evaluator(data_dir: str | Path, config: EvaluatorTrainConfig, model_co
     """Train; every `save_every` steps and at the end: out_dir/checkpoint_last.pt (full training state,
     for --resume) and out_dir/evaluator/{evaluator.safetensors, config.json} (the model). An out_dir
     holding another run is refused unless overwrite=True (train.common.check_run_dir)."""
-    from motionstreamer.data.humanml3d import HumanML3D272Dataset
-    from motionstreamer.train.common import check_run_dir
 
     out_dir = Path(config.out_dir)
     check_run_dir(out_dir, resume, overwrite)     # before the dataset and caption features are built
     start_step = 0
     if resume:
-        ck = load_checkpoint(resume)
+        ck = load_training_checkpoint(resume)
         if ck.get("trainer") != TRAINER_NAME:
             raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not an evaluator one")
         model_config = EvaluatorConfig.from_dict(ck["config"]["evaluator"])
