@@ -18,8 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pygltflib as g
 
+from motionstreamer import __version__
+from motionstreamer.representation.ik import rest_positions
+from motionstreamer.representation.rotation import matrix_to_quaternion
 from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS_24
+from motionstreamer.utils import atomic_write_bytes
 
 # Capsule radius (m, for a 1.7 m body; scaled with the skeleton) of the bone ending at each joint.
 BONE_RADIUS = {1: 0.065, 2: 0.065, 3: 0.085, 4: 0.06, 5: 0.06, 6: 0.09, 7: 0.045, 8: 0.045, 9: 0.09,
@@ -68,7 +73,6 @@ def _capsule(p0, p1, radius: float, axis=None, segments: int = 12, rings: int = 
 
 def body_mesh(rest: np.ndarray, names) -> dict:
     """Capsule body in the rest pose: {material index: (positions, normals, joints, triangles)}."""
-    from motionstreamer.representation.ik import rest_positions
 
     pos = rest_positions(rest)
     scale = (pos[:, 1].max() - pos[:, 1].min() + HEAD_RADIUS) / REFERENCE_HEIGHT
@@ -95,7 +99,6 @@ def body_mesh(rest: np.ndarray, names) -> dict:
 
 def _quaternions_xyzw(rotations: np.ndarray) -> np.ndarray:
     """(T, J, 3, 3) -> (T, J, 4) unit quaternions (x, y, z, w), sign-continuous over time."""
-    from motionstreamer.representation.rotation import matrix_to_quaternion
 
     q = matrix_to_quaternion(np.ascontiguousarray(rotations))[..., [1, 2, 3, 0]]
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
@@ -111,8 +114,6 @@ class _Blob:
         self.gltf, self.data = gltf, bytearray()
 
     def add(self, array: np.ndarray, kind: str, component: int, target=None, minmax: bool = False) -> int:
-        import pygltflib as g
-
         while len(self.data) % 4:
             self.data += b"\0"
         raw = np.ascontiguousarray(array).tobytes()
@@ -129,9 +130,7 @@ class _Blob:
 
 def glb_bytes(rig, body: bool = True) -> bytes:
     """The rig (io.rig.Rig) as a binary glTF 2.0 file."""
-    import pygltflib as g
 
-    from motionstreamer import __version__
 
     T, J = len(rig.root), len(PARENTS_24)
     gltf = g.GLTF2(asset=g.Asset(version="2.0", generator=f"motionstreamer {__version__}"))
@@ -142,7 +141,6 @@ def glb_bytes(rig, body: bool = True) -> bytes:
                                  children=kids or None))
     roots = [0]
     if body:
-        from motionstreamer.representation.ik import rest_positions
 
         rest = rest_positions(rig.offsets)
         ibm = np.tile(np.eye(4, dtype=np.float32), (J, 1, 1))
@@ -194,7 +192,6 @@ def glb_bytes(rig, body: bool = True) -> bytes:
 
 def write_glb(path: str | Path, rig, body: bool = True) -> Path:
     """Write the rig as a .glb file (atomically); returns the path."""
-    from motionstreamer.utils import atomic_write_bytes
 
     for name, a in (("rotations", rig.rotations), ("root positions", rig.root)):
         if not np.all(np.isfinite(a)):

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.config import ConfigDict, current_keys
-from motionstreamer.utils import atomic_torch_save, atomic_write_json
+from motionstreamer.utils import atomic_path, atomic_write_json
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
@@ -164,6 +164,12 @@ def parse_overrides(items: list[str], config_cls) -> dict:
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+def atomic_torch_save(path: str | os.PathLike, obj) -> None:
+    """torch.save, atomically (a crash leaves the old file or none)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ----------------------------------------------------------------------------- distributed

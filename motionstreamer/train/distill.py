@@ -38,8 +38,7 @@ import torch.distributed as dist
 from motionstreamer.checkpoints import bundle_config_of, ema_or_model_state, load_training_checkpoint
 from motionstreamer.models.diffusion import GaussianDiffusion, SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, teacher_top_timestep
-from motionstreamer.train.common import Dist, TrainConfig, setup_distributed, train_loop
-from motionstreamer.utils import atomic_torch_save
+from motionstreamer.train.common import Dist, TrainConfig, atomic_torch_save, setup_distributed, train_loop
 
 METHOD = "energy-score distillation of the guided ancestral sampler (motionstreamer.train.distill)"
 

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.data.humanml3d import read_split, read_text_file
+from motionstreamer.train.common import TrainConfig, atomic_torch_save, train_loop
 from motionstreamer.utils import load_npy
 
 
@@ -208,14 +210,14 @@ class TwoForwardObjective(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- loading latents
 def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: str = "train",
-                         max_latents: int = 78, fps: int = 30, unit_length: int = 4) -> list[LatentExample]:
+                         max_latents: int = 78, fps: int = FPS,
+                         unit_length: int = FRAMES_PER_LATENT) -> list[LatentExample]:
     """Read per-clip latents written by `encode-latents` and the captions of a HumanML3D-272 layout.
 
     A clip's whole-clip captions (start = end = 0) make one example; one of them is drawn per sample,
     as the original draws a random caption of the clip. Each sub-caption (start/end seconds) is its own
     example, its latents cropped at int(sec*fps/unit_length) as the original.
     """
-    from motionstreamer.data.humanml3d import read_split, read_text_file
 
     latent_dir, data_root = Path(latent_dir), Path(data_root)
     examples = []
@@ -268,7 +270,6 @@ TEXT_CACHE_FORMAT = "motionstreamer-text-embeddings"
 
 def save_text_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor], encoder: str) -> None:
     """One file of caption embeddings (loads with torch.load(weights_only=True)), written atomically."""
-    from motionstreamer.utils import atomic_torch_save
 
     caps = sorted(embeddings)
     atomic_torch_save(path, {"format": TEXT_CACHE_FORMAT, "encoder": encoder, "captions": caps,
