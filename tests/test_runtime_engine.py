@@ -148,7 +148,8 @@ def test_new_prompt_takes_effect_at_the_next_latent(models):
     session.push_text("a person turns left")       # mid-stream, not queued behind the running action
     chunks += [session.step() for _ in range(4)]
     assert [c.prompt for c in chunks] == ["a person walks forward"] * 5 + ["a person turns left"] * 4
-    assert [(e.kind, e.latent_index) for e in session.events] == [("prompt_change", 5)]
+    # the first prompt and the change, each at the latent it takes effect
+    assert [(e.kind, e.latent_index) for e in session.events] == [("prompt_change", 0), ("prompt_change", 5)]
     ref = reference_latents(models, text, [("a person walks forward", 5), ("a person turns left", 4)], 7, config)
     assert_latents_close(torch.stack([c.latent for c in chunks]), ref.latents, LATENT_RTOL)
 

@@ -360,7 +360,7 @@ def test_bad_query_parameter(server):
 def test_slow_client_is_dropped_with_a_reason():
     """The bound on what a client that does not read can make the server hold: a Connection whose socket
     never drains is dropped (1008, reason) once its queue holds max_backlog messages."""
-    from motionstreamer.serve.app import Connection, ServeConfig, Service
+    from motionstreamer.serve.service import Connection, ServeConfig, Service
 
     service = Service(ServeConfig(limits=ServeLimits(max_backlog=4)))
 

@@ -218,8 +218,8 @@ class StreamingEngine:
         return sid
 
     def push_text(self, stream_id: int, prompt: str, max_latents: int | None = None,
-                  after_current: bool = False) -> None:
-        """Queue a prompt for a stream.
+                  after_current: bool = False) -> str:
+        """Queue a prompt for a stream; returns it as queued (runtime.policy.check_prompt's form).
 
         By default it takes effect at the stream's next latent. With after_current=True it waits
         until the current action ends (end latent reached, or its max_latents budget used up).
@@ -232,7 +232,11 @@ class StreamingEngine:
             raise ValueError(f"max_latents must be an integer >= 1, got {max_latents!r}")
         s.queue.append((prompt, self._embed(prompt), max_latents, after_current))
         s.finished = False
+        return prompt
 
+    def queue(self, stream_id: int) -> list[str]:
+        """The prompts a stream has queued, in the order they will run."""
+        return [prompt for prompt, *_ in self._get(stream_id).queue]
     def close(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
         if s is not None:
@@ -314,8 +318,8 @@ class StreamingEngine:
         budget_used = s.action_budget is not None and s.action_latents >= s.action_budget
         if s.queue and (force or s.prompt is None or budget_used or not s.queue[0][3]):
             prompt, emb, budget, _ = s.queue.popleft()
-            if s.prompt is not None:
-                self.events.append(StreamEvent(s.stream_id, "prompt_change", s.latents_emitted, prompt))
+            # the first prompt too: the stream's prompt changes from none to it
+            self.events.append(StreamEvent(s.stream_id, "prompt_change", s.latents_emitted, prompt))
             s.prompt, s.text_emb, s.action_budget = prompt, emb, budget
             s.needs_prefill, s.action_latents = True, 0
         elif budget_used:

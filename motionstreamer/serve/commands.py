@@ -9,8 +9,9 @@ from motionstreamer.checkpoints import read_bundle_config
 from motionstreamer.cli import CLIError, add_verb
 from motionstreamer.runtime.loading import default_model_dir
 from motionstreamer.runtime.sampler_args import add_sampler_args
-from motionstreamer.serve.app import SERVICE_TEACHER_STEPS, ServeConfig, create_app, is_loopback
+from motionstreamer.serve.app import create_app
 from motionstreamer.serve.protocol import ServeLimits
+from motionstreamer.serve.service import SERVICE_TEACHER_STEPS, ServeConfig, is_loopback
 
 TOKEN_ENV = "MOTIONSTREAMER_TOKEN"
 

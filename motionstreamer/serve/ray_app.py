@@ -102,7 +102,7 @@ def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_re
     """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until Ctrl-C."""
     import ray
 
-    from motionstreamer.serve.app import is_loopback
+    from motionstreamer.serve.service import is_loopback
 
     if address is None:
         if is_loopback(host):
