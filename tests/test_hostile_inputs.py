@@ -254,13 +254,15 @@ def test_live_stdin_survives_undecodable_and_huge_lines(tmp_path, monkeypatch, c
 
     def feed():   # a writer thread: the pipe holds 64 KB, the long line is longer
         with os.fdopen(w, "wb") as f:
-            f.write(b"\xff\xfe\n" + b"y" * 100_000 + b"\na person walks\n")
+            f.write(b"\xff\xfe\n" + b"y" * 100_000 + b"\na person \x1b[31mjumps\na person walks\n")
     threading.Thread(target=feed, daemon=True).start()
     monkeypatch.setattr(sys, "stdin", os.fdopen(r, "r"))
     code, _, err = run_cli(["stream", "--stdin", *out(tmp_path, "live"), "--max-seconds", "1", "--sampling-steps", "2"],
                            capsys)
     assert code == 0, err
     assert "not UTF-8" in err and "longer than" in err and "prompt queued: 'a person walks'" in err
+    assert "ignored prompt: prompt contains a control character (U+001B at position 9)" in err
+    assert "\x1b" not in err                                    # never echoed to the terminal
     assert np.load(tmp_path / "live.npy").shape == (32, 272)
 
 
@@ -513,6 +515,50 @@ def test_api_durations_must_be_finite():
         with pytest.raises(ValueError, match="duration must be a finite number of seconds > 0"):
             seconds_to_latents(bad)
     assert seconds_to_latents(np.float32(2.0)) == 15
+
+
+# control characters among ordinary text: (what, prompt); the first control's code point and position are
+# found here by hand, independently of the check
+CONTROL_PROMPTS = [("NUL", "a person\x00 walks"), ("an ESC colour sequence", "a person \x1b[31mwalks\x1b[0m"),
+                   ("C1 CSI", "a person \x9b31m walks"), ("BEL", "a person walks\x07"), ("DEL", "walk\x7f forward"),
+                   ("file separator (Python whitespace)", "walk\x1cforward"), ("NEL (Python whitespace)", "walk\x85on"),
+                   ("one control after 900 good characters", "walk " * 180 + "\x00")]
+
+
+@pytest.mark.parametrize("what,prompt", CONTROL_PROMPTS, ids=[w for w, _ in CONTROL_PROMPTS])
+def test_prompts_with_control_characters_are_refused(what, prompt):
+    from motionstreamer.runtime.policy import check_prompt
+
+    first = next(i for i, ch in enumerate(prompt) if ord(ch) < 0x20 and ch not in "\t\n\r\v\f" or 0x7F <= ord(ch) <= 0x9F)
+    with pytest.raises(ValueError, match=rf"control character \(U\+{ord(prompt[first]):04X} at position {first}\)"):
+        check_prompt(prompt)
+
+
+def test_ordinary_whitespace_and_non_ascii_text_are_kept():
+    from motionstreamer.runtime.policy import check_prompt
+
+    assert check_prompt(" a\tperson\r\n walks\x0b\x0cforward ") == "a person walks forward"
+    assert check_prompt("une personne marche à gauche 走路 🚶\u200d") == "une personne marche à gauche 走路 🚶\u200d"
+
+
+def test_control_characters_are_refused_at_every_entry_point(engine_parts, tmp_path, capsys):
+    """The engine (add_stream, push_text), the CLI's prompt arguments; the live stdin and the service's
+    are in test_live_stdin_survives_undecodable_and_huge_lines and tests/test_serve_protocol.py."""
+    from motionstreamer.runtime.engine import StreamingEngine
+
+    bundle, encoder = engine_parts
+    engine = StreamingEngine(bundle, encoder, capacity=1)
+    with pytest.raises(ValueError, match="control character"):
+        engine.add_stream("a person \x1b[31mwalks", seed=0)
+    sid = engine.add_stream("a person walks", seed=0)            # the refused stream left no slot taken
+    with pytest.raises(ValueError, match="control character"):
+        engine.push_text(sid, "a person\x00jumps")
+    assert engine.queue(sid) == ["a person walks"]
+    for argv in (["generate", "a person \x1b[2Jwalks"], ["stream", "--prompt", "a person walks\x07@2"]):
+        code, _, err = run_cli([*argv, *out(tmp_path), *FAST], capsys)
+        assert_clear_error(code, err, "control character")
+        assert "\x1b" not in err and "\x07" not in err
+    assert outputs(tmp_path) == []
 
 
 def test_api_push_text_duration_inf_and_bad_prompts(engine_parts):

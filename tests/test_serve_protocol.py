@@ -156,6 +156,34 @@ def test_bad_messages_get_errors_and_the_stream_keeps_running(server):
     assert m["latent"] > more[-1]["latent"]
 
 
+def test_prompts_with_control_characters_are_refused_never_echoed(server):
+    """A NUL, a terminal escape sequence or a C1 control in a prompt: a bad_prompt error naming it, nothing
+    echoed back (no ack, no event, no frames with it), the stream goes on; POST /v1/generate: 400."""
+    bad = ["a person\x00 walks", "a person \x1b[31mwalks\x1b[0m", "a person \x9b2J walks"]
+
+    async def go():
+        async with websockets.connect(server.ws + "?seed=4") as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "prompt", "text": "a person jogs forward"}))
+            await frames(ws, 1)
+            seen, errors = [], []
+            for b in bad:
+                await ws.send(json.dumps({"type": "prompt", "text": b}))
+                errors.append(await recv_until(ws, lambda m: m["type"] == "error", keep=seen))
+            seen += await frames(ws, 3)
+            return errors, seen
+
+    errors, seen = run(go())
+    assert [e["code"] for e in errors] == ["bad_prompt"] * 3
+    assert all("control character" in e["message"] for e in errors)
+    raw = json.dumps(seen)
+    assert not any(x in raw for x in ("\\u0000", "\\u001b", "\\u009b")) and "ack" not in {m["type"] for m in seen}
+    assert {m["prompt"] for m in seen if m["type"] == "frames"} == {"a person jogs forward"}
+    for b in bad:
+        st, body, _ = http_post(server.http + "/v1/generate", json.dumps({"text": b, "seconds": 1}).encode())
+        assert st == 400 and b"control character" in body
+
+
 def test_rate_limit_answers_and_keeps_the_connection(server):
     async def go():
         async with websockets.connect(server.ws) as ws:

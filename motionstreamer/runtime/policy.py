@@ -5,10 +5,12 @@ tests/test_runtime_engine.py checks the engine's slide against a full forward, i
 from __future__ import annotations
 
 import numbers
+import unicodedata
 
 import torch
 
 MAX_PROMPT_CHARS = 1000
+WHITESPACE_CONTROLS = "\t\n\v\f\r"    # the control characters a prompt may hold: they collapse to spaces
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)    # what torch.Generator.manual_seed takes
 # the service's seeds: what every client can hold as a signed 64-bit integer (and echo back unchanged)
 SERVICE_SEED_RANGE = (0, 2 ** 63 - 1)
@@ -16,7 +18,11 @@ SERVICE_SEED_RANGE = (0, 2 ** 63 - 1)
 
 def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
     """The prompt with its whitespace collapsed; TypeError / ValueError naming what is wrong. max_chars:
-    a caller's tighter bound (the service's limit), at most MAX_PROMPT_CHARS."""
+    a caller's tighter bound (the service's limit), at most MAX_PROMPT_CHARS.
+
+    Control characters (C0, DEL, C1: NUL, ESC of a terminal escape sequence, BEL, ...) are refused, not
+    stripped: a prompt is plain text, and what follows an ESC would be left as garbage. Tab, newline,
+    carriage return, vertical tab and form feed are ordinary whitespace and collapse to one space."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     try:
@@ -25,6 +31,10 @@ def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
         bad = prompt[e.start]
         what = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
         raise ValueError(f"prompt {prompt!r} is not valid UTF-8 text ({what} at position {e.start})") from None
+    for i, ch in enumerate(prompt):
+        if unicodedata.category(ch) == "Cc" and ch not in WHITESPACE_CONTROLS:
+            raise ValueError(f"prompt contains a control character (U+{ord(ch):04X} at position {i}); send plain "
+                             "text")
     prompt = " ".join(prompt.split())
     if not prompt:
         raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")

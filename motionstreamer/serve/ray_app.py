@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves the machine
 
@@ -97,9 +99,29 @@ def build_app(args: dict):
     return build(ServeConfig(**args, limits=limits), **scale)
 
 
+def _cluster_alive(started: bool, grace_s: float = 1.0) -> bool:
+    """Whether the Ray processes this driver started are still up, once they have had `grace_s` to go: a
+    SIGTERM to the whole process group (systemd's default, timeout(1)) stops them with the driver, and
+    then Serve cannot be asked anything (the driver would wait a minute for the GCS). A cluster this
+    driver joined is someone else's: assumed up."""
+    if not started:
+        return True
+    time.sleep(grace_s)
+    try:
+        from ray._private import worker   # no public API says whether the local node's processes live
+        return not worker._global_node.dead_processes()
+    except Exception:
+        return True
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT while `serve --ray` blocks: leave the blocking call and shut Serve down."""
+
+
 def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_replicas: int | None = None,
             gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, address: str | None = None) -> int:
-    """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until Ctrl-C."""
+    """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until SIGINT or SIGTERM, then shut
+    Serve and Ray down and say so in one line."""
     import ray
 
     from motionstreamer.serve.service import is_loopback
@@ -115,11 +137,27 @@ def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_re
     print(f"motionstreamer serve --ray: http://{host}:{port}/ ({replicas}"
           f"{f'-{max_replicas}' if max_replicas else ''} replicas, {config.limits.max_streams} streams each)",
           flush=True)
+    received = []
+
+    def stop(signum, frame):
+        received.append(signal.Signals(signum).name)
+        if len(received) == 1:      # the first one stops; more while shutting down are not a reason to dump
+            raise _Stop
+
+    # after ray.init: Ray's native fault handler holds SIGTERM in this process and answers it with a
+    # stack dump; this handler replaces it
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
     try:
         serve.run(app, name="motionstreamer", route_prefix="/", blocking=True)
-    except KeyboardInterrupt:
+    except (_Stop, KeyboardInterrupt):
         pass
     finally:
-        serve.shutdown()
+        if _cluster_alive(started=address is None):
+            try:    # the application first: serve.shutdown alone waits out its controller's 30 s timeout
+                serve.delete("motionstreamer")
+            finally:
+                serve.shutdown()
         ray.shutdown()
+    print(f"motionstreamer serve --ray: {received[0] if received else 'stopped'}: Serve shut down", flush=True)
     return 0
