@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motionstreamer.models.sampling import sample_loop
+
 from ._common import HAS_TRITON, check_dtype, next_pow2, require_usable
 from .adaln_layernorm import adaln_modulate_layernorm
 from .silu import bias_silu
@@ -115,8 +117,6 @@ def head_sample_loop_reference(weights: HeadWeights, mods: dict, x_T, step_noise
     mods {"blocks": (depth, S, N, 3, W), "final": (S, N, 2, W)}; N = 2B rows [cond; uncond] when
     cfg_scale is not None (both halves start from the same x), else B. x_T (B, L); step_noise (S, B, L);
     coefs (S, 6) from GaussianDiffusion.step_coefficients."""
-    from motionstreamer.models.diffusion import sample_loop
-
     return sample_loop(lambda x, i: head_step_reference(x, weights, mods["blocks"][:, i], mods["final"][i]),
                        x_T, coefs, step_noise, cfg_scale, temperature)
 

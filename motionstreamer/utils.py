@@ -12,14 +12,17 @@ from typing import Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:   # Windows: no advisory locks
+    fcntl = None
+
 
 def _try_lock(fd: int) -> bool:
     """Take an exclusive advisory lock on an open file without waiting; False if another process
     holds it. The kernel drops a lock when its process dies, even by SIGKILL. Without fcntl (Windows)
     nothing is locked and False is returned, so nothing is ever taken for stale there."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,7 +20,8 @@ from motionstreamer.eval.head_quality import (
     sliced_wasserstein,
     teacher_sampler,
 )
-from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
+from motionstreamer.models.diffusion import DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.few_step import (
     StudentHead,
     StudentHeadConfig,
@@ -241,7 +242,7 @@ def test_teacher_bank_is_the_runtime_sampler_and_chunk_independent(tiny):
     a = teacher_samples(t2m.diff_loss, pairs, 3, 4.0, 50, True, seed=0, chunk=4)
     assert a.shape == (6, 3, 16) and torch.isfinite(a).all()
     # the first chunk is exactly the guided sampler on [cond; uncond] with its generator's noise
-    from motionstreamer.models.diffusion import draw_sampling_noise
+    from motionstreamer.models.sampling import draw_sampling_noise
     gen = torch.Generator().manual_seed(0)
     c = pairs[:4]
     noise = draw_sampling_noise(gen, 12, 49, 16)

@@ -15,7 +15,7 @@ from fakes import FakeTextEncoder
 
 from motionstreamer.checkpoints import load_bundle, save_bundle
 from motionstreamer.export.onnx_export import WEIGHT_QMAX, _gemm_to_matmul, export_bundle, read_manifest
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.runtime.engine import GenerationConfig

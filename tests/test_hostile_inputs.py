@@ -148,7 +148,7 @@ def test_non_finite_or_absurd_numbers_are_refused_up_front(args, msg, tmp_path, 
 
 
 def test_api_configs_refuse_non_finite_numbers():
-    from motionstreamer.models.diffusion import SamplerSettings
+    from motionstreamer.models.sampling import SamplerSettings
     from motionstreamer.runtime.engine import GenerationConfig
     from motionstreamer.serve.app import ServeConfig
     from motionstreamer.serve.protocol import ProtocolError, ServeLimits, parse_client_message

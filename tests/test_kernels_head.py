@@ -22,7 +22,8 @@ from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_lay
                                     fused_linear_reference, gated_residual, gated_residual_reference, head_sample_loop,
                                     head_sample_loop_reference, head_step, head_step_reference)
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 
 from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 

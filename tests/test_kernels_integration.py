@@ -15,7 +15,8 @@ import torch
 from fakes import FakeBundle, FakeTextEncoder
 
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings, draw_sampling_noise, sample_loop
+from motionstreamer.models.diffusion import DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise, sample_loop
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel, resolve_attention_backend
 
 pytestmark = pytest.mark.skipif(not integration.available("cpu"),

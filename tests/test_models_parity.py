@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, SamplerSettings, cosine_betas,
-                                             draw_sampling_noise)
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, cosine_betas, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 

@@ -31,8 +31,8 @@ import torch
 from motionstreamer import FPS
 from motionstreamer.checkpoints.state import (CheckpointError, build_for_weights, checked_vector, load_checkpoint_file,
                                               load_state_dict_strict, save_safetensors)
-from motionstreamer.models.diffusion import HEADS
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
+from motionstreamer.models.sampling import HEADS
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.utils import atomic_path, atomic_write_json

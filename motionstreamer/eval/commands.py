@@ -11,8 +11,8 @@ from motionstreamer.cli import CLIError, add_group, check_output, check_positive
 from motionstreamer.data.humanml3d import load_mean_std
 from motionstreamer.eval import protocols as P
 from motionstreamer.eval.head_quality import format_comparison, head_report
-from motionstreamer.models.diffusion import SamplerSettings
 from motionstreamer.models.evaluator import TMREvaluator
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.text import TextEncoder
 from motionstreamer.runtime.engine import resolve_config
 from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR, load_models, resolve_device

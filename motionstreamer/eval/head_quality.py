@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from motionstreamer.checkpoints import bundle_config_of
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import student_settings
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.train.distill import teacher_forced_conditions
 from motionstreamer.train.t2m import embed_captions, load_latent_examples
 

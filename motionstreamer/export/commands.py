@@ -4,7 +4,7 @@ from __future__ import annotations
 from motionstreamer.checkpoints import CheckpointError, load_bundle
 from motionstreamer.cli import CLIError, add_deprecated_alias, add_verb, check_output
 from motionstreamer.export.onnx_export import QUANTIZE, export_bundle
-from motionstreamer.models.diffusion import SAMPLERS
+from motionstreamer.models.sampling import SAMPLERS
 from motionstreamer.runtime.loading import default_model_dir
 
 VARIANT_KINDS = (*SAMPLERS, "student")

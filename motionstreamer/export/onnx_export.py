@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from motionstreamer.checkpoints import bundle_config_of
-from motionstreamer.models.diffusion import SamplerSettings, sample_loop
+from motionstreamer.models.sampling import SamplerSettings, sample_loop
 from motionstreamer.models.transformer import KVWriter, decode_mask
 from motionstreamer.utils import atomic_path, atomic_write_json
 
@@ -186,7 +186,6 @@ def _quantize_int8(path: Path, per_channel: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-
     model = _gemm_to_matmul(onnx.load(str(path)))
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)   # the quantizer warns about pre-processing on every graph
@@ -220,7 +219,6 @@ class GraphSpec:
 
     def export(self, out: Path) -> None:
         import onnx
-
 
         with atomic_path(out / self.file) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")

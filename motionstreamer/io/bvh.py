@@ -30,6 +30,7 @@ import numpy as np
 from motionstreamer import FEATURE_DIM, FPS
 from motionstreamer.io.motion_io import check_fps
 from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24, make_rig, prepare_motion
+from motionstreamer.representation.features import recover_rotations
 from motionstreamer.representation.rotation import matrix_to_euler_zyx
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 from motionstreamer.utils import as_numeric_array, atomic_path, check_finite
@@ -156,7 +157,7 @@ def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero:
         raise ValueError("features has no frames")
     check_finite("features", x)
     if skeleton == "smpl-neutral" and rotations == "model" and rig == "smpl" and not clean_feet:
-        from motionstreamer.representation.features import recover_rotations   # no solve needed
+        # the model's rotations as they are: no solve needed
         return write_bvh(path, *recover_rotations(x), fps=fps, floor_at_zero=floor_at_zero)
     motion = prepare_motion(x, clean_feet=clean_feet, fps=fps)
     return write_rig_bvh(path, make_rig(motion, skeleton, rotations, rig, converter=True, floor_at_zero=floor_at_zero))

@@ -156,7 +156,6 @@ def _check_common(args) -> None:
 def _load(args):
     """(input array, mean, std) with file errors turned into CLI errors naming the argument."""
 
-
     def load(path, what):
         try:
             return load_motion_array(path, name=f"{what} {path}")
@@ -201,7 +200,6 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
                progress: bool = False) -> str:
     """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | smpl | mp4 | gif. Returns a note
     for the log (what the file holds relative to the motion's joints)."""
-
 
     if kind in ("mp4", "gif"):
 
@@ -281,7 +279,6 @@ def output_files(prefix: Path, args) -> list[tuple[str, str]]:
 def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     """Files of a generated motion: PREFIX.npy (de-normalised features, as generated), PREFIX_joints.npy
     (the joints every output shows) and the exports asked for. Returns the paths written."""
-
 
     title = title.encode("utf-8", "replace").decode("utf-8")   # a caption must not fail a finished generation
     motion = prepare_motion(features, clean_feet=args.clean_feet)

@@ -131,7 +131,6 @@ class _Blob:
 def glb_bytes(rig, body: bool = True) -> bytes:
     """The rig (io.rig.Rig) as a binary glTF 2.0 file."""
 
-
     T, J = len(rig.root), len(PARENTS_24)
     gltf = g.GLTF2(asset=g.Asset(version="2.0", generator=f"motionstreamer {__version__}"))
     blob = _Blob(gltf)

@@ -282,7 +282,6 @@ def render_motion(joints, out_path: str | Path, title: str = "", fps: float = FP
     side). The file is written to a locked temporary name and renamed when complete; temporaries left
     by a killed render of the same file are removed first."""
 
-
     out_path = Path(out_path)
     ext = out_path.suffix.lower()
     if ext not in VIDEO_FORMATS:

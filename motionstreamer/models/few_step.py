@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from motionstreamer.config import current_keys
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, sample_loop
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, sample_loop
 
 HEAD_KIND = "few-step"
 

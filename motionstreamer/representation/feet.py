@@ -303,6 +303,5 @@ class FootCleaner:
     def clean_chunk(self, chunk):
         """A FrameChunk (runtime.engine) with its joints cleaned (same dtype and device); the rest as is."""
 
-
         cleaned = self(chunk.joints.detach().cpu().double().numpy())
         return dataclasses.replace(chunk, joints=torch.from_numpy(cleaned).to(chunk.joints))

@@ -174,7 +174,6 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
     or when stdout closes under --jsonl. Returns (chunks, generation seconds, first-latent latency,
     why it stopped early or None, prompts read from stdin)."""
 
-
     lock = threading.Lock()
     reader = None
     queued = 0

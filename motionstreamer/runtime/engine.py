@@ -26,8 +26,8 @@ from typing import Iterable
 import torch
 
 from motionstreamer.checkpoints import BundleConfig, bundle_config_of
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import StudentHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.backend import TorchBackend
 from motionstreamer.runtime.cuda_graph import GraphedBackend

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import torch
 
+from motionstreamer.checkpoints import load_bundle
+from motionstreamer.models.text import TextEncoder
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
@@ -40,8 +43,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load_models(checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None):
     """Return (bundle, text_encoder, description). checkpoint=None uses the embedded default model."""
-    from motionstreamer.checkpoints import load_bundle
-    from motionstreamer.models.text import TextEncoder
 
     path = Path(checkpoint) if checkpoint is not None else default_model_dir()
     if not path.exists():

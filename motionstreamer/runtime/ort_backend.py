@@ -20,7 +20,7 @@ from motionstreamer import FRAMES_PER_LATENT
 from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
-from motionstreamer.models.diffusion import SamplerSettings
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows
 from motionstreamer.runtime.engine import resolve_config
 from motionstreamer.runtime.session import StreamingSession

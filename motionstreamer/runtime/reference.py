@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from motionstreamer.checkpoints import BundleConfig
-from motionstreamer.models.diffusion import draw_sampling_noise
+from motionstreamer.models.sampling import draw_sampling_noise
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 

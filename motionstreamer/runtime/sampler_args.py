@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 
 from motionstreamer.cli import add_deprecated_alias
-from motionstreamer.models.diffusion import HEADS, SAMPLERS
+from motionstreamer.models.sampling import HEADS, SAMPLERS
 from motionstreamer.runtime.engine import ON_ACTION_END, GenerationConfig
 
 # field -> (flag, its old spelling or None, argparse keywords, help)

@@ -20,11 +20,14 @@ import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves the machine
 
+import ray  # noqa: E402
 from ray import serve  # noqa: E402
+from ray._private import worker as ray_worker  # noqa: E402
 
 from motionstreamer.config import current_keys  # noqa: E402
 from motionstreamer.serve.app import ServeConfig, create_app  # noqa: E402
 from motionstreamer.serve.protocol import ServeLimits  # noqa: E402
+from motionstreamer.serve.service import is_loopback  # noqa: E402
 
 TOKEN_ENV = "MOTIONSTREAMER_TOKEN"
 
@@ -107,9 +110,8 @@ def _cluster_alive(started: bool, grace_s: float = 1.0) -> bool:
     if not started:
         return True
     time.sleep(grace_s)
-    try:
-        from ray._private import worker   # no public API says whether the local node's processes live
-        return not worker._global_node.dead_processes()
+    try:   # no public API says whether the local node's processes live
+        return not ray_worker._global_node.dead_processes()
     except Exception:
         return True
 
@@ -122,10 +124,6 @@ def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_re
             gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, address: str | None = None) -> int:
     """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until SIGINT or SIGTERM, then shut
     Serve and Ray down and say so in one line."""
-    import ray
-
-    from motionstreamer.serve.service import is_loopback
-
     if address is None:
         if is_loopback(host):
             pin_ray_to_loopback()

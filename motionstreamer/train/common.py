@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,10 +31,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
+from tqdm import tqdm
 
 from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.config import ConfigDict, current_keys
-from motionstreamer.utils import atomic_path, atomic_write_json
+from motionstreamer.utils import (atomic_path, atomic_write_json, atomic_write_text, check_writable,
+                                  remove_stale_temporaries)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
@@ -135,7 +139,6 @@ def load_config_file(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -290,7 +293,6 @@ def check_run_dir(out_dir: str | os.PathLike, resume: str | os.PathLike | None =
     holding a run (RUN_FILES) is refused unless the run is continued (`resume` is its own
     checkpoint_last.pt) or overwrite=True. Returns True when out_dir holds a run that the training
     will replace (overwrite, and not continuing it)."""
-    from motionstreamer.utils import check_writable
 
     out_dir = Path(out_dir)
     check_writable(out_dir, "folder")
@@ -309,9 +311,6 @@ def check_run_dir(out_dir: str | os.PathLike, resume: str | os.PathLike | None =
 
 def clear_run_dir(out_dir: str | os.PathLike) -> None:
     """Remove a previous run's files (RUN_FILES) and checkpoint temporaries from out_dir."""
-    import shutil
-
-    from motionstreamer.utils import remove_stale_temporaries
 
     out_dir = Path(out_dir)
     for n in RUN_FILES:
@@ -340,7 +339,6 @@ def truncate_log(log_file: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        from motionstreamer.utils import atomic_write_text
         atomic_write_text(log_file, "".join(k + "\n" for k in kept))
     return dropped
 
@@ -362,7 +360,6 @@ class _RunLog:
             except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
                 self.writer = None
         if is_main and config.progress:
-            from tqdm import tqdm
             self.bar = tqdm(total=config.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
 
     def step(self, step: int, loss: float, lr: float, rate: float, logs: dict) -> None:
@@ -466,7 +463,6 @@ def train_loop(model: torch.nn.Module, config: TrainConfig, sample_batch: Callab
     use_bf16 = config.bf16 and device.type == "cuda"
 
     if env.is_main:
-        from motionstreamer.utils import remove_stale_temporaries
         if replace:
             clear_run_dir(out_dir)
         # temporaries of checkpoints whose writer was killed (gigabytes at the official size)

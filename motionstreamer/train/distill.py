@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 
 from motionstreamer.checkpoints import bundle_config_of, ema_or_model_state, load_training_checkpoint
-from motionstreamer.models.diffusion import GaussianDiffusion, SamplerSettings, draw_sampling_noise
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, teacher_top_timestep
+from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, draw_sampling_noise
 from motionstreamer.train.common import Dist, TrainConfig, atomic_torch_save, setup_distributed, train_loop
 
 METHOD = "energy-score distillation of the guided ancestral sampler (motionstreamer.train.distill)"
@@ -108,7 +108,6 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scal
     rows sharing their noise) for each [cond, uncond] pair (N, 2, E) -> (N, per_condition, latent),
     on the CPU in float32. Chunk j of conditions draws from its own generator (seed, j) in process
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
-
 
     p = next(diff_loss.parameters())
     settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale, skip_terminal_step=skip_terminal_step)
@@ -315,7 +314,6 @@ def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig,
     """Train a student head for a loaded teacher bundle. Returns (student, TrainResult); in the main
     process the student holds the EMA weights when EMA is on (what a bundle should get). The bank
     (conditions + teacher samples) is cached in config.out_dir and reused by a resumed run."""
-
 
     env: Dist = setup_distributed(config.device)
     t2m = bundle.t2m.to(env.device, torch.float32).eval()

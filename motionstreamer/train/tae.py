@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer.utils import atomic_save_npy
 
 
 @dataclass
@@ -115,9 +117,6 @@ def encode_latents(tae, motions: dict[str, np.ndarray], out_dir: str | Path, end
     the text-to-motion model learns when an action ends (the runtime stops on reaching it).
     Frames beyond the last multiple of 4 are dropped; clips shorter than 4 frames are skipped.
     """
-    from tqdm import tqdm
-
-    from motionstreamer.utils import atomic_save_npy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
