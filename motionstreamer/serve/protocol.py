@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator)
 
 from motionstreamer.runtime import policy
 
@@ -128,23 +129,19 @@ def _error_text(e: ValidationError) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- client -> server
+# the checked fields: the prompt (runtime.policy, the service's length), and the two durations
+PromptText = Annotated[str, BeforeValidator(_text)]
+PromptSeconds = Annotated[float, BeforeValidator(lambda v, info: _seconds(v, _limits(info).max_prompt_seconds))]
+GenerateSeconds = Annotated[float, BeforeValidator(lambda v, info: _seconds(v, _limits(info).max_generate_seconds))]
+
+
 class PromptMessage(BaseModel):
     """{"type": "prompt", "text": str, "seconds": number (optional), "after_current": bool (optional)}"""
     model_config = ConfigDict(extra="forbid")
     type: Literal["prompt"]
-    text: str
-    seconds: float | None = None
+    text: PromptText
+    seconds: PromptSeconds | None = None
     after_current: bool = False
-
-    @field_validator("text", mode="before")
-    @classmethod
-    def _check_text(cls, v, info: ValidationInfo):
-        return _text(v, info)
-
-    @field_validator("seconds", mode="before")
-    @classmethod
-    def _check_seconds(cls, v, info: ValidationInfo):
-        return None if v is None else _seconds(v, _limits(info).max_prompt_seconds)
 
     @field_validator("after_current", mode="before")
     @classmethod
@@ -237,20 +234,10 @@ def parse_stream_options(query) -> StreamOptions:
 class GenerateRequest(BaseModel):
     """{"text", "seconds" (default 4), "format": "npy" | "bvh" | "json" (default), "seed"}; nothing else."""
     model_config = ConfigDict(extra="forbid")
-    text: str
-    seconds: float = 4.0
+    text: PromptText
+    seconds: GenerateSeconds = 4.0
     format: Literal["npy", "bvh", "json"] = "json"
     seed: int | None = None
-
-    @field_validator("text", mode="before")
-    @classmethod
-    def _check_text(cls, v, info: ValidationInfo):
-        return _text(v, info)
-
-    @field_validator("seconds", mode="before")
-    @classmethod
-    def _check_seconds(cls, v, info: ValidationInfo):
-        return _seconds(v, _limits(info).max_generate_seconds)
 
     @field_validator("format", mode="before")
     @classmethod
