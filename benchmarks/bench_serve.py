@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from motionstreamer.cli import add_deprecated_alias
+
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD = 4 / 30
 MAX_CLIENTS = 1024
@@ -240,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--clients", default="5,10,20,30,40,50,64", help="comma list of client counts (ladder)")
     ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--sampling-steps", type=int, default=10, help="sampling steps (the serve default)")
+    steps = ap.add_argument("--sampling-steps", type=int, default=10, help="sampling steps (the serve default)")
+    add_deprecated_alias(ap, "--steps", steps)
     ap.add_argument("--lookahead", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
