@@ -6,6 +6,7 @@ they are used for BVH output and by the synthetic motion generator.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from motionstreamer import NUM_JOINTS
 
@@ -60,8 +61,13 @@ KINEMATIC_CHAIN = (
 )
 CHAIN_COLORS = ("red", "blue", "black", "red", "blue")
 
-# Left/right joint pairs swapped by mirroring.
+# Left/right joint pairs swapped by mirroring (left first); the other joints are the centre line.
 MIRROR_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
+LEFT_JOINTS = tuple(left for left, _ in MIRROR_PAIRS)
+RIGHT_JOINTS = tuple(right for _, right in MIRROR_PAIRS)
+# Leg joints as (left, right). FEET are the toe-base "foot" joints: the format's contact joints.
+HIPS, KNEES, ANKLES, FEET = (1, 2), (4, 5), (7, 8), (10, 11)
+GROUND_JOINTS = ANKLES + FEET      # the joints that must never be below the floor
 
 
 def mirror_permutation(num_joints: int = NUM_JOINTS) -> np.ndarray:
@@ -87,7 +93,6 @@ def forward_kinematics(local_rotations, root_position, offsets=SMPL_OFFSETS):
     if is_np:
         offsets = np.asarray(offsets, dtype=local_rotations.dtype)
     else:
-        import torch
         offsets = torch.as_tensor(np.asarray(offsets), dtype=local_rotations.dtype, device=local_rotations.device)
     for j in range(1, n):
         p = PARENTS[j]
@@ -97,5 +102,4 @@ def forward_kinematics(local_rotations, root_position, offsets=SMPL_OFFSETS):
         global_rot.append(rot_p @ local_rotations[..., j, :, :])
     if is_np:
         return np.stack(positions, axis=-2)
-    import torch
     return torch.stack(positions, dim=-2)
