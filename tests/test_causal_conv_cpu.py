@@ -324,6 +324,7 @@ def test_benchmark_cases_run_both_backends():
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_causal_conv.py"
+    before = cc.get_conv_backend()
     spec = importlib.util.spec_from_file_location("bench_causal_conv", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -333,7 +334,7 @@ def test_benchmark_cases_run_both_backends():
     assert {k.rsplit("/", 1)[0] for k in res} == {"decode_full_w16_b2_l3", "encode_full_w16_b2_t12", "decode_step_w16_b2"}
     assert {k.rsplit("/", 1)[1] for k in res} == {"native", "torch"}
     assert all(v["min"] <= v["median"] <= v["max"] for v in res.values())
-    assert cc.get_conv_backend() == "torch"          # the bench restores the switch
+    assert cc.get_conv_backend() == before          # the bench restores the switch
 
 
 @pytest.mark.parametrize("backend", ["torch", None])   # None: auto (the native CPU op is fp32-only)
@@ -351,3 +352,22 @@ def test_autocast_casts_operands_like_conv1d(backend):
     # outside autocast the dtype rule still holds
     with pytest.raises(TypeError, match="weight dtype torch.float32 != x dtype torch.bfloat16"):
         cc.causal_conv1d(x.bfloat16(), w, b, conv_backend=backend)
+
+
+def test_auto_runs_torch_while_tracing_so_exports_record_the_ops():
+    """The default backend ("auto") picks the native op for a streaming step, but never while tracing:
+    a trace would not record the native call (the graph would hold its output as a constant)."""
+    if not cc.available():
+        pytest.skip("motionstreamer._C not built")
+    x = torch.randn(1, 8, 1)
+    w, state = torch.randn(8, 8, 3), torch.zeros(1, 8, 2)
+    assert cc.resolve_conv_backend(x, "auto", 1) == "native"
+    seen = []
+
+    def fn(x, state):
+        seen.append(cc.resolve_conv_backend(x, "auto", 1))
+        return cc.causal_conv1d_update(x, state, w, conv_backend="auto")[0]
+    traced = torch.jit.trace(fn, (x, state), check_trace=False)
+    assert seen == ["torch"]
+    x2 = torch.randn(1, 8, 1)
+    torch.testing.assert_close(traced(x2, state), cc.causal_conv1d_reference(torch.cat([state, x2], 2), w, pad=0))

@@ -29,11 +29,16 @@ from motionstreamer.models.few_step import (
     student_timesteps,
 )
 from motionstreamer.train.distill import (
+    Contexts,
     DistillConfig,
     EnergyDistillObjective,
     TeacherBank,
+    context_conditions,
+    dataset_contexts,
     distill_head,
     energy_score,
+    rollout_contexts,
+    rollout_schedules,
     teacher_forced_conditions,
     teacher_samples,
 )
@@ -123,7 +128,8 @@ def test_student_config_reads_the_keys_older_bundles_wrote():
     c = StudentHeadConfig.from_dict(old)
     assert (c.teacher_cfg_scale, c.teacher_skip_terminal_step, c.distillation) == (3.5, False, "some recipe")
     assert set(c.to_dict()) == {"kind", "steps", "default_steps", "top_timestep", "teacher_cfg_scale", "teacher_steps",
-                                "teacher_skip_terminal_step", "distillation"}
+                                "teacher_skip_terminal_step", "distillation", "condition_blocks"}
+    assert c.condition_blocks is None      # an older student conditions on the teacher's transformer
     with pytest.raises(ValueError, match="not both"):
         StudentHeadConfig.from_dict({**old, "teacher_cfg_scale": 3.5})
 
@@ -251,6 +257,117 @@ def test_teacher_bank_is_the_runtime_sampler_and_chunk_independent(tiny):
     torch.testing.assert_close(a[:4].reshape(12, 16), want)
 
 
+def test_contexts_of_the_dataset_and_the_teachers_rows_there(tiny):
+    root, examples, emb = tiny
+    t2m = load_bundle(root / "teacher").t2m
+    c = dataset_contexts(examples, emb, t2m.config.block_size)
+    ex = examples[2]                                            # history of 2 latents, then B
+    assert c.first[2] == 2 and c.lengths[2] == 2 + len(ex.latents_b)
+    assert torch.equal(c.latents[2, :2], torch.from_numpy(ex.latents_a)) and torch.equal(c.text[2], emb[ex.caption])
+    seq, pos = torch.tensor([2, 0, 2]), torch.tensor([3, 1, 2])
+    rows = context_conditions(t2m, c, seq, pos, emb[""])
+    full = torch.cat([torch.from_numpy(ex.latents_a), torch.from_numpy(ex.latents_b)])[None]
+    torch.testing.assert_close(rows[0, 0], t2m(full, emb[ex.caption][None])[0, 3])
+    torch.testing.assert_close(rows[2, 1], t2m(full, emb[""][None])[0, 2])
+    e0 = torch.from_numpy(examples[0].latents_b)[None]
+    torch.testing.assert_close(rows[1, 0], t2m(e0, emb[examples[0].caption][None])[0, 1])
+
+
+def test_rollout_contexts_are_the_students_streams(tiny):
+    from motionstreamer.runtime.batch import run_schedules
+    from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.train.distill import EmbeddingTable
+    from motionstreamer.train.t2m import LatentExample
+
+    root, examples, emb = tiny
+    teacher = load_bundle(root / "teacher")
+    s = StudentHead(teacher.t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, condition_blocks=1),
+                    teacher.t2m.config).init_from(teacher.t2m)
+    pair = LatentExample("caption 3", np.zeros((2, 16), np.float32), np.zeros((3, 16), np.float32),
+                         history_caption="caption 1")
+    schedules = rollout_schedules([examples[0], examples[1], pair])
+    # example 1 has a history but no history caption: no schedule
+    assert schedules == [[("caption 0", len(examples[0].latents_b))], [("caption 1", 2), ("caption 3", 3)]]
+    c = rollout_contexts(teacher, s, emb, schedules, 2, seed=5, block_size=teacher.t2m.config.block_size)
+    from motionstreamer.eval.selection import with_student
+    z = run_schedules(with_student(teacher, s), EmbeddingTable(emb), schedules, GenerationConfig(head="student"),
+                      seed=5, latents=True)
+    n0 = len(examples[0].latents_b)
+    assert c.lengths.tolist() == [n0, 2, 5] and c.first.tolist() == [0, 0, 2]
+    assert torch.equal(c.latents[0, :n0], z[0]) and torch.equal(c.latents[2, :5], z[1])
+    assert torch.equal(c.latents[1, :2], z[1][:2])
+    assert torch.equal(c.text[1], emb["caption 1"]) and torch.equal(c.text[2], emb["caption 3"])
+
+
+def test_objective_conditions_come_through_the_students_path_and_train_it(tiny):
+    root, examples, emb = tiny
+    t2m = load_bundle(root / "teacher").t2m
+    s = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1,), default_steps=1, condition_blocks=1),
+                    t2m.config).init_from(t2m)
+    with torch.no_grad():
+        s.condition.out_proj.weight.add_(0.1)
+    c = dataset_contexts(examples, emb, t2m.config.block_size)
+    seq, pos = c.targets()
+    bank = TeacherBank(c, seq, pos, context_conditions(t2m, c, seq, pos, emb[""]), torch.randn(len(seq), 3, 16), {})
+    batch = bank.sample_batch(torch.Generator().manual_seed(0), 6)
+    obj = EnergyDistillObjective(s, (1,), 3, t2m, cfg_scale=4.0, guidance_weight=0.5)
+    got = obj.conditions(batch)
+    model = s.model(t2m)
+    for j in range(6):
+        r, p = int(batch["row"][j]), int(batch["pos"][j])
+        n = int(batch["lengths"][r])
+        want = model(batch["latents"][r:r + 1, :n], batch["text"][r:r + 1])[0, p]
+        torch.testing.assert_close(got[j], want, rtol=1e-5, atol=1e-5)
+    loss, logs = obj(batch, 0)
+    loss.backward()
+    assert set(logs) == {"energy_distance_1", "guidance_mse"}
+    assert s.condition.blocks[0].attn.c_attn.weight.grad.abs().sum() > 0 and s.net.input_proj.weight.grad is not None
+    assert all(p.grad is None for p in t2m.parameters())          # the teacher is frozen
+
+
+def test_guided_eps_regression_is_zero_for_the_teacher_itself_without_guidance(tiny):
+    root, examples, emb = tiny
+    t2m = load_bundle(root / "teacher").t2m
+    s = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1,), default_steps=1, condition_blocks=0),
+                    t2m.config).init_from(t2m)
+    c = dataset_contexts(examples, emb, t2m.config.block_size)
+    seq, pos = c.targets()
+    bank = TeacherBank(c, seq, pos, context_conditions(t2m, c, seq, pos, emb[""]), torch.randn(len(seq), 3, 16), {})
+    batch = bank.sample_batch(torch.Generator().manual_seed(0), 8)
+    # cfg 1: the guided eps is the teacher's conditional eps, which a student equal to the teacher predicts
+    loss, _ = EnergyDistillObjective(s, (1,), 3, t2m, cfg_scale=1.0).guidance_loss(batch, EnergyDistillObjective(
+        s, (1,), 3, t2m).conditions(batch))
+    assert float(loss) < 1e-10
+    loss4, _ = EnergyDistillObjective(s, (1,), 3, t2m, cfg_scale=4.0).guidance_loss(batch, batch["cond"])
+    assert float(loss4) > 1e-4
+
+
+def test_rounds_of_rollouts_and_selection_return_the_best_round(tiny, tmp_path):
+    root, examples, emb = tiny
+    from motionstreamer.train.t2m import LatentExample
+    pairs = [LatentExample(f"caption {i}", examples[i].latents_b[:2], examples[i + 1].latents_b,
+                           history_caption=f"caption {i + 1}") for i in range(3)]
+    config = quiet(DistillConfig, out_dir=str(tmp_path / "run"), steps=9, batch_size=8, lr=1e-3, warmup_steps=0,
+                   conditions=32, teacher_samples=3, student_samples=3, student_steps=(1, 2), save_every=100,
+                   log_every=3, rollout_rounds=2, rollout_conditions=12, condition_blocks=1)
+    assert config.round_ends() == [3, 6, 9]
+    seen = []
+
+    def select(student):
+        seen.append({k: v.clone() for k, v in student.state_dict().items()})
+        return {"score": [2.0, -1.0, 0.5][len(seen) - 1]}        # round 1 is the best
+    s, res = distill_head(load_bundle(root / "teacher"), examples + pairs, emb, config, select=select,
+                          teacher_name="tiny")
+    assert res.step == 9 and len(seen) == 3
+    assert json.loads((tmp_path / "run" / "selection.json").read_text())[1] == {"round": 1, "step": 6, "score": -1.0}
+    for k, v in s.state_dict().items():
+        assert torch.equal(v, seen[1][k]), k
+    assert not all(torch.equal(v, seen[2][k]) for k, v in s.state_dict().items())
+    for r in (1, 2):
+        b = torch.load(tmp_path / "run" / f"rollout_bank_{r}.pt", weights_only=True)
+        assert len(b["seq"]) == 12 and set(b["source"].tolist()) == {r} and torch.isfinite(b["samples"]).all()
+
+
 def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     root, examples, emb = tiny
     teacher = load_bundle(root / "teacher")
@@ -302,9 +419,45 @@ def test_student_bundle_errors_are_clear(tiny, tmp_path):
         add_student_head(root / "teacher", other, tmp_path / "c")
 
 
-def test_bank_rejects_non_finite_samples():
+def small_contexts():
+    lat = torch.arange(2 * 5 * 16, dtype=torch.float32).reshape(2, 5, 16)
+    return Contexts(lat, torch.tensor([5, 3]), torch.tensor([2, 0]), torch.randn(2, 8))
+
+
+def test_bank_rejects_non_finite_samples_and_targets_outside_their_contexts():
+    c = small_contexts()
+    seq, pos = torch.tensor([0, 1]), torch.tensor([4, 2])
     with pytest.raises(ValueError, match="NaN"):
-        TeacherBank(torch.zeros(2, 2, 4), torch.full((2, 3, 16), float("nan")), {})
+        TeacherBank(c, seq, pos, torch.zeros(2, 2, 4), torch.full((2, 3, 16), float("nan")), {})
+    with pytest.raises(ValueError, match="outside their contexts"):
+        TeacherBank(c, seq, torch.tensor([4, 3]), torch.zeros(2, 2, 4), torch.zeros(2, 3, 16), {})
+    with pytest.raises(ValueError, match="every context needs a target"):
+        Contexts(c.latents, torch.tensor([5, 3]), torch.tensor([5, 0]), c.text)
+
+
+def test_contexts_targets_and_batches():
+    c = small_contexts()
+    seq, pos = c.targets()
+    assert seq.tolist() == [0, 0, 0, 1, 1, 1] and pos.tolist() == [2, 3, 4, 0, 1, 2]
+    s2, p2 = c.targets(count=4, seed=1)
+    assert len(s2) == 4 and set(zip(s2.tolist(), p2.tolist())) <= set(zip(seq.tolist(), pos.tolist()))
+    b = c.gather(torch.tensor([1, 1]))
+    assert b["latents"].shape == (1, 3, 16) and torch.equal(b["latents"][0], c.latents[1, :3])
+    assert b["row"].tolist() == [0, 0] and b["lengths"].tolist() == [3]
+    both = c.cat(Contexts(torch.ones(1, 7, 16), torch.tensor([7]), torch.tensor([6]), torch.zeros(1, 8)))
+    assert both.latents.shape == (3, 7, 16) and both.first.tolist() == [2, 0, 6]
+    assert torch.equal(both.latents[:2, :5], c.latents) and not both.latents[:2, 5:].any()   # padded with zeros
+
+
+def test_merged_bank_draws_the_new_rounds_share():
+    c = small_contexts()
+    mk = lambda n, src: TeacherBank(c, torch.zeros(n, dtype=torch.long), torch.full((n,), 2), torch.zeros(n, 2, 4),  # noqa: E731
+                                    torch.zeros(n, 3, 16), {}, torch.full((n,), src))
+    bank = mk(300, 0).merged(mk(10, 1), 0.25).merged(mk(50, 2), 0.5)
+    idx = torch.multinomial(bank.weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = torch.bincount(bank.source[idx], minlength=3).float() / 20000
+    # round 2 gets half; the earlier mix keeps its proportions in the other half (0.75 / 0.25)
+    torch.testing.assert_close(share, torch.tensor([0.375, 0.125, 0.5]), atol=0.015, rtol=0)
 
 
 # ----------------------------------------------------------------------------- the CLI, one process and torchrun

@@ -23,7 +23,9 @@ TEXT = 384
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """(teacher bundle dir, the same bundle with a random-weight 1/2-step student)."""
+    """(teacher bundle dir, the same bundle with a random-weight 1/2-step student, and with a 1/2-step
+    student that owns its conditional path: the last 2 blocks, ln_f, out_proj, perturbed from the
+    teacher's so its conditions differ)."""
     root = tmp_path_factory.mktemp("student_rt")
     torch.manual_seed(0)
     config = T2MConfig.small()
@@ -37,7 +39,22 @@ def bundles(tmp_path_factory):
     student = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, top_timestep=48))
     student.load_state_dict(randomize_head(TextToMotionModel(config), seed=9).diff_loss.state_dict())
     add_student_head(root / "teacher", student, root / "student")
-    return root / "teacher", root / "student"
+    own = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, top_timestep=48,
+                                                         condition_blocks=2), t2m.config).init_from(t2m)
+    own.net.load_state_dict(student.net.state_dict())
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in own.condition.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    add_student_head(root / "teacher", own, root / "student_path")
+    return root / "teacher", root / "student", root / "student_path"
+
+
+STUDENTS = ["student", "student_path"]
+
+
+def student_dir(bundles, which: str):
+    return bundles[1] if which == "student" else bundles[2]
 
 
 def stream_latents(engine, prompts, seeds, n):
@@ -53,9 +70,9 @@ def student_config(**kw):
     return GenerationConfig(head="student", end_threshold=-1.0, **kw)
 
 
-def test_student_engine_holds_one_row_per_stream_and_equals_the_reference(bundles):
-    _, sdir = bundles
-    b, enc = load_bundle(sdir), FakeTextEncoder(TEXT)
+@pytest.mark.parametrize("which", STUDENTS)
+def test_student_engine_holds_one_row_per_stream_and_equals_the_reference(bundles, which):
+    b, enc = load_bundle(student_dir(bundles, which)), FakeTextEncoder(TEXT)
     engine = StreamingEngine(b, enc, capacity=2, config=student_config())
     assert engine.settings.head == "student" and engine.settings.sampling_steps == 2   # the student's default
     assert engine.rows == 1 and engine.backend.condition_rows == 1
@@ -73,17 +90,67 @@ def test_student_engine_holds_one_row_per_stream_and_equals_the_reference(bundle
         assert err <= LATENT_RTOL, err
 
 
+def test_student_model_runs_the_teachers_first_blocks_then_its_own(bundles):
+    b = load_bundle(bundles[2])
+    t2m, student = b.t2m, b.student
+    model = student.model(t2m)
+    # shared, not copied: the teacher's embeddings and first blocks, the student's last blocks and projection
+    assert model.transformer.wte.weight.data_ptr() == t2m.transformer.wte.weight.data_ptr()
+    assert all(model.transformer.h[i] is t2m.transformer.h[i] for i in range(2))
+    assert all(model.transformer.h[2 + i] is student.condition.blocks[i] for i in range(2))
+    assert model.out_proj is student.condition.out_proj and model.diff_loss is student
+    g = torch.Generator().manual_seed(1)
+    lat, text = torch.randn(2, 5, 16, generator=g), torch.randn(2, TEXT, generator=g)
+    # by hand from the modules: text token + latent tokens, teacher blocks 0-1, student blocks, ln_f, out_proj
+    from motionstreamer.models.transformer import KVWriter
+    x = torch.cat([t2m.transformer.cond_embed(text)[:, None], t2m.transformer.wte(lat)], dim=1)
+    cos, sin = t2m.rope_cos[:6], t2m.rope_sin[:6]
+    for block in [*t2m.transformer.h[:2], *student.condition.blocks]:
+        x = block(x, cos, sin, KVWriter(), 0)
+    want = student.condition.out_proj(student.condition.ln_f(x))
+    torch.testing.assert_close(model(lat, text), want, rtol=0, atol=0)
+    assert (model(lat, text) - t2m(lat, text)).abs().max() > 1e-3      # the perturbed path differs
+    # initialised from the teacher, the student's conditions are the teacher's, bit for bit
+    fresh = StudentHead(t2m.config.head, student.student_config, t2m.config).init_from(t2m)
+    assert torch.equal(fresh.model(t2m)(lat, text), t2m(lat, text))
+    for k in (0, 4):
+        cfg = StudentHeadConfig(steps=(1,), default_steps=1, top_timestep=48, condition_blocks=k)
+        assert torch.equal(StudentHead(t2m.config.head, cfg, t2m.config).init_from(t2m).model(t2m)(lat, text),
+                           t2m(lat, text))
+    with pytest.raises(ValueError, match="exceeds the transformer's 4 blocks"):
+        StudentHead(t2m.config.head, StudentHeadConfig(condition_blocks=5), t2m.config)
+    with pytest.raises(ValueError, match="needs the teacher's transformer config"):
+        StudentHead(t2m.config.head, StudentHeadConfig(condition_blocks=1))
+    with pytest.raises(ValueError, match="condition_blocks must be null or an int >= 0"):
+        StudentHeadConfig(condition_blocks=-1)
+
+
+def test_a_backend_samples_only_its_own_head(bundles):
+    from motionstreamer.runtime.backend import TorchBackend
+
+    b = load_bundle(bundles[2])
+    teacher = TorchBackend(b, 1, torch.device("cpu"), torch.float32)
+    student = TorchBackend(b, 1, torch.device("cpu"), torch.float32, condition_rows=1, head="student")
+    with pytest.raises(ValueError, match="runs the teacher's model; settings for the student"):
+        teacher.noise_steps(student_config().sampler_settings())
+    with pytest.raises(ValueError, match="runs the student's model; settings for the teacher"):
+        student.noise_steps(GenerationConfig().sampler_settings())
+    with pytest.raises(ValueError, match="runs the teacher's model"):
+        StreamingEngine(b, FakeTextEncoder(TEXT), config=student_config(), backend=teacher)
+    with pytest.raises(ValueError, match="no few-step student head"):
+        TorchBackend(load_bundle(bundles[0]), 1, torch.device("cpu"), torch.float32, head="student")
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_graphed_backend_cpu_path_samples_the_student(bundles, steps):
     from motionstreamer.runtime.backend import TorchBackend
     from motionstreamer.runtime.cuda_graph import GraphedBackend
 
-    _, sdir = bundles
-    b = load_bundle(sdir)
+    b = load_bundle(bundles[1])
     settings = student_config(sampling_steps=steps).sampler_settings()
-    eager = TorchBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1)
-    graphed = GraphedBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1)
-    assert graphed.head(settings) is b.student and eager.noise_steps(settings) == steps
+    eager = TorchBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1, head="student")
+    graphed = GraphedBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1, head="student")
+    assert graphed.head_module(settings) is b.student and eager.noise_steps(settings) == steps
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(3, 1, b.t2m.config.n_embd, generator=g)
     noise = (torch.randn(3, 16, generator=g), torch.randn(steps, 3, 16, generator=g))
@@ -93,8 +160,9 @@ def test_graphed_backend_cpu_path_samples_the_student(bundles, steps):
         assert (got - want).abs().max() / want.abs().max() < 1e-4
 
 
-def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles):
-    tdir, sdir = bundles
+@pytest.mark.parametrize("which", STUDENTS)
+def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles, which):
+    tdir, sdir = bundles[0], student_dir(bundles, which)
     enc = FakeTextEncoder(TEXT)
     for config in (GenerationConfig(sampling_steps=5, end_threshold=-1.0), GenerationConfig(head="teacher",
                                                                                       end_threshold=-1.0)):
@@ -107,7 +175,7 @@ def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles)
 
 
 def test_student_steps_and_missing_student_are_clear_errors(bundles):
-    tdir, sdir = bundles
+    tdir, sdir, _ = bundles
     enc = FakeTextEncoder(TEXT)
     with pytest.raises(ValueError, match=r"samples in 1, 2 steps, not 4 .*--teacher|samples in 1, 2 steps, not 4"):
         StreamingEngine(load_bundle(sdir), enc, config=student_config(sampling_steps=4))
@@ -124,7 +192,7 @@ def test_student_steps_and_missing_student_are_clear_errors(bundles):
 def test_generate_cli_student_errors(bundles, tmp_path, capsys, argv, msg):
     from motionstreamer.cli import main
 
-    _, sdir = bundles
+    sdir = bundles[1]
     with pytest.raises(SystemExit) as e:
         main(["generate", "a person walks", "--checkpoint", str(sdir), "--out", str(tmp_path / "g"),
               "--max-seconds", "1", *argv])
@@ -134,21 +202,42 @@ def test_generate_cli_student_errors(bundles, tmp_path, capsys, argv, msg):
 def test_generate_cli_runs_the_student(bundles, tmp_path):
     from motionstreamer.cli import main
 
-    _, sdir = bundles
+    sdir = bundles[2]
     assert main(["generate", "a person walks", "--checkpoint", str(sdir), "--out", str(tmp_path / "g"),
                  "--max-seconds", "1", "--head", "student", "--sampling-steps", "1"]) == 0
     assert np.load(tmp_path / "g.npy").shape[1] == 272
 
 
 # ----------------------------------------------------------------------------- ONNX
-@pytest.fixture(scope="module")
-def exported(bundles, tmp_path_factory):
+@pytest.fixture(scope="module", params=STUDENTS)
+def exported(bundles, tmp_path_factory, request):
     from motionstreamer.export.onnx_export import export_bundle
 
-    _, sdir = bundles
+    sdir = student_dir(bundles, request.param)
     out = tmp_path_factory.mktemp("student_onnx")
     manifest = export_bundle(load_bundle(sdir), out, variants=[("ddpm", 5), ("student", 1), ("student", 2)])
     return sdir, out, manifest
+
+
+def test_student_transformer_graphs_are_exported_when_it_owns_its_path(exported):
+    import onnxruntime as ort
+
+    sdir, out, manifest = exported
+    b = load_bundle(sdir)
+    if b.student.condition is None:
+        assert manifest["student_transformer"] is None and not (out / "prefill_student.onnx").exists()
+        return
+    files = manifest["student_transformer"]
+    assert files == {"prefill": "prefill_student.onnx", "decode_step": "decode_step_student.onnx"}
+    g = torch.Generator().manual_seed(0)
+    text, lat = torch.randn(2, TEXT, generator=g), torch.zeros(2, 9, 16)
+    lat[:, :3] = torch.randn(2, 3, 16, generator=g)
+    n = np.array([3, 3], np.int64)
+    for name, model in (("prefill.onnx", b.t2m), (files["prefill"], b.student.model(b.t2m))):
+        sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        cond = sess.run(None, {"text": text.numpy(), "latents": lat.numpy(), "n_latents": n})[0]
+        want = model(lat[:, :3], text)[:, -1].detach().numpy()
+        assert np.abs(cond - want).max() / np.abs(want).max() < 1e-4, name
 
 
 def test_student_head_graph_has_no_guidance_inputs_and_equals_the_module(exported):
@@ -190,7 +279,7 @@ def test_ort_student_stream_matches_torch_with_one_kv_row_per_stream(exported):
 def test_export_student_variant_errors(bundles, tmp_path):
     from motionstreamer.export.onnx_export import export_bundle
 
-    tdir, sdir = bundles
+    tdir, sdir, _ = bundles
     with pytest.raises(ValueError, match="samples in 1, 2 steps, not 3"):
         export_bundle(load_bundle(sdir), tmp_path / "a", variants=[("student", 3)])
     with pytest.raises(ValueError, match="no few-step student head"):
@@ -200,7 +289,7 @@ def test_export_student_variant_errors(bundles, tmp_path):
 def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
     from motionstreamer.cli import main
 
-    tdir, sdir = bundles
+    tdir, sdir, _ = bundles
     for argv, msg in ((["--checkpoint", str(tdir)], "no few-step student head"),
                       (["--checkpoint", str(sdir), "--sampling-steps", "10"], "samples in 1, 2 steps, not 10")):
         with pytest.raises(SystemExit) as e:

@@ -10,7 +10,8 @@ embedded default model.
     stats.safetensors  mean (272,), std (272,), end_latent (16,)
     evaluator.safetensors (optional, with "evaluator" in config.json; read by models.evaluator)
     student_head.safetensors (optional, with "student_head" in config.json: a few-step head distilled
-                       from t2m's guided head, models/few_step.py; t2m.safetensors keeps the teacher)
+                       from t2m's guided head and, when it owns one, its conditional path (models/few_step.py);
+                       t2m.safetensors keeps the teacher)
 
 Each file is written atomically and config.json last, so a directory with a config.json is complete.
 config.json is read once, into a BundleConfig, when the bundle is read.
@@ -189,7 +190,7 @@ def save_bundle(directory: str | os.PathLike, tae, t2m, mean, std, end_latent, t
     if evaluator is not None:   # the layout models.evaluator.TMREvaluator.load reads
         config["evaluator"] = evaluator.config.to_dict()
     if student is not None:
-        _check_student(student, t2m.config.head)
+        _check_student(student, t2m.config)
         config["student_head"] = student.student_config.to_dict()
     config.update(extra_config or {})
     try:
@@ -283,11 +284,21 @@ def load_bundle(directory: str | os.PathLike, device="cpu", dtype=torch.float32)
     return Bundle(tae, t2m, mean.to(device), std.to(device), end.to(device), config, d, student)
 
 
-def _check_student(student, head) -> None:
-    """A student must have its teacher's architecture (head: the t2m model's DiffusionHeadConfig)."""
+def _check_student(student, t2m_config) -> None:
+    """A student must have its teacher's architecture (t2m_config: the t2m model's T2MConfig): the head's,
+    and the teacher's block shapes for a conditional path (compared by state-dict shapes)."""
+    head = t2m_config.head
     if student.config != head:
         raise CheckpointError(f"the student head's config {student.config.to_dict()} differs from the t2m "
                               f"model's head {head.to_dict()}")
+    if getattr(student, "condition", None) is not None:
+        try:
+            want = StudentHead(head, student.student_config, t2m_config).condition.state_dict()
+        except ValueError as e:
+            raise CheckpointError(f"the student's conditional path does not fit the t2m model: {e}") from None
+        got = student.condition.state_dict()
+        if {k: tuple(v.shape) for k, v in got.items()} != {k: tuple(v.shape) for k, v in want.items()}:
+            raise CheckpointError("the student's conditional path does not have the t2m model's block shapes")
 
 
 def load_student_head(directory: str | os.PathLike, config: StudentHeadConfig, t2m) -> StudentHead:
@@ -295,7 +306,7 @@ def load_student_head(directory: str | os.PathLike, config: StudentHeadConfig, t
     checked against the t2m model's head config, keys strict."""
     d = Path(directory)
     try:
-        student = StudentHead(t2m.config.head, config)
+        student = StudentHead(t2m.config.head, config, t2m.config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{d / 'config.json'}: bad 'student_head' config ({e})") from e
     f = d / STUDENT_FILE
@@ -311,7 +322,7 @@ def add_student_head(src: str | os.PathLike, student, dst: str | os.PathLike | N
     src = Path(src)
     dst = Path(dst) if dst is not None else src
     config = read_bundle_config(src)
-    _check_student(student, config.t2m.head)
+    _check_student(student, config.t2m)
     dst.mkdir(parents=True, exist_ok=True)
     if dst.resolve() != src.resolve():
         (dst / "config.json").unlink(missing_ok=True)

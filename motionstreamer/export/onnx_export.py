@@ -10,6 +10,9 @@ Graphs (fp32, legacy TorchScript exporter, opset 17):
   head_<sampler><steps>.onnx  cond (B, E), uncond (B, E), x_T (B, 16), step_noise (S, B, 16),
                     cfg_scale (1,), temperature (1,) -> latent (B, 16): the whole guided sampling loop
   tae_decode_step.onnx  z (B, 16), state_i (B, C_i, S_i) for each decoder conv -> frames (B, 4, 272), state_i
+  prefill_student.onnx, decode_step_student.onnx  (a student with its own conditional path,
+                    models/few_step.py) the same graphs of the model a student stream runs; the manifest's
+                    "student_transformer" names them
 manifest.json: names, shapes, the bundle config, Mean/Std/end latent, exported sampler settings.
 Every graph goes through onnx.checker; tests compare each with its PyTorch module.
 
@@ -232,30 +235,43 @@ class GraphSpec:
 
 
 INT_INPUTS = ("n_latents", "pos")
+STUDENT_SUFFIX = "_student"
 
 
 def head_graph_name(s: SamplerSettings) -> str:
     return f"head_student{s.sampling_steps}" if s.head == "student" else f"head_{s.sampler}{s.sampling_steps}"
 
 
-def graph_specs(t2m, tae, heads: list[SamplerSettings], student=None) -> dict:
-    """The streaming graphs of a model, by name (student: the bundle's few-step head, for the heads
-    with head="student")."""
+def transformer_specs(t2m, suffix: str = "") -> dict:
+    """The prefill and decode-step graphs of a text-to-motion model (the teacher's, or suffix "_student":
+    the model a student stream runs)."""
     c = t2m.config
     E, Z, T = c.n_embd, c.latent_dim, c.block_size
     cache = [c.n_layer, "B", c.n_head, T, c.head_dim]
+    return {
+        f"prefill{suffix}": GraphSpec(f"prefill{suffix}.onnx", PrefillGraph(t2m),
+                                      {"text": ["B", c.cond_dim], "latents": ["B", T - 1, Z], "n_latents": ["B"]},
+                                      {"cond": ["B", E], "k_cache": cache, "v_cache": cache}),
+        f"decode_step{suffix}": GraphSpec(f"decode_step{suffix}.onnx", DecodeStepGraph(t2m),
+                                          {"latent": ["B", Z], "k_cache": cache, "v_cache": cache, "pos": ["B"]},
+                                          {"cond": ["B", E], "k_cache_out": cache, "v_cache_out": cache}),
+    }
+
+
+def graph_specs(t2m, tae, heads: list[SamplerSettings], student=None) -> dict:
+    """The streaming graphs of a model, by name (student: the bundle's few-step head, for the heads
+    with head="student", and its transformer graphs when it owns a conditional path)."""
+    c = t2m.config
+    E, Z = c.n_embd, c.latent_dim
     states = {f"state_{i}": ["B", *map(int, b.shape[1:])] for i, b in enumerate(tae.init_decode_state(1).buffers)}
     specs = {
-        "prefill": GraphSpec("prefill.onnx", PrefillGraph(t2m),
-                             {"text": ["B", c.cond_dim], "latents": ["B", T - 1, Z], "n_latents": ["B"]},
-                             {"cond": ["B", E], "k_cache": cache, "v_cache": cache}),
-        "decode_step": GraphSpec("decode_step.onnx", DecodeStepGraph(t2m),
-                                 {"latent": ["B", Z], "k_cache": cache, "v_cache": cache, "pos": ["B"]},
-                                 {"cond": ["B", E], "k_cache_out": cache, "v_cache_out": cache}),
+        **transformer_specs(t2m),
         "tae_decode_step": GraphSpec("tae_decode_step.onnx", TAEStepGraph(tae), {"z": ["B", Z], **states},
                                      {"frames": ["B", tae.config.frames_per_latent, tae.config.in_dim],
                                       **{f"{k}_out": v for k, v in states.items()}}),
     }
+    if student is not None and student.condition is not None and any(s.head == "student" for s in heads):
+        specs.update(transformer_specs(student.model(t2m), STUDENT_SUFFIX))
     for s in heads:
         name = head_graph_name(s)
         if s.head == "student":
@@ -311,7 +327,8 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
     # The TAE decoder stays fp32: int8 Conv (ConvInteger) tripled the frame error of a stream in the
     # tests' model (joints rel. error 0.05 -> 0.16), and it runs once per latent against one decode
     # step and a 10-50 step head loop, so int8 there buys little time.
-    quantized = {"prefill.onnx": {"per_channel": True}, "decode_step.onnx": {"per_channel": True},
+    student_files = [specs[n].file for n in (f"prefill{STUDENT_SUFFIX}", f"decode_step{STUDENT_SUFFIX}") if n in specs]
+    quantized = {**{f: {"per_channel": True} for f in ["prefill.onnx", "decode_step.onnx", *student_files]},
                  **{h.file: {"per_channel": False} for h in head_files}}
     for f, how in quantized.items() if quantize else []:
         _quantize_int8(out / f, how["per_channel"])
@@ -322,6 +339,9 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
         "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
         "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
         "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
+        # the transformer graphs of a student stream, when the student owns its conditional path
+        "student_transformer": ({"prefill": student_files[0], "decode_step": student_files[1]}
+                                if student_files else None),
         "heads": [{"file": spec.file, "head": h.head, "sampler": h.sampler, "sampling_steps": h.sampling_steps,
                    "skip_terminal_step": h.skip_terminal_step, "noise_steps": spec.inputs["step_noise"][0]}
                   for h, spec in zip(heads, head_files)],

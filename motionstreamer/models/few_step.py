@@ -1,4 +1,5 @@
-"""Few-step student head: the diffusion head's network sampled in 1-4 steps from the conditional row.
+"""Few-step student: the diffusion head's network sampled in 1-4 steps from one condition row, and
+the conditional path that gives it that row.
 
 A student has the teacher head's architecture (SimpleMLPAdaLN, same widths, keys `net.*`) and is
 trained by `motionstreamer distill-head` (train/distill.py) to reproduce the teacher's guided
@@ -6,6 +7,16 @@ sampling distribution. It is a DiffLoss whose sampling processes are its own, so
 one sampler of models/diffusion.py (step_coefficients "ddpm" + sample_loop: the ancestral update,
 no noise at the last step; the fused Triton loop on CUDA; CUDA graphs; the ONNX head graph), with
 SamplerSettings(head="student"): one row per latent, no unconditional condition, no guidance.
+
+Guidance needs the unconditional row u (the transformer over the same history with the empty
+caption), which one row per stream never computes. So a student may own its conditional path
+(`condition_blocks` = K, keys `condition.*`): copies of the teacher's last K transformer blocks, ln_f
+and out_proj, trained with the head so that its single condition row carries what guidance adds
+(guidance-free training, Chen et al. 2025; model-guidance, Tang et al. 2025, done by distillation
+here). A student stream runs `StudentHead.model(t2m)`: the teacher's embeddings and first
+n_layer - K blocks, then the student's; its KV cache rows hold the student's keys in those K layers.
+The teacher's tensors are shared, never changed. condition_blocks None (bundles distilled before
+it): the student conditions on the teacher's transformer.
 
 Timesteps: the teacher samples from `top` (the last training timestep, or the one before it with
 the bundle's skip_terminal_step) down to 0. The original respacing always keeps timestep 0, so at
@@ -20,10 +31,12 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from motionstreamer.config import current_keys
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, sample_loop
+from motionstreamer.models.transformer import Block, RMSNorm, T2MConfig, TextToMotionModel
 
 HEAD_KIND = "few-step"
 
@@ -46,6 +59,9 @@ class StudentHeadConfig:
     teacher_steps: int = 50
     teacher_skip_terminal_step: bool = True
     distillation: str = "energy-distance distillation of the guided ancestral sampler (train/distill.py)"
+    # the last transformer blocks the student owns, with ln_f and out_proj (its conditional path);
+    # None: it conditions on the teacher's transformer
+    condition_blocks: int | None = None
 
     # the names bundles written before the one sampler vocabulary use (read, never written)
     LEGACY_KEYS = {"teacher_cfg": "teacher_cfg_scale", "teacher_skip_terminal": "teacher_skip_terminal_step",
@@ -68,6 +84,9 @@ class StudentHeadConfig:
                 or not np.isfinite(self.teacher_cfg_scale):
             raise ValueError(f"student_head.teacher_cfg_scale must be a finite number, got {self.teacher_cfg_scale!r}")
         self.teacher_cfg_scale = float(self.teacher_cfg_scale)
+        k = self.condition_blocks
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"student_head.condition_blocks must be null or an int >= 0, got {k!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,16 +122,67 @@ def student_settings(steps: int, temperature: float = 1.0) -> SamplerSettings:
     return SamplerSettings(sampling_steps=steps, temperature=temperature, head="student")
 
 
-class StudentHead(DiffLoss):
-    """The student network and its k-step processes. `config`: the head's DiffusionHeadConfig (the
-    teacher's); `student_config`: what the bundle records. State dict: `net.*` (the head's keys)."""
+class ConditionPath(nn.Module):
+    """A student's own conditional path: `blocks` transformer blocks (replacing the teacher's last ones),
+    ln_f and out_proj, shaped as the teacher's (T2MConfig)."""
 
-    def __init__(self, head: DiffusionHeadConfig, config: StudentHeadConfig):
+    def __init__(self, config: T2MConfig, blocks: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(blocks))
+        self.ln_f = RMSNorm(config.n_embd)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def init_from(self, t2m: TextToMotionModel) -> None:
+        """The teacher's weights: its last len(blocks) blocks, ln_f, out_proj."""
+        n = len(self.blocks)
+        for mine, theirs in zip(self.blocks, list(t2m.transformer.h)[len(t2m.transformer.h) - n:]):
+            mine.load_state_dict(theirs.state_dict())
+            mine.attn.attn_backend = theirs.attn.attn_backend
+        self.ln_f.load_state_dict(t2m.transformer.ln_f.state_dict())
+        self.out_proj.load_state_dict(t2m.out_proj.state_dict())
+
+
+class StudentHead(DiffLoss):
+    """The student network, its k-step processes and (condition_blocks set) its conditional path.
+    `config`: the head's DiffusionHeadConfig (the teacher's); `student_config`: what the bundle records;
+    `transformer`: the teacher's T2MConfig, needed for a conditional path. State dict: `net.*` (the
+    head's keys), `condition.*`."""
+
+    def __init__(self, head: DiffusionHeadConfig, config: StudentHeadConfig, transformer: T2MConfig | None = None):
         if config.top_timestep >= head.num_train_steps:
             raise ValueError(f"student_head.top_timestep {config.top_timestep} must be < the head's "
                              f"num_train_steps {head.num_train_steps}")
         super().__init__(head)
         self.student_config = config
+        self.condition = None
+        k = config.condition_blocks
+        if k is not None:
+            if transformer is None:
+                raise ValueError("a student with its own conditional path (condition_blocks) needs the teacher's "
+                                 "transformer config")
+            if k > transformer.n_layer:
+                raise ValueError(f"student_head.condition_blocks {k} exceeds the transformer's {transformer.n_layer} "
+                                 f"blocks")
+            if transformer.head != head:
+                raise ValueError(f"the transformer's head {transformer.head.to_dict()} differs from the student's "
+                                 f"{head.to_dict()}")
+            self.condition = ConditionPath(transformer, k)
+
+    def init_from(self, t2m: TextToMotionModel) -> "StudentHead":
+        """The teacher's weights everywhere: head network and conditional path."""
+        self.net.load_state_dict(t2m.diff_loss.net.state_dict())
+        if self.condition is not None:
+            self.condition.init_from(t2m)
+        return self
+
+    def model(self, t2m: TextToMotionModel) -> TextToMotionModel:
+        """The text-to-motion model a student stream runs (sharing t2m's tensors): the teacher's
+        embeddings and first blocks, this student's last blocks, ln_f and out_proj, and this head."""
+        if self.condition is None:
+            return t2m.assembled(diff_loss=self)
+        c = self.condition
+        kept = list(t2m.transformer.h)[:t2m.config.n_layer - len(c.blocks)]
+        return t2m.assembled(blocks=kept + list(c.blocks), ln_f=c.ln_f, out_proj=c.out_proj, diff_loss=self)
 
     def sampling_process(self, sampling_steps: int, skip_terminal_step: bool = False) -> GaussianDiffusion:
         """The k-step process (any k in [1, top]; student_config.steps are what it was trained for).

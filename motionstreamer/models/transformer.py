@@ -384,6 +384,26 @@ class TextToMotionModel(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)   # not in the checkpoint
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def assembled(self, blocks=None, ln_f=None, out_proj=None, diff_loss=None) -> "TextToMotionModel":
+        """A model made of this one's modules with some replaced, sharing every tensor (no copy): what a
+        distilled student runs (models/few_step.py: its own last blocks, ln_f, out_proj and head over
+        the teacher's embeddings and first blocks). Prefill, decode, the training forward, the ONNX
+        graphs and CUDA graphs run it as they run any model. Build it after moving this model."""
+        t = self.transformer
+        blocks = list(t.h) if blocks is None else list(blocks)
+        if len(blocks) != self.config.n_layer:
+            raise ValueError(f"an assembled model needs {self.config.n_layer} blocks, got {len(blocks)}")
+        m = TextToMotionModel.__new__(TextToMotionModel)
+        nn.Module.__init__(m)
+        m.config = self.config
+        m.transformer = nn.ModuleDict(dict(wte=t.wte, cond_embed=t.cond_embed, h=nn.ModuleList(blocks),
+                                           ln_f=t.ln_f if ln_f is None else ln_f))
+        m.out_proj = self.out_proj if out_proj is None else out_proj
+        m.diff_loss = self.diff_loss if diff_loss is None else diff_loss
+        m.register_buffer("rope_cos", self.rope_cos, persistent=False)
+        m.register_buffer("rope_sin", self.rope_sin, persistent=False)
+        return m
+
     def set_attention_backend(self, backend: str) -> None:
         if backend not in ATTN_BACKENDS:
             raise ValueError(f"attention backend must be one of {ATTN_BACKENDS}, got {backend!r}")

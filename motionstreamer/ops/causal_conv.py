@@ -6,9 +6,11 @@
 Backends: "torch" is the reference (F.pad + F.conv1d: cuDNN on GPU, oneDNN on CPU); "native" is
 motionstreamer._C (CPU fp32; CUDA fp32/fp16/bf16 with fp32 accumulation, on torch's current stream);
 "auto" uses native when the extension is built and supports the tensor's device and dtype, else torch
-(only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN / cuDNN).
-The global switch is set_conv_backend() or the environment variable MOTIONSTREAMER_CONV_BACKEND (default
-"torch"); every function also takes conv_backend= to override it per call. The CPU kernels pick AVX-512,
+(only up to AUTO_NATIVE_MAX_COLUMNS output columns, where it is measured faster than oneDNN / cuDNN, and
+never while tracing: an ONNX export records the torch ops). The global switch is set_conv_backend() or the
+environment variable MOTIONSTREAMER_CONV_BACKEND (default "auto": the streaming TAE step runs native, a
+whole-sequence decode or training batch torch); every function also takes conv_backend= to override it
+per call. The CPU kernels pick AVX-512,
 AVX2+FMA or generic vector code at run time (MOTIONSTREAMER_CPU_ISA forces one).
 
 Streaming (causal_conv1d_update) follows causal-conv1d's conv_state design: the state (B, Cin, S) with
@@ -41,7 +43,7 @@ def _check_backend(name) -> str:
     return name
 
 
-_backend = _check_backend(os.environ.get("MOTIONSTREAMER_CONV_BACKEND", "torch").strip().lower() or "torch")
+_backend = _check_backend(os.environ.get("MOTIONSTREAMER_CONV_BACKEND", "auto").strip().lower() or "auto")
 
 
 def set_conv_backend(name: str) -> None:
@@ -119,7 +121,7 @@ def resolve_conv_backend(x: torch.Tensor, conv_backend: str | None = None, colum
     'auto' picks native when it supports x and, on devices listed in AUTO_NATIVE_MAX_COLUMNS with a limit,
     when the op has at most that many output columns (batch * output frames)."""
     b = _check_backend(conv_backend) if conv_backend is not None else _backend
-    if b == "torch":
+    if b == "torch" or (b == "auto" and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())):
         return "torch"
     reason = _unsupported_reason(x)
     if b == "native" and reason is not None:

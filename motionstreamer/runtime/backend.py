@@ -9,6 +9,10 @@ condition rows a stream uses ([prompt; empty prompt] under guidance, else [promp
 KV-cache layout: condition row r of stream slot i lives in cache row i + r * capacity, so the rows
 of all streams for one condition are contiguous (a full batch decodes without a gather).
 
+A backend runs one head's model: the teacher (the bundle's t2m, guided head) or a distilled student,
+whose conditional path may be its own (models/few_step.py: StudentHead.model), so its cache rows hold
+what the student's blocks computed and cannot be sampled by the teacher (nor the other way round).
+
 Backends: TorchBackend (below: the PyTorch modules with a static KV cache, the fast head and the
 streaming TAE), GraphedBackend (runtime/cuda_graph.py: the same replayed as CUDA graphs) and
 OrtBackend (runtime/ort_backend.py: onnxruntime sessions of an exported model).
@@ -25,6 +29,7 @@ MAX_CONDITION_ROWS = 2   # [cond; uncond]: what a backend's cache holds per stre
 
 
 class Backend(Protocol):
+    head: str                       # which model fills the cache and samples: "teacher" or "student"
     capacity: int                   # stream slots
     condition_rows: int             # KV-cache rows held per slot (>= the settings' condition_rows)
     block_size: int                 # tokens in the context window (text token + latents)
@@ -52,16 +57,34 @@ class Backend(Protocol):
         """New latents (n, latent) of `slots` -> their normalised frames (n, frames_per_latent, 272)."""
 
 
+def check_head(backend, settings: SamplerSettings) -> None:
+    """ValueError unless the backend runs the head the settings sample with."""
+    if settings.head != backend.head:
+        raise ValueError(f"this backend runs the {backend.head}'s model; settings for the {settings.head} need a "
+                         f"backend made for it")
+
+
 def cache_rows(slots: list[int], rows: int, capacity: int) -> list[int]:
     """The KV-cache rows of `slots`, condition row by condition row: [row 0 of each slot, row 1 ...]."""
     return [slot + r * capacity for r in range(rows) for slot in slots]
 
 
+def head_model(bundle, head: str):
+    """The text-to-motion model that runs `head`: the bundle's t2m (the teacher), or the student's
+    (StudentHead.model: its own conditional path and head over the teacher's shared modules)."""
+    if head == "teacher":
+        return bundle.t2m
+    student = getattr(bundle, "student", None)
+    if head != "student" or student is None:
+        raise ValueError("this bundle has no few-step student head" if head == "student" else
+                         f"head must be 'teacher' or 'student', got {head!r}")
+    return student.model(bundle.t2m)
+
+
 class TorchBackend:
     def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
-                 condition_rows: int = MAX_CONDITION_ROWS):
-        self.tae, self.t2m = bundle.tae, bundle.t2m
-        self.student = getattr(bundle, "student", None)   # models.few_step.StudentHead, when the bundle has one
+                 condition_rows: int = MAX_CONDITION_ROWS, head: str = "teacher"):
+        self.tae, self.t2m, self.head_name = bundle.tae, head_model(bundle, head), head
         self.capacity, self.condition_rows, self.device, self.dtype = capacity, condition_rows, device, dtype
         self.block_size = self.t2m.config.block_size
         self.latent_dim = self.t2m.config.latent_dim
@@ -84,20 +107,22 @@ class TorchBackend:
         out = self.t2m.decode_step(z.repeat(rows, 1), self.cache, rows=self._rows(slots, rows))
         return out.view(rows, len(slots), -1).transpose(0, 1)
 
-    def head(self, settings: SamplerSettings):
-        """The module that samples under `settings`: the t2m model's guided head, or the student."""
-        if settings.head == "student":
-            if self.student is None:
-                raise ValueError("this bundle has no few-step student head")
-            return self.student
+    @property
+    def head(self) -> str:
+        return self.head_name
+
+    def head_module(self, settings: SamplerSettings):
+        """The module that samples under `settings`: this backend's model's head (the guided teacher's or
+        the student's); settings for the other head are an error."""
+        check_head(self, settings)
         return self.t2m.diff_loss
 
     def noise_steps(self, settings: SamplerSettings) -> int:
-        return self.head(settings).sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
+        return self.head_module(settings).sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
 
     def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
         noise = (noise[0].to(self.device, self.dtype), noise[1].to(self.device, self.dtype))
-        return self.head(settings).sample(*conditions.unbind(1), settings=settings, noise=noise)
+        return self.head_module(settings).sample(*conditions.unbind(1), settings=settings, noise=noise)
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
         rows = torch.tensor(slots, device=self.device)

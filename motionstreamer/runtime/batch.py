@@ -18,10 +18,11 @@ from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
 @torch.no_grad()
 def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], config: GenerationConfig | None = None,
-                  seed: int = 0, use_end_latent: bool = False, device=None, dtype=None, backend=None) -> list[torch.Tensor]:
+                  seed: int = 0, use_end_latent: bool = False, device=None, dtype=None, backend=None,
+                  latents: bool = False) -> list[torch.Tensor]:
     """schedules[i]: [(prompt, n_latents), ...] for stream i (seeded seed + i). Returns de-normalised
     features (frames, 272) per stream: 4 * sum(n_latents), fewer when use_end_latent lets an action end
-    early (the end latent then starts the next prompt)."""
+    early (the end latent then starts the next prompt); latents=True: the sampled latents (n, 16) instead."""
     if not schedules:
         return []
     gen = config or GenerationConfig()
@@ -35,9 +36,10 @@ def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], 
         ids.append(engine.add_stream(prompt, seed=seed + i, max_latents=n))
         for prompt, n in rest:
             engine.push_text(ids[-1], prompt, max_latents=n, after_current=True)
-    frames = {i: [] for i in ids}
+    out = {i: [] for i in ids}
     while engine.active_ids:
         for chunk in engine.step():
-            frames[chunk.stream_id].append(chunk.features.float().cpu())
-    return [torch.cat(frames[i]) if frames[i] else torch.zeros(0, FEATURE_DIM) for i in ids]
+            out[chunk.stream_id].append(chunk.latent[None].cpu() if latents else chunk.features.float().cpu())
+    width = engine.latent_dim if latents else FEATURE_DIM
+    return [torch.cat(out[i]) if out[i] else torch.zeros(0, width) for i in ids]
 

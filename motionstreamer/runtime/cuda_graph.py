@@ -19,8 +19,8 @@ class GraphedBackend(TorchBackend):
     (batch, SamplerSettings) (frozen, hashable), the TAE step by nothing."""
 
     def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
-                 condition_rows: int = MAX_CONDITION_ROWS, warmup: int = 2):
-        super().__init__(bundle, capacity, device, dtype, condition_rows)
+                 condition_rows: int = MAX_CONDITION_ROWS, head: str = "teacher", warmup: int = 2):
+        super().__init__(bundle, capacity, device, dtype, condition_rows, head)
         self.enabled = device.type == "cuda"
         self.warmup = warmup
         self._graphs = {}
@@ -79,7 +79,7 @@ class GraphedBackend(TorchBackend):
             c = torch.zeros_like(conditions, device=self.device, dtype=self.dtype)
             x = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
             nz = torch.zeros(noise[1].shape[0], n, self.latent_dim, device=self.device, dtype=self.dtype)
-            head = self.head(settings)   # the guided teacher or the student (one condition row, no guidance)
+            head = self.head_module(settings)   # the guided teacher or the student (one condition row, no guidance)
             self._capture(key, lambda: head.sample(*c.unbind(1), settings=settings, noise=(x, nz)), [c, x, nz], [])
         graph, (c, x, nz), out = self._graphs[key]
         c.copy_(conditions)

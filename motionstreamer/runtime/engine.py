@@ -29,7 +29,7 @@ from motionstreamer.checkpoints import BundleConfig, bundle_config_of
 from motionstreamer.models.few_step import StudentHeadConfig
 from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.runtime import policy
-from motionstreamer.runtime.backend import TorchBackend
+from motionstreamer.runtime.backend import TorchBackend, check_head
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
@@ -169,7 +169,8 @@ class StreamingEngine:
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
             # a student needs no unconditional rows: its cache holds one row per stream
             rows = {"condition_rows": 1} if self.settings.head == "student" else {}
-            backend = cls(bundle, capacity, device, dtype or p.dtype, **rows)
+            backend = cls(bundle, capacity, device, dtype or p.dtype, head=self.settings.head, **rows)
+        check_head(backend, self.settings)
         if backend.condition_rows < self.rows:
             raise ValueError(f"the backend holds {backend.condition_rows} condition row(s) per stream, these sampler "
                              f"settings need {self.rows}")

@@ -21,7 +21,7 @@ from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
 from motionstreamer.models.sampling import SamplerSettings
-from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, check_head
 from motionstreamer.runtime.engine import resolve_config
 from motionstreamer.runtime.session import StreamingSession
 
@@ -40,14 +40,17 @@ def make_session(path: Path, providers=None, threads: int | None = None):
 
 class OrtBackend:
     def __init__(self, directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
-                 condition_rows: int = MAX_CONDITION_ROWS):
+                 condition_rows: int = MAX_CONDITION_ROWS, head: str = "teacher"):
         d = Path(directory)
         self.manifest = m = read_manifest(d)
-        self.capacity, self.condition_rows = capacity, condition_rows
+        self.capacity, self.condition_rows, self.head = capacity, condition_rows, head
         self.block_size, self.latent_dim = m["block_size"], m["latent_dim"]
         self.device = torch.device("cpu")
-        self.prefill_s = make_session(d / "prefill.onnx", providers, threads)
-        self.decode_s = make_session(d / "decode_step.onnx", providers, threads)
+        # a student that owns its conditional path has its own transformer graphs
+        files = (m.get("student_transformer") if head == "student" else None) or \
+            {"prefill": "prefill.onnx", "decode_step": "decode_step.onnx"}
+        self.prefill_s = make_session(d / files["prefill"], providers, threads)
+        self.decode_s = make_session(d / files["decode_step"], providers, threads)
         self.tae_s = make_session(d / "tae_decode_step.onnx", providers, threads)
         self.heads = {head_key(h): (make_session(d / h["file"], providers, threads), h) for h in m["heads"]}
         shape = (m["n_layer"], condition_rows * capacity, m["n_head"], m["block_size"], m["head_dim"])
@@ -83,6 +86,7 @@ class OrtBackend:
         return torch.from_numpy(cond).view(n_rows, len(slots), -1).transpose(0, 1)
 
     def _head(self, settings: SamplerSettings):
+        check_head(self, settings)
         key = (settings.head, settings.sampler, settings.sampling_steps, settings.skip_terminal_step)
         if key not in self.heads or settings.eta != 0:
             what = "student" if settings.head == "student" else settings.sampler
@@ -152,13 +156,15 @@ class OrtBundle:
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
              config=None):
     """(statistics, backend) of an export; config (a GenerationConfig) sizes the KV cache for its
-    condition rows (a student: one per stream), else for [cond; uncond]."""
+    condition rows (a student: one per stream) and picks its head's graphs, else the teacher's with
+    [cond; uncond] rows."""
     manifest = read_manifest(directory)
     bundle_config = BundleConfig.from_dict({"text_encoder": manifest["text_encoder"], **manifest.get("config", {})})
-    rows = MAX_CONDITION_ROWS
+    rows, head = MAX_CONDITION_ROWS, "teacher"
     if config is not None:
-        rows = resolve_config(config, bundle_config).sampler_settings().condition_rows
-    backend = OrtBackend(directory, capacity, providers, threads, condition_rows=rows)
+        settings = resolve_config(config, bundle_config).sampler_settings()
+        rows, head = settings.condition_rows, settings.head
+    backend = OrtBackend(directory, capacity, providers, threads, condition_rows=rows, head=head)
     m = backend.manifest
     stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), bundle_config,
                       int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))

@@ -41,12 +41,14 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
     latent without the differences compounding through the autoregressive loop.
 
     student: a bundle's few-step head (models.few_step.StudentHead), sampled when the config's head
-    is "student" (plain module forward too; no unconditional forward then)."""
+    is "student" (plain module forward too, over the student's conditional path; no unconditional
+    forward then)."""
 
     resolved = resolve_config(config or GenerationConfig(),
                               BundleConfig(student_head=student.student_config) if student is not None else None)
     settings = resolved.sampler_settings()
-    head = student if settings.head == "student" else t2m.diff_loss
+    model = student.model(t2m) if settings.head == "student" else t2m   # the student's own conditional path
+    head = model.diff_loss
     block = t2m.config.block_size
     keep = resolved.history_keep or block // 2
     p = next(t2m.parameters())
@@ -61,8 +63,8 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
         while k < n_latents:
             window = policy.slide(window, block, keep)
             ctx = (torch.stack(window)[None] if window else torch.zeros(1, 0, t2m.config.latent_dim).to(p))
-            cond = t2m(ctx, text)[:, -1]                      # full prefix, conditional
-            uncond = t2m(ctx, empty)[:, -1] if settings.guided else None   # unconditional, separately
+            cond = model(ctx, text)[:, -1]                    # full prefix, conditional
+            uncond = model(ctx, empty)[:, -1] if settings.guided else None   # unconditional, separately
             noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim)
             z = head.sample(cond, uncond, settings, noise=(noise[0].to(p), noise[1].to(p)), fast=False)[0]
             if end_latent is not None and policy.is_action_end(z, end_latent.reshape(-1), resolved.end_threshold, k,

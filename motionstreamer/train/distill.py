@@ -1,35 +1,53 @@
-"""Distil the guided 50-step diffusion head into a few-step student that needs no guidance rows.
+"""Distil the guided 50-step teacher into a few-step student that samples from one condition row.
 
 Target: the runtime's teacher sampler (ancestral DDPM over the head's respaced process, the bundle's
-skip_terminal_step, classifier-free guidance on [cond; uncond] rows). For each condition it defines a
-distribution over the next latent; the student (models/few_step.py: the head's architecture,
-initialised from the teacher's weights) must draw from it in k in {1, 2, 4} ancestral steps from the
-conditional row alone.
+skip_terminal_step, classifier-free guidance on [cond; uncond] rows). For each context (a caption and
+the latents so far) it defines a distribution over the next latent; the student (models/few_step.py:
+the head's architecture and, with condition_blocks, its own copy of the transformer's last blocks,
+ln_f and out_proj, all initialised from the teacher) must draw from it in k in {1, 2, 4} ancestral
+steps from its single condition row.
 
-Method: energy-score distillation of the sampler's output distribution. Per training condition the
-student draws m samples through its whole k-step sampler (differentiably; every supported k each
-step), and the loss is the energy score against n samples of the guided teacher for that condition:
+The method (numbers, and what did not work: docs/student.md):
 
-    S = E|X - Y| - 1/2 E|X - X'|      (X: student samples, Y: teacher samples, distinct pairs)
+1. Guidance in the condition row. Guidance needs u, the transformer's output for the empty caption
+   over the same history; a one-row stream never computes it. The student's own conditional path
+   sees the caption and the history, so it can learn what guidance adds: trained jointly with the head,
+   its row is made to carry the guided distribution (guidance-free training, Chen et al. 2025;
+   model-guidance, Tang et al. 2025; here by distillation from the guided teacher).
+2. Loss, per training context: the energy score of the student's k-step samples (its whole sampler
+   run differentiably, every supported k) against n samples of the guided teacher,
 
-a strictly proper scoring rule (Gneiting & Raftery 2007): its expectation is minimal exactly when the
-student's distribution is the teacher's (De Bortoli et al. 2025 train few-step samplers with it).
-Progressive and consistency distillation were not used: they distil the deterministic DDIM ODE, which
-is not the distribution the runtime samples.
+       S = E|X - Y| - 1/2 E|X - X'|      (X: student samples, Y: teacher samples, distinct pairs),
 
-Data: the frozen transformer's outputs over the training set's latent sequences with teacher forcing,
-once with the caption and once with the empty caption (the guidance row). A bank of `conditions` of
-them with `teacher_samples` teacher draws each is computed once (shared among DDP processes, cached in
-the run folder for resumes); training draws batches from it on the shared loop (train/common.py).
+   a strictly proper scoring rule (Gneiting & Raftery 2007; De Bortoli et al. 2025 train few-step
+   samplers with it), plus `guidance_weight` times the regression of the student's eps at a random
+   timestep on the teacher's guided eps eps_u + cfg_scale (eps_c - eps_u) (guidance distillation,
+   Meng et al. 2023): the mean shift guidance adds is small next to the spread, a distribution
+   distance barely sees it, the guided eps carries it at every noise level.
+3. Contexts the student meets at run time. Training starts on teacher-forced contexts (the dataset's
+   latent sequences); then, `rollout_rounds` times, the student streams the training prompts (each
+   caption at its length, and every stream pair's two prompts in a row) with its default step
+   count, the teacher labels those same histories (its c and u rows over the student's latents, its
+   guided samples), and the new contexts join the training mix (`rollout_fraction` of each batch):
+   DAgger (Ross et al. 2011) with the teacher as the expert, the contexts of Self Forcing (Huang et
+   al. 2025) and CausVid's causal student (Yin et al. 2025) without backpropagating through the rollout.
+4. Selection by end-to-end metrics: after every round (and at the end) a `select` callback (e.g.
+   eval.selection.StudentSelector: `evaluate t2m` and `evaluate stream` with the student) scores the
+   EMA student; the best one is returned, not the last.
 
-Measured quality, speed and the student's known limit (it sees c, never u, so it misses most of the
-guidance shift): docs/student.md.
+A bank (contexts, targets, the teacher's [c, u] rows and samples) is computed once per round, shared
+among DDP processes and cached in the run folder for resumes; training draws batches from the banks on
+the shared loop (train/common.py).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,66 +56,177 @@ import torch.distributed as dist
 from motionstreamer.checkpoints import bundle_config_of, ema_or_model_state, load_training_checkpoint
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, teacher_top_timestep
 from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, draw_sampling_noise
+from motionstreamer.runtime.batch import run_schedules
+from motionstreamer.runtime.engine import GenerationConfig
 from motionstreamer.train.common import Dist, TrainConfig, atomic_torch_save, setup_distributed, train_loop
+from motionstreamer.utils import atomic_write_json
 
-METHOD = "energy-score distillation of the guided ancestral sampler (motionstreamer.train.distill)"
+METHOD = ("energy-score distillation of the guided ancestral sampler with a learned conditional path and the "
+          "student's own rollouts (motionstreamer.train.distill)")
 
 
-# ----------------------------------------------------------------------------- conditions
-@torch.no_grad()
-def teacher_forced_conditions(t2m, examples, text_embeddings: dict, count: int | None = None, seed: int = 0,
-                              batch: int = 64, all_captions: bool = True) -> torch.Tensor:
-    """Conditions the runtime gives the head, from the dataset with teacher forcing: for every
-    (example, caption) sequence [caption token, latents of A, latents of B] the frozen transformer's
-    outputs at the positions that predict B's latents (the end latent included), once with the
-    caption and once with the empty caption (the guidance row). Returns (N, 2, n_embd) pairs
-    [cond, uncond], float32 on the CPU; `count` of them drawn uniformly at random (seeded) from all
-    positions, or all when None. The window is the model's (block_size - 1 latents)."""
-    p = next(t2m.parameters())
-    L_max = t2m.config.block_size - 1
-    empty = text_embeddings[""]
-    seqs = []   # (latents (L, d), first target position, caption)
+# ----------------------------------------------------------------------------- contexts
+@dataclass
+class Contexts:
+    """Latent sequences and the caption each runs under: sequence i is [text[i] token, latents[i,
+    :lengths[i]]], and the conditions at its positions first[i] .. lengths[i] - 1 are training targets
+    (position p conditions latent p, so it sees latents 0 .. p-1)."""
+    latents: torch.Tensor   # (S, L, latent) zero-padded, float32
+    lengths: torch.Tensor   # (S,) long
+    first: torch.Tensor     # (S,) long
+    text: torch.Tensor      # (S, text_dim)
+
+    def __post_init__(self):
+        S = self.latents.shape[0]
+        if not (self.lengths.shape == self.first.shape == (S,) and self.text.shape[0] == S):
+            raise ValueError(f"contexts do not fit: latents {tuple(self.latents.shape)}, lengths "
+                             f"{tuple(self.lengths.shape)}, first {tuple(self.first.shape)}, text {tuple(self.text.shape)}")
+        if S and not bool(((0 <= self.first) & (self.first < self.lengths)).all()):
+            raise ValueError("every context needs a target position (0 <= first < length)")
+
+    @classmethod
+    def from_sequences(cls, seqs: list, latent_dim: int) -> "Contexts":
+        """seqs: [(latents (L, d) array or tensor, first target position, text embedding)]."""
+        if not seqs:
+            raise ValueError("no context sequences")
+        L = max(len(s) for s, _, _ in seqs)
+        lat = torch.zeros(len(seqs), L, latent_dim)
+        for i, (s, _, _) in enumerate(seqs):
+            lat[i, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.float32))
+        return cls(lat, torch.tensor([len(s) for s, _, _ in seqs]), torch.tensor([a for _, a, _ in seqs]),
+                   torch.stack([torch.as_tensor(t).float() for _, _, t in seqs]))
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def targets(self, count: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequence, position) of every target, or `count` of them drawn uniformly without replacement
+        (seeded), in sequence order."""
+        n = (self.lengths - self.first).tolist()
+        seq = torch.repeat_interleave(torch.arange(len(self)), torch.tensor(n, dtype=torch.long))
+        pos = torch.cat([torch.arange(a, b) for a, b in zip(self.first.tolist(), self.lengths.tolist())])
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        if count is not None and count < len(seq):
+            keep = np.sort(np.random.default_rng(seed).choice(len(seq), size=count, replace=False))
+            seq, pos = seq[keep], pos[keep]
+        return seq, pos
+
+    def cat(self, other: "Contexts") -> "Contexts":
+        L = max(self.latents.shape[1], other.latents.shape[1])
+        pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[1]))  # noqa: E731
+        return Contexts(torch.cat([pad(self.latents), pad(other.latents)]), torch.cat([self.lengths, other.lengths]),
+                        torch.cat([self.first, other.first]), torch.cat([self.text, other.text]))
+
+    def gather(self, seq: torch.Tensor) -> dict:
+        """The sequences `seq` (B,) as a batch: unique sequences, trimmed to their longest, and the row of
+        each target among them."""
+        uniq, row = torch.unique(seq, return_inverse=True)
+        L = int(self.lengths[uniq].max())
+        return {"latents": self.latents[uniq, :L], "text": self.text[uniq], "lengths": self.lengths[uniq], "row": row}
+
+
+def dataset_contexts(examples, text_embeddings: dict, block_size: int, all_captions: bool = True) -> Contexts:
+    """Teacher forcing: for every (example, caption) the sequence [latents of A, latents of B] (the
+    model's window, block_size - 1 latents) under the caption, B's positions the targets."""
+    L_max = block_size - 1
+    seqs = []
     for ex in examples:
         for cap in (ex.all_captions() if all_captions else (ex.caption,)):
             a, b = ex.latents_a, ex.latents_b
             seq = np.concatenate([a, b])[:L_max] if len(a) else b[:L_max]
             if len(seq) > len(a):
-                seqs.append((seq, len(a), cap))
-    counts = np.array([len(s) - a for s, a, _ in seqs])
-    total = int(counts.sum())
-    if total == 0:
+                seqs.append((seq, len(a), text_embeddings[cap]))
+    if not seqs:
         raise ValueError("no target positions in the examples")
-    if count is not None and count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    keep = np.ones(total, dtype=bool)
-    if count is not None and count < total:
-        keep[:] = False
-        keep[np.random.default_rng(seed).choice(total, size=count, replace=False)] = True
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return Contexts.from_sequences(seqs, examples[0].latents_b.shape[-1])
+
+
+@torch.no_grad()
+def context_conditions(t2m, contexts: Contexts, seq: torch.Tensor, pos: torch.Tensor, empty: torch.Tensor,
+                       batch: int = 64) -> torch.Tensor:
+    """The teacher's rows at the targets (seq, pos): (N, 2, n_embd) [cond, uncond], float32 on the CPU,
+    in the targets' order; uncond is the same history under the empty caption `empty`."""
+    p = next(t2m.parameters())
+    out = torch.zeros(len(seq), 2, t2m.config.n_embd)
+    needed = torch.unique(seq)
+    for s in range(0, len(needed), batch):
+        ids = needed[s:s + batch]
+        L = int(contexts.lengths[ids].max())
+        lat = contexts.latents[ids, :L].to(p.device, p.dtype)
+        text = contexts.text[ids].to(p.device, p.dtype)
+        lengths = contexts.lengths[ids].to(p.device)
+        cond = t2m(lat, text, lengths=lengths).float().cpu()
+        uncond = t2m(lat, empty.to(p.device, p.dtype).expand_as(text), lengths=lengths).float().cpu()
+        where = {int(i): r for r, i in enumerate(ids)}
+        for j in torch.nonzero(torch.isin(seq, ids)).flatten().tolist():
+            r, q = where[int(seq[j])], int(pos[j])
+            out[j, 0], out[j, 1] = cond[r, q], uncond[r, q]
+    return out
+
+
+def teacher_forced_conditions(t2m, examples, text_embeddings: dict, count: int | None = None, seed: int = 0,
+                              batch: int = 64, all_captions: bool = True) -> torch.Tensor:
+    """[cond, uncond] rows (N, 2, n_embd) of the frozen transformer at the dataset's teacher-forced
+    targets (dataset_contexts), `count` of them drawn at random (seeded), or all when None."""
+    contexts = dataset_contexts(examples, text_embeddings, t2m.config.block_size, all_captions)
+    seq, pos = contexts.targets(count, seed)
+    return context_conditions(t2m, contexts, seq, pos, text_embeddings[""], batch)
+
+
+# ----------------------------------------------------------------------------- the student's own rollouts
+class EmbeddingTable:
+    """A text encoder over known embeddings (the training captions'): what the engine needs to stream
+    the training prompts during distillation."""
+
+    def __init__(self, embeddings: dict):
+        self.embeddings = embeddings
+        self.dim = next(iter(embeddings.values())).shape[-1]
+
+    def encode(self, texts):
+        return torch.stack([self.embeddings[t] for t in texts])
+
+
+def rollout_schedules(examples) -> list[list[tuple[str, int]]]:
+    """What the student streams: each plain example's first caption for its length in latents, and each
+    stream pair's two prompts in a row (A for its length, then B), as `evaluate t2m` / `stream` do."""
     out = []
-    for s in range(0, len(seqs), batch):
-        chunk = [i for i in range(s, min(s + batch, len(seqs))) if keep[offsets[i]:offsets[i + 1]].any()]
-        if not chunk:
-            continue
-        L = max(len(seqs[i][0]) for i in chunk)
-        lat = torch.zeros(len(chunk), L, seqs[chunk[0]][0].shape[1])
-        for r, i in enumerate(chunk):
-            lat[r, :len(seqs[i][0])] = torch.from_numpy(np.ascontiguousarray(seqs[i][0], dtype=np.float32))
-        text = torch.stack([text_embeddings[seqs[i][2]] for i in chunk])
-        lat, text = lat.to(p.device, p.dtype), text.to(p.device, p.dtype)
-        cond = t2m(lat, text)
-        uncond = t2m(lat, empty.to(p.device, p.dtype).expand_as(text))
-        for r, i in enumerate(chunk):
-            a = seqs[i][1]
-            n = len(seqs[i][0])
-            sel = torch.from_numpy(keep[offsets[i]:offsets[i + 1]])
-            pos = torch.arange(a, n)[sel]
-            out.append(torch.stack([cond[r, pos], uncond[r, pos]], dim=1).float().cpu())
-    return torch.cat(out)
+    for ex in examples:
+        if len(ex.latents_a) and ex.history_caption:
+            out.append([(ex.history_caption, len(ex.latents_a)), (ex.caption, len(ex.latents_b))])
+        elif not len(ex.latents_a):
+            out.append([(ex.caption, len(ex.latents_b))])
+    return out
+
+
+@torch.no_grad()
+def rollout_contexts(bundle, student: StudentHead, text_embeddings: dict, schedules: list, steps: int, seed: int,
+                     block_size: int, batch: int = 256) -> Contexts:
+    """Stream `schedules` with the student (its default sampler at `steps` steps, no end detection) and
+    return the contexts its prompts ran in: per schedule entry j, the stream's latents up to the end of
+    prompt j under prompt j's caption, its targets the latents that prompt produced (a prompt change
+    re-prefills [caption, history], so these are the histories the student conditioned on)."""
+    config = dataclasses.replace(bundle_config_of(bundle), student_head=student.student_config)
+    runner = dataclasses.replace(bundle, student=student, config=config)
+    encoder = EmbeddingTable(text_embeddings)
+    gen = GenerationConfig(head="student", sampling_steps=steps)
+    seqs = []
+    for s in range(0, len(schedules), batch):
+        chunk = schedules[s:s + batch]
+        lats = run_schedules(runner, encoder, chunk, gen, seed=seed + s, latents=True)
+        for sched, z in zip(chunk, lats):
+            end = 0
+            for caption, n in sched:
+                start, end = end, end + n
+                hist = z[:end][-(block_size - 1):]          # the window (longer ones slid at run time)
+                first = max(0, start - (end - len(hist)))
+                if first < len(hist):
+                    seqs.append((hist.float().cpu(), first, text_embeddings[caption]))
+    return Contexts.from_sequences(seqs, student.config.latent_dim)
 
 
 # ----------------------------------------------------------------------------- the teacher's samples
-BANK_FORMAT = "motionstreamer-distill-bank"
+BANK_FORMAT = "motionstreamer-distill-bank-v2"
 
 
 @torch.no_grad()
@@ -130,6 +259,71 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scal
     return torch.cat([parts[j] for j in range(len(starts))])
 
 
+class TeacherBank:
+    """Training targets: contexts, the (sequence, position) of each target, the teacher's [cond, uncond]
+    rows there (N, 2, E) and its samples (N, m, latent). `source` (N,) names the round each target
+    came from (0: teacher forcing, r: rollout round r); batches draw rounds by `weights`."""
+
+    def __init__(self, contexts: Contexts, seq: torch.Tensor, pos: torch.Tensor, pairs: torch.Tensor,
+                 samples: torch.Tensor, meta: dict, source: torch.Tensor | None = None):
+        N = seq.shape[0]
+        if pos.shape != (N,) or pairs.dim() != 3 or pairs.shape[:2] != (N, 2) or samples.dim() != 3 \
+                or samples.shape[0] != N:
+            raise ValueError(f"bank shapes do not fit: {N} targets, pos {tuple(pos.shape)}, pairs "
+                             f"{tuple(pairs.shape)}, samples {tuple(samples.shape)}")
+        if not (torch.isfinite(pairs).all() and torch.isfinite(samples).all()):
+            raise ValueError("the teacher bank holds NaN/inf (the teacher diverged on these conditions?)")
+        if N and (int(seq.max()) >= len(contexts) or bool((pos >= contexts.lengths[seq]).any())):
+            raise ValueError("bank targets point outside their contexts")
+        self.contexts, self.seq, self.pos, self.pairs, self.samples, self.meta = contexts, seq, pos, pairs, samples, meta
+        self.source = torch.zeros(N, dtype=torch.long) if source is None else source
+        self.weights = torch.ones(N)
+
+    def __len__(self) -> int:
+        return self.seq.shape[0]
+
+    def merged(self, other: "TeacherBank", other_share: float) -> "TeacherBank":
+        """This bank and `other` (a new round) in one: `other_share` of each batch is drawn from other's
+        targets, the rest from this bank's as they were weighted."""
+        out = TeacherBank(self.contexts.cat(other.contexts), torch.cat([self.seq, other.seq + len(self.contexts)]),
+                          torch.cat([self.pos, other.pos]), torch.cat([self.pairs, other.pairs]),
+                          torch.cat([self.samples, other.samples]), self.meta,
+                          torch.cat([self.source, other.source]))
+        out.weights = torch.cat([self.weights / self.weights.sum() * (1 - other_share),
+                                 torch.full((len(other),), other_share / len(other))])
+        return out
+
+    def sample_batch(self, gen: torch.Generator, batch_size: int) -> dict:
+        idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen)
+        return {**self.contexts.gather(self.seq[idx]), "pos": self.pos[idx], "cond": self.pairs[idx, 0],
+                "uncond": self.pairs[idx, 1], "target": self.samples[idx]}
+
+    def save(self, path) -> None:
+        c = self.contexts
+        atomic_torch_save(path, {"format": BANK_FORMAT, "meta": self.meta, "latents": c.latents, "lengths": c.lengths,
+                                 "first": c.first, "text": c.text, "seq": self.seq, "pos": self.pos,
+                                 "pairs": self.pairs, "samples": self.samples, "source": self.source})
+
+    @classmethod
+    def load(cls, path, meta: dict) -> "TeacherBank | None":
+        """The bank saved at path when it was built with the same `meta`, else None."""
+        d = load_training_checkpoint(path)
+        if not isinstance(d, dict) or d.get("format") != BANK_FORMAT or d.get("meta") != meta:
+            return None
+        return cls(Contexts(d["latents"], d["lengths"], d["first"], d["text"]), d["seq"], d["pos"], d["pairs"],
+                   d["samples"], meta, d["source"])
+
+
+def build_bank(t2m, contexts: Contexts, count: int, config: "DistillConfig", skip: bool, empty: torch.Tensor,
+               seed: int, meta: dict, env: Dist, source: int = 0) -> TeacherBank:
+    """`count` targets of the contexts with the teacher's rows and guided samples."""
+    seq, pos = contexts.targets(count, seed)
+    pairs = context_conditions(t2m, contexts, seq, pos, empty)
+    samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps,
+                              skip, seed, config.bank_chunk, env.rank, env.world_size)
+    return TeacherBank(contexts, seq, pos, pairs, samples, meta, torch.full((len(seq),), source, dtype=torch.long))
+
+
 # ----------------------------------------------------------------------------- the objective
 def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances (..., n, m) with a finite gradient at 0 (equal samples)."""
@@ -149,28 +343,44 @@ def energy_score(samples: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class EnergyDistillObjective(torch.nn.Module):
-    """The student's k-step samples against the teacher's for the same conditions, every supported k
-    each step (one network serves them all). A module so DDP wraps one forward using every parameter.
+    """The student's k-step samples against the teacher's for the same contexts, every supported k each
+    step (one network serves them all), plus guidance_weight x the guided-eps regression. A module so
+    DDP wraps one forward using every trained parameter (the student: head and conditional path).
 
-    guidance_steps > 0 first runs that many steps of guidance distillation (Meng et al. 2023, stage
-    one): the student's eps at a random timestep regresses the teacher's guided eps
-    eps_u + cfg_scale (eps_c - eps_u) on x_t noised from a teacher sample. It makes the student a one-row
-    guided eps model, the starting point of the few-step stage."""
+    teacher: the t2m model (its head's network gives the guided eps), frozen here, not part of the
+    trained state. With a conditional path the student's condition is computed from the batch's contexts
+    through StudentHead.model(teacher); without one it is the teacher's cond row.
+    guidance_steps > 0: the first steps train the guided-eps regression alone (the student becomes a
+    one-row guided eps model before the few-step stage)."""
 
-    def __init__(self, student, steps: tuple, samples: int, teacher_net=None, cfg_scale: float = SamplerSettings.cfg_scale,
-                 guidance_steps: int = 0, guidance_weight: float = 0.0):
+    def __init__(self, student: StudentHead, steps: tuple, samples: int, teacher=None,
+                 cfg_scale: float = SamplerSettings.cfg_scale, guidance_steps: int = 0, guidance_weight: float = 0.0):
         super().__init__()
         self.student, self.steps, self.samples = student, tuple(steps), samples
         self.cfg_scale, self.guidance_steps, self.guidance_weight = cfg_scale, guidance_steps, guidance_weight
-        object.__setattr__(self, "teacher_net", teacher_net)   # frozen, not part of the trained state
-        if (guidance_steps or guidance_weight) and teacher_net is None:
+        if student.condition is not None and teacher is None:
+            raise ValueError("a student with its own conditional path needs the teacher model")
+        if (guidance_steps or guidance_weight) and teacher is None:
             raise ValueError("guidance distillation needs the teacher's network")
+        object.__setattr__(self, "teacher", teacher)   # frozen, not part of the trained state
+        for q in teacher.parameters() if teacher is not None else ():
+            q.requires_grad_(False)
+        object.__setattr__(self, "model", student.model(teacher) if student.condition is not None else None)
+
+    def conditions(self, batch: dict) -> torch.Tensor:
+        """The student's condition row at each target (B, E)."""
+        w = self.student.net.final_layer.linear.weight
+        if self.model is None:
+            return batch["cond"].to(w.device, w.dtype)
+        out = self.model(batch["latents"].to(w.device, w.dtype), batch["text"].to(w.device, w.dtype),
+                         lengths=batch["lengths"].to(w.device))
+        return out[batch["row"].to(w.device), batch["pos"].to(w.device)]
 
     def forward(self, batch: dict, step: int):
+        cond = self.conditions(batch)
         if step < self.guidance_steps:
-            return self.guidance_loss(batch)
+            return self.guidance_loss(batch, cond)
         w = self.student.net.final_layer.linear.weight
-        cond = batch["cond"].to(w.device, w.dtype)
         target = batch["target"].to(w.device, torch.float32)
         B, m, d = cond.shape[0], self.samples, target.shape[-1]
         # E|Y - Y'| of the teacher's samples: turns the logged scores into energy distances (-> 0)
@@ -187,14 +397,16 @@ class EnergyDistillObjective(torch.nn.Module):
             logs[f"energy_distance_{k}"] = (2 * score - yy).detach()
         total = total / len(self.steps)
         if self.guidance_weight:
-            g, glog = self.guidance_loss(batch)
+            g, glog = self.guidance_loss(batch, cond)
             total = total + self.guidance_weight * g
             logs.update(glog)
         return total, logs
 
-    def guidance_loss(self, batch: dict):
+    def guidance_loss(self, batch: dict, cond: torch.Tensor):
+        """MSE of the student's eps (its condition row) to the teacher's guided eps at a random timestep,
+        on x_t noised from a teacher sample."""
         w = self.student.net.final_layer.linear.weight
-        cond, uncond = batch["cond"].to(w.device, w.dtype), batch["uncond"].to(w.device, w.dtype)
+        c, u = batch["cond"].to(w.device, w.dtype), batch["uncond"].to(w.device, w.dtype)
         target = batch["target"].to(w.device, w.dtype)
         B = cond.shape[0]
         x0 = target[torch.arange(B, device=w.device), torch.randint(target.shape[1], (B,), device=w.device)]
@@ -203,7 +415,7 @@ class EnergyDistillObjective(torch.nn.Module):
         t = torch.randint(0, top + 1, (B,), device=w.device)
         x_t = proc.q_sample(x0, t, torch.randn_like(x0))
         with torch.no_grad():
-            e_c, e_u = self.teacher_net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
+            e_c, e_u = self.teacher.diff_loss.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, u])).chunk(2)
             guided = e_u + self.cfg_scale * (e_c - e_u)
         loss = ((self.student.net(x_t, t, cond) - guided) ** 2).mean()
         return loss, {"guidance_mse": loss.detach()}
@@ -214,7 +426,7 @@ class EnergyDistillObjective(torch.nn.Module):
 class DistillConfig(TrainConfig):
     out_dir: str = "runs/distill"
     steps: int = 3000
-    batch_size: int = 64               # conditions per optimiser step (global)
+    batch_size: int = 64               # targets per optimiser step (global)
     lr: float = 1e-4
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -228,13 +440,18 @@ class DistillConfig(TrainConfig):
     cfg_scale: float = SamplerSettings.cfg_scale   # the teacher's guidance scale to reproduce
     teacher_steps: int = 50            # the teacher's sampling steps
     skip_terminal_step: bool | None = None   # None: the teacher bundle's sampler setting
-    conditions: int = 16384            # teacher-forced training conditions in the bank
-    teacher_samples: int = 8           # teacher draws per condition in the bank
-    student_samples: int = 8           # student draws per condition per step
-    all_captions: bool = True          # every caption of a clip makes its own condition sequence
-    bank_chunk: int = 16               # conditions per teacher sampling call (its AdaLN tables grow with it)
-    guidance_steps: int = 0            # first steps: guidance distillation (see EnergyDistillObjective)
-    guidance_weight: float = 0.0       # then: weight of the guidance-distillation loss beside the energy score
+    conditions: int = 16384            # teacher-forced training targets in the first bank
+    teacher_samples: int = 8           # teacher draws per target
+    student_samples: int = 8           # student draws per target per step
+    all_captions: bool = True          # every caption of a clip makes its own context sequence
+    bank_chunk: int = 16               # targets per teacher sampling call (its AdaLN tables grow with it)
+    condition_blocks: int | None = 1   # transformer blocks the student owns (+ ln_f, out_proj); None: none
+    guidance_steps: int = 0            # first steps: guided-eps regression alone (see EnergyDistillObjective)
+    guidance_weight: float = 0.0       # then: its weight beside the energy score
+    rollout_rounds: int = 0            # banks of the student's own rollouts, built after equal shares of steps
+    rollout_conditions: int = 4096     # targets per rollout bank
+    rollout_fraction: float = 0.5      # share of each batch drawn from the newest rollout bank
+    rollout_steps: int | None = None   # the student's step count while rolling out (None: its default)
 
     LEGACY_KEYS = {"cfg": "cfg_scale", "skip_terminal": "skip_terminal_step"}   # before the one sampler vocabulary
 
@@ -248,44 +465,32 @@ class DistillConfig(TrainConfig):
         if self.default_steps is not None and self.default_steps not in self.student_steps:
             raise ValueError(f"{name}.default_steps {self.default_steps} is not one of student_steps "
                              f"{list(self.student_steps)}")
+        if self.rollout_steps is not None and self.rollout_steps not in self.student_steps:
+            raise ValueError(f"{name}.rollout_steps {self.rollout_steps} is not one of student_steps "
+                             f"{list(self.student_steps)}")
         if not math.isfinite(self.cfg_scale):
             raise ValueError(f"{name}.cfg_scale must be finite, got {self.cfg_scale}")
         if self.guidance_steps < 0 or self.guidance_steps >= self.steps:
             raise ValueError(f"{name}.guidance_steps must be in [0, steps), got {self.guidance_steps}")
-        for k in ("teacher_steps", "conditions", "bank_chunk"):
+        if not (math.isfinite(self.guidance_weight) and self.guidance_weight >= 0):
+            raise ValueError(f"{name}.guidance_weight must be a finite number >= 0, got {self.guidance_weight}")
+        if self.condition_blocks is not None and self.condition_blocks < 0:
+            raise ValueError(f"{name}.condition_blocks must be >= 0 or null, got {self.condition_blocks}")
+        if self.rollout_rounds < 0 or self.rollout_rounds >= self.steps:
+            raise ValueError(f"{name}.rollout_rounds must be in [0, steps), got {self.rollout_rounds}")
+        if not 0 < self.rollout_fraction <= 1:
+            raise ValueError(f"{name}.rollout_fraction must be in (0, 1], got {self.rollout_fraction}")
+        for k in ("teacher_steps", "conditions", "bank_chunk", "rollout_conditions"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{name}.{k} must be >= 1, got {getattr(self, k)}")
         for k in ("teacher_samples", "student_samples"):
             if getattr(self, k) < 2:
                 raise ValueError(f"{name}.{k} must be >= 2 (the energy score compares pairs), got {getattr(self, k)}")
 
-
-class TeacherBank:
-    """Training conditions (N, 2, E) [cond, uncond] and the teacher's samples for them (N, m, latent).
-    Batches draw conditions uniformly with the data generator."""
-
-    def __init__(self, pairs: torch.Tensor, samples: torch.Tensor, meta: dict):
-        if pairs.dim() != 3 or pairs.shape[1] != 2 or samples.dim() != 3 or samples.shape[0] != pairs.shape[0]:
-            raise ValueError(f"bank shapes do not fit: pairs {tuple(pairs.shape)}, samples {tuple(samples.shape)}")
-        if not (torch.isfinite(pairs).all() and torch.isfinite(samples).all()):
-            raise ValueError("the teacher bank holds NaN/inf (the teacher diverged on these conditions?)")
-        self.pairs, self.samples, self.meta = pairs, samples, meta
-
-    def sample_batch(self, gen: torch.Generator, batch_size: int) -> dict:
-        idx = torch.randint(self.pairs.shape[0], (batch_size,), generator=gen)
-        return {"cond": self.pairs[idx, 0], "uncond": self.pairs[idx, 1], "target": self.samples[idx]}
-
-    def save(self, path) -> None:
-        atomic_torch_save(path, {"format": BANK_FORMAT, "pairs": self.pairs, "samples": self.samples,
-                                 "meta": self.meta})
-
-    @classmethod
-    def load(cls, path, meta: dict) -> "TeacherBank | None":
-        """The bank saved at path when it was built with the same `meta`, else None."""
-        d = load_training_checkpoint(path)
-        if not isinstance(d, dict) or d.get("format") != BANK_FORMAT or d.get("meta") != meta:
-            return None
-        return cls(d["pairs"], d["samples"], meta)
+    def round_ends(self) -> list[int]:
+        """The step at which each round of training ends: rollout banks are built after all but the last."""
+        n = self.rollout_rounds + 1
+        return [round(self.steps * (r + 1) / n) for r in range(n)]
 
 
 def bank_meta(config: DistillConfig, skip_terminal_step: bool, teacher: str) -> dict:
@@ -300,7 +505,8 @@ def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> S
                              default_steps=config.default_steps or max(config.student_steps),
                              top_timestep=teacher_top_timestep(head, skip_terminal_step),
                              teacher_cfg_scale=config.cfg_scale, teacher_steps=config.teacher_steps,
-                             teacher_skip_terminal_step=skip_terminal_step, distillation=METHOD)
+                             teacher_skip_terminal_step=skip_terminal_step, distillation=METHOD,
+                             condition_blocks=config.condition_blocks)
 
 
 def teacher_skip_terminal_step(config: DistillConfig, bundle) -> bool:
@@ -309,11 +515,29 @@ def teacher_skip_terminal_step(config: DistillConfig, bundle) -> bool:
     return bool(bundle_config_of(bundle).sampler.skip_terminal_step)
 
 
+def _load_student(student: StudentHead, checkpoint, ema: bool) -> StudentHead:
+    """A copy of `student` with a training checkpoint's (EMA) weights."""
+    ck = load_training_checkpoint(checkpoint)
+    state = ema_or_model_state(ck) if ema else ck["model"]
+    out = copy.deepcopy(student).cpu()
+    out.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    return out
+
+
+SELECTION_FILE = "selection.json"
+BEST_FILE = "best_student.pt"
+
+
 def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig, resume=None, stop_after=None,
-                 teacher_name: str = "", progress: bool = True):
-    """Train a student head for a loaded teacher bundle. Returns (student, TrainResult); in the main
-    process the student holds the EMA weights when EMA is on (what a bundle should get). The bank
-    (conditions + teacher samples) is cached in config.out_dir and reused by a resumed run."""
+                 teacher_name: str = "", progress: bool = True, select: Callable | None = None):
+    """Train a student for a loaded teacher bundle. Returns (student, TrainResult); in the main process
+    the student holds the EMA weights when EMA is on (what a bundle should get), and with `select` the
+    weights of the round the callback scored best.
+
+    select(student) -> {"score": lower is better, ...}: called in the main process at the end of every
+    round with the EMA student (e.g. eval.selection.StudentSelector); its results are written to the
+    run folder's selection.json. Banks (contexts, targets, the teacher's rows and samples) are cached in
+    config.out_dir and reused by a resumed run; stop_after stops after that many steps in this call."""
 
     env: Dist = setup_distributed(config.device)
     t2m = bundle.t2m.to(env.device, torch.float32).eval()
@@ -322,25 +546,63 @@ def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig,
     skip = teacher_skip_terminal_step(config, bundle)
     scfg = student_config(config, bundle, skip)
     meta = bank_meta(config, skip, teacher_name)
-    bank_path = Path(config.out_dir) / "teacher_bank.pt"
+    out_dir = Path(config.out_dir)
+    empty = text_embeddings[""]
+    bank_path = out_dir / "teacher_bank.pt"
     bank = TeacherBank.load(bank_path, meta) if bank_path.is_file() else None
     if bank is None:
-        pairs = teacher_forced_conditions(t2m, examples, text_embeddings, config.conditions, config.seed,
-                                          all_captions=config.all_captions)
-        samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps, skip,
-                                  config.seed, config.bank_chunk, env.rank, env.world_size)
-        bank = TeacherBank(pairs, samples, meta)
+        contexts = dataset_contexts(examples, text_embeddings, t2m.config.block_size, config.all_captions)
+        bank = build_bank(t2m, contexts, config.conditions, config, skip, empty, config.seed, meta, env)
         if env.is_main:
             bank.save(bank_path)
-    student = StudentHead(t2m.config.head, scfg)
-    student.net.load_state_dict(t2m.diff_loss.net.state_dict())     # initialised from the teacher
-    objective = EnergyDistillObjective(student, scfg.steps, config.student_samples, t2m.diff_loss.net, config.cfg_scale,
+    student = StudentHead(t2m.config.head, scfg, t2m.config).init_from(t2m).to(env.device)
+    objective = EnergyDistillObjective(student, scfg.steps, config.student_samples, t2m, config.cfg_scale,
                                        config.guidance_steps, config.guidance_weight)
-    res = train_loop(objective, config, bank.sample_batch, lambda m, batch, step: m(batch, step), name="distill",
-                     resume=resume, stop_after=stop_after, dist_env=env,
-                     extra_config={"student_head": scfg.to_dict(), "head": t2m.config.head.to_dict(),
-                                   "teacher": teacher_name, "bank": {k: v for k, v in meta.items()}})
-    if config.ema_decay and res.checkpoint is not None and env.is_main:   # the main process writes the checkpoint
-        state = ema_or_model_state(load_training_checkpoint(res.checkpoint))
-        student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    extra = {"student_head": scfg.to_dict(), "head": t2m.config.head.to_dict(), "teacher": teacher_name,
+             "bank": dict(meta)}
+    schedules = rollout_schedules(examples)
+    history = []
+    if resume is not None and (out_dir / SELECTION_FILE).is_file():
+        history = json.loads((out_dir / SELECTION_FILE).read_text())
+    step = int(load_training_checkpoint(resume)["step"]) if resume is not None else 0
+    res, left = None, stop_after
+    for r, end in enumerate(config.round_ends()):
+        if left is not None and left <= 0:
+            break
+        if r > 0:   # a bank of the student's own rollouts, built from the EMA weights at the round's start
+            rmeta = {**meta, "round": r, "rollout_conditions": config.rollout_conditions,
+                     "rollout_steps": config.rollout_steps, "built_at": config.round_ends()[r - 1]}
+            path = out_dir / f"rollout_bank_{r}.pt"
+            rbank = TeacherBank.load(path, rmeta) if path.is_file() else None
+            if rbank is None:
+                if env.world_size > 1:
+                    dist.barrier()      # the main process has written the checkpoint
+                current = _load_student(student, resume, bool(config.ema_decay)).to(env.device).eval()
+                ctx = rollout_contexts(bundle, current, text_embeddings, schedules,
+                                       config.rollout_steps or scfg.default_steps, config.seed + 7919 * r,
+                                       t2m.config.block_size)
+                rbank = build_bank(t2m, ctx, config.rollout_conditions, config, skip, empty, config.seed + r,
+                                   rmeta, env, source=r)
+                if env.is_main:
+                    rbank.save(path)
+            bank = bank.merged(rbank, config.rollout_fraction)
+        if step >= end:
+            continue
+        n = end - step if left is None else min(end - step, left)
+        res = train_loop(objective, config, bank.sample_batch, lambda m, batch, s: m(batch, s), name="distill",
+                         resume=resume, stop_after=n, dist_env=env, extra_config=extra)
+        resume, step = res.checkpoint, res.step
+        left = None if left is None else left - n
+        if step == end and select is not None and env.is_main:
+            candidate = _load_student(student, resume, bool(config.ema_decay)).to(env.device).eval()
+            scored = {"round": r, "step": step, **select(candidate)}
+            history.append(scored)
+            atomic_write_json(out_dir / SELECTION_FILE, history)
+            if min(h["score"] for h in history) == scored["score"]:
+                atomic_torch_save(out_dir / BEST_FILE, {"step": step, "student": candidate.state_dict()})
+    if env.is_main and resume is not None:
+        if select is not None and (out_dir / BEST_FILE).is_file():
+            student.load_state_dict(load_training_checkpoint(out_dir / BEST_FILE)["student"])
+        else:
+            student.load_state_dict(_load_student(student, resume, bool(config.ema_decay)).state_dict())
     return student.cpu().eval(), res

@@ -58,7 +58,7 @@ def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split:
         for n, line in enumerate(txt.read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            _, b_text, a_frames = parse_stream_line(line.strip(), f"{txt}:{n}")
+            a_text, b_text, a_frames = parse_stream_line(line.strip(), f"{txt}:{n}")
             if not b_text:
                 continue
             a_len = a_frames // unit_length
@@ -67,7 +67,7 @@ def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split:
             a, b = lat[:a_len], lat[a_len:]
             b = b[: max_latents - 1]
             a = a[max(0, len(a) - (max_latents - 1 - len(b))):]
-            examples.append(LatentExample(b_text, a, b, edge_drop=False))
+            examples.append(LatentExample(b_text, a, b, edge_drop=False, history_caption=a_text))
     if not examples:
         raise ValueError(f"{tdir}: no stream pairs found")
     return examples

@@ -73,6 +73,7 @@ class LatentExample:
     latents_b: np.ndarray              # (Lb, 16) target latents, end latent included
     edge_drop: bool = True             # plain clips may lose their first/last latent (augmentation)
     captions: tuple = ()               # all captions of a whole clip; one is drawn per sample (as the original)
+    history_caption: str = ""          # the caption the history ran under (stream pairs: A's), when known
 
     def all_captions(self) -> tuple:
         return self.captions or (self.caption,)
@@ -247,11 +248,12 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
 
 def embed_captions(examples, text_encoder, batch: int = 256,
                    known: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """{caption: embedding} for every caption of the examples and '' (CFG), encoded once each.
+    """{caption: embedding} for every caption of the examples (their history captions too) and '' (CFG),
+    encoded once each.
 
     Captions already in `known` (e.g. a --text-cache file) are not encoded again; text_encoder may be
     None when `known` covers them all."""
-    caps = sorted({c for e in examples for c in e.all_captions()} | {""})
+    caps = sorted({c for e in examples for c in e.all_captions()} | {e.history_caption for e in examples} | {""})
     out = {c: known[c] for c in caps if known and c in known}
     missing = [c for c in caps if c not in out]
     if missing and text_encoder is None:
