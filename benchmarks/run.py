@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
@@ -209,49 +210,91 @@ def case_throughput(ctx) -> list[dict]:
     return rows
 
 
-def case_student(ctx) -> list[dict]:
-    """The guided teacher (50 steps, [cond; uncond] rows) against a few-step student (models/few_step.py:
-    1 row per stream, 1/2/4 steps; random weights, same architecture), at batch 1 and the --batches
-    sizes (e.g. --batches 64): ms per latent (one engine step), first-frame latency at batch 1, and
-    the weight-read bound (measured copy bandwidth of the device)."""
+def student_bundle(ctx) -> Bundle:
+    """The benchmark's random-weight models with a few-step student (1/2/4 steps) that owns its
+    conditional path (the last block, ln_f, out_proj: models/few_step.py), as distillation makes it."""
     from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
-    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
     tae, t2m, dev, dtype = ctx["tae"], ctx["t2m"], ctx["device"], ctx["dtype"]
     head = t2m.config.head
     student = StudentHead(head, StudentHeadConfig(steps=(1, 2, 4), default_steps=4,
-                                                  top_timestep=head.num_train_steps - 1))
-    student.net.load_state_dict(t2m.diff_loss.net.state_dict())
+                                                  top_timestep=head.num_train_steps - 1, condition_blocks=1),
+                          t2m.config).init_from(t2m)
     bundle = Bundle(tae, t2m, dev)
     bundle.student = student.to(dev, dtype).eval()
     bundle.config = {"student_head": student.student_config.to_dict()}
+    return bundle
+
+
+def ort_runtimes(bundle, heads, out_dir) -> dict:
+    """{name: backend factory(capacity, config)} for the fp32 and int8 ONNX exports of `bundle` (CPU)."""
+    from motionstreamer.export.onnx_export import export_bundle
+    from motionstreamer.runtime.ort_backend import OrtBackend
+
+    out = {}
+    for name, quantize in (("ort_fp32", None), ("ort_int8", "int8")):
+        export_bundle(bundle, f"{out_dir}/{name}", variants=heads, quantize=quantize)
+        out[name] = (lambda d: lambda capacity, settings: OrtBackend(
+            d, capacity, threads=torch.get_num_threads(), condition_rows=settings.condition_rows,
+            head=settings.head))(f"{out_dir}/{name}")
+    return out
+
+
+def case_student(ctx) -> list[dict]:
+    """The guided teacher (50 steps, [cond; uncond] rows) against a few-step student (models/few_step.py:
+    1 row per stream, its own last block, 1/2/4 steps; random weights, the teacher's architecture), at
+    batch 1 and the --batches sizes (e.g. --batches 64), in PyTorch and (on the CPU) ONNX Runtime fp32 and
+    int8, in one run: ms per latent (one engine step), first-frame latency at batch 1 (prompt in -> 4
+    frames out, text embedding cached), and the weight-read bound (measured copy bandwidth)."""
+    import tempfile
+
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+
+    t2m, dev, dtype = ctx["t2m"], ctx["device"], ctx["dtype"]
+    bundle = student_bundle(ctx)
     text = RandomTextEncoder(t2m.config.cond_dim)
     variants = [("teacher", 4), ("student", 1)] if ctx["quick"] else \
         [("teacher", 50), ("student", 1), ("student", 2), ("student", 4)]
     rows, n = [], ctx["throughput_latents"]
-    for batch in sorted({1, *ctx["batches"]}):
-        for kind, steps in variants:
-            config = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
-            engine = StreamingEngine(bundle, text, capacity=batch, config=config, device=dev, dtype=dtype)
-            for i in range(batch):
-                engine.add_stream(f"prompt {i % 7}", seed=i)
-            engine.step()  # prefill all + warm-up
-            r = per_unit(timeit(lambda: [engine.step() for _ in range(n)], dev, repeats=ctx["repeats"], warmup=0), n)
-            row = {"case": f"student_b{batch}_{kind}{steps}", "streams": batch, "kv_rows_per_stream": engine.rows,
-                   "ms_per_latent": r, "latents_per_s": batch * 1000 / r["median"],
-                   "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / r["median"]}
-            if batch == 1:
-                for sid in list(engine.streams):
-                    engine.close(sid)
+    with tempfile.TemporaryDirectory() as tmp:
+        runtimes = {"torch": None}
+        if dev.type == "cpu" and ctx["onnx"]:
+            heads = [("ddpm", k) if kind == "teacher" else ("student", k) for kind, k in variants]
+            runtimes.update(ort_runtimes(bundle, heads, tmp))
+        for batch in sorted({1, *ctx["batches"]}):
+            for runtime, factory in runtimes.items():
+                for kind, steps in variants:
+                    config = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+                    backend = None if factory is None else factory(batch, config.sampler_settings())
+                    engine = StreamingEngine(bundle, text, capacity=batch, config=config, device=dev, dtype=dtype,
+                                             backend=backend)
+                    for i in range(batch):
+                        engine.add_stream(f"prompt {i % 7}", seed=i)
+                    engine.step()  # prefill all + warm-up
+                    r = per_unit(timeit(lambda: [engine.step() for _ in range(n)], dev, repeats=ctx["repeats"],
+                                        warmup=0), n)
+                    row = {"case": f"student_b{batch}_{runtime}_{kind}{steps}", "streams": batch,
+                           "runtime": runtime, "kv_rows_per_stream": engine.rows, "ms_per_latent": r,
+                           "latents_per_s": batch * 1000 / r["median"],
+                           "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / r["median"]}
+                    if batch == 1:
+                        for sid in list(engine.streams):
+                            engine.close(sid)
 
-                def first_frame():
-                    sid = engine.add_stream("walk", seed=0, max_latents=1)
-                    engine.step()
-                    engine.close(sid)
-                row["first_frame_ms"] = timeit(first_frame, dev, repeats=ctx["repeats"], warmup=1)
-                if ctx["bandwidth"]:   # the student has the teacher's architecture: same bytes per step
-                    row["weight_read_bound_ms"] = weight_read_bytes_per_latent(t2m, steps) / ctx["bandwidth"] * 1000
-            rows.append(row)
+                        def first_frame():
+                            sid = engine.add_stream("walk", seed=0, max_latents=1)
+                            engine.step()
+                            engine.close(sid)
+                        row["first_frame_ms"] = timeit(first_frame, dev, repeats=ctx["repeats"], warmup=1)
+                        if ctx["bandwidth"] and runtime == "torch":   # the student has the teacher's architecture
+                            bound = weight_read_bytes_per_latent(t2m, steps) / ctx["bandwidth"]
+                            row["weight_read_bound_ms"] = bound * 1000
+                    rows.append(row)
+    by = {r["case"]: r["ms_per_latent"]["median"] for r in rows}
+    for r in rows:   # the teacher at 50 steps over this row, same batch and runtime, same run
+        base = by.get(f"student_b{r['streams']}_{r['runtime']}_teacher50")
+        if base is not None:
+            r["speedup_vs_teacher50"] = base / r["ms_per_latent"]["median"]
     return rows
 
 
@@ -346,6 +389,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--no-onnx", action="store_true", help="the student case without ONNX Runtime")
     ap.add_argument("--external", default=",".join(EXTERNAL_MODULES),
                     help="comma list of contributed benchmark modules the 'external' case runs")
     args = ap.parse_args(argv)
@@ -375,7 +419,8 @@ def main(argv=None) -> int:
     ctx = dict(tae=tae, t2m=t2m, ref_models=(ref_t2m, ref_tae), device=device, dtype=dtype, small=small,
                quick=args.quick, latents=latents, steps_list=steps_list, repeats=repeats,
                repeats_ref=1 if args.quick else max(1, repeats // 2), batches=batches, throughput_latents=tl,
-               bandwidth=None if args.quick else measure_bandwidth(device), external=external)
+               bandwidth=None if args.quick else measure_bandwidth(device), external=external,
+               onnx=not args.no_onnx and importlib.util.find_spec("onnxruntime") is not None)
     info = device_info(device)
     info.update(config="small" if small else "official", dtype=str(dtype).replace("torch.", ""),
                 bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)

@@ -162,6 +162,7 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(pv)
         self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(a) / (1.0 - self.alphas_cumprod)
+        self._coefficients = {}
 
     @staticmethod
     def _at(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -187,6 +188,14 @@ class GaussianDiffusion:
         eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev)), noise only when eta > 0."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        key = (sampler, float(eta))
+        cached = self._coefficients.get(key)
+        if cached is None:   # once per (sampler, eta): the runtime asks every latent
+            cached = self._coefficients[key] = self._step_coefficients(sampler, eta)
+            cached.setflags(write=False)
+        return cached
+
+    def _step_coefficients(self, sampler: str, eta: float) -> np.ndarray:
         c = np.zeros((self.num_timesteps, 6), dtype=np.float64)
         c[:, 0] = self.sqrt_recip_alphas_cumprod
         c[:, 1] = self.sqrt_recipm1_alphas_cumprod

@@ -90,9 +90,18 @@ class TorchBackend:
         self.latent_dim = self.t2m.config.latent_dim
         self.cache = self.t2m.new_kv_cache(condition_rows * capacity, self.block_size, device=device, dtype=dtype)
         self.tae_state = self.tae.init_decode_state(capacity, device=device, dtype=dtype)
+        self._row_index = {}
 
-    def _rows(self, slots: list[int], rows: int) -> torch.Tensor:
-        return torch.tensor(cache_rows(slots, rows, self.capacity), device=self.device)
+    def _rows(self, slots: list[int], rows: int) -> torch.Tensor | None:
+        """The cache rows of `slots` as an index tensor (made once per slot set), or None when they are
+        every row of the cache in order (the decode step then needs no gather)."""
+        key = (tuple(slots), rows)
+        if key not in self._row_index:
+            if len(self._row_index) >= 256:   # a server steps changing subsets of its streams: bounded
+                self._row_index.clear()
+            r = cache_rows(slots, rows, self.capacity)
+            self._row_index[key] = None if r == list(range(self.cache.batch)) else torch.tensor(r, device=self.device)
+        return self._row_index[key]
 
     def reset(self, slot: int) -> None:
         self.tae.reset_decode_state(self.tae_state, torch.tensor([slot], device=self.device))
@@ -100,7 +109,9 @@ class TorchBackend:
     def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
         rows = text.shape[0]
         lat = history.to(self.device, self.dtype).unsqueeze(0).expand(rows, -1, -1)
-        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=self._rows([slot], rows))
+        index = self._rows([slot], rows)
+        index = torch.arange(rows, device=self.device) if index is None else index
+        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=index)
 
     def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:
         z = z.to(self.device, self.dtype)
@@ -118,7 +129,8 @@ class TorchBackend:
         return self.t2m.diff_loss
 
     def noise_steps(self, settings: SamplerSettings) -> int:
-        return self.head_module(settings).sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
+        proc = self.head_module(settings).sampling_process(settings.sampling_steps, settings.skip_terminal_step)
+        return proc.num_timesteps
 
     def sample(self, conditions: torch.Tensor, noise: tuple, settings: SamplerSettings) -> torch.Tensor:
         noise = (noise[0].to(self.device, self.dtype), noise[1].to(self.device, self.dtype))
