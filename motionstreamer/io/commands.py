@@ -38,11 +38,12 @@ body's foot contacts.
 TO_FBX_HELP = """\
 Convert a motion to FBX (binary, 7.4) through Blender's own exporter: the 24-joint skeleton with one key
 per frame, Y up, -Z forward, FBX unit scale (Unity: Scale Factor 1; Unreal: Import Uniform Scale 1; see
-docs/blender.md). Needs Blender's bpy module: pip install "motionstreamer[blender]" (Python 3.11).
+docs/blender.md). Blender: bpy in this Python (pip install "motionstreamer[blender]", Python 3.11),
+else $MOTIONSTREAMER_BLENDER (a Python with bpy, or a Blender 4.2+ executable), else `blender` on PATH.
 """ + MOTION_HELP
 RETARGET_HELP = """\
 Put a motion onto your own humanoid rig and write it in that rig's hierarchy and rest pose. RIG is a
-.bvh, .glb / .gltf or .fbx (FBX read through Blender: needs "motionstreamer[blender]"); its bones are
+.bvh, .glb / .gltf or .fbx (FBX read through Blender, found as for to-fbx); its bones are
 mapped from their names (SMPL, Mixamo mixamorig:, Rigify DEF-/ORG-, Blender's metarig, Unreal's
 mannequin) or by --map (JSON or YAML: {"Pelvis": "hips", "Left_hip": "thigh_l", ...}, the SMPL joint
 names of `motionstreamer to-bvh`). A-pose or T-pose rest poses and bone rolls are absorbed; the root
@@ -88,7 +89,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--glb", action="store_true", help="also write PREFIX.glb (glTF 2.0, skinned skeleton + body)")
     p.add_argument("--smpl", action="store_true", help="also write PREFIX_smpl.npz (SMPL parameters, AMASS layout)")
     p.add_argument("--fbx", action="store_true",
-                   help="also write PREFIX.fbx (through Blender's exporter: needs \"motionstreamer[blender]\")")
+                   help="also write PREFIX.fbx (through Blender's exporter: bpy, $MOTIONSTREAMER_BLENDER or "
+                        "`blender` on PATH; see `to-fbx --help`)")
     p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     _add_render_args(p, prefix="render-")
     _add_rig_args(p, bvh=True)
@@ -186,13 +188,13 @@ def check_new_file(path: Path, args) -> None:
 
 
 def check_fbx_tools() -> None:
-    """CLIError naming the extra when FBX output cannot be written (bpy missing)."""
+    """CLIError naming the ways to get Blender when FBX cannot be read or written (io.blender_process)."""
     from motionstreamer.cli import CLIError
-    from motionstreamer.io.fbx import BlenderMissing, require_bpy
+    from motionstreamer.io.blender_process import BlenderError, find_blender
 
     try:
-        require_bpy()
-    except BlenderMissing as e:
+        find_blender()
+    except BlenderError as e:
         raise CLIError(str(e)) from None
 
 
@@ -325,6 +327,7 @@ def cmd_render(args) -> int:
 
 def cmd_export(args) -> int:
     from motionstreamer.cli import CLIError
+    from motionstreamer.io.blender_process import BlenderError
 
     out = check_out_file(args.out, (args.suffix,))
     kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl", ".fbx": "fbx"}[args.suffix]
@@ -343,7 +346,7 @@ def cmd_export(args) -> int:
                        "--rotations solved)")
     try:
         note = write_file(kind, out, motion, skeleton, args.rotations, rig, floor_at_zero=floor)
-    except ValueError as e:
+    except (ValueError, BlenderError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None
@@ -353,7 +356,7 @@ def cmd_export(args) -> int:
 
 def output_files(prefix: Path, args) -> list[tuple[str, str]]:
     """(kind, path) of every file write_outputs writes for these arguments: the features, the joints,
-    then the exports asked for. CLIError when a tool one of them needs is missing (bpy for --fbx)."""
+    then the exports asked for. CLIError when a tool one of them needs is missing (Blender for --fbx)."""
     if getattr(args, "fbx", False):
         check_fbx_tools()
     return [("npy", f"{prefix}.npy"), ("joints", f"{prefix}_joints.npy")] + [
@@ -367,6 +370,8 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     (the joints every output shows) and the exports asked for. Returns the paths written."""
     import numpy as np
 
+    from motionstreamer.cli import CLIError
+    from motionstreamer.io.blender_process import BlenderError
     from motionstreamer.io.rig import prepare_motion
     from motionstreamer.utils import atomic_save_npy
 
@@ -379,16 +384,19 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     atomic_save_npy(f"{prefix}_joints.npy", motion.joints.astype(np.float32))
     written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
     for kind, path in output_files(prefix, args)[2:]:
-        note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
-                          args.rig, title=title, size=args.render_size, views=args.render_views,
-                          progress=not args.quiet)
+        try:
+            note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
+                              args.rig, title=title, size=args.render_size, views=args.render_views,
+                              progress=not args.quiet)
+        except BlenderError as e:      # FBX through a Blender out of process: what is written so far stays
+            raise CLIError(f"{path}: {e} (written: {', '.join(written)})") from None
         written.append(path + (f" ({note})" if note else ""))
     return written
 
 
 def cmd_retarget(args) -> int:
     from motionstreamer.cli import CLIError
-    from motionstreamer.io.fbx import BlenderMissing
+    from motionstreamer.io.blender_process import BlenderError
     from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
 
     out = check_out_file(args.out, OUT_SUFFIXES)
@@ -402,7 +410,7 @@ def cmd_retarget(args) -> int:
         retargeter = Retargeter(skeleton, bone_map, motion.offsets, motion.fps)
         rig = retargeter.retarget(motion.joints, motion.rotations)
         write_target(out, rig)
-    except (ValueError, BlenderMissing) as e:      # RetargetError is a ValueError
+    except (ValueError, BlenderError) as e:      # RetargetError is a ValueError
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None

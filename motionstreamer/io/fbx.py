@@ -1,4 +1,4 @@
-"""FBX through Blender's own importer and exporter (`bpy` from PyPI: `pip install "motionstreamer[blender]"`).
+"""FBX through Blender's own importer and exporter.
 
 `write_fbx(path, rig)` writes an io.rig.Rig (the motion's SMPL skeleton) or an io.retarget.TargetRig
 (a user's rig): for a rig read from an FBX, that file is imported again and its armature keyed in
@@ -7,7 +7,9 @@ from the skeleton (io.blender_rig). The exporter's settings (EXPORT_SETTINGS: Y 
 key per frame, no leaf bones, FBX units scale) are the ones docs/blender.md gives Unity's and
 Unreal's importers. `read_fbx_skeleton(path)` reads the largest armature of an FBX.
 
-bpy runs in this process: its scene is reset to an empty one before each use.
+Blender is the one io.blender_process finds: bpy in this process (`pip install "motionstreamer[blender]"`;
+the scene is reset to an empty one before each use), else a Python with bpy or a Blender executable,
+where io.blender_worker runs the same functions (`*_bpy`) on the rig sent as files.
 """
 from __future__ import annotations
 
@@ -15,25 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer.io.blender_process import find_blender, run_job
+
 EXPORT_SETTINGS = dict(axis_forward="-Z", axis_up="Y", apply_unit_scale=True, apply_scale_options="FBX_SCALE_UNITS",
                        add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X", bake_anim=True,
                        bake_anim_use_all_bones=True, bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False,
                        bake_anim_force_startend_keying=True, bake_anim_step=1.0, bake_anim_simplify_factor=0.0,
                        object_types={"ARMATURE", "MESH"}, use_armature_deform_only=False)
-BLENDER_EXTRA = 'pip install "motionstreamer[blender]"'
-
-
-class BlenderMissing(RuntimeError):
-    """bpy (Blender as a Python module) is not installed."""
 
 
 def require_bpy():
-    """The bpy module, or BlenderMissing naming the extra that brings it."""
-    try:
-        import bpy
-    except ImportError as e:
-        raise BlenderMissing(f"FBX goes through Blender's own exporter, which needs the bpy module: {BLENDER_EXTRA} "
-                             f"(bpy needs Python 3.11; {str(e).splitlines()[0][:80]})") from None
+    """The bpy module of this Python (the in-process path, and the worker inside Blender)."""
+    import bpy
+
     return bpy
 
 
@@ -56,7 +52,17 @@ def _import_fbx(bpy, path: Path):
 
 
 def read_fbx_skeleton(path):
-    """io.retarget.Skeleton of the largest armature in an FBX file (Y up, metres)."""
+    """io.retarget.Skeleton of the largest armature in an FBX file (Y up, metres), read by Blender."""
+    if find_blender().in_process:
+        return read_fbx_skeleton_bpy(path)
+    from motionstreamer.io.blender_worker import unpack_skeleton
+
+    result, arrays = run_job("read_fbx_skeleton", {"path": str(path)})
+    return unpack_skeleton(result["skeleton"], arrays)
+
+
+def read_fbx_skeleton_bpy(path):
+    """read_fbx_skeleton with this process's bpy."""
     from motionstreamer.io.blender_rig import armature_skeleton
 
     bpy = require_bpy()
@@ -91,16 +97,28 @@ def _rest_key_before(bpy, action, obj) -> None:
 def write_fbx(path, rig) -> Path:
     """Write rig (io.rig.Rig or io.retarget.TargetRig) as a binary FBX through Blender's exporter,
     atomically; returns the path."""
-    from motionstreamer.io.blender_rig import build_armature, key_action
-    from motionstreamer.utils import atomic_path
-
-    bpy = require_bpy()
     path = Path(path)
     if not hasattr(rig, "skeleton"):
         rig = smpl_target_rig(rig)
     for name, a in (("rotations", rig.rotations), ("root positions", rig.translation)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name} contain NaN/inf")
+    if find_blender().in_process:
+        return write_fbx_bpy(path, rig)
+    from motionstreamer.io.blender_worker import pack_target_rig
+
+    meta, arrays = pack_target_rig(rig)
+    run_job("write_fbx", {"path": str(path), "rig": meta}, arrays)
+    return path
+
+
+def write_fbx_bpy(path, rig) -> Path:
+    """write_fbx of an io.retarget.TargetRig with this process's bpy."""
+    from motionstreamer.io.blender_rig import build_armature, key_action
+    from motionstreamer.utils import atomic_path
+
+    bpy = require_bpy()
+    path = Path(path)
     _empty_scene(bpy)
     sk = rig.skeleton
     if sk.fbx_armature and Path(sk.source).suffix.lower() == ".fbx" and Path(sk.source).is_file():
