@@ -50,7 +50,6 @@ def main(argv=None) -> int:
     if args.stages == "distill":
         return distill_only(args, argv)
 
-    from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std, load_motions
     from motionstreamer.data.synth import make_dataset
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
@@ -102,9 +101,9 @@ def main(argv=None) -> int:
     examples += load_stream_examples(stream_root, work / "stream_latents", "train")
     emb = embed_captions(examples, enc)
     torch.manual_seed(args.seed)
-    cfg = T2MConfig(n_layer=4, n_head=4, n_embd=128, cond_dim=enc.dim, block_size=78)
-    cfg.head.width, cfg.head.depth = 256, 3
-    model = TextToMotionModel(cfg)
+    config = T2MConfig(n_layer=4, n_head=4, n_embd=128, cond_dim=enc.dim, block_size=78)
+    config.head.width, config.head.depth = 256, 3
+    model = TextToMotionModel(config)
     mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, diffmlps_batch_mul=2)
@@ -198,18 +197,18 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     examples = load_latent_examples(latents, data, "train")
     examples += load_stream_examples(stream_root, stream_latents, "train")
     emb = embed_captions(examples, enc)
-    cfg = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
+    config = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
                         lr=DISTILL_LR, warmup_steps=50,
                         seed=args.seed, tensorboard=False)
     ck = work / "distill" / "checkpoint_last.pt"
-    student, res = distill_head(bundle, examples, emb, cfg, teacher_name="embedded default model",
+    student, res = distill_head(bundle, examples, emb, config, teacher_name="embedded default model",
                                 resume=ck if args.resume and ck.exists() else None)
     add_student_head(out, student)
     store_half(out)
     bundle = load_bundle(out)
     head = head_report(bundle, enc, data, latents, "test", conditions=64, samples=256, seed=args.seed)
-    info = {"method": bundle.student.student_config.method, "steps_supported": list(bundle.student.student_config.steps),
-            "train_steps": res.step, "conditions": cfg.conditions, "teacher_samples": cfg.teacher_samples,
+    info = {"distillation": bundle.student.student_config.distillation, "steps_supported": list(bundle.student.student_config.steps),
+            "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
             "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(work / "distill")}
     return info
 
@@ -227,17 +226,17 @@ def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     in run_dir is reused as it is."""
     from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
     from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
-    from motionstreamer.train.common import load_checkpoint
+    from motionstreamer.checkpoints import load_training_checkpoint
 
-    cfg = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
+    config = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
                                save_every=100, tensorboard=False)
     ck = run_dir / CHECKPOINT_NAME
-    done = ck.exists() and int(load_checkpoint(ck)["step"]) >= epochs * json.loads(
+    done = ck.exists() and int(load_training_checkpoint(ck)["step"]) >= epochs * json.loads(
         (run_dir / "config.json").read_text())["steps_per_epoch"]
     if done:
         evaluator = TMREvaluator.load(run_dir / "evaluator")
     else:
-        evaluator, _ = train_evaluator(data, cfg, EvaluatorConfig.small("minilm"),
+        evaluator, _ = train_evaluator(data, config, EvaluatorConfig.small("minilm"),
                                        resume=ck if resume and ck.exists() else None,
                                        overwrite=not (resume and ck.exists()))
     info = {"config": "small (MiniLM backbone, latent 64, 2 layers)", "epochs": epochs,

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from motionstreamer.io import blender_process
-from motionstreamer.io.blender_addon import VENDORED, write_vendored
 from motionstreamer.io.blender_process import Blender, BlenderError, BlenderMissing, find_blender, run_job
 
 HEAVY = ("torch", "scipy", "pygltflib", "yaml", "transformers", "matplotlib", "safetensors", "motionstreamer._C")
@@ -125,20 +124,15 @@ def test_the_other_python_does_not_get_this_environment(monkeypatch):
 def test_the_worker_imports_nothing_but_numpy_and_the_standard_library(tmp_path):
     """Every vendored module (the worker's closure) imported by a Python that sees only the standard
     library, numpy and the vendored copy; then the worker run there reports its missing bpy as one line."""
-    pkg = tmp_path / "pkg"
-
-    def put(rel):
-        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
-        return pkg / rel
-
-    write_vendored(lambda src, rel: shutil.copyfile(src, put(rel)), lambda rel, text: put(rel).write_text(text))
+    pkg = blender_process.copy_vendored(tmp_path / "pkg")
     only_numpy = tmp_path / "site"
     only_numpy.mkdir()
     np_dir = Path(np.__file__).parent
     for d in (np_dir, np_dir.parent / "numpy.libs"):
         if d.exists():
             (only_numpy / d.name).symlink_to(d)
-    modules = [("motionstreamer." + f[:-3].replace("/", ".")).replace(".__init__", "") for f in VENDORED]
+    modules = [("motionstreamer." + f[:-3].replace("/", ".")).replace(".__init__", "")
+               for f in blender_process.VENDORED]
     assert "motionstreamer.io.blender_worker" in modules and "motionstreamer.io.fbx" in modules
     code = f"""
 import importlib, json, sys
@@ -172,7 +166,7 @@ def test_jobs_run_in_the_blender_the_tests_use_on_its_own_numpy(tmp_path):
     """The Blender found (fails, never skips, when there is none): out of process in CI, with numpy 1.x
     there and 2.x here; the job runs on the copy of the package, without torch or scipy; arrays and
     arguments make the round trip; the worker's exceptions come back as themselves."""
-    from motionstreamer.io.blender_worker import pack_target_rig
+    from motionstreamer.io.blender_process import pack_target_rig
     from motionstreamer.io.retarget import RetargetError, Skeleton, TargetRig
 
     b = find_blender()

@@ -22,8 +22,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from motionstreamer import FRAMES_PER_LATENT
+from motionstreamer.data.babel import BABELStreamDataset
+from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
 from motionstreamer.eval import metrics as M
+from motionstreamer.representation.features import recover_joints
+from motionstreamer.runtime.batch import run_schedules
 
 GenerateFn = Callable[[list, list, int], list]
 StreamGenerateFn = Callable[[list, list, int], list]
@@ -40,7 +46,6 @@ METRIC_LABELS = {
 
 def _joints_of(normalised: list, lengths, mean: np.ndarray, std: np.ndarray) -> list:
     """Joints (T, 22, 3) of normalised feature rows (cropped to their lengths), for the foot metrics."""
-    from motionstreamer.representation.features import recover_joints
 
     return [recover_joints(np.asarray(m[:int(n)], np.float64) * std + mean) for m, n in zip(normalised, lengths)]
 
@@ -53,7 +58,7 @@ class EvalSet:
     captions: list
     mean: np.ndarray
     std: np.ndarray
-    unit_length: int = 4
+    unit_length: int = FRAMES_PER_LATENT
     source: str = ""
 
     @classmethod
@@ -61,7 +66,6 @@ class EvalSet:
              min_frames: int = 60, max_frames: int = 300, lenient: bool = False) -> "EvalSet":
         """text=True: the t2m loader (captioned entries); text=False: the TAE loader (every clip of
         the split in [min_frames, max_frames), no captions)."""
-        from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
 
         root = Path(root)
         if text:
@@ -119,7 +123,6 @@ class StreamCase:
 def load_stream_cases(root: str | Path, split: str = "val", mean=None, std=None, lenient: bool = False) -> list[StreamCase]:
     """BABEL-stream pairs -> two-prompt cases [A, B] with A_frames and the rest; a random line of each
     pair's text file (fixed seed)."""
-    from motionstreamer.data.babel import BABELStreamDataset
 
     ds = BABELStreamDataset(root, split, mean=mean, std=std, lenient=lenient, captions="random", seed=0)
     cases = []
@@ -189,7 +192,6 @@ def _retrieval_metrics(text_emb, motion_emb, batch: int, rng, prefix: str = "") 
 def _progress(it, desc: str, on: bool):
     if not on:
         return it
-    from tqdm import tqdm
     return tqdm(it, desc=desc, dynamic_ncols=True, leave=False)
 
 
@@ -253,7 +255,6 @@ def evaluate_tae(evaluator, tae, evalset: EvalSet, repeats: int = 1, batch: int 
     """TAE reconstruction: pelvis-aligned MPJPE (mm, every frame of every clip weighted equally) on joints
     recovered from de-normalised features, and FID between evaluator embeddings of the real and the
     reconstructed clips. sample=True decodes the sampled z, as the original's `net(motion)`."""
-    from motionstreamer.representation.features import recover_joints
 
     mean, std = torch.from_numpy(evalset.mean), torch.from_numpy(evalset.std)
     res = ProtocolResult("tae", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
@@ -341,7 +342,6 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
     transitions (windows of transition_length frames around each prompt change): FID of evaluator
     embeddings of generated vs real windows, and Peak Jerk / Area Under Jerk (FlowMDM) of the generated
     windows against the mean jerk of the real sequences (the real windows' PJ/AUJ as real_*)."""
-    from motionstreamer.representation.features import recover_joints
 
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
@@ -419,7 +419,6 @@ def runtime_stream_generator(bundle, text_encoder, config=None, device=None, bac
     """Prompt sequences with the streaming runtime (runtime.batch.run_schedules): prompt i runs for
     ceil(frames_i / 4) latents, the next one queued to start right after (no end-latent stops), all
     sequences batched."""
-    from motionstreamer.runtime.batch import run_schedules
 
     fpl = _frames_per_latent(bundle)
 

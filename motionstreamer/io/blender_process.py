@@ -8,9 +8,10 @@
 Otherwise BlenderMissing: one line naming the three.
 
 Out of process, `run_job` runs io.blender_worker in that interpreter: the inputs and outputs are
-files in a temporary folder, the worker imports only numpy, the standard library and motionstreamer's
-numpy-only modules (a copy of them, io.blender_addon.VENDORED, first on its sys.path), and a
-failure comes back as one line (result.json), raised here as the same exception type.
+files in a temporary folder (the job folder's protocol and the packing of rigs are here, shared by
+both sides), the worker imports only numpy, the standard library and motionstreamer's numpy-only
+modules (VENDORED: a copy of them goes first on its sys.path; the Blender add-on's zip carries the same
+copy), and a failure comes back as one line (result.json), raised here as the same exception type.
 """
 from __future__ import annotations
 
@@ -24,12 +25,31 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from motionstreamer.io.retarget import RetargetError, Skeleton, TargetRig
+
 ENV = "MOTIONSTREAMER_BLENDER"
 MIN_VERSION = (4, 2)
 BLENDER_EXTRA = 'pip install "motionstreamer[blender]"'
 OPTIONS = (f"{BLENDER_EXTRA} (bpy: Python 3.11, numpy < 2), or set {ENV} to a Python that has bpy or to a "
            f"Blender executable, or install Blender {MIN_VERSION[0]}.{MIN_VERSION[1]}+ with `blender` on PATH")
 PROBE_TIMEOUT = 120.0
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# What of motionstreamer runs inside Blender (the worker here, the add-on): numpy + the standard library
+# at import (tests/test_blender_process.py imports them with nothing else installed)
+VENDORED = ("__init__.py", "utils.py", "io/rig.py", "io/motion_io.py", "io/retarget.py", "io/blender_rig.py",
+            "io/bvh.py", "io/fbx.py", "io/blender_process.py", "io/blender_worker.py", "representation/ik.py",
+            "representation/feet.py", "representation/skeleton.py")
+SUBPACKAGES = ("io", "representation")
+PACKAGE_STUB = '"""motionstreamer modules vendored for Blender (motionstreamer/io/blender_process.py)."""\n'
+# the job folder: what io.blender_worker reads and writes
+INPUT, INPUTS, OUTPUT, RESULT = "job.json", "inputs.npz", "outputs.npz", "result.json"
+WORKER = "motionstreamer/io/blender_worker.py"
+# exceptions a job raises that run_job raises again as such (the CLI's one-line errors); any other
+# failure comes back as BlenderError
+ERRORS = {"RetargetError": RetargetError, "ValueError": ValueError, "OSError": OSError}
 
 
 class BlenderError(RuntimeError):
@@ -170,27 +190,37 @@ def run_script(script, args=(), blender: Blender | None = None, timeout: float |
                           **kw)
 
 
+def write_vendored(write_file, write_text) -> None:
+    """Lay the vendored package out through write_file(source file, path) and write_text(path, text),
+    paths relative to the package's parent folder; the sub-packages get empty __init__ files (theirs
+    would import the rest of the package)."""
+    for f in VENDORED:
+        write_file(PACKAGE / f, f"motionstreamer/{f}")
+    for sub in SUBPACKAGES:
+        write_text(f"motionstreamer/{sub}/__init__.py", PACKAGE_STUB)
+
+
+def copy_vendored(folder: Path) -> Path:
+    """The vendored package under `folder` (which goes on sys.path); returns `folder`."""
+    def target(rel: str) -> Path:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        return folder / rel
+
+    write_vendored(lambda src, rel: shutil.copyfile(src, target(rel)), lambda rel, text: target(rel).write_text(text))
+    return folder
+
+
 def run_job(job: str, args: dict, arrays: dict | None = None, blender: Blender | None = None,
             timeout: float | None = None) -> tuple[dict, dict]:
     """Run io.blender_worker's `job` in Blender out of process, with `args` (JSON) and `arrays` (numpy);
     returns its (result, arrays). Raises what the job raised there (RetargetError, ValueError,
     OSError), or BlenderError with one line."""
-    import numpy as np
-
-    from motionstreamer.io.blender_addon import write_vendored
-    from motionstreamer.io.blender_worker import ERRORS, INPUT, OUTPUT, RESULT
-
     blender = blender or find_blender()
     with tempfile.TemporaryDirectory(prefix="motionstreamer-blender-") as tmp:
         d = Path(tmp)
-        def put(rel: str):
-            (d / "pkg" / rel).parent.mkdir(parents=True, exist_ok=True)
-            return d / "pkg" / rel
-
-        write_vendored(lambda src, rel: shutil.copyfile(src, put(rel)), lambda rel, text: put(rel).write_text(text))
+        script = copy_vendored(d / "pkg") / WORKER
         (d / INPUT).write_text(json.dumps({"job": job, "args": args}))
-        np.savez(d / "inputs.npz", **(arrays or {}))
-        script = d / "pkg" / "motionstreamer" / "io" / "blender_worker.py"
+        np.savez(d / INPUTS, **(arrays or {}))
         try:
             res = run_script(script, [d], blender=blender, timeout=timeout, cwd=os.getcwd())
         except subprocess.TimeoutExpired:
@@ -209,3 +239,27 @@ def run_job(job: str, args: dict, arrays: dict | None = None, blender: Blender |
             with np.load(d / OUTPUT) as z:
                 out = {k: z[k] for k in z.files}
         return result, out
+
+
+# ----------------------------------------------------------------------------------------- packing (both sides)
+def pack_skeleton(sk: Skeleton, prefix: str = "") -> tuple[dict, dict]:
+    meta = {"names": list(sk.names), "parents": list(sk.parents), "unit": sk.unit, "source": sk.source,
+            "fbx_armature": sk.fbx_armature}
+    return meta, {f"{prefix}rest_positions": sk.rest_positions, f"{prefix}rest_rotations": sk.rest_rotations}
+
+
+def unpack_skeleton(meta: dict, arrays: dict, prefix: str = "") -> Skeleton:
+    return Skeleton(meta["names"], meta["parents"], arrays[f"{prefix}rest_positions"],
+                    arrays[f"{prefix}rest_rotations"], meta["unit"], meta["source"], meta["fbx_armature"])
+
+
+def pack_target_rig(rig: TargetRig) -> tuple[dict, dict]:
+    meta, arrays = pack_skeleton(rig.skeleton, "skeleton_")
+    meta = {"skeleton": meta, "mover": rig.mover, "fps": rig.fps, "scheme": rig.scheme,
+            "bone_map": [[int(j), int(b)] for j, b in rig.bone_map.items()]}
+    return meta, {**arrays, "rotations": rig.rotations, "translation": rig.translation}
+
+
+def unpack_target_rig(meta: dict, arrays: dict) -> TargetRig:
+    return TargetRig(unpack_skeleton(meta["skeleton"], arrays, "skeleton_"), arrays["rotations"], meta["mover"],
+                     arrays["translation"], meta["fps"], {j: b for j, b in meta["bone_map"]}, meta["scheme"])

@@ -6,9 +6,8 @@ files in a folder, so FBX works from an environment that cannot import bpy (bpy 
 
 JOB_DIR holds job.json ({"job": name, "args": {...}}) and inputs.npz; the worker writes result.json
 (the job's JSON result, or {"error": one line, "type": ...}) and outputs.npz, and exits 0 or 1. It runs
-from a copy of motionstreamer's numpy-only modules (io.blender_addon.VENDORED) and imports
-nothing else but numpy, the standard library and Blender's modules. The packing of skeletons and
-retargeted rigs below is shared by both sides.
+from a copy of motionstreamer's numpy-only modules (io.blender_process.VENDORED) and imports nothing
+else but numpy, the standard library and Blender's modules.
 """
 from __future__ import annotations
 
@@ -22,55 +21,22 @@ if __name__ == "__main__":      # run from the package copy io.blender_process m
 
 import numpy as np  # noqa: E402
 
-from motionstreamer.io.retarget import RetargetError, Skeleton, TargetRig  # noqa: E402
-
-INPUT, INPUTS, OUTPUT, RESULT = "job.json", "inputs.npz", "outputs.npz", "result.json"
-# exceptions a job raises that the caller raises again as such (the CLI's one-line errors); any other
-# failure comes back as io.blender_process.BlenderError
-ERRORS = {"RetargetError": RetargetError, "ValueError": ValueError, "OSError": OSError}
+from motionstreamer.io import blender_process  # noqa: E402
+from motionstreamer.io.fbx import read_fbx_skeleton_bpy, write_fbx_bpy  # noqa: E402
 
 
-# ----------------------------------------------------------------------------------------- packing
-def pack_skeleton(sk: Skeleton, prefix: str = "") -> tuple[dict, dict]:
-    meta = {"names": list(sk.names), "parents": list(sk.parents), "unit": sk.unit, "source": sk.source,
-            "fbx_armature": sk.fbx_armature}
-    return meta, {f"{prefix}rest_positions": sk.rest_positions, f"{prefix}rest_rotations": sk.rest_rotations}
-
-
-def unpack_skeleton(meta: dict, arrays: dict, prefix: str = "") -> Skeleton:
-    return Skeleton(meta["names"], meta["parents"], arrays[f"{prefix}rest_positions"],
-                    arrays[f"{prefix}rest_rotations"], meta["unit"], meta["source"], meta["fbx_armature"])
-
-
-def pack_target_rig(rig: TargetRig) -> tuple[dict, dict]:
-    meta, arrays = pack_skeleton(rig.skeleton, "skeleton_")
-    meta = {"skeleton": meta, "mover": rig.mover, "fps": rig.fps, "scheme": rig.scheme,
-            "bone_map": [[int(j), int(b)] for j, b in rig.bone_map.items()]}
-    return meta, {**arrays, "rotations": rig.rotations, "translation": rig.translation}
-
-
-def unpack_target_rig(meta: dict, arrays: dict) -> TargetRig:
-    return TargetRig(unpack_skeleton(meta["skeleton"], arrays, "skeleton_"), arrays["rotations"], meta["mover"],
-                     arrays["translation"], meta["fps"], {j: b for j, b in meta["bone_map"]}, meta["scheme"])
-
-
-# ----------------------------------------------------------------------------------------- jobs
 def job_write_fbx(args: dict, arrays: dict) -> tuple[dict, dict]:
-    from motionstreamer.io.fbx import write_fbx_bpy
-
-    write_fbx_bpy(args["path"], unpack_target_rig(args["rig"], arrays))
+    write_fbx_bpy(args["path"], blender_process.unpack_target_rig(args["rig"], arrays))
     return {"path": args["path"]}, {}
 
 
 def job_read_fbx_skeleton(args: dict, arrays: dict) -> tuple[dict, dict]:
-    from motionstreamer.io.fbx import read_fbx_skeleton_bpy
-
-    meta, out = pack_skeleton(read_fbx_skeleton_bpy(args["path"]))
+    meta, out = blender_process.pack_skeleton(read_fbx_skeleton_bpy(args["path"]))
     return {"skeleton": meta}, out
 
 
 def job_probe(args: dict, arrays: dict) -> tuple[dict, dict]:
-    """What this interpreter is, and which modules the worker's imports brought in."""
+    """What this interpreter is and which modules the worker brought in; `args` back, `arrays` doubled."""
     import bpy
 
     return {"blender": bpy.app.version_string, "python": sys.version.split()[0], "numpy": np.__version__,
@@ -82,8 +48,9 @@ def job_probe(args: dict, arrays: dict) -> tuple[dict, dict]:
 JOBS = {"write_fbx": job_write_fbx, "read_fbx_skeleton": job_read_fbx_skeleton, "probe": job_probe}
 
 
-def _one_line(e: BaseException) -> tuple[str, str]:
-    for name, cls in ERRORS.items():          # RetargetError first: it is a ValueError too
+def one_line(e: BaseException) -> tuple[str, str]:
+    """(type name for io.blender_process.ERRORS, one-line message) of a job's exception."""
+    for name, cls in blender_process.ERRORS.items():          # RetargetError first: it is a ValueError too
         if isinstance(e, cls):
             return name, " ".join(str(e).split()) or name
     where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
@@ -92,22 +59,20 @@ def _one_line(e: BaseException) -> tuple[str, str]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    args = argv[argv.index("--") + 1:] if "--" in argv else argv[1:]      # Blender's own arguments come first
-    d = Path(args[0])
+    d = Path(blender_process.script_args(argv)[0])
     try:
-        spec = json.loads((d / INPUT).read_text())
-        with np.load(d / INPUTS) as z:
+        spec = json.loads((d / blender_process.INPUT).read_text())
+        with np.load(d / blender_process.INPUTS) as z:
             arrays = {k: z[k] for k in z.files}
         if spec["job"] not in JOBS:
             raise ValueError(f"unknown Blender job {spec['job']!r} (known: {', '.join(JOBS)})")
         result, out = JOBS[spec["job"]](spec["args"], arrays)
-        np.savez(d / OUTPUT, **out)
+        np.savez(d / blender_process.OUTPUT, **out)
         code = 0
     except Exception as e:
-        kind, message = _one_line(e)
+        kind, message = one_line(e)
         result, code = {"error": message, "type": kind}, 1
-    (d / RESULT).write_text(json.dumps(result))
+    (d / blender_process.RESULT).write_text(json.dumps(result))
     return code
 
 

@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from motionstreamer import FPS
+from motionstreamer import FEATURE_DIM, FPS
+from motionstreamer.io.motion_io import check_fps
+from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24, make_rig, prepare_motion
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
+from motionstreamer.utils import as_numeric_array, atomic_path, check_finite
 
 NUM_BVH_JOINTS = len(JOINT_NAMES)   # 24: the 22 body joints and the two palms
 ROOT_CHANNELS = ("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")
@@ -73,43 +76,20 @@ def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES, parents=PARENTS_2
     return "\n".join(lines) + "\n"
 
 
-def _as_numpy(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    return a.astype(np.float64)
-
-
-def _check_fps(fps) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    return float(fps)
-
-
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.all(np.isfinite(a)):
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name} contains NaN/inf (first at index {bad})")
-
-
 def _converter_rig(rotations, translation, fps: float, floor_at_zero: bool):
     """The released converter's rig: SMPL-neutral offsets, these rotations, root = offset[0] + translation."""
-    from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24
 
-    rot = _as_numpy(rotations, "rotations")
-    trans = _as_numpy(translation, "translation")
+    rot = as_numeric_array(rotations, "rotations").astype(np.float64)
+    trans = as_numeric_array(translation, "translation").astype(np.float64)
     if rot.ndim != 4 or rot.shape[1:] != (NUM_JOINTS, 3, 3):
         raise ValueError(f"rotations must have shape (frames, 22, 3, 3), got {rot.shape}")
     if rot.shape[0] == 0:
         raise ValueError("rotations has no frames")
     if trans.shape != (rot.shape[0], 3):
         raise ValueError(f"translation must have shape ({rot.shape[0]}, 3) to match rotations, got {trans.shape}")
-    _check_finite(rot, "rotations")
-    _check_finite(trans, "translation")
-    fps = _check_fps(fps)
+    check_finite("rotations", rot)
+    check_finite("translation", trans)
+    fps = check_fps(fps)
     root = trans if floor_at_zero else trans + SMPL_OFFSETS_24[0]
     return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, _pad24(rot), root, fps)
 
@@ -128,18 +108,20 @@ def write_bvh_stream(out, rig, converter: bool = False) -> None:
     (T, 3), fps, and optionally `translated` {joint: (T, 3)}, the joints with position channels) as BVH
     text to the text stream `out`, a block of frames at a time. converter: the released converter's
     six-decimal frame time (byte compatibility)."""
-    from motionstreamer.representation.rotation import matrix_to_euler_zyx
 
-    _check_fps(rig.fps)
+    check_fps(rig.fps)
     T = len(rig.root)
     translated = getattr(rig, "translated", None) or {0: rig.root}
     out.write(hierarchy_text(rig.offsets, rig.names, rig.parents, tuple(translated)))
     out.write(f"MOTION\nFrames: {T}\nFrame Time: {frame_time_text(rig.fps, converter)}\n")
+    # torch only when a BVH is written: reading one stays numpy (Blender's Python runs it, the add-on)
+    from motionstreamer.representation.rotation import matrix_to_euler_zyx  # noqa: PLC0415
+
     order = _depth_first(0, rig.parents)
     for start in range(0, T, FRAMES_PER_WRITE):
         rot = rig.rotations[start:start + FRAMES_PER_WRITE]
-        _check_finite(rot, f"rotations (frames {start}..)")
-        _check_finite(rig.root[start:start + FRAMES_PER_WRITE], f"root positions (frames {start}..)")
+        check_finite(f"rotations (frames {start}..)", rot)
+        check_finite(f"root positions (frames {start}..)", rig.root[start:start + FRAMES_PER_WRITE])
         euler = matrix_to_euler_zyx(np.ascontiguousarray(rot[:, order]), degrees=True)   # [z, y, x] per joint
         n = len(rot)
         values = np.concatenate([part for k, j in enumerate(order) for part in (
@@ -149,7 +131,6 @@ def write_bvh_stream(out, rig, converter: bool = False) -> None:
 
 def write_rig_bvh(path: str | Path, rig, converter: bool = False) -> Path:
     """Write a Rig (io.rig) as a BVH file, atomically and streaming (memory does not grow with T)."""
-    from motionstreamer.utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -182,16 +163,17 @@ def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero:
     joints of `io.rig.prepare_motion`, i.e. what PREFIX_joints.npy holds). skeleton='smpl-neutral',
     rotations='model' is the released converter's output (rot-mode inverse, spec §2.3), byte for byte;
     floor_at_zero applies to it only. rig: 'smpl' or 'mixamo' joint names."""
-    from motionstreamer.io.rig import make_rig, prepare_motion
 
-    x = _as_numpy(features, "features")
-    if x.ndim != 2 or x.shape[1] != 272:
-        raise ValueError(f"features must have shape (frames, 272), got {x.shape}")
+    x = as_numeric_array(features, "features").astype(np.float64)
+    if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
+        raise ValueError(f"features must have shape (frames, {FEATURE_DIM}), got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError("features has no frames")
-    _check_finite(x, "features")
+    check_finite("features", x)
     if skeleton == "smpl-neutral" and rotations == "model" and rig == "smpl" and not clean_feet:
-        from motionstreamer.representation.features import recover_rotations   # no solve needed
+        # the model's rotations as they are: no solve needed
+        from motionstreamer.representation.features import recover_rotations  # noqa: PLC0415  (torch: as above)
+
         return write_bvh(path, *recover_rotations(x), fps=fps, floor_at_zero=floor_at_zero)
     motion = prepare_motion(x, clean_feet=clean_feet, fps=fps)
     converter = skeleton == "smpl-neutral" and rotations == "model"

@@ -11,6 +11,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
+from motionstreamer.cli import CLIError
+from motionstreamer.io.blender_addon import build_addon_zip
+from motionstreamer.io.blender_process import BlenderError, find_blender
+from motionstreamer.io.bvh import write_rig_bvh
+from motionstreamer.io.fbx import write_fbx
+from motionstreamer.io.gltf import write_glb
+from motionstreamer.io.motion_io import MAX_FPS, load_motion_array, motion_kind, to_features
+from motionstreamer.io.render import check_title as check, render_motion
+from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
+from motionstreamer.io.rig import make_rig, prepare_motion
+from motionstreamer.io.smpl import amass_params, write_amass_npz
+from motionstreamer.utils import atomic_save_npy
+
 MOTION_HELP = """\
 INPUT is 272-dim features (frames, 272) or joint positions (frames, 22, 3) / (frames, 66). Features
 must be de-normalised; give --mean and --std if the file holds normalised features. The motion is put
@@ -71,7 +87,7 @@ def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
 def _add_motion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", metavar="MEAN.npy", help="feature Mean (272,) to de-normalise INPUT (needs --std)")
     p.add_argument("--std", metavar="STD.npy", help="feature Std (272,) to de-normalise INPUT (needs --mean)")
-    p.add_argument("--fps", type=float, default=30.0, help="frames per second of INPUT (default: 30)")
+    p.add_argument("--fps", type=float, default=float(FPS), help="frames per second of INPUT (default: %(default)g)")
     p.add_argument("--clean-feet", action="store_true",
                    help="foot-skating clean-up: pin planted feet to the floor (leg IK), smooth hand-over")
 
@@ -156,9 +172,6 @@ def register(subparsers) -> None:
 
 # ----------------------------------------------------------------------------------------- checks
 def check_title(title: str, flag: str = "--title") -> str:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.render import check_title as check
-
     try:
         return check(title)
     except ValueError as e:
@@ -167,7 +180,6 @@ def check_title(title: str, flag: str = "--title") -> str:
 
 def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
     """--out of a file verb: the right suffix, a file name, not a folder; ~ expanded."""
-    from motionstreamer.cli import CLIError
 
     path = Path(out).expanduser()
     if not out or not path.name or path.name in (".", "..") or out.endswith(("/", "\\")):
@@ -181,17 +193,12 @@ def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
 
 def check_new_file(path: Path, args) -> None:
     """CLIError when OUT exists and --overwrite was not given (these verbs never replace a file unasked)."""
-    from motionstreamer.cli import CLIError
-
     if path.exists() and not getattr(args, "overwrite", False):
         raise CLIError(f"--out {path} exists; give --overwrite to replace it")
 
 
 def check_fbx_tools() -> None:
     """CLIError naming the ways to get Blender when FBX cannot be read or written (io.blender_process)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_process import BlenderError, find_blender
-
     try:
         find_blender()
     except BlenderError as e:
@@ -199,21 +206,15 @@ def check_fbx_tools() -> None:
 
 
 def _check_common(args) -> None:
-    from motionstreamer.cli import CLIError
-
     if (args.mean is None) != (args.std is None):
         given, missing = ("--mean", "--std") if args.mean is not None else ("--std", "--mean")
         raise CLIError(f"{given} needs {missing} too (normalised features are de-normalised with both)")
-    if not (args.fps > 0 and args.fps <= 1000):
-        raise CLIError(f"--fps must be in (0, 1000], got {args.fps:g}")
+    if not 0 < args.fps <= MAX_FPS:
+        raise CLIError(f"--fps must be in (0, {MAX_FPS:g}], got {args.fps:g}")
 
 
 def _load(args):
     """(input array, mean, std) with file errors turned into CLI errors naming the argument."""
-    import numpy as np
-
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.motion_io import load_motion_array
 
     def load(path, what):
         try:
@@ -225,8 +226,9 @@ def _load(args):
     stats = []
     for flag, path in (("--mean", args.mean), ("--std", args.std)):
         s = load(path, flag) if path is not None else None
-        if s is not None and s.shape != (272,):
-            raise CLIError(f"{flag} {path}: must hold the 272 feature statistics, shape (272,), got {s.shape}")
+        if s is not None and s.shape != (FEATURE_DIM,):
+            raise CLIError(f"{flag} {path}: must hold the {FEATURE_DIM} feature statistics, shape ({FEATURE_DIM},), "
+                           f"got {s.shape}")
         stats.append(s)
     std = stats[1]
     if std is not None and not np.all(std > 0):
@@ -238,9 +240,6 @@ def _load(args):
 
 def _motion(args):
     """io.rig.Motion of INPUT (de-normalised, grounded, cleaned if asked), CLI errors for bad input."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.motion_io import motion_kind, to_features
-    from motionstreamer.io.rig import prepare_motion
 
     _check_common(args)
     x, mean, std = _load(args)
@@ -261,49 +260,38 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
                progress: bool = False) -> str:
     """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | fbx | smpl | mp4 | gif. Returns a
     note for the log (what the file holds relative to the motion's joints)."""
-    from motionstreamer.io.rig import make_rig
 
     if kind in ("mp4", "gif"):
-        from motionstreamer.io.render import render_motion
 
         render_motion(motion.joints, path, title=title, fps=motion.fps, progress=progress, size=size, views=views)
         return ""
     if kind == "smpl":
-        from motionstreamer.io.smpl import amass_params, write_amass_npz
 
         write_amass_npz(path, amass_params(make_rig(motion, "smpl-neutral", rotations)))
         return f"SMPL-neutral body, {rotations} rotations, grounded"
     if kind == "fbx":
-        from motionstreamer.io.fbx import write_fbx
-
         r = make_rig(motion, skeleton, rotations, rig)
         write_fbx(path, r)
         return _rig_note(r, motion, skeleton, rotations)
     converter = kind == "bvh"
     r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
     if kind == "bvh":
-        from motionstreamer.io.bvh import write_rig_bvh
 
         write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
-        from motionstreamer.io.gltf import write_glb
 
         write_glb(path, r)
     return _rig_note(r, motion, skeleton, rotations)
 
 
 def _rig_note(r, motion, skeleton: str, rotations: str) -> str:
-    import numpy as np
-
     if skeleton == "motion" and rotations == "solved":
         return "same joints as the video"
-    err = np.linalg.norm(r.joints()[:, :22] - motion.joints, axis=-1).mean() * 1000
+    err = np.linalg.norm(r.joints()[:, :NUM_JOINTS] - motion.joints, axis=-1).mean() * 1000
     return f"{skeleton} skeleton, {rotations} rotations: joints differ from the video's by {err:.0f} mm on average"
 
 
 def cmd_render(args) -> int:
-    from motionstreamer.cli import CLIError
-
     out = check_out_file(args.out, (".mp4", ".gif"))
     title = check_title(args.title)
     if args.size < 64 or args.size > 4096 or args.size % 2:
@@ -312,7 +300,6 @@ def cmd_render(args) -> int:
         raise CLIError(f"--every must be >= 1, got {args.every}")
     motion = _motion(args)
     try:
-        from motionstreamer.io.render import render_motion
 
         render_motion(motion.joints[::args.every], out, title=title, fps=args.fps / args.every,
                       progress=not args.quiet, size=args.size, views=args.views)
@@ -326,9 +313,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_process import BlenderError
-
     out = check_out_file(args.out, (args.suffix,))
     kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl", ".fbx": "fbx"}[args.suffix]
     if kind == "fbx":
@@ -368,12 +352,6 @@ def output_files(prefix: Path, args) -> list[tuple[str, str]]:
 def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     """Files of a generated motion: PREFIX.npy (de-normalised features, as generated), PREFIX_joints.npy
     (the joints every output shows) and the exports asked for. Returns the paths written."""
-    import numpy as np
-
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_process import BlenderError
-    from motionstreamer.io.rig import prepare_motion
-    from motionstreamer.utils import atomic_save_npy
 
     title = title.encode("utf-8", "replace").decode("utf-8")   # a caption must not fail a finished generation
     motion = prepare_motion(features, clean_feet=args.clean_feet)
@@ -395,10 +373,6 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
 
 
 def cmd_retarget(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_process import BlenderError
-    from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
-
     out = check_out_file(args.out, OUT_SUFFIXES)
     check_new_file(out, args)
     if out.suffix.lower() == ".fbx" or str(args.target).lower().endswith(".fbx"):
@@ -421,9 +395,6 @@ def cmd_retarget(args) -> int:
 
 
 def cmd_blender_addon(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_addon import build_addon_zip
-
     out = check_out_file(args.out, (".zip",))
     check_new_file(out, args)
     try:

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from motionstreamer.io.blender_process import find_blender, run_job
+from motionstreamer.io.blender_process import find_blender, pack_target_rig, run_job, unpack_skeleton
+from motionstreamer.io.blender_rig import armature_skeleton, build_armature, fcurves, key_action
+from motionstreamer.io.retarget import RetargetError, Skeleton, TargetRig
+from motionstreamer.representation.ik import rest_positions
+from motionstreamer.utils import atomic_path
 
 EXPORT_SETTINGS = dict(axis_forward="-Z", axis_up="Y", apply_unit_scale=True, apply_scale_options="FBX_SCALE_UNITS",
                        add_leaf_bones=False, primary_bone_axis="Y", secondary_bone_axis="X", bake_anim=True,
@@ -38,8 +42,6 @@ def _empty_scene(bpy) -> None:
 
 
 def _import_fbx(bpy, path: Path):
-    from motionstreamer.io.retarget import RetargetError
-
     try:
         bpy.ops.import_scene.fbx(filepath=str(path), automatic_bone_orientation=False, ignore_leaf_bones=False)
     except RuntimeError as e:
@@ -55,16 +57,12 @@ def read_fbx_skeleton(path):
     """io.retarget.Skeleton of the largest armature in an FBX file (Y up, metres), read by Blender."""
     if find_blender().in_process:
         return read_fbx_skeleton_bpy(path)
-    from motionstreamer.io.blender_worker import unpack_skeleton
-
     result, arrays = run_job("read_fbx_skeleton", {"path": str(path)})
     return unpack_skeleton(result["skeleton"], arrays)
 
 
 def read_fbx_skeleton_bpy(path):
     """read_fbx_skeleton with this process's bpy."""
-    from motionstreamer.io.blender_rig import armature_skeleton
-
     bpy = require_bpy()
     path = Path(path)
     _empty_scene(bpy)
@@ -73,9 +71,6 @@ def read_fbx_skeleton_bpy(path):
 
 def smpl_target_rig(rig):
     """An io.rig.Rig (24 SMPL joints, identity rest orientations) as an io.retarget.TargetRig."""
-    from motionstreamer.io.retarget import Skeleton, TargetRig
-    from motionstreamer.representation.ik import rest_positions
-
     J = len(rig.parents)
     sk = Skeleton(rig.names, rig.parents, rest_positions(rig.offsets), np.tile(np.eye(3), (J, 1, 1)))
     return TargetRig(sk, rig.rotations, 0, rig.root, rig.fps, {j: j for j in range(22)}, "smpl")
@@ -85,8 +80,6 @@ def _rest_key_before(bpy, action, obj) -> None:
     """A rest key one frame before the motion, and the scene on it: the exporter writes each bone's
     default transform (what importers take as the rest pose of a file without a mesh) from the
     current frame's pose. The animation it bakes spans the scene's range, which starts after it."""
-    from motionstreamer.io.blender_rig import fcurves
-
     start = bpy.context.scene.frame_start
     for fc in fcurves(action, obj):
         rest = 1.0 if fc.data_path.endswith("rotation_quaternion") and fc.array_index == 0 else 0.0
@@ -105,8 +98,6 @@ def write_fbx(path, rig) -> Path:
             raise ValueError(f"{name} contain NaN/inf")
     if find_blender().in_process:
         return write_fbx_bpy(path, rig)
-    from motionstreamer.io.blender_worker import pack_target_rig
-
     meta, arrays = pack_target_rig(rig)
     run_job("write_fbx", {"path": str(path), "rig": meta}, arrays)
     return path
@@ -114,9 +105,6 @@ def write_fbx(path, rig) -> Path:
 
 def write_fbx_bpy(path, rig) -> Path:
     """write_fbx of an io.retarget.TargetRig with this process's bpy."""
-    from motionstreamer.io.blender_rig import build_armature, key_action
-    from motionstreamer.utils import atomic_path
-
     bpy = require_bpy()
     path = Path(path)
     _empty_scene(bpy)

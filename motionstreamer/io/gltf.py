@@ -19,8 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pygltflib as g
 
+from motionstreamer import __version__
+from motionstreamer.representation.ik import rest_positions
+from motionstreamer.representation.rotation import matrix_to_quaternion
 from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS_24
+from motionstreamer.utils import atomic_write_bytes
 
 # Capsule radius (m, for a 1.7 m body; scaled with the skeleton) of the bone ending at each joint.
 BONE_RADIUS = {1: 0.065, 2: 0.065, 3: 0.085, 4: 0.06, 5: 0.06, 6: 0.09, 7: 0.045, 8: 0.045, 9: 0.09,
@@ -70,7 +75,6 @@ def _capsule(p0, p1, radius: float, axis=None, segments: int = 12, rings: int = 
 
 def body_mesh(rest: np.ndarray, names) -> dict:
     """Capsule body in the rest pose: {material index: (positions, normals, joints, triangles)}."""
-    from motionstreamer.representation.ik import rest_positions
 
     pos = rest_positions(rest)
     scale = (pos[:, 1].max() - pos[:, 1].min() + HEAD_RADIUS) / REFERENCE_HEIGHT
@@ -100,7 +104,6 @@ def body_mesh(rest: np.ndarray, names) -> dict:
 
 def _quaternions_xyzw(rotations: np.ndarray) -> np.ndarray:
     """(T, J, 3, 3) -> (T, J, 4) unit quaternions (x, y, z, w), sign-continuous over time."""
-    from motionstreamer.representation.rotation import matrix_to_quaternion
 
     q = matrix_to_quaternion(np.ascontiguousarray(rotations))[..., [1, 2, 3, 0]]
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
@@ -116,8 +119,6 @@ class _Blob:
         self.gltf, self.data = gltf, bytearray()
 
     def add(self, array: np.ndarray, kind: str, component: int, target=None, minmax: bool = False) -> int:
-        import pygltflib as g
-
         while len(self.data) % 4:
             self.data += b"\0"
         raw = np.ascontiguousarray(array).tobytes()
@@ -145,9 +146,6 @@ def _animation(rig):
 def glb_bytes(rig, body: bool = True) -> bytes:
     """The rig (io.rig.Rig, or io.retarget.TargetRig: its own hierarchy and rest pose, no body) as a
     binary glTF 2.0 file."""
-    import pygltflib as g
-
-    from motionstreamer import __version__
 
     rest_t, rest_r, animated, rotations, mover, translation = _animation(rig)
     parents = tuple(rig.parents)
@@ -163,7 +161,6 @@ def glb_bytes(rig, body: bool = True) -> bytes:
                                  children=kids or None))
     roots = [0]
     if body:
-        from motionstreamer.representation.ik import rest_positions
 
         rest = rest_positions(rig.offsets)
         ibm = np.tile(np.eye(4, dtype=np.float32), (J, 1, 1))
@@ -215,8 +212,6 @@ def glb_bytes(rig, body: bool = True) -> bytes:
 
 def write_glb(path: str | Path, rig, body: bool = True) -> Path:
     """Write the rig as a .glb file (atomically); returns the path."""
-    from motionstreamer.utils import atomic_write_bytes
-
     _, _, _, rotations, _, translation = _animation(rig)
     for name, a in (("rotations", rotations), ("root positions", translation)):
         if not np.all(np.isfinite(a)):

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from motionstreamer import FPS
+from motionstreamer.io.motion_io import check_fps, motion_kind, to_features, to_joints
+from motionstreamer.representation import feet, ik
+from motionstreamer.representation.ik import fk
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 
 SKELETONS = ("motion", "smpl-neutral")
@@ -64,7 +67,6 @@ class Rig:
 
     def joints(self) -> np.ndarray:
         """(T, 24, 3) joint positions by forward kinematics."""
-        from motionstreamer.representation.ik import fk
 
         return fk(self.rotations, self.root, self.offsets)
 
@@ -85,22 +87,13 @@ class Motion:
         return len(self.joints)
 
 
-def _check_fps(fps) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(fps) or not 0 < fps <= 1000:
-        raise ValueError(f"fps must be a positive number (at most 1000), got {fps!r}")
-    return float(fps)
-
-
 def prepare_motion(motion, clean_feet: bool = False, fps: float = FPS, name: str = "motion") -> Motion:
     """De-normalised 272 features (T, 272) or joint positions (T, 22, 3) / (T, 66) -> Motion.
     ValueError naming `name` for bad input."""
-    from motionstreamer.io.motion_io import motion_kind, to_features, to_joints
-    from motionstreamer.representation import feet, ik
-
-    fps = _check_fps(fps)
+    fps = check_fps(fps)
     if motion_kind(motion, name) == "features":
-        from motionstreamer.representation.features import recover_rotations   # torch: features only
+        # torch for features only: joints stay numpy alone, as Blender's Python runs them (the add-on)
+        from motionstreamer.representation.features import recover_rotations  # noqa: PLC0415
 
         features = to_features(motion, name=name)
         model_rot, model_trans = recover_rotations(features)
@@ -134,7 +127,6 @@ def check_choice(value: str, choices, what: str) -> str:
 def make_rig(motion: Motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
              converter: bool = False, floor_at_zero: bool = False) -> Rig:
     """The skeleton + rotations a file carries; see the module docstring for the pairings."""
-    from motionstreamer.representation import feet, ik
 
     check_choice(skeleton, SKELETONS, "skeleton")
     check_choice(rotations, ROTATION_MODES, "rotations")

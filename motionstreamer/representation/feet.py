@@ -21,16 +21,14 @@ offset only fades out after it, so nothing waits for future frames.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from motionstreamer import FPS, NUM_JOINTS
-FOOT_JOINTS = (10, 11)            # left, right "foot" (toe base): the 272 format's contact joints
-ANKLES = (7, 8)
-KNEES = (4, 5)
-HIPS = (1, 2)
-GROUND_JOINTS = (7, 8, 10, 11)    # the joints that must never be below the floor
+from motionstreamer.representation.skeleton import ANKLES, FEET, GROUND_JOINTS, HIPS, KNEES
+
 FORMAT_SPEED = 0.0015             # m/frame: the 272 format's contact threshold (foot_detect)
 VOTE_FRAMES = 6                   # the 272 format's median-filter size
 
@@ -62,7 +60,7 @@ def _joints(x, name: str = "joints") -> np.ndarray:
 def foot_speed(joints, fps: float = FPS) -> np.ndarray:
     """(T, 2) 3D speed (m/s) of the two foot joints; frame t uses t -> t+1 (the last repeats)."""
     j = _joints(joints)
-    feet = j[:, FOOT_JOINTS]
+    feet = j[:, FEET]
     if len(j) == 1:
         return np.zeros((1, 2))
     v = np.linalg.norm(np.diff(feet, axis=0), axis=-1) * fps
@@ -108,7 +106,7 @@ def format_contacts(joints) -> np.ndarray:
 def foot_contacts(joints, floor: float = 0.0, thresholds: ContactThresholds = PLANTED, fps: float = FPS) -> np.ndarray:
     """(T, 2) bool [left, right]: planted feet (height above `floor` and speed tests, majority vote)."""
     j = _joints(joints)
-    low = j[:, FOOT_JOINTS, 1] - floor < thresholds.height
+    low = j[:, FEET, 1] - floor < thresholds.height
     slow = foot_speed(j, fps) < thresholds.speed
     return _vote(low & slow, thresholds.vote)
 
@@ -125,7 +123,7 @@ def floor_height(joints, fps: float = FPS) -> float:
     judged against a provisional floor, the 5th percentile of the lower foot's height, so a few sunken
     frames do not decide it; with no planted frame the provisional floor is used."""
     j = _joints(joints)
-    feet_y = j[:, FOOT_JOINTS, 1]
+    feet_y = j[:, FEET, 1]
     provisional = float(np.percentile(feet_y.min(axis=1), 5))
     planted = foot_contacts(j, floor=provisional, fps=fps)
     return float(np.percentile(feet_y[planted], FLOOR_PERCENTILE)) if planted.any() else provisional
@@ -178,7 +176,7 @@ def ground_by_contacts(joints, contacts, fps: float = FPS, smooth_frames: int = 
         raise ValueError(f"contacts must have shape ({len(j)}, 2), got {c.shape}")
     if not c.any():
         return ground(j, fps)
-    heights = np.where(c, j[:, FOOT_JOINTS, 1], np.inf).min(axis=1)
+    heights = np.where(c, j[:, FEET, 1], np.inf).min(axis=1)
     t = np.arange(len(j))
     planted = np.isfinite(heights)
     offsets = -np.interp(t, t[planted], heights[planted])
@@ -222,11 +220,11 @@ def move_feet(joints, offsets) -> np.ndarray:
         moving = np.abs(off[:, k]).sum(-1) > 0
         if not moving.any():
             continue
-        hip, knee, ankle, foot = (j[moving, idx[k]] for idx in (HIPS, KNEES, ANKLES, FOOT_JOINTS))
+        hip, knee, ankle, foot = (j[moving, idx[k]] for idx in (HIPS, KNEES, ANKLES, FEET))
         new_knee, new_ankle = two_bone_ik(hip, knee, ankle, ankle + off[moving, k])
         j[moving, KNEES[k]] = new_knee
         j[moving, ANKLES[k]] = new_ankle
-        j[moving, FOOT_JOINTS[k]] = foot + (new_ankle - ankle)
+        j[moving, FEET[k]] = foot + (new_ankle - ankle)
     return j
 
 
@@ -267,7 +265,7 @@ def clean_feet(joints, fps: float = FPS, thresholds: ContactThresholds = PLANTED
     offsets = np.zeros((T, 2, 3))
     t = np.arange(T)
     for k in range(2):
-        foot = j[:, FOOT_JOINTS[k]]
+        foot = j[:, FEET[k]]
         total, weight, down = np.zeros((T, 2)), np.zeros(T), np.zeros(T)
         for s, e in _segments(contacts[:, k]):
             pin = foot[s:e][:, [0, 2]].mean(axis=0)
@@ -349,7 +347,7 @@ class FootCleaner:
         j = _joints(joints)
         offsets = np.zeros((len(j), 2, 3))
         for t in range(len(j)):
-            feet = j[t, FOOT_JOINTS]
+            feet = j[t, FEET]
             speed = np.zeros(2) if self._prev is None else np.linalg.norm(feet - self._prev, axis=-1) * self.fps
             self._prev = feet
             for k in range(2):
@@ -364,9 +362,8 @@ class FootCleaner:
 
     def clean_chunk(self, chunk):
         """A FrameChunk (runtime.engine) with its joints cleaned (same dtype and device); the rest as is."""
-        import dataclasses
-
-        import torch
-
         cleaned = self(chunk.joints.detach().cpu().double().numpy())
+        # torch only here: the rest of this module is numpy alone, as Blender's Python runs it (the add-on)
+        import torch  # noqa: PLC0415
+
         return dataclasses.replace(chunk, joints=torch.from_numpy(cleaned).to(chunk.joints))

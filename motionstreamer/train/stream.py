@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer import FRAMES_PER_LATENT
 from motionstreamer.train.t2m import LatentExample
 from motionstreamer.utils import load_npy
 
@@ -37,7 +38,8 @@ def parse_stream_line(line: str, where: str) -> tuple[str, str, int]:
 
 
 def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split: str = "train",
-                         max_latents: int = 78, unit_length: int = 4, text_dir: str | None = None) -> list[LatentExample]:
+                         max_latents: int = 78, unit_length: int = FRAMES_PER_LATENT,
+                         text_dir: str | None = None) -> list[LatentExample]:
     stream_root, latent_dir = Path(stream_root), Path(latent_dir)
     tdir = stream_root / (text_dir or f"{split}_stream_text")
     if not tdir.is_dir():

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.data.humanml3d import read_split, read_text_file
+from motionstreamer.train.common import TrainConfig, atomic_torch_save, train_loop
 from motionstreamer.utils import load_npy
 
 
@@ -79,10 +81,10 @@ class LatentExample:
 class LatentTextData:
     """In-memory examples + cached text embeddings; sample_batch draws everything from a generator."""
 
-    def __init__(self, examples: list[LatentExample], text_embeddings: dict[str, torch.Tensor], cfg: T2MTrainConfig):
+    def __init__(self, examples: list[LatentExample], text_embeddings: dict[str, torch.Tensor], config: T2MTrainConfig):
         if not examples:
             raise ValueError("no training examples")
-        self.examples, self.emb, self.cfg = examples, text_embeddings, cfg
+        self.examples, self.emb, self.config = examples, text_embeddings, config
         self.latent_dim = examples[0].latents_b.shape[-1]
         if "" not in self.emb:
             raise ValueError("text embeddings must include the empty caption '' (CFG)")
@@ -101,8 +103,8 @@ class LatentTextData:
                     raise ValueError(f"text embedding of {c!r} has shape {tuple(e.shape)}, expected ({self.text_dim},)")
 
     def sample_batch(self, gen: torch.Generator, batch_size: int):
-        cfg = self.cfg
-        L = cfg.max_latents - 1                      # inputs after the text token
+        config = self.config
+        L = config.max_latents - 1                      # inputs after the text token
         idx = torch.randint(len(self.examples), (batch_size,), generator=gen).tolist()
         latents = torch.zeros(batch_size, L, self.latent_dim)
         a_len = torch.zeros(batch_size, dtype=torch.long)
@@ -112,7 +114,7 @@ class LatentTextData:
             ex = self.examples[i]
             b = ex.latents_b
             r = torch.rand(2, generator=gen).tolist()
-            if ex.edge_drop and r[0] < cfg.drop_edge_prob and len(b) > 1:
+            if ex.edge_drop and r[0] < config.drop_edge_prob and len(b) > 1:
                 b = b[:-1] if r[1] < 0.5 else b[1:]
             keep = max(0, L - len(b))                # history that still fits before B (newest kept)
             a = ex.latents_a[len(ex.latents_a) - keep:] if keep else ex.latents_a[:0]
@@ -123,7 +125,7 @@ class LatentTextData:
             total[row] = len(seq)
             caps = ex.all_captions()
             texts.append(caps[int(torch.randint(len(caps), (1,), generator=gen))] if len(caps) > 1 else caps[0])
-        drop = torch.rand(batch_size, generator=gen) < cfg.text_dropout
+        drop = torch.rand(batch_size, generator=gen) < config.text_dropout
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         text = torch.stack([self.emb[t] for t in texts])
         # trim padding beyond the longest row (causal attention: it never affects valid positions);
@@ -208,14 +210,14 @@ class TwoForwardObjective(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- loading latents
 def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: str = "train",
-                         max_latents: int = 78, fps: int = 30, unit_length: int = 4) -> list[LatentExample]:
+                         max_latents: int = 78, fps: int = FPS,
+                         unit_length: int = FRAMES_PER_LATENT) -> list[LatentExample]:
     """Read per-clip latents written by `encode-latents` and the captions of a HumanML3D-272 layout.
 
     A clip's whole-clip captions (start = end = 0) make one example; one of them is drawn per sample,
     as the original draws a random caption of the clip. Each sub-caption (start/end seconds) is its own
     example, its latents cropped at int(sec*fps/unit_length) as the original.
     """
-    from motionstreamer.data.humanml3d import read_split, read_text_file
 
     latent_dir, data_root = Path(latent_dir), Path(data_root)
     examples = []
@@ -268,7 +270,6 @@ TEXT_CACHE_FORMAT = "motionstreamer-text-embeddings"
 
 def save_text_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor], encoder: str) -> None:
     """One file of caption embeddings (loads with torch.load(weights_only=True)), written atomically."""
-    from motionstreamer.utils import atomic_torch_save
 
     caps = sorted(embeddings)
     atomic_torch_save(path, {"format": TEXT_CACHE_FORMAT, "encoder": encoder, "captions": caps,
@@ -289,10 +290,10 @@ def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str
     return dict(zip(caps, emb)), str(d["encoder"])
 
 
-def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, cfg: T2MTrainConfig,
+def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, config: T2MTrainConfig,
               name: str = "t2m", resume=None, stop_after=None, extra_config=None, overwrite: bool = False):
-    data = LatentTextData(examples, text_embeddings, cfg)
-    objective = TwoForwardObjective(model, cfg.steps, cfg.diffmlps_batch_mul, cfg.two_forward)
-    return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
+    data = LatentTextData(examples, text_embeddings, config)
+    objective = TwoForwardObjective(model, config.steps, config.diffmlps_batch_mul, config.two_forward)
+    return train_loop(objective, config, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
                       resume=resume, stop_after=stop_after, overwrite=overwrite,
                       extra_config={"t2m": model.config.to_dict(), **(extra_config or {})})
