@@ -18,8 +18,9 @@ from _rigs import MIXAMO, PARENTS, RIGIFY, UNREAL4, humanoid, leg_length
 from motionstreamer.cli import main
 from motionstreamer.io.blender_process import run_script
 from motionstreamer.io.retarget import (RetargetError, Retargeter, Skeleton, bone_map_from_dict, detect_bone_map,
-                                        load_bone_map, read_skeleton)
+                                        load_bone_map)
 from motionstreamer.io.rig import prepare_motion
+from motionstreamer.io.target_io import read_skeleton
 from motionstreamer.representation import feet
 from motionstreamer.runtime.loading import default_model_dir
 
@@ -286,7 +287,10 @@ def test_retarget_cli_errors_are_one_line(walk, tmp_path, capsys):
 def test_fbx_read_back_by_three_js_within_a_millimetre(walk, capsys):
     d, prefix, _, motion = walk
     out = d / "walk.fbx"
+    capsys.readouterr()
     assert main(["to-fbx", f"{prefix}.npy", "--out", str(out)]) == 0
+    printed = capsys.readouterr()                                  # Blender's own chatter stays out of both
+    assert printed.out.startswith(f"wrote {out} ") and len(printed.out.splitlines()) == 1 and not printed.err
     T = len(motion)
     back = read_fbx(out, 30, T)
     smpl = ("Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2", "Left_ankle",

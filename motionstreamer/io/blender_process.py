@@ -172,7 +172,7 @@ def other_python_env(env=None) -> dict:
     for var in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV", "CONDA_PREFIX"):
         env.pop(var, None)
     if sys.prefix != sys.base_prefix:
-        ours = os.path.normcase(os.path.abspath(os.path.join(sys.prefix, "bin")))
+        ours = os.path.normcase(os.path.abspath(os.path.join(sys.prefix, "Scripts" if os.name == "nt" else "bin")))
         env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                       if os.path.normcase(os.path.abspath(p or ".")) != ours)
     return env

@@ -21,10 +21,12 @@ from motionstreamer.io.bvh import write_rig_bvh
 from motionstreamer.io.fbx import write_fbx
 from motionstreamer.io.gltf import write_glb
 from motionstreamer.io.motion_io import MAX_FPS, load_motion_array, motion_kind, to_features
-from motionstreamer.io.render import check_title as check, render_motion
-from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
+from motionstreamer.io.render import check_title as check
+from motionstreamer.io.render import render_motion
+from motionstreamer.io.retarget import Retargeter, load_bone_map
 from motionstreamer.io.rig import make_rig, prepare_motion
 from motionstreamer.io.smpl import amass_params, write_amass_npz
+from motionstreamer.io.target_io import OUT_SUFFIXES, read_skeleton, write_target
 from motionstreamer.utils import atomic_save_npy
 
 MOTION_HELP = """\
@@ -76,7 +78,8 @@ needs, ready for Blender's Preferences > Get Extensions > Install from Disk. See
 def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
     p.add_argument("--skeleton", choices=("motion", "smpl-neutral"), default="motion",
                    help="bone lengths: the motion's own (default: the exported joints equal PREFIX_joints.npy) "
-                        "or SMPL neutral's" + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
+                        "or SMPL neutral's"
+                        + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
     p.add_argument("--rotations", choices=("solved", "model"), default="solved",
                    help="solved from the joint positions (default) or the model's rotation channels as they are")
     p.add_argument("--rig", choices=("smpl", "mixamo"), default="smpl",
@@ -276,10 +279,8 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
     converter = kind == "bvh"
     r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
     if kind == "bvh":
-
         write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
-
         write_glb(path, r)
     return _rig_note(r, motion, skeleton, rotations)
 

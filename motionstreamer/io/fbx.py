@@ -13,6 +13,8 @@ where io.blender_worker runs the same functions (`*_bpy`) on the rig sent as fil
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,15 @@ def require_bpy():
     import bpy
 
     return bpy
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Blender's own printing (progress lines; on a failure, the operator's traceback before it raises)
+    is dropped: in process, this process's stdout and stderr are the CLI's (`stream --jsonl` writes
+    JSON there, errors are one line). What failed comes back as the exception."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def _empty_scene(bpy) -> None:
@@ -65,8 +76,9 @@ def read_fbx_skeleton_bpy(path):
     """read_fbx_skeleton with this process's bpy."""
     bpy = require_bpy()
     path = Path(path)
-    _empty_scene(bpy)
-    return armature_skeleton(_import_fbx(bpy, path), source=str(path))
+    with _quiet():
+        _empty_scene(bpy)
+        return armature_skeleton(_import_fbx(bpy, path), source=str(path))
 
 
 def smpl_target_rig(rig):
@@ -105,8 +117,11 @@ def write_fbx(path, rig) -> Path:
 
 def write_fbx_bpy(path, rig) -> Path:
     """write_fbx of an io.retarget.TargetRig with this process's bpy."""
-    bpy = require_bpy()
-    path = Path(path)
+    with _quiet():
+        return _write_fbx_bpy(require_bpy(), Path(path), rig)
+
+
+def _write_fbx_bpy(bpy, path: Path, rig) -> Path:
     _empty_scene(bpy)
     sk = rig.skeleton
     if sk.fbx_armature and Path(sk.source).suffix.lower() == ".fbx" and Path(sk.source).is_file():
