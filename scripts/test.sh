@@ -23,12 +23,15 @@ fi
 # (tests/test_serve_browser.py drives it through Playwright's executable_path; Playwright never downloads
 # a browser here) and Node.js for tests/js (the Khronos glTF validator and three.js's GLTFLoader, pinned
 # by package-lock.json), and on x86-64 qemu-user: the int8 ONNX test (tests/test_export_onnx.py) reruns
-# the int8 graphs on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell) and requires the same bits.
+# the int8 graphs on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell) and requires the same bits;
+# a Blender executable (Debian's blender) for the test that runs the FBX worker the way a user's installed
+# Blender app runs it (tests/test_blender_process.py).
 # With MOTIONSTREAMER_REQUIRE_JS=1 a missing node tool fails its tests.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 [ "$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+command -v blender >/dev/null 2>&1 || missing+=(blender)
 if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
     || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
