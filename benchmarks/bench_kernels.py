@@ -32,7 +32,6 @@ import json
 
 import torch
 import torch.nn.functional as F
-
 from timing import time_fn  # benchmarks/ is on sys.path (run directly, from run.py or the tests)
 
 STREAMS = (2, 64, 512)

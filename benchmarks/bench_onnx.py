@@ -38,12 +38,12 @@ def _per_latent_ms(session_factory, n_latents: int, repeats: int) -> dict:
 
 def run_all(device, small: bool, quick: bool) -> list[dict]:
     from motionstreamer.checkpoints import add_student_head, load_bundle, save_bundle
-    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.export.onnx_export import export_bundle
-    from motionstreamer.runtime.ort_backend import ort_session
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
     from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.runtime.ort_backend import ort_session
     from motionstreamer.runtime.session import StreamingSession
 
     if device.type != "cpu":

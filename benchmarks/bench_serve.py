@@ -262,7 +262,6 @@ def main(argv=None) -> int:
     summary, rows = bench(args)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
-
     from run import device_info, markdown_table, write_results
     info = device_info(torch.device("cuda" if args.device.startswith("cuda") else "cpu"))
     info.update(summary)

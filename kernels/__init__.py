@@ -37,14 +37,25 @@ if __name__ == "kernels":
 else:
     from ._common import HAS_TRITON, interpreting, kernels_usable
     from .adaln_layernorm import adaln_modulate_layernorm, adaln_modulate_layernorm_reference
-    from .silu import bias_silu, bias_silu_reference
+    from .diffusion_head import (
+        BlockWeights,
+        HeadWeights,
+        head_sample_loop,
+        head_sample_loop_reference,
+        head_step,
+        head_step_reference,
+    )
     from .linear import fused_linear, fused_linear_reference
-    from .residual import gated_residual, gated_residual_reference
-    from .diffusion_head import (BlockWeights, HeadWeights, head_sample_loop, head_sample_loop_reference, head_step,
-                                 head_step_reference)
-    from .qknorm_attention import (attention_reference, qknorm_rope_attention, qknorm_rope_attention_reference,
-                                   qknorm_rope_reference, rope_tables)
+    from .qknorm_attention import (
+        attention_reference,
+        qknorm_rope_attention,
+        qknorm_rope_attention_reference,
+        qknorm_rope_reference,
+        rope_tables,
+    )
     from .qknorm_decode import qknorm_decode_attention, qknorm_decode_attention_reference
+    from .residual import gated_residual, gated_residual_reference
+    from .silu import bias_silu, bias_silu_reference
 
     __all__ = [
         "HAS_TRITON", "interpreting", "kernels_usable",

@@ -29,9 +29,9 @@ from motionstreamer.models.sampling import sample_loop
 
 from ._common import HAS_TRITON, check_dtype, next_pow2, require_usable
 from .adaln_layernorm import adaln_modulate_layernorm
-from .silu import bias_silu
 from .linear import fused_linear
 from .residual import gated_residual
+from .silu import bias_silu
 
 # Up to this many rows the block matmuls run as fused GEMV-like kernels; above it, cuBLAS + fused
 # elementwise kernels. A guess to be tuned on the GPU (benchmarks/bench_kernels.py measures both).

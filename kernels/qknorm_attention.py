@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._common import (HAS_TRITON, as_scale_tensor, check_dtype, dot_flags, interpreting, require_usable)
+from ._common import HAS_TRITON, as_scale_tensor, check_dtype, dot_flags, interpreting, require_usable
 
 NORM_EPS = 1e-12  # F.normalize's default
 

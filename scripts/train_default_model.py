@@ -224,9 +224,9 @@ def loss_summary(run_dir: Path) -> dict:
 def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     """The small TMR-style evaluator (MiniLM backbone, frozen) on the training split; a finished run
     in run_dir is reused as it is."""
-    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
-    from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
     from motionstreamer.checkpoints import load_training_checkpoint
+    from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
+    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
 
     config = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
                                save_every=100, tensorboard=False)
@@ -272,6 +272,7 @@ def store_half(bundle: Path) -> None:
     """Weights as fp16 on disk (half the package size; loading casts back to the run dtype). The
     statistics stay fp32: de-normalisation is exact to the data."""
     from safetensors.torch import load_file, save_file
+
     from motionstreamer.utils import atomic_path
 
     for name in ("tae", "t2m", "evaluator", "student_head"):

@@ -12,7 +12,12 @@ from test_representation_features import make_motion
 
 from motionstreamer.cli import main
 from motionstreamer.data.amass import (
-    BodyModelJoints, downsample_stride, load_amass, read_index, resolve_source, z_up_to_y_up,
+    BodyModelJoints,
+    downsample_stride,
+    load_amass,
+    read_index,
+    resolve_source,
+    z_up_to_y_up,
 )
 from motionstreamer.representation import compute_mean_std, joints_to_272, mirror_272
 from motionstreamer.representation.skeleton import PARENTS_24, SMPL_OFFSETS_24

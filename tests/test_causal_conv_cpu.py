@@ -5,10 +5,10 @@ accumulate ~Cin*k products in fp32 in different orders). Streaming == full pass 
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import zlib
-import os
 
 import pytest
 import torch

@@ -9,7 +9,14 @@ import torch
 
 from motionstreamer.data import synth
 from motionstreamer.data.humanml3d import (
-    DataError, DataWarning, HumanML3D272Dataset, collate, load_mean_std, load_motions, read_split, read_text_file,
+    DataError,
+    DataWarning,
+    HumanML3D272Dataset,
+    collate,
+    load_mean_std,
+    load_motions,
+    read_split,
+    read_text_file,
 )
 from motionstreamer.representation.features import recover_joints
 from motionstreamer.representation.normalize import denormalize

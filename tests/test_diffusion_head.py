@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SimpleMLPAdaLN, timestep_embedding
-from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, cosine_betas, draw_sampling_noise, space_timesteps
+from motionstreamer.models.sampling import (
+    GaussianDiffusion,
+    SamplerSettings,
+    cosine_betas,
+    draw_sampling_noise,
+    space_timesteps,
+)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -21,13 +21,13 @@ from motionstreamer.eval.head_quality import (
     teacher_sampler,
 )
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.few_step import (
     StudentHead,
     StudentHeadConfig,
     student_settings,
     student_timesteps,
 )
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.train.distill import (
     DistillConfig,
     EnergyDistillObjective,

@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.eval import metrics as M
-from motionstreamer.train.evaluator import (
-    EpochSampler, EvaluatorTrainConfig, infonce_loss, tmr_losses, train_evaluator,
-)
 from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
+from motionstreamer.train.evaluator import (
+    EpochSampler,
+    EvaluatorTrainConfig,
+    infonce_loss,
+    tmr_losses,
+    train_evaluator,
+)
 
 
 @pytest.fixture(scope="module")

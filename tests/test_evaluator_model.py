@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from motionstreamer.models.evaluator import (
-    EvaluatorCheckpointError, EvaluatorConfig, TMREvaluator, read_lightning_state_dict,
+    EvaluatorCheckpointError,
+    EvaluatorConfig,
+    TMREvaluator,
+    read_lightning_state_dict,
 )
 
 

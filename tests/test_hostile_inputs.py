@@ -186,8 +186,8 @@ def log_steps(out: Path) -> list[int]:
 
 
 def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
-    from motionstreamer.train.common import CHECKPOINT_NAME
     from motionstreamer.checkpoints import load_training_checkpoint
+    from motionstreamer.train.common import CHECKPOINT_NAME
 
     run = tmp_path / "run"
     tiny_tae_train(run, 6)
@@ -577,12 +577,13 @@ def test_api_push_text_duration_inf_and_bad_prompts(engine_parts):
 # ----------------------------------------------------------------------------- 9. global RNG untouched
 @pytest.fixture(scope="module")
 def engine_parts():
+    import tempfile
+
     from fakes import FakeTextEncoder
 
     from motionstreamer.checkpoints import load_bundle, save_bundle
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-    import tempfile
 
     torch.manual_seed(0)
     d = Path(tempfile.mkdtemp())

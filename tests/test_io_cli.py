@@ -11,7 +11,10 @@ from scipy.spatial.transform import Rotation
 from motionstreamer.io.bvh import bvh_text, read_bvh
 from motionstreamer.io.motion_io import load_motion_array, motion_kind, save_npy, to_features, to_joints
 from motionstreamer.representation.features import (
-    canonicalize_facing, joints_to_272, recover_joints, recover_rotations,
+    canonicalize_facing,
+    joints_to_272,
+    recover_joints,
+    recover_rotations,
 )
 from motionstreamer.representation.skeleton import forward_kinematics
 

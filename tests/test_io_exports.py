@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from _js import read_gltf, validate_gltf
 from bvh import Bvh
 from scipy.spatial.transform import Rotation
 
-from _js import read_gltf, validate_gltf
 from motionstreamer.cli import main
 from motionstreamer.io.bvh import JOINT_ORDER, bvh_text, read_bvh
 from motionstreamer.io.rig import RIG_NAMES, make_rig, prepare_motion

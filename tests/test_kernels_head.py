@@ -16,16 +16,25 @@ import itertools
 
 import pytest
 import torch
+from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
-from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_layernorm_reference, bias_silu,
-                                    bias_silu_reference, fused_linear,
-                                    fused_linear_reference, gated_residual, gated_residual_reference, head_sample_loop,
-                                    head_sample_loop_reference, head_step, head_step_reference)
-from motionstreamer.kernels import integration
+from motionstreamer.kernels import (
+    adaln_modulate_layernorm,
+    adaln_modulate_layernorm_reference,
+    bias_silu,
+    bias_silu_reference,
+    fused_linear,
+    fused_linear_reference,
+    gated_residual,
+    gated_residual_reference,
+    head_sample_loop,
+    head_sample_loop_reference,
+    head_step,
+    head_step_reference,
+    integration,
+)
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
-
-from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
 
 def randn(*shape, seed=0, dtype=torch.float32, device=DEV, std=1.0, mean=0.0):

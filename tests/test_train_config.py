@@ -9,10 +9,10 @@ import pytest
 import torch
 from train_tiny import quiet, tiny_tae
 
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.cli import main
 from motionstreamer.train.commands import _config
 from motionstreamer.train.common import CHECKPOINT_NAME, load_config_file, lr_lambda, parse_overrides
-from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.train.t2m import T2MTrainConfig
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 

@@ -33,7 +33,6 @@ from motionstreamer.runtime.backend import TorchBackend
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
-
 ON_ACTION_END = ("stop", "continue")
 
 

@@ -38,8 +38,17 @@ from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, acc
 from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.session import seconds_to_latents
-from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Ack, Close, Event, Events, Frames, StreamOptions,
-                                           encode_array, error)
+from motionstreamer.serve.protocol import (
+    CLOSE_INTERNAL,
+    Ack,
+    Close,
+    Event,
+    Events,
+    Frames,
+    StreamOptions,
+    encode_array,
+    error,
+)
 
 log = logging.getLogger("motionstreamer.serve")
 

@@ -20,8 +20,16 @@ from pathlib import Path
 
 import torch
 
-from motionstreamer.checkpoints import (CheckpointError, add_student_head, ema_or_model_state, load_bundle,
-                                        load_state_dict_strict, load_tae, load_training_checkpoint, save_bundle)
+from motionstreamer.checkpoints import (
+    CheckpointError,
+    add_student_head,
+    ema_or_model_state,
+    load_bundle,
+    load_state_dict_strict,
+    load_tae,
+    load_training_checkpoint,
+    save_bundle,
+)
 from motionstreamer.cli import CLIError, add_group, add_verb, check_positive, parse_step_list
 from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
 from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
@@ -34,8 +42,14 @@ from motionstreamer.train.common import check_run_dir, cleanup_distributed, load
 from motionstreamer.train.distill import DistillConfig, distill_head
 from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
 from motionstreamer.train.stream import load_stream_examples
-from motionstreamer.train.t2m import (T2MTrainConfig, embed_captions, load_latent_examples, load_text_embeddings,
-                                      save_text_embeddings, train_t2m)
+from motionstreamer.train.t2m import (
+    T2MTrainConfig,
+    embed_captions,
+    load_latent_examples,
+    load_text_embeddings,
+    save_text_embeddings,
+    train_t2m,
+)
 from motionstreamer.train.tae import TAETrainConfig, encode_latents, reference_end_latent, train_tae
 from motionstreamer.utils import atomic_save_npy
 

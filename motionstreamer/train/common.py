@@ -36,8 +36,13 @@ from tqdm import tqdm
 
 from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.config import ConfigDict, current_keys
-from motionstreamer.utils import (atomic_path, atomic_write_json, atomic_write_text, check_writable,
-                                  remove_stale_temporaries)
+from motionstreamer.utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    remove_stale_temporaries,
+)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 

@@ -5,10 +5,34 @@ from __future__ import annotations
 import numpy as np
 
 from motionstreamer import FPS
-from .body import (ANKLES, Controls, HIPS, KNEES, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, NECK, PELVIS, R_ELBOW,
-                   R_HIP, R_KNEE, R_SHOULDER, SPINE1, SPINE3, UPPER_BODY, X, Y, Z, envelope, idle_motion,
-                   keyframes, rest_pose)
-from .gait import Gait, gait_phase, gait, place_feet, standing_feet, standing_height
+
+from .body import (
+    ANKLES,
+    HIPS,
+    KNEES,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    NECK,
+    PELVIS,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    SPINE1,
+    SPINE3,
+    UPPER_BODY,
+    Controls,
+    X,
+    Y,
+    Z,
+    envelope,
+    idle_motion,
+    keyframes,
+    rest_pose,
+)
+from .gait import Gait, gait, gait_phase, place_feet, standing_feet, standing_height
 
 
 def standing_start(T: int, p: dict, idle: float = 1.0) -> tuple[np.ndarray, Controls]:

@@ -6,14 +6,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
-from .body import (FEET, L_ANKLE, L_HIP, L_KNEE, PELVIS, R_ANKLE, R_HIP, R_KNEE, TOES, Controls, euler_xyz, mask_runs,
-                   rot_y, style_noise)
-from .captions import SUBJECTS, captions_for, verb_phrases
 from motionstreamer import FPS
 from motionstreamer.representation.features import canonicalize_facing, joints_to_272
 from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 
+from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
+from .body import (
+    FEET,
+    L_ANKLE,
+    L_HIP,
+    L_KNEE,
+    PELVIS,
+    R_ANKLE,
+    R_HIP,
+    R_KNEE,
+    TOES,
+    Controls,
+    euler_xyz,
+    mask_runs,
+    rot_y,
+    style_noise,
+)
+from .captions import SUBJECTS, captions_for, verb_phrases
 
 GRAVITY = 9.81
 

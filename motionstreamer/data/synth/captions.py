@@ -2,7 +2,6 @@
 a caption."""
 from __future__ import annotations
 
-
 SUBJECTS = ("a person", "someone", "a man", "a woman", "the person", "a human", "the man", "the woman")
 _COUNT = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
 _NUM = {2: "two", 3: "three", 4: "four"}

@@ -8,9 +8,36 @@ import numpy as np
 
 from motionstreamer import FPS
 from motionstreamer.representation.skeleton import SMPL_OFFSETS
-from .body import (ANKLES, Controls, HIPS, KNEES, L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_TOE, NECK,
-                   PELVIS, R_ANKLE, R_ELBOW, R_HIP, R_KNEE, R_SHOULDER, R_TOE, SPINE1, SPINE3, TOES, X, Y, Z,
-                   mask_runs, euler_xyz, smoothstep)
+
+from .body import (
+    ANKLES,
+    HIPS,
+    KNEES,
+    L_ANKLE,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_TOE,
+    NECK,
+    PELVIS,
+    R_ANKLE,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_TOE,
+    SPINE1,
+    SPINE3,
+    TOES,
+    Controls,
+    X,
+    Y,
+    Z,
+    euler_xyz,
+    mask_runs,
+    smoothstep,
+)
 
 
 @dataclass

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .actions import ACTIONS, FINAL_ONLY
-from .assembly import Clip, generate_clip, generate_composite, generate_sequence
-from .captions import SUBJECTS, tokens_for, verb_phrases
 from motionstreamer import FPS
 from motionstreamer.representation.normalize import compute_mean_std
 from motionstreamer.utils import atomic_dir, atomic_save_npy, atomic_write_json, atomic_write_text
 
+from .actions import ACTIONS, FINAL_ONLY
+from .assembly import Clip, generate_clip, generate_composite, generate_sequence
+from .captions import SUBJECTS, tokens_for, verb_phrases
 
 VERSION = 2
 
