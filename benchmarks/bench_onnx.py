@@ -73,7 +73,8 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
                 head = "student" if sampler == "student" else "teacher"
                 config = GenerationConfig(sampling_steps=steps, end_threshold=-1.0, head=head)
                 what = f"student{steps}" if head == "student" else f"steps{steps}"
-                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=config, seed=0), n, 1 if quick else 2)
+                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=config, seed=0), n,
+                                          1 if quick else 2)
                 ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=config, seed=0), n,
                                                   1 if quick else 2) for d in ("onnx", "onnx_int8"))
                 rows.append({"case": f"onnx_{name}_{what}", "torch_eager_ms_per_latent": torch_ms,

@@ -7,7 +7,8 @@ PyTorch reference function beside it (the `*_reference` functions, which the tes
   silu               bias_silu: SiLU(x + b)
   residual           gated_residual: x + gate * (h + b)
   linear             fused_linear: linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
-  diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from those pieces
+  diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from
+                     those pieces
   integration        adapters the models call behind their attention / head backend switches
   compile_check      compiles every kernel for sm_90 without a GPU (ptxas), with registers and spills
 

@@ -227,7 +227,8 @@ def test_gradients_flow_through_forward_and_inverse():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: joints_to_272(np.zeros((5, 21, 3)), np.zeros((5, 22, 3, 3))), r"joints_to_272: joints must have shape \(\.\.\., T, 22, 3\)"),
+    (lambda: joints_to_272(np.zeros((5, 21, 3)), np.zeros((5, 22, 3, 3))),
+     r"joints_to_272: joints must have shape \(\.\.\., T, 22, 3\)"),
     (lambda: joints_to_272(np.zeros((5, 22, 3)), np.zeros((5, 22, 9))), r"joints_to_272: rotations must have shape"),
     (lambda: joints_to_272(np.zeros((5, 22, 3)), np.zeros((4, 22, 3, 3))), r"disagree"),
     (lambda: joints_to_272(np.zeros((0, 22, 3)), np.zeros((0, 22, 3, 3))), r"no frames"),

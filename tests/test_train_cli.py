@@ -170,7 +170,8 @@ def test_text_cache_is_updated_and_reused(pipe, tmp_path, monkeypatch):
     from motionstreamer.train.t2m import load_latent_examples, load_text_embeddings
 
     loads = []
-    monkeypatch.setattr(text.TextEncoder, "load", classmethod(lambda cls, name: loads.append(name) or FakeTextEncoder()))
+    monkeypatch.setattr(text.TextEncoder, "load",
+                        classmethod(lambda cls, name: loads.append(name) or FakeTextEncoder()))
     examples = load_latent_examples(pipe["root"] / "latents", pipe["data"])
     cache = tmp_path / "c.pt"
     first = text_embeddings_for(examples[:3], "fake", str(cache))       # encoder loaded, cache written

@@ -197,7 +197,8 @@ class StreamScheduler:
         """One unpaced stream of `seconds`; the future gets (features (T, 272), joints (T, 22, 3)) arrays."""
         with self._lock:
             if self._n_jobs >= self.max_jobs:
-                raise ServerFull(f"server busy: {self._n_jobs} of {self.max_jobs} generate jobs running; try again later")
+                raise ServerFull(f"server busy: {self._n_jobs} of {self.max_jobs} generate jobs running; "
+                                 "try again later")
             self._n_jobs += 1
             key = next(self._keys)
         fut = concurrent.futures.Future()

@@ -111,7 +111,8 @@ def act_sidestep(direction: float):
             feet[:, leg, 0] += direction * env * out
             feet[:, leg, 1] += 0.06 * env * lift
             c.contact[:, leg] = 1 - env * (lift > 0.01)
-        c.angles[:, (L_SHOULDER, R_SHOULDER), Z] += (env * 0.12 * np.sin(2 * np.pi * c.phase))[:, None] * np.array([1.0, -1.0])
+        c.angles[:, (L_SHOULDER, R_SHOULDER), Z] += ((env * 0.12 * np.sin(2 * np.pi * c.phase))[:, None]
+                                                     * np.array([1.0, -1.0]))
         c.angles[:, NECK, Y] += direction * 0.1 * env
         place_feet(c, feet, standing_height(p["scale"]) * (1 - 0.03 * env), p["scale"])
         return c

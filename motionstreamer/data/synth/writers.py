@@ -145,7 +145,8 @@ def write_stream(out: Path, pairs: int, rng, hml_train: list, progress: bool = T
         joints, rotations, segs = generate_sequence(acts, lengths, rng)
         clip = Clip("", "+".join(acts), joints, rotations, [])
         split = "val" if seq % 10 == 1 else "train"        # the 2nd, 12th, ... sequence: val
-        caps = [[f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {v}" for v in verb_phrases(s["action"], s["params"], rng)]
+        caps = [[f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {v}"
+                 for v in verb_phrases(s["action"], s["params"], rng)]
                 for s in segs]
         seg_ids = []
         for i, s in enumerate(segs):                                    # BABEL-272: one clip per segment
