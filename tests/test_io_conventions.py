@@ -1,0 +1,282 @@
+"""The exports against published conventions and measured behaviour, written here as literals (never read
+from the module's own tables): SMPL's kinematic tree and joint names, Mixamo's bone names and hierarchy,
+AMASS's Z-up world with the body facing -Y (decoded with scipy and an SMPL forward kinematics written
+here), the foot clean-up measured on a walk whose stance phases are known (skating down, planted feet on
+the floor), and the contact, floor and motion-file checks at both sides of their bounds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bvh import Bvh
+from pygltflib import GLTF2
+from scipy.spatial.transform import Rotation
+from test_representation_ik_feet import FPS, skating_walk
+
+from motionstreamer.io.commands import write_file
+from motionstreamer.io.motion_io import check_fps, motion_kind, to_joints
+from motionstreamer.io.rig import make_rig, prepare_motion
+from motionstreamer.representation import feet
+from motionstreamer.representation.skeleton import SMPL_OFFSETS_24
+
+# SMPL (Loper et al. 2015): the kinematic tree of its 24 joints, and the names the released 272
+# converter writes
+SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+SMPL_NAMES = ["Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2", "Left_ankle",
+              "Right_ankle", "Spine3", "Left_foot", "Right_foot", "Neck", "Left_collar", "Right_collar", "Head",
+              "Left_shoulder", "Right_shoulder", "Left_elbow", "Right_elbow", "Left_wrist", "Right_wrist",
+              "Left_palm", "Right_palm"]
+# SMPL-neutral's pelvis at rest (betas 0, its model frame): AMASS puts the pelvis at trans + this
+SMPL_J0 = np.array([-0.0018, -0.2233, 0.0282])
+# Mixamo's rig: each SMPL joint's bone (in SMPL order) and that bone's parent in Mixamo's hierarchy
+MIXAMO = ["Hips", "LeftUpLeg", "RightUpLeg", "Spine", "LeftLeg", "RightLeg", "Spine1", "LeftFoot", "RightFoot",
+          "Spine2", "LeftToeBase", "RightToeBase", "Neck", "LeftShoulder", "RightShoulder", "Head", "LeftArm",
+          "RightArm", "LeftForeArm", "RightForeArm", "LeftHand", "RightHand", "LeftHandMiddle1", "RightHandMiddle1"]
+MIXAMO_PARENT = {"Hips": None, "Spine": "Hips", "Spine1": "Spine", "Spine2": "Spine1", "Neck": "Spine2",
+                 "Head": "Neck", "LeftShoulder": "Spine2", "LeftArm": "LeftShoulder", "LeftForeArm": "LeftArm",
+                 "LeftHand": "LeftForeArm", "LeftHandMiddle1": "LeftHand", "RightShoulder": "Spine2",
+                 "RightArm": "RightShoulder", "RightForeArm": "RightArm", "RightHand": "RightForeArm",
+                 "RightHandMiddle1": "RightHand", "LeftUpLeg": "Hips", "LeftLeg": "LeftUpLeg", "LeftFoot": "LeftLeg",
+                 "LeftToeBase": "LeftFoot", "RightUpLeg": "Hips", "RightLeg": "RightUpLeg", "RightFoot": "RightLeg",
+                 "RightToeBase": "RightFoot"}
+SPEED = 0.7          # the walk's forward speed (m/s, along +Z in the Y-up frame)
+
+
+@pytest.fixture(scope="module")
+def walk():
+    """A 5 s walk along +Z whose planted feet slide forward at 0.55 m/s (the skating of generated motion),
+    with its stance masks: foot k is planted while (t + 0.5 k) mod 1 < 0.6."""
+    T = 150
+    t = np.arange(T) / FPS
+    stance = np.stack([(t + 0.5 * k) % 1.0 < 0.6 for k in range(2)], 1)
+    j, _ = feet.ground(skating_walk(T=T, slide=0.55, speed=SPEED))
+    return j, stance
+
+
+@pytest.fixture(scope="module")
+def motion(walk):
+    return prepare_motion(walk[0])
+
+
+# ----------------------------------------------------------------------------- SMPL / AMASS
+def smpl_fk_z_up(poses: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """SMPL's forward kinematics, written from the paper: G_0 = [R_0 | J_0], G_k = G_parent(k) [R_k | J_k -
+    J_parent(k)], joint k at G_k's translation + trans; R from the axis-angle poses by scipy."""
+    rest = np.zeros((24, 3))
+    for k in range(24):
+        rest[k] = SMPL_OFFSETS_24[k] + (rest[SMPL_PARENTS[k]] if k else 0.0)
+    R = Rotation.from_rotvec(poses[:, :72].reshape(-1, 3)).as_matrix().reshape(len(poses), 24, 3, 3)
+    G_rot, G_pos = [None] * 24, [None] * 24
+    for k in range(22):
+        p = SMPL_PARENTS[k]
+        if p < 0:
+            G_rot[k], G_pos[k] = R[:, 0], np.broadcast_to(rest[0], (len(poses), 3))
+        else:
+            G_rot[k] = G_rot[p] @ R[:, k]
+            G_pos[k] = G_pos[p] + np.einsum("tab,b->ta", G_rot[p], rest[k] - rest[p])
+    return np.stack(G_pos[:22], 1) + trans[:, None]
+
+
+def test_smpl_pelvis_rest_position_is_smpl_neutrals():
+    np.testing.assert_allclose(SMPL_OFFSETS_24[0], SMPL_J0, atol=1e-4)
+
+
+def test_smpl_file_is_amass_z_up_facing_minus_y(motion, tmp_path):
+    path = tmp_path / "walk.npz"
+    write_file("smpl", path, motion)
+    d = np.load(path)
+    T = len(motion)
+    assert set(d.files) == {"poses", "trans", "betas", "gender", "mocap_framerate", "dmpls"}
+    assert d["poses"].shape == (T, 156) and not d["poses"][:, 66:].any()          # 22 body joints, no hands
+    assert d["trans"].shape == (T, 3) and d["betas"].shape == (16,) and not d["betas"].any()
+    assert str(d["gender"]) == "neutral" and float(d["mocap_framerate"]) == 30.0
+    assert d["dmpls"].shape == (T, 8) and not d["dmpls"].any()
+    root = Rotation.from_rotvec(d["poses"][:, :3])
+    # upright: SMPL's up (+Y of its model frame) is AMASS's +Z; its facing (+Z) is -Y
+    np.testing.assert_allclose(root.apply([0.0, 1.0, 0.0]), np.tile([0.0, 0.0, 1.0], (T, 1)), atol=0.05)
+    np.testing.assert_allclose(root.apply([0.0, 0.0, 1.0]), np.tile([0.0, -1.0, 0.0], (T, 1)), atol=0.05)
+    # the pelvis is trans + J0: its height is the Y-up pelvis height, walking forward runs along -Y
+    pelvis = d["trans"] + SMPL_J0
+    np.testing.assert_allclose(pelvis[:, 2], motion.joints[:, 0, 1], atol=0.03)
+    assert np.diff(pelvis[:, 1]).mean() == pytest.approx(-SPEED / FPS, rel=0.05)
+    assert np.abs(np.diff(pelvis[:, 0])).max() < 0.005
+    # the whole body through SMPL's own FK: upright, feet on the floor z = 0
+    j = smpl_fk_z_up(d["poses"], d["trans"])
+    assert (j[:, 15, 2] > j[:, 0, 2] + 0.4).all()                                 # the head above the pelvis
+    lowest = j[:, [7, 8, 10, 11], 2].min(1)
+    assert lowest.min() > -0.01 and np.median(lowest) < 0.02
+    # and the left side (SMPL's +X at rest) stays +X: a Y-up -> Z-up turn, not a mirror
+    assert (j[:, 16, 0] > j[:, 17, 0]).all()
+
+
+# ----------------------------------------------------------------------------- rig names and hierarchy
+def bvh_tree(path) -> tuple[list[str], dict, dict]:
+    """(joint names in file order, parent name per joint, rest position per joint) with the `bvh` parser."""
+    mocap = Bvh(path.read_text())
+    names = mocap.get_joints_names()
+    parent = {n: (mocap.joint_parent(n).name if mocap.joint_parent(n) is not None else None) for n in names}
+    rest = {}
+    for n in names:
+        off = np.array([float(v) for v in mocap.joint_offset(n)])
+        rest[n] = off + (rest[parent[n]] if parent[n] else 0.0)
+    return names, parent, rest
+
+
+def test_smpl_rig_bvh_has_smpls_names_and_tree(motion, tmp_path):
+    write_file("bvh", tmp_path / "s.bvh", motion)
+    names, parent, rest = bvh_tree(tmp_path / "s.bvh")
+    assert sorted(names) == sorted(SMPL_NAMES)
+    assert parent == {n: (SMPL_NAMES[p] if p >= 0 else None) for n, p in zip(SMPL_NAMES, SMPL_PARENTS)}
+    assert names[0] == "Pelvis"
+    for n in SMPL_NAMES:                   # the rig faces +Z: its left side is +X
+        if n.startswith("Left_"):
+            assert rest[n][0] > 0 and rest["Right_" + n[5:]][0] < 0, n
+
+
+@pytest.mark.parametrize("kind", ["bvh", "glb"])
+def test_mixamo_rig_has_mixamos_bone_names_and_hierarchy(motion, tmp_path, kind):
+    path = tmp_path / f"m.{kind}"
+    write_file(kind, path, motion, rig="mixamo")
+    want_parent = {f"mixamorig:{n}": (f"mixamorig:{p}" if p else None) for n, p in MIXAMO_PARENT.items()}
+    if kind == "bvh":
+        names, parent, rest = bvh_tree(path)
+        assert parent == want_parent
+        assert rest["mixamorig:LeftHand"][0] > 0.4 and rest["mixamorig:RightHand"][0] < -0.4
+        assert rest["mixamorig:LeftUpLeg"][0] > 0 and rest["mixamorig:RightUpLeg"][0] < 0
+        assert rest["mixamorig:Head"][1] > rest["mixamorig:Hips"][1] + 0.4
+        return
+    g = GLTF2().load(str(path))                       # pygltflib: an independent reader of the file
+    skin = g.skins[0]
+    assert [g.nodes[i].name for i in skin.joints] == [f"mixamorig:{n}" for n in MIXAMO]   # Mixamo bones, SMPL order
+    parent = {}
+    for i in skin.joints:
+        for c in g.nodes[i].children or []:
+            parent[g.nodes[c].name] = g.nodes[i].name
+    assert {n: parent.get(n) for n in want_parent} == want_parent
+
+
+# ----------------------------------------------------------------------------- the foot clean-up, measured
+def test_clean_up_removes_the_skating_and_plants_the_feet(walk):
+    """Measured on the walk's own stance phases (not the clean-up's contacts): while a foot is planted
+    its horizontal speed drops from the 0.55 m/s slide to near zero and it rests on the floor; the upper
+    body and the bone lengths are kept."""
+    j, stance = walk
+    raw = prepare_motion(j).joints
+    clean = prepare_motion(j, clean_feet=True).joints
+    inner = stance & np.roll(stance, 4, 0) & np.roll(stance, -4, 0)      # away from the hand-over ramps
+    inner[:5] = inner[-5:] = False
+
+    def slide(x):
+        v = np.linalg.norm(np.diff(x[:, [10, 11]][..., [0, 2]], axis=0), axis=-1) * FPS     # horizontal m/s
+        return np.concatenate([v, v[-1:]])[inner]
+
+    assert np.median(slide(raw)) > 0.4
+    assert np.median(slide(clean)) < 0.05 and np.percentile(slide(clean), 90) < 0.15
+    heights = clean[:, [10, 11], 1][inner]
+    assert np.median(np.abs(heights)) < 0.005 and clean[:, [7, 8, 10, 11], 1].min() > -1e-4
+    upper = [0, 3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]           # only the legs are moved
+    assert np.abs(clean[:, upper] - raw[:, upper]).max() < 0.01
+
+    def bones(x):
+        return np.linalg.norm(x[:, 1:] - x[:, SMPL_PARENTS[1:22]], axis=-1)
+    np.testing.assert_allclose(bones(clean), bones(raw), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- contacts and the floor, both sides
+def still_feet(height: float, speed: float, T: int = 40) -> np.ndarray:
+    """Joints whose two foot joints hold `height` and move forward at `speed` m/s, the rest far above."""
+    j = np.zeros((T, 22, 3))
+    j[:, :, 1] = 1.0
+    j[:, [10, 11], 1] = height
+    j[:, [10, 11], 2] = (np.arange(T) * speed / FPS)[:, None]
+    return j
+
+
+@pytest.mark.parametrize("height,speed,planted", [(0.049, 0.0, True), (0.051, 0.0, False), (0.0, 0.89, True),
+                                                  (0.0, 0.91, False), (-0.02, 0.5, True)])
+def test_planted_is_below_5_cm_and_slower_than_0_9_m_per_s(height, speed, planted):
+    c = feet.foot_contacts(still_feet(height, speed))
+    assert c.shape == (40, 2) and (c.all() if planted else not c.any())
+
+
+@pytest.mark.parametrize("above,moved", [(0.019, False), (0.021, True)])
+def test_a_motion_within_2_cm_above_the_floor_is_left_as_it_is(above, moved):
+    j, _ = feet.ground(skating_walk(slide=0.0))
+    g, offsets = feet.ground(j + np.array([0.0, above, 0.0]))
+    if moved:
+        assert abs(offsets.mean() + above) < 0.003
+    else:
+        np.testing.assert_array_equal(offsets, 0.0)
+
+
+@pytest.mark.parametrize("below,shifted", [(0.9e-5, False), (2e-5, True)])
+def test_a_foot_a_float_rounding_below_the_floor_does_not_count_as_sunk(below, shifted):
+    """A motion resting 1 cm up (within the 2 cm) stays there unless a foot joint is more than 1e-5 m
+    (float32 rounding and refit noise) below the floor; either way nothing stays below it."""
+    j, _ = feet.ground(skating_walk(slide=0.0))
+    j[..., 1] += 0.01
+    j[30, 10, 1] = -below
+    g, offsets = feet.ground(j)
+    assert bool(np.median(offsets) < -0.005) is shifted
+    assert g[:, [7, 8, 10, 11], 1].min() >= 0.0
+
+
+def test_lift_is_smooth_and_at_least_what_each_frame_needs():
+    j = still_feet(0.0, 0.0)
+    j[20, 10, 1] = -0.03
+    lift = feet.lift_offsets(j)
+    assert lift[20] >= 0.03 and lift[0] == 0.0 and lift[-1] == 0.0
+    assert (lift[16:25] > 0).all() and np.abs(np.diff(lift)).max() < 0.03      # spread over its neighbours
+
+
+def test_two_bone_ik_reaches_or_stretches_toward_the_target():
+    hip, knee, ankle = np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.55, 0.05]), np.array([0.0, 0.1, 0.0])
+    for target, reach in ((np.array([0.1, 0.2, 0.2]), True), (np.array([0.0, -0.5, 0.0]), False)):
+        k, a = feet.two_bone_ik(hip, knee, ankle, target)
+        np.testing.assert_allclose(np.linalg.norm(k - hip), np.linalg.norm(knee - hip), atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(a - k), np.linalg.norm(ankle - knee), atol=1e-9)
+        if reach:
+            np.testing.assert_allclose(a, target, atol=1e-9)
+        else:                                        # out of reach: straight toward it
+            direction = (target - hip) / np.linalg.norm(target - hip)
+            np.testing.assert_allclose((a - hip) / np.linalg.norm(a - hip), direction, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- motion files
+@pytest.mark.parametrize("fps,ok", [(1000, True), (1000.5, False), (1e-3, True), (0, False), (-30, False),
+                                    (np.float32(30), True), (True, False), (float("nan"), False)])
+def test_fps_in_zero_to_1000(fps, ok):
+    if ok:
+        assert check_fps(fps) == float(fps)
+    else:
+        with pytest.raises(ValueError, match=r"fps must be a positive number \(at most 1000\)"):
+            check_fps(fps)
+
+
+@pytest.mark.parametrize("shape,kind", [((5, 272), "features"), ((1, 5, 272), "features"), ((5, 22, 3), "joints"),
+                                        ((1, 5, 22, 3), "joints"), ((5, 66), "joints"), ((1, 22, 3), "joints")])
+def test_motion_layouts(shape, kind):
+    assert motion_kind(np.zeros(shape)) == kind
+
+
+@pytest.mark.parametrize("shape", [(5, 271), (5, 22, 2), (5, 21, 3), (2, 5, 272), (5, 67), (272,)])
+def test_other_layouts_are_refused(shape):
+    with pytest.raises(ValueError, match=r"must be 272-dim features \(frames, 272\) or joints"):
+        motion_kind(np.zeros(shape))
+
+
+def test_one_bad_value_among_good_joints_is_refused():
+    for where in (0, -1):
+        j = np.zeros((6, 22, 3))
+        j.reshape(-1)[where] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            to_joints(j, name="walk.npy")
+        with pytest.raises(ValueError, match="NaN"):
+            feet.foot_contacts(j)
+
+
+def test_make_rig_other_skeleton_is_grounded_by_the_motions_contacts(motion):
+    r = make_rig(motion, "smpl-neutral", "solved")
+    j = r.joints()[:, :22]
+    planted = feet.foot_contacts(motion.joints)
+    low = np.where(planted, j[:, [10, 11], 1], np.inf).min(1)
+    assert np.percentile(np.abs(low[np.isfinite(low)]), 90) < 0.01 and j[:, [7, 8, 10, 11], 1].min() > -1e-4
