@@ -483,6 +483,9 @@ def scratch_env(repo: Path, extra_path: list[str] = ()) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([*extra_path, str(repo), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"      # a mutant of the same size and second must not reuse a .pyc
+    # one thread per run: these tests use small tensors, and on a busy machine spare threads only spin
+    # (the distillation fixture of tests/test_distill.py: 75 s with torch's default 2 threads, 4 s with 1)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     env.pop("MUTATION_TRACE_DIR", None)
     return env
 

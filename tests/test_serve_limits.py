@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -322,6 +323,23 @@ def client():
 def test_health_says_503_when_the_engine_is_not_running(client):
     r = client.get("/health")
     assert r.status_code == 503 and r.json()["status"] == "engine not running" and r.json()["streams"] == 0
+
+
+def test_health_reports_the_running_engine(client, monkeypatch):
+    """With an engine running: 200 "ok", the streams and jobs, the uptime to 0.1 s and the step statistics
+    to 0.01 (a stand-in scheduler: only what /health reads; the app's clock held still)."""
+    service = client.app.state.service
+    fake = SimpleNamespace(alive=True, n_streams=1, n_jobs=2, stats={"steps": 7, "step_ms_ema": 12.3456})
+    monkeypatch.setattr("motionstreamer.serve.app.time", SimpleNamespace(time=lambda: 1000.0))
+    started, service.scheduler, service.started = service.started, fake, 1000.0 - 12.34
+    try:
+        r = client.get("/health")
+    finally:
+        service.scheduler, service.started = None, started
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    assert (body["streams"], body["max_streams"], body["generate_jobs"]) == (1, 1, 2)
+    assert body["uptime_s"] == 12.3 and body["engine"] == {"steps": 7, "step_ms_ema": 12.35}
 
 
 def test_host_refused_with_403_and_the_generate_body_limit(client):
