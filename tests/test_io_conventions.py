@@ -280,3 +280,83 @@ def test_make_rig_other_skeleton_is_grounded_by_the_motions_contacts(motion):
     planted = feet.foot_contacts(motion.joints)
     low = np.where(planted, j[:, [10, 11], 1], np.inf).min(1)
     assert np.percentile(np.abs(low[np.isfinite(low)]), 90) < 0.01 and j[:, [7, 8, 10, 11], 1].min() > -1e-4
+
+
+# ----------------------------------------------------------------------------- the glTF body, read with pygltflib
+def accessor(gltf, index: int) -> np.ndarray:
+    """An accessor's data (tightly packed, as glTF writers without byteStride leave it)."""
+    a = gltf.accessors[index]
+    view = gltf.bufferViews[a.bufferView]
+    dtype = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}[a.componentType]
+    width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4, "MAT4": 16}[a.type]
+    data = np.frombuffer(gltf.binary_blob(), dtype, count=a.count * width, offset=view.byteOffset + (a.byteOffset or 0))
+    return data.reshape(a.count, width) if width > 1 else data
+
+
+@pytest.fixture(scope="module")
+def glb(motion, tmp_path_factory):
+    path = tmp_path_factory.mktemp("glb") / "walk.glb"
+    write_file("glb", path, motion)
+    return GLTF2().load(str(path)), make_rig(motion)
+
+
+def test_body_is_closed_outward_and_on_the_floor(glb):
+    """Every body part is a closed surface (each edge in two triangles, once each way), its faces wind
+    counter-clockwise seen from outside (along the stored unit normals), the left parts lie on +X, the
+    right on -X, and the soles rest on the floor: the lowest vertex at the lowest joint's height (y = 0)."""
+    gltf, rig = glb
+    names = {m.name: i for i, m in enumerate(gltf.materials)}
+    assert set(names) == {"centre", "left", "right"}
+    lowest = []
+    for prim in gltf.meshes[0].primitives:
+        v = accessor(gltf, prim.attributes.POSITION).astype(np.float64)
+        n = accessor(gltf, prim.attributes.NORMAL).astype(np.float64)
+        tris = accessor(gltf, prim.indices).reshape(-1, 3).astype(np.int64)
+        directed = {(int(a), int(b)) for t in tris for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
+        assert len(directed) == 3 * len(tris)                                    # no directed edge twice
+        assert all((b, a) in directed for a, b in directed)                      # and every one closed
+        face = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])
+        solid = np.linalg.norm(face, axis=-1) > 1e-12         # (the head sphere's equator band is flat)
+        assert (np.einsum("ij,ij->i", face, n[tris].sum(1))[solid] > 0).all() and solid.mean() > 0.95
+        np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-5)
+        side = {names["left"]: 1, names["right"]: -1}.get(prim.material, 0)
+        if side:
+            assert (side * v[:, 0] > 0).all()
+        lowest.append(v[:, 1].min())
+    assert abs(min(lowest)) < 1e-3                    # the motion skeleton's rest pose: lowest joint on y = 0
+
+
+def test_skin_binds_the_rest_pose_and_the_head_is_scaled_with_the_body(glb):
+    gltf, rig = glb
+    rest = np.zeros((24, 3))
+    for k in range(24):
+        rest[k] = rig.offsets[k] + (rest[SMPL_PARENTS[k]] if k else 0.0)
+    ibm = accessor(gltf, gltf.skins[0].inverseBindMatrices).reshape(24, 4, 4).transpose(0, 2, 1)   # column-major
+    moved = np.einsum("jab,jb->ja", ibm, np.concatenate([rest, np.ones((24, 1))], 1))
+    np.testing.assert_allclose(moved, np.tile([0.0, 0.0, 0.0, 1.0], (24, 1)), atol=1e-6)   # each joint to the origin
+    # the head: a sphere on joint 15 of radius 0.1 m for a 1.7 m body (joints' span + the head's radius)
+    for prim in gltf.meshes[0].primitives:
+        joints = accessor(gltf, prim.attributes.JOINTS_0)[:, 0]
+        weights = accessor(gltf, prim.attributes.WEIGHTS_0)
+        np.testing.assert_array_equal(weights, np.tile([1.0, 0.0, 0.0, 0.0], (len(weights), 1)))
+        if (joints == 15).any():
+            head = accessor(gltf, prim.attributes.POSITION)[joints == 15].astype(np.float64)
+    radius = np.linalg.norm(head - head.mean(0), axis=-1)
+    height = rest[:, 1].max() - rest[:, 1].min()
+    np.testing.assert_allclose(radius, 0.1 * (height + 0.1) / 1.7, rtol=1e-4)
+
+
+def test_animation_keys_are_the_rigs_rotations_at_30_fps(glb):
+    gltf, rig = glb
+    anim = gltf.animations[0]
+    T = len(rig.root)
+    by_target = {(c.target.node, c.target.path): anim.samplers[c.sampler] for c in anim.channels}
+    assert len(by_target) == 23 and (0, "translation") in by_target
+    times = accessor(gltf, by_target[(0, "rotation")].input)
+    np.testing.assert_allclose(times, np.arange(T) / 30.0, atol=1e-6)
+    np.testing.assert_allclose(accessor(gltf, by_target[(0, "translation")].output), rig.root, atol=1e-5)
+    for j in (0, 4, 16, 21):
+        q = accessor(gltf, by_target[(j, "rotation")].output).astype(np.float64)          # (x, y, z, w)
+        np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), rig.rotations[:, j], atol=1e-5)
+        assert (np.einsum("ti,ti->t", q[1:], q[:-1]) >= 0).all()                          # sign-continuous
+        assert by_target[(j, "rotation")].interpolation == "LINEAR"
