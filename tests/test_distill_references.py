@@ -434,3 +434,44 @@ def test_rollout_draws_repeats_per_condition_in_order():
     for i, j in itertools.product(range(3), range(2)):     # row i * 2 + j: condition i, its own noise
         one = s.rollout(cond[i:i + 1], 2, (noise[0][2 * i + j:2 * i + j + 1], noise[1][:, 2 * i + j:2 * i + j + 1]))
         torch.testing.assert_close(rows[2 * i + j], one[0], rtol=0, atol=1e-12)
+
+
+def test_logged_energy_distance_is_unbiased_around_zero_for_the_targets_own_distribution():
+    """The objective logs 2 * score - E|Y - Y'|, the energy distance: with targets drawn from the student
+    itself (other noise) it scatters around 0, far below the targets' own spread."""
+    s = random_head(4).float()
+    obj = EnergyDistillObjective(s, (1, 2), 8)
+    cond = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        targets = {k: s.sample(cond.repeat_interleave(8, 0), settings=student_settings(k),
+                               generator=torch.Generator().manual_seed(2)).reshape(256, 8, 16) for k in (1,)}
+        torch.manual_seed(3)
+        _, logs = obj({"cond": cond, "target": targets[1]}, 0)
+    yy = float(torch.cdist(targets[1], targets[1]).sum(dim=(-1, -2)).mean() / 56)        # E|Y - Y'|, 8 x 7 pairs
+    assert abs(float(logs["energy_distance_1"])) < 0.1 * yy, (float(logs["energy_distance_1"]), yy)
+
+
+def test_head_report_floor_is_the_reference_teacher_and_every_candidate_is_there(teacher, monkeypatch):
+    """The noise floor is the reference sampler itself (the guided teacher at 50 steps, the bundle's
+    skip_terminal_step and the student's guidance scale), drawn with other seeds; the respaced teachers
+    keep that scale; a student is compared at each of its step counts; 256 samples unless told."""
+    import inspect
+
+    from motionstreamer.eval import head_quality
+
+    bundle_dir, examples, emb = teacher
+    bundle = load_bundle(bundle_dir)
+    bundle.student = StudentHead(bundle.t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2,
+                                                                          teacher_cfg_scale=2.5))
+    calls = []
+    real = head_quality.teacher_sampler
+    monkeypatch.setattr(head_quality, "teacher_sampler", lambda *a: calls.append(a[1:]) or real(*a))
+    monkeypatch.setattr(head_quality, "load_latent_examples", lambda latents, data, split: examples)
+    monkeypatch.setattr(head_quality, "embed_captions", lambda ex, enc: emb)
+    report = head_quality.head_report(bundle, None, "data", "latents", conditions=3, samples=4, respaced=(2,))
+    assert report["conditions"] == 3 and report["cfg_scale"] == 2.5 and report["skip_terminal_step"] is True
+    floor, respaced, reference = calls
+    assert floor == reference == (2.5, 50, True) and respaced == (2.5, 2, True)
+    assert set(report["samplers"]) == {"teacher, other seeds (noise floor)", "student 1 steps", "student 2 steps",
+                                       "respaced teacher 2 steps"}
+    assert inspect.signature(head_quality.head_report).parameters["samples"].default == 256    # docs/student.md
