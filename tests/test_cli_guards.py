@@ -291,3 +291,30 @@ def test_first_signal_asks_to_stop_and_the_second_acts_as_usual():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal == "interrupted (SIGTERM)" and stop.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is before_term
+
+
+# ----------------------------------------------------------------------------- a stream that ends before any frame
+@pytest.mark.parametrize("ended,signum,code", [("interrupted", signal.SIGINT, 130),
+                                               ("interrupted", signal.SIGTERM, 143), ("stdout closed", None, 0)])
+def test_a_stream_stopped_before_its_first_frame_writes_nothing(ended, signum, code, tmp_path, capsys, monkeypatch,
+                                                                keep_threads):
+    """Stopped before any frame (a signal while waiting for the first prompt, or the reader gone): the
+    exit code of the signal (128 + its number) or 0, one line saying nothing was written, no files. The
+    streaming loop is replaced by one that receives the signal (the real StopSignals handles it)."""
+    def stream(session, args, live_stdin, log, stop):
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+        return [], 0.0, None, stop.signal if signum is not None else ended, 0
+    monkeypatch.setattr(commands, "_stream", stream)
+    code_got, err = run_cli(["stream", "--stdin", "--out", tmp_path / "s", "--sampling-steps", "2"], capsys)
+    assert code_got == code, err
+    what = f"interrupted ({signal.Signals(signum).name})" if signum is not None else ended
+    assert f"motionstreamer: {what} before any frame was generated; nothing written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prompt_whose_action_ends_at_once_is_a_clear_error(tmp_path, capsys, monkeypatch, keep_threads):
+    monkeypatch.setattr(commands, "_stream", lambda session, args, live_stdin, log, stop: ([], 0.0, None, None, 0))
+    code, err = run_cli(["generate", "a person walks", "--out", tmp_path / "g", "--sampling-steps", "2"], capsys)
+    assert code == 2 and "no frames were generated (the first action ended immediately); try another seed" in err
+    assert list(tmp_path.iterdir()) == []
