@@ -341,12 +341,19 @@ def mutants_for_file(rel: str, root: Path = ROOT) -> list[Mutant]:
     text = (root / rel).read_text(encoding="utf-8")
     gen = _Generator(rel, text)
     gen.visit(gen.tree)
-    original_dump = ast.dump(gen.tree)
+    # a mutant must parse and change the AST: checked on its top-level statement alone (fast; the
+    # statements around it are untouched)
+    tops = [(min([n.lineno for n in getattr(t, "decorator_list", [])] + [t.lineno]), t.end_lineno)
+            for t in gen.tree.body]
+    original_dump: dict[tuple[int, int], str] = {}
     out, seen = [], {}
     for op, first, last, new_lines, span, scope in gen.found:
-        lines = gen.lines[:first - 1] + new_lines + gen.lines[last:]
+        top = next(((a, b) for a, b in tops if a <= first and last <= b), (1, len(gen.lines)))
+        if top not in original_dump:
+            original_dump[top] = ast.dump(ast.parse("".join(gen.lines[top[0] - 1:top[1]])))
+        lines = gen.lines[top[0] - 1:first - 1] + new_lines + gen.lines[last:top[1]]
         try:
-            changed = ast.dump(ast.parse("".join(lines))) != original_dump
+            changed = ast.dump(ast.parse("".join(lines))) != original_dump[top]
         except SyntaxError:
             continue
         if not changed:
@@ -690,6 +697,9 @@ def main(argv=None) -> int:
                    help="a mutant's timeout: this times the traced duration of its tests, plus 60 s")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--out", default="mutation-results", help="where AREA.json goes")
+    p.add_argument("--summary", action="store_true",
+                   help="print the table of the AREA.json files in --out (survivors listed in "
+                        "scripts/mutation_equivalent.json since then count as equivalent) and stop")
     args = p.parse_args(argv)
     if args.sample < 0 or args.jobs < 1:
         p.error("--sample must be >= 0 and --jobs >= 1")
@@ -702,6 +712,11 @@ def main(argv=None) -> int:
                 print(f"{m.id} {m.file}:{m.line} {m.operator:10s} {_change(m.original, m.mutated)}")
         return 0
     equivalents = load_equivalents()
+    if args.summary:
+        summaries = [reclassified(json.loads(f.read_text()), equivalents)
+                     for area in areas if (f := Path(args.out) / f"{area}.json").exists()]
+        print_table(summaries)
+        return 0
     temp = None
     if args.work is None:
         temp = tempfile.mkdtemp(prefix="motionstreamer-mutation-")
@@ -711,6 +726,24 @@ def main(argv=None) -> int:
     finally:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
+    print_table(summaries)
+    return 0
+
+
+def reclassified(summary: dict, equivalents: dict) -> dict:
+    """An area's result with the survivors since listed as equivalent counted as such."""
+    moved = [r for r in summary["survivors"] if r["id"] in equivalents]
+    if not moved:
+        return summary
+    s = {**summary, "survivors": [r for r in summary["survivors"] if r["id"] not in equivalents],
+         "equivalents": summary["equivalents"] + [{**r, "status": "equivalent"} for r in moved]}
+    s["survived"], s["equivalent"] = len(s["survivors"]), len(s["equivalents"])
+    non_equivalent = s["sampled"] - s["equivalent"]
+    s["survival_rate"] = round(s["survived"] / non_equivalent, 4) if non_equivalent else 0.0
+    return s
+
+
+def print_table(summaries: list[dict]) -> None:
     print(f"\n{'area':8s} {'sampled':>8s} {'killed':>7s} {'timeout':>7s} {'equiv':>6s} {'survived':>8s} "
           f"{'rate':>6s} {'min':>5s}")
     for s in summaries:
@@ -719,7 +752,6 @@ def main(argv=None) -> int:
         for r in s["survivors"]:
             print(f"    survived {r['file']}:{r['line']} [{r['id']}] {r['operator']}: "
                   f"{_change(r['original'], r['mutated'])}")
-    return 0
 
 
 if __name__ == "__main__":
