@@ -577,6 +577,17 @@ def test_message_size_limit_on_both_sides_in_bytes(server):
     assert code == TOO_BIG and reason == "message too big: 101 bytes, at most 100"
 
 
+def test_info_names_the_embedded_model_and_the_limits(server):
+    import urllib.request
+
+    with urllib.request.urlopen(server.http + "/v1/info", timeout=30) as r:
+        info = json.loads(r.read())
+    assert info["checkpoint"] == "embedded" and info["lookahead"] == 2 and info["sampling_steps"] == 2
+    assert info["limits"]["max_message_bytes"] == 100 and info["limits"]["max_streams"] == 2
+    assert info["close_codes"]["1009"] == "message too big" and set(info["close_codes"]) == {
+        "1000", "1006", "1008", "1009", "1011", "1012", "1013"}
+
+
 def test_close_codes_over_the_wire(server):
     async def go():
         out = {}
