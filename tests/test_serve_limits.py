@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -313,6 +314,62 @@ def test_shutdown_tells_every_stream_to_reconnect():
     assert [(c.close_with.code, c.done.is_set()) for c in run(go())] == [(RESTART, True)] * 2
 
 
+def test_example_prompts():
+    from motionstreamer.checkpoints import BundleConfig
+    from motionstreamer.serve.service import example_prompts
+
+    own = [f"prompt {i}" for i in range(40)]
+    assert example_prompts(BundleConfig(example_prompts=own), embedded=False) == own[:32]    # at most 32
+    synthetic = example_prompts(BundleConfig(), embedded=True)
+    assert "a person walks forward" in synthetic and len(set(synthetic)) == len(synthetic) >= 10
+    assert example_prompts(BundleConfig(description="synthetic actions"), embedded=False) == synthetic
+    common = example_prompts(BundleConfig(description="HumanML3D"), embedded=False)
+    assert len(common) == 10 and common[0] == "a person walks forward" and common != synthetic
+
+
+class GoneSocket:
+    """A WebSocket whose client left before its hello: sending fails; receiving is recorded."""
+
+    def __init__(self):
+        self.received = 0
+
+    async def send_text(self, text):
+        raise ConnectionResetError("gone")
+
+    async def receive(self):
+        self.received += 1
+        return {"type": "websocket.disconnect"}
+
+
+class SlotsOnly:
+    """The scheduler's slots alone (what Connection.run opens and closes)."""
+    lookahead = 2
+
+    def __init__(self):
+        self.opened, self.closed = [], []
+
+    def open(self, sink, options):
+        self.opened.append(sink)
+        return 7
+
+    def close(self, key):
+        self.closed.append(key)
+
+
+def test_a_client_gone_before_its_hello_frees_its_slot_at_once():
+    s = service()
+    s.scheduler = SlotsOnly()
+    ws = GoneSocket()
+
+    async def go():
+        c = Connection(ws, s)
+        await c.run(StreamOptions())
+        return c
+
+    c = run(go())
+    assert s.scheduler.closed == [7] and ws.received == 0 and s.connections == set() and c.done.is_set()
+
+
 # ----------------------------------------------------------------------------- HTTP routes without a model
 @pytest.fixture(scope="module")
 def client():
@@ -490,6 +547,43 @@ def test_queue_limit_on_both_sides(models):
     sched.poll()
     assert messages(out, "A", "ack")[-1]["queue"] == ["a person jumps", "a person sits"]
     assert len(messages(out, "A", "error")) == 1
+
+
+def test_scheduler_holds_8_prompts_unless_told(models):
+    sched, engine, clock, out = scheduler(models, max_streams=1)
+    key = sched.open("A", StreamOptions())
+    for i in range(9):
+        sched.push(key, f"a person walks {i}", after_current=True)
+    sched.poll()
+    assert len(messages(out, "A", "ack")) == 8 and [e["code"] for e in messages(out, "A", "error")] == ["queue_full"]
+
+
+def test_stop_joins_the_thread_and_fails_unfinished_jobs(models):
+    sched, *_ = scheduler(models, max_streams=1)
+    sched.clock = time.monotonic                              # a real clock: the thread runs on its own
+    fut = sched.generate("a person walks", 30.0, seed=0)      # 225 latents: far from done when stopped
+    sched.start()
+    assert sched.alive
+    sched.stop()
+    assert not sched.alive
+    with pytest.raises(RuntimeError, match="server shutting down"):
+        fut.result(timeout=0)
+
+
+def test_a_failing_command_closes_its_stream_with_1011_and_is_logged(models, caplog):
+    sched, engine, clock, out = scheduler(models, max_streams=2)
+    a, b = sched.open("A", StreamOptions(seed=0)), sched.open("B", StreamOptions(seed=1))
+
+    def broken(*args, **kw):
+        raise RuntimeError("boom")
+    engine.push_text = broken                                  # not a prompt error: a failure of the engine
+    sched.push(a, "a person walks")
+    with caplog.at_level("ERROR", logger="motionstreamer.serve"):
+        sched.poll()
+    closes = [m for s, m in out if s == "A" and isinstance(m, Close)]
+    assert [(c.code, c.reason) for c in closes] == [(INTERNAL, "internal error: RuntimeError")]
+    assert any(r.getMessage() == "command PushPrompt failed" for r in caplog.records)
+    assert a not in sched._live and b in sched._live and not [m for s, m in out if s == "B"]
 
 
 def test_rotations_chunk_by_chunk_equal_the_whole_clip(models):
