@@ -318,3 +318,46 @@ def test_a_prompt_whose_action_ends_at_once_is_a_clear_error(tmp_path, capsys, m
     code, err = run_cli(["generate", "a person walks", "--out", tmp_path / "g", "--sampling-steps", "2"], capsys)
     assert code == 2 and "no frames were generated (the first action ended immediately); try another seed" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_line_limit_is_16_kib():
+    got, logs = [], []
+    commands.read_prompt_lines(reader(b"w" * 16384 + b"\n", b"w" * 16385 + b"\n", b"ok\n"), got.append, logs.append)
+    assert got == ["w" * 16384, "ok"] and logs == ["ignored a line longer than 16384 bytes (one prompt per line)"]
+
+
+def test_each_json_line_is_flushed_as_it_is_made(monkeypatch):
+    """A reader at the other end of a pipe gets every chunk when it is made, not when a buffer fills."""
+    import io
+
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self):
+            self.flushes += 1
+            super().flush()
+    out = Stream()
+    monkeypatch.setattr("sys.stdout", out)
+    assert commands.print_jsonl({"start_frame": 4})
+    assert out.getvalue() == '{"start_frame": 4}\n' and out.flushes == 1
+
+
+def test_the_summary_line_reports_the_generation_time(tmp_path, capsys, keep_threads):
+    """'generated N frames (k latents, S s of motion) in G s; ...; real-time factor Rx': G is the time
+    spent generating (not negative, within the call's wall-clock time) and R = S / G."""
+    import re
+    import time
+
+    t0 = time.perf_counter()
+    code, err = run_cli(["generate", "a person walks", "--out", tmp_path / "g", "--sampling-steps", "2",
+                         "--max-seconds", "0.5"], capsys)
+    wall = time.perf_counter() - t0
+    assert code == 0, err
+    m = re.search(r"generated (\d+) frames \((\d+) latents, ([\d.]+) s of motion\) in ([\d.]+) s; first-latent "
+                  r"latency ([\d.]+) ms; real-time factor ([\d.]+)x", err)
+    assert m, err
+    frames, latents, motion_s, gen_s, latency_ms, factor = (float(v) for v in m.groups())
+    assert frames == 4 * latents and motion_s == pytest.approx(frames / 30, abs=0.01)
+    assert 0 <= gen_s <= wall and 0 < latency_ms / 1000 <= wall          # (a negative time would not match)
+    if gen_s >= 0.05:                                                    # printed to 0.01 s
+        assert factor == pytest.approx(motion_s / gen_s, rel=0.25)
