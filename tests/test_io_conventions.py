@@ -360,3 +360,133 @@ def test_animation_keys_are_the_rigs_rotations_at_30_fps(glb):
         np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), rig.rotations[:, j], atol=1e-5)
         assert (np.einsum("ti,ti->t", q[1:], q[:-1]) >= 0).all()                          # sign-continuous
         assert by_target[(j, "rotation")].interpolation == "LINEAR"
+
+
+# ----------------------------------------------------------------------------- rigs differ by their names only
+@pytest.mark.parametrize("skeleton,rotations", [("smpl-neutral", "model"), ("motion", "solved"),
+                                                ("smpl-neutral", "solved")])
+def test_a_mixamo_file_is_the_smpl_file_with_mixamos_names(skeleton, rotations, tmp_path):
+    """The rig only renames the bones: every channel of every frame is the same, in every pairing (the
+    converter's smpl-neutral + model too, whose root is the model's translation on SMPL's J0)."""
+    from test_io_bvh import motion_features
+
+    from motionstreamer.io.bvh import features_to_bvh
+
+    features = motion_features(T=12)
+    files = {rig: features_to_bvh(tmp_path / f"{rig}.bvh", features, skeleton=skeleton, rotations=rotations, rig=rig)
+             for rig in ("smpl", "mixamo")}
+    smpl, mixamo = (Bvh(files[r].read_text()) for r in ("smpl", "mixamo"))
+    rename = dict(zip(SMPL_NAMES, (f"mixamorig:{n}" for n in MIXAMO)))
+    assert [rename[n] for n in smpl.get_joints_names()] == mixamo.get_joints_names()
+    np.testing.assert_array_equal(np.array(smpl.frames, dtype=float), np.array(mixamo.frames, dtype=float))
+    if skeleton == "smpl-neutral" and rotations == "model":          # the converter: root = J0 + (tau_x, h, tau_z)
+        from motionstreamer.representation.features import recover_rotations
+        _, translation = recover_rotations(features)
+        root = np.array(smpl.frames, dtype=float)[:, :3]
+        np.testing.assert_allclose(root, translation + SMPL_J0, atol=2e-4)
+
+
+def test_bad_frame_header_is_named_at_its_line(tmp_path):
+    from motionstreamer.io.bvh import read_bvh, write_bvh
+
+    rotations = np.tile(np.eye(3), (3, 22, 1, 1))
+    text = write_bvh(tmp_path / "ok.bvh", rotations, np.zeros((3, 3))).read_text()
+    line = text.splitlines().index("Frames: 3") + 1
+    (tmp_path / "bad.bvh").write_text(text.replace("Frames: 3", "Frames: three"))
+    with pytest.raises(ValueError, match=rf"bad\.bvh:{line}: bad Frames / Frame Time values"):
+        read_bvh(tmp_path / "bad.bvh")
+
+
+def test_one_non_finite_value_keeps_the_glb_from_being_written(motion, tmp_path):
+    from motionstreamer.io.gltf import write_glb
+
+    for field, where in (("rotations", 0), ("rotations", -1), ("root", 0), ("root", -1)):
+        r = make_rig(motion)
+        getattr(r, field).reshape(-1)[where] = np.nan
+        with pytest.raises(ValueError, match="contain NaN/inf"):
+            write_glb(tmp_path / "x.glb", r)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_blender_addon_zip_is_never_overwritten_unasked(tmp_path, capsys):
+    from motionstreamer.cli import main
+
+    out = tmp_path / "addon.zip"
+    out.write_bytes(b"mine")
+    with pytest.raises(SystemExit) as e:
+        main(["blender-addon", "--out", str(out)])
+    assert e.value.code == 2 and "exists; give --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"mine"
+    assert main(["blender-addon", "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes()[:2] == b"PK"                                       # a zip now
+
+
+# ----------------------------------------------------------------------------- the clean-up's ramps and thresholds
+def smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def bent_stance(T: int, hover: float = 0.0) -> np.ndarray:
+    """T frames of a standing body with bent knees (the legs can reach up and down), its lowest joints
+    (the feet) `hover` above the floor."""
+    from motionstreamer.representation.skeleton import forward_kinematics
+
+    rot = np.tile(np.eye(3), (T, 22, 1, 1))
+    for joint, angle in ((1, -0.25), (2, -0.25), (4, 0.5), (5, 0.5), (7, -0.25), (8, -0.25)):
+        rot[:, joint] = Rotation.from_rotvec([angle, 0.0, 0.0]).as_matrix()
+    j = forward_kinematics(rot, np.zeros((T, 3)))
+    j[..., 1] += hover - j[:, [10, 11], 1].min()
+    return j
+
+
+def test_offline_clean_up_lowers_a_planted_foot_with_symmetric_ramps():
+    """A foot hovering 3 cm up, planted over frames [10, 30) (contacts given): inside, it comes down to
+    the floor, fully from the 5th frame to the 5th-last (blend 5) along a smoothstep ramp, the same at
+    both ends; outside the contact it is never pulled down."""
+    j = bent_stance(40, hover=0.03)
+    contacts = np.zeros((40, 2), bool)
+    contacts[10:30, 0] = True
+    clean, _ = feet.clean_feet(j, contacts=contacts)
+    y = clean[:, 10, 1]
+    down = 1 - y / j[:, 10, 1]
+    ramp = smoothstep(np.arange(1, 6) / 6)
+    np.testing.assert_allclose(down[10:15], ramp, atol=1e-9)
+    np.testing.assert_allclose(down[25:30], ramp[::-1], atol=1e-9)
+    np.testing.assert_allclose(down[15:25], 1.0, atol=1e-9)
+    np.testing.assert_allclose(y[:10], j[:10, 10, 1], atol=1e-12)
+    np.testing.assert_allclose(y[30:], j[30:, 10, 1], atol=1e-12)
+    np.testing.assert_allclose(clean[:, 11], j[:, 11], atol=1e-12)          # the other foot: no contact, untouched
+
+
+@pytest.mark.parametrize("height,released", [(0.074, False), (0.076, True)])
+def test_a_live_planted_foot_lets_go_above_1_5_times_the_height_threshold(height, released):
+    """FootCleaner: planted while low and slow; it lets go when the foot rises above 1.5 x 5 cm."""
+    j = bent_stance(20)
+    lift = np.zeros((20, 2, 3))
+    lift[10:, 0, 1] = np.linspace(0.0, height - j[0, 10, 1], 10)            # a slow rise: 0.25 m/s at most
+    j = feet.move_feet(j, lift)
+    np.testing.assert_allclose(j[-1, 10, 1], height, atol=1e-9)
+    cleaner = feet.FootCleaner()
+    cleaner(j)
+    contacts = np.array(cleaner.contacts)
+    assert contacts[:10, 0].all() and contacts[-1, 0] != released
+
+
+def test_lift_is_the_max_filter_then_the_gaussian_of_scipy():
+    """lift_offsets against scipy.ndimage: a 9-frame maximum (4 frames each side) smoothed by a gaussian
+    of sigma 2, never below what a frame needs."""
+    from scipy import ndimage
+
+    j = still_feet(0.0, 0.0)
+    j[20, 10, 1], j[31, 11, 1] = -0.03, -0.01
+    need = np.maximum(0.0, -j[:, [7, 8, 10, 11], 1].min(1))
+    want = np.maximum(need, ndimage.gaussian_filter1d(ndimage.maximum_filter1d(need, 9, mode="nearest"), 2.0,
+                                                     mode="nearest"))
+    np.testing.assert_allclose(feet.lift_offsets(j), want, atol=1e-12)
+
+
+def test_contacts_of_a_single_frame():
+    one = still_feet(0.0, 0.0, T=1)
+    one[0, 11, 1] = 0.2
+    np.testing.assert_array_equal(feet.foot_contacts(one), [[True, False]])
