@@ -490,3 +490,17 @@ def test_contacts_of_a_single_frame():
     one = still_feet(0.0, 0.0, T=1)
     one[0, 11, 1] = 0.2
     np.testing.assert_array_equal(feet.foot_contacts(one), [[True, False]])
+    np.testing.assert_array_equal(feet.foot_speed(one), np.zeros((1, 2)))     # (T, 2): no motion in one frame
+
+
+def test_without_a_blend_the_contact_still_ramps_at_its_two_ends():
+    """blend=0: no fade outside the contact, and the vertical correction still ramps at the contact's
+    first and last frames (half way there), full in between."""
+    j = bent_stance(40, hover=0.03)
+    contacts = np.zeros((40, 2), bool)
+    contacts[10:30, 0] = True
+    clean, _ = feet.clean_feet(j, contacts=contacts, blend=0)
+    down = 1 - clean[:, 10, 1] / j[:, 10, 1]
+    np.testing.assert_allclose(down[[10, 29]], 0.5, atol=1e-9)
+    np.testing.assert_allclose(down[11:29], 1.0, atol=1e-9)
+    np.testing.assert_allclose(down[:10], 0.0, atol=1e-9)
