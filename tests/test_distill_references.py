@@ -319,14 +319,15 @@ def test_mean_ci_is_1_96_standard_errors():
 
 
 class Recording:
-    """A sampler drawing N(0, 1) with the generator it is given; remembers the first draw of each call."""
+    """A sampler drawing N(0, 1) with the generator it is given; remembers its draws."""
 
     def __init__(self):
-        self.first = []
+        self.first, self.draws = [], []
 
     def __call__(self, c, n, gen):
         x = torch.randn(c.shape[0], n, 3, generator=gen, dtype=torch.float64)
         self.first.append(float(x[0, 0, 0]))
+        self.draws.append(x)
         return x
 
 
@@ -352,6 +353,12 @@ def test_the_noise_floor_draws_other_noise_than_the_reference():
     x = fixed(conds, 64, None).numpy()
     spread = np.mean([np.linalg.norm(x[c][:, None] - x[c][None], axis=-1).sum() / (64 * 63) for c in range(6)])
     assert same["self"]["energy"]["mean"] == pytest.approx(-2 * spread / 64, rel=1e-9)
+    # energy_rel: each condition's energy distance over the reference's own mean distance E|Y - Y'|
+    ref_all, floor_all = torch.cat(ref.draws), torch.cat(floor.draws)
+    spread = torch.cdist(ref_all, ref_all).sum(dim=(-1, -2)) / (64 * 63)
+    rel = np.mean([energy_distance_loops(floor_all[i].numpy(), ref_all[i].numpy()) / float(spread[i])
+                   for i in range(6)])
+    assert result["floor"]["energy_rel"]["mean"] == pytest.approx(rel, rel=1e-5)      # (samples in float32)
     floors = summarize_floor(result, "floor")
     assert floors["floor"] == pytest.approx(e["mean"] / e["ci95"])
     with pytest.raises(ValueError, match="samples must be >= 2"):
@@ -475,3 +482,14 @@ def test_head_report_floor_is_the_reference_teacher_and_every_candidate_is_there
     assert set(report["samplers"]) == {"teacher, other seeds (noise floor)", "student 1 steps", "student 2 steps",
                                        "respaced teacher 2 steps"}
     assert inspect.signature(head_quality.head_report).parameters["samples"].default == 256    # docs/student.md
+
+
+def test_the_teacher_sampler_guides_with_the_unconditional_row():
+    """At a guidance scale other than 1 the [c, u] pair's u matters: the same draws on [c, c] differ."""
+    from motionstreamer.eval.head_quality import teacher_sampler
+
+    head = random_head(3)
+    pairs = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    draw = lambda c, s: teacher_sampler(head, s, 4, False)(c, 5, torch.Generator().manual_seed(7))  # noqa: E731
+    assert not torch.allclose(draw(pairs, 3.0), draw(pairs[:, [0, 0]], 3.0))
+    torch.testing.assert_close(draw(pairs, 1.0), draw(pairs[:, [0, 0]], 1.0))       # scale 1: the cond row alone
