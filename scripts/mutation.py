@@ -5,6 +5,7 @@ swapped pair, ...) run against that code's tests; a mutant the tests do not noti
     python scripts/mutation.py --area io --list        # the sampled mutants, nothing run
     python scripts/mutation.py --area cli --sample 0   # every mutant, not a sample
     python scripts/mutation.py --area serve --jobs 2 --out mutation-results
+    python scripts/mutation.py --area serve --rerun    # only what the last run in --out did not catch
 
 How (docs/testing.md has the numbers):
 - Mutants come from the AST of each area's source files, one change each, written back into the file's own
@@ -20,7 +21,8 @@ How (docs/testing.md has the numbers):
   timeout from the traced durations.
 - Outcomes: killed (a test failed or collection broke), survived, timeout (counted as killed, listed),
   equivalent (listed in scripts/mutation_equivalent.json with the reason: no test can tell it apart).
-- Writes OUT/<area>.json (counts and each survivor with file:line, the original and mutated line) and
+- Writes OUT/<area>.json (counts, each mutant's outcome by id, each survivor with file:line, the original and
+  mutated line) and
   prints a summary table.
 """
 from __future__ import annotations
@@ -608,8 +610,32 @@ def load_equivalents() -> dict[str, dict]:
     return {}
 
 
+def earlier_outcomes(area: str, args) -> dict[str, str]:
+    """--rerun: the outcome of each mutant in OUT/AREA.json's run ({} without --rerun)."""
+    if not args.rerun:
+        return {}
+    f = Path(args.out) / f"{area}.json"
+    if not f.exists():
+        raise SystemExit(f"--rerun: no earlier run of {area} in {f}")
+    earlier = json.loads(f.read_text())
+    if "outcomes" not in earlier or (earlier["seed"], earlier.get("sample", 60)) != (args.seed, args.sample):
+        raise SystemExit(f"--rerun: {f} has no outcomes per mutant or another --seed/--sample; run the area in full")
+    return earlier["outcomes"]
+
+
+def known_outcome(m: Mutant, equivalents: dict, earlier: dict[str, str]) -> dict | None:
+    """What is known of a mutant without running it: listed as equivalent, or (--rerun) caught by the earlier
+    run, which stays true since tests only get added (a changed line is another mutant, with another id)."""
+    if m.id in equivalents:
+        return {"status": "equivalent", "why": equivalents[m.id]["why"]}
+    if earlier.get(m.id) in ("killed", "timeout"):
+        return {"status": earlier[m.id], "kept": True}
+    return None
+
+
 def run_area(area: str, args, equivalents: dict) -> dict:
     mutants, total = area_mutants(area, args.sample, args.seed)
+    earlier = earlier_outcomes(area, args)
     work = Path(args.work)
     repos = [make_scratch(work / f"{area}-w{k}") for k in range(args.jobs)]
     for repo in repos:
@@ -624,8 +650,8 @@ def run_area(area: str, args, equivalents: dict) -> dict:
 
     def one(m: Mutant) -> dict:
         row = {**asdict(m), "span": list(m.span)}
-        if m.id in equivalents:
-            return {**row, "status": "equivalent", "why": equivalents[m.id]["why"]}
+        if (known := known_outcome(m, equivalents, earlier)) is not None:
+            return {**row, **known}
         tests, covered = tests_for(m, trace)
         if not covered:
             return {**row, "status": "survived", "tests_run": 0, "note": "no test executes this line"}
@@ -652,17 +678,20 @@ def run_area(area: str, args, equivalents: dict) -> dict:
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for i, row in enumerate(pool.map(one, mutants), 1):
             results.append(row)
-            print(f"[{area}] {i}/{len(mutants)} {row['status']:10s} {row['file']}:{row['line']} {row['operator']}: "
+            status = row["status"] + (" (kept)" if row.get("kept") else "")
+            print(f"[{area}] {i}/{len(mutants)} {status:10s} {row['file']}:{row['line']} {row['operator']}: "
                   f"{_change(row['original'], row['mutated'], 50)}", flush=True)
     counts = {s: sum(r["status"] == s for r in results) for s in ("killed", "survived", "timeout", "equivalent")}
     non_equivalent = len(results) - counts["equivalent"]
-    summary = {"area": area, "mutants_in_area": total, "sampled": len(mutants), "seed": args.seed, **counts,
+    summary = {"area": area, "mutants_in_area": total, "sampled": len(mutants), "seed": args.seed,
+               "sample": args.sample, **counts, "run_again": sum(not r.get("kept") for r in results),
                "survival_rate": round(counts["survived"] / non_equivalent, 4) if non_equivalent else 0.0,
                "minutes": round((time.monotonic() - t0) / 60, 1), "jobs": args.jobs,
                "left_out_failing_tests": trace.failing,
                "survivors": [r for r in results if r["status"] == "survived"],
                "timeouts": [r for r in results if r["status"] == "timeout"],
-               "equivalents": [r for r in results if r["status"] == "equivalent"]}
+               "equivalents": [r for r in results if r["status"] == "equivalent"],
+               "outcomes": {r["id"]: r["status"] for r in results}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{area}.json").write_text(json.dumps(summary, indent=1))
@@ -697,6 +726,9 @@ def main(argv=None) -> int:
                    help="a mutant's timeout: this times the traced duration of its tests, plus 60 s")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--out", default="mutation-results", help="where AREA.json goes")
+    p.add_argument("--rerun", action="store_true",
+                   help="run again only what OUT/AREA.json's run did not catch (its survivors and mutants new to "
+                        "the sample); the mutants it killed keep that outcome; the merged result replaces it")
     p.add_argument("--summary", action="store_true",
                    help="print the table of the AREA.json files in --out (survivors listed in "
                         "scripts/mutation_equivalent.json since then count as equivalent) and stop")

@@ -110,3 +110,27 @@ def test_areas_and_equivalents_name_what_exists():
     equivalents = json.loads(mutation.EQUIVALENT_FILE.read_text())
     assert equivalents and set(equivalents) <= ids                 # no stale entry: each names a current mutant
     assert all(e["why"] and e["file"] and e["original"] != e["mutated"] for e in equivalents.values())
+
+
+def test_rerun_keeps_what_was_caught_and_runs_the_rest(tmp_path, mutants):
+    a, b, c, d = mutants[:4]
+    equivalents = {d.id: {"why": "symmetric"}}
+    earlier = {a.id: "killed", b.id: "timeout", c.id: "survived", d.id: "survived"}
+    assert mutation.known_outcome(a, equivalents, earlier) == {"status": "killed", "kept": True}
+    assert mutation.known_outcome(b, equivalents, earlier) == {"status": "timeout", "kept": True}
+    assert mutation.known_outcome(c, equivalents, earlier) is None                # a survivor runs again
+    assert mutation.known_outcome(d, equivalents, earlier)["status"] == "equivalent"
+    assert mutation.known_outcome(mutants[4], equivalents, earlier) is None       # new to the sample: runs
+    assert mutation.known_outcome(a, {}, {}) is None                              # without --rerun: runs
+
+    args = mutation.argparse.Namespace(rerun=True, out=str(tmp_path), seed=29, sample=60)
+    with pytest.raises(SystemExit, match="no earlier run of cli"):
+        mutation.earlier_outcomes("cli", args)
+    (tmp_path / "cli.json").write_text(json.dumps({"seed": 29, "sample": 60}))
+    with pytest.raises(SystemExit, match="no outcomes per mutant"):
+        mutation.earlier_outcomes("cli", args)
+    (tmp_path / "cli.json").write_text(json.dumps({"seed": 29, "sample": 60, "outcomes": earlier}))
+    assert mutation.earlier_outcomes("cli", args) == earlier
+    with pytest.raises(SystemExit, match="another --seed/--sample"):
+        mutation.earlier_outcomes("cli", mutation.argparse.Namespace(**{**vars(args), "seed": 30}))
+    assert mutation.earlier_outcomes("cli", mutation.argparse.Namespace(**{**vars(args), "rerun": False})) == {}
