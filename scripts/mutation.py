@@ -22,8 +22,7 @@ How (docs/testing.md has the numbers):
 - Outcomes: killed (a test failed or collection broke), survived, timeout (counted as killed, listed),
   equivalent (listed in scripts/mutation_equivalent.json with the reason: no test can tell it apart).
 - Writes OUT/<area>.json (counts, each mutant's outcome by id, each survivor with file:line, the original and
-  mutated line) and
-  prints a summary table.
+  mutated line) and prints a summary table. --rerun runs only what that file's run did not catch.
 """
 from __future__ import annotations
 
