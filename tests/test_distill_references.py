@@ -31,6 +31,7 @@ from motionstreamer.models.few_step import (
     student_timesteps,
     teacher_top_timestep,
 )
+from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.train import distill
 from motionstreamer.train.distill import (
     DistillConfig,
@@ -493,3 +494,22 @@ def test_the_teacher_sampler_guides_with_the_unconditional_row():
     draw = lambda c, s: teacher_sampler(head, s, 4, False)(c, 5, torch.Generator().manual_seed(7))  # noqa: E731
     assert not torch.allclose(draw(pairs, 3.0), draw(pairs[:, [0, 0]], 3.0))
     torch.testing.assert_close(draw(pairs, 1.0), draw(pairs[:, [0, 0]], 1.0))       # scale 1: the cond row alone
+
+
+@pytest.mark.parametrize("over", [0, 1, 5])
+def test_conditions_stop_at_the_models_window(over):
+    """A window of block_size tokens holds the caption and block_size - 1 latents: with 2 latents of A,
+    B's latents that fit (5 of them at block_size 8) each give a condition, those past the window none,
+    and the ones inside are the transformer's outputs on the window (B exactly filling it, 1 and 5 over)."""
+    torch.manual_seed(0)
+    t2m = TextToMotionModel(T2MConfig(n_layer=1, n_head=2, n_embd=32, cond_dim=32, block_size=8,
+                                      head=DiffusionHeadConfig(width=32, depth=1))).eval()
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 16, generator=g), torch.randn(5 + over, 16, generator=g)
+    emb = {"walk": torch.randn(32, generator=g), "": torch.randn(32, generator=g)}
+    pairs = teacher_forced_conditions(t2m, [LatentExample("walk", a.numpy(), b.numpy())], emb)
+    assert pairs.shape == (5, 2, 32)
+    window = torch.cat([a, b[:5]])[None]                           # 7 latents + the caption = 8 tokens
+    with torch.no_grad():
+        torch.testing.assert_close(pairs[:, 0], t2m(window, emb["walk"][None])[0, 2:7])
+        torch.testing.assert_close(pairs[:, 1], t2m(window, emb[""][None])[0, 2:7])

@@ -327,6 +327,34 @@ def test_example_prompts():
     assert len(common) == 10 and common[0] == "a person walks forward" and common != synthetic
 
 
+class SlowCloser:
+    """A WebSocket whose client answers the close handshake after `delay` s (None: never)."""
+
+    def __init__(self, delay):
+        self.delay, self.closed = delay, None
+
+    async def close(self, code, reason):
+        await (asyncio.sleep(self.delay) if self.delay is not None else asyncio.Event().wait())
+        self.closed = (code, reason)
+
+
+def test_a_client_that_never_answers_the_close_is_let_go_after_2_s():
+    """docs/serve.md: 2 s for the close handshake. A client that never answers is let go between 2 and
+    2.9 s; one that answers after 0.5 s is waited for (its close completes)."""
+    from motionstreamer.serve.service import close_quietly
+
+    async def go(delay):
+        ws = SlowCloser(delay)
+        t0 = time.monotonic()
+        async with asyncio.timeout(2.9):
+            await close_quietly(ws, Close(POLICY, "bye"))
+        return ws.closed, time.monotonic() - t0
+
+    closed, waited = run(go(None))
+    assert closed is None and waited >= 2.0
+    assert run(go(0.5))[0] == (POLICY, "bye")
+
+
 class GoneSocket:
     """A WebSocket whose client left before its hello: sending fails; receiving is recorded."""
 
