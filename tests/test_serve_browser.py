@@ -102,8 +102,7 @@ def test_page_streams_types_and_moves(page):
 
 
 def test_download_bvh_matches_the_python_writer(page, tmp_path):
-    import bvh as bvh_parser   # an independent parser
-
+    import bvh as bvh_parser  # an independent parser
     import torch
 
     from motionstreamer.io.bvh import bvh_text

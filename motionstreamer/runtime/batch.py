@@ -18,7 +18,8 @@ from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 
 @torch.no_grad()
 def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], config: GenerationConfig | None = None,
-                  seed: int = 0, use_end_latent: bool = False, device=None, dtype=None, backend=None) -> list[torch.Tensor]:
+                  seed: int = 0, use_end_latent: bool = False, device=None, dtype=None,
+                  backend=None) -> list[torch.Tensor]:
     """schedules[i]: [(prompt, n_latents), ...] for stream i (seeded seed + i). Returns de-normalised
     features (frames, 272) per stream: 4 * sum(n_latents), fewer when use_end_latent lets an action end
     early (the end latent then starts the next prompt)."""
