@@ -398,6 +398,38 @@ def test_a_client_gone_before_its_hello_frees_its_slot_at_once():
     assert s.scheduler.closed == [7] and ws.received == 0 and s.connections == set() and c.done.is_set()
 
 
+class LeavingSocket:
+    """A WebSocket whose client leaves after its hello, as Starlette reports it: one websocket.disconnect,
+    then receive() raises (Starlette: "Cannot call receive once a disconnect message has been received")."""
+
+    def __init__(self):
+        self.sent, self.received = [], 0
+
+    async def send_text(self, text):
+        self.sent.append(text)
+
+    async def receive(self):
+        self.received += 1
+        if self.received > 1:
+            raise RuntimeError("Cannot call receive once a disconnect message has been received.")
+        return {"type": "websocket.disconnect"}
+
+
+def test_a_client_leaving_mid_stream_is_neither_read_again_nor_written_to():
+    s = service()
+    s.scheduler = SlotsOnly()
+    ws = LeavingSocket()
+
+    async def go():
+        c = Connection(ws, s)
+        await c.run(StreamOptions())
+        return c
+
+    c = run(go())
+    assert ws.received == 1 and [json.loads(t)["type"] for t in ws.sent] == ["hello"]
+    assert c.client_gone and s.scheduler.closed == [7] and c.queue.empty()
+
+
 # ----------------------------------------------------------------------------- HTTP routes without a model
 @pytest.fixture(scope="module")
 def client():
