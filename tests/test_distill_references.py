@@ -12,10 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from fakes import FakeTextEncoder
-from train_tiny import quiet, tiny_t2m, tiny_tae
+from train_tiny import fitted_teacher, quiet
 
-from motionstreamer.checkpoints import load_bundle, save_bundle
+from motionstreamer.checkpoints import load_bundle
 from motionstreamer.eval.head_quality import (
     compare_samplers,
     energy_distance,
@@ -58,31 +57,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    return make_teacher(tmp_path_factory.mktemp("teacher"))
-
-
-def make_teacher(root):
-    """A tiny teacher whose head is fitted to four clusters of latents (caption i: mean i % 4 in every
-    dimension), so its sampling distribution depends strongly on the condition; (bundle, examples,
-    caption embeddings)."""
-    t2m = tiny_t2m()
-    g = torch.Generator().manual_seed(0)
-    examples = [LatentExample(f"caption {i}", torch.randn(i % 3, 16, generator=g).numpy(),
-                              (torch.randn(4 + i % 5, 16, generator=g) + i % 4).numpy()) for i in range(12)]
-    enc = FakeTextEncoder()
-    emb = {c: enc.encode([c])[0] for c in [e.caption for e in examples] + [""]}
-    pairs = teacher_forced_conditions(t2m, examples, emb)
-    targets = torch.cat([torch.from_numpy(e.latents_b) for e in examples])
-    opt = torch.optim.Adam(t2m.diff_loss.parameters(), 3e-3)
-    torch.manual_seed(0)
-    for _ in range(150):
-        loss = t2m.diff_loss.loss(targets, pairs[:, 0])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    save_bundle(root / "teacher", tiny_tae(), t2m.eval(), torch.zeros(272), torch.ones(272), torch.zeros(16),
-                text_encoder=FakeTextEncoder.name, extra_config={"sampler": {"skip_terminal_step": True}})
-    return root / "teacher", examples, emb
+    return fitted_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def config(out_dir, **kw):
