@@ -15,13 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _serve_testing import ServerThread, recv_json, run
+from _serve_testing import FakeClock, ServerThread, close_of, recv_json, run, single_threaded_models
 from scipy.spatial.transform import Rotation
 from starlette.testclient import TestClient
 
 from motionstreamer.representation.features import recover_rotations
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
-from motionstreamer.runtime.loading import load_models
 from motionstreamer.serve import protocol
 from motionstreamer.serve.app import create_app
 from motionstreamer.serve.protocol import (
@@ -384,17 +383,19 @@ class SlotsOnly:
         self.closed.append(key)
 
 
+async def run_connection(ws, service):
+    """One Connection over a fake socket, run to its end with the default options."""
+    c = Connection(ws, service)
+    await c.run(StreamOptions())
+    return c
+
+
 def test_a_client_gone_before_its_hello_frees_its_slot_at_once():
     s = service()
     s.scheduler = SlotsOnly()
     ws = GoneSocket()
 
-    async def go():
-        c = Connection(ws, s)
-        await c.run(StreamOptions())
-        return c
-
-    c = run(go())
+    c = run(run_connection(ws, s))
     assert s.scheduler.closed == [7] and ws.received == 0 and s.connections == set() and c.done.is_set()
 
 
@@ -420,12 +421,7 @@ def test_a_client_leaving_mid_stream_is_neither_read_again_nor_written_to():
     s.scheduler = SlotsOnly()
     ws = LeavingSocket()
 
-    async def go():
-        c = Connection(ws, s)
-        await c.run(StreamOptions())
-        return c
-
-    c = run(go())
+    c = run(run_connection(ws, s))
     assert ws.received == 1 and [json.loads(t)["type"] for t in ws.sent] == ["hello"]
     assert c.client_gone and s.scheduler.closed == [7] and c.queue.empty()
 
@@ -480,25 +476,15 @@ def test_token_refused_with_401():
 # ----------------------------------------------------------------------------- the scheduler, fake clock
 @pytest.fixture(scope="module")
 def models():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_models(None, device="cpu")[:2]
-    torch.set_num_threads(threads)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 50.0
-
-    def __call__(self):
-        return self.t
+    with single_threaded_models() as m:
+        yield m
 
 
 def scheduler(models, max_streams=2, max_jobs=1, lookahead=2, capacity=None, **kw):
     bundle, text = models
     engine = StreamingEngine(bundle, text, capacity=capacity or max_streams + max_jobs,
                              config=GenerationConfig(sampling_steps=1, on_action_end="continue", max_latents=10**6))
-    out, clock = [], Clock()
+    out, clock = [], FakeClock(50.0)
     return StreamScheduler(engine, out.extend, max_streams=max_streams, max_jobs=max_jobs, lookahead=lookahead,
                            clock=clock, **kw), engine, clock, out
 
@@ -699,14 +685,6 @@ def server():
         yield s
 
 
-async def closed(ws, timeout=30.0):
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except websockets.ConnectionClosed as e:
-        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "")
-
-
 def ping_of(n_bytes: int, pad: str = "x") -> str:
     """A ping message of exactly n_bytes bytes of UTF-8 (other fields of a ping are ignored)."""
     head = '{"type": "ping", "p": "'
@@ -724,7 +702,7 @@ def test_message_size_limit_on_both_sides_in_bytes(server):
             await ws.send(ping_of(100))
             at_limit = await recv_json(ws)
             await ws.send(ping_of(101, pad="\u00e9"))                # 38 two-byte characters: 101 bytes
-            return at_limit, await closed(ws)
+            return at_limit, await close_of(ws)
 
     at_limit, (code, reason) = run(go())
     assert at_limit["type"] == "pong"
@@ -748,17 +726,17 @@ def test_close_codes_over_the_wire(server):
         async with websockets.connect(server.ws) as ws:
             await recv_json(ws)
             await ws.send('{"type": "close"}')
-            out["close"] = await closed(ws)
+            out["close"] = await close_of(ws)
         for q in ("?seed=-1", f"?seed={2 ** 63}"):
             async with websockets.connect(server.ws + q) as ws:
-                out[q] = await closed(ws)
+                out[q] = await close_of(ws)
         async with websockets.connect(server.ws + f"?seed={2 ** 63 - 1}") as ws:
             out["max seed"] = (await recv_json(ws))["seed"]
         a = await websockets.connect(server.ws)
         b = await websockets.connect(server.ws)
         await recv_json(a), await recv_json(b)
         async with websockets.connect(server.ws) as ws:
-            out["full"] = await closed(ws)
+            out["full"] = await close_of(ws)
         await a.close()
         await b.close()
         return out
