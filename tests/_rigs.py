@@ -1,8 +1,8 @@
 """Humanoid rigs drawn by hand for the retargeting and Blender tests (tests/test_io_retarget.py,
 tests/blender/addon_check.py): SMPL's neutral rest offsets (the spec's), and the bone names of the
-naming schemes as their tools write them. No motionstreamer import: the expectations stay independent."""
+naming schemes as their tools write them. No motionstreamer import: the expectations stay independent.
+numpy only: addon_check.py imports it in Blender's environment (bpy and its dependencies, no scipy)."""
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 # SMPL's 22 joints (spec): parents and neutral rest offsets, Y up, metres; the rigs below are drawn from them
 PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
@@ -38,7 +38,8 @@ def humanoid(leg_scale=1.0, arm_down_deg=0.0, scale=1.0, thumbs=False) -> np.nda
         pos[j] = pos[PARENTS[j]] + off[j]
     pos[22], pos[23] = pos[20] + [0.03, 0, 0.05], pos[21] + [-0.03, 0, 0.05]
     for side, arm in ((1, (16, 18, 20, 22)), (-1, (17, 19, 21, 23))):
-        turn = Rotation.from_euler("z", -side * arm_down_deg, degrees=True).as_matrix()
+        a = np.radians(-side * arm_down_deg)                 # about z (the arm swings down in the x-y plane)
+        turn = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
         for j in arm[1:]:
             pos[j] = pos[arm[0]] + turn @ (pos[j] - pos[arm[0]])
     pos[:, 1] -= pos[:22, 1].min()

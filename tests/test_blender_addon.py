@@ -1,4 +1,5 @@
-"""The Blender add-on (issue 26) in a headless Blender (`bpy` from PyPI, a fresh process running
+"""The Blender add-on (issue 26) in a headless Blender (the one io.blender_process finds: in CI `bpy`
+from PyPI in its own environment, scripts/blender_env.sh; a fresh process running
 tests/blender/addon_check.py) against a real `motionstreamer serve` on loopback: the zip that
 `motionstreamer blender-addon` writes installs as an extension and registers, runs on its vendored
 motionstreamer modules, reports errors in Blender's UI, and Generate and a few seconds of Live key
@@ -7,16 +8,15 @@ an action onto (a) a Rigify-style armature, (b) a Mixamo-named one in an A-pose 
 are computed here from the rigs' own rest poses and the source joints."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _rigs import leg_length
 from _serve_testing import ServerThread
+
 from motionstreamer.cli import main
+from motionstreamer.io.blender_process import run_script
 from motionstreamer.representation import feet
 from motionstreamer.runtime.loading import default_model_dir
 
@@ -37,9 +37,8 @@ def blender_run(tmp_path_factory):
     assert main(["blender-addon", "--out", str(d / "addon.zip")]) == 0
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(d / "blender_user")}     # Blender's user folders, not $HOME's
     with ServerThread(create_app(token=TOKEN)) as server:
-        res = subprocess.run([sys.executable, str(CHECK), str(d / "addon.zip"), server.http, TOKEN,
-                              str(d / "result.json"), str(LIVE_SECONDS)], capture_output=True, text=True, timeout=500,
-                             env=env, cwd=d)
+        res = run_script(CHECK, [d / "addon.zip", server.http, TOKEN, d / "result.json", LIVE_SECONDS], timeout=500,
+                         env=env, cwd=d)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     return json.loads((d / "result.json").read_text()), d
 

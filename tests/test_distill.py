@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import FakeTextEncoder
-from train_tiny import quiet, tiny_t2m, tiny_tae
+from train_tiny import fitted_teacher, quiet, tiny_t2m, tiny_tae
 
 from motionstreamer.checkpoints import (
     CheckpointError,
@@ -21,13 +21,13 @@ from motionstreamer.eval.head_quality import (
     teacher_sampler,
 )
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.few_step import (
     StudentHead,
     StudentHeadConfig,
     student_settings,
     student_timesteps,
 )
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.train.distill import (
     Contexts,
     DistillConfig,
@@ -107,7 +107,8 @@ def test_student_sampler_checks_its_inputs():
 @pytest.mark.parametrize("field,value,msg", [
     ("steps", [], "steps must be distinct"), ("steps", [1, 1], "steps must be distinct"),
     ("steps", [0, 2], "steps must be distinct"), ("default_steps", 3, "default_steps"),
-    ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"), ("top_timestep", 0, "top_timestep")])
+    ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"),
+    ("top_timestep", 0, "top_timestep")])
 def test_student_config_errors_name_the_field(field, value, msg):
     d = StudentHeadConfig().to_dict()
     d[field] = value
@@ -198,28 +199,10 @@ def test_objective_gradients_are_finite_with_equal_samples():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny teacher bundle whose head is briefly trained on its transformer's teacher-forced
+    """A tiny teacher bundle (root/teacher) whose head is briefly trained on its transformer's teacher-forced
     conditions (so its guided samples are on the data's scale), and latent examples."""
-    from motionstreamer.train.t2m import LatentExample
-
     root = tmp_path_factory.mktemp("distill")
-    t2m = tiny_t2m()
-    g = torch.Generator().manual_seed(0)
-    examples = [LatentExample(f"caption {i}", torch.randn(i % 3, 16, generator=g).numpy(),
-                              (torch.randn(4 + i % 5, 16, generator=g) + i % 4).numpy()) for i in range(12)]
-    enc = FakeTextEncoder()
-    emb = {c: enc.encode([c])[0] for c in [e.caption for e in examples] + [""]}
-    pairs = teacher_forced_conditions(t2m, examples, emb)
-    targets = torch.cat([torch.from_numpy(e.latents_b) for e in examples])
-    opt = torch.optim.Adam(t2m.diff_loss.parameters(), 3e-3)
-    torch.manual_seed(0)
-    for _ in range(150):
-        loss = t2m.diff_loss.loss(targets, pairs[:, 0])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    save_bundle(root / "teacher", tiny_tae(), t2m.eval(), torch.zeros(272), torch.ones(272), torch.zeros(16),
-                text_encoder=FakeTextEncoder.name, extra_config={"sampler": {"skip_terminal_step": True}})
+    _, examples, emb = fitted_teacher(root)
     return root, examples, emb
 
 
@@ -383,7 +366,8 @@ def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     for name in ("tae.safetensors", "t2m.safetensors", "stats.safetensors"):
         assert (out / name).read_bytes() == (root / "teacher" / name).read_bytes()
     b = load_bundle(out)
-    assert b.student is not None and b.student.student_config.steps == (1, 2) and b.student.student_config.default_steps == 2
+    assert (b.student is not None and b.student.student_config.steps == (1, 2)
+            and b.student.student_config.default_steps == 2)
     assert b.student.student_config.top_timestep == 48 and b.student.student_config.teacher_skip_terminal_step
     for k, v in s.state_dict().items():
         assert torch.equal(b.student.state_dict()[k], v)

@@ -5,18 +5,28 @@ are not ours (three.js GLTFLoader and FBXLoader, the `bvh` parser, Blender's BVH
 for the common naming schemes; the small export fixes (frame time, capsule body, SMPL grounding)."""
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pygltflib
 import pytest
-from scipy.spatial.transform import Rotation
-
 from _js import JS_DIR, read_gltf, require_js
 from _rigs import MIXAMO, PARENTS, RIGIFY, UNREAL4, humanoid, leg_length
+from scipy.spatial.transform import Rotation
+
 from motionstreamer.cli import main
-from motionstreamer.io.retarget import (RetargetError, Retargeter, Skeleton, bone_map_from_dict, detect_bone_map,
-                                        load_bone_map, read_skeleton)
+from motionstreamer.io.blender_process import run_script
+from motionstreamer.io.retarget import (
+    Retargeter,
+    RetargetError,
+    Skeleton,
+    bone_map_from_dict,
+    detect_bone_map,
+    load_bone_map,
+)
 from motionstreamer.io.rig import prepare_motion
+from motionstreamer.io.target_io import read_skeleton
 from motionstreamer.representation import feet
 from motionstreamer.runtime.loading import default_model_dir
 
@@ -283,7 +293,10 @@ def test_retarget_cli_errors_are_one_line(walk, tmp_path, capsys):
 def test_fbx_read_back_by_three_js_within_a_millimetre(walk, capsys):
     d, prefix, _, motion = walk
     out = d / "walk.fbx"
+    capsys.readouterr()
     assert main(["to-fbx", f"{prefix}.npy", "--out", str(out)]) == 0
+    printed = capsys.readouterr()                                  # Blender's own chatter stays out of both
+    assert printed.out.startswith(f"wrote {out} ") and len(printed.out.splitlines()) == 1 and not printed.err
     T = len(motion)
     back = read_fbx(out, 30, T)
     smpl = ("Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2", "Left_ankle",
@@ -311,29 +324,48 @@ def test_fbx_read_back_by_three_js_within_a_millimetre(walk, capsys):
     np.testing.assert_allclose(read_skeleton(d / "r.fbx").rest_positions, sk.rest_positions, atol=1e-5)
 
 
-def test_fbx_without_bpy_names_the_extra(walk, tmp_path, monkeypatch, capsys):
-    import sys
-
+def test_fbx_without_blender_names_the_three_ways_to_get_one(walk, tmp_path, monkeypatch, capsys):
     d, prefix, _, _ = walk
-    monkeypatch.setitem(sys.modules, "bpy", None)                   # as if bpy were not installed
-    for argv in (["to-fbx", f"{prefix}.npy", "--out", str(tmp_path / "x.fbx")],
-                 ["generate", "a person walks", "--out", str(tmp_path / "g"), "--fbx", "--quiet"]):
+    monkeypatch.setitem(sys.modules, "bpy", None)                   # as if bpy were not installed here,
+    monkeypatch.delenv("MOTIONSTREAMER_BLENDER", raising=False)      # nothing named,
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))                # and no `blender` on PATH
+    out = tmp_path / "out"
+    out.mkdir()
+    for argv in (["to-fbx", f"{prefix}.npy", "--out", str(out / "x.fbx")],
+                 ["generate", "a person walks", "--out", str(out / "g"), "--fbx", "--quiet"],
+                 ["retarget", f"{prefix}.npy", "--target", str(d / "nothing.fbx"), "--out", str(out / "r.bvh")]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-        assert 'pip install "motionstreamer[blender]"' in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())                             # refused before any work
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        for way in ('pip install "motionstreamer[blender]"', "MOTIONSTREAMER_BLENDER", "Blender 4.2+",
+                    "`blender` on PATH"):
+            assert way in err, (way, err)
+    assert not list(out.iterdir())                                   # refused before any work
+
+
+def test_blender_failures_come_back_as_one_line_cli_errors(walk, tmp_path, capsys):
+    """Through the Blender the tests use (out of process in CI): an FBX Blender cannot import, among
+    good files, is the worker's one-line RetargetError; no traceback reaches the user."""
+    d, prefix, _, _ = walk
+    bad = tmp_path / "broken.fbx"
+    bad.write_bytes(b"Kaydara FBX Binary  \x00\x1a\x00" + bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as e:
+        main(["retarget", f"{prefix}.npy", "--target", str(bad), "--out", str(tmp_path / "r.bvh")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"target {bad}: Blender cannot import it as FBX" in err
+    assert not (tmp_path / "r.bvh").exists()
 
 
 # ----------------------------------------------------------------------------------------- small export fixes
 def test_bvh_frame_time_reads_as_exactly_30_fps_in_blender(walk):
-    import bpy
-
     _, prefix, _, _ = walk
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.import_anim.bvh(filepath=f"{prefix}.bvh", update_scene_fps=True)
-    assert bpy.context.scene.render.fps == 30 and bpy.context.scene.render.fps_base == 1.0   # was 0.99999 (30.0003 fps)
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+    res = run_script(Path(__file__).parent / "blender" / "bvh_fps.py", [f"{prefix}.bvh"], timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    scene = json.loads(res.stdout.strip().splitlines()[-1])
+    assert scene == {"fps": 30, "fps_base": 1.0}                     # was 0.99999 (30.0003 fps)
 
 
 def test_glb_body_never_below_the_floor(walk):

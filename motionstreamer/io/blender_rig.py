@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from motionstreamer.io.retarget import RetargetError, Skeleton
+from motionstreamer.representation.ik import swing
+
 Y_UP_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
@@ -25,8 +28,6 @@ def _polar(m: np.ndarray) -> np.ndarray:
 
 def armature_skeleton(obj, source: str = ""):
     """io.retarget.Skeleton of an armature object's rest pose (world, Y up, metres)."""
-    from motionstreamer.io.retarget import RetargetError, Skeleton
-
     bones = list(obj.data.bones)
     if len(bones) < 2:
         raise RetargetError(f"armature {obj.name!r} has {len(bones)} bone(s); a humanoid needs a skeleton")
@@ -60,8 +61,6 @@ def build_armature(skeleton, name: str = "motionstreamer_rig", collection=None):
     (all identity: BVH, SMPL) gets bones pointing at their first child, as Blender's BVH importer."""
     import bpy
     from mathutils import Matrix
-
-    from motionstreamer.representation.ik import swing
 
     sk = skeleton
     data = bpy.data.armatures.new(name)

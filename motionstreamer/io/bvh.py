@@ -31,8 +31,6 @@ import numpy as np
 from motionstreamer import FEATURE_DIM, FPS
 from motionstreamer.io.motion_io import check_fps
 from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24, make_rig, prepare_motion
-from motionstreamer.representation.features import recover_rotations
-from motionstreamer.representation.rotation import matrix_to_euler_zyx
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 from motionstreamer.utils import as_numeric_array, atomic_path, check_finite
 
@@ -116,6 +114,9 @@ def write_bvh_stream(out, rig, converter: bool = False) -> None:
     translated = getattr(rig, "translated", None) or {0: rig.root}
     out.write(hierarchy_text(rig.offsets, rig.names, rig.parents, tuple(translated)))
     out.write(f"MOTION\nFrames: {T}\nFrame Time: {frame_time_text(rig.fps, converter)}\n")
+    # torch only when a BVH is written: reading one stays numpy (Blender's Python runs it, the add-on)
+    from motionstreamer.representation.rotation import matrix_to_euler_zyx  # noqa: PLC0415
+
     order = _depth_first(0, rig.parents)
     for start in range(0, T, FRAMES_PER_WRITE):
         rot = rig.rotations[start:start + FRAMES_PER_WRITE]
@@ -171,6 +172,8 @@ def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero:
     check_finite("features", x)
     if skeleton == "smpl-neutral" and rotations == "model" and rig == "smpl" and not clean_feet:
         # the model's rotations as they are: no solve needed
+        from motionstreamer.representation.features import recover_rotations  # noqa: PLC0415  (torch: as above)
+
         return write_bvh(path, *recover_rotations(x), fps=fps, floor_at_zero=floor_at_zero)
     motion = prepare_motion(x, clean_feet=clean_feet, fps=fps)
     converter = skeleton == "smpl-neutral" and rotations == "model"

@@ -15,12 +15,18 @@ import numpy as np
 
 from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
 from motionstreamer.cli import CLIError
+from motionstreamer.io.blender_addon import build_addon_zip
+from motionstreamer.io.blender_process import BlenderError, find_blender
 from motionstreamer.io.bvh import write_rig_bvh
+from motionstreamer.io.fbx import write_fbx
 from motionstreamer.io.gltf import write_glb
 from motionstreamer.io.motion_io import MAX_FPS, load_motion_array, motion_kind, to_features
-from motionstreamer.io.render import check_title as check, render_motion
+from motionstreamer.io.render import check_title as check
+from motionstreamer.io.render import render_motion
+from motionstreamer.io.retarget import Retargeter, load_bone_map
 from motionstreamer.io.rig import make_rig, prepare_motion
 from motionstreamer.io.smpl import amass_params, write_amass_npz
+from motionstreamer.io.target_io import OUT_SUFFIXES, read_skeleton, write_target
 from motionstreamer.utils import atomic_save_npy
 
 MOTION_HELP = """\
@@ -50,11 +56,12 @@ body's foot contacts.
 TO_FBX_HELP = """\
 Convert a motion to FBX (binary, 7.4) through Blender's own exporter: the 24-joint skeleton with one key
 per frame, Y up, -Z forward, FBX unit scale (Unity: Scale Factor 1; Unreal: Import Uniform Scale 1; see
-docs/blender.md). Needs Blender's bpy module: pip install "motionstreamer[blender]" (Python 3.11).
+docs/blender.md). Blender: bpy in this Python (pip install "motionstreamer[blender]", Python 3.11),
+else $MOTIONSTREAMER_BLENDER (a Python with bpy, or a Blender 4.2+ executable), else `blender` on PATH.
 """ + MOTION_HELP
 RETARGET_HELP = """\
 Put a motion onto your own humanoid rig and write it in that rig's hierarchy and rest pose. RIG is a
-.bvh, .glb / .gltf or .fbx (FBX read through Blender: needs "motionstreamer[blender]"); its bones are
+.bvh, .glb / .gltf or .fbx (FBX read through Blender, found as for to-fbx); its bones are
 mapped from their names (SMPL, Mixamo mixamorig:, Rigify DEF-/ORG-, Blender's metarig, Unreal's
 mannequin) or by --map (JSON or YAML: {"Pelvis": "hips", "Left_hip": "thigh_l", ...}, the SMPL joint
 names of `motionstreamer to-bvh`). A-pose or T-pose rest poses and bone rolls are absorbed; the root
@@ -71,7 +78,8 @@ needs, ready for Blender's Preferences > Get Extensions > Install from Disk. See
 def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
     p.add_argument("--skeleton", choices=("motion", "smpl-neutral"), default="motion",
                    help="bone lengths: the motion's own (default: the exported joints equal PREFIX_joints.npy) "
-                        "or SMPL neutral's" + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
+                        "or SMPL neutral's"
+                        + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
     p.add_argument("--rotations", choices=("solved", "model"), default="solved",
                    help="solved from the joint positions (default) or the model's rotation channels as they are")
     p.add_argument("--rig", choices=("smpl", "mixamo"), default="smpl",
@@ -100,7 +108,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--glb", action="store_true", help="also write PREFIX.glb (glTF 2.0, skinned skeleton + body)")
     p.add_argument("--smpl", action="store_true", help="also write PREFIX_smpl.npz (SMPL parameters, AMASS layout)")
     p.add_argument("--fbx", action="store_true",
-                   help="also write PREFIX.fbx (through Blender's exporter: needs \"motionstreamer[blender]\")")
+                   help="also write PREFIX.fbx (through Blender's exporter: bpy, $MOTIONSTREAMER_BLENDER or "
+                        "`blender` on PATH; see `to-fbx --help`)")
     p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     _add_render_args(p, prefix="render-")
     _add_rig_args(p, bvh=True)
@@ -187,20 +196,15 @@ def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
 
 def check_new_file(path: Path, args) -> None:
     """CLIError when OUT exists and --overwrite was not given (these verbs never replace a file unasked)."""
-    from motionstreamer.cli import CLIError
-
     if path.exists() and not getattr(args, "overwrite", False):
         raise CLIError(f"--out {path} exists; give --overwrite to replace it")
 
 
 def check_fbx_tools() -> None:
-    """CLIError naming the extra when FBX output cannot be written (bpy missing)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.fbx import BlenderMissing, require_bpy
-
+    """CLIError naming the ways to get Blender when FBX cannot be read or written (io.blender_process)."""
     try:
-        require_bpy()
-    except BlenderMissing as e:
+        find_blender()
+    except BlenderError as e:
         raise CLIError(str(e)) from None
 
 
@@ -269,25 +273,19 @@ def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str
         write_amass_npz(path, amass_params(make_rig(motion, "smpl-neutral", rotations)))
         return f"SMPL-neutral body, {rotations} rotations, grounded"
     if kind == "fbx":
-        from motionstreamer.io.fbx import write_fbx
-
         r = make_rig(motion, skeleton, rotations, rig)
         write_fbx(path, r)
         return _rig_note(r, motion, skeleton, rotations)
     converter = kind == "bvh"
     r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
     if kind == "bvh":
-
         write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
-
         write_glb(path, r)
     return _rig_note(r, motion, skeleton, rotations)
 
 
 def _rig_note(r, motion, skeleton: str, rotations: str) -> str:
-    import numpy as np
-
     if skeleton == "motion" and rotations == "solved":
         return "same joints as the video"
     err = np.linalg.norm(r.joints()[:, :NUM_JOINTS] - motion.joints, axis=-1).mean() * 1000
@@ -333,7 +331,7 @@ def cmd_export(args) -> int:
                        "--rotations solved)")
     try:
         note = write_file(kind, out, motion, skeleton, args.rotations, rig, floor_at_zero=floor)
-    except ValueError as e:
+    except (ValueError, BlenderError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None
@@ -343,7 +341,7 @@ def cmd_export(args) -> int:
 
 def output_files(prefix: Path, args) -> list[tuple[str, str]]:
     """(kind, path) of every file write_outputs writes for these arguments: the features, the joints,
-    then the exports asked for. CLIError when a tool one of them needs is missing (bpy for --fbx)."""
+    then the exports asked for. CLIError when a tool one of them needs is missing (Blender for --fbx)."""
     if getattr(args, "fbx", False):
         check_fbx_tools()
     return [("npy", f"{prefix}.npy"), ("joints", f"{prefix}_joints.npy")] + [
@@ -365,18 +363,17 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     atomic_save_npy(f"{prefix}_joints.npy", motion.joints.astype(np.float32))
     written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
     for kind, path in output_files(prefix, args)[2:]:
-        note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
-                          args.rig, title=title, size=args.render_size, views=args.render_views,
-                          progress=not args.quiet)
+        try:
+            note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
+                              args.rig, title=title, size=args.render_size, views=args.render_views,
+                              progress=not args.quiet)
+        except BlenderError as e:      # FBX through a Blender out of process: what is written so far stays
+            raise CLIError(f"{path}: {e} (written: {', '.join(written)})") from None
         written.append(path + (f" ({note})" if note else ""))
     return written
 
 
 def cmd_retarget(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.fbx import BlenderMissing
-    from motionstreamer.io.retarget import OUT_SUFFIXES, Retargeter, load_bone_map, read_skeleton, write_target
-
     out = check_out_file(args.out, OUT_SUFFIXES)
     check_new_file(out, args)
     if out.suffix.lower() == ".fbx" or str(args.target).lower().endswith(".fbx"):
@@ -388,7 +385,7 @@ def cmd_retarget(args) -> int:
         retargeter = Retargeter(skeleton, bone_map, motion.offsets, motion.fps)
         rig = retargeter.retarget(motion.joints, motion.rotations)
         write_target(out, rig)
-    except (ValueError, BlenderMissing) as e:      # RetargetError is a ValueError
+    except (ValueError, BlenderError) as e:      # RetargetError is a ValueError
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None
@@ -399,9 +396,6 @@ def cmd_retarget(args) -> int:
 
 
 def cmd_blender_addon(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.blender_addon import build_addon_zip
-
     out = check_out_file(args.out, (".zip",))
     check_new_file(out, args)
     try:

@@ -11,11 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from motionstreamer import FEATURE_DIM, NUM_JOINTS
-from motionstreamer.representation.features import recover_joints
-from motionstreamer.representation.normalize import denormalize
 from motionstreamer.utils import as_numeric_array, atomic_save_npy, check_finite, load_npy
-
-
 
 MAX_FPS = 1000.0   # frames per second a motion may claim: an output verb's timing, never a rate of 1e9
 
@@ -100,6 +96,8 @@ def to_features(array, mean=None, std=None, name: str = "motion") -> np.ndarray:
     x = a.astype(np.float64)
     check_finite(name, x)
     if mean is not None:
+        # torch for features only: this module is numpy-only at import (Blender's Python runs it, the add-on)
+        from motionstreamer.representation.normalize import denormalize  # noqa: PLC0415
 
         x = denormalize(x, _stat(mean, "mean"), _stat(std, "std"))
     return x
@@ -109,6 +107,7 @@ def to_joints(array, mean=None, std=None, name: str = "motion") -> np.ndarray:
     """Joint positions (T, 22, 3) from features (T, 272; de-normalised first when mean/std are given,
     then the position inverse, spec §2.2) or from joints (T, 22, 3) / (T, 66) as they are."""
     if motion_kind(array, name) == "features":
+        from motionstreamer.representation.features import recover_joints  # noqa: PLC0415  (torch: as above)
 
         return recover_joints(to_features(array, mean, std, name))
     if mean is not None or std is not None:

@@ -6,10 +6,8 @@ they are used for BVH output and by the synthetic motion generator.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from motionstreamer import NUM_JOINTS
-
 
 JOINT_NAMES = (
     "Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2",
@@ -92,7 +90,9 @@ def forward_kinematics(local_rotations, root_position, offsets=SMPL_OFFSETS):
     positions = [root_position]
     if is_np:
         offsets = np.asarray(offsets, dtype=local_rotations.dtype)
-    else:
+    else:   # torch only here: this module is numpy-only at import (Blender's Python runs it, io/blender_addon.py)
+        import torch  # noqa: PLC0415
+
         offsets = torch.as_tensor(np.asarray(offsets), dtype=local_rotations.dtype, device=local_rotations.device)
     for j in range(1, n):
         p = PARENTS[j]

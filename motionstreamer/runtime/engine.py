@@ -33,7 +33,6 @@ from motionstreamer.runtime.backend import TorchBackend, check_head
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
-
 ON_ACTION_END = ("stop", "continue")
 
 
@@ -59,7 +58,8 @@ class GenerationConfig:
         self.sampler_settings()
         if self.on_action_end not in ON_ACTION_END:
             raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
-        for name in ("max_latents", "min_action_latents") + (("history_keep",) if self.history_keep is not None else ()):
+        for name in (("max_latents", "min_action_latents")
+                     + (("history_keep",) if self.history_keep is not None else ())):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

@@ -239,7 +239,8 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scal
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
 
     p = next(diff_loss.parameters())
-    settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale, skip_terminal_step=skip_terminal_step)
+    settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale,
+                               skip_terminal_step=skip_terminal_step)
     n_steps = diff_loss.sampling_process(sampling_steps, skip_terminal_step).num_timesteps
     starts = list(range(0, pairs.shape[0], chunk))
     parts = {}

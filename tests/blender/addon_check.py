@@ -1,10 +1,12 @@
-"""Run by tests/test_blender_addon.py in a fresh Python with bpy (Blender as a module, headless):
+"""Run by tests/test_blender_addon.py in Blender (io.blender_process.run_script: a Python with bpy, or
+Blender's executable in the background):
 install the add-on's zip as an extension, build three armatures by hand, run Generate and a few
 seconds of Live against the server at URL through the add-on's own operators and timer, and print
 JSON: per rig and mode the world positions (Y up, metres) of the bones standing for the SMPL joints,
 evaluated by Blender from the keyed action, their rest positions, and the source joints.
 
 Usage: python addon_check.py ZIP URL TOKEN OUT.json [LIVE_SECONDS]
+       blender --background --python addon_check.py -- ZIP URL TOKEN OUT.json [LIVE_SECONDS]
 """
 import json
 import math
@@ -15,8 +17,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-ZIP, URL, TOKEN, OUT = sys.argv[1:5]
-LIVE_SECONDS = float(sys.argv[5]) if len(sys.argv) > 5 else 3.0
+ARGS = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]   # Blender's own come first
+ZIP, URL, TOKEN, OUT = ARGS[:4]
+LIVE_SECONDS = float(ARGS[4]) if len(ARGS) > 4 else 3.0
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # tests/: the hand-drawn humanoids
 from _rigs import MIXAMO, PARENTS, RIGIFY, UNREAL4, humanoid  # noqa: E402
