@@ -45,6 +45,12 @@ def main(argv=None) -> int:
                     help="'distill': only the few-step head, on the bundle already at --out")
     ap.add_argument("--distill-steps", type=int, default=DISTILL_STEPS)
     ap.add_argument("--distill-conditions", type=int, default=DISTILL_CONDITIONS)
+    ap.add_argument("--distill-rounds", type=int, default=DISTILL_ROLLOUT_ROUNDS,
+                    help="rounds of the student's own rollouts (0: teacher-forced contexts only)")
+    ap.add_argument("--distill-guidance-weight", type=float, default=DISTILL_GUIDANCE_WEIGHT)
+    ap.add_argument("--distill-condition-blocks", type=int, default=DISTILL_CONDITION_BLOCKS,
+                    help="transformer blocks the student owns (0: ln_f and out_proj only; -1: none)")
+    ap.add_argument("--distill-work", default="distill", help="the distillation's folder inside --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.stages == "distill":
@@ -139,10 +145,17 @@ def main(argv=None) -> int:
     return 0
 
 
-# a few CPU minutes on 2 cores (longer runs help: runs/scratch d1, 1500 steps on 8192 conditions, docs/student.md)
-DISTILL_STEPS = 400
+# The student recipe (train/distill.py, docs/student.md): its own copy of the transformer's last block,
+# the guided-eps regression beside the energy score, rounds on its own rollouts, the round kept that
+# scores best end to end on the val split
+DISTILL_STEPS = 600
 DISTILL_CONDITIONS = 4096
 DISTILL_LR = 2e-4
+DISTILL_CONDITION_BLOCKS = 1
+DISTILL_GUIDANCE_STEPS = 100
+DISTILL_GUIDANCE_WEIGHT = 1.0
+DISTILL_ROLLOUT_ROUNDS = 2
+DISTILL_ROLLOUT_CONDITIONS = 2048
 
 
 def distill_only(args, argv) -> int:
@@ -174,8 +187,10 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     from motionstreamer.checkpoints import add_student_head, load_bundle
     from motionstreamer.data.humanml3d import load_mean_std, load_motions
     from motionstreamer.eval.head_quality import head_report
+    from motionstreamer.eval.selection import StudentSelector
+    from motionstreamer.models.evaluator import TMREvaluator
     from motionstreamer.models.text import TextEncoder
-    from motionstreamer.train.distill import DistillConfig, distill_head
+    from motionstreamer.train.distill import SELECTION_FILE, DistillConfig, distill_head
     from motionstreamer.train.stream import load_stream_examples
     from motionstreamer.train.t2m import embed_captions, load_latent_examples
     from motionstreamer.train.tae import encode_latents
@@ -200,12 +215,19 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     examples = load_latent_examples(latents, data, "train")
     examples += load_stream_examples(stream_root, stream_latents, "train")
     emb = embed_captions(examples, enc)
-    config = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
-                        lr=DISTILL_LR, warmup_steps=50,
-                        seed=args.seed, tensorboard=False)
-    ck = work / "distill" / "checkpoint_last.pt"
+    blocks = None if args.distill_condition_blocks < 0 else args.distill_condition_blocks
+    config = DistillConfig(out_dir=str(work / args.distill_work), steps=args.distill_steps,
+                           conditions=args.distill_conditions, lr=DISTILL_LR, warmup_steps=50, seed=args.seed,
+                           tensorboard=False, condition_blocks=blocks,
+                           guidance_steps=DISTILL_GUIDANCE_STEPS if args.distill_guidance_weight > 0 else 0,
+                           guidance_weight=args.distill_guidance_weight, rollout_rounds=args.distill_rounds,
+                           rollout_conditions=DISTILL_ROLLOUT_CONDITIONS)
+    # rounds are kept by what a user sees: evaluate t2m and evaluate stream on the val split, one repeat
+    select = StudentSelector(bundle, enc, TMREvaluator.load(out), data, stream_data=stream_root,
+                             split="val", stream_split="val", seed=args.seed)
+    ck = Path(config.out_dir) / "checkpoint_last.pt"
     student, res = distill_head(bundle, examples, emb, config, teacher_name="embedded default model",
-                                resume=ck if args.resume and ck.exists() else None)
+                                resume=ck if args.resume and ck.exists() else None, select=select)
     add_student_head(out, student)
     store_half(out)
     bundle = load_bundle(out)
@@ -213,7 +235,10 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     info = {"distillation": bundle.student.student_config.distillation,
             "steps_supported": list(bundle.student.student_config.steps),
             "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
-            "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(work / "distill")}
+            "recipe": {k: getattr(config, k) for k in ("condition_blocks", "guidance_steps", "guidance_weight",
+                                                       "rollout_rounds", "rollout_conditions", "lr")},
+            "selection": json.loads((Path(config.out_dir) / SELECTION_FILE).read_text()),
+            "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(Path(config.out_dir))}
     return info
 
 

@@ -33,6 +33,7 @@ from motionstreamer.models.few_step import (
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.train import distill
 from motionstreamer.train.distill import (
+    Contexts,
     DistillConfig,
     EnergyDistillObjective,
     TeacherBank,
@@ -67,13 +68,15 @@ def config(out_dir, **kw):
     return quiet(DistillConfig, **{**base, **kw})
 
 
-def own_vs_shuffled(student, t2m, pairs, steps: int = 2, n: int = 32) -> tuple[float, float]:
+def own_vs_shuffled(student, t2m, pairs, steps: int = 2, n: int = 32, student_rows=None) -> tuple[float, float]:
     """Mean energy distance of the student's samples to the teacher's for the same condition, and to the
-    teacher's for another condition (a fixed derangement)."""
+    teacher's for another condition (a fixed derangement). student_rows: the student's own condition
+    rows for the same contexts (its conditional path), default the teacher's cond rows."""
     C = pairs.shape[0]
+    rows = pairs[:, 0] if student_rows is None else student_rows
     with torch.no_grad():
         ref = teacher_samples(t2m.diff_loss, pairs, n, 4.0, 50, True, seed=11)
-        got = student.sample(pairs[:, 0].repeat_interleave(n, 0), settings=student_settings(steps),
+        got = student.sample(rows.repeat_interleave(n, 0), settings=student_settings(steps),
                              generator=torch.Generator().manual_seed(12)).reshape(C, n, -1)
     perm = torch.roll(torch.arange(C), 1)
     return float(energy_distance(got, ref).mean()), float(energy_distance(got, ref[perm]).mean())
@@ -85,8 +88,14 @@ def eval_pairs(teacher):
     t2m = load_bundle(bundle_dir).t2m
     # one condition per clip (its first target position): neighbours in the list belong to other clusters
     pairs = teacher_forced_conditions(t2m, examples, emb)
-    firsts = np.cumsum([0] + [len(e.latents_b) for e in examples])[:-1]
-    return t2m, pairs[torch.from_numpy(firsts)]
+    firsts = torch.from_numpy(np.cumsum([0] + [len(e.latents_b) for e in examples])[:-1])
+
+    def student_rows(student):
+        """The student's own condition rows at the same contexts (its conditional path over them)."""
+        with torch.no_grad():
+            return teacher_forced_conditions(student.model(t2m), examples, emb)[firsts, 0]
+
+    return t2m, pairs[firsts], student_rows
 
 
 def test_student_samples_follow_their_own_condition(teacher, eval_pairs, tmp_path):
@@ -94,10 +103,10 @@ def test_student_samples_follow_their_own_condition(teacher, eval_pairs, tmp_pat
     teacher's for a neighbouring clip's condition (another cluster): at 1 and 2 steps it is under a fifth
     of it (the teacher's own: ~0 against ~10; the student before distillation: 0.75 of it)."""
     bundle_dir, examples, emb = teacher
-    t2m, pairs = eval_pairs
+    t2m, pairs, student_rows = eval_pairs
     student, res = distill_head(load_bundle(bundle_dir), examples, emb, config(tmp_path / "run"), teacher_name="t")
     for steps in (1, 2):
-        own, other = own_vs_shuffled(student, t2m, pairs, steps)
+        own, other = own_vs_shuffled(student, t2m, pairs, steps, student_rows=student_rows(student))
         assert own < 0.2 * other, (steps, own, other)
 
 
@@ -106,15 +115,14 @@ def test_a_student_trained_on_a_zeroed_condition_fails_that_check(teacher, eval_
     the average over conditions (what is left of the condition is the teacher's initialisation), and its
     samples stay far from their own condition's teacher samples (0.39 of the other condition's here)."""
     bundle_dir, examples, emb = teacher
-    t2m, pairs = eval_pairs
-    real = TeacherBank.sample_batch
+    t2m, pairs, student_rows = eval_pairs
+    real = EnergyDistillObjective.conditions
 
-    def zeroed(self, gen, batch_size):
-        b = real(self, gen, batch_size)
-        return {**b, "cond": torch.zeros_like(b["cond"])}
-    monkeypatch.setattr(TeacherBank, "sample_batch", zeroed)
+    def zeroed(self, batch):       # the student's condition row, from its conditional path, zeroed
+        return torch.zeros_like(real(self, batch))
+    monkeypatch.setattr(EnergyDistillObjective, "conditions", zeroed)
     student, _ = distill_head(load_bundle(bundle_dir), examples, emb, config(tmp_path / "run"), teacher_name="t")
-    own, other = own_vs_shuffled(student, t2m, pairs, 1)
+    own, other = own_vs_shuffled(student, t2m, pairs, 1, student_rows=student_rows(student))
     assert own > 0.3 * other, (own, other)
 
 
@@ -127,6 +135,13 @@ def random_head(seed: int) -> StudentHead:
     return s.double()
 
 
+def as_teacher(head: StudentHead) -> torch.nn.Module:
+    """A frozen 'teacher model' whose head's network is `head`'s (all the guidance term reads of it)."""
+    m = torch.nn.Module()
+    m.diff_loss = head
+    return m
+
+
 def guidance_batch(B=6, n=4):
     g = torch.Generator().manual_seed(3)
     return {"cond": torch.randn(B, 32, generator=g, dtype=torch.float64),
@@ -134,9 +149,9 @@ def guidance_batch(B=6, n=4):
             "target": torch.randn(B, n, 16, generator=g, dtype=torch.float64)}
 
 
-def guidance_loss(student, teacher_net, cfg_scale, batch):
+def guidance_loss(student, teacher_head, cfg_scale, batch):
     torch.manual_seed(5)                      # the same x_t, t and sample for every scale
-    obj = EnergyDistillObjective(student, (1,), 2, teacher_net, cfg_scale, guidance_steps=1)
+    obj = EnergyDistillObjective(student, (1,), 2, as_teacher(teacher_head), cfg_scale, guidance_steps=1)
     loss, logs = obj(batch, 0)
     assert set(logs) == {"guidance_mse"} and torch.equal(logs["guidance_mse"], loss.detach())
     return float(loss.detach())
@@ -148,18 +163,18 @@ def test_guidance_term_is_quadratic_in_the_scale_around_one():
     teacher_head = random_head(0)
     student = random_head(0)
     batch = guidance_batch()
-    loss = {s: guidance_loss(student, teacher_head.net, s, batch) for s in (0.0, 1.0, 2.0, 3.0)}
+    loss = {s: guidance_loss(student, teacher_head, s, batch) for s in (0.0, 1.0, 2.0, 3.0)}
     assert loss[1.0] < 1e-20 and loss[0.0] > 1e-6
     assert loss[2.0] == pytest.approx(loss[0.0], rel=1e-9)
     assert loss[3.0] == pytest.approx(4 * loss[0.0], rel=1e-9)
     other = random_head(1)                                   # another network: off at s = 1 too
-    assert guidance_loss(other, teacher_head.net, 1.0, batch) > 1e-6
+    assert guidance_loss(other, teacher_head, 1.0, batch) > 1e-6
 
 
 def test_guidance_steps_come_first_then_the_energy_score():
     teacher_head, student = random_head(0), random_head(1)
     batch = guidance_batch()
-    obj = EnergyDistillObjective(student, (1, 2), 2, teacher_head.net, 3.0, guidance_steps=3)
+    obj = EnergyDistillObjective(student, (1, 2), 2, as_teacher(teacher_head), 3.0, guidance_steps=3)
     assert set(obj(batch, 2)[1]) == {"guidance_mse"}                 # the last guidance step
     assert set(obj(batch, 3)[1]) == {"energy_distance_1", "energy_distance_2"}
 
@@ -170,7 +185,7 @@ def test_guidance_weight_adds_the_weighted_term():
 
     def total(weight):
         torch.manual_seed(9)
-        obj = EnergyDistillObjective(student, (1, 2), 2, teacher_head.net, 3.0, guidance_weight=weight)
+        obj = EnergyDistillObjective(student, (1, 2), 2, as_teacher(teacher_head), 3.0, guidance_weight=weight)
         loss, logs = obj(batch, 0)
         return float(loss.detach()), logs
 
@@ -189,11 +204,19 @@ def test_guidance_needs_the_teachers_network():
 
 
 # ----------------------------------------------------------------------------- the cached teacher bank
+def bank_of(pairs, samples, meta) -> TeacherBank:
+    """A bank of N one-latent contexts (target i: sequence i, position 0) with these rows and samples."""
+    N = pairs.shape[0]
+    contexts = Contexts(torch.zeros(N, 1, 16), torch.ones(N, dtype=torch.long), torch.zeros(N, dtype=torch.long),
+                        torch.zeros(N, 8))
+    return TeacherBank(contexts, torch.arange(N), torch.zeros(N, dtype=torch.long), pairs, samples, meta)
+
+
 def test_bank_is_reused_only_with_the_same_metadata(tmp_path):
     c = config(tmp_path)
     meta = bank_meta(c, True, "teacher A")
     pairs, samples = torch.randn(5, 2, 32), torch.randn(5, 3, 16)
-    TeacherBank(pairs, samples, meta).save(tmp_path / "bank.pt")
+    bank_of(pairs, samples, meta).save(tmp_path / "bank.pt")
     same = TeacherBank.load(tmp_path / "bank.pt", dict(meta))
     assert torch.equal(same.pairs, pairs) and torch.equal(same.samples, samples)
     changed = {"teacher": "teacher B", "cfg_scale": 2.0, "teacher_steps": 49, "skip_terminal_step": False,
@@ -232,10 +255,10 @@ def test_distill_rebuilds_a_stale_bank_and_reuses_a_matching_one(teacher, tmp_pa
                                            ((3, 2), (3, 4, 16)), ((3, 2, 8), (3, 16))])
 def test_bank_shapes(pairs, samples):
     if pairs == (3, 2, 8) and samples == (3, 4, 16):
-        TeacherBank(torch.zeros(pairs), torch.zeros(samples), {})
+        bank_of(torch.zeros(pairs), torch.zeros(samples), {})
         return
     with pytest.raises(ValueError, match="bank shapes do not fit"):
-        TeacherBank(torch.zeros(pairs), torch.zeros(samples), {})
+        bank_of(torch.zeros(pairs), torch.zeros(samples), {})
 
 
 @pytest.mark.parametrize("which", ["pairs", "samples"])
@@ -244,7 +267,7 @@ def test_one_non_finite_value_in_the_bank_is_refused(which, where):
     pairs, samples = torch.zeros(3, 2, 8), torch.zeros(3, 4, 16)
     {"pairs": pairs, "samples": samples}[which].view(-1)[where] = float("inf")
     with pytest.raises(ValueError, match="NaN/inf"):
-        TeacherBank(pairs, samples, {})
+        bank_of(pairs, samples, {})
 
 
 # ----------------------------------------------------------------------------- metrics against transcriptions
