@@ -80,7 +80,8 @@ class Contexts:
         S = self.latents.shape[0]
         if not (self.lengths.shape == self.first.shape == (S,) and self.text.shape[0] == S):
             raise ValueError(f"contexts do not fit: latents {tuple(self.latents.shape)}, lengths "
-                             f"{tuple(self.lengths.shape)}, first {tuple(self.first.shape)}, text {tuple(self.text.shape)}")
+                             f"{tuple(self.lengths.shape)}, first {tuple(self.first.shape)}, "
+                             f"text {tuple(self.text.shape)}")
         if S and not bool(((0 <= self.first) & (self.first < self.lengths)).all()):
             raise ValueError("every context needs a target position (0 <= first < length)")
 
@@ -276,7 +277,8 @@ class TeacherBank:
             raise ValueError("the teacher bank holds NaN/inf (the teacher diverged on these conditions?)")
         if N and (int(seq.max()) >= len(contexts) or bool((pos >= contexts.lengths[seq]).any())):
             raise ValueError("bank targets point outside their contexts")
-        self.contexts, self.seq, self.pos, self.pairs, self.samples, self.meta = contexts, seq, pos, pairs, samples, meta
+        self.contexts, self.seq, self.pos, self.meta = contexts, seq, pos, meta
+        self.pairs, self.samples = pairs, samples
         self.source = torch.zeros(N, dtype=torch.long) if source is None else source
         self.weights = torch.ones(N)
 
