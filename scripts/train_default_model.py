@@ -48,8 +48,12 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-rounds", type=int, default=DISTILL_ROLLOUT_ROUNDS,
                     help="rounds of the student's own rollouts (0: teacher-forced contexts only)")
     ap.add_argument("--distill-guidance-weight", type=float, default=DISTILL_GUIDANCE_WEIGHT)
+    ap.add_argument("--distill-guidance-steps", type=int, default=DISTILL_GUIDANCE_STEPS,
+                    help="first steps on the guided-eps regression alone")
     ap.add_argument("--distill-condition-blocks", type=int, default=DISTILL_CONDITION_BLOCKS,
                     help="transformer blocks the student owns (0: ln_f and out_proj only; -1: none)")
+    ap.add_argument("--distill-switch-share", type=float, default=DISTILL_SWITCH_SHARE,
+                    help="share of the bank's targets right after a prompt change")
     ap.add_argument("--distill-work", default="distill", help="the distillation's folder inside --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -156,6 +160,7 @@ DISTILL_GUIDANCE_STEPS = 100
 DISTILL_GUIDANCE_WEIGHT = 1.0
 DISTILL_ROLLOUT_ROUNDS = 2
 DISTILL_ROLLOUT_CONDITIONS = 2048
+DISTILL_SWITCH_SHARE = 0.0
 
 
 def distill_only(args, argv) -> int:
@@ -219,9 +224,9 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     config = DistillConfig(out_dir=str(work / args.distill_work), steps=args.distill_steps,
                            conditions=args.distill_conditions, lr=DISTILL_LR, warmup_steps=50, seed=args.seed,
                            tensorboard=False, condition_blocks=blocks,
-                           guidance_steps=DISTILL_GUIDANCE_STEPS if args.distill_guidance_weight > 0 else 0,
+                           guidance_steps=args.distill_guidance_steps,
                            guidance_weight=args.distill_guidance_weight, rollout_rounds=args.distill_rounds,
-                           rollout_conditions=DISTILL_ROLLOUT_CONDITIONS)
+                           rollout_conditions=DISTILL_ROLLOUT_CONDITIONS, switch_share=args.distill_switch_share)
     # rounds are kept by what a user sees: evaluate t2m and evaluate stream on the val split, one repeat
     select = StudentSelector(bundle, enc, TMREvaluator.load(out), data, stream_data=stream_root,
                              split="val", stream_split="val", seed=args.seed)
@@ -236,7 +241,7 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
             "steps_supported": list(bundle.student.student_config.steps),
             "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
             "recipe": {k: getattr(config, k) for k in ("condition_blocks", "guidance_steps", "guidance_weight",
-                                                       "rollout_rounds", "rollout_conditions", "lr")},
+                                                       "rollout_rounds", "rollout_conditions", "switch_share", "lr")},
             "selection": json.loads((Path(config.out_dir) / SELECTION_FILE).read_text()),
             "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(Path(config.out_dir))}
     return info

@@ -433,6 +433,26 @@ def test_contexts_targets_and_batches():
     assert torch.equal(both.latents[:2, :5], c.latents) and not both.latents[:2, 5:].any()   # padded with zeros
 
 
+def test_switch_share_draws_targets_right_after_a_prompt_change():
+    """switch_share of the drawn targets sit in the first 3 positions after a history (a prompt change);
+    0 draws uniformly; more than there are takes them all and fills up with the rest."""
+    L = 30
+    ctx = Contexts(torch.zeros(40, L, 16), torch.full((40,), L), torch.tensor([0] * 20 + [10] * 20), torch.zeros(40, 8))
+    # 20 switch contexts x 3 switch positions = 60 of 20 * 30 + 20 * 20 = 1000 targets
+    def near(seq, pos):
+        return sum(1 for q, p in zip(seq.tolist(), pos.tolist()) if q >= 20 and 10 <= p < 13)
+    seq, pos = ctx.targets(200, seed=0, switch_share=0.25)
+    assert len(seq) == 200 and near(seq, pos) == 50
+    assert len(set(zip(seq.tolist(), pos.tolist()))) == 200                       # without replacement
+    seq, pos = ctx.targets(400, seed=0, switch_share=0.5)                       # 200 asked, 60 exist
+    assert len(seq) == 400 and near(seq, pos) == 60
+    seq, pos = ctx.targets(500, seed=0)                                        # uniform: about 6% of 500
+    assert 15 <= near(seq, pos) <= 45
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="switch_share"):
+            ctx.targets(10, switch_share=bad)
+
+
 def test_merged_bank_draws_the_new_rounds_share():
     c = small_contexts()
     mk = lambda n, src: TeacherBank(c, torch.zeros(n, dtype=torch.long), torch.full((n,), 2), torch.zeros(n, 2, 4),  # noqa: E731

@@ -220,7 +220,7 @@ def test_bank_is_reused_only_with_the_same_metadata(tmp_path):
     same = TeacherBank.load(tmp_path / "bank.pt", dict(meta))
     assert torch.equal(same.pairs, pairs) and torch.equal(same.samples, samples)
     changed = {"teacher": "teacher B", "cfg_scale": 2.0, "teacher_steps": 49, "skip_terminal_step": False,
-               "conditions": 65, "teacher_samples": 9, "seed": 1, "all_captions": False}
+               "conditions": 65, "teacher_samples": 9, "seed": 1, "all_captions": False, "switch_share": 0.5}
     assert set(changed) == set(meta)                         # every input of the bank is in its metadata
     for key, value in changed.items():
         assert TeacherBank.load(tmp_path / "bank.pt", {**meta, key: value}) is None, key

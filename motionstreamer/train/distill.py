@@ -66,6 +66,9 @@ METHOD = ("energy-score distillation of the guided ancestral sampler with a lear
 
 
 # ----------------------------------------------------------------------------- contexts
+SWITCH_LATENTS = 3   # positions after a prompt change that count as the switch (0.4 s at 30 fps)
+
+
 @dataclass
 class Contexts:
     """Latent sequences and the caption each runs under: sequence i is [text[i] token, latents[i,
@@ -100,16 +103,29 @@ class Contexts:
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def targets(self, count: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sequence, position) of every target, or `count` of them drawn uniformly without replacement
-        (seeded), in sequence order."""
+    def targets(self, count: int | None = None, seed: int = 0, switch_share: float = 0.0,
+                switch_latents: int = SWITCH_LATENTS) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequence, position) of every target, or `count` of them drawn without replacement (seeded),
+        in sequence order: uniformly, or with `switch_share` of them (as far as there are) among the
+        first `switch_latents` positions after a prompt change (a context whose targets start after a
+        history: where the new text must take over, and where guidance moves the teacher most)."""
         n = (self.lengths - self.first).tolist()
         seq = torch.repeat_interleave(torch.arange(len(self)), torch.tensor(n, dtype=torch.long))
         pos = torch.cat([torch.arange(a, b) for a, b in zip(self.first.tolist(), self.lengths.tolist())])
         if count is not None and count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        if not 0.0 <= switch_share <= 1.0:
+            raise ValueError(f"switch_share must be in [0, 1], got {switch_share}")
         if count is not None and count < len(seq):
-            keep = np.sort(np.random.default_rng(seed).choice(len(seq), size=count, replace=False))
+            rng = np.random.default_rng(seed)
+            first = self.first[seq]
+            switch = ((first > 0) & (pos < first + switch_latents)).numpy()
+            near, rest = np.flatnonzero(switch), np.flatnonzero(~switch)
+            k = min(len(near), round(switch_share * count)) if switch_share else 0
+            keep = np.concatenate([rng.choice(near, size=k, replace=False),
+                                   rng.choice(rest, size=min(len(rest), count - k), replace=False)]) if k else \
+                rng.choice(len(seq), size=count, replace=False)
+            keep = np.sort(keep)
             seq, pos = seq[keep], pos[keep]
         return seq, pos
 
@@ -320,7 +336,7 @@ class TeacherBank:
 def build_bank(t2m, contexts: Contexts, count: int, config: "DistillConfig", skip: bool, empty: torch.Tensor,
                seed: int, meta: dict, env: Dist, source: int = 0) -> TeacherBank:
     """`count` targets of the contexts with the teacher's rows and guided samples."""
-    seq, pos = contexts.targets(count, seed)
+    seq, pos = contexts.targets(count, seed, config.switch_share)
     pairs = context_conditions(t2m, contexts, seq, pos, empty)
     samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps,
                               skip, seed, config.bank_chunk, env.rank, env.world_size)
@@ -455,6 +471,7 @@ class DistillConfig(TrainConfig):
     rollout_conditions: int = 4096     # targets per rollout bank
     rollout_fraction: float = 0.5      # share of each batch drawn from the newest rollout bank
     rollout_steps: int | None = None   # the student's step count while rolling out (None: its default)
+    switch_share: float = 0.0          # share of each bank's targets right after a prompt change
 
     LEGACY_KEYS = {"cfg": "cfg_scale", "skip_terminal": "skip_terminal_step"}   # before the one sampler vocabulary
 
@@ -481,6 +498,8 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"{name}.condition_blocks must be >= 0 or null, got {self.condition_blocks}")
         if self.rollout_rounds < 0 or self.rollout_rounds >= self.steps:
             raise ValueError(f"{name}.rollout_rounds must be in [0, steps), got {self.rollout_rounds}")
+        if not (math.isfinite(self.switch_share) and 0 <= self.switch_share <= 1):
+            raise ValueError(f"{name}.switch_share must be in [0, 1], got {self.switch_share}")
         if not 0 < self.rollout_fraction <= 1:
             raise ValueError(f"{name}.rollout_fraction must be in (0, 1], got {self.rollout_fraction}")
         for k in ("teacher_steps", "conditions", "bank_chunk", "rollout_conditions"):
@@ -499,7 +518,8 @@ class DistillConfig(TrainConfig):
 def bank_meta(config: DistillConfig, skip_terminal_step: bool, teacher: str) -> dict:
     return {"teacher": teacher, "cfg_scale": config.cfg_scale, "teacher_steps": config.teacher_steps,
             "skip_terminal_step": skip_terminal_step, "conditions": config.conditions,
-            "teacher_samples": config.teacher_samples, "seed": config.seed, "all_captions": config.all_captions}
+            "teacher_samples": config.teacher_samples, "seed": config.seed, "all_captions": config.all_captions,
+            "switch_share": config.switch_share}
 
 
 def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> StudentHeadConfig:
