@@ -54,6 +54,7 @@ def main(argv=None) -> int:
                     help="transformer blocks the student owns (0: ln_f and out_proj only; -1: none)")
     ap.add_argument("--distill-switch-share", type=float, default=DISTILL_SWITCH_SHARE,
                     help="share of the bank's targets right after a prompt change")
+    ap.add_argument("--distill-lr", type=float, default=DISTILL_LR)
     ap.add_argument("--distill-work", default="distill", help="the distillation's folder inside --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -222,7 +223,7 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     emb = embed_captions(examples, enc)
     blocks = None if args.distill_condition_blocks < 0 else args.distill_condition_blocks
     config = DistillConfig(out_dir=str(work / args.distill_work), steps=args.distill_steps,
-                           conditions=args.distill_conditions, lr=DISTILL_LR, warmup_steps=50, seed=args.seed,
+                           conditions=args.distill_conditions, lr=args.distill_lr, warmup_steps=50, seed=args.seed,
                            tensorboard=False, condition_blocks=blocks,
                            guidance_steps=args.distill_guidance_steps,
                            guidance_weight=args.distill_guidance_weight, rollout_rounds=args.distill_rounds,
