@@ -150,18 +150,20 @@ def main(argv=None) -> int:
     return 0
 
 
-# The student recipe (train/distill.py, docs/student.md): its own copy of the transformer's last block,
-# the guided-eps regression beside the energy score, rounds on its own rollouts, the round kept that
-# scores best end to end on the val split
-DISTILL_STEPS = 600
+# The student recipe (train/distill.py; docs/student.md compares runs A-D): its own copy of the
+# transformer's last block, the guided-eps regression (alone for the first steps, then beside the
+# energy score), a share of the targets right after prompt changes; the defaults are run C, the best
+# selector score so far (not yet the teacher's quality). --distill-rounds adds rounds on the student's
+# own rollouts (runs A, B: no gain measured), each round kept only if it scores best end to end.
+DISTILL_STEPS = 900
 DISTILL_CONDITIONS = 4096
 DISTILL_LR = 2e-4
 DISTILL_CONDITION_BLOCKS = 1
-DISTILL_GUIDANCE_STEPS = 100
-DISTILL_GUIDANCE_WEIGHT = 1.0
-DISTILL_ROLLOUT_ROUNDS = 2
+DISTILL_GUIDANCE_STEPS = 200
+DISTILL_GUIDANCE_WEIGHT = 10.0
+DISTILL_ROLLOUT_ROUNDS = 0
 DISTILL_ROLLOUT_CONDITIONS = 2048
-DISTILL_SWITCH_SHARE = 0.0
+DISTILL_SWITCH_SHARE = 0.3
 
 
 def distill_only(args, argv) -> int:
