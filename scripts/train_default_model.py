@@ -55,6 +55,11 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-switch-share", type=float, default=DISTILL_SWITCH_SHARE,
                     help="share of the bank's targets right after a prompt change")
     ap.add_argument("--distill-lr", type=float, default=DISTILL_LR)
+    ap.add_argument("--distill-keep-guidance", action="store_true",
+                    help="the student keeps the teacher's guidance ([cond; uncond] rows) and distils only the steps "
+                         "(needs --distill-condition-blocks -1)")
+    ap.add_argument("--distill-student-steps", default="1,2,4",
+                    help="comma-separated step counts the student is trained for; its default is the largest")
     ap.add_argument("--distill-work", default="distill", help="the distillation's folder inside --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,7 +234,9 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
                            tensorboard=False, condition_blocks=blocks,
                            guidance_steps=args.distill_guidance_steps,
                            guidance_weight=args.distill_guidance_weight, rollout_rounds=args.distill_rounds,
-                           rollout_conditions=DISTILL_ROLLOUT_CONDITIONS, switch_share=args.distill_switch_share)
+                           rollout_conditions=DISTILL_ROLLOUT_CONDITIONS, switch_share=args.distill_switch_share,
+                           keep_guidance=args.distill_keep_guidance,
+                           student_steps=tuple(int(k) for k in args.distill_student_steps.split(",")))
     # rounds are kept by what a user sees: evaluate t2m and evaluate stream on the val split, one repeat
     select = StudentSelector(bundle, enc, TMREvaluator.load(out), data, stream_data=stream_root,
                              split="val", stream_split="val", seed=args.seed)
@@ -244,7 +251,8 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
             "steps_supported": list(bundle.student.student_config.steps),
             "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
             "recipe": {k: getattr(config, k) for k in ("condition_blocks", "guidance_steps", "guidance_weight",
-                                                       "rollout_rounds", "rollout_conditions", "switch_share", "lr")},
+                                                       "rollout_rounds", "rollout_conditions", "switch_share", "lr",
+                                                       "keep_guidance", "student_steps")},
             "selection": json.loads((Path(config.out_dir) / SELECTION_FILE).read_text()),
             "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(Path(config.out_dir))}
     return info

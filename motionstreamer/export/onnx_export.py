@@ -275,15 +275,16 @@ def graph_specs(t2m, tae, heads: list[SamplerSettings], student=None) -> dict:
         specs.update(transformer_specs(student.model(t2m), STUDENT_SUFFIX))
     for s in heads:
         name = head_graph_name(s)
-        if s.head == "student":
+        if s.head == "student" and not s.guided:
             S = student.sampling_process(s.sampling_steps).num_timesteps
             specs[name] = GraphSpec(f"{name}.onnx", StudentSampleGraph(student, s),
                                     {"cond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "temperature": [1]},
                                     {"latent": ["B", Z]})
             continue
-        S = t2m.diff_loss.sampling_process(s.sampling_steps, s.skip_terminal_step).num_timesteps
+        head = student if s.head == "student" else t2m.diff_loss   # a guided student: the teacher's graph form
+        S = head.sampling_process(s.sampling_steps, s.skip_terminal_step).num_timesteps
         specs[name] = GraphSpec(
-            f"{name}.onnx", HeadSampleGraph(t2m.diff_loss, s),
+            f"{name}.onnx", HeadSampleGraph(head, s),
             {"cond": ["B", E], "uncond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "cfg_scale": [1],
              "temperature": [1]}, {"latent": ["B", Z]})
     return specs
@@ -316,7 +317,8 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
             if student is None:
                 raise ValueError("variant ('student', ...): this bundle has no few-step student head")
             student.student_config.check_steps(n)
-            heads.append(SamplerSettings(sampling_steps=n, skip_terminal_step=skip, head="student"))
+            heads.append(SamplerSettings(sampling_steps=n, skip_terminal_step=skip, head="student",
+                                         cfg_scale=student.student_config.cfg_scale))
         else:
             heads.append(SamplerSettings(sampling_steps=n, sampler=sampler, skip_terminal_step=skip))
     specs = graph_specs(t2m, tae, heads, student.float().cpu().eval() if student is not None else None)

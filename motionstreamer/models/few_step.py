@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from motionstreamer.config import current_keys
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
-from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, sample_loop
+from motionstreamer.models.sampling import SAMPLER_RANGES, GaussianDiffusion, SamplerSettings, sample_loop
 from motionstreamer.models.transformer import Block, RMSNorm, T2MConfig, TextToMotionModel
 
 HEAD_KIND = "few-step"
@@ -62,6 +62,10 @@ class StudentHeadConfig:
     # the last transformer blocks the student owns, with ln_f and out_proj (its conditional path);
     # None: it conditions on the teacher's transformer
     condition_blocks: int | None = None
+    # the guidance scale the student samples with: 1 = one condition row, no guidance (the student's
+    # row carries it); else rows [cond; uncond] and eps_u + cfg_scale (eps_c - eps_u), both from the
+    # student's network: the teacher's guidance kept, its 50 steps distilled into `steps`
+    cfg_scale: float = 1.0
 
     # the names bundles written before the one sampler vocabulary use (read, never written)
     LEGACY_KEYS = {"teacher_cfg": "teacher_cfg_scale", "teacher_skip_terminal": "teacher_skip_terminal_step",
@@ -86,7 +90,16 @@ class StudentHeadConfig:
                 or not np.isfinite(self.teacher_cfg_scale):
             raise ValueError(f"student_head.teacher_cfg_scale must be a finite number, got {self.teacher_cfg_scale!r}")
         self.teacher_cfg_scale = float(self.teacher_cfg_scale)
+        low, high = SAMPLER_RANGES["cfg_scale"]
+        if not isinstance(self.cfg_scale, (int, float)) or isinstance(self.cfg_scale, bool) \
+                or not low <= self.cfg_scale <= high:
+            raise ValueError(f"student_head.cfg_scale must be a finite number in [{low:g}, {high:g}], "
+                             f"got {self.cfg_scale!r}")
+        self.cfg_scale = float(self.cfg_scale)
         k = self.condition_blocks
+        if k is not None and self.cfg_scale != 1.0:
+            raise ValueError("a guided student (student_head.cfg_scale != 1) conditions on the teacher's transformer "
+                             f"rows; it cannot own a conditional path (condition_blocks {k})")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"student_head.condition_blocks must be null or an int >= 0, got {k!r}")
 
@@ -119,9 +132,9 @@ def teacher_top_timestep(head: DiffusionHeadConfig, skip_terminal_step: bool) ->
     return head.num_train_steps - (2 if skip_terminal_step else 1)
 
 
-def student_settings(steps: int, temperature: float = 1.0) -> SamplerSettings:
-    """How a student samples in `steps` steps."""
-    return SamplerSettings(sampling_steps=steps, temperature=temperature, head="student")
+def student_settings(steps: int, temperature: float = 1.0, cfg_scale: float = 1.0) -> SamplerSettings:
+    """How a student samples in `steps` steps (cfg_scale: its StudentHeadConfig's)."""
+    return SamplerSettings(sampling_steps=steps, temperature=temperature, cfg_scale=cfg_scale, head="student")
 
 
 class ConditionPath(nn.Module):
@@ -196,19 +209,26 @@ class StudentHead(DiffLoss):
         return self._sampling[key]
 
     def rollout(self, cond: torch.Tensor, steps: int, noise: tuple[torch.Tensor, torch.Tensor],
-                repeats: int = 1) -> torch.Tensor:
+                repeats: int = 1, uncond: torch.Tensor | None = None) -> torch.Tensor:
         """The k-step sampler with gradients (training): `repeats` samples per condition (rows
         i*repeats .. (i+1)*repeats - 1 of the (B * repeats, latent) result), the AdaLN modulations
-        computed once per condition. noise as for sample(), for B * repeats rows."""
+        computed once per condition. noise as for sample(), for B * repeats rows. A guided student
+        (student_config.cfg_scale != 1) needs `uncond` (B, cond_dim), the rows sampling pairs with cond."""
         if cond.dim() != 2 or cond.shape[1] != self.config.cond_dim:
             raise ValueError(f"cond must have shape (B, {self.config.cond_dim}), got {tuple(cond.shape)}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        cfg_scale = self.student_config.cfg_scale
+        guided = cfg_scale != 1.0
+        if guided and (uncond is None or uncond.shape != cond.shape):
+            raise ValueError(f"a guided student needs uncond rows shaped as cond {tuple(cond.shape)}, got "
+                             f"{None if uncond is None else tuple(uncond.shape)}")
         proc = self.sampling_process(steps)
         x, step_noise = self._sampling_inputs(cond.repeat_interleave(repeats, 0), None, proc.num_timesteps, noise, None)
-        mods = self.net.modulations(cond, self.model_timesteps(steps, cond.device))
+        rows = torch.cat([cond, uncond]) if guided else cond
+        mods = self.net.modulations(rows, self.model_timesteps(steps, cond.device))
         if repeats > 1:
             mods = {"blocks": mods["blocks"].repeat_interleave(repeats, 2),
                     "final": mods["final"].repeat_interleave(repeats, 1)}
         return sample_loop(lambda x, i: self.net.forward_with_modulations(x, mods, i), x,
-                           proc.step_coefficients("ddpm"), step_noise)
+                           proc.step_coefficients("ddpm"), step_noise, cfg_scale if guided else None)

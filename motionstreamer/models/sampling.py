@@ -39,9 +39,10 @@ class SamplerSettings:
     the original) or "ddim" (eta-scaled noise; eta 0 is deterministic given x_T). cfg_scale:
     classifier-free guidance, eps = eps_u + cfg_scale (eps_c - eps_u); 1 turns guidance off.
     temperature scales the step noise. skip_terminal_step: start one step after the degenerate
-    terminal step (DiffLoss.sampling_process). head: "teacher" (the model's guided head, the
-    original algorithm) or "student" (the bundle's distilled few-step head: one condition row, no
-    guidance, so cfg_scale is not used; ancestral DDPM only, as it was trained)."""
+    terminal step (DiffLoss.sampling_process). head: "teacher" (the model's guided head, the original
+    algorithm) or "student" (the bundle's distilled few-step head, ancestral DDPM only, as it was
+    trained; cfg_scale is the student's own: 1 for a one-row student, the teacher's scale for one that
+    keeps guidance)."""
     sampling_steps: int = 50
     sampler: str = "ddpm"
     cfg_scale: float = 4.0
@@ -67,9 +68,10 @@ class SamplerSettings:
 
     @property
     def guided(self) -> bool:
-        """Classifier-free guidance runs (the teacher with cfg_scale != 1): the one place this is decided.
-        A student reproduces the guided distribution from the conditional row alone."""
-        return self.head == "teacher" and self.cfg_scale != 1.0
+        """Classifier-free guidance runs (cfg_scale != 1): the one place this is decided. A student's
+        settings carry its own scale (StudentHeadConfig.cfg_scale, set by resolve_config): 1 for one that
+        samples from its conditional row alone."""
+        return self.cfg_scale != 1.0
 
     @property
     def condition_rows(self) -> int:

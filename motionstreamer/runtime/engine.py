@@ -91,8 +91,10 @@ def resolve_config(config: GenerationConfig, bundle_config: BundleConfig | None 
     if thr is None:
         thr = ORIGINAL_END_THRESHOLD if b.end_threshold is None else b.end_threshold
     head, steps = student_choice(config.head or b.sampler.head or "teacher", config.sampling_steps, b.student_head)
+    # a student samples with the guidance scale it was distilled for (1: its one row carries guidance)
+    cfg_scale = b.student_head.cfg_scale if head == "student" else config.cfg_scale
     return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,
-                               sampling_steps=steps)
+                               sampling_steps=steps, cfg_scale=cfg_scale)
 
 
 def student_choice(head: str, steps: int | None, student: StudentHeadConfig | None) -> tuple[str, int]:
@@ -167,8 +169,8 @@ class StreamingEngine:
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
-            # a student needs no unconditional rows: its cache holds one row per stream
-            rows = {"condition_rows": 1} if self.settings.head == "student" else {}
+            # a one-row student needs no unconditional rows: its cache holds one row per stream
+            rows = {"condition_rows": self.rows} if self.settings.head == "student" else {}
             backend = cls(bundle, capacity, device, dtype or p.dtype, head=self.settings.head, **rows)
         check_head(backend, self.settings)
         if backend.condition_rows < self.rows:

@@ -395,6 +395,12 @@ class EnergyDistillObjective(torch.nn.Module):
                          lengths=batch["lengths"].to(w.device))
         return out[batch["row"].to(w.device), batch["pos"].to(w.device)]
 
+    def unconditions(self, batch: dict, cond: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's uncond rows for a guided student (it samples on [cond; uncond]), else None."""
+        if self.student.student_config.cfg_scale == 1.0:
+            return None
+        return batch["uncond"].to(cond.device, cond.dtype)
+
     def forward(self, batch: dict, step: int):
         cond = self.conditions(batch)
         if step < self.guidance_steps:
@@ -410,7 +416,8 @@ class EnergyDistillObjective(torch.nn.Module):
             k_noise = self.student.sampling_process(k).num_timesteps
             noise = (torch.randn(B * m, d, device=w.device, dtype=w.dtype),
                      torch.randn(k_noise, B * m, d, device=w.device, dtype=w.dtype))
-            x = self.student.rollout(cond, k, noise, repeats=m).float().reshape(B, m, d)
+            x = self.student.rollout(cond, k, noise, repeats=m, uncond=self.unconditions(batch, cond)
+                                     ).float().reshape(B, m, d)
             score = energy_score(x, target)
             total = total + score
             logs[f"energy_distance_{k}"] = (2 * score - yy).detach()
@@ -436,7 +443,13 @@ class EnergyDistillObjective(torch.nn.Module):
         with torch.no_grad():
             e_c, e_u = self.teacher.diff_loss.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, u])).chunk(2)
             guided = e_u + self.cfg_scale * (e_c - e_u)
-        loss = ((self.student.net(x_t, t, cond) - guided) ** 2).mean()
+        uncond = self.unconditions(batch, cond)
+        if uncond is None:
+            mine = self.student.net(x_t, t, cond)
+        else:   # a guided student's eps as it samples: its own guidance on [cond; uncond]
+            e_c, e_u = self.student.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
+            mine = e_u + self.student.student_config.cfg_scale * (e_c - e_u)
+        loss = ((mine - guided) ** 2).mean()
         return loss, {"guidance_mse": loss.detach()}
 
 
@@ -472,6 +485,9 @@ class DistillConfig(TrainConfig):
     rollout_fraction: float = 0.5      # share of each batch drawn from the newest rollout bank
     rollout_steps: int | None = None   # the student's step count while rolling out (None: its default)
     switch_share: float = 0.0          # share of each bank's targets right after a prompt change
+    # keep guidance at run time: the student samples on [cond; uncond] rows with cfg_scale (two rows
+    # per stream, as the teacher), so only the step count is distilled; needs condition_blocks None
+    keep_guidance: bool = False
 
     LEGACY_KEYS = {"cfg": "cfg_scale", "skip_terminal": "skip_terminal_step"}   # before the one sampler vocabulary
 
@@ -494,6 +510,9 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"{name}.guidance_steps must be in [0, steps), got {self.guidance_steps}")
         if not (math.isfinite(self.guidance_weight) and self.guidance_weight >= 0):
             raise ValueError(f"{name}.guidance_weight must be a finite number >= 0, got {self.guidance_weight}")
+        if self.keep_guidance and self.condition_blocks is not None:
+            raise ValueError(f"{name}.keep_guidance samples on the teacher's [cond; uncond] rows: set condition_blocks "
+                             f"to null, not {self.condition_blocks}")
         if self.condition_blocks is not None and self.condition_blocks < 0:
             raise ValueError(f"{name}.condition_blocks must be >= 0 or null, got {self.condition_blocks}")
         if self.rollout_rounds < 0 or self.rollout_rounds >= self.steps:
@@ -529,7 +548,8 @@ def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> S
                              top_timestep=teacher_top_timestep(head, skip_terminal_step),
                              teacher_cfg_scale=config.cfg_scale, teacher_steps=config.teacher_steps,
                              teacher_skip_terminal_step=skip_terminal_step, distillation=METHOD,
-                             condition_blocks=config.condition_blocks)
+                             condition_blocks=config.condition_blocks,
+                             cfg_scale=config.cfg_scale if config.keep_guidance else 1.0)
 
 
 def teacher_skip_terminal_step(config: DistillConfig, bundle) -> bool:
