@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer.models.goal import GOAL_DIM
 from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer.train.goals import goal_window, latent_root_path, sample_goals
 from motionstreamer.utils import load_npy
 
 
@@ -51,16 +53,24 @@ class T2MTrainConfig(TrainConfig):
     drop_edge_prob: float = 1 / 3      # drop first or last latent with this probability
     two_forward: bool = True
     diffmlps_batch_mul: int = 4        # each target token's head loss at this many timesteps (the original's name)
+    goal_prob: float = 0.0             # share of sequences given a goal (train/goals.py; the model needs a goal
+                                       # module); 0: text only, the original recipe
+    goal_horizon_s: tuple = (0.5, 6.0)  # how far ahead (seconds) a goal is taken from the clip's own path
 
     def check(self) -> None:
         super().check()
-        for k in ("text_dropout", "drop_edge_prob"):
+        for k in ("text_dropout", "drop_edge_prob", "goal_prob"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"T2MTrainConfig.{k} must be in [0, 1], got {getattr(self, k)}")
         if self.max_latents < 2:
             raise ValueError(f"T2MTrainConfig.max_latents must be >= 2 (text token + one latent), got {self.max_latents}")
         if self.diffmlps_batch_mul < 1:
             raise ValueError(f"T2MTrainConfig.diffmlps_batch_mul must be >= 1, got {self.diffmlps_batch_mul}")
+        h = tuple(self.goal_horizon_s)
+        if len(h) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h) \
+                or not 0 < h[0] <= h[1] < math.inf:
+            raise ValueError(f"T2MTrainConfig.goal_horizon_s must be (min, max) seconds with 0 < min <= max, got "
+                             f"{self.goal_horizon_s!r}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -71,6 +81,8 @@ class LatentExample:
     latents_b: np.ndarray              # (Lb, 16) target latents, end latent included
     edge_drop: bool = True             # plain clips may lose their first/last latent (augmentation)
     captions: tuple = ()               # all captions of a whole clip; one is drawn per sample (as the original)
+    path: np.ndarray | None = None     # (La + Lb + 1, 3) root (x, z, yaw) before each latent of [A, B], for goals
+    ends: bool = False                 # latents_b's last row is the end latent
 
     def all_captions(self) -> tuple:
         return self.captions or (self.caption,)
@@ -93,6 +105,12 @@ class LatentTextData:
                     raise ValueError(f"example {i} ({ex.caption!r}): {name} must be (L, {self.latent_dim}), got {a.shape}")
             if len(ex.latents_b) == 0:
                 raise ValueError(f"example {i} ({ex.caption!r}): no target latents")
+            if ex.path is not None and ex.path.shape != (len(ex.latents_a) + len(ex.latents_b) + 1, 3):
+                raise ValueError(f"example {i} ({ex.caption!r}): path must be ({len(ex.latents_a) + len(ex.latents_b) + 1},"
+                                 f" 3) (one root state per latent boundary), got {ex.path.shape}")
+            if cfg.goal_prob > 0 and ex.path is None:
+                raise ValueError(f"example {i} ({ex.caption!r}): goal_prob > 0 needs root paths (load the examples "
+                                 f"with paths=True)")
             for c in ex.all_captions():
                 e = self.emb.get(c)
                 if e is None:
@@ -107,20 +125,33 @@ class LatentTextData:
         latents = torch.zeros(batch_size, L, self.latent_dim)
         a_len = torch.zeros(batch_size, dtype=torch.long)
         total = torch.zeros(batch_size, dtype=torch.long)
+        goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if cfg.goal_prob > 0 else None
         texts = []
         for row, i in enumerate(idx):
             ex = self.examples[i]
             b = ex.latents_b
+            lo, hi = 0, len(b)                       # the part of B kept
             r = torch.rand(2, generator=gen).tolist()
-            if ex.edge_drop and r[0] < cfg.drop_edge_prob and len(b) > 1:
-                b = b[:-1] if r[1] < 0.5 else b[1:]
-            keep = max(0, L - len(b))                # history that still fits before B (newest kept)
+            goal_row = goals is not None and torch.rand(1, generator=gen).item() < cfg.goal_prob
+            window = goal_window(len(b), gen) if goal_row else None
+            if window is not None:                   # a goal row may start mid-clip, without history
+                lo, hi = window
+                b = b[lo:hi]
+            elif ex.edge_drop and r[0] < cfg.drop_edge_prob and len(b) > 1:
+                lo, hi = (0, hi - 1) if r[1] < 0.5 else (1, hi)
+                b = b[lo:hi]
+            keep = max(0, L - len(b)) if window is None else 0   # history that still fits before B (newest kept)
             a = ex.latents_a[len(ex.latents_a) - keep:] if keep else ex.latents_a[:0]
             seq = np.concatenate([a, b]) if len(a) else b
             seq = seq[:L]
             latents[row, :len(seq)] = torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32))
             a_len[row] = min(len(a), len(seq))
             total[row] = len(seq)
+            if goal_row:
+                first = len(ex.latents_a) - len(a) if len(a) else len(ex.latents_a) + lo   # seq[0] in [A, B]
+                ends = ex.ends and hi == len(ex.latents_b) and len(seq) == len(a) + len(b)
+                sample_goals(ex.path[first:first + len(seq) + 1], int(a_len[row]), len(seq) - int(ends),
+                             cfg.goal_horizon_s, gen, goals[row])
             caps = ex.all_captions()
             texts.append(caps[int(torch.randint(len(caps), (1,), generator=gen))] if len(caps) > 1 else caps[0])
         drop = torch.rand(batch_size, generator=gen) < cfg.text_dropout
@@ -130,7 +161,10 @@ class LatentTextData:
         # Two-Forward replaces the same fraction of positions either way
         L_eff = int(total.max())
         perm = torch.randperm(L_eff, generator=gen)  # Two-Forward positions, drawn here so resume is exact
-        return {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
+        batch = {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
+        if goals is not None:                        # one raw goal per token: text token + L_eff latents
+            batch["goal"] = goals[:, :L_eff + 1]
+        return batch
 
 
 def draw_diffusion_noise(batch: dict, diffmlps_batch_mul: int, num_timesteps: int, generator: torch.Generator) -> dict:
@@ -172,6 +206,7 @@ class TwoForwardObjective(torch.nn.Module):
         dev, dtype = w.device, w.dtype
         lat = batch["latents"].to(dev, dtype)
         text = batch["text"].to(dev, dtype)
+        goal = batch["goal"].to(dev) if "goal" in batch else None
         b, l, d = lat.shape
         pos = torch.arange(l, device=dev)[None]
         a_len = batch["a_len"].to(dev)[:, None]
@@ -184,7 +219,7 @@ class TwoForwardObjective(torch.nn.Module):
             replace &= target_mask                                       # history (A) and padding stay
             if replace.any():
                 with torch.no_grad():  # first forward; the head's x0 only where it will be used
-                    cond = model(lat, text)[:, :-1]
+                    cond = model(lat, text, goal=goal)[:, :-1]
                     x, c = lat[replace], cond[replace]
                     if "t_x0" in batch:
                         t0, n0 = batch["t_x0"].to(dev)[replace], batch["noise_x0"].to(dev, dtype)[replace]
@@ -195,7 +230,7 @@ class TwoForwardObjective(torch.nn.Module):
                     x0 = proc.predict_x0(x_t, t0, diff.net(x_t, t0, c))
                 inputs = lat.clone()
                 inputs[replace] = x0.to(lat.dtype)
-        cond = model(inputs, text)[:, :-1]
+        cond = model(inputs, text, goal=goal)[:, :-1]
         # valid target tokens, each repeated diffmlps_batch_mul times with its own t and noise
         tgt = lat[target_mask].repeat(self.diffmlps_batch_mul, 1)
         z = cond[target_mask].repeat(self.diffmlps_batch_mul, 1)
@@ -208,12 +243,16 @@ class TwoForwardObjective(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- loading latents
 def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: str = "train",
-                         max_latents: int = 78, fps: int = 30, unit_length: int = 4) -> list[LatentExample]:
+                         max_latents: int = 78, fps: int = 30, unit_length: int = 4,
+                         paths: bool = False) -> list[LatentExample]:
     """Read per-clip latents written by `encode-latents` and the captions of a HumanML3D-272 layout.
 
     A clip's whole-clip captions (start = end = 0) make one example; one of them is drawn per sample,
     as the original draws a random caption of the clip. Each sub-caption (start/end seconds) is its own
     example, its latents cropped at int(sec*fps/unit_length) as the original.
+
+    paths=True also reads each clip's motion (data_root/motion_data) for its root path at the latent
+    boundaries (train/goals.py: what goals are sampled from).
     """
     from motionstreamer.data.humanml3d import read_split, read_text_file
 
@@ -229,6 +268,12 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
             raise ValueError(f"{path}: not a numeric .npy array ({e})") from None
         if lat.ndim != 2 or len(lat) == 0 or not np.all(np.isfinite(lat)):
             raise ValueError(f"{path}: expected finite (L, latent_dim) latents, got shape {lat.shape}")
+        root = motion_root_path(data_root / "motion_data" / f"{name}.npy", len(lat), unit_length) if paths else None
+
+        def example(caption, a, b, **kw):
+            b = min(b, a + max_latents)
+            return LatentExample(caption, lat[:0], lat[a:b], path=None if root is None else root[a:b + 1],
+                                 ends=b == len(lat), **kw)
         whole = []
         for cap in read_text_file(data_root / "texts" / f"{name}.txt"):
             if cap.start == 0.0 and cap.end == 0.0:
@@ -237,10 +282,22 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
             a, b = int(cap.start * fps / unit_length), int(cap.end * fps / unit_length)
             if a >= b or a >= len(lat):
                 continue
-            examples.append(LatentExample(cap.caption, lat[:0], lat[a:b][:max_latents]))
+            examples.append(example(cap.caption, a, min(b, len(lat))))
         if whole:
-            examples.append(LatentExample(whole[0], lat[:0], lat[:max_latents], captions=tuple(whole)))
+            examples.append(example(whole[0], 0, len(lat), captions=tuple(whole)))
     return examples
+
+
+def motion_root_path(motion_file: Path, n_latents: int, unit_length: int = 4) -> np.ndarray:
+    """The root path at the latent boundaries (train/goals.py) of a latent file of n_latents rows, from
+    the de-normalised motion it was encoded from."""
+    try:
+        motion = load_npy(motion_file)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{motion_file}: cannot read the motion for its root path ({e})") from None
+    if motion.ndim != 2 or len(motion) < unit_length or not np.all(np.isfinite(motion)):
+        raise ValueError(f"{motion_file}: expected finite (frames, 272) features, got shape {motion.shape}")
+    return latent_root_path(motion, n_latents, unit_length)
 
 
 def embed_captions(examples, text_encoder, batch: int = 256,
