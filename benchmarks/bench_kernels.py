@@ -231,7 +231,8 @@ def head_piece_cases(device, dtype, info, W, streams, iters, repeats, use_compil
 def head_cases(device, dtype, info, width, depth, latent, streams, steps, iters, repeats, use_compile, bandwidth):
     from motionstreamer.kernels import integration
     from motionstreamer.kernels.diffusion_head import head_step
-    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
+    from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+    from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 
     torch.manual_seed(0)
     dl = DiffLoss(DiffusionHeadConfig(latent_dim=latent, width=width, depth=depth, cond_dim=768)).to(device, dtype)

@@ -65,16 +65,16 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
             bundle = load_bundle(f"{tmp}/b")
             steps_list = [4] if quick else [50, 10]
             heads = [("ddpm", s) for s in steps_list] + [("student", k) for k in student_steps]
-            export_bundle(bundle, f"{tmp}/onnx", head_variants=heads)
-            export_bundle(bundle, f"{tmp}/onnx_int8", head_variants=heads, quantize="int8")
+            export_bundle(bundle, f"{tmp}/onnx", variants=heads)
+            export_bundle(bundle, f"{tmp}/onnx_int8", variants=heads, quantize="int8")
             enc = _Enc(mcfg.cond_dim)
             n = 3 if quick else 8
             for sampler, steps in heads:
                 head = "student" if sampler == "student" else "teacher"
-                cfg = GenerationConfig(sampling_steps=steps, end_threshold=-1.0, head=head)
+                config = GenerationConfig(sampling_steps=steps, end_threshold=-1.0, head=head)
                 what = f"student{steps}" if head == "student" else f"steps{steps}"
-                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=cfg, seed=0), n, 1 if quick else 2)
-                ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=cfg, seed=0), n,
+                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=config, seed=0), n, 1 if quick else 2)
+                ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=config, seed=0), n,
                                                   1 if quick else 2) for d in ("onnx", "onnx_int8"))
                 rows.append({"case": f"onnx_{name}_{what}", "torch_eager_ms_per_latent": torch_ms,
                              "ort_ms_per_latent": ort_ms, "ort_speedup": torch_ms["median"] / ort_ms["median"],

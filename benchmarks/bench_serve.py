@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from motionstreamer.cli import add_deprecated_alias
+
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD = 4 / 30
 MAX_CLIENTS = 1024
@@ -66,7 +68,7 @@ class Server:
         self.port = s.getsockname()[1]
         s.close()
         cmd = [sys.executable, "-m", "motionstreamer", "serve", "--port", str(self.port), "--max-streams",
-               str(max_streams), "--steps", str(args.steps), "--device", args.device, "--lookahead",
+               str(max_streams), "--sampling-steps", str(args.sampling_steps), "--device", args.device, "--lookahead",
                str(args.lookahead), "--idle-timeout", "600", "--log-level", "warning"]
         if checkpoint:
             cmd += ["--checkpoint", checkpoint]
@@ -225,7 +227,7 @@ def bench(args) -> tuple[dict, list[dict]]:
     ok = [r for r in rows if r["realtime"]]
     best = max(ok, key=lambda r: r["clients"]) if ok else None
     summary = {"model": args.model if args.model != "embedded" else "embedded default model",
-               "checkpoint": args.checkpoint, "device": args.device, "steps": args.steps, "lookahead": args.lookahead,
+               "checkpoint": args.checkpoint, "device": args.device, "sampling_steps": args.sampling_steps, "lookahead": args.lookahead,
                "server_command": " ".join(server.cmd[1:]).replace(str(ROOT) + "/", ""),
                "largest_realtime_clients": best["clients"] if best else 0,
                "at_largest": {k: best[k] for k in ("prompt_to_frame_p50_ms", "prompt_to_frame_p99_ms",
@@ -240,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--clients", default="5,10,20,30,40,50,64", help="comma list of client counts (ladder)")
     ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--steps", type=int, default=10, help="sampling steps (the serve default)")
+    steps = ap.add_argument("--sampling-steps", type=int, default=10, help="sampling steps (the serve default)")
+    add_deprecated_alias(ap, "--steps", steps)
     ap.add_argument("--lookahead", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -267,7 +270,7 @@ def main(argv=None) -> int:
     print(markdown_table(rows))
     if not args.no_write:
         write_results(args.out, info, rows, f"serve_{'official' if args.model == 'official-random' else 'embedded'}",
-                      f"serve ({info['model']}, {args.steps} steps)",
+                      f"serve ({info['model']}, {args.sampling_steps} steps)",
                       f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n`{info['command']}`\n\n")
     return 0
 
@@ -278,7 +281,7 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
     if quick:
         argv += ["--clients", "2", "--seconds", "3", "--warmup", "1"]
     elif device.type == "cuda":
-        argv += ["--model", "official-random", "--steps", "50", "--clients", "64,128,256,512,768"]
+        argv += ["--model", "official-random", "--sampling-steps", "50", "--clients", "64,128,256,512,768"]
     else:
         argv += ["--clients", "5,10,20,30", "--seconds", "8"]
     args = parser().parse_args(argv)

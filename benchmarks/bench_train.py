@@ -45,14 +45,14 @@ def train_case(model_cfg, batch: int, steps: int, warmup: int, backend: str, bf1
     emb = {e.caption: torch.randn(model_cfg.cond_dim) for e in examples} | {"": torch.zeros(model_cfg.cond_dim)}
     total = warmup + steps
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = T2MTrainConfig(out_dir=tmp, steps=total, batch_size=batch, warmup_steps=0, save_every=10**9,
+        config = T2MTrainConfig(out_dir=tmp, steps=total, batch_size=batch, warmup_steps=0, save_every=10**9,
                              log_every=10**9, progress=False, tensorboard=False, device=str(device), bf16=bf16)
-        data = LatentTextData(examples, emb, cfg)
-        objective = TwoForwardObjective(model, total_steps=2 * total, diffmlps_batch_mul=cfg.diffmlps_batch_mul)
+        data = LatentTextData(examples, emb, config)
+        objective = TwoForwardObjective(model, total_steps=2 * total, diffmlps_batch_mul=config.diffmlps_batch_mul)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        res = train_loop(objective, cfg, data.sample_batch, lambda m, b, step: m(b, step + total // 2),
+        res = train_loop(objective, config, data.sample_batch, lambda m, b, step: m(b, step + total // 2),
                          name="t2m", dist_env=Dist(device=device), checkpoints=False)
     times = res.step_times[warmup:]
     n_params = sum(p.numel() for p in model.parameters())

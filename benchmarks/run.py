@@ -139,7 +139,7 @@ def case_stream_latency(ctx) -> list[dict]:
     text = RandomTextEncoder(t2m.config.cond_dim)
     n_lat = ctx["latents"]
     for steps in ctx["steps_list"]:
-        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        config = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
         # baseline: the original algorithm, fp32, n_lat latents
         ref_t2m, ref_tae = ctx["ref_models"]
         g = torch.Generator().manual_seed(0)
@@ -149,14 +149,14 @@ def case_stream_latency(ctx) -> list[dict]:
             saved = [b.attn.attn_backend for b in ref_t2m.transformer.h]
             ref_t2m.set_attention_backend("sdpa")
             try:
-                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g, cfg)
+                reference_stream(ref_t2m, ref_tae, [(text.encode(["walk"])[0], n_lat)], text.encode([""])[0], g, config)
             finally:
                 for b, backend in zip(ref_t2m.transformer.h, saved):
                     b.attn.attn_backend = backend
         base = timeit(run_ref, dev, repeats=ctx["repeats_ref"], warmup=0)
         base_per_latent = per_unit(base, n_lat)
 
-        engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=1, config=cfg, device=dev, dtype=dtype)
+        engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=1, config=config, device=dev, dtype=dtype)
 
         def run_engine():
             sid = engine.add_stream("walk", seed=0, max_latents=n_lat)
@@ -192,9 +192,9 @@ def case_throughput(ctx) -> list[dict]:
     text = RandomTextEncoder(t2m.config.cond_dim)
     steps = ctx["steps_list"][0]
     for batch in ctx["batches"]:
-        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        config = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
         try:
-            engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=batch, config=cfg, device=dev, dtype=dtype)
+            engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=batch, config=config, device=dev, dtype=dtype)
             for i in range(batch):
                 engine.add_stream(f"prompt {i % 7}", seed=i)
             engine.step()  # prefill all + warm-up
@@ -231,8 +231,8 @@ def case_student(ctx) -> list[dict]:
     rows, n = [], ctx["throughput_latents"]
     for batch in sorted({1, *ctx["batches"]}):
         for kind, steps in variants:
-            cfg = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
-            engine = StreamingEngine(bundle, text, capacity=batch, config=cfg, device=dev, dtype=dtype)
+            config = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+            engine = StreamingEngine(bundle, text, capacity=batch, config=config, device=dev, dtype=dtype)
             for i in range(batch):
                 engine.add_stream(f"prompt {i % 7}", seed=i)
             engine.step()  # prefill all + warm-up
@@ -267,8 +267,8 @@ def case_embedded(ctx) -> list[dict]:
     rows = []
     n_lat = ctx["latents"] * 2
     for steps in ctx["steps_list"]:
-        cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
-        engine = StreamingEngine(bundle, text, capacity=1, config=cfg, device=dev)
+        config = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+        engine = StreamingEngine(bundle, text, capacity=1, config=config, device=dev)
         prompts = iter(f"a person walks forward and waves {i}" for i in range(10**6))  # uncached text
 
         def run_stream():

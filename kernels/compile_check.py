@@ -21,7 +21,9 @@ import sys
 import tempfile
 import time
 
-_FLOATS = {"eps", "cfg", "c0", "c1", "c2", "c3", "c4", "c5", "ln_eps"}
+from . import adaln_layernorm, diffusion_head, linear, qknorm_attention, qknorm_decode, residual, silu
+
+_FLOATS = {"eps", "cfg_scale", "c0", "c1", "c2", "c3", "c4", "c5", "ln_eps"}
 _FP32_PTRS = {"LSE", "DELTA", "DSCALE", "SCALE", "COS", "SIN", "XS", "NOISE"}
 _INT_PTRS = {"LENS": "*i32", "POS": "*i64", "ROWS": "*i64"}
 _I32 = {n: "i32" for n in ("H", "T", "W", "M", "N")}   # upper-case scalars (sizes); overridden per kernel below
@@ -70,8 +72,6 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
 def cases(full: bool, quick: bool = False):
     """(label, jit function, dtype, constexprs, num_warps, num_stages, pointer overrides) to compile.
     quick: one config per kernel and prologue/epilogue pair (the CI test)."""
-    from . import adaln_layernorm, diffusion_head, linear, qknorm_attention, qknorm_decode, residual, silu
-
     def raw(k):   # the JITFunction under an autotuner
         return getattr(k, "fn", k)
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motionstreamer.models.sampling import sample_loop
+
 from ._common import HAS_TRITON, check_dtype, next_pow2, require_usable
 from .adaln_layernorm import adaln_modulate_layernorm
 from .silu import bias_silu
@@ -108,17 +110,15 @@ def head_step_reference(x, weights: HeadWeights, block_mods, final_mods) -> torc
 
 
 def head_sample_loop_reference(weights: HeadWeights, mods: dict, x_T, step_noise, coefs: np.ndarray,
-                               cfg: float | None = None, temperature: float = 1.0) -> torch.Tensor:
+                               cfg_scale: float | None = None, temperature: float = 1.0) -> torch.Tensor:
     """The sampling loop over steps S-1..0 in plain PyTorch: the model's sample_loop with the eps of
     head_step_reference (the model's fast sampler, unfused).
 
     mods {"blocks": (depth, S, N, 3, W), "final": (S, N, 2, W)}; N = 2B rows [cond; uncond] when
-    cfg is not None (both halves start from the same x), else B. x_T (B, L); step_noise (S, B, L);
+    cfg_scale is not None (both halves start from the same x), else B. x_T (B, L); step_noise (S, B, L);
     coefs (S, 6) from GaussianDiffusion.step_coefficients."""
-    from motionstreamer.models.diffusion import sample_loop
-
     return sample_loop(lambda x, i: head_step_reference(x, weights, mods["blocks"][:, i], mods["final"][i]),
-                       x_T, coefs, step_noise, cfg, temperature)
+                       x_T, coefs, step_noise, cfg_scale, temperature)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -148,7 +148,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _head_io_kernel(HIN, sh, MODF, smr, smp, WF, swf, BF, XS, NOISE, EPS, HOUT, sho, WI, swi, BI,
-                        B, cfg, c0, c1, c2, c3, c4, c5, ln_eps,
+                        B, cfg_scale, c0, c1, c2, c3, c4, c5, ln_eps,
                         WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BW: tl.constexpr, LAT: tl.constexpr,
                         LATP: tl.constexpr, GUIDED: tl.constexpr, FINAL: tl.constexpr, STORE_EPS: tl.constexpr,
                         UPDATE: tl.constexpr, HAS_NOISE: tl.constexpr, PROJECT: tl.constexpr):
@@ -161,7 +161,7 @@ if HAS_TRITON:
             eps = _final_row(HIN, b, sh, MODF, smr, smp, WF, swf, BF, ln_eps, WIDTH, BLOCK_W, BW, LAT, LATP)
             if GUIDED:
                 eps_u = _final_row(HIN, b + B, sh, MODF, smr, smp, WF, swf, BF, ln_eps, WIDTH, BLOCK_W, BW, LAT, LATP)
-                eps = eps_u + cfg * (eps - eps_u)
+                eps = eps_u + cfg_scale * (eps - eps_u)
             if STORE_EPS:
                 tl.store(EPS + b * LAT + li, eps.to(EPS.dtype.element_ty), mask=lv)
             if UPDATE:
@@ -182,7 +182,7 @@ if HAS_TRITON:
                     tl.store(HOUT + (b + B) * sho + c, h, mask=v)
 
 
-def _io(weights: HeadWeights, n_prog: int, h_in, final_mods, xs, noise, eps_out, h_out, cfg, coefs,
+def _io(weights: HeadWeights, n_prog: int, h_in, final_mods, xs, noise, eps_out, h_out, cfg_scale, coefs,
         final: bool, store_eps: bool, update: bool, project: bool, guided: bool):
     W, L = weights.width, weights.latent_dim
     dummy = weights.final_b
@@ -196,7 +196,7 @@ def _io(weights: HeadWeights, n_prog: int, h_in, final_mods, xs, noise, eps_out,
         noise if noise is not None else xs, eps_out if eps_out is not None else xs,
         h_out if h_out is not None else dummy, h_out.stride(0) if h_out is not None else 0,
         weights.input_w, weights.input_w.stride(0), weights.input_b,
-        n_prog, float(cfg) if cfg is not None else 1.0, *c, float(weights.eps),
+        n_prog, float(cfg_scale) if cfg_scale is not None else 1.0, *c, float(weights.eps),
         WIDTH=W, BLOCK_W=next_pow2(W), BW=bw, LAT=L, LATP=max(2, next_pow2(L)), GUIDED=guided, FINAL=final,
         STORE_EPS=store_eps, UPDATE=update, HAS_NOISE=noise is not None and coefs is not None and c[5] != 0.0,
         PROJECT=project, num_warps=8 if W >= 1024 else 4)
@@ -272,13 +272,13 @@ def head_step(x: torch.Tensor, weights: HeadWeights, block_mods: torch.Tensor, f
 
 @torch.no_grad()
 def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_noise: torch.Tensor | None,
-                     coefs: np.ndarray, cfg: float | None = None, temperature: float = 1.0,
+                     coefs: np.ndarray, cfg_scale: float | None = None, temperature: float = 1.0,
                      fused: bool | None = None) -> torch.Tensor:
     """The whole sampling loop (steps S-1..0) with 2*depth + 1 launches per step.
 
     mods: {"blocks": (depth, S, N, 3, W), "final": (S, N, 2, W)} as SimpleMLPAdaLN.modulations
-    returns; with cfg (a float), N = 2B rows [cond; uncond] sharing x, eps = eps_u + cfg (eps_c -
-    eps_u); without, N = B. x_T (B, L); step_noise (S, B, L) or None (then coefs[:, 5] must be 0);
+    returns; with cfg_scale (a float), N = 2B rows [cond; uncond] sharing x, eps = eps_u + cfg_scale
+    (eps_c - eps_u); without, N = B. x_T (B, L); step_noise (S, B, L) or None (then coefs[:, 5] must be 0);
     coefs (S, 6) from GaussianDiffusion.step_coefficients (the model's update, the same table),
     the noise term scaled by temperature. Returns x_0 (B, L) in x_T's dtype.
     No host sync: safe to capture in a CUDA graph."""
@@ -286,7 +286,7 @@ def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_n
     weights.validate()
     B, L = x_T.shape
     S = coefs.shape[0]
-    guided = cfg is not None
+    guided = cfg_scale is not None
     N = 2 * B if guided else B
     if L != weights.latent_dim:
         raise ValueError(f"{name}: x_T must be (B, {weights.latent_dim}), got {tuple(x_T.shape)}")
@@ -317,7 +317,7 @@ def head_sample_loop(weights: HeadWeights, mods: dict, x_T: torch.Tensor, step_n
         src = _blocks(weights, mods["blocks"][:, i], buf, src, fused)
         # the next step's input goes to the other buffer: no program reads rows another writes
         _io(weights, B, buf.h[src], mods["final"][i], xs, noise[i] if noise is not None else None, None,
-            buf.h[1 - src], cfg, coefs[i], final=True, store_eps=False, update=True, project=i > 0, guided=guided)
+            buf.h[1 - src], cfg_scale, coefs[i], final=True, store_eps=False, update=True, project=i > 0, guided=guided)
         src = 1 - src
     return xs.to(x_T.dtype)
 

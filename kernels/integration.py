@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from ._common import HAS_TRITON, SUPPORTED_DTYPES, interpreting, kernels_usable
 from .diffusion_head import BlockWeights, HeadWeights, head_sample_loop, head_step
-from .qknorm_attention import qknorm_rope_attention
-from .qknorm_decode import qknorm_decode_attention
+from .qknorm_attention import attention_reference, qknorm_rope_attention, qknorm_rope_reference
+from .qknorm_decode import qknorm_decode_attention, qknorm_decode_attention_reference
 
 
 def available(device: torch.device | str) -> bool:
@@ -78,7 +78,6 @@ def self_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     qkv = attn.c_attn(x)
     q, k, v = _split_heads(qkv, attn.n_head)
     if not _attention_kernels_take(q):
-        from .qknorm_attention import attention_reference, qknorm_rope_reference
         T = x.shape[1]
         qr, kr = qknorm_rope_reference(q, cos[:T], sin[:T]), qknorm_rope_reference(k, cos[:T], sin[:T])
         if lengths is None:
@@ -102,7 +101,6 @@ def decode_self_attention(attn, x: torch.Tensor, k_cache: torch.Tensor, v_cache:
     qkv = attn.c_attn(x)[:, 0]                                    # (R, 3C)
     q, k, v = (t.view(R, H, C // H) for t in qkv.split(C, dim=1))
     if not _attention_kernels_take(q, k_cache):
-        from .qknorm_decode import qknorm_decode_attention_reference
         o = qknorm_decode_attention_reference(q, k, v, k_cache, v_cache, positions, float(attn.scale), cos, sin, rows)
     else:
         o = qknorm_decode_attention(q, k, v, k_cache, v_cache, positions, attn.scale, cos, sin, rows=rows)
@@ -133,7 +131,7 @@ def sample_loop_fused(net, c: torch.Tensor, model_t: torch.Tensor, x_T: torch.Te
     head backend): condition rows c ([cond; uncond] when cfg_scale is given), model timesteps
     model_t, x_T (B, L), step_noise (>= S, B, L), coefs (S, 6) from step_coefficients."""
     mods = net.modulations(c, model_t)
-    out = head_sample_loop(head_weights(net), mods, x_T, step_noise[:coefs.shape[0]], coefs, cfg=cfg_scale,
+    out = head_sample_loop(head_weights(net), mods, x_T, step_noise[:coefs.shape[0]], coefs, cfg_scale=cfg_scale,
                            temperature=temperature)
     return out.to(c.dtype)
 

@@ -5,20 +5,24 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:   # Windows: no advisory locks
+    fcntl = None
+
 
 def _try_lock(fd: int) -> bool:
     """Take an exclusive advisory lock on an open file without waiting; False if another process
     holds it. The kernel drops a lock when its process dies, even by SIGKILL. Without fcntl (Windows)
     nothing is locked and False is returned, so nothing is ever taken for stale there."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,7 +51,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         try:
             if _try_lock(fd):
                 if tmp.is_dir() and not tmp.is_symlink():   # atomic_dir's
-                    import shutil
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
                     tmp.unlink(missing_ok=True)
@@ -89,7 +92,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     folder `path`: the old one is renamed aside, the new one renamed in, the old one removed. A failed
     or interrupted write leaves `path` as it was; the temporary is locked while written, and one left
     by a killed writer is removed by the next atomic_dir of the same `path` (as atomic_path does)."""
-    import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,11 +139,15 @@ def atomic_save_npy(path: str | os.PathLike, array) -> None:
             np.save(f, np.asarray(array))
 
 
-def atomic_torch_save(path: str | os.PathLike, obj) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def as_numeric_array(x, name: str) -> np.ndarray:
+    """`x` (a numpy array, torch tensor or nested sequence) as a numpy array of numbers; ValueError naming
+    `name` when it holds anything else (strings, objects, booleans, complex numbers)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"{name} must hold numbers, got dtype {a.dtype}")
+    return a
 
 
 def check_finite(name: str, array) -> None:

@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     pick = [examples[i] for i in rng.choice(len(examples), size=min(args.n, len(examples)), replace=False)]
     gt_len = [len(e.latents_b) - 1 for e in pick]          # latents before the appended end latent
-    cfg = GenerationConfig(max_latents=max(gt_len) + 4, end_threshold=-1.0)   # sampler defaults: the bundle's
-    engine = StreamingEngine(bundle, enc, capacity=len(pick), config=cfg)
+    gen = GenerationConfig(max_latents=max(gt_len) + 4, end_threshold=-1.0)   # sampler defaults: the bundle's
+    engine = StreamingEngine(bundle, enc, capacity=len(pick), config=gen)
     ids = [engine.add_stream(e.caption, seed=args.seed + i, max_latents=n + 4) for i, (e, n) in enumerate(zip(pick, gt_len))]
     dist = {i: [] for i in ids}
     end = bundle.end_latent.reshape(-1).float()

@@ -1,10 +1,12 @@
-"""Does requirements/lock.txt still satisfy pyproject.toml? Every requirement of the package, of the
-extras the lock is made for (scripts/lock.sh: test and triton, and the extras they name) and of
-requirements/lock.in must be pinned in the lock at a version its range allows. `pip check` after an
-install sees only the base requirements, not the extras, so a range edited without re-locking shows
-here first (pre-commit hook and tests/test_lock.py). Exit 1 with one line per problem.
+"""Do the locks still satisfy pyproject.toml? Every requirement of the package, of the extras the main
+lock is made for (scripts/lock.sh: test and triton, and the extras they name) and of requirements/lock.in
+must be pinned in requirements/lock.txt at a version its range allows; requirements/blender-lock.in must
+say what the `blender` extra says, and requirements/blender-lock.txt (Blender's own environment, as
+bpy pins numpy < 2) must pin it within that range. `pip check` after an install sees only the base
+requirements, not the extras, so a range edited without re-locking shows here first (pre-commit hook
+and tests/test_lock.py). Exit 1 with one line per problem.
 
-    python scripts/check_lock.py [--lock requirements/lock.txt]
+    python scripts/check_lock.py [--lock requirements/lock.txt] [--blender-lock requirements/blender-lock.txt]
 """
 from __future__ import annotations
 
@@ -64,10 +66,21 @@ def wanted(pyproject: Path, lock_in: Path) -> list[tuple[str, Requirement]]:
     return out
 
 
-def problems(lock: Path, pyproject: Path, lock_in: Path) -> list[str]:
+def blender_problems(lock: Path, pyproject: Path, lock_in: Path) -> list[str]:
+    """The Blender lock: its .in file is the `blender` extra, and the lock pins that within range."""
+    extra = {str(Requirement(r)) for r in tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+             ["blender"]}
+    listed = [Requirement(line) for line in (ln.split("#", 1)[0].strip() for ln in lock_in.read_text().splitlines())
+              if line]
+    found = [] if {str(r) for r in listed} == extra else [
+        f"{lock_in.name} holds {sorted(map(str, listed))}, the `blender` extra {sorted(extra)}"]
+    return found + problems(lock, pyproject, lock_in, [(lock_in.name, r) for r in listed])
+
+
+def problems(lock: Path, pyproject: Path, lock_in: Path, requirements=None) -> list[str]:
     pins = read_pins(lock)
     found = []
-    for where, req in wanted(pyproject, lock_in):
+    for where, req in (wanted(pyproject, lock_in) if requirements is None else requirements):
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue
         version = pins.get(canonicalize_name(req.name))
@@ -81,8 +94,11 @@ def problems(lock: Path, pyproject: Path, lock_in: Path) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lock", type=Path, default=ROOT / "requirements" / "lock.txt")
+    ap.add_argument("--blender-lock", type=Path, default=ROOT / "requirements" / "blender-lock.txt")
     args = ap.parse_args(argv)
-    found = problems(args.lock, ROOT / "pyproject.toml", ROOT / "requirements" / "lock.in")
+    pyproject = ROOT / "pyproject.toml"
+    found = problems(args.lock, pyproject, ROOT / "requirements" / "lock.in") + \
+        blender_problems(args.blender_lock, pyproject, ROOT / "requirements" / "blender-lock.in")
     for p in found:
         print(f"check_lock: {p}; run `bash scripts/lock.sh`", file=sys.stderr)
     return 1 if found else 0

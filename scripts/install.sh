@@ -31,8 +31,12 @@ if [ "$mode" = lock ]; then
   fi
   python -m pip check
 else
-  python -m pip install "${MOTIONSTREAMER_TORCH:-torch==2.13.0}"
-  python -m pip install --upgrade -r requirements-build.txt
-  python -m pip install --upgrade --upgrade-strategy eager --no-build-isolation "${editable[@]}" ".[test,triton]"
+  torch_spec="${MOTIONSTREAMER_TORCH:-torch==2.13.0}"
+  keep_torch="$(mktemp)"; trap 'rm -f "$keep_torch"' EXIT
+  echo "$torch_spec" > "$keep_torch"      # a constraint: --upgrade-strategy eager must not swap the torch build
+  python -m pip install "$torch_spec"
+  python -m pip install --upgrade -c "$keep_torch" -r requirements-build.txt
+  python -m pip install --upgrade --upgrade-strategy eager -c "$keep_torch" --no-build-isolation "${editable[@]}" \
+    ".[test,triton]"
   python -m pip check
 fi

@@ -4,7 +4,7 @@ On held-out teacher-forced conditions [c, u] (u: the transformer's output for th
 the same history) it reports, against the guided 50-step teacher (energy distance, and the share of
 the guidance mean shift reproduced, eval/head_quality.guidance_capture):
   - the teacher with other seeds (the floor) and the respaced guided teacher at the student's counts;
-  - the teacher's network run with ONE row on u + cfg (c - u): guidance in the condition, true u;
+  - the teacher's network run with ONE row on u + cfg_scale (c - u): guidance in the condition, true u;
   - the same with u predicted from c by an MLP fitted on training conditions (all a one-row head has);
   - the bundle's student at each of its step counts.
 docs/student.md (the distillation page) quotes its numbers (embedded model, synthetic data):
@@ -77,20 +77,20 @@ def probe(args) -> None:
     with torch.enable_grad():
         predict_u = fit_uncond_predictor(conditions("train", args.train_pairs), seed=args.seed)
     sc = bundle.student.student_config
-    cfg, skip, diff, n = sc.teacher_cfg, sc.teacher_skip_terminal, bundle.t2m.diff_loss, args.samples
+    cfg_scale, skip, diff, n = sc.teacher_cfg_scale, sc.teacher_skip_terminal_step, bundle.t2m.diff_loss, args.samples
     gen = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)
-    guided = H.teacher_sampler(diff, cfg, 50, skip)(test, n, gen(0))
+    guided = H.teacher_sampler(diff, cfg_scale, 50, skip)(test, n, gen(0))
     guided_mean = guided.mean(dim=1)
     unguided_mean = H.teacher_sampler(diff, 1.0, 50, skip)(test, n, gen(1)).mean(dim=1)
-    candidates = {"teacher, other seeds (floor)": H.teacher_sampler(diff, cfg, 50, skip)}
+    candidates = {"teacher, other seeds (floor)": H.teacher_sampler(diff, cfg_scale, 50, skip)}
     for k in (50, max(sc.steps)):
-        candidates[f"one row on u + cfg (c - u), true u, {k} steps"] = H.extrapolated_sampler(diff, cfg, k, skip)
-        candidates[f"one row on u + cfg (c - u), u predicted from c, {k} steps"] = \
-            H.extrapolated_sampler(diff, cfg, k, skip, predict_u)
+        candidates[f"one row on u + cfg_scale (c - u), true u, {k} steps"] = H.extrapolated_sampler(diff, cfg_scale, k, skip)
+        candidates[f"one row on u + cfg_scale (c - u), u predicted from c, {k} steps"] = \
+            H.extrapolated_sampler(diff, cfg_scale, k, skip, predict_u)
     for k in sc.steps:
-        candidates[f"respaced guided teacher, {k} steps (2 rows)"] = H.teacher_sampler(diff, cfg, k, skip)
+        candidates[f"respaced guided teacher, {k} steps (2 rows)"] = H.teacher_sampler(diff, cfg_scale, k, skip)
         candidates[f"student, {k} steps"] = H.student_sampler(bundle.student, k)
-    print(f"{args.conditions} held-out conditions x {n} samples; reference: the guided teacher, cfg {cfg}, 50 steps")
+    print(f"{args.conditions} held-out conditions x {n} samples; reference: the guided teacher, cfg_scale {cfg_scale}, 50 steps")
     print(f"{'sampler':58s} energy distance      guidance captured")
     for j, (name, sampler) in enumerate(candidates.items()):
         s = sampler(test, n, gen(10 + j))

@@ -21,6 +21,7 @@ latents from the bundle's TAE). `--resume` continues a stopped run, the later st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -59,7 +60,6 @@ def main(argv=None) -> int:
     if args.stages == "goals":
         return goals_only(args, argv)
 
-    from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std, load_motions
     from motionstreamer.data.synth import make_dataset
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
@@ -111,9 +111,9 @@ def main(argv=None) -> int:
     examples += load_stream_examples(stream_root, work / "stream_latents", "train")
     emb = embed_captions(examples, enc)
     torch.manual_seed(args.seed)
-    cfg = T2MConfig(n_layer=4, n_head=4, n_embd=128, cond_dim=enc.dim, block_size=78)
-    cfg.head.width, cfg.head.depth = 256, 3
-    model = TextToMotionModel(cfg)
+    config = T2MConfig(n_layer=4, n_head=4, n_embd=128, cond_dim=enc.dim, block_size=78)
+    config.head.width, config.head.depth = 256, 3
+    model = TextToMotionModel(config)
     mcfg = T2MTrainConfig(out_dir=str(work / "t2m"), steps=args.t2m_steps, batch_size=args.batch, lr=5e-4,
                           warmup_steps=args.t2m_steps // 10, weight_decay=1e-6, grad_clip=1.0, save_every=1000,
                           log_every=50, seed=args.seed, diffmlps_batch_mul=2)
@@ -187,7 +187,7 @@ def goals_only(args, argv) -> int:
     """--stages goals: the goal stage on the bundle at --out (its t2m.safetensors and config.json are
     replaced; the student head is dropped until the distillation adds the new one), then its end
     threshold, quality, the goals protocol and the distillation, into training_summary.json."""
-    from motionstreamer.checkpoints import STUDENT_FILE, _save_safetensors, load_bundle, read_bundle_config
+    from motionstreamer.checkpoints import STUDENT_FILE, load_bundle, read_bundle_config, save_safetensors
     from motionstreamer.models.text import TextEncoder
     from motionstreamer.utils import atomic_write_json
 
@@ -199,18 +199,17 @@ def goals_only(args, argv) -> int:
     ensure_data_and_latents(args, load_bundle(out), work, data)
     bundle = load_bundle(out)
     model, info = goal_stage(args, bundle.t2m, work, data, TextEncoder.load("minilm"))
-    config = read_bundle_config(out)
+    config = dataclasses.replace(read_bundle_config(out), t2m=model.config, student_head=None)
     (out / "config.json").unlink()          # until the new one is written: an incomplete bundle says so
-    _save_safetensors(out / "t2m.safetensors", model.state_dict())
+    save_safetensors(out / "t2m.safetensors", model.state_dict())
     (out / STUDENT_FILE).unlink(missing_ok=True)
-    config["t2m"] = model.config.to_dict()
-    config.pop("student_head", None)
-    atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "config.json", config.to_dict())
     store_half(out)
     calibrate(out, work, data, args.seed)
     path = out / "training_summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
-    info["command"] = " ".join(["python", "scripts/train_default_model.py", *(argv if argv is not None else sys.argv[1:])])
+    info["command"] = " ".join(["python", "scripts/train_default_model.py",
+                                *(argv if argv is not None else sys.argv[1:])])
     summary["goal_stage"] = info
     summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
     summary["quality"] = measure_quality(out, data, args.quality_repeats, args.seed)
@@ -291,18 +290,18 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     examples = load_latent_examples(latents, data, "train")
     examples += load_stream_examples(stream_root, stream_latents, "train")
     emb = embed_captions(examples, enc)
-    cfg = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
+    config = DistillConfig(out_dir=str(work / "distill"), steps=args.distill_steps, conditions=args.distill_conditions,
                         lr=DISTILL_LR, warmup_steps=50,
                         seed=args.seed, tensorboard=False)
     ck = work / "distill" / "checkpoint_last.pt"
-    student, res = distill_head(bundle, examples, emb, cfg, teacher_name="embedded default model",
+    student, res = distill_head(bundle, examples, emb, config, teacher_name="embedded default model",
                                 resume=ck if args.resume and ck.exists() else None)
     add_student_head(out, student)
     store_half(out)
     bundle = load_bundle(out)
     head = head_report(bundle, enc, data, latents, "test", conditions=64, samples=256, seed=args.seed)
-    info = {"method": bundle.student.student_config.method, "steps_supported": list(bundle.student.student_config.steps),
-            "train_steps": res.step, "conditions": cfg.conditions, "teacher_samples": cfg.teacher_samples,
+    info = {"distillation": bundle.student.student_config.distillation, "steps_supported": list(bundle.student.student_config.steps),
+            "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
             "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(work / "distill")}
     return info
 
@@ -318,19 +317,19 @@ def loss_summary(run_dir: Path) -> dict:
 def train_small_evaluator(data: Path, run_dir: Path, epochs: int, resume: bool):
     """The small TMR-style evaluator (MiniLM backbone, frozen) on the training split; a finished run
     in run_dir is reused as it is."""
-    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
+    from motionstreamer.checkpoints import load_training_checkpoint
     from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
-    from motionstreamer.train.common import load_checkpoint
+    from motionstreamer.train.evaluator import CHECKPOINT_NAME, EvaluatorTrainConfig, train_evaluator
 
-    cfg = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
+    config = EvaluatorTrainConfig(out_dir=str(run_dir), epochs=epochs, batch_size=64, lr=5e-4, log_every=10,
                                save_every=100, tensorboard=False)
     ck = run_dir / CHECKPOINT_NAME
-    done = ck.exists() and int(load_checkpoint(ck)["step"]) >= epochs * json.loads(
+    done = ck.exists() and int(load_training_checkpoint(ck)["step"]) >= epochs * json.loads(
         (run_dir / "config.json").read_text())["steps_per_epoch"]
     if done:
         evaluator = TMREvaluator.load(run_dir / "evaluator")
     else:
-        evaluator, _ = train_evaluator(data, cfg, EvaluatorConfig.small("minilm"),
+        evaluator, _ = train_evaluator(data, config, EvaluatorConfig.small("minilm"),
                                        resume=ck if resume and ck.exists() else None,
                                        overwrite=not (resume and ck.exists()))
     info = {"config": "small (MiniLM backbone, latent 64, 2 layers)", "epochs": epochs,
@@ -382,6 +381,7 @@ def store_half(bundle: Path) -> None:
     """Weights as fp16 on disk (half the package size; loading casts back to the run dtype). The
     statistics stay fp32: de-normalisation is exact to the data."""
     from safetensors.torch import load_file, save_file
+
     from motionstreamer.utils import atomic_path
 
     for name in ("tae", "t2m", "evaluator", "student_head"):

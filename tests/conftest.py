@@ -22,3 +22,11 @@ if not torch.cuda.is_available():
                          "the Triton kernel tests will skip\n")
     else:
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Blender for the FBX and add-on tests (motionstreamer/io/blender_process.py): bpy in this Python, else
+# $MOTIONSTREAMER_BLENDER, which scripts/test.sh sets to the environment scripts/blender_env.sh made; a
+# plain `pytest` after that finds the same one. Missing, those tests fail (they never skip).
+_BLENDER_ENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-blender", "bin",
+                            "python")
+if not os.environ.get("MOTIONSTREAMER_BLENDER") and os.path.isfile(_BLENDER_ENV):
+    os.environ["MOTIONSTREAMER_BLENDER"] = _BLENDER_ENV

@@ -35,11 +35,11 @@ def fixed_batch():
     # 8 target latents in every row; histories of 0, 2, 4 latents make rows of different lengths (padding)
     examples = [LatentExample(f"caption {i}", rng.standard_normal((2 * (i % 3), 16)).astype(np.float32),
                               rng.standard_normal((8, 16)).astype(np.float32), edge_drop=False) for i in range(6)]
-    cfg = T2MTrainConfig(text_dropout=0.5, drop_edge_prob=0.0, diffmlps_batch_mul=2)
+    config = T2MTrainConfig(text_dropout=0.5, drop_edge_prob=0.0, diffmlps_batch_mul=2)
     emb = embed_captions(examples, FakeTextEncoder())
     g = torch.Generator().manual_seed(1)
-    batch = LatentTextData(examples, emb, cfg).sample_batch(g, GLOBAL_BATCH)
-    return draw_diffusion_noise(batch, cfg.diffmlps_batch_mul, 50, g), cfg
+    batch = LatentTextData(examples, emb, config).sample_batch(g, GLOBAL_BATCH)
+    return draw_diffusion_noise(batch, config.diffmlps_batch_mul, 50, g), config
 
 
 def run(out: Path, rows: tuple[int, int] | None = None) -> dict:
@@ -55,7 +55,7 @@ def run(out: Path, rows: tuple[int, int] | None = None) -> dict:
     rows = rows or (0, GLOBAL_BATCH)
     model = tiny_t2m(seed=0).double()
     objective = TwoForwardObjective(model, TOTAL_STEPS, data_cfg.diffmlps_batch_mul, two_forward=True)
-    cfg = T2MTrainConfig(out_dir=str(out / f"run_w{env.world_size}_{rows[0]}_{rows[1]}"), steps=1,
+    config = T2MTrainConfig(out_dir=str(out / f"run_w{env.world_size}_{rows[0]}_{rows[1]}"), steps=1,
                          batch_size=(rows[1] - rows[0]) * env.world_size, lr=1e-3, grad_clip=None,
                          save_every=100, progress=False, tensorboard=False, device="cpu")
 
@@ -63,7 +63,7 @@ def run(out: Path, rows: tuple[int, int] | None = None) -> dict:
         assert local_batch == rows[1] - rows[0]
         return split_batch_rows(batch, *rows)
 
-    res = train_loop(objective, cfg, sample_batch, lambda m, b, step: m(b, OBJECTIVE_STEP), name="t2m", dist_env=env)
+    res = train_loop(objective, config, sample_batch, lambda m, b, step: m(b, OBJECTIVE_STEP), name="t2m", dist_env=env)
     result = {"grads": {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None},
               "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
               "losses": res.losses, "rows": list(rows), "world_size": env.world_size}

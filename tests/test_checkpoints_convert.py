@@ -64,8 +64,8 @@ def test_convert_checkpoint_cli_reproduces_the_source_models(tmp_path, capsys):
     assert main(["convert-checkpoint", str(src), str(dst), "--text-encoder", "minilm", *flags(tmp_path)]) == 0
     assert f"wrote model bundle {dst}" in capsys.readouterr().out
     b = load_bundle(dst)
-    assert b.text_encoder_name == "minilm" and b.config["text_dim"] == 384
-    assert b.config["end_latent_source"].endswith("reference_end_latent_t2m_272.npy")
+    assert b.text_encoder_name == "minilm" and b.config.text_dim == 384
+    assert b.config.extra["end_latent_source"].endswith("reference_end_latent_t2m_272.npy")
     for ours, theirs in ((b.tae, tae), (b.t2m, t2m)):
         a, c = ours.state_dict(), theirs.state_dict()
         assert list(a) == list(c) and all(torch.equal(a[k], c[k]) for k in a)
@@ -92,8 +92,8 @@ def test_convert_with_explicit_files_and_computed_end_latent(tmp_path):
     b = load_bundle(out)
     with torch.no_grad():
         want = tae.encode(torch.zeros(1, 4, 272), sample=False)[1].reshape(-1)
-    assert torch.equal(b.end_latent, want) and b.config["end_latent_source"].startswith("computed")
-    assert b.config["source"]["mean"] == str((elsewhere / "m.npy").resolve())
+    assert torch.equal(b.end_latent, want) and b.config.extra["end_latent_source"].startswith("computed")
+    assert b.config.extra["source"]["mean"] == str((elsewhere / "m.npy").resolve())
 
 
 def test_convert_validates_against_the_official_config(tmp_path, capsys):
@@ -147,7 +147,7 @@ def test_download_fails_fast_when_offline(tmp_path, monkeypatch, capsys):
 def test_download_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     import huggingface_hub
 
-    monkeypatch.setattr(ck, "_hub_offline", lambda: False)
+    monkeypatch.setattr(ck.hub, "hub_offline", lambda: False)
     seen = {}
 
     def unreachable(self, repo_id, repo_type=None, timeout=None, **kw):
@@ -164,7 +164,7 @@ def test_download_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
 def test_download_asks_for_the_released_folders(tmp_path, monkeypatch):
     import huggingface_hub
 
-    monkeypatch.setattr(ck, "_hub_offline", lambda: False)
+    monkeypatch.setattr(ck.hub, "hub_offline", lambda: False)
     calls = []
 
     class Info:

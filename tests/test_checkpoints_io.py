@@ -149,11 +149,11 @@ def test_bundle_round_trip_gives_identical_outputs(tmp_path):
                     extra_config={"sampler": {"skip_terminal_step": True}})
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "stats.safetensors", "t2m.safetensors",
                                                    "tae.safetensors"]
-    cfg = json.loads((d / "config.json").read_text())
-    assert cfg["format"] == "motionstreamer-bundle" and cfg["version"] == 1 and cfg["fps"] == 30
-    assert cfg["tae"] == tae.config.to_dict() and cfg["t2m"] == t2m.config.to_dict()
-    assert cfg["text_encoder"] == "minilm" and cfg["text_dim"] == 384 and cfg["description"] == "unit test"
-    assert cfg["sampler"] == {"skip_terminal_step": True}
+    config = json.loads((d / "config.json").read_text())
+    assert config["format"] == "motionstreamer-bundle" and config["version"] == 1 and config["fps"] == 30
+    assert config["tae"] == tae.config.to_dict() and config["t2m"] == t2m.config.to_dict()
+    assert config["text_encoder"] == "minilm" and config["text_dim"] == 384 and config["description"] == "unit test"
+    assert config["sampler"] == {"skip_terminal_step": True}
     b = load_bundle(d)
     assert isinstance(b, Bundle) and b.path == d and b.text_encoder_name == "minilm" and b.evaluator_path is None
     assert not b.tae.training and not b.t2m.training
@@ -198,20 +198,20 @@ def test_bundle_errors_name_the_broken_part(tmp_path):
     save_file({"mean": mean[:100], "std": std, "end_latent": end}, str(d / "stats.safetensors"))
     with pytest.raises(CheckpointError, match="stats.safetensors: mean must hold 272 values, got 100"):
         load_bundle(d)
-    cfg = json.loads((d / "config.json").read_text())
+    config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="config.json: invalid JSON"):
         load_bundle(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "format": "other"}))
+    (d / "config.json").write_text(json.dumps({**config, "format": "other"}))
     with pytest.raises(CheckpointError, match="format is 'other', expected 'motionstreamer-bundle'"):
         read_bundle_config(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "version": 2}))
+    (d / "config.json").write_text(json.dumps({**config, "version": 2}))
     with pytest.raises(CheckpointError, match="bundle version 2 is not supported"):
         read_bundle_config(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "tae": {**cfg["tae"], "widht": 3}}))
+    (d / "config.json").write_text(json.dumps({**config, "tae": {**config["tae"], "widht": 3}}))
     with pytest.raises(CheckpointError, match=r"bad 'tae' config \(unknown TAEConfig field\(s\) \['widht'\]"):
         load_bundle(d)
-    (d / "config.json").write_text(json.dumps({**cfg, "evaluator": {"latent_dim": 256}}))
+    (d / "config.json").write_text(json.dumps({**config, "evaluator": {"latent_dim": 256}}))
     with pytest.raises(CheckpointError, match=r"is missing evaluator.safetensors \(config.json names an evaluator\)"):
         load_bundle(d)
 
@@ -240,19 +240,19 @@ def test_save_refuses_bad_stats_before_writing(tmp_path):
 
 
 def test_interrupted_save_never_looks_complete(tmp_path, monkeypatch):
-    import motionstreamer.checkpoints as ck
+    import motionstreamer.checkpoints.bundle as ck
 
     tae, t2m = small_models()
     mean, std, end = stats()
     d = save_bundle(tmp_path / "b", tae, t2m, mean, std, end)
-    real = ck._save_safetensors
+    real = ck.save_safetensors
 
     def crash_on_t2m(path, state):
         if path.name == "t2m.safetensors":
             raise KeyboardInterrupt
         real(path, state)
 
-    monkeypatch.setattr(ck, "_save_safetensors", crash_on_t2m)
+    monkeypatch.setattr(ck, "save_safetensors", crash_on_t2m)
     tae2, t2m2 = small_models(seed=5)
     with pytest.raises(KeyboardInterrupt):
         save_bundle(d, tae2, t2m2, mean, std, end)
@@ -273,5 +273,71 @@ def test_bundle_with_evaluator_entry(tmp_path):
 
     d = save_bundle(tmp_path / "b", tae, t2m, *stats(), evaluator=TinyEvaluator())
     b = load_bundle(d)
-    assert b.config["evaluator"] == {"latent_dim": 2} and b.evaluator_path == d
+    assert b.config.evaluator == {"latent_dim": 2} and b.evaluator_path == d
     assert set(load_checkpoint_file(d / "evaluator.safetensors")) == {"proj.weight", "proj.bias"}
+
+
+# ----------------------------------------------------------------------------- BundleConfig
+def test_bundle_config_is_the_json_on_disk_typed():
+    """The embedded model's config.json read into a BundleConfig and written back is the same JSON: every
+    key it holds is either typed or kept (provenance, calibration), nothing is added or dropped."""
+    from motionstreamer.checkpoints import BundleConfig
+    from motionstreamer.models.few_step import StudentHeadConfig
+    from motionstreamer.runtime.loading import default_model_dir
+
+    raw = json.loads((default_model_dir() / "config.json").read_text())
+    config = read_bundle_config(default_model_dir())
+    assert config.to_dict() == raw
+    assert isinstance(config.tae, TAEConfig) and isinstance(config.t2m, T2MConfig)
+    assert isinstance(config.student_head, StudentHeadConfig) and config.student_head.teacher_cfg_scale == 4.0
+    assert config.sampler.skip_terminal_step is True and config.sampler.head is None
+    assert config.end_threshold == raw["end_threshold"] and "end_threshold_calibration" in config.extra
+    assert BundleConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("sampler", {"skip_terminal_step": 1}, "'sampler' must be"),
+    ("sampler", {"head": "teachr"}, "'sampler' must be"),
+    ("sampler", {"skip_terminal_step": True, "steps": 3}, "'sampler' must be"),
+    ("end_threshold", float("nan"), "'end_threshold' must be a finite number"),
+    ("end_threshold", True, "'end_threshold' must be a finite number"),
+    ("student_head", {"steps": [1], "default_steps": 2}, "bad 'student_head' config"),
+    ("t2m", {"n_layer": 0}, "bad 't2m' config"),
+    ("evaluator", [1], "'evaluator' must be a mapping"),
+    ("example_prompts", "walk", "'example_prompts' must be a list"),
+])
+def test_bundle_config_errors_name_the_key(key, value, msg, tmp_path):
+    from motionstreamer.checkpoints import BundleConfig
+
+    good = BundleConfig.from_dict({"sampler": {"skip_terminal_step": True}, "end_threshold": 2.5})
+    assert good.sampler.skip_terminal_step and good.end_threshold == 2.5        # one bad key among good ones
+    with pytest.raises(ValueError, match=msg):
+        BundleConfig.from_dict({"sampler": {"skip_terminal_step": True}, "end_threshold": 2.5, key: value})
+    tae, t2m = small_models()
+    mean, std, end = stats()
+    with pytest.raises(CheckpointError, match="may not set" if key == "student_head" else msg):   # before writing
+        save_bundle(tmp_path / "b", tae, t2m, mean, std, end, extra_config={key: value})
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_config_reads_old_student_keys_and_writes_new_ones(tmp_path):
+    """A bundle written before the one sampler vocabulary (student_head.teacher_cfg, teacher_skip_terminal,
+    method) loads with the same meaning; a student added to it is recorded under the current names."""
+    from motionstreamer.checkpoints import add_student_head
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
+
+    tae, t2m = small_models()
+    mean, std, end = stats()
+    d = save_bundle(tmp_path / "b", tae, t2m, mean, std, end)
+    student = StudentHead(t2m.config.head, StudentHeadConfig(steps=(2,), default_steps=2, teacher_cfg_scale=3.0,
+                                                             teacher_skip_terminal_step=False))
+    add_student_head(d, student)
+    raw = json.loads((d / "config.json").read_text())
+    assert raw["student_head"]["teacher_cfg_scale"] == 3.0 and "teacher_cfg" not in raw["student_head"]
+    old = dict(raw["student_head"])
+    old["teacher_cfg"] = old.pop("teacher_cfg_scale")
+    old["teacher_skip_terminal"] = old.pop("teacher_skip_terminal_step")
+    old["method"] = old.pop("distillation")
+    (d / "config.json").write_text(json.dumps({**raw, "student_head": old}))
+    b = load_bundle(d)
+    assert b.config.student_head == student.student_config

@@ -22,8 +22,8 @@ def models():
 
 def stream(models, prompts, seed=0, latents_each=10):
     bundle, enc = models
-    cfg = GenerationConfig(end_threshold=-1.0)
-    s = StreamingSession(bundle, enc, config=cfg, seed=seed)
+    config = GenerationConfig(end_threshold=-1.0)
+    s = StreamingSession(bundle, enc, config=config, seed=seed)
     for p in prompts:
         s.push_text(p, max_latents=latents_each, after_current=True)
     chunks = list(s)
@@ -47,14 +47,14 @@ def test_engine_equals_the_original_algorithm_latent_by_latent(models):
     4e-4 after 90 latents for seed 0, while seeds 2 and 4 drift into other motions after 40-60."""
     bundle, enc = models
     prompts = [("a person walks forward", 40), ("a person jogs in a circle", 50)]
-    cfg = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config["sampler"]["skip_terminal_step"])
-    s = StreamingSession(bundle, enc, config=cfg, seed=0)
+    config = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config.sampler.skip_terminal_step)
+    s = StreamingSession(bundle, enc, config=config, seed=0)
     for p, n in prompts:
         s.push_text(p, max_latents=n, after_current=True)
     latents = torch.stack([c.latent for c in s])
     assert len(latents) == 90 > bundle.t2m.config.block_size
     ref = reference_stream(bundle.t2m, bundle.tae, [(enc.encode([p])[0], n) for p, n in prompts], enc.encode([""])[0],
-                           torch.Generator().manual_seed(0), cfg, decode_every_latent=False, context=latents)
+                           torch.Generator().manual_seed(0), config, decode_every_latent=False, context=latents)
     err = (latents - ref.latents).abs().max(dim=1).values / latents.abs().max(dim=1).values
     assert err.max() < 5e-5, (err.max(), err.argmax())
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, SimpleMLPAdaLN,
-                                             cosine_betas, draw_sampling_noise, space_timesteps,
-                                             timestep_embedding)
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SimpleMLPAdaLN, timestep_embedding
+from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, cosine_betas, draw_sampling_noise, space_timesteps
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -168,7 +167,7 @@ def test_official_keys_of_the_head():
 
 
 # ----------------------------------------------------------------------------- sampler
-def original_sample(head, cond, uncond, cfg, temperature, steps, x_T, step_noise, uncond_noise):
+def original_sample(head, cond, uncond, config, temperature, steps, x_T, step_noise, uncond_noise):
     """Literal transcription of the original: SpacedDiffusion.p_sample_loop over 2B rows with
     noise = cat([x_T, x_T]); the model is _WrappedModel(forward_with_cfg) (respaced t -> base t);
     p_mean_variance (FIXED_SMALL, eps prediction, no clipping); p_sample draws fresh noise for all
@@ -182,7 +181,7 @@ def original_sample(head, cond, uncond, cfg, temperature, steps, x_T, step_noise
         half = x[: len(x) // 2]
         out = net(torch.cat([half, half]), t, c)
         ce, ue = out.chunk(2)
-        e = ue + cfg * (ce - ue)
+        e = ue + config * (ce - ue)
         return torch.cat([e, e])
 
     ex = lambda arr, t: torch.as_tensor(arr)[t].to(x_T.dtype)[:, None]
@@ -221,7 +220,7 @@ def test_cfg_conventions(head):
     g = torch.Generator().manual_seed(4)
     noise = draw_sampling_noise(g, 3, 10, 16)
     plain = head.sample(cond, None, SamplerSettings(sampling_steps=10), noise=noise)
-    # cfg == 1 runs unguided even with an uncond given
+    # cfg_scale == 1 runs unguided even with an uncond given
     torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(cfg_scale=1.0, sampling_steps=10), noise=noise), plain, atol=0, rtol=0)
     # both halves share x_t and noise: with uncond == cond any scale gives the unguided sample
     # (float64: the first step divides by sqrt(alpha_bar) ~ 1e-3, which would magnify the last
@@ -260,14 +259,14 @@ def test_noise_temperature_and_reproducibility(head):
     torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10), noise=(x_T, n3)), t1, atol=0, rtol=0)
 
 
-def hand_ddim(head, cond, uncond, cfg, steps, x_T, eta, step_noise):
+def hand_ddim(head, cond, uncond, config, steps, x_T, eta, step_noise):
     proc = head.sampling_process(steps)
     tmap = proc.timestep_map
     x = x_T
     for i in reversed(range(proc.num_timesteps)):
         t = torch.full((x.shape[0],), int(tmap[i]))
         e_c, e_u = head.net(x, t, cond), head.net(x, t, uncond)
-        eps = e_u + cfg * (e_c - e_u)
+        eps = e_u + config * (e_c - e_u)
         ab, ab_prev = proc.alphas_cumprod[i], proc.alphas_cumprod_prev[i]
         x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
         sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)

@@ -20,7 +20,8 @@ from motionstreamer.eval.head_quality import (
     sliced_wasserstein,
     teacher_sampler,
 )
-from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings
+from motionstreamer.models.diffusion import DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.few_step import (
     StudentHead,
     StudentHeadConfig,
@@ -101,7 +102,7 @@ def test_student_sampler_checks_its_inputs():
 @pytest.mark.parametrize("field,value,msg", [
     ("steps", [], "steps must be distinct"), ("steps", [1, 1], "steps must be distinct"),
     ("steps", [0, 2], "steps must be distinct"), ("default_steps", 3, "default_steps"),
-    ("kind", "ddpm", "kind"), ("teacher_cfg", float("nan"), "teacher_cfg"), ("top_timestep", 0, "top_timestep")])
+    ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"), ("top_timestep", 0, "top_timestep")])
 def test_student_config_errors_name_the_field(field, value, msg):
     d = StudentHeadConfig().to_dict()
     d[field] = value
@@ -111,6 +112,20 @@ def test_student_config_errors_name_the_field(field, value, msg):
         StudentHeadConfig.from_dict({**StudentHeadConfig().to_dict(), "extra": 1})
     with pytest.raises(ValueError, match="not 3"):
         StudentHeadConfig().check_steps(3)
+
+
+def test_student_config_reads_the_keys_older_bundles_wrote():
+    """Bundles written before the one sampler vocabulary (the embedded model's until it was migrated) name
+    the teacher's settings teacher_cfg / teacher_skip_terminal and the recipe method: read as the current
+    fields, written back only under the current names; both spellings at once is an error."""
+    old = {"kind": "few-step", "steps": [1, 2, 4], "default_steps": 4, "top_timestep": 48, "teacher_cfg": 3.5,
+           "teacher_steps": 50, "teacher_skip_terminal": False, "method": "some recipe"}
+    c = StudentHeadConfig.from_dict(old)
+    assert (c.teacher_cfg_scale, c.teacher_skip_terminal_step, c.distillation) == (3.5, False, "some recipe")
+    assert set(c.to_dict()) == {"kind", "steps", "default_steps", "top_timestep", "teacher_cfg_scale", "teacher_steps",
+                                "teacher_skip_terminal_step", "distillation"}
+    with pytest.raises(ValueError, match="not both"):
+        StudentHeadConfig.from_dict({**old, "teacher_cfg_scale": 3.5})
 
 
 def test_energy_score_prefers_the_target_distribution():
@@ -227,7 +242,7 @@ def test_teacher_bank_is_the_runtime_sampler_and_chunk_independent(tiny):
     a = teacher_samples(t2m.diff_loss, pairs, 3, 4.0, 50, True, seed=0, chunk=4)
     assert a.shape == (6, 3, 16) and torch.isfinite(a).all()
     # the first chunk is exactly the guided sampler on [cond; uncond] with its generator's noise
-    from motionstreamer.models.diffusion import draw_sampling_noise
+    from motionstreamer.models.sampling import draw_sampling_noise
     gen = torch.Generator().manual_seed(0)
     c = pairs[:4]
     noise = draw_sampling_noise(gen, 12, 49, 16)
@@ -239,10 +254,10 @@ def test_teacher_bank_is_the_runtime_sampler_and_chunk_independent(tiny):
 def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     root, examples, emb = tiny
     teacher = load_bundle(root / "teacher")
-    cfg = quiet(DistillConfig, out_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=1e-3, warmup_steps=0,
+    config = quiet(DistillConfig, out_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=1e-3, warmup_steps=0,
                 conditions=64, teacher_samples=8, student_samples=8, student_steps=(1, 2), save_every=30,
                 log_every=10, ema_decay=None)
-    s, res = distill_head(teacher, examples, emb, cfg, teacher_name="tiny")
+    s, res = distill_head(teacher, examples, emb, config, teacher_name="tiny")
     first = sum(v for _, v in res.losses[:10]) / 10
     last = sum(v for _, v in res.losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)
@@ -252,12 +267,12 @@ def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
         assert (out / name).read_bytes() == (root / "teacher" / name).read_bytes()
     b = load_bundle(out)
     assert b.student is not None and b.student.student_config.steps == (1, 2) and b.student.student_config.default_steps == 2
-    assert b.student.student_config.top_timestep == 48 and b.student.student_config.teacher_skip_terminal
+    assert b.student.student_config.top_timestep == 48 and b.student.student_config.teacher_skip_terminal_step
     for k, v in s.state_dict().items():
         assert torch.equal(b.student.state_dict()[k], v)
     assert load_bundle(root / "teacher").student is None
     # resume continues the run from its checkpoint (same bank, read back)
-    cfg2 = cfg.updated({"steps": 70})
+    cfg2 = config.updated({"steps": 70})
     _, res2 = distill_head(load_bundle(root / "teacher"), examples, emb, cfg2, teacher_name="tiny",
                            resume=tmp_path / "run" / "checkpoint_last.pt")
     assert res2.step == 70 and len(res2.losses) == 10
@@ -277,9 +292,9 @@ def test_student_bundle_errors_are_clear(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="student_head.safetensors.*names a student head"):
         load_bundle(out)
     save_file(state, str(f))
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["student_head"]["steps"] = [0]
-    (out / "config.json").write_text(json.dumps(cfg))
+    config = json.loads((out / "config.json").read_text())
+    config["student_head"]["steps"] = [0]
+    (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="bad 'student_head' config"):
         load_bundle(out)
     other = StudentHead(DiffusionHeadConfig(width=32, depth=2, cond_dim=32), StudentHeadConfig())

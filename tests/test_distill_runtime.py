@@ -26,16 +26,16 @@ def bundles(tmp_path_factory):
     """(teacher bundle dir, the same bundle with a random-weight 1/2-step student)."""
     root = tmp_path_factory.mktemp("student_rt")
     torch.manual_seed(0)
-    cfg = T2MConfig.small()
-    cfg.block_size = 10                      # streams below cross the window slide (re-prefill)
-    t2m = randomize_head(TextToMotionModel(cfg)).eval()
+    config = T2MConfig.small()
+    config.block_size = 10                      # streams below cross the window slide (re-prefill)
+    t2m = randomize_head(TextToMotionModel(config)).eval()
     tae = CausalHumanTAE(TAEConfig.small()).eval()
     g = torch.Generator().manual_seed(2)
     save_bundle(root / "teacher", tae, t2m, torch.randn(272, generator=g) * 0.1, torch.rand(272, generator=g) + 0.5,
                 torch.full((16,), 100.0), text_encoder="minilm",
                 extra_config={"sampler": {"skip_terminal_step": True}})
     student = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, top_timestep=48))
-    student.load_state_dict(randomize_head(TextToMotionModel(cfg), seed=9).diff_loss.state_dict())
+    student.load_state_dict(randomize_head(TextToMotionModel(config), seed=9).diff_loss.state_dict())
     add_student_head(root / "teacher", student, root / "student")
     return root / "teacher", root / "student"
 
@@ -96,10 +96,10 @@ def test_graphed_backend_cpu_path_samples_the_student(bundles, steps):
 def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles):
     tdir, sdir = bundles
     enc = FakeTextEncoder(TEXT)
-    for cfg in (GenerationConfig(sampling_steps=5, end_threshold=-1.0), GenerationConfig(head="teacher",
+    for config in (GenerationConfig(sampling_steps=5, end_threshold=-1.0), GenerationConfig(head="teacher",
                                                                                       end_threshold=-1.0)):
-        a = stream_latents(StreamingEngine(load_bundle(tdir), enc, capacity=2, config=cfg), ["walk", "run"], [1, 2], 11)
-        s_engine = StreamingEngine(load_bundle(sdir), enc, capacity=2, config=cfg)
+        a = stream_latents(StreamingEngine(load_bundle(tdir), enc, capacity=2, config=config), ["walk", "run"], [1, 2], 11)
+        s_engine = StreamingEngine(load_bundle(sdir), enc, capacity=2, config=config)
         assert s_engine.settings.head == "teacher" and s_engine.backend.condition_rows == 2
         b = stream_latents(s_engine, ["walk", "run"], [1, 2], 11)
         for x, y in zip(a, b):
@@ -118,7 +118,7 @@ def test_student_steps_and_missing_student_are_clear_errors(bundles):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--head", "student", "--steps", "4"], "samples in 1, 2 steps, not 4"),
+    (["--head", "student", "--sampling-steps", "4"], "samples in 1, 2 steps, not 4"),
     (["--head", "student", "--sampler", "ddim"], "samples with 'ddpm'"),
 ])
 def test_generate_cli_student_errors(bundles, tmp_path, capsys, argv, msg):
@@ -136,7 +136,7 @@ def test_generate_cli_runs_the_student(bundles, tmp_path):
 
     _, sdir = bundles
     assert main(["generate", "a person walks", "--checkpoint", str(sdir), "--out", str(tmp_path / "g"),
-                 "--max-seconds", "1", "--head", "student", "--steps", "1"]) == 0
+                 "--max-seconds", "1", "--head", "student", "--sampling-steps", "1"]) == 0
     assert np.load(tmp_path / "g.npy").shape[1] == 272
 
 
@@ -147,7 +147,7 @@ def exported(bundles, tmp_path_factory):
 
     _, sdir = bundles
     out = tmp_path_factory.mktemp("student_onnx")
-    manifest = export_bundle(load_bundle(sdir), out, head_variants=[("ddpm", 5), ("student", 1), ("student", 2)])
+    manifest = export_bundle(load_bundle(sdir), out, variants=[("ddpm", 5), ("student", 1), ("student", 2)])
     return sdir, out, manifest
 
 
@@ -174,9 +174,9 @@ def test_ort_student_stream_matches_torch_with_one_kv_row_per_stream(exported):
     sdir, out, _ = exported
     from motionstreamer.runtime.ort_backend import ort_session
 
-    cfg = student_config(max_latents=12)
-    a = StreamingSession(load_bundle(sdir), FakeTextEncoder(TEXT), config=cfg, seed=7)
-    b = ort_session(out, FakeTextEncoder(TEXT), config=cfg, seed=7)
+    config = student_config(max_latents=12)
+    a = StreamingSession(load_bundle(sdir), FakeTextEncoder(TEXT), config=config, seed=7)
+    b = ort_session(out, FakeTextEncoder(TEXT), config=config, seed=7)
     assert b.engine.backend.condition_rows == 1 and b.engine.backend.k.shape[1] == 1
     for s in (a, b):
         s.push_text("walk forward", max_latents=5)
@@ -192,9 +192,9 @@ def test_export_student_variant_errors(bundles, tmp_path):
 
     tdir, sdir = bundles
     with pytest.raises(ValueError, match="samples in 1, 2 steps, not 3"):
-        export_bundle(load_bundle(sdir), tmp_path / "a", head_variants=[("student", 3)])
+        export_bundle(load_bundle(sdir), tmp_path / "a", variants=[("student", 3)])
     with pytest.raises(ValueError, match="no few-step student head"):
-        export_bundle(load_bundle(tdir), tmp_path / "b", head_variants=[("student", 1)])
+        export_bundle(load_bundle(tdir), tmp_path / "b", variants=[("student", 1)])
 
 
 def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
@@ -202,7 +202,7 @@ def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
 
     tdir, sdir = bundles
     for argv, msg in ((["--checkpoint", str(tdir)], "no few-step student head"),
-                      (["--checkpoint", str(sdir), "--steps", "10"], "samples in 1, 2 steps, not 10")):
+                      (["--checkpoint", str(sdir), "--sampling-steps", "10"], "samples in 1, 2 steps, not 10")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--head", "student", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`motionstreamer evaluate gt|tae|t2m|stream` and `train-evaluator`: tables, JSON files, protocol
 behaviour with known inputs, and argument errors."""
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -199,7 +200,7 @@ def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_di
     assert code == 0 and "MPJPE (mm)" in text
     assert json.loads((tmp_path / "tae.json").read_text())["metrics"]["mpjpe_mm"]["mean"] > 0
     code, text = _run(capsys, ["evaluate", "t2m", "--data", str(data), "--split", "val", "--evaluator",
-                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2",
+                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--sampling-steps", "2",
                                "--out", str(tmp_path / "t2m.json"), "--quiet"])
     assert code == 0 and "Real R@3" in text
     res = json.loads((tmp_path / "t2m.json").read_text())
@@ -212,9 +213,9 @@ def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, da
     pytest.importorskip("onnxruntime")
     from motionstreamer.checkpoints import load_bundle
     from motionstreamer.export.onnx_export import export_bundle
-    export_bundle(load_bundle(bundle_dir), tmp_path / "onnx", head_variants=[("ddpm", 2)])
+    export_bundle(load_bundle(bundle_dir), tmp_path / "onnx", variants=[("ddpm", 2)])
     common = ["evaluate", "t2m", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
-              "--batch", "4", "--steps", "2", "--quiet", "--device", "cpu"]
+              "--batch", "4", "--sampling-steps", "2", "--quiet", "--device", "cpu"]
     res = {}
     for name, source in [("torch", ["--checkpoint", str(bundle_dir), "--dtype", "fp32"]),
                          ("onnx", ["--onnx", str(tmp_path / "onnx")])]:
@@ -227,7 +228,7 @@ def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, da
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (k, a, b)
     code, _ = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
                             "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir), "--onnx",
-                            str(tmp_path / "onnx"), "--batch", "8", "--steps", "2", "--transition-length", "30",
+                            str(tmp_path / "onnx"), "--batch", "8", "--sampling-steps", "2", "--transition-length", "30",
                             "--out", str(tmp_path / "s.json"), "--quiet", "--device", "cpu"])
     assert code == 0 and "transition_fid" in json.loads((tmp_path / "s.json").read_text())["metrics"]
     # --onnx takes the models from the export
@@ -239,7 +240,7 @@ def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, da
 def test_evaluate_stream_with_a_bundle(capsys, tmp_path, data, evaluator_dir, bundle_dir):
     code, text = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
                                "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir),
-                               "--checkpoint", str(bundle_dir), "--batch", "8", "--steps", "2",
+                               "--checkpoint", str(bundle_dir), "--batch", "8", "--sampling-steps", "2",
                                "--transition-length", "30", "--out", str(tmp_path / "s.json"), "--quiet"])
     assert code == 0
     res = json.loads((tmp_path / "s.json").read_text())
@@ -288,7 +289,7 @@ def test_train_evaluator_cli_then_evaluate(capsys, tmp_path, data):
     (["evaluate", "gt", "--data", "{data}", "--evaluator", "{ev}", "--repeats", "0"], "--repeats must be >= 1"),
     (["evaluate", "gt", "--data", "{tmp}/nodata", "--evaluator", "{ev}"], "split file not found|not found"),
     (["evaluate", "gt", "--data", "{data}", "--split", "test", "--evaluator", "{ev}"], "fewer than one batch of 32"),
-    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae .*not found"),
+    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae: .*none.pt: not found"),
     (["evaluate", "t2m", "--data", "{data}", "--evaluator", "{ev}", "--mm-captions", "5", "--mm-repeats", "5"],
      "--mm-repeats must be > 10"),
     (["train-evaluator", "--data", "{data}", "--out", "{tmp}/x", "--set", "lamda=1"], "unknown config field"),
@@ -303,12 +304,16 @@ def test_argument_errors(capsys, tmp_path, data, evaluator_dir, argv, message):
     assert re.search(message, capsys.readouterr().err), message
 
 
-def test_generation_protocols_need_the_runtime(capsys, monkeypatch, data, evaluator_dir):
-    monkeypatch.setitem(sys.modules, "motionstreamer.runtime.engine", None)     # import fails
-    with pytest.raises(SystemExit):
-        main(["evaluate", "t2m", "--data", str(data), "--split", "train", "--evaluator", str(evaluator_dir),
-              "--batch", "8"])
-    assert "needs the streaming runtime" in capsys.readouterr().err
+def test_generation_protocols_need_the_runtime(data, evaluator_dir):
+    """A runtime that does not import (a broken install) is one clear error line naming it, no traceback."""
+    code = ("import sys\nsys.modules['motionstreamer.runtime.engine'] = None   # import fails\n"
+            "from motionstreamer.cli import main\n"
+            f"main(['evaluate', 't2m', '--data', {str(data)!r}, '--split', 'train', '--evaluator', "
+            f"{str(evaluator_dir)!r}, '--batch', '8'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("motionstreamer: error: `evaluate` cannot run") and "motionstreamer.runtime.engine" \
+        in r.stderr
 
 
 # ----------------------------------------------------------------------------- goals

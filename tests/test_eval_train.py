@@ -63,8 +63,8 @@ def test_tmr_losses_vs_closed_forms():
            "lat_text": torch.randn(B, 8, generator=g), "lat_motion": torch.randn(B, 8, generator=g),
            "feat_text": torch.randn(B, T, D, generator=g), "feat_motion": torch.randn(B, T, D, generator=g)}
     ref = torch.randn(B, T, D, generator=g)
-    cfg = EvaluatorTrainConfig()
-    total, terms = tmr_losses(out, ref, None, cfg)
+    config = EvaluatorTrainConfig()
+    total, terms = tmr_losses(out, ref, None, config)
 
     def kl(m1, s1, m2, s2):   # KL(N(m1, s1) || N(m2, s2)), elementwise mean
         return (torch.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5).mean()
@@ -142,9 +142,9 @@ def test_resume_is_bit_exact(tmp_path, synth):
 def test_training_on_synthetic_motion_ranks_real_pairs_far_above_chance(tmp_path, synth):
     """~60 steps (lr 1e-3) of the small evaluator (MiniLM backbone, 64-frame clips) on 200 synthetic clips."""
     from motionstreamer.eval.protocols import EvalSet, evaluate_gt
-    cfg = _cfg(tmp_path / "run", batch_size=32, epochs=3, lr=1e-3, save_every=10_000, filter_model="minilm",
+    config = _cfg(tmp_path / "run", batch_size=32, epochs=3, lr=1e-3, save_every=10_000, filter_model="minilm",
                log_every=20)
-    ev, res = train_evaluator(synth, cfg, EvaluatorConfig.small("minilm"))
+    ev, res = train_evaluator(synth, config, EvaluatorConfig.small("minilm"))
     losses = [v for _, v in res.losses]
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     # R-precision of the real pairs of the training clips (reference draw, batches of 32)

@@ -15,7 +15,7 @@ from fakes import FakeTextEncoder
 
 from motionstreamer.checkpoints import load_bundle, save_bundle
 from motionstreamer.export.onnx_export import WEIGHT_QMAX, _gemm_to_matmul, export_bundle, read_manifest
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.runtime.engine import GenerationConfig
@@ -30,9 +30,9 @@ REL_TOL = 1e-5
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     tae = CausalHumanTAE(TAEConfig(hidden=32, width=32))
-    cfg = T2MConfig.small()
-    cfg.block_size = 10
-    t2m = TextToMotionModel(cfg)
+    config = T2MConfig.small()
+    config.block_size = 10
+    t2m = TextToMotionModel(config)
     for p in t2m.diff_loss.net.parameters():   # the zero-initialised head would hide errors
         torch.nn.init.normal_(p, std=0.02)
     d = tmp_path_factory.mktemp("bundle")
@@ -41,7 +41,7 @@ def exported(tmp_path_factory):
                 torch.randn(16, generator=g))
     bundle = load_bundle(d)
     out = tmp_path_factory.mktemp("onnx")
-    export_bundle(bundle, out, head_variants=(("ddpm", 50), ("ddim", 5)))
+    export_bundle(bundle, out, variants=(("ddpm", 50), ("ddim", 5)))
     return bundle, out
 
 
@@ -82,17 +82,17 @@ def test_prefill_and_decode_match_kv_cache_model(exported):
     close(k2[:, :, :, :6], torch.stack(cache.k)[:, :, :, :6])
 
 
-@pytest.mark.parametrize("method,steps", [("ddpm", 50), ("ddim", 5)])
-def test_head_graph_matches_sampler(exported, method, steps):
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 50), ("ddim", 5)])
+def test_head_graph_matches_sampler(exported, sampler, steps):
     bundle, out = exported
     g = torch.Generator().manual_seed(3)
     E = bundle.t2m.config.n_embd
     cond, unc = torch.randn(2, E, generator=g), torch.randn(2, E, generator=g)
     x, n = draw_sampling_noise(g, 2, steps, 16)
-    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps, sampler=method), noise=(x, n))
-    sess = ort.InferenceSession(str(out / f"head_{method}{steps}.onnx"), providers=["CPUExecutionProvider"])
+    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps, sampler=sampler), noise=(x, n))
+    sess = ort.InferenceSession(str(out / f"head_{sampler}{steps}.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"cond": cond.numpy(), "uncond": unc.numpy(), "x_T": x.numpy(), "step_noise": n.numpy(),
-             "cfg": np.array([3.0], np.float32), "temperature": np.array([0.9], np.float32)}
+             "cfg_scale": np.array([3.0], np.float32), "temperature": np.array([0.9], np.float32)}
     names = {i.name for i in sess.get_inputs()}
     close(sess.run(None, {k: v for k, v in feeds.items() if k in names})[0], ref)
 
@@ -113,9 +113,9 @@ def test_tae_step_graph_matches_streaming_decoder(exported):
 
 def test_ort_stream_matches_torch_session(exported):
     bundle, out = exported
-    cfg = GenerationConfig(sampling_steps=50, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
-    a = StreamingSession(bundle, FakeTextEncoder(384), config=cfg, seed=7)
-    b = ort_session(out, FakeTextEncoder(384), config=cfg, seed=7)
+    config = GenerationConfig(sampling_steps=50, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
+    a = StreamingSession(bundle, FakeTextEncoder(384), config=config, seed=7)
+    b = ort_session(out, FakeTextEncoder(384), config=config, seed=7)
     for s in (a, b):
         s.push_text("walk forward", max_latents=6)
         s.push_text("turn left", after_current=True)   # crosses the 9-latent window: re-prefill
@@ -152,7 +152,7 @@ INT8_HEAD_VS_COND_EFFECT = 0.35
 def exported_int8(exported, tmp_path_factory):
     bundle, _ = exported
     out = tmp_path_factory.mktemp("onnx_int8")
-    return export_bundle(bundle, out, head_variants=(("ddim", 5),), quantize="int8"), out
+    return export_bundle(bundle, out, variants=(("ddim", 5),), quantize="int8"), out
 
 
 def rel_max(a, b):
@@ -239,7 +239,7 @@ def test_int8_matmuls_within_their_rounding_bound(exported, exported_int8, graph
                                      "v_cache": torch.randn(4, 3, 4, 10, 32, generator=g).numpy(), "pos": np.full(3, 5)},
         "head_ddim5.onnx": lambda: {"cond": torch.randn(3, 128, generator=g).numpy(),
                                     "uncond": torch.randn(3, 128, generator=g).numpy(),
-                                    "x_T": torch.randn(3, 16, generator=g).numpy(), "cfg": np.array([3.0], np.float32)},
+                                    "x_T": torch.randn(3, 16, generator=g).numpy(), "cfg_scale": np.array([3.0], np.float32)},
     }[graph]()
     sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
@@ -292,7 +292,7 @@ def test_int8_graphs_identical_on_an_avx2_cpu(exported_int8, tmp_path):
              "k_cache": torch.randn(4, 3, 4, 10, 32, generator=g), "v_cache": torch.randn(4, 3, 4, 10, 32, generator=g),
              "pos": np.full(3, 5), "cond": torch.randn(3, 128, generator=g) * 3,
              "uncond": torch.randn(3, 128, generator=g) * 3, "x_T": torch.randn(3, 16, generator=g),
-             "cfg": np.array([3.0], np.float32)}
+             "cfg_scale": np.array([3.0], np.float32)}
     np.savez(tmp_path / "feeds.npz", **{k: np.asarray(v) for k, v in feeds.items()})
     graphs = [str(out8 / f) for f in ("prefill.onnx", "decode_step.onnx", "head_ddim5.onnx")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -331,7 +331,7 @@ def test_int8_graphs_close_to_fp32(exported, exported_int8):
     assert rel_max(run(out8 / "decode_step.onnx", dec)[0], run(out32 / "decode_step.onnx", dec)[0]) < INT8_COND_TOL
     other = torch.randn(3, bundle.t2m.config.n_embd, generator=g).numpy()
     head = {"cond": c32, "uncond": other, "x_T": torch.randn(3, 16, generator=g).numpy(),
-            "cfg": np.array([3.0], np.float32)}   # deterministic ddim: no noise or temperature inputs
+            "cfg_scale": np.array([3.0], np.float32)}   # deterministic ddim: no noise or temperature inputs
     h32, h8 = run(out32 / "head_ddim5.onnx", head)[0], run(out8 / "head_ddim5.onnx", head)[0]
     effect = np.abs(run(out32 / "head_ddim5.onnx", {**head, "cond": other})[0] - h32).max()
     assert np.abs(h8 - h32).max() < INT8_HEAD_VS_COND_EFFECT * effect
@@ -339,10 +339,10 @@ def test_int8_graphs_close_to_fp32(exported, exported_int8):
 
 def test_int8_ort_stream_close_to_fp32(exported, exported_int8):
     (_, out32), (_, out8) = exported, exported_int8
-    cfg = GenerationConfig(sampler="ddim", sampling_steps=5, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
+    config = GenerationConfig(sampler="ddim", sampling_steps=5, end_threshold=-1.0, max_latents=14, cfg_scale=2.5)
     chunks = []
     for out in (out32, out8):
-        s = ort_session(out, FakeTextEncoder(384), config=cfg, seed=7)
+        s = ort_session(out, FakeTextEncoder(384), config=config, seed=7)
         s.push_text("walk forward", max_latents=6)
         s.push_text("turn left", after_current=True)   # crosses the window: re-prefill
         chunks.append(list(s))

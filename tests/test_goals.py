@@ -12,8 +12,16 @@ import torch
 from fakes import FakeBundle, FakeTextEncoder, randomize_head, run_cli
 
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.goal import (GOAL_DIM, HAS_HEADING, HAS_SECONDS, PRESENT, SECONDS, GoalEmbed,
-                                        root_frame_offset, yaw_of_heading)
+from motionstreamer.models.goal import (
+    GOAL_DIM,
+    HAS_HEADING,
+    HAS_SECONDS,
+    PRESENT,
+    SECONDS,
+    GoalEmbed,
+    root_frame_offset,
+    yaw_of_heading,
+)
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.runtime import policy
@@ -453,7 +461,8 @@ def test_onnx_goal_graphs_match_the_model(exported_goal):
     m = bundle.t2m
     g = torch.Generator().manual_seed(2)
     text, lat = torch.randn(3, TEXT_DIM, generator=g), torch.randn(3, 4, 16, generator=g)
-    goal = torch.tensor([[2.0, 3.0, 0.5, 0.8, 2.0, 1.0, 1.0, 1.0], [0.0] * 8, [-1.0, 0.5, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]])
+    goal = torch.tensor([[2.0, 3.0, 0.5, 0.8, 2.0, 1.0, 1.0, 1.0], [0.0] * 8,
+                         [-1.0, 0.5, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]])
     cache = m.new_kv_cache(3)
     ref = m.prefill(text, lat, cache, goal=goal)
     assert (ref[0] - m.prefill(text, lat, m.new_kv_cache(3))[0]).abs().max() > 1e-3   # the goal matters

@@ -28,7 +28,7 @@ from fakes import run_cli
 
 from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
 
-FAST = ["--steps", "2", "--quiet"]
+FAST = ["--sampling-steps", "2", "--quiet"]
 UNWRITABLE_DIR = "/sys/motionstreamer-test"   # EACCES/EROFS even for root (tests run as root in CI)
 
 
@@ -67,10 +67,10 @@ def edited_bundle(tmp_path: Path, edit) -> Path:
     """A copy of the embedded model with config.json (or its files) changed by edit(dir, config)."""
     d = tmp_path / "bundle"
     shutil.copytree(DEFAULT_MODEL_DIR, d)
-    cfg = json.loads((d / "config.json").read_text())
-    edit(d, cfg)
-    if cfg is not None:
-        (d / "config.json").write_text(json.dumps(cfg))
+    config = json.loads((d / "config.json").read_text())
+    edit(d, config)
+    if config is not None:
+        (d / "config.json").write_text(json.dumps(config))
     return d
 
 
@@ -79,7 +79,7 @@ def test_non_finite_generated_motion_fails_with_nothing_written(tmp_path, capsys
     """A model whose output overflows (Std of 1e38: finite, but the de-normalised frames are inf)."""
     from safetensors.torch import load_file, save_file
 
-    def huge_std(d, cfg):
+    def huge_std(d, config):
         stats = load_file(d / "stats.safetensors")
         stats["std"] = torch.full_like(stats["std"], 1e38)
         save_file(stats, d / "stats.safetensors")
@@ -102,7 +102,7 @@ def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
     from motionstreamer.runtime.policy import NonFiniteMotionError
     from motionstreamer.runtime.session import StreamingSession
 
-    def huge_std(d, cfg):
+    def huge_std(d, config):
         stats = load_file(d / "stats.safetensors")
         stats["std"] = torch.full_like(stats["std"], 1e38)
         save_file(stats, d / "stats.safetensors")
@@ -115,17 +115,17 @@ def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
     assert issubclass(NonFiniteMotionError, FloatingPointError)
 
 NUMBERS = [   # (verb and arguments, what the one error line names); every case is refused before any work
-    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg", "--temperature", "--end-threshold",
+    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg-scale", "--temperature", "--end-threshold",
                                                                         "--max-seconds") for v in ("nan", "inf", "-inf")],
-    (["generate", "a person walks", "--cfg", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
-    (["generate", "a person walks", "--cfg=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--cfg-scale", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
+    (["generate", "a person walks", "--cfg-scale=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
     (["generate", "a person walks", "--temperature", "1e30"], "temperature must be a finite number in [0, 10]"),
     (["generate", "a person walks", "--temperature=-1"], "temperature must be a finite number in [0, 10]"),
     (["stream", "--prompt", "walk@1e999"], "must be in (0, 600]"),
-    (["evaluate", "t2m", "--data", "missing", "--cfg", "1e30"], "cfg_scale"),
-    (["evaluate", "t2m", "--data", "missing", "--cfg", "nan"], "--cfg must be a finite number"),
-    (["serve", "--cfg", "inf"], "--cfg must be a finite number"),
-    (["serve", "--cfg", "1e30"], "cfg_scale must be a finite number"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg-scale", "1e30"], "cfg_scale"),
+    (["evaluate", "t2m", "--data", "missing", "--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
+    (["serve", "--cfg-scale", "inf"], "--cfg-scale must be a finite number"),
+    (["serve", "--cfg-scale", "1e30"], "cfg_scale must be a finite number"),
     (["serve", "--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
     (["synth", "--out", "x", "--min-seconds", "nan"], "--min-seconds must be a finite number"),
     (["train", "tae", "--data", "missing", "--out", "run", "--set", "lr=Infinity"], "lr must be a finite number"),
@@ -148,7 +148,7 @@ def test_non_finite_or_absurd_numbers_are_refused_up_front(args, msg, tmp_path, 
 
 
 def test_api_configs_refuse_non_finite_numbers():
-    from motionstreamer.models.diffusion import SamplerSettings
+    from motionstreamer.models.sampling import SamplerSettings
     from motionstreamer.runtime.engine import GenerationConfig
     from motionstreamer.serve.app import ServeConfig
     from motionstreamer.serve.protocol import ProtocolError, ServeLimits, parse_client_message
@@ -176,9 +176,9 @@ def tiny_tae_train(out: Path, steps: int, **kw):
 
     rng = np.random.default_rng(0)
     motions = [rng.standard_normal((70, 272)).astype(np.float32) for _ in range(4)]
-    cfg = quiet(TAETrainConfig, out_dir=str(out), steps=steps, batch_size=2, window=16, warmup_steps=0,
+    config = quiet(TAETrainConfig, out_dir=str(out), steps=steps, batch_size=2, window=16, warmup_steps=0,
                 save_every=3, log_every=1)
-    return train_tae(tiny_tae(0), motions, cfg, **kw)
+    return train_tae(tiny_tae(0), motions, config, **kw)
 
 
 def log_steps(out: Path) -> list[int]:
@@ -186,7 +186,8 @@ def log_steps(out: Path) -> list[int]:
 
 
 def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
-    from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
+    from motionstreamer.train.common import CHECKPOINT_NAME
+    from motionstreamer.checkpoints import load_training_checkpoint
 
     run = tmp_path / "run"
     tiny_tae_train(run, 6)
@@ -204,7 +205,7 @@ def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp
         tiny_tae_train(run, 8, resume=other / CHECKPOINT_NAME)
     # overwrite replaces the run: a fresh log, a step-2 checkpoint
     tiny_tae_train(run, 2, overwrite=True)
-    assert log_steps(run) == [1, 2] and load_checkpoint(run / CHECKPOINT_NAME)["step"] == 2
+    assert log_steps(run) == [1, 2] and load_training_checkpoint(run / CHECKPOINT_NAME)["step"] == 2
 
 
 def test_resumed_run_does_not_repeat_lost_steps_in_its_log(tmp_path):
@@ -253,13 +254,15 @@ def test_live_stdin_survives_undecodable_and_huge_lines(tmp_path, monkeypatch, c
 
     def feed():   # a writer thread: the pipe holds 64 KB, the long line is longer
         with os.fdopen(w, "wb") as f:
-            f.write(b"\xff\xfe\n" + b"y" * 100_000 + b"\na person walks\n")
+            f.write(b"\xff\xfe\n" + b"y" * 100_000 + b"\na person \x1b[31mjumps\na person walks\n")
     threading.Thread(target=feed, daemon=True).start()
     monkeypatch.setattr(sys, "stdin", os.fdopen(r, "r"))
-    code, _, err = run_cli(["stream", "--stdin", *out(tmp_path, "live"), "--max-seconds", "1", "--steps", "2"],
+    code, _, err = run_cli(["stream", "--stdin", *out(tmp_path, "live"), "--max-seconds", "1", "--sampling-steps", "2"],
                            capsys)
     assert code == 0, err
     assert "not UTF-8" in err and "longer than" in err and "prompt queued: 'a person walks'" in err
+    assert "ignored prompt: prompt contains a control character (U+001B at position 9)" in err
+    assert "\x1b" not in err                                    # never echoed to the terminal
     assert np.load(tmp_path / "live.npy").shape == (32, 272)
 
 
@@ -310,15 +313,15 @@ def test_evaluate_checks_out_first_and_prints_before_writing(synth, tmp_path, mo
     assert_clear_error(code, err, "--out")
     assert "mean ± 95% CI" not in out                            # refused before evaluating
 
-    import motionstreamer.utils
+    import motionstreamer.eval.commands
 
-    real_write = motionstreamer.utils.atomic_write_json
+    real_write = motionstreamer.eval.commands.atomic_write_json
 
-    def disk_full(path, obj):   # only for the results (modules imported meanwhile may bind this function)
+    def disk_full(path, obj):   # only for the results
         if Path(path).name == "r.json":
             raise OSError(28, "No space left on device")
         return real_write(path, obj)
-    monkeypatch.setattr(motionstreamer.utils, "atomic_write_json", disk_full)
+    monkeypatch.setattr(motionstreamer.eval.commands, "atomic_write_json", disk_full)   # the writer evaluate uses
     code, out, err = run_cli(eval_args + ["--out", tmp_path / "r.json"], capsys)
     assert_clear_error(code, err, "No space left on device", "the table above holds them")
     assert "mean ± 95% CI" in out                                # the results were printed first
@@ -429,7 +432,7 @@ def test_absurd_json_nesting_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["generate", "a person \udcff walks"], "not valid UTF-8 text (byte 0xff at position 9)"),   # argv bytes
     (["stream", "--prompt", "walk \udc80@2"], "not valid UTF-8"),
-    (["generate", "a person walks", "--steps", "51"], "sampling steps must be an int in [1, 50]"),
+    (["generate", "a person walks", "--sampling-steps", "51"], "sampling steps must be an int in [1, 50]"),
     (["generate", "a person walks", "--device", "bogus"], "unknown device 'bogus'"),
     (["generate", "a person walks", "--device", "cuda:7"], "cuda:7"),
     (["generate", "a person walks", "--seed", str(2 ** 70)], "seed must be in"),
@@ -514,6 +517,50 @@ def test_api_durations_must_be_finite():
     assert seconds_to_latents(np.float32(2.0)) == 15
 
 
+# control characters among ordinary text: (what, prompt); the first control's code point and position are
+# found here by hand, independently of the check
+CONTROL_PROMPTS = [("NUL", "a person\x00 walks"), ("an ESC colour sequence", "a person \x1b[31mwalks\x1b[0m"),
+                   ("C1 CSI", "a person \x9b31m walks"), ("BEL", "a person walks\x07"), ("DEL", "walk\x7f forward"),
+                   ("file separator (Python whitespace)", "walk\x1cforward"), ("NEL (Python whitespace)", "walk\x85on"),
+                   ("one control after 900 good characters", "walk " * 180 + "\x00")]
+
+
+@pytest.mark.parametrize("what,prompt", CONTROL_PROMPTS, ids=[w for w, _ in CONTROL_PROMPTS])
+def test_prompts_with_control_characters_are_refused(what, prompt):
+    from motionstreamer.runtime.policy import check_prompt
+
+    first = next(i for i, ch in enumerate(prompt) if ord(ch) < 0x20 and ch not in "\t\n\r\v\f" or 0x7F <= ord(ch) <= 0x9F)
+    with pytest.raises(ValueError, match=rf"control character \(U\+{ord(prompt[first]):04X} at position {first}\)"):
+        check_prompt(prompt)
+
+
+def test_ordinary_whitespace_and_non_ascii_text_are_kept():
+    from motionstreamer.runtime.policy import check_prompt
+
+    assert check_prompt(" a\tperson\r\n walks\x0b\x0cforward ") == "a person walks forward"
+    assert check_prompt("une personne marche à gauche 走路 🚶\u200d") == "une personne marche à gauche 走路 🚶\u200d"
+
+
+def test_control_characters_are_refused_at_every_entry_point(engine_parts, tmp_path, capsys):
+    """The engine (add_stream, push_text), the CLI's prompt arguments; the live stdin and the service's
+    are in test_live_stdin_survives_undecodable_and_huge_lines and tests/test_serve_protocol.py."""
+    from motionstreamer.runtime.engine import StreamingEngine
+
+    bundle, encoder = engine_parts
+    engine = StreamingEngine(bundle, encoder, capacity=1)
+    with pytest.raises(ValueError, match="control character"):
+        engine.add_stream("a person \x1b[31mwalks", seed=0)
+    sid = engine.add_stream("a person walks", seed=0)            # the refused stream left no slot taken
+    with pytest.raises(ValueError, match="control character"):
+        engine.push_text(sid, "a person\x00jumps")
+    assert engine.queue(sid) == ["a person walks"]
+    for argv in (["generate", "a person \x1b[2Jwalks"], ["stream", "--prompt", "a person walks\x07@2"]):
+        code, _, err = run_cli([*argv, *out(tmp_path), *FAST], capsys)
+        assert_clear_error(code, err, "control character")
+        assert "\x1b" not in err and "\x07" not in err
+    assert outputs(tmp_path) == []
+
+
 def test_api_push_text_duration_inf_and_bad_prompts(engine_parts):
     from motionstreamer.runtime.session import StreamingSession
 
@@ -539,9 +586,9 @@ def engine_parts():
 
     torch.manual_seed(0)
     d = Path(tempfile.mkdtemp())
-    cfg = T2MConfig.small(cond_dim=16)
-    cfg.block_size = 10
-    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), TextToMotionModel(cfg), torch.zeros(272),
+    config = T2MConfig.small(cond_dim=16)
+    config.block_size = 10
+    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), TextToMotionModel(config), torch.zeros(272),
                 torch.ones(272), torch.zeros(16))
     yield load_bundle(d), FakeTextEncoder()
     shutil.rmtree(d)

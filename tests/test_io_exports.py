@@ -31,7 +31,7 @@ def generated(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
     prefix = d / "wave_jog"
     code = main(["stream", "--prompt", "a person raises the right hand and waves@2", "--prompt",
-                 "a person jogs forward@2", "--seed", "0", "--steps", "10", "--out", str(prefix), "--bvh", "--glb",
+                 "a person jogs forward@2", "--seed", "0", "--sampling-steps", "10", "--out", str(prefix), "--bvh", "--glb",
                  "--smpl", "--render", "mp4", "--render-size", "128", "--quiet"])
     assert code == 0
     return prefix, np.load(f"{prefix}.npy").astype(np.float64), np.load(f"{prefix}_joints.npy").astype(np.float64)

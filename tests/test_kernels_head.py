@@ -22,7 +22,8 @@ from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_lay
                                     fused_linear_reference, gated_residual, gated_residual_reference, head_sample_loop,
                                     head_sample_loop_reference, head_step, head_step_reference)
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SamplerSettings, draw_sampling_noise
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 
 from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
@@ -128,10 +129,10 @@ def test_head_step_matches_model_head(dtype, fused):
         assert_close(head_step_reference(x, w, mods["blocks"][:, i], mods["final"][i]), ref, 1e-6)
 
 
-@pytest.mark.parametrize("method", ["ddpm", "ddim"])
-@pytest.mark.parametrize("guided", [True, False], ids=["cfg", "no_cfg"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("guided", [True, False], ids=["guided", "unguided"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "cublas"])
-def test_head_sample_loop_matches_model_sampler(method, guided, fused):
+def test_head_sample_loop_matches_model_sampler(sampler, guided, fused):
     """The whole loop vs DiffLoss.sample with the same noise (DDPM ancestral; DDIM with eta > 0 so
     the noise path is exercised), guidance on and off, full and respaced step counts."""
     dl = _head()
@@ -140,8 +141,8 @@ def test_head_sample_loop_matches_model_sampler(method, guided, fused):
     for steps, skip in ((10, False), (4, True)):
         proc = dl.sampling_process(steps, skip)
         noise = draw_sampling_noise(torch.Generator().manual_seed(steps), B, proc.num_timesteps, 6, DEV)
-        eta = 0.5 if method == "ddim" else 0.0
-        settings = SamplerSettings(cfg_scale=3.0, temperature=0.8, sampling_steps=steps, sampler=method, eta=eta,
+        eta = 0.5 if sampler == "ddim" else 0.0
+        settings = SamplerSettings(cfg_scale=3.0, temperature=0.8, sampling_steps=steps, sampler=sampler, eta=eta,
                                    skip_terminal_step=skip)
         dl.set_head_backend("torch")
         ref = dl.sample(cond, uncond if guided else None, settings, noise=noise)
@@ -151,14 +152,14 @@ def test_head_sample_loop_matches_model_sampler(method, guided, fused):
             assert_close(got, ref, 1e-4, f"DiffLoss.sample (triton) steps={steps}")
         c = torch.cat([cond, uncond]) if guided else cond
         mods = dl.net.modulations(c, dl.model_timesteps(steps, DEV, skip))
-        coefs = proc.step_coefficients(method, eta)
+        coefs = proc.step_coefficients(sampler, eta)
         w = integration.head_weights(dl.net)
         x_T, step_noise = noise
-        got = head_sample_loop(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None, temperature=0.8,
+        got = head_sample_loop(w, mods, x_T, step_noise, coefs, cfg_scale=3.0 if guided else None, temperature=0.8,
                                fused=fused)
         assert_close(got, ref, 1e-4, f"head_sample_loop steps={steps}")
         with torch.no_grad():
-            loop_ref = head_sample_loop_reference(w, mods, x_T, step_noise, coefs, cfg=3.0 if guided else None,
+            loop_ref = head_sample_loop_reference(w, mods, x_T, step_noise, coefs, cfg_scale=3.0 if guided else None,
                                                   temperature=0.8)
         assert_close(loop_ref, ref, 1e-4, "head_sample_loop_reference")
 
@@ -178,7 +179,7 @@ def test_head_sample_loop_reduced_precision_and_errors():
     w = integration.head_weights(dl.net)
     mods = dl.net.modulations(torch.cat([cond, uncond]).float(), dl.model_timesteps(4, DEV, True))
     with pytest.raises(ValueError, match="pass step_noise"):
-        head_sample_loop(w, mods, noise[0].float(), None, proc.step_coefficients("ddpm"), cfg=2.0)
+        head_sample_loop(w, mods, noise[0].float(), None, proc.step_coefficients("ddpm"), cfg_scale=2.0)
     with pytest.raises(ValueError, match="modulations for"):
         head_sample_loop(w, mods, noise[0].float(), noise[1][:proc.num_timesteps].float(), proc.step_coefficients("ddpm"))
 

@@ -15,7 +15,8 @@ import torch
 from fakes import FakeBundle, FakeTextEncoder
 
 from motionstreamer.kernels import integration
-from motionstreamer.models.diffusion import DiffusionHeadConfig, SamplerSettings, draw_sampling_noise, sample_loop
+from motionstreamer.models.diffusion import DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise, sample_loop
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel, resolve_attention_backend
 
 pytestmark = pytest.mark.skipif(not integration.available("cpu"),
@@ -41,9 +42,9 @@ def kernel_calls():
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    cfg = T2MConfig(n_layer=2, n_head=2, n_embd=64, block_size=12, cond_dim=24,
+    config = T2MConfig(n_layer=2, n_head=2, n_embd=64, block_size=12, cond_dim=24,
                     head=DiffusionHeadConfig(width=32, depth=2))
-    m = TextToMotionModel(cfg)
+    m = TextToMotionModel(config)
     with torch.no_grad():   # non-trivial head (its AdaLN/output layers start at zero)
         for p in m.diff_loss.net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -150,8 +151,8 @@ def test_prefill_decode_and_cache_match_sdpa():
             assert_close(ct.v[layer][r, :, :n], cs.v[layer][r, :, :n], what=f"v cache layer {layer} row {r}")
 
 
-@pytest.mark.parametrize("method", ["ddpm", "ddim"])
-def test_head_sampling_switch(method):
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_head_sampling_switch(sampler):
     m = tiny_model(seed=4)
     g = torch.Generator().manual_seed(5)
     cond, uncond = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
@@ -161,17 +162,17 @@ def test_head_sampling_switch(method):
     for backend in ("torch", "triton"):
         m.diff_loss.set_head_backend(backend)
         with kernel_calls() as calls:
-            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise)
+            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=sampler, eta=0.3), noise=noise)
         assert calls["head_sample_loop"] == (backend == "triton")
     assert_close(got["triton"], got["torch"], what="sampled latents")
-    # fast=False stays the reference path; the loop with a tensor cfg (the ONNX head graph) too
+    # fast=False stays the reference path; the loop with a tensor cfg_scale (the ONNX head graph) too
     m.diff_loss.set_head_backend("triton")
-    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=method, eta=0.3), noise=noise, fast=False)
+    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=sampler, eta=0.3), noise=noise, fast=False)
     assert_close(got["triton"], ref, what="vs net.forward sampler")
     c = torch.cat([cond, uncond])
     t = sample_loop(m.diff_loss.eps_function(c, m.diff_loss.model_timesteps(6, "cpu")), noise[0],
-                    m.diff_loss.sampling_process(6).step_coefficients(method, 0.3), noise[1], torch.tensor(2.5))
-    assert_close(t, got["torch"], 1e-6, "tensor cfg")
+                    m.diff_loss.sampling_process(6).step_coefficients(sampler, 0.3), noise[1], torch.tensor(2.5))
+    assert_close(t, got["torch"], 1e-6, "tensor cfg_scale")
     # head_forward_with_modulations: one step
     mods = m.diff_loss.net.modulations(c, m.diff_loss.model_timesteps(6, "cpu"))
     x = torch.randn(4, 16, generator=g)
@@ -189,12 +190,12 @@ def test_streaming_engine_triton_equals_torch():
     tae = CausalHumanTAE(TAEConfig.small()).eval()
     t2m = tiny_model(seed=6).eval()
 
-    cfg = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=14)   # crosses the window slide
+    config = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=14)   # crosses the window slide
     latents, frames = {}, {}
     for backend in ("sdpa", "triton"):
         t2m.set_fast_paths(backend)
         with kernel_calls() as calls:
-            eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(24), capacity=2, config=cfg)
+            eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(24), capacity=2, config=config)
             eng.add_stream("walk", seed=1)
             eng.add_stream("jump forward", seed=2)
             chunks = [c for _ in range(14) for c in eng.step()]

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionstreamer.models.diffusion import (DiffLoss, DiffusionHeadConfig, SamplerSettings, cosine_betas,
-                                             draw_sampling_noise)
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import SamplerSettings, cosine_betas, draw_sampling_noise
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 
@@ -174,7 +174,7 @@ def test_sampler_cfg_and_noise_conventions(small_t2m):
     c, u = torch.randn(3, E, generator=g), torch.randn(3, E, generator=g)
     noise = draw_sampling_noise(g, 3, 50, 16)
     plain = head.sample(c, None, SamplerSettings(cfg_scale=1.0), noise=noise)
-    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=1.0), noise=noise), plain, **TOL)   # cfg 1 == unguided
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=1.0), noise=noise), plain, **TOL)   # cfg_scale 1 == unguided
     torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=True),
                                head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=False), **TOL)
     zero_t = head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=1.0), noise=(noise[0], noise[1] * 0))

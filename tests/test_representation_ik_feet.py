@@ -184,3 +184,41 @@ def test_foot_metrics():
     assert p["frames_over_1cm"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"frames >= 2, 22, 3"):
         foot_skating_ratio(np.zeros((1, 22, 3)))
+
+
+def test_numpy_filters_equal_scipy_ndimage():
+    """feet.py's numpy filters (so that it runs in Blender's Python, which has no scipy) against
+    scipy.ndimage itself, on random data of every length, sizes odd and even."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 6, 7, 31):
+        mask = rng.random((n, 2)) < 0.5
+        for size in (1, 2, 3, 5, 6, 7):
+            ref = np.stack([ndimage.median_filter(mask[:, k], size=size, mode="nearest") for k in range(2)], 1)
+            np.testing.assert_array_equal(feet._vote(mask, size), ref, err_msg=f"{n} frames, size {size}")
+        x = rng.random(n)
+        for size in (1, 3, 9):
+            np.testing.assert_array_equal(feet._max_filter(x, size), ndimage.maximum_filter1d(x, size, mode="nearest"))
+        for sigma in (0.5, 1.0, 2.0, 7.0):
+            np.testing.assert_allclose(feet._gaussian_filter(x, sigma),
+                                       ndimage.gaussian_filter1d(x, sigma, mode="nearest"), atol=1e-12)
+
+
+def test_ground_by_contacts_puts_planted_feet_on_the_floor_frame_by_frame():
+    """A body whose legs differ from the motion's (its feet 3 cm higher in half the frames): one
+    constant shift cannot ground it, the contacts can."""
+    j, _ = feet.ground(skating_walk())
+    contacts = feet.foot_contacts(j)
+    body = j.copy()
+    body[len(j) // 2:, :, 1] += 0.03
+    g, offsets = feet.ground_by_contacts(body, contacts)
+    lowest = np.where(contacts, g[:, [10, 11], 1], np.inf).min(1)
+    planted = np.isfinite(lowest)
+    assert np.percentile(np.abs(lowest[planted]), 90) < 0.004       # planted feet on the floor in both halves
+    assert g[:, feet.GROUND_JOINTS, 1].min() >= -1e-9
+    constant, _ = feet.ground(body)                                  # what one shift does: half the frames float
+    const_low = np.where(contacts, constant[:, [10, 11], 1], np.inf).min(1)
+    assert np.percentile(np.abs(const_low[planted]), 90) > 0.01
+    with pytest.raises(ValueError, match=r"contacts must have shape"):
+        feet.ground_by_contacts(body, contacts[:-1])

@@ -88,3 +88,18 @@ def test_mirror_twice_is_identity_numpy_and_torch():
 def test_bad_shapes(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_joint_sides_and_leg_groups_follow_the_smpl_names():
+    """The sides and leg groups every module uses (skeleton.py) against SMPL's own joint names (an
+    independent statement of the same facts): left joints are named Left_*, right ones Right_*, every
+    other body joint is on the centre line; each leg group is the (left, right) pair of its name."""
+    from motionstreamer.representation import skeleton as S
+
+    names = S.JOINT_NAMES[:22]
+    assert [names[j] for j in S.LEFT_JOINTS] == [n for n in names if n.startswith("Left_")]
+    assert [names[j] for j in S.RIGHT_JOINTS] == [n for n in names if n.startswith("Right_")]
+    assert all(names[a][5:] == names[b][6:] for a, b in zip(S.LEFT_JOINTS, S.RIGHT_JOINTS))
+    for group, part in ((S.HIPS, "hip"), (S.KNEES, "knee"), (S.ANKLES, "ankle"), (S.FEET, "foot")):
+        assert (names[group[0]], names[group[1]]) == (f"Left_{part}", f"Right_{part}")
+    assert set(S.GROUND_JOINTS) == set(S.ANKLES) | set(S.FEET)

@@ -33,7 +33,7 @@ def run(args, capsys):
 
 def test_stream_three_prompts_is_one_continuous_motion(bundle_dir, tmp_path, capsys):
     code, out = run(["stream", "--prompt", "walk forward@1", "--prompt", "turn left@0.8", "--prompt", "wave@0.5",
-                     "--checkpoint", str(bundle_dir), "--out", "s", "--out-dir", str(tmp_path), "--steps", "5",
+                     "--checkpoint", str(bundle_dir), "--out", "s", "--out-dir", str(tmp_path), "--sampling-steps", "5",
                      "--bvh", "--seed", "3"], capsys)
     assert code == 0
     feats = np.load(tmp_path / "s.npy")
@@ -48,7 +48,7 @@ def test_stream_stdin_realtime_jsonl(bundle_dir, tmp_path):
     """The live path: prompts arrive on stdin while the motion streams, chunks leave as JSON lines at
     30 fps, a new prompt steers the next latents, and the files hold what was printed."""
     cmd = [sys.executable, "-m", "motionstreamer", "stream", "--stdin", "--realtime", "--jsonl", "--quiet",
-           "--checkpoint", str(bundle_dir), "--out", "live", "--out-dir", str(tmp_path), "--steps", "2",
+           "--checkpoint", str(bundle_dir), "--out", "live", "--out-dir", str(tmp_path), "--sampling-steps", "2",
            "--max-seconds", "2"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, times = [], []
@@ -88,7 +88,7 @@ def test_stream_stdin_realtime_jsonl(bundle_dir, tmp_path):
 
 def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
     code, out = run(["generate", "a person walks", "--checkpoint", str(bundle_dir), "--out", "sub/g",
-                     "--out-dir", str(tmp_path), "--steps", "3", "--max-seconds", "1"], capsys)
+                     "--out-dir", str(tmp_path), "--sampling-steps", "3", "--max-seconds", "1"], capsys)
     assert code == 0
     assert np.load(tmp_path / "sub" / "g.npy").shape == (32, 272)
     assert "checkpoint" in out.err
@@ -124,7 +124,7 @@ def test_out_is_trusted_anywhere_and_tilde_expanded(bundle_dir, tmp_path, capsys
     elsewhere.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(elsewhere)
-    common = ["--checkpoint", str(bundle_dir), "--steps", "2", "--max-seconds", "0.3", "--quiet"]
+    common = ["--checkpoint", str(bundle_dir), "--sampling-steps", "2", "--max-seconds", "0.3", "--quiet"]
     assert run(["generate", "a person walks", "--out", "~/motions/walk"] + common, capsys)[0] == 0
     assert (home / "motions" / "walk.npy").is_file() and (home / "motions" / "walk_joints.npy").is_file()
     assert run(["generate", "a person walks", "--out", str(tmp_path / "abs" / "w")] + common, capsys)[0] == 0
@@ -143,7 +143,7 @@ def test_stream_clean_feet_cleans_live_chunks_causally_and_files_offline(bundle_
     from motionstreamer.representation.feet import FootCleaner
 
     def jsonl(prefix, extra):
-        code, out = run(["stream", "--prompt", "walk forward@1.2", "--checkpoint", str(bundle_dir), "--steps", "3",
+        code, out = run(["stream", "--prompt", "walk forward@1.2", "--checkpoint", str(bundle_dir), "--sampling-steps", "3",
                          "--seed", "5", "--jsonl", "--quiet", "--out", str(tmp_path / prefix)] + extra, capsys)
         assert code == 0
         return np.concatenate([np.array(json.loads(line)["joints"]) for line in out.out.splitlines()])

@@ -71,14 +71,14 @@ def test_recover_joints_step_matches_whole_sequence():
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("steps,method,skip", [(50, "ddpm", False), (5, "ddim", False), (10, "ddpm", True)])
-def test_session_equals_reference_sampler(models, steps, method, skip):
+@pytest.mark.parametrize("steps,sampler,skip", [(50, "ddpm", False), (5, "ddim", False), (10, "ddpm", True)])
+def test_session_equals_reference_sampler(models, steps, sampler, skip):
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)
     schedule = [("a person walks forward", 7), ("a person turns left", 9)]  # 16 latents > window of 11
-    cfg = GenerationConfig(sampling_steps=steps, sampler=method, cfg_scale=3.0, end_threshold=-1.0,
+    config = GenerationConfig(sampling_steps=steps, sampler=sampler, cfg_scale=3.0, end_threshold=-1.0,
                            skip_terminal_step=skip)
-    session = StreamingSession(FakeBundle(tae, t2m), text, config=cfg, seed=123)
+    session = StreamingSession(FakeBundle(tae, t2m), text, config=config, seed=123)
     for prompt, n in schedule:
         session.push_text(prompt, after_current=True, max_latents=n)
     chunks = list(session)
@@ -86,7 +86,7 @@ def test_session_equals_reference_sampler(models, steps, method, skip):
     latents = torch.stack([c.latent for c in chunks])
     frames = torch.cat([c.features for c in chunks])
 
-    ref = reference_latents(models, text, schedule, 123, cfg)
+    ref = reference_latents(models, text, schedule, 123, config)
     assert_latents_close(latents, ref.latents, LATENT_RTOL)
     b = FakeBundle(tae, t2m)
     full = tae.decode(latents[None])[0] * b.std + b.mean   # streamed frames == full decode of same latents
@@ -117,8 +117,8 @@ def test_window_slide_keeps_the_latest_history(models):
     keep = block // 2                         # the default history_keep
     bundle = FakeBundle(tae, t2m)
     backend = RecordingBackend(bundle, 1, torch.device("cpu"), torch.float32)
-    cfg = GenerationConfig(sampling_steps=4, cfg_scale=3.0, end_threshold=-1.0, max_latents=24)
-    engine = StreamingEngine(bundle, text, config=cfg, backend=backend)
+    config = GenerationConfig(sampling_steps=4, cfg_scale=3.0, end_threshold=-1.0, max_latents=24)
+    engine = StreamingEngine(bundle, text, config=config, backend=backend)
     engine.add_stream("a person walks forward", seed=4)
     latents, prefilled_before = [], []
     while engine.active_ids:
@@ -141,29 +141,30 @@ def test_window_slide_keeps_the_latest_history(models):
 def test_new_prompt_takes_effect_at_the_next_latent(models):
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)
-    cfg = GenerationConfig(sampling_steps=10, cfg_scale=3.0, end_threshold=-1.0, skip_terminal_step=True)
-    session = StreamingSession(FakeBundle(tae, t2m), text, config=cfg, seed=7)
+    config = GenerationConfig(sampling_steps=10, cfg_scale=3.0, end_threshold=-1.0, skip_terminal_step=True)
+    session = StreamingSession(FakeBundle(tae, t2m), text, config=config, seed=7)
     session.push_text("a person walks forward")
     chunks = [session.step() for _ in range(5)]
     session.push_text("a person turns left")       # mid-stream, not queued behind the running action
     chunks += [session.step() for _ in range(4)]
     assert [c.prompt for c in chunks] == ["a person walks forward"] * 5 + ["a person turns left"] * 4
-    assert [(e.kind, e.latent_index) for e in session.events] == [("prompt_change", 5)]
-    ref = reference_latents(models, text, [("a person walks forward", 5), ("a person turns left", 4)], 7, cfg)
+    # the first prompt and the change, each at the latent it takes effect
+    assert [(e.kind, e.latent_index) for e in session.events] == [("prompt_change", 0), ("prompt_change", 5)]
+    ref = reference_latents(models, text, [("a person walks forward", 5), ("a person turns left", 4)], 7, config)
     assert_latents_close(torch.stack([c.latent for c in chunks]), ref.latents, LATENT_RTOL)
 
 
 def test_batched_streams_are_independent(models):
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)
-    cfg = GenerationConfig(sampling_steps=4, cfg_scale=3.0, end_threshold=-1.0)
+    config = GenerationConfig(sampling_steps=4, cfg_scale=3.0, end_threshold=-1.0)
     plan = [(1, "a person walks forward", 14), (2, "a person jumps twice", 8), (3, "a person waves", 5)]
     solo = {}
     for seed, prompt, n in plan:
-        s = StreamingSession(FakeBundle(tae, t2m), text, config=cfg, seed=seed)
+        s = StreamingSession(FakeBundle(tae, t2m), text, config=config, seed=seed)
         s.push_text(prompt, max_latents=n)
         solo[prompt] = torch.stack([c.latent for c in s])
-    engine = StreamingEngine(FakeBundle(tae, t2m), text, capacity=4, config=cfg)
+    engine = StreamingEngine(FakeBundle(tae, t2m), text, capacity=4, config=config)
     ids = {engine.add_stream(p, seed=sd, max_latents=n): p for sd, p, n in plan[:2]}
     got = {p: [] for p in ids.values()}
     step = 0
@@ -184,9 +185,9 @@ def test_action_end_and_policies(models):
     text = FakeTextEncoder(t2m.config.cond_dim)
     # with a huge threshold every latent after the minimum "ends" the action
     for policy, expect_more in [("stop", False), ("continue", True)]:
-        cfg = GenerationConfig(sampling_steps=2, end_threshold=1e9, min_action_latents=3,
+        config = GenerationConfig(sampling_steps=2, end_threshold=1e9, min_action_latents=3,
                                on_action_end=policy, max_latents=10)
-        s = StreamingSession(FakeBundle(tae, t2m, end_latent=torch.zeros(16)), text, config=cfg, seed=0)
+        s = StreamingSession(FakeBundle(tae, t2m, end_latent=torch.zeros(16)), text, config=config, seed=0)
         s.push_text("walk")
         chunks = list(s)
         kinds = [e.kind for e in s.events]
@@ -213,9 +214,9 @@ def test_text_encoded_once_per_prompt(models):
     # queued behind "walk", then "continue" restarts it: over 30 latents the stream prefills at the
     # start, at both prompt starts, at the restart and at two window slides, and never needs a
     # prompt encoded again
-    cfg = GenerationConfig(sampling_steps=2, end_threshold=1e9, min_action_latents=10, max_latents=30,
+    config = GenerationConfig(sampling_steps=2, end_threshold=1e9, min_action_latents=10, max_latents=30,
                            on_action_end="continue")
-    s = StreamingSession(FakeBundle(tae, t2m, end_latent=torch.zeros(16)), enc, config=cfg, seed=0)
+    s = StreamingSession(FakeBundle(tae, t2m, end_latent=torch.zeros(16)), enc, config=config, seed=0)
     s.push_text("walk")
     s.push_text("jump", after_current=True)
     chunks = list(s)
@@ -227,12 +228,12 @@ def test_text_encoded_once_per_prompt(models):
 def test_engine_in_bf16_follows_fp32(models):
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)
-    cfg = GenerationConfig(sampling_steps=10, cfg_scale=3.0, end_threshold=-1.0, skip_terminal_step=True,
+    config = GenerationConfig(sampling_steps=10, cfg_scale=3.0, end_threshold=-1.0, skip_terminal_step=True,
                            max_latents=6)
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         bundle = FakeBundle(copy.deepcopy(tae).to(dtype), copy.deepcopy(t2m).to(dtype))
-        s = StreamingSession(bundle, text, config=cfg, seed=3, dtype=dtype)
+        s = StreamingSession(bundle, text, config=config, seed=3, dtype=dtype)
         s.push_text("a person walks forward")
         out[dtype] = (list(s), bundle)
     chunks, bundle = out[torch.bfloat16]
@@ -255,12 +256,12 @@ def test_graph_backend_falls_back_on_cpu(models):
 
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)
-    cfg = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=6)
+    config = GenerationConfig(sampling_steps=4, end_threshold=-1.0, max_latents=6)
     b = FakeBundle(tae, t2m)
-    ref = StreamingEngine(b, text, capacity=2, config=cfg)
+    ref = StreamingEngine(b, text, capacity=2, config=config)
     gb = GraphedBackend(b, 2, torch.device("cpu"), torch.float32)
     assert not gb.enabled
-    eng = StreamingEngine(b, text, capacity=2, config=cfg, backend=gb)
+    eng = StreamingEngine(b, text, capacity=2, config=config, backend=gb)
     for e in (ref, eng):
         e.add_stream("walk", seed=1)
         e.add_stream("jump", seed=2)
@@ -280,10 +281,10 @@ def test_cuda_graph_engine_equals_eager():
     b = FakeBundle(tae, t2m)
     b.mean, b.std = b.mean.cuda(), b.std.cuda()
     text = FakeTextEncoder(t2m.config.cond_dim)
-    cfg = GenerationConfig(sampling_steps=10, end_threshold=-1.0, max_latents=20)
+    config = GenerationConfig(sampling_steps=10, end_threshold=-1.0, max_latents=20)
     out = []
     for graphs in (False, True):
-        e = StreamingEngine(b, text, capacity=3, config=cfg, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
+        e = StreamingEngine(b, text, capacity=3, config=config, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
         for i in range(3):
             e.add_stream(f"prompt {i}", seed=i)
         out.append(torch.stack([c.latent for _ in range(20) for c in e.step()]))

@@ -31,7 +31,7 @@ if not os.path.exists(CHROMIUM):
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerThread(create_app(steps=4)) as s:
+    with ServerThread(create_app(sampling_steps=4)) as s:
         yield s
 
 

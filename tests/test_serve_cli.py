@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["--host", "0.0.0.0"], "not loopback: give --token"),
     (["--host", "192.168.1.5", "--token", "short"], "token must be at least 8"),
     (["--port", "70000"], "--port must be in"),
-    (["--steps", "0"], "steps must be an integer in [1, 1000]"),
+    (["--sampling-steps", "0"], "steps must be an integer in [1, 1000]"),
     (["--lookahead", "0"], "lookahead must be"),
     (["--max-streams", "0"], "max_streams must be an integer >= 1"),
     (["--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
@@ -35,13 +35,16 @@ def test_bad_arguments_are_cli_errors(argv, msg, capsys, monkeypatch):
 def test_token_from_environment_allows_other_hosts(monkeypatch):
     import argparse
 
+    from motionstreamer.checkpoints import read_bundle_config
+    from motionstreamer.runtime.loading import default_model_dir
     from motionstreamer.serve.commands import config_from_args, register
 
     monkeypatch.setenv("MOTIONSTREAMER_TOKEN", "env-token-123456")
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
-    cfg = config_from_args(p.parse_args(["serve", "--host", "0.0.0.0"]))
-    assert cfg.token == "env-token-123456" and cfg.steps == 10 and cfg.limits.max_streams == 32
+    config = config_from_args(p.parse_args(["serve", "--host", "0.0.0.0"]))
+    gen = config.generation_config(read_bundle_config(default_model_dir()))
+    assert config.token == "env-token-123456" and gen.sampling_steps == 10 and config.limits.max_streams == 32
 
 
 def test_token_is_redacted_from_access_logs():
@@ -61,8 +64,8 @@ def test_serve_config_yaml_builds_the_documented_deployment():
 
     from motionstreamer.serve.ray_app import build_app
 
-    cfg = yaml.safe_load((ROOT / "motionstreamer/serve/deploy/serve_config.yaml").read_text())
-    app_cfg = cfg["applications"][0]
+    config = yaml.safe_load((ROOT / "motionstreamer/serve/deploy/serve_config.yaml").read_text())
+    app_cfg = config["applications"][0]
     assert app_cfg["import_path"] == "motionstreamer.serve.ray_app:build_app"
     app = build_app(dict(app_cfg["args"]))
     d = app._bound_deployment

@@ -33,7 +33,7 @@ SCRIPT = [{"type": "prompt", "text": "a person walks forward", "seconds": 1.6},
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerThread(create_app(steps=4, limits=ServeLimits(max_streams=24))) as s:
+    with ServerThread(create_app(sampling_steps=4, limits=ServeLimits(max_streams=24))) as s:
         yield s
 
 

@@ -27,14 +27,14 @@ TOKEN = "test-token-0123456789"
 def server():
     limits = ServeLimits(max_streams=MAX_STREAMS, max_message_bytes=2048, max_generate_jobs=1,
                          messages_per_second=5.0, message_burst=8, max_prompt_chars=200)
-    with ServerThread(create_app(steps=4, limits=limits)) as s:
+    with ServerThread(create_app(sampling_steps=4, limits=limits)) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def token_server():
     limits = ServeLimits(max_streams=2, idle_timeout_s=1.5)
-    with ServerThread(create_app(steps=2, token=TOKEN, limits=limits,
+    with ServerThread(create_app(sampling_steps=2, token=TOKEN, limits=limits,
                                  allowed_origins=("https://app.example",))) as s:
         yield s
 
@@ -154,6 +154,34 @@ def test_bad_messages_get_errors_and_the_stream_keeps_running(server):
     assert "too long" in errors[4]["message"] and "binary" in errors[-1]["message"]
     assert all(x["prompt"] == "a person jogs forward" for x in more)
     assert m["latent"] > more[-1]["latent"]
+
+
+def test_prompts_with_control_characters_are_refused_never_echoed(server):
+    """A NUL, a terminal escape sequence or a C1 control in a prompt: a bad_prompt error naming it, nothing
+    echoed back (no ack, no event, no frames with it), the stream goes on; POST /v1/generate: 400."""
+    bad = ["a person\x00 walks", "a person \x1b[31mwalks\x1b[0m", "a person \x9b2J walks"]
+
+    async def go():
+        async with websockets.connect(server.ws + "?seed=4") as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "prompt", "text": "a person jogs forward"}))
+            await frames(ws, 1)
+            seen, errors = [], []
+            for b in bad:
+                await ws.send(json.dumps({"type": "prompt", "text": b}))
+                errors.append(await recv_until(ws, lambda m: m["type"] == "error", keep=seen))
+            seen += await frames(ws, 3)
+            return errors, seen
+
+    errors, seen = run(go())
+    assert [e["code"] for e in errors] == ["bad_prompt"] * 3
+    assert all("control character" in e["message"] for e in errors)
+    raw = json.dumps(seen)
+    assert not any(x in raw for x in ("\\u0000", "\\u001b", "\\u009b")) and "ack" not in {m["type"] for m in seen}
+    assert {m["prompt"] for m in seen if m["type"] == "frames"} == {"a person jogs forward"}
+    for b in bad:
+        st, body, _ = http_post(server.http + "/v1/generate", json.dumps({"text": b, "seconds": 1}).encode())
+        assert st == 400 and b"control character" in body
 
 
 def test_rate_limit_answers_and_keeps_the_connection(server):
@@ -360,7 +388,7 @@ def test_bad_query_parameter(server):
 def test_slow_client_is_dropped_with_a_reason():
     """The bound on what a client that does not read can make the server hold: a Connection whose socket
     never drains is dropped (1008, reason) once its queue holds max_backlog messages."""
-    from motionstreamer.serve.app import Connection, ServeConfig, Service
+    from motionstreamer.serve.service import Connection, ServeConfig, Service
 
     service = Service(ServeConfig(limits=ServeLimits(max_backlog=4)))
 

@@ -33,7 +33,7 @@ def ray_serve():
     s.close()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"replicas": 2, "cpus_per_replica": 1, "steps": 2, "limits": {"max_streams": 6}}),
+        serve.run(build_app({"replicas": 2, "cpus_per_replica": 1, "sampling_steps": 2, "limits": {"max_streams": 6}}),
                   name="motionstreamer", route_prefix="/")
         yield port
     finally:
@@ -106,3 +106,45 @@ async def _reconnect(url, rec):
         while rec["frames"] < 3:
             if json.loads(await ws.recv())["type"] == "frames":
                 rec["frames"] += 1
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process group"])
+def test_sigterm_shuts_serve_down_with_one_line(to_group, tmp_path):
+    """`serve --ray` stopped with SIGTERM (sent to it alone, as `kill PID` or `docker stop` does, or to its
+    whole process group, as systemd does by default: then Ray's own processes get it too): Serve and Ray
+    shut down, one line says so, exit 0; never Ray's native fault-handler stack dump."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = subprocess.Popen([sys.executable, "-m", "motionstreamer", "serve", "--ray", "--port", str(port),
+                          "--max-streams", "2", "--sampling-steps", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert p.poll() is None and time.monotonic() < deadline, "serve --ray did not come up"
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        t = time.monotonic()
+        if to_group:
+            os.killpg(p.pid, signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "motionstreamer serve --ray: SIGTERM: Serve shut down"
+    for dump in ("SIGTERM received", "logging.cc", "Fatal Python error", "Traceback"):
+        assert dump not in err, err[-2000:]
+    assert time.monotonic() - t < 60

@@ -223,8 +223,8 @@ def test_engine_steps_only_the_given_streams(models):
     """engine.step(stream_ids) (the one engine addition the service needs): only those streams advance,
     and a stream's latents do not depend on which others share its steps."""
     bundle, text = models
-    cfg = GenerationConfig(sampling_steps=1, on_action_end="continue", max_latents=10**6)
-    eng = StreamingEngine(bundle, text, capacity=3, config=cfg)
+    config = GenerationConfig(sampling_steps=1, on_action_end="continue", max_latents=10**6)
+    eng = StreamingEngine(bundle, text, capacity=3, config=config)
     a = eng.add_stream("a person walks forward", seed=0)
     b = eng.add_stream("a person jumps up", seed=1)
     got = {a: [], b: []}
@@ -232,7 +232,7 @@ def test_engine_steps_only_the_given_streams(models):
         for c in eng.step(ids):
             got[c.stream_id].append(c.latent)
     assert len(got[a]) == 4 and len(got[b]) == 4
-    alone = StreamingEngine(bundle, text, capacity=1, config=cfg)
+    alone = StreamingEngine(bundle, text, capacity=1, config=config)
     s = alone.add_stream("a person walks forward", seed=0)
     ref = [c.latent for _ in range(4) for c in alone.step([s])]
     torch.testing.assert_close(torch.stack(got[a]), torch.stack(ref), atol=1e-5, rtol=0)

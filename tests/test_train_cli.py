@@ -11,7 +11,8 @@ from fakes import FakeTextEncoder
 from train_tiny import make_synth
 
 from motionstreamer.cli import main
-from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
+from motionstreamer.train.common import CHECKPOINT_NAME
+from motionstreamer.checkpoints import load_training_checkpoint
 
 torch.set_num_threads(1)
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false"]
@@ -50,14 +51,14 @@ def pipe(tmp_path_factory):
 def test_train_tae_cli_writes_checkpoint_and_config(pipe):
     from motionstreamer.models.tae import TAEConfig
 
-    ck = load_checkpoint(pipe["tae"])
+    ck = load_training_checkpoint(pipe["tae"])
     assert ck["trainer"] == "tae" and ck["step"] == 4 and ck["config"]["tae"] == TAEConfig.small().to_dict()
     assert json.loads((pipe["root"] / "tae" / "config.json").read_text())["train"]["steps"] == 4
 
 
 def test_encode_latents_files_are_sampled_z_plus_end_latent(pipe, tmp_path, capsys):
     from motionstreamer.data.humanml3d import load_motions, read_split
-    from motionstreamer.train.commands import load_tae
+    from motionstreamer.checkpoints import load_tae
     from motionstreamer.train.tae import reference_end_latent
 
     data, lat = pipe["data"], pipe["root"] / "latents"
@@ -115,7 +116,7 @@ def test_encode_latents_errors(pipe, tmp_path, capsys):
 def test_t2m_stream_bundle_chain(pipe, minilm, tmp_path, capsys):
     from motionstreamer.checkpoints import load_bundle
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
-    from motionstreamer.train.common import ema_or_model_state
+    from motionstreamer.checkpoints import ema_or_model_state
     from motionstreamer.train.stream import load_stream_examples
     from motionstreamer.train.t2m import (embed_captions, load_latent_examples, load_text_embeddings,
                                           save_text_embeddings)
@@ -131,15 +132,15 @@ def test_t2m_stream_bundle_chain(pipe, minilm, tmp_path, capsys):
     out = cli(["train", "t2m", "--out", tmp_path / "t2m", "--set", "steps=3", *common], capsys)
     assert "trained t2m to step 3" in out
     t2m_ck = tmp_path / "t2m" / CHECKPOINT_NAME
-    ck = load_checkpoint(t2m_ck)
+    ck = load_training_checkpoint(t2m_ck)
     assert ck["config"]["text_encoder"] == "minilm" and ck["config"]["t2m"]["cond_dim"] == 384
     # resume through the CLI continues to the new step count
     cli(["train", "t2m", "--out", tmp_path / "t2m", "--set", "steps=5", "--resume", t2m_ck, *common], capsys)
-    assert load_checkpoint(t2m_ck)["step"] == 5
+    assert load_training_checkpoint(t2m_ck)["step"] == 5
     out = cli(["train", "stream", "--out", tmp_path / "stream", "--stream-data", data / "babel_stream",
                "--stream-latents", root / "stream_latents", "--init", t2m_ck, "--set", "steps=2", *common], capsys)
     assert "trained streaming model to step 2" in out
-    stream_ck = load_checkpoint(tmp_path / "stream" / CHECKPOINT_NAME)
+    stream_ck = load_training_checkpoint(tmp_path / "stream" / CHECKPOINT_NAME)
     assert stream_ck["trainer"] == "stream"
     assert len(load_text_embeddings(cache)[0]) == len({c for e in examples for c in e.all_captions()} | {""})
     # bundle from the streaming checkpoint: EMA weights, dataset Mean/Std, the TAE's end latent

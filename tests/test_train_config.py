@@ -11,7 +11,8 @@ from train_tiny import quiet, tiny_tae
 
 from motionstreamer.cli import main
 from motionstreamer.train.commands import _config
-from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint, load_config_file, lr_lambda, parse_overrides
+from motionstreamer.train.common import CHECKPOINT_NAME, load_config_file, lr_lambda, parse_overrides
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.train.t2m import T2MTrainConfig
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 
@@ -34,8 +35,8 @@ def test_official_defaults():
 def test_overrides_parse_json_values():
     o = parse_overrides(["steps=10", "lr=2e-4", "betas=[0.9, 0.95]", "ema_decay=null", "schedule=constant",
                          "two-forward=false", "milestones=[5, 8]"], T2MTrainConfig)
-    cfg = T2MTrainConfig().updated(o)
-    assert (cfg.steps, cfg.lr, cfg.betas, cfg.ema_decay, cfg.schedule, cfg.two_forward, cfg.milestones) == \
+    config = T2MTrainConfig().updated(o)
+    assert (config.steps, config.lr, config.betas, config.ema_decay, config.schedule, config.two_forward, config.milestones) == \
         (10, 2e-4, (0.9, 0.95), None, "constant", False, (5, 8))
     assert T2MTrainConfig().updated({"steps": 1e3}).steps == 1000      # 1e3 from JSON is a whole number
 
@@ -86,8 +87,8 @@ def test_config_files_yaml_json_and_errors(tmp_path):
 def test_precedence_defaults_file_set_out(tmp_path):
     (tmp_path / "c.yaml").write_text("steps: 20\nlr: 3.0e-4\nout_dir: from_file\n")
     args = argparse.Namespace(config=str(tmp_path / "c.yaml"), set=["lr=1e-3"], out=None, device=None)
-    cfg = _config(T2MTrainConfig, args)
-    assert (cfg.steps, cfg.lr, cfg.out_dir, cfg.batch_size, cfg.device) == (20, 1e-3, "from_file", 256, "auto")
+    config = _config(T2MTrainConfig, args)
+    assert (config.steps, config.lr, config.out_dir, config.batch_size, config.device) == (20, 1e-3, "from_file", 256, "auto")
     args = argparse.Namespace(config=str(tmp_path / "c.yaml"), set=[], out="cli_out", device="cpu")
     assert (_config(T2MTrainConfig, args).out_dir, _config(T2MTrainConfig, args).device) == ("cli_out", "cpu")
 
@@ -109,16 +110,16 @@ def test_config_json_is_written_at_start_and_beside_each_checkpoint(tmp_path):
     out = tmp_path / "run"
     rng = np.random.default_rng(0)
     motions = [rng.standard_normal((40, 272)).astype(np.float32) for _ in range(3)]
-    cfg = quiet(TAETrainConfig, out_dir=str(out), steps=3, batch_size=2, window=16, save_every=2, lr=1e-3)
-    train_tae(tiny_tae(), motions, cfg, stop_after=1)
-    config = json.loads((out / "config.json").read_text())
-    assert config["trainer"] == "tae" and config["train"] == cfg.to_dict() and config["world_size"] == 1
-    assert config["tae"]["hidden"] == 32
-    train_tae(tiny_tae(), motions, cfg, resume=out / CHECKPOINT_NAME)
-    ck = load_checkpoint(out / CHECKPOINT_NAME)
+    config = quiet(TAETrainConfig, out_dir=str(out), steps=3, batch_size=2, window=16, save_every=2, lr=1e-3)
+    train_tae(tiny_tae(), motions, config, stop_after=1)
+    run_config = json.loads((out / "config.json").read_text())
+    assert run_config["trainer"] == "tae" and run_config["train"] == config.to_dict() and run_config["world_size"] == 1
+    assert run_config["tae"]["hidden"] == 32
+    train_tae(tiny_tae(), motions, config, resume=out / CHECKPOINT_NAME)
+    ck = load_training_checkpoint(out / CHECKPOINT_NAME)
     assert ck["step"] == 3 and ck["config"] == json.loads((out / "config.json").read_text())
     # a run's config.json can seed the next run (--config runs/x/config.json): its train fields are used
-    assert TAETrainConfig().updated(load_config_file(out / "config.json")) == cfg
+    assert TAETrainConfig().updated(load_config_file(out / "config.json")) == config
 
 
 def test_lr_schedules_match_their_formulas():

@@ -12,7 +12,8 @@ from fakes import FakeTextEncoder
 from train_tiny import encode_dataset, free_port, make_synth, tiny_tae
 
 import ddp_grad_check
-from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
+from motionstreamer.train.common import CHECKPOINT_NAME
+from motionstreamer.checkpoints import load_training_checkpoint
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -67,7 +68,7 @@ def test_cli_train_t2m_under_torchrun(tmp_path):
                   "--set", "warmup_steps=1", "--set", "save_every=2", "--set", "progress=false",
                   "--set", "tensorboard=false"])
     assert r.stdout.count("trained t2m to step 3") == 1, r.stdout      # printed by rank 0 only
-    ck = load_checkpoint(out / CHECKPOINT_NAME)
+    ck = load_training_checkpoint(out / CHECKPOINT_NAME)
     assert ck["step"] == 3 and len(ck["rng"]) == 2                    # both ranks' RNG states kept
     assert not torch.equal(ck["rng"][0]["data"], ck["rng"][1]["data"])
     config = json.loads((out / "config.json").read_text())

@@ -26,9 +26,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_loss")
     d = make_synth(root / "data")
     tae = tiny_tae()
-    cfg = quiet(TAETrainConfig, out_dir=str(root / "tae"), steps=250, batch_size=8, lr=1e-3, schedule="constant",
+    config = quiet(TAETrainConfig, out_dir=str(root / "tae"), steps=250, batch_size=8, lr=1e-3, schedule="constant",
                 warmup_steps=0, milestones=(), window=32, grad_clip=1.0, save_every=1000)
-    res = train_tae(tae, list(load_motions(d, "train").values()), cfg)
+    res = train_tae(tae, list(load_motions(d, "train").values()), config)
     lat, slat = encode_dataset(tae, d, root)
     return {"root": root, "data": d, "tae_losses": res.losses, "latents": lat, "stream_latents": slat}
 
@@ -44,9 +44,9 @@ def test_tae_loss_falls(data):
 
 def _t2m_run(data, examples, name, steps=150):
     emb = embed_captions(examples, FakeTextEncoder())
-    cfg = quiet(T2MTrainConfig, out_dir=str(data["root"] / name), steps=steps, batch_size=8, lr=1e-3,
+    config = quiet(T2MTrainConfig, out_dir=str(data["root"] / name), steps=steps, batch_size=8, lr=1e-3,
                 warmup_steps=10, save_every=1000, diffmlps_batch_mul=2)
-    return train_t2m(tiny_t2m(), examples, emb, cfg, name=name)
+    return train_t2m(tiny_t2m(), examples, emb, config, name=name)
 
 
 def test_t2m_loss_falls(data):
@@ -70,10 +70,10 @@ def _stream_batch(seed=0, L_a=5, L_b=6, rows=3, dim=16):
     examples = [LatentExample(f"cap {i}", torch.randn(L_a + i, 16, generator=g).numpy(),
                               torch.randn(L_b + i, 16, generator=g).numpy(), edge_drop=False) for i in range(rows)]
     emb = embed_captions(examples, FakeTextEncoder(dim))
-    cfg = T2MTrainConfig(text_dropout=0.0, max_latents=78, diffmlps_batch_mul=3)
-    data = LatentTextData(examples, emb, cfg)
+    config = T2MTrainConfig(text_dropout=0.0, max_latents=78, diffmlps_batch_mul=3)
+    data = LatentTextData(examples, emb, config)
     batch = data.sample_batch(g, rows)
-    return draw_diffusion_noise(batch, cfg.diffmlps_batch_mul, 50, g), cfg
+    return draw_diffusion_noise(batch, config.diffmlps_batch_mul, 50, g), config
 
 
 def _manual_loss(model, batch, replaced_inputs):
@@ -94,9 +94,9 @@ def _manual_loss(model, batch, replaced_inputs):
 
 def test_loss_covers_only_b_positions_single_forward():
     model = tiny_t2m()
-    batch, cfg = _stream_batch()
+    batch, config = _stream_batch()
     assert (batch["a_len"] > 0).all()
-    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=cfg.diffmlps_batch_mul, two_forward=False)
+    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=config.diffmlps_batch_mul, two_forward=False)
     loss, _ = obj(batch, 5)
     ref = _manual_loss(model, batch, batch["latents"])
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
@@ -104,8 +104,8 @@ def test_loss_covers_only_b_positions_single_forward():
 
 def test_two_forward_replaces_only_b_positions_with_head_x0():
     model = tiny_t2m()
-    batch, cfg = _stream_batch(seed=1)
-    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=cfg.diffmlps_batch_mul, two_forward=True)
+    batch, config = _stream_batch(seed=1)
+    obj = TwoForwardObjective(model, total_steps=10, diffmlps_batch_mul=config.diffmlps_batch_mul, two_forward=True)
     seen = []
     orig = model.forward
     model.forward = lambda lat, text, lengths=None: (seen.append(lat.detach().clone()), orig(lat, text))[1]

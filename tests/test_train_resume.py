@@ -14,7 +14,8 @@ import torch
 from fakes import FakeTextEncoder
 from train_tiny import quiet, state_equal, tiny_t2m, tiny_tae
 
-from motionstreamer.train.common import CHECKPOINT_NAME, load_checkpoint
+from motionstreamer.train.common import CHECKPOINT_NAME
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.train.t2m import LatentExample, T2MTrainConfig, embed_captions, train_t2m
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 
@@ -38,7 +39,7 @@ def motions(n=6, seed=0):
 
 
 def compare_checkpoints(a: Path, b: Path):
-    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    ca, cb = load_training_checkpoint(a), load_training_checkpoint(b)
     for ck in (ca, cb):
         ck["config"]["train"].pop("out_dir")
     bad = state_equal(ca, cb)
@@ -57,7 +58,7 @@ def test_t2m_resume_is_bit_exact(tmp_path):
     emb = embed_captions(ex, FakeTextEncoder())
     full = train_t2m(tiny_t2m(seed=0), ex, emb, t2m_cfg(tmp_path / "full"))
     part = train_t2m(tiny_t2m(seed=0), ex, emb, t2m_cfg(tmp_path / "part"), stop_after=5)
-    assert part.step == 5 and load_checkpoint(tmp_path / "part" / CHECKPOINT_NAME)["step"] == 5
+    assert part.step == 5 and load_training_checkpoint(tmp_path / "part" / CHECKPOINT_NAME)["step"] == 5
     # a differently initialised model: everything must come from the checkpoint
     rest = train_t2m(tiny_t2m(seed=99), ex, emb, t2m_cfg(tmp_path / "part"),
                      resume=tmp_path / "part" / CHECKPOINT_NAME)
@@ -72,12 +73,12 @@ def test_t2m_resume_is_bit_exact(tmp_path):
 
 
 def test_tae_resume_is_bit_exact(tmp_path):
-    def cfg(out):
+    def config(out):
         return quiet(TAETrainConfig, out_dir=str(out), steps=8, batch_size=4, lr=1e-3, warmup_steps=2,
                      milestones=(5,), gamma=0.1, ema_decay=0.8, window=16, save_every=100)
-    full = train_tae(tiny_tae(0), motions(), cfg(tmp_path / "full"))
-    train_tae(tiny_tae(0), motions(), cfg(tmp_path / "part"), stop_after=3)
-    rest = train_tae(tiny_tae(7), motions(), cfg(tmp_path / "part"), resume=tmp_path / "part" / CHECKPOINT_NAME)
+    full = train_tae(tiny_tae(0), motions(), config(tmp_path / "full"))
+    train_tae(tiny_tae(0), motions(), config(tmp_path / "part"), stop_after=3)
+    rest = train_tae(tiny_tae(7), motions(), config(tmp_path / "part"), resume=tmp_path / "part" / CHECKPOINT_NAME)
     assert rest.losses == full.losses[3:]
     ck = compare_checkpoints(tmp_path / "full" / CHECKPOINT_NAME, tmp_path / "part" / CHECKPOINT_NAME)
     assert ck["scheduler"]["last_epoch"] == 8
@@ -104,7 +105,7 @@ def test_resume_refuses_other_trainer_and_other_model(tmp_path):
 @pytest.mark.parametrize("fail", ["torch.save", "os.replace"])
 def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch, fail):
     out = tmp_path / "run"
-    cfg = quiet(TAETrainConfig, out_dir=str(out), steps=6, batch_size=2, window=16, save_every=2)
+    config = quiet(TAETrainConfig, out_dir=str(out), steps=6, batch_size=2, window=16, save_every=2)
     calls = {"n": 0}
     if fail == "torch.save":
         real = torch.save
@@ -127,12 +128,12 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch
             return real(src, dst, *a, **k)
         monkeypatch.setattr(os, "replace", broken)
     with pytest.raises(OSError):
-        train_tae(tiny_tae(0), motions(), cfg)
+        train_tae(tiny_tae(0), motions(), config)
     monkeypatch.undo()
-    ck = load_checkpoint(out / CHECKPOINT_NAME)          # weights_only load of the last good one
+    ck = load_training_checkpoint(out / CHECKPOINT_NAME)          # weights_only load of the last good one
     assert ck["step"] == 2
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp.pt")) == []   # no partial file left
-    res = train_tae(tiny_tae(3), motions(), cfg, resume=out / CHECKPOINT_NAME)
+    res = train_tae(tiny_tae(3), motions(), config, resume=out / CHECKPOINT_NAME)
     assert res.step == 6
 
 
@@ -143,8 +144,8 @@ torch.set_num_threads(1)
 from train_tiny import quiet, tiny_tae
 from test_train_resume import motions
 from motionstreamer.train.tae import TAETrainConfig, train_tae
-cfg = quiet(TAETrainConfig, out_dir=sys.argv[1], steps=10**6, batch_size=2, window=16, save_every=1)
-train_tae(tiny_tae(0), motions(), cfg)
+config = quiet(TAETrainConfig, out_dir=sys.argv[1], steps=10**6, batch_size=2, window=16, save_every=1)
+train_tae(tiny_tae(0), motions(), config)
 """
 
 
@@ -162,7 +163,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    ck = load_checkpoint(out / CHECKPOINT_NAME)
+    ck = load_training_checkpoint(out / CHECKPOINT_NAME)
     assert ck["step"] >= 1
-    cfg = quiet(TAETrainConfig, out_dir=str(out), steps=ck["step"] + 2, batch_size=2, window=16, save_every=1)
-    assert train_tae(tiny_tae(5), motions(), cfg, resume=out / CHECKPOINT_NAME).step == ck["step"] + 2
+    config = quiet(TAETrainConfig, out_dir=str(out), steps=ck["step"] + 2, batch_size=2, window=16, save_every=1)
+    assert train_tae(tiny_tae(5), motions(), config, resume=out / CHECKPOINT_NAME).step == ck["step"] + 2

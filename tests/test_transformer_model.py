@@ -106,9 +106,9 @@ def randomize(model, seed=0):
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = T2MConfig(n_layer=3, n_head=4, n_embd=64, block_size=16, cond_dim=24,
+    config = T2MConfig(n_layer=3, n_head=4, n_embd=64, block_size=16, cond_dim=24,
                     head=DiffusionHeadConfig(width=32, depth=2))
-    return randomize(TextToMotionModel(cfg).eval())
+    return randomize(TextToMotionModel(config).eval())
 
 
 def hand_rms(x, w, eps=1e-5):

@@ -26,8 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from motionstreamer import FPS, NUM_JOINTS
+from motionstreamer.representation.features import heading_angle, joints_to_272
+from motionstreamer.representation.mirror import mirror_smpl85
+from motionstreamer.representation.normalize import compute_mean_std
+from motionstreamer.representation.rotation import axis_angle_to_matrix, matrix_to_axis_angle, rot_y
+from motionstreamer.representation.skeleton import PARENTS, forward_kinematics
+from motionstreamer.utils import atomic_save_npy
 
 TARGET_FPS = FPS      # the 272 format's rate: the floor stride samples AMASS down to it
 NUM_BETAS = 10
@@ -124,7 +131,6 @@ def crop(params: np.ndarray, start, end) -> np.ndarray:
 
 def z_up_to_y_up(params: np.ndarray) -> np.ndarray:
     """smpl_85 from AMASS Z-up to Y-up: root rotation C·R, trans (x, z, -y); returns float32."""
-    from motionstreamer.representation.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
     out = np.array(params, dtype=np.float64)
     out[:, :3] = matrix_to_axis_angle(Z_UP_TO_Y_UP @ axis_angle_to_matrix(out[:, :3]))
@@ -135,8 +141,6 @@ def z_up_to_y_up(params: np.ndarray) -> np.ndarray:
 def face_z(params: np.ndarray) -> np.ndarray:
     """Rotate root orientation and translation by Q = Ry(-theta0) about the world origin so that
     frame 0's pelvis local +Z projects onto +Z (spec §1.2). Keeps the input dtype."""
-    from motionstreamer.representation.features import heading_angle
-    from motionstreamer.representation.rotation import axis_angle_to_matrix, matrix_to_axis_angle, rot_y
 
     p = np.asarray(params)
     root = axis_angle_to_matrix(p[:, :3].astype(np.float64))
@@ -157,8 +161,6 @@ class BodyModelJoints:
 
     def __init__(self, v_template: np.ndarray, shapedirs: np.ndarray, j_regressor: np.ndarray,
                  kintree_table: np.ndarray, source: str = "body model"):
-        from motionstreamer.representation.skeleton import PARENTS
-
         v_template = np.asarray(v_template, dtype=np.float64)
         shapedirs = np.asarray(shapedirs, dtype=np.float64)
         j_regressor = np.asarray(j_regressor, dtype=np.float64)
@@ -195,8 +197,6 @@ class BodyModelJoints:
 
     def joints(self, params: np.ndarray) -> np.ndarray:
         """smpl_85 (T, 85) -> global joints (T, 22, 3) float64: Jtr[:, :22] of the body model."""
-        from motionstreamer.representation.rotation import axis_angle_to_matrix
-        from motionstreamer.representation.skeleton import PARENTS, forward_kinematics
 
         p = np.asarray(params, dtype=np.float64)
         rest = self.rest_joints(p[:, 75:75 + NUM_BETAS])                          # (T, 22, 3)
@@ -208,8 +208,6 @@ class BodyModelJoints:
 
 def smpl85_to_272(params: np.ndarray, body_model: BodyModelJoints) -> np.ndarray:
     """Face-z'd smpl_85 (T, 85) -> (T, 272) float64: body-model joints + SMPL rotations (spec §1.3-1.4)."""
-    from motionstreamer.representation.features import joints_to_272
-    from motionstreamer.representation.rotation import axis_angle_to_matrix
 
     p = np.asarray(params, dtype=np.float64)
     rotations = axis_angle_to_matrix(p[:, :66].reshape(-1, NUM_BODY_JOINTS, 3))
@@ -219,7 +217,6 @@ def smpl85_to_272(params: np.ndarray, body_model: BodyModelJoints) -> np.ndarray
 def process_clip(seq: AmassSequence, start, end, body_model: BodyModelJoints,
                  target_fps: int = TARGET_FPS) -> tuple[np.ndarray, np.ndarray]:
     """One index row -> (features, mirrored features), each (T, 272) float64."""
-    from motionstreamer.representation.mirror import mirror_smpl85
 
     params = z_up_to_y_up(crop(amass_to_smpl85(seq, target_fps), start, end))
     mirrored = mirror_smpl85(params)
@@ -323,8 +320,6 @@ def resolve_source(source: str, amass_root: str | os.PathLike | None) -> Path:
 def prepare_amass(index_path, amass_root, body_model_path, out_dir, target_fps: int = TARGET_FPS,
                   strict: bool = False, progress: bool = True) -> dict:
     """Run the pipeline over an index; returns {'written': [...ids], 'failed': [(where, reason)], ...}."""
-    from motionstreamer.representation.normalize import compute_mean_std
-    from motionstreamer.utils import atomic_save_npy
 
     rows = read_index(index_path)
     body_model = BodyModelJoints.from_npz(body_model_path)
@@ -333,7 +328,6 @@ def prepare_amass(index_path, amass_root, body_model_path, out_dir, target_fps: 
     written, failed, cache = [], [], {}
     it = rows
     if progress:
-        from tqdm import tqdm
         it = tqdm(rows, desc="prepare-amass", unit="clip", file=sys.stderr)
     for row in it:
         try:

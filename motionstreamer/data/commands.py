@@ -5,13 +5,13 @@ import sys
 from pathlib import Path
 
 from motionstreamer import FPS
+from motionstreamer.cli import CLIError, add_verb
+from motionstreamer.data.amass import prepare_amass
+from motionstreamer.data.synth import make_dataset
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_verb
-
-    p = add_verb(subparsers, "synth", cmd_synth,
-                 "write a synthetic motion dataset (HumanML3D-272 layout, optional BABEL-stream pairs)")
+    p = add_verb(subparsers, "synth", cmd_synth)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: new or empty (written beside it, renamed into place when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset (or anything) already in --out")
@@ -24,8 +24,7 @@ def register(subparsers) -> None:
                    help="fraction of clips made of two actions, with sub-captions (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = add_verb(subparsers, "prepare-amass", cmd_prepare_amass,
-                 "build 272-dim clips (and mirrors, Mean/Std) from AMASS with your body model")
+    p = add_verb(subparsers, "prepare-amass", cmd_prepare_amass)
     p.add_argument("--index", required=True, metavar="FILE",
                    help="clip index: CSV with source_path,start_frame,end_frame,new_name (HumanML3D index.csv) "
                         "or rows 'path start end id'; start/end are frames of the 30 fps strided sequence")
@@ -44,8 +43,6 @@ def cmd_synth(args) -> int:
     captions, written in the HumanML3D-272 layout: motion_data/, texts/, split/, mean_std/ and
     synth_meta.json (action label per clip). With --stream-pairs also babel_stream/ (A/B pairs) and
     babel_272/ (the pairs' segments)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.synth import make_dataset
 
     if args.clips < 1 or args.clips > 1_000_000:
         raise CLIError(f"--clips must be in [1, 1000000], got {args.clips}")
@@ -72,8 +69,6 @@ def cmd_prepare_amass(args) -> int:
     +Z, SMPL-X joints, 272 features. Writes OUT/motion_data/<id>.npy, OUT/motion_data/M<id>.npy and
     OUT/mean_std/{Mean,Std}.npy. No body model is shipped: pass SMPLX_NEUTRAL.npz (keys v_template,
     shapedirs, J_regressor, kintree_table)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.amass import prepare_amass
 
     if args.fps < 1:
         raise CLIError(f"--fps must be >= 1, got {args.fps}")

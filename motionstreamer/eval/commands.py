@@ -2,8 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+
+import torch
+
+from motionstreamer.checkpoints import load_tae
+from motionstreamer.cli import CLIError, add_group, check_output, check_positive, parse_step_list
+from motionstreamer.data.humanml3d import load_mean_std
+from motionstreamer.eval import protocols as P
+from motionstreamer.eval.head_quality import format_comparison, head_report
+from motionstreamer.models.evaluator import TMREvaluator
+from motionstreamer.models.sampling import SamplerSettings
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.runtime.engine import resolve_config
+from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR, load_models, resolve_device
+from motionstreamer.runtime.ort_backend import load_ort
+from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
+from motionstreamer.utils import atomic_write_json
 
 
 def _evaluator_args(p: argparse.ArgumentParser) -> None:
@@ -30,13 +45,11 @@ def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
 
 def _generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle (default: the embedded model)")
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (official 4.0)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="diffusion sampling steps (official 50; a student: its default count)")
-    p.add_argument("--head", choices=("teacher", "student"), default=None,
-                   help="teacher: the guided head; student: the bundle's distilled few-step head (default: the "
-                        "bundle's choice)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    add_sampler_args(p, "cfg_scale", "sampling_steps", "head", "sampler", helps={
+        "sampling_steps": "diffusion sampling steps (default: 50, the original, for the teacher; a student's default "
+                          "count)",
+        "head": "teacher: the guided head; student: the bundle's distilled few-step head (default: the bundle's "
+                "choice)"})
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--onnx", default=None, metavar="DIR",
                    help="an export-onnx folder: generate with the onnxruntime engine instead (e.g. to score an "
@@ -44,9 +57,7 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_group
-
-    sub = add_group(subparsers, "evaluate", "evaluate real data, a TAE, or generation (gt | tae | t2m | goals | stream)",
+    sub = add_group(subparsers, "evaluate",
                     "Text-to-motion metrics with the TMR-style evaluator: FID, R-precision, MM-Dist, Diversity (and "
                     "MPJPE, MultiModality, transition metrics); mean ± 95% CI over repeats, printed and written as "
                     "JSON.", "protocol", "<protocol>")
@@ -105,8 +116,9 @@ def register(subparsers) -> None:
     h.add_argument("--samples", type=int, default=256, help="samples per condition and sampler (default 256)")
     h.add_argument("--respaced", default="1,2,4,10", metavar="K,K,...",
                    help="step counts of the respaced-teacher baselines ('' for none)")
-    h.add_argument("--cfg", type=float, default=None,
-                   help="teacher guidance scale (default: the one the student reproduces, else 4.0)")
+    add_sampler_args(h, "cfg_scale", cfg_scale=None, helps={
+        "cfg_scale": f"teacher guidance scale (default: the one the student reproduces, else "
+                     f"{SamplerSettings.cfg_scale:g})"})
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default=None, metavar="JSON", help="results file (default results/eval_head.json)")
     h.add_argument("--device", default="auto")
@@ -116,11 +128,7 @@ def register(subparsers) -> None:
 
 # ----------------------------------------------------------------------------- evaluate
 def load_evaluator(path: str | None, backbone: str | None, device):
-    from motionstreamer.cli import CLIError
-    from motionstreamer.models.evaluator import TMREvaluator
-
     if path is None:
-        from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR
         if not (DEFAULT_MODEL_DIR / "evaluator.safetensors").is_file():
             raise CLIError("--evaluator is required: the embedded default model ships no evaluator")
         path = str(DEFAULT_MODEL_DIR)
@@ -132,57 +140,26 @@ def load_evaluator(path: str | None, backbone: str | None, device):
         raise CLIError(f"--evaluator {path}: {e}")
 
 
-def _load_tae(path: str, device):
-    from motionstreamer.cli import CLIError
-
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"--tae {path}: not found")
-    if p.is_file() and p.suffix == ".pth":       # the released Causal_TAE/net_last.pth
-        from motionstreamer.checkpoints import CheckpointError, load_checkpoint_file, load_state_dict_strict
-        from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-        tae = CausalHumanTAE(TAEConfig.official())
-        try:
-            load_state_dict_strict(tae, load_checkpoint_file(p, key="net"), str(p))
-        except CheckpointError as e:
-            raise CLIError(str(e))
-        return tae.to(device).eval()
-    from motionstreamer.train.commands import load_tae
-    try:
-        return load_tae(str(p), str(device))
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(f"--tae {path}: {e}")
-
-
 def _generation_config(args):
-    """The sampler settings of --cfg/--steps/--sampler/--head, checked (CLIError): built once, before any
-    data or model loads."""
-    from motionstreamer.cli import CLIError
+    """The sampler settings of the sampler flags, checked (CLIError): built once, before any data or model
+    loads."""
+    config = generation_config(args)
     try:
-        from motionstreamer.runtime.engine import GenerationConfig
-    except ImportError as e:
-        raise CLIError(f"evaluate {args.protocol} needs the streaming runtime (motionstreamer.runtime), which is "
-                       f"not available: {e}")
-    cfg = GenerationConfig(cfg_scale=args.cfg, sampling_steps=args.steps, sampler=args.sampler, head=args.head)
-    try:
-        cfg.validate()
+        config.validate()
     except ValueError as e:
         raise CLIError(str(e))
-    return cfg
+    return config
 
 
-def _generation(args, device, cfg):
+def _generation(args, device, config):
     """(bundle, text encoder, GenerationConfig, description, backend factory or None) for the checked
-    generation config `cfg`. With --onnx the bundle is the export's statistics and the factory
+    generation config `config`. With --onnx the bundle is the export's statistics and the factory
     builds onnxruntime backends of the batch's size."""
-    from motionstreamer.cli import CLIError
     if args.onnx:
         if args.checkpoint or args.dtype:
             raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
         try:
-            from motionstreamer.runtime.ort_backend import load_ort
-            from motionstreamer.models.text import TextEncoder
-            stats, probe = load_ort(args.onnx, 1, config=cfg)
+            stats, probe = load_ort(args.onnx, 1, config=config)
             text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
         except ImportError as e:
             raise CLIError(f"--onnx needs onnxruntime: {e}")
@@ -196,31 +173,22 @@ def _generation(args, device, cfg):
 
         def backend_for(capacity: int):
             if capacity not in backends:
-                backends[capacity] = load_ort(args.onnx, capacity, config=cfg)[1]
+                backends[capacity] = load_ort(args.onnx, capacity, config=config)[1]
             return backends[capacity]
-        return stats, text_encoder, cfg, desc, backend_for
-    from motionstreamer.runtime.engine import resolve_config
-    from motionstreamer.runtime.loading import load_models
+        return stats, text_encoder, config, desc, backend_for
     try:
         bundle, text_encoder, desc = load_models(args.checkpoint, device=str(device), dtype=args.dtype)
-        resolve_config(cfg, bundle.config)   # --head/--steps against the bundle (a student's step counts)
+        resolve_config(config, bundle.config)   # --head/--steps against the bundle (a student's step counts)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise CLIError(str(e))
-    return bundle, text_encoder, cfg, desc, None
+    return bundle, text_encoder, config, desc, None
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
-    from motionstreamer.cli import CLIError, check_output, check_positive
-    from motionstreamer.eval import protocols as P
-    from motionstreamer.runtime.loading import resolve_device
-    from motionstreamer.utils import atomic_write_json
-
-    check_positive(args, "repeats", "batch", "steps", "transition_length")
+    check_positive(args, "repeats", "batch", "sampling_steps", "transition_length")
     out = Path(args.out or f"results/eval_{args.protocol}.json")
     check_output(out, "--out")      # before the evaluation: an unwritable --out must not cost it
-    gen_cfg = _generation_config(args) if hasattr(args, "cfg") else None   # CLIError without the runtime
+    gen_cfg = _generation_config(args) if hasattr(args, "cfg_scale") else None
     if getattr(args, "mm_captions", 0) < 0:
         raise CLIError(f"--mm-captions must be >= 0, got {args.mm_captions}")
     if getattr(args, "mm_captions", 0) and args.mm_repeats <= 10:
@@ -235,7 +203,6 @@ def cmd_evaluate(args) -> int:
     kw = {"repeats": args.repeats, "batch": args.batch, "seed": args.seed, "progress": progress}
     try:
         if args.protocol == "stream":
-            from motionstreamer.data.humanml3d import load_mean_std
             mean, std = load_mean_std(args.mean_std)
             cases = P.load_stream_cases(args.stream_data, args.split, mean=mean, std=std)
             bundle, text_encoder, gcfg, desc, factory = _generation(args, device, gen_cfg)
@@ -248,7 +215,10 @@ def cmd_evaluate(args) -> int:
             if args.protocol == "gt":
                 result = P.evaluate_gt(evaluator, evalset, **kw)
             elif args.protocol == "tae":
-                tae = _load_tae(args.tae, device)
+                try:
+                    tae = load_tae(args.tae, device)
+                except (ValueError, FileNotFoundError) as e:
+                    raise CLIError(f"--tae: {e}")
                 result = P.evaluate_tae(evaluator, tae, evalset, sample=not args.tae_mean, **kw)
                 result.info["tae"] = str(args.tae)
             elif args.protocol == "goals":
@@ -275,34 +245,10 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def parse_step_list(text: str, flag: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; a clear CLIError for anything else ('' -> [])."""
-    from motionstreamer.cli import CLIError
-
-    if not text.strip():
-        return []
-    try:
-        steps = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise CLIError(f"{flag} must be a comma-separated list of step counts, e.g. 1,2,4; got {text!r}")
-    if any(k < 1 for k in steps) or len(set(steps)) != len(steps):
-        raise CLIError(f"{flag} must list distinct positive step counts, got {text!r}")
-    return steps
-
-
 def cmd_evaluate_head(args) -> int:
-    import torch
-
-    from motionstreamer.cli import CLIError, check_positive
-    from motionstreamer.eval.head_quality import format_comparison, head_report
-    from motionstreamer.runtime.loading import load_models
-    from motionstreamer.utils import atomic_write_json
-
     check_positive(args, "conditions", "threads")
     if args.samples < 2:
         raise CLIError(f"--samples must be >= 2, got {args.samples}")
-    if args.cfg is not None and not math.isfinite(args.cfg):
-        raise CLIError(f"--cfg must be a finite number, got {args.cfg}")
     respaced = parse_step_list(args.respaced, "--respaced")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -311,7 +257,7 @@ def cmd_evaluate_head(args) -> int:
         for k in respaced:
             bundle.t2m.diff_loss.sampling_process(k, False)
         report = head_report(bundle, text_encoder, args.data, args.latents, args.split, args.conditions,
-                             args.samples, args.seed, respaced=respaced, cfg=args.cfg)
+                             args.samples, args.seed, respaced=respaced, cfg_scale=args.cfg_scale)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))
     report["model"] = desc

@@ -23,6 +23,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from motionstreamer.checkpoints import bundle_config_of
+from motionstreamer.models.few_step import student_settings
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
+from motionstreamer.train.distill import teacher_forced_conditions
+from motionstreamer.train.t2m import embed_captions, load_latent_examples
+
 # sampler(cond (C, E), n, generator) -> samples (C, n, latent)
 Sampler = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
@@ -111,17 +117,16 @@ def grouped(samples: torch.Tensor, conditions: int) -> torch.Tensor:
     return samples.reshape(conditions, -1, samples.shape[-1])
 
 
-def teacher_sampler(diff_loss, cfg: float, steps: int, skip_terminal: bool, method: str = "ddpm",
+def teacher_sampler(diff_loss, cfg_scale: float, sampling_steps: int, skip_terminal_step: bool, sampler: str = "ddpm",
                     max_rows: int = 1024) -> Sampler:
     """A Sampler for the guided teacher head (DiffLoss): conditions are (C, 2, E) pairs [cond, uncond].
     At most max_rows rows per sampling call (the AdaLN tables of all steps grow with the rows)."""
-    from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
-
-    settings = SamplerSettings(sampling_steps=steps, sampler=method, cfg_scale=cfg, skip_terminal_step=skip_terminal)
+    settings = SamplerSettings(sampling_steps=sampling_steps, sampler=sampler, cfg_scale=cfg_scale,
+                               skip_terminal_step=skip_terminal_step)
 
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         cond, unc = repeat_rows(c[:, 0], n), repeat_rows(c[:, 1], n)
-        proc = diff_loss.sampling_process(steps, skip_terminal)
+        proc = diff_loss.sampling_process(sampling_steps, skip_terminal_step)
         x, step_noise = draw_sampling_noise(gen, cond.shape[0], proc.num_timesteps, diff_loss.config.latent_dim,
                                             cond.device, cond.dtype)
         z = torch.cat([diff_loss.sample(cond[s:s + max_rows], unc[s:s + max_rows], settings,
@@ -133,25 +138,23 @@ def teacher_sampler(diff_loss, cfg: float, steps: int, skip_terminal: bool, meth
 
 def student_sampler(student, steps: int) -> Sampler:
     """A Sampler for a StudentHead at `steps` steps (uses only the cond row of (C, 2, E) pairs)."""
-    from motionstreamer.models.few_step import student_settings
-
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         cond = repeat_rows(c[:, 0], n)
         return grouped(student.sample(cond, settings=student_settings(steps), generator=gen), c.shape[0])
     return sample
 
 
-def extrapolated_sampler(diff_loss, scale: float, steps: int, skip_terminal: bool,
+def extrapolated_sampler(diff_loss, cfg_scale: float, sampling_steps: int, skip_terminal_step: bool,
                          predict_uncond: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Sampler:
     """The teacher head's network with ONE row per sample, unguided, on the extrapolated condition
-    u + scale (c - u) of each [c, u] pair: guidance moved from the output (eps) into the condition,
+    u + cfg_scale (c - u) of each [c, u] pair: guidance moved from the output (eps) into the condition,
     which a one-row head could run. predict_uncond(c) -> u replaces the true u (what a one-row student
     would have to do: it never sees u). A probe of what a one-row head can reach, not a runtime sampler."""
-    one_row = teacher_sampler(diff_loss, 1.0, steps, skip_terminal)
+    one_row = teacher_sampler(diff_loss, 1.0, sampling_steps, skip_terminal_step)
 
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         u = c[:, 1] if predict_uncond is None else predict_uncond(c[:, 0])
-        e = u + scale * (c[:, 0] - u)
+        e = u + cfg_scale * (c[:, 0] - u)
         return one_row(torch.stack([e, e], dim=1), n, gen)
     return sample
 
@@ -174,31 +177,29 @@ def summarize_floor(result: dict, floor: str) -> dict:
 
 def head_report(bundle, text_encoder, data, latents, split: str = "test", conditions: int = 64,
                 samples: int = 256, seed: int = 0, student_steps=None, respaced=(1, 2, 4, 10),
-                cfg: float | None = None) -> dict:
+                cfg_scale: float | None = None) -> dict:
     """The head-level comparison on held-out conditions: teacher-forced conditions of `split` (the
-    dataset's clips and their latents), the bundle's guided teacher (its cfg, 50 steps, its sampler
-    setting) as the reference, against: the teacher with other seeds (the noise floor), the student
-    at each of its step counts (when the bundle has one), and the teacher respaced to fewer steps
-    (the original respacing, still guided)."""
-    from motionstreamer.train.t2m import embed_captions, load_latent_examples
-    from motionstreamer.train.distill import teacher_forced_conditions
-
+    dataset's clips and their latents), the bundle's guided teacher (cfg_scale: default the one its
+    student reproduces, else the sampler's default; 50 steps; the bundle's skip_terminal_step) as the
+    reference, against: the teacher with other seeds (the noise floor), the student at each of its step
+    counts (when the bundle has one), and the teacher respaced to fewer steps (the original respacing,
+    still guided)."""
     examples = load_latent_examples(latents, data, split)
     emb = embed_captions(examples, text_encoder)
     pairs = teacher_forced_conditions(bundle.t2m, examples, emb, count=conditions, seed=seed)
     student = bundle.student
-    skip = bool((bundle.config or {}).get("sampler", {}).get("skip_terminal_step", False))
-    if cfg is None:
-        cfg = student.student_config.teacher_cfg if student is not None else 4.0
+    skip = bool(bundle_config_of(bundle).sampler.skip_terminal_step)
+    if cfg_scale is None:
+        cfg_scale = student.student_config.teacher_cfg_scale if student is not None else SamplerSettings.cfg_scale
     diff = bundle.t2m.diff_loss
-    candidates = {"teacher, other seeds (noise floor)": teacher_sampler(diff, cfg, 50, skip)}
+    candidates = {"teacher, other seeds (noise floor)": teacher_sampler(diff, cfg_scale, 50, skip)}
     if student is not None:
         for k in (student_steps or student.student_config.steps):
             candidates[f"student {k} steps"] = student_sampler(student, k)
     for k in respaced:
-        candidates[f"respaced teacher {k} steps"] = teacher_sampler(diff, cfg, k, skip)
+        candidates[f"respaced teacher {k} steps"] = teacher_sampler(diff, cfg_scale, k, skip)
     p = next(bundle.t2m.parameters())
-    result = compare_samplers(pairs.to(p.device, p.dtype), teacher_sampler(diff, cfg, 50, skip), candidates,
+    result = compare_samplers(pairs.to(p.device, p.dtype), teacher_sampler(diff, cfg_scale, 50, skip), candidates,
                               samples=samples, seed=seed)
-    return {"split": split, "conditions": int(pairs.shape[0]), "samples": samples, "cfg": cfg,
-            "skip_terminal": skip, "reference": "teacher, 50 steps, guided", "samplers": result}
+    return {"split": split, "conditions": int(pairs.shape[0]), "samples": samples, "cfg_scale": cfg_scale,
+            "skip_terminal_step": skip, "reference": "teacher, 50 steps, guided", "samplers": result}

@@ -7,10 +7,14 @@ an explicit seed or numpy Generator, never from global state.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
+from scipy.ndimage import uniform_filter1d
 
 from motionstreamer import FPS
+from motionstreamer.representation.feet import FootCleaner, clean_feet, ground
 
 
 def _np(x, name: str, ndim: int | None = None) -> np.ndarray:
@@ -38,7 +42,6 @@ def activation_statistics(emb) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    import warnings
     with warnings.catch_warnings():      # a singular product warns; it is handled below with eps
         warnings.simplefilter("ignore", RuntimeWarning)
         out = linalg.sqrtm(a)
@@ -222,7 +225,6 @@ def foot_skating_ratio(joints, fps: float = FPS, height: float = 0.05, speed: fl
     the fraction of frame pairs in which either foot joint (10, 11) is below `height` m in both frames
     and slides horizontally faster than `speed` m/s, both in that pair and on average over `window`
     frames. joints (T, 22, 3), Y up, floor at y = 0."""
-    from scipy.ndimage import uniform_filter1d
 
     j = _np(joints, "joints", 3)
     if j.shape[0] < 2 or j.shape[1:] != (22, 3):
@@ -248,7 +250,6 @@ def foot_metrics(joints_list, fps: float = FPS, prefix: str = "") -> dict:
     clean-up (clean_feet) and after the causal one a stream uses (FootCleaner, on the joints as
     recovered), and the floor penetration (m) of the joints as recovered, against the format's floor
     y = 0 (after grounding it is 0 by construction)."""
-    from motionstreamer.representation.feet import FootCleaner, clean_feet, ground
 
     skate, clean, causal, depth = [], [], [], []
     for j in joints_list:

@@ -16,15 +16,24 @@ and `runtime_stream_generator` build them from a model bundle with the streaming
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from motionstreamer import FPS
+from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.data.babel import BABELStreamDataset
+from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
 from motionstreamer.eval import metrics as M
+from motionstreamer.models.goal import wrap_angle
+from motionstreamer.representation.features import recover_joints
+from motionstreamer.runtime.batch import run_schedules
+from motionstreamer.runtime.engine import GenerationConfig
+from motionstreamer.train.goals import frame_root_path
 
 GenerateFn = Callable[[list, list, int], list]
 StreamGenerateFn = Callable[[list, list, int], list]
@@ -45,7 +54,6 @@ METRIC_LABELS = {
 
 def _joints_of(normalised: list, lengths, mean: np.ndarray, std: np.ndarray) -> list:
     """Joints (T, 22, 3) of normalised feature rows (cropped to their lengths), for the foot metrics."""
-    from motionstreamer.representation.features import recover_joints
 
     return [recover_joints(np.asarray(m[:int(n)], np.float64) * std + mean) for m, n in zip(normalised, lengths)]
 
@@ -58,7 +66,7 @@ class EvalSet:
     captions: list
     mean: np.ndarray
     std: np.ndarray
-    unit_length: int = 4
+    unit_length: int = FRAMES_PER_LATENT
     source: str = ""
 
     @classmethod
@@ -66,7 +74,6 @@ class EvalSet:
              min_frames: int = 60, max_frames: int = 300, lenient: bool = False) -> "EvalSet":
         """text=True: the t2m loader (captioned entries); text=False: the TAE loader (every clip of
         the split in [min_frames, max_frames), no captions)."""
-        from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
 
         root = Path(root)
         if text:
@@ -124,7 +131,6 @@ class StreamCase:
 def load_stream_cases(root: str | Path, split: str = "val", mean=None, std=None, lenient: bool = False) -> list[StreamCase]:
     """BABEL-stream pairs -> two-prompt cases [A, B] with A_frames and the rest; a random line of each
     pair's text file (fixed seed)."""
-    from motionstreamer.data.babel import BABELStreamDataset
 
     ds = BABELStreamDataset(root, split, mean=mean, std=std, lenient=lenient, captions="random", seed=0)
     cases = []
@@ -197,7 +203,6 @@ def _retrieval_metrics(text_emb, motion_emb, batch: int, rng, prefix: str = "") 
 def _progress(it, desc: str, on: bool):
     if not on:
         return it
-    from tqdm import tqdm
     return tqdm(it, desc=desc, dynamic_ncols=True, leave=False)
 
 
@@ -261,7 +266,6 @@ def evaluate_tae(evaluator, tae, evalset: EvalSet, repeats: int = 1, batch: int 
     """TAE reconstruction: pelvis-aligned MPJPE (mm, every frame of every clip weighted equally) on joints
     recovered from de-normalised features, and FID between evaluator embeddings of the real and the
     reconstructed clips. sample=True decodes the sampled z, as the original's `net(motion)`."""
-    from motionstreamer.representation.features import recover_joints
 
     mean, std = torch.from_numpy(evalset.mean), torch.from_numpy(evalset.std)
     res = ProtocolResult("tae", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
@@ -349,7 +353,6 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
     transitions (windows of transition_length frames around each prompt change): FID of evaluator
     embeddings of generated vs real windows, and Peak Jerk / Area Under Jerk (FlowMDM) of the generated
     windows against the mean jerk of the real sequences (the real windows' PJ/AUJ as real_*)."""
-    from motionstreamer.representation.features import recover_joints
 
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
@@ -416,8 +419,6 @@ def crop_goal(normalised: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tupl
     in the world its features recover to (as a stream's do: from the origin facing +Z before its first
     row, spec §2.2; a mid-clip crop's first row carries that frame's step and turn), and the crop's
     duration: (x, z, heading, seconds)."""
-    from motionstreamer.train.goals import frame_root_path
-
     x, z, heading = frame_root_path(np.asarray(normalised, np.float64) * std + mean)[-1]
     return float(x), float(z), float(heading), len(normalised) / FPS
 
@@ -433,9 +434,6 @@ def evaluate_goals(evaluator, evalset: EvalSet, generate: GoalGenerateFn, repeat
     (degrees, median), the share within GOAL_SUCCESS_M (all goals; goals GOAL_BAND_M away; those of them
     at walking pace), foot skating with goals, and text alignment with goals (FID, R-precision, MM-Dist)
     beside the same without goals (prefixed text_only_)."""
-    from motionstreamer.models.goal import wrap_angle
-    from motionstreamer.train.goals import frame_root_path
-
     res = ProtocolResult("goals", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
                                         "success_m": GOAL_SUCCESS_M, "band_m": list(GOAL_BAND_M),
                                         "walking_speed_m_s": WALKING_SPEED_M_S})
@@ -476,7 +474,8 @@ def evaluate_goals(evaluator, evalset: EvalSet, generate: GoalGenerateFn, repeat
                    "goal_distance_band_median": float(np.median(dist[band])) if band.any() else float("nan"),
                    "fid": M.fid(em_real, em_goal), **_retrieval_metrics(et, em_goal, batch, rng),
                    **M.foot_metrics(joints),
-                   "text_only_fid": M.fid(em_real, em_text), **_retrieval_metrics(et, em_text, batch, rng, "text_only_")}
+                   "text_only_fid": M.fid(em_real, em_text),
+                   **_retrieval_metrics(et, em_text, batch, rng, "text_only_")}
         res.info.setdefault("band_goals_per_repeat", []).append(int(band.sum()))
         res.info.setdefault("band_walking_goals_per_repeat", []).append(int(walk.sum()))
         res.add(**metrics)
@@ -505,17 +504,13 @@ def runtime_goal_generator(bundle, text_encoder, config=None, device=None, backe
     """Generation with goals: each caption for ceil(frames / 4) latents with its goal (x, z, heading,
     seconds) or None set from the first latent and held to the end (never "reached" early: the
     protocol measures where the stream is at the deadline), batched."""
-    import dataclasses
-
-    from motionstreamer.runtime.batch import run_schedules
-    from motionstreamer.runtime.engine import GenerationConfig
-
     fpl = _frames_per_latent(bundle)
     config = dataclasses.replace(config or GenerationConfig(), goal_tolerance=0.0)
 
     def generate(captions: list, lengths: list, goals: list, seed: int) -> list:
         backend = backend_factory(len(captions)) if backend_factory else None
-        return run_schedules(bundle, text_encoder, [[(c, max(1, -(-int(n) // fpl)))] for c, n in zip(captions, lengths)],
+        schedules = [[(c, max(1, -(-int(n) // fpl)))] for c, n in zip(captions, lengths)]
+        return run_schedules(bundle, text_encoder, schedules,
                              config, seed, device=device, backend=backend, goals=goals)
 
     return generate
@@ -525,7 +520,6 @@ def runtime_stream_generator(bundle, text_encoder, config=None, device=None, bac
     """Prompt sequences with the streaming runtime (runtime.batch.run_schedules): prompt i runs for
     ceil(frames_i / 4) latents, the next one queued to start right after (no end-latent stops), all
     sequences batched."""
-    from motionstreamer.runtime.batch import run_schedules
 
     fpl = _frames_per_latent(bundle)
 

@@ -10,7 +10,7 @@ Graphs (fp32, legacy TorchScript exporter, opset 17):
                     -> cond (B, E), k_cache, v_cache
                     (the new key/value written at `pos`, RoPE at `pos`, attention over positions <= pos)
   head_<sampler><steps>.onnx  cond (B, E), uncond (B, E), x_T (B, 16), step_noise (S, B, 16),
-                    cfg (1,), temperature (1,) -> latent (B, 16): the whole guided sampling loop
+                    cfg_scale (1,), temperature (1,) -> latent (B, 16): the whole guided sampling loop
   tae_decode_step.onnx  z (B, 16), state_i (B, C_i, S_i) for each decoder conv -> frames (B, 4, 272), state_i
 manifest.json: names, shapes, the bundle config, Mean/Std/end latent, exported sampler settings.
 Every graph goes through onnx.checker; tests compare each with its PyTorch module.
@@ -30,17 +30,23 @@ outputs are bit-identical (tests/test_export_onnx.py runs them under qemu's Hasw
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from motionstreamer.models.diffusion import SamplerSettings, sample_loop
+from motionstreamer.checkpoints import bundle_config_of
 from motionstreamer.models.goal import GOAL_DIM
+from motionstreamer.models.sampling import SamplerSettings, sample_loop
 from motionstreamer.models.transformer import KVWriter, decode_mask
+from motionstreamer.utils import atomic_path, atomic_write_json
 
 OPSET = 17
+# 3: the head graphs' guidance input is cfg_scale (2: cfg; the onnxruntime engine reads both)
+MANIFEST_VERSION = 3
 
 
 class CollectingWriter(KVWriter):
@@ -102,26 +108,26 @@ class DecodeStepGraph(nn.Module):
 
 
 class HeadSampleGraph(nn.Module):
-    """The guided sampling loop of one (sampler, steps): the model's sample_loop, with cfg and
+    """The guided sampling loop of one (sampler, steps): the model's sample_loop, with cfg_scale and
     temperature as graph inputs. head: the t2m model's DiffLoss."""
 
     def __init__(self, head, settings: SamplerSettings):
         super().__init__()
         self.head, self.settings = head, settings
 
-    def loop(self, c, x_T, step_noise, cfg, temperature):
+    def loop(self, c, x_T, step_noise, cfg_scale, temperature):
         h, s = self.head, self.settings
         eps_at = h.eps_function(c, h.model_timesteps(s.sampling_steps, c.device, s.skip_terminal_step))
         coefs = h.sampling_process(s.sampling_steps, s.skip_terminal_step).step_coefficients(s.sampler, s.eta)
-        return sample_loop(eps_at, x_T, coefs, step_noise, cfg, temperature)
+        return sample_loop(eps_at, x_T, coefs, step_noise, cfg_scale, temperature)
 
-    def forward(self, cond, uncond, x_T, step_noise, cfg, temperature):
-        return self.loop(torch.cat([cond, uncond]), x_T, step_noise, cfg, temperature)
+    def forward(self, cond, uncond, x_T, step_noise, cfg_scale, temperature):
+        return self.loop(torch.cat([cond, uncond]), x_T, step_noise, cfg_scale, temperature)
 
 
 class StudentSampleGraph(HeadSampleGraph):
     """A few-step student's loop (head: the bundle's StudentHead): one condition row, no guidance, so
-    no uncond and no cfg inputs."""
+    no uncond and no cfg_scale inputs."""
 
     def forward(self, cond, x_T, step_noise, temperature):
         return self.loop(cond, x_T, step_noise, None, temperature)
@@ -179,12 +185,9 @@ def _quantize_int8(path: Path, per_channel: bool) -> None:
     """Replace the fp32 graph at `path` by its int8 dynamic quantization (weights int8 in
     [-WEIGHT_QMAX, WEIGHT_QMAX], activations uint8 per call), atomically, checked. Conv stays fp32
     (see export_bundle)."""
-    import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from motionstreamer.utils import atomic_path
 
     model = _gemm_to_matmul(onnx.load(str(path)))
     level = logging.getLogger().level
@@ -218,11 +221,7 @@ class GraphSpec:
                 if "B" in shape}
 
     def export(self, out: Path) -> None:
-        import warnings
-
         import onnx
-
-        from motionstreamer.utils import atomic_path
 
         with atomic_path(out / self.file) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -273,17 +272,17 @@ def graph_specs(t2m, tae, heads: list[SamplerSettings], student=None) -> dict:
         S = t2m.diff_loss.sampling_process(s.sampling_steps, s.skip_terminal_step).num_timesteps
         specs[name] = GraphSpec(
             f"{name}.onnx", HeadSampleGraph(t2m.diff_loss, s),
-            {"cond": ["B", E], "uncond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "cfg": [1],
+            {"cond": ["B", E], "uncond": ["B", E], "x_T": ["B", Z], "step_noise": [S, "B", Z], "cfg_scale": [1],
              "temperature": [1]}, {"latent": ["B", Z]})
     return specs
 
 
 @torch.no_grad()
-def export_bundle(bundle, out_dir: str | Path, head_variants=None,
+def export_bundle(bundle, out_dir: str | Path, variants=None,
                   quantize: str | None = None) -> dict:
     """Export a loaded bundle (fp32, CPU) to out_dir; returns the manifest.
 
-    head_variants: (sampler, sampling_steps) pairs, one guided head graph each, with the bundle's
+    variants: (sampler, sampling_steps) pairs, one guided head graph each, with the bundle's
     skip_terminal_step; ("student", k) exports the bundle's few-step student at k steps (one row, no
     guidance inputs; k among the counts it supports). None: ddpm 50 and 10, plus every count of the
     student when the bundle has one. quantize="int8": int8 weights in the transformer and head graphs (module
@@ -293,16 +292,17 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tae, t2m = bundle.tae.float().cpu().eval(), bundle.t2m.float().cpu().eval()
-    skip = bool(bundle.config.get("sampler", {}).get("skip_terminal_step", False))
+    bundle_config = bundle_config_of(bundle)
+    skip = bool(bundle_config.sampler.skip_terminal_step)
     student = getattr(bundle, "student", None)
-    if head_variants is None:
-        head_variants = [("ddpm", 50), ("ddpm", 10)] + \
+    if variants is None:
+        variants = [("ddpm", 50), ("ddpm", 10)] + \
             ([("student", k) for k in student.student_config.steps] if student is not None else [])
     heads = []
-    for sampler, n in head_variants:
+    for sampler, n in variants:
         if sampler == "student":
             if student is None:
-                raise ValueError("head variant ('student', ...): this bundle has no few-step student head")
+                raise ValueError("variant ('student', ...): this bundle has no few-step student head")
             student.student_config.check_steps(n)
             heads.append(SamplerSettings(sampling_steps=n, skip_terminal_step=skip, head="student"))
         else:
@@ -322,8 +322,8 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=None,
         _quantize_int8(out / f, how["per_channel"])
     c = t2m.config
     manifest = {
-        "format": "motionstreamer-onnx", "version": 2, "opset": OPSET, "dtype": "float32",
-        "config": bundle.config, "text_encoder": bundle.text_encoder_name,
+        "format": "motionstreamer-onnx", "version": MANIFEST_VERSION, "opset": OPSET, "dtype": "float32",
+        "config": bundle_config.to_dict(), "text_encoder": bundle_config.text_encoder,
         "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
         "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim, "goal": t2m.goal_embed is not None,
         "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
@@ -339,7 +339,6 @@ def export_bundle(bundle, out_dir: str | Path, head_variants=None,
         "end_latent": bundle.end_latent.float().cpu().reshape(-1).tolist(),
         "graphs": {name: spec.manifest_entry() for name, spec in specs.items()},
     }
-    from motionstreamer.utils import atomic_write_json
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

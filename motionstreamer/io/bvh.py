@@ -12,7 +12,8 @@ Format (byte-compatible with `representation_272_to_bvh.py`, whose writer comes 
   `End Site` with OFFSET 0 0 0;
 - root `CHANNELS 6 Xposition Yposition Zposition Zrotation Yrotation Xrotation ` (trailing space),
   others `CHANNELS 3 Zrotation Yrotation Xrotation`;
-- MOTION: `Frames: T`, `Frame Time: %f` (0.033333 at 30 fps), then per frame 75 values printed %f,
+- MOTION: `Frames: T`, `Frame Time: %f` (0.033333 at 30 fps; every other layout writes the exact
+  0.03333333333333333, which Blender reads as 30 fps, not 30.0003), then per frame 75 values printed %f,
   each followed by a space: root position, then [z, y, x] Euler degrees (R = Rz Ry Rx) of every joint
   in file order; the palms are always 0 0 0;
 - root position = offset[0] + (tau_x, h, tau_z) as the converter writes it (the rest pelvis sits at
@@ -27,28 +28,32 @@ from pathlib import Path
 
 import numpy as np
 
-from motionstreamer import FPS
+from motionstreamer import FEATURE_DIM, FPS
+from motionstreamer.io.motion_io import check_fps
+from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24, make_rig, prepare_motion
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
+from motionstreamer.utils import as_numeric_array, atomic_path, check_finite
 
 NUM_BVH_JOINTS = len(JOINT_NAMES)   # 24: the 22 body joints and the two palms
 ROOT_CHANNELS = ("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")
 JOINT_CHANNELS = ("Zrotation", "Yrotation", "Xrotation")
 
 
-def _children(j: int) -> list[int]:
-    return [c for c in range(NUM_BVH_JOINTS) if PARENTS_24[c] == j]
+def _children(j: int, parents=PARENTS_24) -> list[int]:
+    return [c for c in range(len(parents)) if parents[c] == j]
 
 
-def _depth_first(j: int = 0) -> list[int]:
-    return [j] + [k for c in _children(j) for k in _depth_first(c)]
+def _depth_first(j: int = 0, parents=PARENTS_24) -> list[int]:
+    return [j] + [k for c in _children(j, parents) for k in _depth_first(c, parents)]
 
 
 # SMPL indices in file order (each joint's channels appear in this order in a frame line).
 JOINT_ORDER = tuple(_depth_first())
 
 
-def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES) -> str:
-    """The HIERARCHY block (ending with a newline) for the 24-joint SMPL skeleton."""
+def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES, parents=PARENTS_24, translated=(0,)) -> str:
+    """The HIERARCHY block (ending with a newline): the 24-joint SMPL skeleton, or any tree whose
+    `parents` list its root first (-1); the joints in `translated` (the root) have position channels."""
     lines = ["HIERARCHY"]
 
     def visit(j: int, ind: str) -> None:
@@ -56,11 +61,11 @@ def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES) -> str:
         lines.append(f"{ind}{'ROOT' if j == 0 else 'JOINT'} {names[j]}")
         lines.append(f"{ind}{{")
         lines.append(f"{ind}\tOFFSET {o[0]:f} {o[1]:f} {o[2]:f}")
-        if j == 0:
+        if j in translated:
             lines.append(f"{ind}\tCHANNELS 6 {' '.join(ROOT_CHANNELS)} ")
         else:
             lines.append(f"{ind}\tCHANNELS 3 {' '.join(JOINT_CHANNELS)}")
-        kids = _children(j)
+        kids = _children(j, parents)
         for c in kids:
             visit(c, ind + "\t")
         if not kids:
@@ -71,43 +76,20 @@ def hierarchy_text(offsets=SMPL_OFFSETS_24, names=JOINT_NAMES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _as_numpy(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    return a.astype(np.float64)
-
-
-def _check_fps(fps) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    return float(fps)
-
-
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.all(np.isfinite(a)):
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name} contains NaN/inf (first at index {bad})")
-
-
 def _converter_rig(rotations, translation, fps: float, floor_at_zero: bool):
     """The released converter's rig: SMPL-neutral offsets, these rotations, root = offset[0] + translation."""
-    from motionstreamer.io.rig import RIG_NAMES, Rig, _pad24
 
-    rot = _as_numpy(rotations, "rotations")
-    trans = _as_numpy(translation, "translation")
+    rot = as_numeric_array(rotations, "rotations").astype(np.float64)
+    trans = as_numeric_array(translation, "translation").astype(np.float64)
     if rot.ndim != 4 or rot.shape[1:] != (NUM_JOINTS, 3, 3):
         raise ValueError(f"rotations must have shape (frames, 22, 3, 3), got {rot.shape}")
     if rot.shape[0] == 0:
         raise ValueError("rotations has no frames")
     if trans.shape != (rot.shape[0], 3):
         raise ValueError(f"translation must have shape ({rot.shape[0]}, 3) to match rotations, got {trans.shape}")
-    _check_finite(rot, "rotations")
-    _check_finite(trans, "translation")
-    fps = _check_fps(fps)
+    check_finite("rotations", rot)
+    check_finite("translation", trans)
+    fps = check_fps(fps)
     root = trans if floor_at_zero else trans + SMPL_OFFSETS_24[0]
     return Rig(RIG_NAMES["smpl"], SMPL_OFFSETS_24, _pad24(rot), root, fps)
 
@@ -115,33 +97,45 @@ def _converter_rig(rotations, translation, fps: float, floor_at_zero: bool):
 FRAMES_PER_WRITE = 512    # frame lines converted and written at a time: memory stays bounded
 
 
-def write_bvh_stream(out, rig) -> None:
-    """Write `rig` (io.rig.Rig) as BVH text to the text stream `out`, a block of frames at a time."""
-    from motionstreamer.representation.rotation import matrix_to_euler_zyx
+def frame_time_text(fps: float, converter: bool = False) -> str:
+    """The Frame Time value: the shortest text that reads back as exactly 1 / fps (Blender's importer then
+    sets exactly 30 fps: `0.03333333333333333`), or the converter's six decimals (`0.033333`: 30.0003 fps)."""
+    return f"{1.0 / fps:f}" if converter else repr(1.0 / fps)
 
-    _check_fps(rig.fps)
+
+def write_bvh_stream(out, rig, converter: bool = False) -> None:
+    """Write `rig` (io.rig.Rig, or any rig with names, parents, offsets, rotations (T, J, 3, 3), root
+    (T, 3), fps, and optionally `translated` {joint: (T, 3)}, the joints with position channels) as BVH
+    text to the text stream `out`, a block of frames at a time. converter: the released converter's
+    six-decimal frame time (byte compatibility)."""
+
+    check_fps(rig.fps)
     T = len(rig.root)
-    out.write(hierarchy_text(rig.offsets, rig.names))
-    out.write(f"MOTION\nFrames: {T}\nFrame Time: {1.0 / rig.fps:f}\n")
-    order = list(JOINT_ORDER)
+    translated = getattr(rig, "translated", None) or {0: rig.root}
+    out.write(hierarchy_text(rig.offsets, rig.names, rig.parents, tuple(translated)))
+    out.write(f"MOTION\nFrames: {T}\nFrame Time: {frame_time_text(rig.fps, converter)}\n")
+    # torch only when a BVH is written: reading one stays numpy (Blender's Python runs it, the add-on)
+    from motionstreamer.representation.rotation import matrix_to_euler_zyx  # noqa: PLC0415
+
+    order = _depth_first(0, rig.parents)
     for start in range(0, T, FRAMES_PER_WRITE):
         rot = rig.rotations[start:start + FRAMES_PER_WRITE]
-        _check_finite(rot, f"rotations (frames {start}..)")
-        _check_finite(rig.root[start:start + FRAMES_PER_WRITE], f"root positions (frames {start}..)")
+        check_finite(f"rotations (frames {start}..)", rot)
+        check_finite(f"root positions (frames {start}..)", rig.root[start:start + FRAMES_PER_WRITE])
         euler = matrix_to_euler_zyx(np.ascontiguousarray(rot[:, order]), degrees=True)   # [z, y, x] per joint
         n = len(rot)
-        values = np.concatenate([rig.root[start:start + n], euler.reshape(n, -1)], axis=1)
+        values = np.concatenate([part for k, j in enumerate(order) for part in (
+            (translated[j][start:start + n],) if j in translated else ()) + (euler[:, k],)], axis=1)
         np.savetxt(out, values, fmt="%f", delimiter=" ", newline=" \n")   # every value followed by a space
 
 
-def write_rig_bvh(path: str | Path, rig) -> Path:
+def write_rig_bvh(path: str | Path, rig, converter: bool = False) -> Path:
     """Write a Rig (io.rig) as a BVH file, atomically and streaming (memory does not grow with T)."""
-    from motionstreamer.utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            write_bvh_stream(f, rig)
+            write_bvh_stream(f, rig, converter)
     return path
 
 
@@ -150,14 +144,14 @@ def bvh_text(rotations, translation, fps: float = FPS, floor_at_zero: bool = Fal
     rotations (T, 22, 3, 3): [0] pelvis global rotation, [1:] parent-local (recover_rotations' output);
     translation (T, 3): pelvis position (tau_x, h, tau_z)."""
     out = io.StringIO()
-    write_bvh_stream(out, _converter_rig(rotations, translation, fps, floor_at_zero))
+    write_bvh_stream(out, _converter_rig(rotations, translation, fps, floor_at_zero), converter=True)
     return out.getvalue()
 
 
 def write_bvh(path: str | Path, rotations, translation, fps: float = FPS, floor_at_zero: bool = False) -> Path:
     """Write rotations (T, 22, 3, 3) + pelvis translation (T, 3) as the released converter's BVH
     (atomic, streaming); returns the path."""
-    return write_rig_bvh(path, _converter_rig(rotations, translation, fps, floor_at_zero))
+    return write_rig_bvh(path, _converter_rig(rotations, translation, fps, floor_at_zero), converter=True)
 
 
 def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero: bool = False,
@@ -169,19 +163,22 @@ def features_to_bvh(path: str | Path, features, fps: float = FPS, floor_at_zero:
     joints of `io.rig.prepare_motion`, i.e. what PREFIX_joints.npy holds). skeleton='smpl-neutral',
     rotations='model' is the released converter's output (rot-mode inverse, spec §2.3), byte for byte;
     floor_at_zero applies to it only. rig: 'smpl' or 'mixamo' joint names."""
-    from motionstreamer.io.rig import make_rig, prepare_motion
 
-    x = _as_numpy(features, "features")
-    if x.ndim != 2 or x.shape[1] != 272:
-        raise ValueError(f"features must have shape (frames, 272), got {x.shape}")
+    x = as_numeric_array(features, "features").astype(np.float64)
+    if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
+        raise ValueError(f"features must have shape (frames, {FEATURE_DIM}), got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError("features has no frames")
-    _check_finite(x, "features")
+    check_finite("features", x)
     if skeleton == "smpl-neutral" and rotations == "model" and rig == "smpl" and not clean_feet:
-        from motionstreamer.representation.features import recover_rotations   # no solve needed
+        # the model's rotations as they are: no solve needed
+        from motionstreamer.representation.features import recover_rotations  # noqa: PLC0415  (torch: as above)
+
         return write_bvh(path, *recover_rotations(x), fps=fps, floor_at_zero=floor_at_zero)
     motion = prepare_motion(x, clean_feet=clean_feet, fps=fps)
-    return write_rig_bvh(path, make_rig(motion, skeleton, rotations, rig, converter=True, floor_at_zero=floor_at_zero))
+    converter = skeleton == "smpl-neutral" and rotations == "model"
+    return write_rig_bvh(path, make_rig(motion, skeleton, rotations, rig, converter=True, floor_at_zero=floor_at_zero),
+                         converter)
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -1,5 +1,6 @@
-"""CLI verbs for motion output: `render` (.mp4 / .gif), `to-bvh`, `to-glb`, `to-smpl`; and the export
-options and writer that `generate` / `stream` share (`add_export_args`, `write_outputs`).
+"""CLI verbs for motion output: `render` (.mp4 / .gif), `to-bvh`, `to-glb`, `to-smpl`, `to-fbx`,
+`retarget` (onto a user's rig), `blender-addon` (the add-on's zip); and the export options and writer
+that `generate` / `stream` share (`add_export_args`, `write_outputs`).
 
 Every output of one motion shows the same joints: `io.rig.prepare_motion` (rigid skeleton with the
 motion's bone lengths, grounded by foot contacts, optionally foot-cleaned) is computed once and each
@@ -9,6 +10,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import numpy as np
+
+from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
+from motionstreamer.cli import CLIError
+from motionstreamer.io.blender_addon import build_addon_zip
+from motionstreamer.io.blender_process import BlenderError, find_blender
+from motionstreamer.io.bvh import write_rig_bvh
+from motionstreamer.io.fbx import write_fbx
+from motionstreamer.io.gltf import write_glb
+from motionstreamer.io.motion_io import MAX_FPS, load_motion_array, motion_kind, to_features
+from motionstreamer.io.render import check_title as check
+from motionstreamer.io.render import render_motion
+from motionstreamer.io.retarget import Retargeter, load_bone_map
+from motionstreamer.io.rig import make_rig, prepare_motion
+from motionstreamer.io.smpl import amass_params, write_amass_npz
+from motionstreamer.io.target_io import OUT_SUFFIXES, read_skeleton, write_target
+from motionstreamer.utils import atomic_save_npy
 
 MOTION_HELP = """\
 INPUT is 272-dim features (frames, 272) or joint positions (frames, 22, 3) / (frames, 66). Features
@@ -34,13 +53,33 @@ the smplx library and the SMPL-X Blender add-on. Rotations: the model's rotation
 solved from the joints (--rotations solved, needed for joint-position input); trans grounded by the
 body's foot contacts.
 """ + MOTION_HELP
+TO_FBX_HELP = """\
+Convert a motion to FBX (binary, 7.4) through Blender's own exporter: the 24-joint skeleton with one key
+per frame, Y up, -Z forward, FBX unit scale (Unity: Scale Factor 1; Unreal: Import Uniform Scale 1; see
+docs/blender.md). Blender: bpy in this Python (pip install "motionstreamer[blender]", Python 3.11),
+else $MOTIONSTREAMER_BLENDER (a Python with bpy, or a Blender 4.2+ executable), else `blender` on PATH.
+""" + MOTION_HELP
+RETARGET_HELP = """\
+Put a motion onto your own humanoid rig and write it in that rig's hierarchy and rest pose. RIG is a
+.bvh, .glb / .gltf or .fbx (FBX read through Blender, found as for to-fbx); its bones are
+mapped from their names (SMPL, Mixamo mixamorig:, Rigify DEF-/ORG-, Blender's metarig, Unreal's
+mannequin) or by --map (JSON or YAML: {"Pelvis": "hips", "Left_hip": "thigh_l", ...}, the SMPL joint
+names of `motionstreamer to-bvh`). A-pose or T-pose rest poses and bone rolls are absorbed; the root
+moves along the motion's path scaled by leg length; planted feet stay planted on the rig's floor
+(leg IK). OUT: .bvh, .glb or .fbx (an FBX rig is re-imported and keyed, so its meshes come along).
+""" + MOTION_HELP
+ADDON_HELP = """\
+Zip the Blender add-on (integrations/blender: a Blender 4.2+ extension) with the retargeting code it
+needs, ready for Blender's Preferences > Get Extensions > Install from Disk. See docs/blender.md.
+"""
 
 
 # ----------------------------------------------------------------------------------------- options
 def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
     p.add_argument("--skeleton", choices=("motion", "smpl-neutral"), default="motion",
                    help="bone lengths: the motion's own (default: the exported joints equal PREFIX_joints.npy) "
-                        "or SMPL neutral's" + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
+                        "or SMPL neutral's"
+                        + (" (with --rotations model: the released converter's BVH)" if bvh else ""))
     p.add_argument("--rotations", choices=("solved", "model"), default="solved",
                    help="solved from the joint positions (default) or the model's rotation channels as they are")
     p.add_argument("--rig", choices=("smpl", "mixamo"), default="smpl",
@@ -51,7 +90,7 @@ def _add_rig_args(p: argparse.ArgumentParser, bvh: bool) -> None:
 def _add_motion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", metavar="MEAN.npy", help="feature Mean (272,) to de-normalise INPUT (needs --std)")
     p.add_argument("--std", metavar="STD.npy", help="feature Std (272,) to de-normalise INPUT (needs --mean)")
-    p.add_argument("--fps", type=float, default=30.0, help="frames per second of INPUT (default: 30)")
+    p.add_argument("--fps", type=float, default=float(FPS), help="frames per second of INPUT (default: %(default)g)")
     p.add_argument("--clean-feet", action="store_true",
                    help="foot-skating clean-up: pin planted feet to the floor (leg IK), smooth hand-over")
 
@@ -68,6 +107,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bvh", action="store_true", help="also write PREFIX.bvh")
     p.add_argument("--glb", action="store_true", help="also write PREFIX.glb (glTF 2.0, skinned skeleton + body)")
     p.add_argument("--smpl", action="store_true", help="also write PREFIX_smpl.npz (SMPL parameters, AMASS layout)")
+    p.add_argument("--fbx", action="store_true",
+                   help="also write PREFIX.fbx (through Blender's exporter: bpy, $MOTIONSTREAMER_BLENDER or "
+                        "`blender` on PATH; see `to-fbx --help`)")
     p.add_argument("--render", choices=("mp4", "gif"), default=None, help="also render PREFIX.mp4 / PREFIX.gif")
     _add_render_args(p, prefix="render-")
     _add_rig_args(p, bvh=True)
@@ -111,12 +153,28 @@ def register(subparsers) -> None:
                    help="the model's rotation channels (default) or rotations solved from the joints")
     p.set_defaults(func=cmd_export, suffix=".npz")
 
+    p = verb("to-fbx", "convert a motion .npy to FBX (through Blender)", TO_FBX_HELP, "OUT.fbx", "output .fbx file")
+    _add_rig_args(p, bvh=False)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_export, suffix=".fbx")
+
+    p = verb("retarget", "put a motion onto your own rig (BVH, glTF, FBX)", RETARGET_HELP, "OUT.bvh|OUT.glb|OUT.fbx",
+             "output file in the rig's hierarchy; format from the suffix")
+    p.add_argument("--target", required=True, metavar="RIG", help="the rig: .bvh, .glb, .gltf or .fbx")
+    p.add_argument("--map", metavar="MAP.json|MAP.yaml", help="bone map {SMPL joint name: bone name} (default: "
+                   "detected from the bone names)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_retarget)
+
+    p = subparsers.add_parser("blender-addon", help="zip the Blender add-on (a Blender 4.2+ extension)",
+                              description=ADDON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="OUT.zip", help="the extension's .zip")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.set_defaults(func=cmd_blender_addon)
+
 
 # ----------------------------------------------------------------------------------------- checks
 def check_title(title: str, flag: str = "--title") -> str:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.render import check_title as check
-
     try:
         return check(title)
     except ValueError as e:
@@ -125,7 +183,6 @@ def check_title(title: str, flag: str = "--title") -> str:
 
 def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
     """--out of a file verb: the right suffix, a file name, not a folder; ~ expanded."""
-    from motionstreamer.cli import CLIError
 
     path = Path(out).expanduser()
     if not out or not path.name or path.name in (".", "..") or out.endswith(("/", "\\")):
@@ -137,22 +194,30 @@ def check_out_file(out: str, suffixes: tuple[str, ...]) -> Path:
     return path
 
 
-def _check_common(args) -> None:
-    from motionstreamer.cli import CLIError
+def check_new_file(path: Path, args) -> None:
+    """CLIError when OUT exists and --overwrite was not given (these verbs never replace a file unasked)."""
+    if path.exists() and not getattr(args, "overwrite", False):
+        raise CLIError(f"--out {path} exists; give --overwrite to replace it")
 
+
+def check_fbx_tools() -> None:
+    """CLIError naming the ways to get Blender when FBX cannot be read or written (io.blender_process)."""
+    try:
+        find_blender()
+    except BlenderError as e:
+        raise CLIError(str(e)) from None
+
+
+def _check_common(args) -> None:
     if (args.mean is None) != (args.std is None):
         given, missing = ("--mean", "--std") if args.mean is not None else ("--std", "--mean")
         raise CLIError(f"{given} needs {missing} too (normalised features are de-normalised with both)")
-    if not (args.fps > 0 and args.fps <= 1000):
-        raise CLIError(f"--fps must be in (0, 1000], got {args.fps:g}")
+    if not 0 < args.fps <= MAX_FPS:
+        raise CLIError(f"--fps must be in (0, {MAX_FPS:g}], got {args.fps:g}")
 
 
 def _load(args):
     """(input array, mean, std) with file errors turned into CLI errors naming the argument."""
-    import numpy as np
-
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.motion_io import load_motion_array
 
     def load(path, what):
         try:
@@ -164,8 +229,9 @@ def _load(args):
     stats = []
     for flag, path in (("--mean", args.mean), ("--std", args.std)):
         s = load(path, flag) if path is not None else None
-        if s is not None and s.shape != (272,):
-            raise CLIError(f"{flag} {path}: must hold the 272 feature statistics, shape (272,), got {s.shape}")
+        if s is not None and s.shape != (FEATURE_DIM,):
+            raise CLIError(f"{flag} {path}: must hold the {FEATURE_DIM} feature statistics, shape ({FEATURE_DIM},), "
+                           f"got {s.shape}")
         stats.append(s)
     std = stats[1]
     if std is not None and not np.all(std > 0):
@@ -177,9 +243,6 @@ def _load(args):
 
 def _motion(args):
     """io.rig.Motion of INPUT (de-normalised, grounded, cleaned if asked), CLI errors for bad input."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.io.motion_io import motion_kind, to_features
-    from motionstreamer.io.rig import prepare_motion
 
     _check_common(args)
     x, mean, std = _load(args)
@@ -198,41 +261,38 @@ def _motion(args):
 def write_file(kind: str, path, motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
                floor_at_zero: bool = False, title: str = "", size: int = 480, views: int = 1,
                progress: bool = False) -> str:
-    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | smpl | mp4 | gif. Returns a note
-    for the log (what the file holds relative to the motion's joints)."""
-    import numpy as np
-
-    from motionstreamer.io.rig import make_rig
+    """Write one output of `motion` (io.rig.Motion); kind: bvh | glb | fbx | smpl | mp4 | gif. Returns a
+    note for the log (what the file holds relative to the motion's joints)."""
 
     if kind in ("mp4", "gif"):
-        from motionstreamer.io.render import render_motion
 
         render_motion(motion.joints, path, title=title, fps=motion.fps, progress=progress, size=size, views=views)
         return ""
     if kind == "smpl":
-        from motionstreamer.io.smpl import amass_params, write_amass_npz
 
         write_amass_npz(path, amass_params(make_rig(motion, "smpl-neutral", rotations)))
         return f"SMPL-neutral body, {rotations} rotations, grounded"
+    if kind == "fbx":
+        r = make_rig(motion, skeleton, rotations, rig)
+        write_fbx(path, r)
+        return _rig_note(r, motion, skeleton, rotations)
     converter = kind == "bvh"
     r = make_rig(motion, skeleton, rotations, rig, converter=converter, floor_at_zero=floor_at_zero)
     if kind == "bvh":
-        from motionstreamer.io.bvh import write_rig_bvh
-
-        write_rig_bvh(path, r)
+        write_rig_bvh(path, r, converter=skeleton == "smpl-neutral" and rotations == "model")
     else:
-        from motionstreamer.io.gltf import write_glb
-
         write_glb(path, r)
+    return _rig_note(r, motion, skeleton, rotations)
+
+
+def _rig_note(r, motion, skeleton: str, rotations: str) -> str:
     if skeleton == "motion" and rotations == "solved":
         return "same joints as the video"
-    err = np.linalg.norm(r.joints()[:, :22] - motion.joints, axis=-1).mean() * 1000
+    err = np.linalg.norm(r.joints()[:, :NUM_JOINTS] - motion.joints, axis=-1).mean() * 1000
     return f"{skeleton} skeleton, {rotations} rotations: joints differ from the video's by {err:.0f} mm on average"
 
 
 def cmd_render(args) -> int:
-    from motionstreamer.cli import CLIError
-
     out = check_out_file(args.out, (".mp4", ".gif"))
     title = check_title(args.title)
     if args.size < 64 or args.size > 4096 or args.size % 2:
@@ -241,7 +301,6 @@ def cmd_render(args) -> int:
         raise CLIError(f"--every must be >= 1, got {args.every}")
     motion = _motion(args)
     try:
-        from motionstreamer.io.render import render_motion
 
         render_motion(motion.joints[::args.every], out, title=title, fps=args.fps / args.every,
                       progress=not args.quiet, size=args.size, views=args.views)
@@ -255,10 +314,11 @@ def cmd_render(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from motionstreamer.cli import CLIError
-
     out = check_out_file(args.out, (args.suffix,))
-    kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl"}[args.suffix]
+    kind = {".bvh": "bvh", ".glb": "glb", ".npz": "smpl", ".fbx": "fbx"}[args.suffix]
+    if kind == "fbx":
+        check_new_file(out, args)
+        check_fbx_tools()
     skeleton, rig = getattr(args, "skeleton", "smpl-neutral"), getattr(args, "rig", "smpl")
     floor = getattr(args, "floor_at_zero", False)
     if floor and not (skeleton == "smpl-neutral" and args.rotations == "model"):
@@ -271,7 +331,7 @@ def cmd_export(args) -> int:
                        "--rotations solved)")
     try:
         note = write_file(kind, out, motion, skeleton, args.rotations, rig, floor_at_zero=floor)
-    except ValueError as e:
+    except (ValueError, BlenderError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:
         raise CLIError(f"--out {args.out}: cannot write ({e})") from None
@@ -281,20 +341,18 @@ def cmd_export(args) -> int:
 
 def output_files(prefix: Path, args) -> list[tuple[str, str]]:
     """(kind, path) of every file write_outputs writes for these arguments: the features, the joints,
-    then the exports asked for."""
+    then the exports asked for. CLIError when a tool one of them needs is missing (Blender for --fbx)."""
+    if getattr(args, "fbx", False):
+        check_fbx_tools()
     return [("npy", f"{prefix}.npy"), ("joints", f"{prefix}_joints.npy")] + [
         (k, f"{prefix}{suffix}") for k, suffix, on in (
             ("bvh", ".bvh", args.bvh), ("glb", ".glb", args.glb), ("smpl", "_smpl.npz", args.smpl),
-            (args.render, f".{args.render}", args.render)) if on]
+            ("fbx", ".fbx", getattr(args, "fbx", False)), (args.render, f".{args.render}", args.render)) if on]
 
 
 def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     """Files of a generated motion: PREFIX.npy (de-normalised features, as generated), PREFIX_joints.npy
     (the joints every output shows) and the exports asked for. Returns the paths written."""
-    import numpy as np
-
-    from motionstreamer.io.rig import prepare_motion
-    from motionstreamer.utils import atomic_save_npy
 
     title = title.encode("utf-8", "replace").decode("utf-8")   # a caption must not fail a finished generation
     motion = prepare_motion(features, clean_feet=args.clean_feet)
@@ -305,8 +363,44 @@ def write_outputs(prefix: Path, features, args, title: str, log) -> list[str]:
     atomic_save_npy(f"{prefix}_joints.npy", motion.joints.astype(np.float32))
     written = [f"{prefix}.npy", f"{prefix}_joints.npy"]
     for kind, path in output_files(prefix, args)[2:]:
-        note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
-                          args.rig, title=title, size=args.render_size, views=args.render_views,
-                          progress=not args.quiet)
+        try:
+            note = write_file(kind, path, motion, args.skeleton, args.rotations if kind != "smpl" else "model",
+                              args.rig, title=title, size=args.render_size, views=args.render_views,
+                              progress=not args.quiet)
+        except BlenderError as e:      # FBX through a Blender out of process: what is written so far stays
+            raise CLIError(f"{path}: {e} (written: {', '.join(written)})") from None
         written.append(path + (f" ({note})" if note else ""))
     return written
+
+
+def cmd_retarget(args) -> int:
+    out = check_out_file(args.out, OUT_SUFFIXES)
+    check_new_file(out, args)
+    if out.suffix.lower() == ".fbx" or str(args.target).lower().endswith(".fbx"):
+        check_fbx_tools()
+    try:
+        skeleton = read_skeleton(args.target)
+        bone_map = load_bone_map(args.map, skeleton) if args.map else None
+        motion = _motion(args)
+        retargeter = Retargeter(skeleton, bone_map, motion.offsets, motion.fps)
+        rig = retargeter.retarget(motion.joints, motion.rotations)
+        write_target(out, rig)
+    except (ValueError, BlenderError) as e:      # RetargetError is a ValueError
+        raise CLIError(str(e)) from None
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write ({e})") from None
+    print(f"wrote {out} ({len(motion)} frames at {args.fps:g} fps on {len(skeleton.names)} bones of {args.target}; "
+          f"bone map: {retargeter.scheme}, {len(retargeter.map)} of 22 joints; root motion x{retargeter.scale:.3f} "
+          "(leg length)")
+    return 0
+
+
+def cmd_blender_addon(args) -> int:
+    out = check_out_file(args.out, (".zip",))
+    check_new_file(out, args)
+    try:
+        build_addon_zip(out)
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write ({e})") from None
+    print(f"wrote {out} (Blender: Edit > Preferences > Get Extensions > Install from Disk)")
+    return 0

@@ -8,7 +8,8 @@ with three.js):
 - one skin over the 24 joints, inverse bind matrices of the rest pose;
 - the body: a capsule along every bone and a sphere for the head, each vertex bound to the bone's
   parent joint with weight 1 (rigid parts, no stretching); the foot capsules sit one radius above
-  the ankle-foot bone so that their soles, not their centres, meet the floor; three materials: left side blue,
+  the ankle-foot bone so that their soles, not their centres, meet the floor, and the shins' round
+  ends stop at the ankles (not a radius below them, under the soles); three materials: left side blue,
   right side red, centre grey (the renderer's colours);
 - one animation "motion": per-frame LINEAR samplers at t / fps (30 fps: 0.0333 s keys) for every body
   joint's rotation (unit quaternions, sign-continuous) and the root's translation.
@@ -18,8 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pygltflib as g
 
+from motionstreamer import __version__
+from motionstreamer.representation.ik import rest_positions
+from motionstreamer.representation.rotation import matrix_to_quaternion
 from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS_24
+from motionstreamer.utils import atomic_write_bytes
 
 # Capsule radius (m, for a 1.7 m body; scaled with the skeleton) of the bone ending at each joint.
 BONE_RADIUS = {1: 0.065, 2: 0.065, 3: 0.085, 4: 0.06, 5: 0.06, 6: 0.09, 7: 0.045, 8: 0.045, 9: 0.09,
@@ -27,6 +33,7 @@ BONE_RADIUS = {1: 0.065, 2: 0.065, 3: 0.085, 4: 0.06, 5: 0.06, 6: 0.09, 7: 0.045
                18: 0.04, 19: 0.04, 20: 0.033, 21: 0.033, 22: 0.03, 23: 0.03}
 HEAD_RADIUS = 0.1
 FEET = (10, 11)
+ANKLES = (7, 8)
 REFERENCE_HEIGHT = 1.7
 MATERIALS = (("centre", (0.72, 0.72, 0.75, 1.0)), ("left", (0.22, 0.42, 0.85, 1.0)),
              ("right", (0.85, 0.27, 0.27, 1.0)))
@@ -68,7 +75,6 @@ def _capsule(p0, p1, radius: float, axis=None, segments: int = 12, rings: int = 
 
 def body_mesh(rest: np.ndarray, names) -> dict:
     """Capsule body in the rest pose: {material index: (positions, normals, joints, triangles)}."""
-    from motionstreamer.representation.ik import rest_positions
 
     pos = rest_positions(rest)
     scale = (pos[:, 1].max() - pos[:, 1].min() + HEAD_RADIUS) / REFERENCE_HEIGHT
@@ -77,7 +83,10 @@ def body_mesh(rest: np.ndarray, names) -> dict:
         p, r = PARENTS_24[c], BONE_RADIUS[c] * scale
         # the feet's soles at the joints' level: the floor (y = 0) is where the lowest joint touches
         lift = np.array([0.0, r, 0.0]) if c in FEET else 0.0
-        parts[_side(names[c])].append((p, _capsule(pos[p] + lift, pos[c] + lift, r)))
+        end = pos[c] + lift
+        if c in ANKLES:   # the shin's round end stops at the ankle: it would reach r below it, under the sole
+            end = end - r * (pos[c] - pos[p]) / np.linalg.norm(pos[c] - pos[p])
+        parts[_side(names[c])].append((p, _capsule(pos[p] + lift, end, r)))
     head = pos[15] + np.array([0.0, 0.6 * HEAD_RADIUS * scale, 0.02 * scale])
     parts[0].append((15, _capsule(head, head, HEAD_RADIUS * scale, axis=(0.0, 1.0, 0.0))))
     out = {}
@@ -95,7 +104,6 @@ def body_mesh(rest: np.ndarray, names) -> dict:
 
 def _quaternions_xyzw(rotations: np.ndarray) -> np.ndarray:
     """(T, J, 3, 3) -> (T, J, 4) unit quaternions (x, y, z, w), sign-continuous over time."""
-    from motionstreamer.representation.rotation import matrix_to_quaternion
 
     q = matrix_to_quaternion(np.ascontiguousarray(rotations))[..., [1, 2, 3, 0]]
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
@@ -111,8 +119,6 @@ class _Blob:
         self.gltf, self.data = gltf, bytearray()
 
     def add(self, array: np.ndarray, kind: str, component: int, target=None, minmax: bool = False) -> int:
-        import pygltflib as g
-
         while len(self.data) % 4:
             self.data += b"\0"
         raw = np.ascontiguousarray(array).tobytes()
@@ -127,22 +133,34 @@ class _Blob:
         return len(self.gltf.accessors) - 1
 
 
+def _animation(rig):
+    """(rest translations (J, 3), rest rotations (J, 3, 3) or None, animated joints, (T, J, 3, 3) local
+    rotations, moving joint, its (T, 3) translation) of an io.rig.Rig (SMPL, identity rest rotations)
+    or an io.retarget.TargetRig (a user's rig: its own rest orientations, every joint keyed)."""
+    if hasattr(rig, "skeleton"):
+        t, r = rig.skeleton.local_rest()
+        return t, r, range(len(rig.names)), rig.rotations, rig.mover, rig.translation
+    return rig.offsets, None, range(NUM_JOINTS), rig.rotations, 0, rig.root
+
+
 def glb_bytes(rig, body: bool = True) -> bytes:
-    """The rig (io.rig.Rig) as a binary glTF 2.0 file."""
-    import pygltflib as g
+    """The rig (io.rig.Rig, or io.retarget.TargetRig: its own hierarchy and rest pose, no body) as a
+    binary glTF 2.0 file."""
 
-    from motionstreamer import __version__
-
-    T, J = len(rig.root), len(PARENTS_24)
+    rest_t, rest_r, animated, rotations, mover, translation = _animation(rig)
+    parents = tuple(rig.parents)
+    body = body and parents == PARENTS_24
+    T, J = len(translation), len(parents)
     gltf = g.GLTF2(asset=g.Asset(version="2.0", generator=f"motionstreamer {__version__}"))
     blob = _Blob(gltf)
+    rest_q = None if rest_r is None else _quaternions_xyzw(rest_r[None])[0]
     for j in range(J):
-        kids = [c for c in range(J) if PARENTS_24[c] == j]
-        gltf.nodes.append(g.Node(name=rig.names[j], translation=[float(v) for v in rig.offsets[j]],
+        kids = [c for c in range(J) if parents[c] == j]
+        gltf.nodes.append(g.Node(name=rig.names[j], translation=[float(v) for v in rest_t[j]],
+                                 rotation=None if rest_q is None else [float(v) for v in rest_q[j]],
                                  children=kids or None))
     roots = [0]
     if body:
-        from motionstreamer.representation.ik import rest_positions
 
         rest = rest_positions(rig.offsets)
         ibm = np.tile(np.eye(4, dtype=np.float32), (J, 1, 1))
@@ -173,17 +191,17 @@ def glb_bytes(rig, body: bool = True) -> bytes:
     gltf.scene = 0
 
     times = blob.add((np.arange(T) / rig.fps).astype(np.float32), g.SCALAR, g.FLOAT, minmax=True)
-    quats = _quaternions_xyzw(rig.rotations[:, :NUM_JOINTS]).astype(np.float32)
+    quats = _quaternions_xyzw(rotations[:, list(animated)]).astype(np.float32)
     anim = g.Animation(name="motion")
-    for j in range(NUM_JOINTS):
+    for j in animated:
         anim.samplers.append(g.AnimationSampler(input=times, output=blob.add(quats[:, j], g.VEC4, g.FLOAT),
                                                 interpolation=g.ANIM_LINEAR))
         anim.channels.append(g.AnimationChannel(sampler=len(anim.samplers) - 1,
                                                 target=g.AnimationChannelTarget(node=j, path="rotation")))
-    anim.samplers.append(g.AnimationSampler(input=times, output=blob.add(rig.root.astype(np.float32), g.VEC3, g.FLOAT),
-                                            interpolation=g.ANIM_LINEAR))
+    anim.samplers.append(g.AnimationSampler(input=times, output=blob.add(translation.astype(np.float32), g.VEC3,
+                                                                         g.FLOAT), interpolation=g.ANIM_LINEAR))
     anim.channels.append(g.AnimationChannel(sampler=len(anim.samplers) - 1,
-                                            target=g.AnimationChannelTarget(node=0, path="translation")))
+                                            target=g.AnimationChannelTarget(node=mover, path="translation")))
     gltf.animations.append(anim)
     while len(blob.data) % 4:
         blob.data += b"\0"
@@ -194,12 +212,11 @@ def glb_bytes(rig, body: bool = True) -> bytes:
 
 def write_glb(path: str | Path, rig, body: bool = True) -> Path:
     """Write the rig as a .glb file (atomically); returns the path."""
-    from motionstreamer.utils import atomic_write_bytes
-
-    for name, a in (("rotations", rig.rotations), ("root positions", rig.root)):
+    _, _, _, rotations, _, translation = _animation(rig)
+    for name, a in (("rotations", rotations), ("root positions", translation)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name} contain NaN/inf")
-    if not len(rig.root):
+    if not len(translation):
         raise ValueError("the motion has no frames")
     path = Path(path)
     atomic_write_bytes(path, glb_bytes(rig, body))

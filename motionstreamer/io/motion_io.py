@@ -11,23 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from motionstreamer import FEATURE_DIM, NUM_JOINTS
-from motionstreamer.utils import load_npy
+from motionstreamer.utils import as_numeric_array, atomic_save_npy, check_finite, load_npy
+
+MAX_FPS = 1000.0   # frames per second a motion may claim: an output verb's timing, never a rate of 1e9
 
 
-
-def _as_numpy(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{name} must hold numbers, got dtype {a.dtype}")
-    return a
-
-
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.all(np.isfinite(a)):
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name} contains NaN/inf (first at index {bad})")
+def check_fps(fps) -> float:
+    """fps as a float; ValueError unless a finite number in (0, MAX_FPS]."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps must be a positive number (at most {MAX_FPS:g}), got {fps!r}")
+    return float(fps)
 
 
 def load_motion_array(path: str | Path, name: str | None = None) -> np.ndarray:
@@ -51,20 +45,18 @@ def load_motion_array(path: str | Path, name: str | None = None) -> np.ndarray:
         raise ValueError(f"{name}: cannot read as .npy ({e})") from None
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected one array, got {type(a).__name__}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{name}: must hold numbers, got dtype {a.dtype}")
+    a = as_numeric_array(a, name)
     if a.size == 0:
         raise ValueError(f"{name}: is empty (shape {a.shape})")
-    _check_finite(a, name)
+    check_finite(name, a)
     return a
 
 
 def save_npy(path: str | Path, array) -> Path:
     """np.save, atomically (a crash leaves the old file or none, never a partial one)."""
-    from motionstreamer.utils import atomic_save_npy
 
     path = Path(path)
-    atomic_save_npy(path, _as_numpy(array, "array"))
+    atomic_save_npy(path, as_numeric_array(array, "array"))
     return path
 
 
@@ -74,7 +66,7 @@ def _drop_batch(a: np.ndarray) -> np.ndarray:
 
 def motion_kind(array, name: str = "motion") -> str:
     """'features' for (T, 272), 'joints' for (T, 22, 3) or (T, 66); ValueError otherwise."""
-    a = _drop_batch(_as_numpy(array, name))
+    a = _drop_batch(as_numeric_array(array, name))
     if a.ndim == 2 and a.shape[1] == FEATURE_DIM:
         return "features"
     if (a.ndim == 3 and a.shape[1:] == (NUM_JOINTS, 3)) or (a.ndim == 2 and a.shape[1] == 3 * NUM_JOINTS):
@@ -85,10 +77,10 @@ def motion_kind(array, name: str = "motion") -> str:
 
 
 def _stat(x, name: str) -> np.ndarray:
-    s = _as_numpy(x, name).astype(np.float64)
+    s = as_numeric_array(x, name).astype(np.float64)
     if s.shape != (FEATURE_DIM,):
-        raise ValueError(f"{name} must have shape (272,), got {s.shape}")
-    _check_finite(s, name)
+        raise ValueError(f"{name} must have shape ({FEATURE_DIM},), got {s.shape}")
+    check_finite(name, s)
     return s
 
 
@@ -96,15 +88,16 @@ def to_features(array, mean=None, std=None, name: str = "motion") -> np.ndarray:
     """(T, 272) features, de-normalised with x * std + mean when mean and std are given."""
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together (both or neither)")
-    a = _drop_batch(_as_numpy(array, name))
+    a = _drop_batch(as_numeric_array(array, name))
     if motion_kind(a, name) != "features":
         raise ValueError(f"{name} must be 272-dim features (frames, 272), got shape {a.shape}")
     if len(a) == 0:
         raise ValueError(f"{name} has no frames")
     x = a.astype(np.float64)
-    _check_finite(x, name)
+    check_finite(name, x)
     if mean is not None:
-        from motionstreamer.representation.normalize import denormalize
+        # torch for features only: this module is numpy-only at import (Blender's Python runs it, the add-on)
+        from motionstreamer.representation.normalize import denormalize  # noqa: PLC0415
 
         x = denormalize(x, _stat(mean, "mean"), _stat(std, "std"))
     return x
@@ -114,13 +107,13 @@ def to_joints(array, mean=None, std=None, name: str = "motion") -> np.ndarray:
     """Joint positions (T, 22, 3) from features (T, 272; de-normalised first when mean/std are given,
     then the position inverse, spec §2.2) or from joints (T, 22, 3) / (T, 66) as they are."""
     if motion_kind(array, name) == "features":
-        from motionstreamer.representation.features import recover_joints
+        from motionstreamer.representation.features import recover_joints  # noqa: PLC0415  (torch: as above)
 
         return recover_joints(to_features(array, mean, std, name))
     if mean is not None or std is not None:
         raise ValueError(f"{name} holds joint positions; mean/std apply only to 272-dim features")
-    a = _drop_batch(_as_numpy(array, name)).astype(np.float64)
+    a = _drop_batch(as_numeric_array(array, name)).astype(np.float64)
     if len(a) == 0:
         raise ValueError(f"{name} has no frames")
-    _check_finite(a, name)
+    check_finite(name, a)
     return a.reshape(len(a), NUM_JOINTS, 3)

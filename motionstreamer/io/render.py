@@ -25,10 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import imageio_ffmpeg
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter1d
+from tqdm import tqdm
 
 from motionstreamer import FPS
-from motionstreamer.representation.skeleton import NUM_JOINTS, PARENTS
+from motionstreamer.io.motion_io import check_fps
+from motionstreamer.representation.skeleton import LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS
+from motionstreamer.utils import as_numeric_array, atomic_path
 
 DEFAULT_SIZE = 480
 VIDEO_FORMATS = (".mp4", ".gif")
@@ -37,8 +45,6 @@ BACKGROUND = (0.97, 0.97, 0.98)
 TILE_SHADES = (0.90, 0.80)
 LEFT, RIGHT, CENTRE = (0.16, 0.38, 0.85), (0.86, 0.22, 0.22), (0.22, 0.22, 0.26)
 PATH_COLOUR = (0.30, 0.45, 0.75)
-LEFT_JOINTS = {1, 4, 7, 10, 13, 16, 18, 20}
-RIGHT_JOINTS = {2, 5, 8, 11, 14, 17, 19, 21}
 HEAD = 15
 FOLLOW_SECONDS = 0.4          # camera smoothing (Gaussian sigma of the followed floor position)
 
@@ -73,15 +79,11 @@ _FFMPEG = {
 
 def check_joints(joints, name: str = "joints") -> np.ndarray:
     """(T, 22, 3) finite float64 array from numpy or torch input, or ValueError naming the problem."""
-    if hasattr(joints, "detach"):
-        joints = joints.detach().cpu().numpy()
-    j = np.asarray(joints)
+    j = as_numeric_array(joints, name)
     if j.ndim != 3 or j.shape[1:] != (NUM_JOINTS, 3):
         raise ValueError(f"{name} must have shape (frames, {NUM_JOINTS}, 3), got {j.shape}")
     if j.shape[0] == 0:
         raise ValueError(f"{name} has no frames")
-    if not np.issubdtype(j.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {j.dtype}")
     j = j.astype(np.float64)
     if not np.all(np.isfinite(j)):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(j))[0])
@@ -117,7 +119,6 @@ def check_title(title) -> str:
 def follow_targets(joints: np.ndarray, fps: float) -> np.ndarray:
     """(T, 3) camera targets: the pelvis floor position smoothed over FOLLOW_SECONDS (centred), at
     the height of the middle of the figure's usual vertical extent."""
-    from scipy.ndimage import gaussian_filter1d
 
     xz = gaussian_filter1d(joints[:, 0, [0, 2]], sigma=max(FOLLOW_SECONDS * fps, 1e-3), axis=0, mode="nearest")
     top = float(np.percentile(joints[..., 1].max(axis=1), 95))
@@ -172,10 +173,6 @@ class SkeletonRenderer:
     """Draws frames of joints (T, 22, 3) (grounded, Y up, metres). `frames()` yields RGBA buffers."""
 
     def __init__(self, joints, title: str = "", size: int = DEFAULT_SIZE, views: int = 1, fps: float = FPS):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.collections import LineCollection, PolyCollection
-        from matplotlib.figure import Figure
-
         self.joints = check_joints(joints)
         self.size, self.views = check_size(size), VIEWS[check_views(views)]
         self.title_text = check_title(title)
@@ -262,7 +259,6 @@ class SkeletonRenderer:
 
     def frames(self, progress: bool = False) -> Iterator[np.ndarray]:
         """Yield the canvas's RGBA buffer (height, width, 4) per frame: a view, valid until the next one."""
-        from tqdm import tqdm
 
         for t in tqdm(range(len(self.joints)), desc="render", unit="frame", disable=not progress, leave=False):
             for p in self.panels:
@@ -285,17 +281,12 @@ def render_motion(joints, out_path: str | Path, title: str = "", fps: float = FP
     size: picture height and width per view in pixels (even); views: 1, or 3 (front, side, top side by
     side). The file is written to a locked temporary name and renamed when complete; temporaries left
     by a killed render of the same file are removed first."""
-    import imageio_ffmpeg
-
-    from motionstreamer.utils import atomic_path
 
     out_path = Path(out_path)
     ext = out_path.suffix.lower()
     if ext not in VIDEO_FORMATS:
         raise ValueError(f"output {str(out_path)!r} must end in .mp4 or .gif")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(fps) or not 0 < fps <= 1000:
-        raise ValueError(f"fps must be a positive number (at most 1000), got {fps!r}")
+    check_fps(fps)
     renderer = SkeletonRenderer(joints, title, size, views, fps)
     codec, pix_fmt, extra = _FFMPEG[ext]
     with atomic_path(out_path) as tmp:

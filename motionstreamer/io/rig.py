@@ -17,8 +17,9 @@ formats (BVH, glTF, SMPL) carry.
   skeleton "smpl-neutral" + rotations "model" + converter=True: the released converter's BVH (SMPL
     neutral offsets, the model's rotation channels, root = offset[0] + (tau_x, h, tau_z)); its joints
     differ from `Motion.joints` (other bone lengths and rotations) and its feet are not on y = 0;
-  any other pairing: that skeleton with those rotations, root at the motion's pelvis, grounded by
-    its own foot contacts (so its feet stay on the floor even though its joints differ).
+  any other pairing: that skeleton with those rotations, root at the motion's pelvis, grounded where
+    the motion's feet are planted, frame by frame (feet.ground_by_contacts: its own planted feet on the
+    floor, even though its joints differ).
 Rest pose of every skeleton: SMPL's, a T-pose (arms straight out along +-X, palms down), facing +Z,
 Y up, all local rotations identity, the lowest joint on y = 0 ("motion") or the pelvis at SMPL's J0
 ("smpl-neutral", as the converter).
@@ -30,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from motionstreamer import FPS
+from motionstreamer.io.motion_io import check_fps, motion_kind, to_features, to_joints
+from motionstreamer.representation import feet, ik
+from motionstreamer.representation.ik import fk
 from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS_24, SMPL_OFFSETS_24
 
 SKELETONS = ("motion", "smpl-neutral")
@@ -63,7 +67,6 @@ class Rig:
 
     def joints(self) -> np.ndarray:
         """(T, 24, 3) joint positions by forward kinematics."""
-        from motionstreamer.representation.ik import fk
 
         return fk(self.rotations, self.root, self.offsets)
 
@@ -84,22 +87,14 @@ class Motion:
         return len(self.joints)
 
 
-def _check_fps(fps) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(fps) or not 0 < fps <= 1000:
-        raise ValueError(f"fps must be a positive number (at most 1000), got {fps!r}")
-    return float(fps)
-
-
 def prepare_motion(motion, clean_feet: bool = False, fps: float = FPS, name: str = "motion") -> Motion:
     """De-normalised 272 features (T, 272) or joint positions (T, 22, 3) / (T, 66) -> Motion.
     ValueError naming `name` for bad input."""
-    from motionstreamer.io.motion_io import motion_kind, to_features, to_joints
-    from motionstreamer.representation import feet, ik
-    from motionstreamer.representation.features import recover_rotations
-
-    fps = _check_fps(fps)
+    fps = check_fps(fps)
     if motion_kind(motion, name) == "features":
+        # torch for features only: joints stay numpy alone, as Blender's Python runs them (the add-on)
+        from motionstreamer.representation.features import recover_rotations  # noqa: PLC0415
+
         features = to_features(motion, name=name)
         model_rot, model_trans = recover_rotations(features)
     else:
@@ -132,7 +127,6 @@ def check_choice(value: str, choices, what: str) -> str:
 def make_rig(motion: Motion, skeleton: str = "motion", rotations: str = "solved", rig: str = "smpl",
              converter: bool = False, floor_at_zero: bool = False) -> Rig:
     """The skeleton + rotations a file carries; see the module docstring for the pairings."""
-    from motionstreamer.representation import feet, ik
 
     check_choice(skeleton, SKELETONS, "skeleton")
     check_choice(rotations, ROTATION_MODES, "rotations")
@@ -153,7 +147,10 @@ def make_rig(motion: Motion, skeleton: str = "motion", rotations: str = "solved"
             return Rig(names, SMPL_OFFSETS_24, _pad24(local), root, motion.fps)
     else:
         local, _ = ik.solve_rotations(motion.joints, offsets, motion.rotations)
+    # This body's feet are not the motion's: grounded where the motion's feet are planted (its own
+    # foot heights then), not by one constant shift, which leaves it floating where its legs differ.
     root = motion.joints[:, 0].copy()
-    _, vertical = feet.ground(ik.fk(local, root, offsets[:NUM_JOINTS]), motion.fps)
+    contacts = feet.foot_contacts(motion.joints, fps=motion.fps)
+    _, vertical = feet.ground_by_contacts(ik.fk(local, root, offsets[:NUM_JOINTS]), contacts, motion.fps)
     root[:, 1] += vertical
     return Rig(names, offsets, _pad24(local), root, motion.fps)

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer.representation.ik import fk
+from motionstreamer.representation.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 from motionstreamer.representation.skeleton import NUM_JOINTS, SMPL_OFFSETS_24
+from motionstreamer.utils import atomic_path
 
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])   # (x, y, z) -> (x, -z, y)
 HAND_POSE_DIMS = 90
@@ -34,7 +37,6 @@ NUM_DMPLS = 8
 
 def amass_params(rig) -> dict:
     """AMASS SMPL+H arrays from a rig on the SMPL-neutral skeleton (io.rig.make_rig(..., 'smpl-neutral'))."""
-    from motionstreamer.representation.rotation import matrix_to_axis_angle
 
     if not np.allclose(rig.offsets[1:NUM_JOINTS], SMPL_OFFSETS_24[1:NUM_JOINTS]):
         raise ValueError("SMPL parameters need a rig on the SMPL-neutral skeleton")
@@ -51,8 +53,6 @@ def amass_params(rig) -> dict:
 def smpl_joints(params: dict) -> np.ndarray:
     """(T, 22, 3) SMPL-neutral body joints (betas 0) of AMASS arrays, back in the Y-up frame: the
     forward kinematics a body model computes for these parameters."""
-    from motionstreamer.representation.ik import fk
-    from motionstreamer.representation.rotation import axis_angle_to_matrix
 
     poses = np.asarray(params["poses"], dtype=np.float64)
     T = len(poses)
@@ -64,7 +64,6 @@ def smpl_joints(params: dict) -> np.ndarray:
 
 def write_amass_npz(path: str | Path, params: dict) -> Path:
     """np.savez of the AMASS arrays, atomically; returns the path."""
-    from motionstreamer.utils import atomic_path
 
     path = Path(path)
     for k, v in params.items():

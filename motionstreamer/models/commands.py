@@ -1,13 +1,19 @@
 """CLI verbs `convert-checkpoint` and `download`."""
 from __future__ import annotations
 
+import json
+import math
+
+from motionstreamer.checkpoints import CheckpointError, convert_official, download_official
+from motionstreamer.cli import CLIError, add_verb, check_output
+from motionstreamer.models.tae import TAEConfig
+from motionstreamer.models.transformer import T2MConfig
+
 COMPONENTS = ["tae", "tae_babel", "t2m", "evaluator", "stats"]   # = checkpoints.HUB_COMPONENTS (kept import-free)
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_verb
-
-    c = add_verb(subparsers, "convert-checkpoint", cmd_convert, "official .pth files -> a safetensors model bundle")
+    c = add_verb(subparsers, "convert-checkpoint", cmd_convert)
     c.add_argument("src", help="folder holding the released files (the hub layout, as `motionstreamer download` "
                                "writes it); the options below name files elsewhere")
     c.add_argument("dst", help="output bundle directory")
@@ -21,7 +27,7 @@ def register(subparsers) -> None:
     c.add_argument("--tae-config", metavar="JSON", help="TAE config (a JSON file) for non-official trainings")
     c.add_argument("--t2m-config", metavar="JSON", help="text-to-motion config (a JSON file) for non-official trainings")
 
-    d = add_verb(subparsers, "download", cmd_download, "download the official checkpoints from the Hugging Face Hub")
+    d = add_verb(subparsers, "download", cmd_download)
     d.add_argument("--dest", default="official", help="download folder (default: ./official)")
     d.add_argument("--components", nargs="+", default=["tae", "t2m", "evaluator", "stats"], choices=COMPONENTS,
                    help="what to fetch (default: tae t2m evaluator stats)")
@@ -29,10 +35,6 @@ def register(subparsers) -> None:
 
 
 def _read_config(path: str | None, cls, flag: str):
-    import json
-
-    from motionstreamer.cli import CLIError
-
     if path is None:
         return None
     try:
@@ -52,10 +54,6 @@ def cmd_convert(args) -> int:
     Experiments/t2m_model/latest.pth, humanml3d_272/mean_std/{Mean,Std}.npy,
     reference_end_latent_t2m_272.npy) into a model bundle directory. Every tensor is checked against
     the official model configuration."""
-    from motionstreamer.checkpoints import CheckpointError, convert_official
-    from motionstreamer.cli import CLIError, check_output
-    from motionstreamer.models.tae import TAEConfig
-    from motionstreamer.models.transformer import T2MConfig
 
     check_output(args.dst, "dst", "folder")
 
@@ -75,10 +73,6 @@ def cmd_convert(args) -> int:
 def cmd_download(args) -> int:
     """Fetch the released files (hub lxxiao/MotionStreamer; Mean/Std from the lxxiao/272-dim-HumanML3D
     dataset) into a folder that `motionstreamer convert-checkpoint` reads."""
-    import math
-
-    from motionstreamer.checkpoints import download_official
-    from motionstreamer.cli import CLIError, check_output
 
     if not 0 < args.timeout < math.inf:
         raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}")

@@ -24,6 +24,7 @@ backbone's hidden size.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,9 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 
 from motionstreamer import FEATURE_DIM
+from motionstreamer.checkpoints import state_mismatches
 from motionstreamer.config import ConfigDict
+from motionstreamer.models.text import minilm_path
+from motionstreamer.utils import atomic_path, atomic_write_json
+
+try:   # numpy's scalar type, whose module moved in numpy 2
+    from numpy._core.multiarray import scalar as numpy_scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar as numpy_scalar
 
 OFFICIAL_BACKBONE = "distilbert-base-uncased"
 TINY_BACKBONE = "tiny-distilbert"
@@ -90,13 +100,12 @@ def backbone_hidden_size(spec: str) -> int:
     if spec == OFFICIAL_BACKBONE:
         return 768
     from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(_resolve_backbone(spec))
-    return int(getattr(cfg, "hidden_size", None) or cfg.dim)
+    config = AutoConfig.from_pretrained(_resolve_backbone(spec))
+    return int(getattr(config, "hidden_size", None) or config.dim)
 
 
 def _resolve_backbone(spec: str) -> str:
     if spec.lower() in ("minilm", "all-minilm-l6-v2"):
-        from motionstreamer.models.text import minilm_path
         return str(minilm_path())
     return spec
 
@@ -359,7 +368,6 @@ class TMREvaluator(nn.Module):
         model must be in `state` unless optional (see optional_keys). Clear error otherwise."""
         state = dict(state)
         state.pop(BACKBONE_PREFIX + "embeddings.position_ids", None)   # persistent in old transformers
-        from motionstreamer.checkpoints import state_mismatches
         parts = state_mismatches(self.state_dict(), state, optional=self.optional_keys())
         if parts:
             raise EvaluatorCheckpointError(f"{what} do not match the evaluator ({self.config.text_backbone} backbone, "
@@ -368,8 +376,6 @@ class TMREvaluator(nn.Module):
 
     def save(self, directory: str | os.PathLike, extra: dict | None = None) -> Path:
         """Atomic: evaluator.safetensors, then config.json (a folder without config.json is incomplete)."""
-        from safetensors.torch import save_file
-        from motionstreamer.utils import atomic_path, atomic_write_json
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         with atomic_path(d / "evaluator.safetensors") as tmp:
@@ -382,7 +388,6 @@ class TMREvaluator(nn.Module):
     def load(cls, path: str | os.PathLike, device="cpu", backbone: str | None = None) -> "TMREvaluator":
         """A folder written by `save` (or a model bundle with an evaluator), or the released Lightning
         checkpoint (`epoch=99.ckpt`, official config; `backbone` overrides where DistilBERT comes from)."""
-        import json
         p = Path(path)
         if p.is_file() and p.suffix in (".ckpt", ".pt", ".pth"):
             return cls.from_official_checkpoint(p, backbone=backbone or OFFICIAL_BACKBONE, device=device)
@@ -390,13 +395,13 @@ class TMREvaluator(nn.Module):
         if not cfg_path.is_file():
             raise EvaluatorCheckpointError(f"{p}: not an evaluator folder (no config.json) nor a .ckpt file")
         try:
-            cfg = json.loads(cfg_path.read_text())
+            saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise EvaluatorCheckpointError(f"{cfg_path}: invalid JSON ({e})") from e
-        if "evaluator" not in cfg:
+        if "evaluator" not in saved:
             raise EvaluatorCheckpointError(f"{cfg_path}: no 'evaluator' config in it")
         try:
-            config = EvaluatorConfig.from_dict(cfg["evaluator"])
+            config = EvaluatorConfig.from_dict(saved["evaluator"])
         except (TypeError, ValueError) as e:
             raise EvaluatorCheckpointError(f"{cfg_path}: bad evaluator config ({e})") from e
         if backbone is not None:
@@ -404,7 +409,6 @@ class TMREvaluator(nn.Module):
         wpath = p / "evaluator.safetensors"
         if not wpath.is_file():
             raise EvaluatorCheckpointError(f"{wpath}: weights file not found")
-        from safetensors.torch import load_file
         try:
             state = load_file(str(wpath))
         except Exception as e:
@@ -457,12 +461,8 @@ def _inert_stand_in(qualified_name: str) -> type:
 
 
 def _numpy_safe_globals() -> list:
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
     dtypes = [type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_)]
-    return [np.dtype, scalar, *dtypes]
+    return [np.dtype, numpy_scalar, *dtypes]
 
 
 def read_lightning_state_dict(path: str | os.PathLike) -> dict:

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, GaussianDiffusion, SamplerSettings, sample_loop
+from motionstreamer.config import current_keys
+from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, sample_loop
 
 HEAD_KIND = "few-step"
-STUDENT_FILE = "student_head.safetensors"
 
 
 def student_timesteps(top: int, steps: int) -> list[int]:
@@ -41,10 +42,14 @@ class StudentHeadConfig:
     steps: tuple = (1, 2, 4)           # supported step counts
     default_steps: int = 4
     top_timestep: int = 48             # first timestep sampled (the teacher's, skip_terminal_step included)
-    teacher_cfg: float = 4.0           # the guidance scale whose distribution it reproduces
+    teacher_cfg_scale: float = SamplerSettings.cfg_scale   # the guidance scale whose distribution it reproduces
     teacher_steps: int = 50
-    teacher_skip_terminal: bool = True
-    method: str = "energy-distance distillation of the guided ancestral sampler (train/distill.py)"
+    teacher_skip_terminal_step: bool = True
+    distillation: str = "energy-distance distillation of the guided ancestral sampler (train/distill.py)"
+
+    # the names bundles written before the one sampler vocabulary use (read, never written)
+    LEGACY_KEYS = {"teacher_cfg": "teacher_cfg_scale", "teacher_skip_terminal": "teacher_skip_terminal_step",
+                   "method": "distillation"}
 
     def __post_init__(self):
         if self.kind != HEAD_KIND:
@@ -59,10 +64,10 @@ class StudentHeadConfig:
         self.steps = tuple(sorted(self.steps))
         if self.default_steps not in self.steps:
             raise ValueError(f"student_head.default_steps {self.default_steps!r} is not one of steps {list(self.steps)}")
-        if not isinstance(self.teacher_cfg, (int, float)) or isinstance(self.teacher_cfg, bool) \
-                or not np.isfinite(self.teacher_cfg):
-            raise ValueError(f"student_head.teacher_cfg must be a finite number, got {self.teacher_cfg!r}")
-        self.teacher_cfg = float(self.teacher_cfg)
+        if not isinstance(self.teacher_cfg_scale, (int, float)) or isinstance(self.teacher_cfg_scale, bool) \
+                or not np.isfinite(self.teacher_cfg_scale):
+            raise ValueError(f"student_head.teacher_cfg_scale must be a finite number, got {self.teacher_cfg_scale!r}")
+        self.teacher_cfg_scale = float(self.teacher_cfg_scale)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,6 +78,7 @@ class StudentHeadConfig:
     def from_dict(cls, d: dict) -> "StudentHeadConfig":
         if not isinstance(d, dict):
             raise ValueError(f"student_head must be a mapping, got {type(d).__name__}")
+        d = current_keys(d, cls.LEGACY_KEYS, "student_head")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -83,13 +89,13 @@ class StudentHeadConfig:
         """`steps` if this student supports it, else a ValueError naming the supported counts."""
         if steps not in self.steps:
             raise ValueError(f"this distilled head samples in {', '.join(map(str, self.steps))} steps, not {steps!r} "
-                             f"(use --teacher for the original {self.teacher_steps}-step guided sampler)")
+                             f"(use --head teacher for the original {self.teacher_steps}-step guided sampler)")
         return steps
 
 
-def teacher_top_timestep(head: DiffusionHeadConfig, skip_terminal: bool) -> int:
+def teacher_top_timestep(head: DiffusionHeadConfig, skip_terminal_step: bool) -> int:
     """The first timestep the teacher's sampler evaluates."""
-    return head.num_train_steps - (2 if skip_terminal else 1)
+    return head.num_train_steps - (2 if skip_terminal_step else 1)
 
 
 def student_settings(steps: int, temperature: float = 1.0) -> SamplerSettings:

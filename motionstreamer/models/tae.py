@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from motionstreamer import FEATURE_DIM
 from motionstreamer.config import ConfigDict, check_positive_ints
+from motionstreamer.ops import causal_conv as ops
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
@@ -69,7 +70,6 @@ def causal_conv(conv: nn.Conv1d, x: torch.Tensor, pad: int, state: torch.Tensor 
     None. Streaming (state (B, C, pad)): the state stands in for the padding (the native update op reads
     it in place) and the new state is the last `pad` inputs; chaining steps equals one full call on the
     concatenation. fused: pre_relu / post_relu / residual, done inside the op."""
-    from motionstreamer.ops import causal_conv as ops
 
     if state is None:
         return ops.conv_forward_full(conv, x, pad=pad, **fused), None

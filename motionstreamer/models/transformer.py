@@ -195,15 +195,15 @@ def attention(q, k, v, scale: float, mask: torch.Tensor | None = None, causal: b
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: T2MConfig):
+    def __init__(self, config: T2MConfig):
         super().__init__()
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        b = cfg.block_size
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        b = config.block_size
         # a checkpoint tensor, but the original reads it with .item(): it never receives a gradient
         self.scale = nn.Parameter(torch.tensor(math.log2(b * b - b)), requires_grad=False)
-        self.attn_backend = cfg.attn_backend
+        self.attn_backend = config.attn_backend
         self._scale_cache = (None, None, None, 0.0)
 
     def scale_value(self) -> float:
@@ -245,12 +245,12 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: c_proj(silu(c_fc1 x) * c_fc2 x), no biases."""
 
-    def __init__(self, cfg: T2MConfig):
+    def __init__(self, config: T2MConfig):
         super().__init__()
-        h = cfg.mlp_hidden
-        self.c_fc1 = nn.Linear(cfg.n_embd, h, bias=False)
-        self.c_fc2 = nn.Linear(cfg.n_embd, h, bias=False)
-        self.c_proj = nn.Linear(h, cfg.n_embd, bias=False)
+        h = config.mlp_hidden
+        self.c_fc1 = nn.Linear(config.n_embd, h, bias=False)
+        self.c_fc2 = nn.Linear(config.n_embd, h, bias=False)
+        self.c_proj = nn.Linear(h, config.n_embd, bias=False)
 
     def forward(self, x):
         return self.c_proj(F.silu(self.c_fc1(x)) * self.c_fc2(x))
@@ -259,12 +259,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """x + attn(rms_1(x)), then + mlp(rms_2(x)). `kv` (a KVWriter) is how attention meets the cache."""
 
-    def __init__(self, cfg: T2MConfig):
+    def __init__(self, config: T2MConfig):
         super().__init__()
-        self.rms_1 = RMSNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
-        self.rms_2 = RMSNorm(cfg.n_embd)
-        self.mlp = MLP(cfg)
+        self.rms_1 = RMSNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.rms_2 = RMSNorm(config.n_embd)
+        self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, kv: "KVWriter", layer: int):
         x = x + self.attn(self.rms_1(x), cos, sin, kv, layer)

@@ -27,6 +27,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from motionstreamer.ops import native
+
 CONV_BACKENDS = ("auto", "native", "torch")
 # CPU kernel instruction set: "" = the fastest this CPU has; "avx512" | "avx2" | "generic" to force one.
 _CPU_ISA = os.environ.get("MOTIONSTREAMER_CPU_ISA", "").strip().lower()
@@ -62,7 +64,6 @@ def _native():
     global _ext, _ext_error
     if _ext is None and _ext_error is None:
         try:
-            from motionstreamer.ops import native
             _ext = native.load()
             if not hasattr(_ext, "causal_conv1d_f32"):
                 _ext, _ext_error = None, "motionstreamer._C is out of date (no causal_conv1d_f32): rebuild it"

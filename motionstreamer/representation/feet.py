@@ -21,16 +21,14 @@ offset only fades out after it, so nothing waits for future frames.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from motionstreamer import FPS, NUM_JOINTS
-FOOT_JOINTS = (10, 11)            # left, right "foot" (toe base): the 272 format's contact joints
-ANKLES = (7, 8)
-KNEES = (4, 5)
-HIPS = (1, 2)
-GROUND_JOINTS = (7, 8, 10, 11)    # the joints that must never be below the floor
+from motionstreamer.representation.skeleton import ANKLES, FEET, GROUND_JOINTS, HIPS, KNEES
+
 FORMAT_SPEED = 0.0015             # m/frame: the 272 format's contact threshold (foot_detect)
 VOTE_FRAMES = 6                   # the 272 format's median-filter size
 
@@ -62,19 +60,42 @@ def _joints(x, name: str = "joints") -> np.ndarray:
 def foot_speed(joints, fps: float = FPS) -> np.ndarray:
     """(T, 2) 3D speed (m/s) of the two foot joints; frame t uses t -> t+1 (the last repeats)."""
     j = _joints(joints)
-    feet = j[:, FOOT_JOINTS]
+    feet = j[:, FEET]
     if len(j) == 1:
         return np.zeros((1, 2))
     v = np.linalg.norm(np.diff(feet, axis=0), axis=-1) * fps
     return np.concatenate([v, v[-1:]], axis=0)
 
 
-def _vote(mask: np.ndarray, size: int) -> np.ndarray:
-    from scipy import ndimage
+# The three filters below are numpy transcriptions of scipy.ndimage's (median_filter on booleans,
+# maximum_filter1d, gaussian_filter1d; mode "nearest"), equal to them (tests/test_representation_ik_feet.py):
+# numpy alone keeps this module usable where scipy is not installed (Blender's Python, integrations/blender).
+def _edge_pad(x: np.ndarray, before: int, after: int) -> np.ndarray:
+    return np.concatenate([np.repeat(x[:1], before, 0), x, np.repeat(x[-1:], after, 0)])
 
+
+def _vote(mask: np.ndarray, size: int) -> np.ndarray:
+    """scipy.ndimage.median_filter(mask[:, k], size, mode="nearest") per column of a (T, K) bool mask:
+    frame t is True when at least size - size // 2 of frames t - size // 2 .. t + (size - 1) // 2 are."""
     if size <= 1:
         return mask
-    return np.stack([ndimage.median_filter(mask[:, k], size=size, mode="nearest") for k in range(mask.shape[1])], 1)
+    h = size // 2
+    counts = np.cumsum(np.concatenate([np.zeros((1,) + mask.shape[1:], int),
+                                       _edge_pad(mask.astype(int), h, size - 1 - h)]), axis=0)
+    return counts[size:] - counts[:-size] >= size - h
+
+
+def _max_filter(x: np.ndarray, size: int) -> np.ndarray:
+    """scipy.ndimage.maximum_filter1d(x, size, mode="nearest") of a 1-D array, odd size."""
+    h = size // 2
+    return np.lib.stride_tricks.sliding_window_view(_edge_pad(x, h, h), size).max(axis=-1)
+
+
+def _gaussian_filter(x: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d(x, sigma, mode="nearest") of a 1-D array."""
+    r = int(truncate * sigma + 0.5)
+    w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return np.convolve(_edge_pad(x, r, r), w / w.sum(), mode="valid")
 
 
 def format_contacts(joints) -> np.ndarray:
@@ -85,7 +106,7 @@ def format_contacts(joints) -> np.ndarray:
 def foot_contacts(joints, floor: float = 0.0, thresholds: ContactThresholds = PLANTED, fps: float = FPS) -> np.ndarray:
     """(T, 2) bool [left, right]: planted feet (height above `floor` and speed tests, majority vote)."""
     j = _joints(joints)
-    low = j[:, FOOT_JOINTS, 1] - floor < thresholds.height
+    low = j[:, FEET, 1] - floor < thresholds.height
     slow = foot_speed(j, fps) < thresholds.speed
     return _vote(low & slow, thresholds.vote)
 
@@ -102,7 +123,7 @@ def floor_height(joints, fps: float = FPS) -> float:
     judged against a provisional floor, the 5th percentile of the lower foot's height, so a few sunken
     frames do not decide it; with no planted frame the provisional floor is used."""
     j = _joints(joints)
-    feet_y = j[:, FOOT_JOINTS, 1]
+    feet_y = j[:, FEET, 1]
     provisional = float(np.percentile(feet_y.min(axis=1), 5))
     planted = foot_contacts(j, floor=provisional, fps=fps)
     return float(np.percentile(feet_y[planted], FLOOR_PERCENTILE)) if planted.any() else provisional
@@ -110,14 +131,12 @@ def floor_height(joints, fps: float = FPS) -> float:
 
 def lift_offsets(joints, smooth_frames: int = 4) -> np.ndarray:
     """(T,) smooth vertical offsets >= the amount each frame's lowest foot joint is below y = 0."""
-    from scipy import ndimage
-
     j = _joints(joints)
     need = np.maximum(0.0, -j[:, GROUND_JOINTS, 1].min(axis=1))
     if not need.any():
         return need
-    wide = ndimage.maximum_filter1d(need, size=2 * smooth_frames + 1, mode="nearest")
-    return np.maximum(need, ndimage.gaussian_filter1d(wide, sigma=smooth_frames / 2, mode="nearest"))
+    wide = _max_filter(need, 2 * smooth_frames + 1)
+    return np.maximum(need, _gaussian_filter(wide, smooth_frames / 2))
 
 
 GROUNDED_ABOVE = 0.02     # m: planted feet at most this far above y = 0, nothing below: already grounded
@@ -139,6 +158,34 @@ def ground(joints, fps: float = FPS) -> tuple[np.ndarray, np.ndarray]:
     lift = lift_offsets(j)
     j[..., 1] += lift[:, None]
     return j, shift + lift
+
+
+def ground_by_contacts(joints, contacts, fps: float = FPS, smooth_frames: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Put a body on the floor at the times its feet are planted: (grounded joints, offsets (T,)).
+
+    For a body whose feet do not match the contacts' own motion frame by frame (another skeleton or
+    other rotations posed along the same motion, a retargeted character), one constant shift leaves
+    it floating or sinking wherever its legs differ. Here every frame with a planted foot (`contacts`
+    (T, 2) bool, e.g. of the motion the body follows) gets the vertical offset that puts its lowest
+    planted foot joint on y = 0; frames between contacts interpolate those offsets linearly, the
+    offsets are smoothed over `smooth_frames` (sigma), and frames whose foot joints are still below the
+    floor are lifted (lift_offsets). Without any contact this is `ground`."""
+    j = _joints(joints).copy()
+    c = np.asarray(contacts, dtype=bool)
+    if c.shape != (len(j), 2):
+        raise ValueError(f"contacts must have shape ({len(j)}, 2), got {c.shape}")
+    if not c.any():
+        return ground(j, fps)
+    heights = np.where(c, j[:, FEET, 1], np.inf).min(axis=1)
+    t = np.arange(len(j))
+    planted = np.isfinite(heights)
+    offsets = -np.interp(t, t[planted], heights[planted])
+    if smooth_frames > 0:
+        offsets = _gaussian_filter(offsets, smooth_frames)
+    j[..., 1] += offsets[:, None]
+    lift = lift_offsets(j)
+    j[..., 1] += lift[:, None]
+    return j, offsets + lift
 
 
 # ----------------------------------------------------------------------------------------- leg IK
@@ -173,11 +220,11 @@ def move_feet(joints, offsets) -> np.ndarray:
         moving = np.abs(off[:, k]).sum(-1) > 0
         if not moving.any():
             continue
-        hip, knee, ankle, foot = (j[moving, idx[k]] for idx in (HIPS, KNEES, ANKLES, FOOT_JOINTS))
+        hip, knee, ankle, foot = (j[moving, idx[k]] for idx in (HIPS, KNEES, ANKLES, FEET))
         new_knee, new_ankle = two_bone_ik(hip, knee, ankle, ankle + off[moving, k])
         j[moving, KNEES[k]] = new_knee
         j[moving, ANKLES[k]] = new_ankle
-        j[moving, FOOT_JOINTS[k]] = foot + (new_ankle - ankle)
+        j[moving, FEET[k]] = foot + (new_ankle - ankle)
     return j
 
 
@@ -199,21 +246,26 @@ def _ramp_inside(t: np.ndarray, s: int, e: int, blend: int) -> np.ndarray:
 
 
 def clean_feet(joints, fps: float = FPS, thresholds: ContactThresholds = PLANTED,
-               blend: int = BLEND_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+               blend: int = BLEND_FRAMES, contacts=None) -> tuple[np.ndarray, np.ndarray]:
     """Offline foot-skating clean-up of grounded joints (floor at y = 0).
 
     Each planted segment of each foot is pinned at its mean (x, z); that horizontal offset fades in
     over `blend` frames before the contact and out over `blend` frames after it (where contacts of
     one foot are close, the fades are weighted together). Vertically the foot is brought onto the
     floor inside the contact only, ramping at its ends, so swinging feet are never pulled down.
-    Returns (joints, contacts (T, 2) bool)."""
+    `contacts` (T, 2) bool: given (e.g. those of the motion a retargeted body follows) instead of
+    detected on these joints. Returns (joints, contacts (T, 2) bool)."""
     j = _joints(joints)
     T = len(j)
-    contacts = foot_contacts(j, thresholds=thresholds, fps=fps)
+    if contacts is None:
+        contacts = foot_contacts(j, thresholds=thresholds, fps=fps)
+    elif np.shape(contacts) != (T, 2):
+        raise ValueError(f"contacts must have shape ({T}, 2), got {np.shape(contacts)}")
+    contacts = np.asarray(contacts, dtype=bool)
     offsets = np.zeros((T, 2, 3))
     t = np.arange(T)
     for k in range(2):
-        foot = j[:, FOOT_JOINTS[k]]
+        foot = j[:, FEET[k]]
         total, weight, down = np.zeros((T, 2)), np.zeros(T), np.zeros(T)
         for s, e in _segments(contacts[:, k]):
             pin = foot[s:e][:, [0, 2]].mean(axis=0)
@@ -295,7 +347,7 @@ class FootCleaner:
         j = _joints(joints)
         offsets = np.zeros((len(j), 2, 3))
         for t in range(len(j)):
-            feet = j[t, FOOT_JOINTS]
+            feet = j[t, FEET]
             speed = np.zeros(2) if self._prev is None else np.linalg.norm(feet - self._prev, axis=-1) * self.fps
             self._prev = feet
             for k in range(2):
@@ -310,9 +362,8 @@ class FootCleaner:
 
     def clean_chunk(self, chunk):
         """A FrameChunk (runtime.engine) with its joints cleaned (same dtype and device); the rest as is."""
-        import dataclasses
-
-        import torch
-
         cleaned = self(chunk.joints.detach().cpu().double().numpy())
+        # torch only here: the rest of this module is numpy alone, as Blender's Python runs it (the add-on)
+        import torch  # noqa: PLC0415
+
         return dataclasses.replace(chunk, joints=torch.from_numpy(cleaned).to(chunk.joints))

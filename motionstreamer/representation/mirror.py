@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from motionstreamer import FEATURE_DIM
+from motionstreamer.representation.features import HEADING_DELTA, POSITIONS, ROOT_VELOCITY, ROTATIONS, VELOCITIES
 from motionstreamer.representation.rotation import array_api, check_trailing
 from motionstreamer.representation.skeleton import NUM_JOINTS, mirror_permutation
 
@@ -32,13 +34,14 @@ def mirror_272(features):
     positions (8:140) differ by the skeleton's asymmetry and the changed floor (up to a few cm).
     Mirroring twice is the identity.
     """
-    check_trailing(features, (272,), "features", "mirror_272")
+    check_trailing(features, (FEATURE_DIM,), "features", "mirror_272")
     s6 = torch.tensor(SIXD_SIGN, dtype=features.dtype, device=features.device)
+    velocity = features[..., ROOT_VELOCITY]
     return torch.cat([
-        -features[..., 0:1], features[..., 1:2], features[..., 2:8] * s6,
-        _mirror_joint_block(features[..., 8:74], 3, VECTOR_SIGN),
-        _mirror_joint_block(features[..., 74:140], 3, VECTOR_SIGN),
-        _mirror_joint_block(features[..., 140:272], 6, SIXD_SIGN),
+        -velocity[..., 0:1], velocity[..., 1:2], features[..., HEADING_DELTA] * s6,
+        _mirror_joint_block(features[..., POSITIONS], 3, VECTOR_SIGN),
+        _mirror_joint_block(features[..., VELOCITIES], 3, VECTOR_SIGN),
+        _mirror_joint_block(features[..., ROTATIONS], 6, SIXD_SIGN),
     ], dim=-1)
 
 

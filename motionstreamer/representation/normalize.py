@@ -8,10 +8,14 @@ import warnings
 from typing import Iterable
 
 import numpy as np
+import torch
 
 from motionstreamer import FEATURE_DIM
+from motionstreamer.representation.features import HEADING_DELTA, POSITIONS, ROOT_VELOCITY, ROTATIONS, VELOCITIES
+from motionstreamer.utils import load_npy
 
-FEATURE_GROUPS = ((0, 2), (2, 8), (8, 74), (74, 140), (140, FEATURE_DIM))
+# the format's blocks, each sharing one Std (spec §5)
+FEATURE_GROUPS = tuple((s.start, s.stop) for s in (ROOT_VELOCITY, HEADING_DELTA, POSITIONS, VELOCITIES, ROTATIONS))
 
 
 def _clip_items(clips: Iterable, names: Iterable[str] | None):
@@ -23,7 +27,6 @@ def _clip_items(clips: Iterable, names: Iterable[str] | None):
             label, item = str(item[0]) if label is None else label, item[1]
         if isinstance(item, (str, os.PathLike)):
             label = str(item) if label is None else label
-            from motionstreamer.utils import load_npy
             try:
                 item = load_npy(item)
             except (OSError, ValueError) as e:
@@ -73,7 +76,6 @@ def _stats_like(x, stat, name: str, fn: str):
     if shape != (FEATURE_DIM,):
         raise ValueError(f"{fn}: {name} must have shape (272,), got {shape}")
     if hasattr(x, "detach"):
-        import torch
 
         return torch.as_tensor(np.asarray(stat) if not hasattr(stat, "detach") else stat,
                                dtype=x.dtype, device=x.device)

@@ -9,7 +9,6 @@ import numpy as np
 
 from motionstreamer import NUM_JOINTS
 
-
 JOINT_NAMES = (
     "Pelvis", "Left_hip", "Right_hip", "Spine1", "Left_knee", "Right_knee", "Spine2",
     "Left_ankle", "Right_ankle", "Spine3", "Left_foot", "Right_foot", "Neck", "Left_collar",
@@ -60,8 +59,13 @@ KINEMATIC_CHAIN = (
 )
 CHAIN_COLORS = ("red", "blue", "black", "red", "blue")
 
-# Left/right joint pairs swapped by mirroring.
+# Left/right joint pairs swapped by mirroring (left first); the other joints are the centre line.
 MIRROR_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
+LEFT_JOINTS = tuple(left for left, _ in MIRROR_PAIRS)
+RIGHT_JOINTS = tuple(right for _, right in MIRROR_PAIRS)
+# Leg joints as (left, right). FEET are the toe-base "foot" joints: the format's contact joints.
+HIPS, KNEES, ANKLES, FEET = (1, 2), (4, 5), (7, 8), (10, 11)
+GROUND_JOINTS = ANKLES + FEET      # the joints that must never be below the floor
 
 
 def mirror_permutation(num_joints: int = NUM_JOINTS) -> np.ndarray:
@@ -86,8 +90,9 @@ def forward_kinematics(local_rotations, root_position, offsets=SMPL_OFFSETS):
     positions = [root_position]
     if is_np:
         offsets = np.asarray(offsets, dtype=local_rotations.dtype)
-    else:
-        import torch
+    else:   # torch only here: this module is numpy-only at import (Blender's Python runs it, io/blender_addon.py)
+        import torch  # noqa: PLC0415
+
         offsets = torch.as_tensor(np.asarray(offsets), dtype=local_rotations.dtype, device=local_rotations.device)
     for j in range(1, n):
         p = PARENTS[j]
@@ -97,5 +102,4 @@ def forward_kinematics(local_rotations, root_position, offsets=SMPL_OFFSETS):
         global_rot.append(rot_p @ local_rotations[..., j, :, :])
     if is_np:
         return np.stack(positions, axis=-2)
-    import torch
     return torch.stack(positions, dim=-2)

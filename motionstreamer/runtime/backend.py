@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from motionstreamer.models.diffusion import SamplerSettings
+from motionstreamer.models.sampling import SamplerSettings
 
 MAX_CONDITION_ROWS = 2   # [cond; uncond]: what a backend's cache holds per stream unless told otherwise
 

@@ -27,10 +27,10 @@ def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], 
     whether reaching it ends the stream early)."""
     if not schedules:
         return []
-    cfg = config or GenerationConfig()
-    cfg = dataclasses.replace(cfg, end_threshold=cfg.end_threshold if use_end_latent else -1.0,
+    gen = config or GenerationConfig()
+    gen = dataclasses.replace(gen, end_threshold=gen.end_threshold if use_end_latent else -1.0,
                               max_latents=max(sum(n for _, n in sched) for sched in schedules))
-    engine = StreamingEngine(bundle, text_encoder, capacity=len(schedules), config=cfg, device=device, dtype=dtype,
+    engine = StreamingEngine(bundle, text_encoder, capacity=len(schedules), config=gen, device=device, dtype=dtype,
                              backend=backend)
     ids = []
     for i, sched in enumerate(schedules):

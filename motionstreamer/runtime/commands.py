@@ -12,7 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from motionstreamer import FEATURE_DIM, FPS, NUM_JOINTS
+from motionstreamer.cli import CLIError, add_verb, check_output
+from motionstreamer.io.commands import add_export_args, output_files, write_outputs
+from motionstreamer.runtime.engine import GenerationConfig
+from motionstreamer.runtime.loading import load_models
+from motionstreamer.runtime.policy import NonFiniteMotionError, check_prompt, check_seed, make_goal
+from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
+from motionstreamer.runtime.session import StreamingSession, seconds_to_latents
 
 MAX_SECONDS = 600.0
 
@@ -25,40 +35,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="model directory (motionstreamer bundle); default: the embedded model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="diffusion sampling steps (default 50; a student: its default count, one it supports)")
-    p.add_argument("--head", choices=("teacher", "student"), default=None,
-                   help="teacher: the guided head, the exact original algorithm; student: the bundle's distilled "
-                        "few-step head, no guidance rows (default: the bundle's choice)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    p.add_argument("--end-threshold", type=float, default=None,
-                   help="L2 distance to the reference end latent that ends an action")
+    add_sampler_args(p, "cfg_scale", "temperature", "sampling_steps", "head", "sampler", "end_threshold",
+                     helps={"sampling_steps": "diffusion sampling steps per latent (default: 50, the original, for "
+                                              "the teacher; a student's default count, one it supports)",
+                            "head": "teacher: the guided head, the exact original algorithm; student: the bundle's "
+                                    "distilled few-step head, no guidance rows (default: the bundle's choice)"})
     p.add_argument("--max-seconds", type=float, default=20.0, help="hard cap on the motion length")
-    p.add_argument("--on-end", choices=("stop", "continue"), default="stop",
-                   help="when an action ends and no prompt is queued: stop, or keep the last action going")
+    add_sampler_args(p, "on_action_end")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default 1 on CPU: the per-latent ops are small, and extra "
                         "threads spin-wait; measured 22 ms vs 2.8 s per latent on a busy 2-core machine)")
     p.add_argument("--quiet", action="store_true")
-    from motionstreamer.io.commands import add_export_args
     add_export_args(p)
 
 
 def register(subparsers) -> None:
-    g = subparsers.add_parser("generate", help="text -> motion (one prompt)",
-                              description="Generate one motion from a text prompt with the streaming engine.")
+    g = add_verb(subparsers, "generate", cmd_generate, "Generate one motion from a text prompt with the streaming "
+                                                      "engine.")
     g.add_argument("text", help="motion description, e.g. 'a person walks forward'")
     _add_common(g)
-    g.set_defaults(func=cmd_generate)
 
-    s = subparsers.add_parser(
-        "stream", help="several prompts over time -> one continuous motion",
-        description="Stream one continuous motion from prompts given in order (--prompt 'TEXT' or "
-                    "'TEXT@SECONDS'), or read live from stdin, one prompt per line.")
+    s = add_verb(subparsers, "stream", cmd_stream, "Stream one continuous motion from prompts given in order "
+                                                   "(--prompt 'TEXT' or 'TEXT@SECONDS'), or read live from stdin, "
+                                                   "one prompt per line.")
     s.add_argument("--prompt", action="append", default=[], metavar="TEXT[@SECONDS]",
                    help="a prompt, optionally with its duration in seconds after a final '@' (other '@' are "
                         "text; '@@' is a literal '@'); repeat for more")
@@ -73,10 +74,8 @@ def register(subparsers) -> None:
                         "+Z, +X on its left), optionally facing HEADING there (radians, 0 = +Z) within SECONDS; repeat "
                         "for waypoints, each set when the one before is reached (a goal-trained model, e.g. the "
                         "embedded one; docs/goals.md)")
-    s.add_argument("--goal-tolerance", type=float, default=None, metavar="METRES",
-                   help="a goal is reached within this distance (default 0.3)")
+    add_sampler_args(s, "goal_tolerance")
     _add_common(s)
-    s.set_defaults(func=cmd_stream)
 
 
 _LITERAL_AT = "\x00"   # stands for an escaped '@@' while the duration is split off
@@ -85,7 +84,6 @@ _LITERAL_AT = "\x00"   # stands for an escaped '@@' while the duration is split 
 def parse_prompt(spec: str) -> tuple[str, float | None]:
     """'TEXT@SECONDS' -> (TEXT, SECONDS). Only a final '@' followed by a number is a duration: other
     '@' stay text ('email me@home'), and '@@' is a literal '@' ('meet@@5' is the text 'meet@5')."""
-    from motionstreamer.cli import CLIError
 
     escaped = spec.replace("@@", _LITERAL_AT)
     text, sep, dur = escaped.rpartition("@")
@@ -105,9 +103,6 @@ def parse_prompt(spec: str) -> tuple[str, float | None]:
 def parse_goal(spec: str) -> tuple[float, float, float | None, float | None]:
     """'X,Z[,HEADING][@SECONDS]' -> (x, z, heading, seconds), checked as the engine checks a goal
     (finite numbers in range); CLIError naming the flag's value otherwise."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.policy import make_goal
-
     where, sep, secs = spec.partition("@")
     parts = where.split(",")
     try:
@@ -127,8 +122,6 @@ def parse_goal(spec: str) -> tuple[float, float, float | None, float | None]:
 def resolve_output_prefix(out: str, out_dir: str = ".") -> Path:
     """--out PREFIX as the user wrote it (their own argument: anywhere, ~ expanded; relative to
     --out-dir). Refused: a prefix with no file name ("", ".", "..", "dir/") or naming a folder."""
-    from motionstreamer.cli import CLIError
-
     target = Path(out_dir).expanduser() / Path(out).expanduser()
     if not out.strip() or out.rstrip().endswith(("/", "\\")) or Path(out).name in ("", ".", ".."):
         raise CLIError(f"--out {out!r} has no file name; give a prefix such as out/walk (writes out/walk.npy, ...)")
@@ -138,36 +131,12 @@ def resolve_output_prefix(out: str, out_dir: str = ".") -> Path:
 
 
 def _config(args):
-    from motionstreamer.runtime.engine import GenerationConfig
-    from motionstreamer.runtime.session import seconds_to_latents
-
-    cfg = GenerationConfig(temperature=args.temperature, sampler=args.sampler, on_action_end=args.on_end,
-                           head=args.head)
-    if args.cfg is not None:
-        cfg.cfg_scale = args.cfg
-    if args.steps is not None:
-        cfg.sampling_steps = args.steps
-    if args.end_threshold is not None:
-        cfg.end_threshold = args.end_threshold
     if not 0 < args.max_seconds <= MAX_SECONDS:
-        from motionstreamer.cli import CLIError
         raise CLIError(f"--max-seconds must be in (0, {MAX_SECONDS:g}], got {args.max_seconds}")
-    cfg.max_latents = seconds_to_latents(args.max_seconds)
-    if getattr(args, "goal_tolerance", None) is not None:
-        cfg.goal_tolerance = args.goal_tolerance
-    return cfg
+    return generation_config(args, GenerationConfig(max_latents=seconds_to_latents(args.max_seconds)))
 
 
 def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False, goals: list | None = None) -> int:
-    import numpy as np
-    import torch
-
-    from motionstreamer.cli import CLIError, check_output
-    from motionstreamer.io.commands import output_files
-    from motionstreamer.runtime.loading import load_models
-    from motionstreamer.runtime.policy import check_prompt, check_seed
-    from motionstreamer.runtime.session import StreamingSession
-
     try:
         prompts = [(check_prompt(text), seconds) for text, seconds in prompts]
         check_seed(args.seed)
@@ -221,7 +190,6 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         f"{gen_time:.2f} s; first-latent latency {first_latency * 1000:.1f} ms; real-time factor "
         f"{motion_seconds / max(gen_time, 1e-9):.1f}x")
     title = " / ".join(t for t, _ in prompts) if prompts else "stream"
-    from motionstreamer.io.commands import write_outputs
     written = write_outputs(prefix, features, args, title, log)
     for path in written:
         log(f"wrote {path}")
@@ -236,10 +204,6 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals", waypoints
     and pacing at 30 fps as asked; each goal reached sets the next of `waypoints`. Stops early, keeping
     what was generated, on SIGINT/SIGTERM (`stop`) or when stdout closes under --jsonl. Returns (chunks,
     generation seconds, first-latent latency, why it stopped early or None, prompts read from stdin)."""
-    import numpy as np
-
-    from motionstreamer.cli import CLIError
-    from motionstreamer.runtime.policy import NonFiniteMotionError
 
     lock = threading.Lock()
     reader = None
@@ -276,7 +240,7 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals", waypoints
             try:
                 chunk = session.step()
             except NonFiniteMotionError as e:
-                raise CLIError(f"{e}; nothing written. Check --cfg/--temperature and the checkpoint") from None
+                raise CLIError(f"{e}; nothing written. Check --cfg-scale/--temperature and the checkpoint") from None
         gen_time += time.perf_counter() - ts
         reached = sum(e.kind == "goal_reached" for e in session.events)
         if waypoints and reached > goals_reached:      # the next waypoint (a finished stream resumes)
@@ -397,8 +361,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_stream(args) -> int:
-    from motionstreamer.cli import CLIError
-
     if not args.prompt and not args.stdin:
         raise CLIError("give at least one --prompt, or --stdin to read prompts live")
     prompts = [parse_prompt(p) for p in args.prompt]

@@ -26,21 +26,27 @@ from typing import Iterable
 import torch
 
 from motionstreamer import FRAMES_PER_LATENT
-from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
+from motionstreamer.checkpoints import BundleConfig, bundle_config_of
+from motionstreamer.models.few_step import StudentHeadConfig
 from motionstreamer.models.goal import no_goal, yaw_of_heading
+from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.runtime import policy
+from motionstreamer.runtime.backend import TorchBackend
+from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
+
+ON_ACTION_END = ("stop", "continue")
 
 
 @dataclass
 class GenerationConfig:
-    cfg_scale: float = 4.0            # official demo value
-    temperature: float = 1.0
+    cfg_scale: float = SamplerSettings.cfg_scale   # the original's (its demo's) value
+    temperature: float = SamplerSettings.temperature
     sampling_steps: int | None = None  # None: 50 (the original) for the teacher, the student's default count
     # "teacher" (the guided head, the original algorithm) or "student" (the bundle's few-step head, one
     # condition row per stream); None = the bundle's default (its config.json "sampler": {"head": ...})
     head: str | None = None
-    sampler: str = "ddpm"             # "ddpm" (ancestral, as the original) or "ddim"
+    sampler: str = SamplerSettings.sampler   # "ddpm" (ancestral, as the original) or "ddim"
     # None = the bundle's calibrated value (config.json), else the original's (False / 0.1)
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
     end_threshold: float | None = None      # L2 distance to the reference end latent that ends an action
@@ -62,7 +68,7 @@ class GenerationConfig:
         """ValueError naming the first field out of range (the sampler's numbers: SamplerSettings)."""
         self.sampler_settings()
         for name in ("on_action_end", "on_goal_reached"):
-            if getattr(self, name) not in ("stop", "continue"):
+            if getattr(self, name) not in ON_ACTION_END:
                 raise ValueError(f"{name} must be 'stop' or 'continue', got {getattr(self, name)!r}")
         for name in ("goal_tolerance", "goal_heading_tolerance"):
             v = getattr(self, name)
@@ -88,38 +94,32 @@ class GenerationConfig:
                                skip_terminal_step=bool(self.skip_terminal_step), head=self.head or "teacher")
 
 
-def resolve_config(config: GenerationConfig, bundle_config: dict) -> GenerationConfig:
-    """Fill the fields left as None from the bundle's calibrated defaults, else the original's."""
-    sampler = bundle_config.get("sampler", {})
-    if not isinstance(sampler, dict) or set(sampler) - {"skip_terminal_step", "head"} \
-            or not isinstance(sampler.get("skip_terminal_step", False), bool) \
-            or sampler.get("head", "teacher") not in ("teacher", "student"):
-        raise ValueError(f"the model's config.json: 'sampler' must be {{\"skip_terminal_step\": true|false, "
-                         f"\"head\": \"teacher\"|\"student\"}}, got {sampler!r}")
+ORIGINAL_END_THRESHOLD = 0.1   # the original t2m demo's distance to the end latent that ends an action
+
+
+def resolve_config(config: GenerationConfig, bundle_config: BundleConfig | None = None) -> GenerationConfig:
+    """Fill the fields left as None from the bundle's calibrated defaults (its config.json, typed),
+    else the original's."""
+    b = bundle_config or BundleConfig()
     skip = config.skip_terminal_step
     if skip is None:
-        skip = sampler.get("skip_terminal_step", False)
+        skip = bool(b.sampler.skip_terminal_step)
     thr = config.end_threshold
     if thr is None:
-        thr = bundle_config.get("end_threshold", 0.1)
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-            raise ValueError(f"the model's config.json: 'end_threshold' must be a finite number, got {thr!r}")
-    head, steps = student_choice(config.head or sampler.get("head", "teacher"), config.sampling_steps, bundle_config)
+        thr = ORIGINAL_END_THRESHOLD if b.end_threshold is None else b.end_threshold
+    head, steps = student_choice(config.head or b.sampler.head or "teacher", config.sampling_steps, b.student_head)
     return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,
                                sampling_steps=steps)
 
 
-def student_choice(head: str, steps: int | None, bundle_config: dict) -> tuple[str, int]:
-    """(head, sampling steps) for a bundle (resolve_config gives the head: the config's, else the
-    bundle's "sampler": {"head"}, else "teacher"); steps None = 50 for the teacher, the student's
-    default count; a student's steps must be among the counts it supports (ValueError naming them)."""
-    from motionstreamer.models.few_step import StudentHeadConfig
-
+def student_choice(head: str, steps: int | None, student: StudentHeadConfig | None) -> tuple[str, int]:
+    """(head, sampling steps): steps None = 50 for the teacher, the student's default count; a student's
+    steps must be among the counts it supports (ValueError naming them). student: the bundle's
+    config.json "student_head", None when it has none."""
     if head != "student":
         return head, 50 if steps is None else steps
-    if "student_head" not in bundle_config:
+    if student is None:
         raise ValueError("this bundle has no few-step student head (make one with `motionstreamer distill-head`)")
-    student = StudentHeadConfig.from_dict(bundle_config["student_head"])
     return head, student.default_steps if steps is None else student.check_steps(steps)
 
 
@@ -175,15 +175,13 @@ class StreamingEngine:
     def __init__(self, bundle, text_encoder, capacity: int = 1, config: GenerationConfig | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None, backend=None,
                  cuda_graphs: bool = True):
-        self.config = resolve_config(config or GenerationConfig(), getattr(bundle, "config", None) or {})
+        self.config = resolve_config(config or GenerationConfig(), bundle_config_of(bundle))
         self.config.validate()
         self.settings = self.config.sampler_settings()
         self.rows = self.settings.condition_rows
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if backend is None:
-            from motionstreamer.runtime.backend import TorchBackend
-            from motionstreamer.runtime.cuda_graph import GraphedBackend
             p = next(bundle.t2m.parameters())
             device = torch.device(device) if device is not None else p.device
             cls = GraphedBackend if (cuda_graphs and device.type == "cuda") else TorchBackend
@@ -238,8 +236,8 @@ class StreamingEngine:
         return sid
 
     def push_text(self, stream_id: int, prompt: str, max_latents: int | None = None,
-                  after_current: bool = False) -> None:
-        """Queue a prompt for a stream.
+                  after_current: bool = False) -> str:
+        """Queue a prompt for a stream; returns it as queued (runtime.policy.check_prompt's form).
 
         By default it takes effect at the stream's next latent. With after_current=True it waits
         until the current action ends (end latent reached, or its max_latents budget used up).
@@ -252,6 +250,7 @@ class StreamingEngine:
             raise ValueError(f"max_latents must be an integer >= 1, got {max_latents!r}")
         s.queue.append((prompt, self._embed(prompt), max_latents, after_current))
         s.finished = False
+        return prompt
 
     @property
     def goals_supported(self) -> bool:
@@ -285,6 +284,10 @@ class StreamingEngine:
 
     def goal_of(self, stream_id: int) -> policy.Goal | None:
         return self._get(stream_id).goal
+
+    def queue(self, stream_id: int) -> list[str]:
+        """The prompts a stream has queued, in the order they will run."""
+        return [prompt for prompt, *_ in self._get(stream_id).queue]
 
     def close(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
@@ -367,8 +370,8 @@ class StreamingEngine:
         budget_used = s.action_budget is not None and s.action_latents >= s.action_budget
         if s.queue and (force or s.prompt is None or budget_used or not s.queue[0][3]):
             prompt, emb, budget, _ = s.queue.popleft()
-            if s.prompt is not None:
-                self.events.append(StreamEvent(s.stream_id, "prompt_change", s.latents_emitted, prompt))
+            # the first prompt too: the stream's prompt changes from none to it
+            self.events.append(StreamEvent(s.stream_id, "prompt_change", s.latents_emitted, prompt))
             s.prompt, s.text_emb, s.action_budget = prompt, emb, budget
             s.needs_prefill, s.action_latents = True, 0
         elif budget_used:

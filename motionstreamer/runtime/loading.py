@@ -5,6 +5,9 @@ from pathlib import Path
 
 import torch
 
+from motionstreamer.checkpoints import load_bundle
+from motionstreamer.models.text import TextEncoder
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
@@ -40,8 +43,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load_models(checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None):
     """Return (bundle, text_encoder, description). checkpoint=None uses the embedded default model."""
-    from motionstreamer.checkpoints import load_bundle
-    from motionstreamer.models.text import TextEncoder
 
     path = Path(checkpoint) if checkpoint is not None else default_model_dir()
     if not path.exists():
@@ -56,6 +57,6 @@ def load_models(checkpoint: str | Path | None = None, device: str | None = None,
     dt = resolve_dtype(dtype, dev)
     bundle = load_bundle(path, device=dev, dtype=dt)
     text_encoder = TextEncoder.load(bundle.text_encoder_name, device=str(dev))
-    desc = bundle.config.get("description") or path.name
+    desc = bundle.config.description or path.name
     label = "embedded default model" if checkpoint is None else "checkpoint"
     return bundle, text_encoder, f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; {dev}, {str(dt).replace('torch.', '')})"

@@ -16,10 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer import FRAMES_PER_LATENT
+from motionstreamer.checkpoints import BundleConfig
+from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
-from motionstreamer.models.diffusion import SamplerSettings
 from motionstreamer.models.goal import GOAL_DIM
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, goals_by_cache_row
+from motionstreamer.runtime.engine import resolve_config
+from motionstreamer.runtime.session import StreamingSession
 
 
 def make_session(path: Path, providers=None, threads: int | None = None):
@@ -96,7 +101,7 @@ class OrtBackend:
             what = "student" if settings.head == "student" else settings.sampler
             raise ValueError(f"no exported head for the {settings.head}, sampler {settings.sampler!r} with "
                              f"{settings.sampling_steps} steps (skip_terminal_step={settings.skip_terminal_step}, "
-                             f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --head "
+                             f"eta={settings.eta}); exported: {sorted(self.heads)} (re-export with --variant "
                              f"{what}:{settings.sampling_steps})")
         return self.heads[key]
 
@@ -107,13 +112,16 @@ class OrtBackend:
         sess = self._head(settings)[0]
         cond, *rest = conditions.unbind(1)
         # a teacher graph is always guided, so one condition row means cfg_scale 1 there:
-        # eps_u + 1 (eps_c - eps_u) = eps_c; a student graph has no uncond/cfg inputs (dropped below)
+        # eps_u + 1 (eps_c - eps_u) = eps_c; a student graph has no uncond/cfg_scale inputs (dropped below)
         uncond = rest[0] if rest else cond
         feeds = {"cond": cond.numpy().astype(np.float32), "uncond": uncond.numpy().astype(np.float32),
                  "x_T": noise[0].numpy().astype(np.float32), "step_noise": noise[1].numpy().astype(np.float32),
-                 "cfg": np.array([settings.cfg_scale], np.float32),
+                 "cfg_scale": np.array([settings.cfg_scale], np.float32),
                  "temperature": np.array([settings.temperature], np.float32)}
         names = {i.name for i in sess.get_inputs()}   # deterministic DDIM graphs drop unused noise inputs too
+        for old, new in LEGACY_HEAD_INPUTS.items():   # an export from before manifest version 3
+            if old in names and new in feeds:
+                feeds[old] = feeds[new]
         out = sess.run(None, {k: v for k, v in feeds.items() if k in names})
         return torch.from_numpy(out[0])
 
@@ -127,12 +135,17 @@ class OrtBackend:
         return torch.from_numpy(out[0])
 
 
+# what exports written before the one sampler vocabulary name: manifest head keys (version 1) and the
+# head graphs' guidance input (versions 1 and 2); old name -> current name
+LEGACY_HEAD_KEYS = {"method": "sampler", "steps": "sampling_steps", "skip_terminal": "skip_terminal_step"}
+LEGACY_HEAD_INPUTS = {"cfg": "cfg_scale"}
+
+
 def head_key(head: dict) -> tuple:
-    """(head, sampler, sampling_steps, skip_terminal_step) of a manifest head entry (version 1 names,
-    and entries from before student heads, too)."""
-    return (head.get("head", "teacher"), head.get("sampler", head.get("method")),
-            head.get("sampling_steps", head.get("steps")),
-            head.get("skip_terminal_step", head.get("skip_terminal", False)))
+    """(head, sampler, sampling_steps, skip_terminal_step) of a manifest head entry (entries from before
+    student heads, and version 1 names, too)."""
+    head = current_keys(head, LEGACY_HEAD_KEYS, "manifest.json head")
+    return head.get("head", "teacher"), head["sampler"], head["sampling_steps"], head.get("skip_terminal_step", False)
 
 
 @dataclass
@@ -141,30 +154,33 @@ class OrtBundle:
     mean: torch.Tensor
     std: torch.Tensor
     end_latent: torch.Tensor
-    text_encoder_name: str
-    config: dict            # the exported bundle's config (sampler defaults, end threshold)
-    frames_per_latent: int = 4
+    config: BundleConfig    # the exported bundle's config (sampler defaults, end threshold)
+    frames_per_latent: int = FRAMES_PER_LATENT
+
+    @property
+    def text_encoder_name(self) -> str:
+        return self.config.text_encoder
 
 
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
              config=None):
     """(statistics, backend) of an export; config (a GenerationConfig) sizes the KV cache for its
     condition rows (a student: one per stream), else for [cond; uncond]."""
+    manifest = read_manifest(directory)
+    bundle_config = BundleConfig.from_dict({"text_encoder": manifest["text_encoder"], **manifest.get("config", {})})
     rows = MAX_CONDITION_ROWS
     if config is not None:
-        from motionstreamer.runtime.engine import resolve_config
-        rows = resolve_config(config, read_manifest(directory).get("config", {})).sampler_settings().condition_rows
+        rows = resolve_config(config, bundle_config).sampler_settings().condition_rows
     backend = OrtBackend(directory, capacity, providers, threads, condition_rows=rows)
     m = backend.manifest
-    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), m["text_encoder"],
-                      m.get("config", {}), int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
+    stats = OrtBundle(torch.tensor(m["mean"]), torch.tensor(m["std"]), torch.tensor(m["end_latent"]), bundle_config,
+                      int(m["graphs"]["tae_decode_step"]["outputs"]["frames"][1]))
     return stats, backend
 
 
 def ort_session(directory: str | Path, text_encoder, config=None, seed: int | None = None, providers=None,
                 threads: int | None = None):
     """A StreamingSession whose models run in onnxruntime."""
-    from motionstreamer.runtime.session import StreamingSession
 
     stats, backend = load_ort(directory, 1, providers, threads, config)
     return StreamingSession(stats, text_encoder, config=config, seed=seed, backend=backend)

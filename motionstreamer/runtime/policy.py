@@ -7,20 +7,40 @@ from __future__ import annotations
 
 import math
 import numbers
+import unicodedata
 from dataclasses import dataclass
 
 import torch
 
 from motionstreamer import FPS
-from motionstreamer.models.goal import (COS, GOAL_DIM, HAS_HEADING, HAS_SECONDS, PRESENT, SECONDS, SIN, X as GX,
-                                        Z as GZ, root_frame_offset, wrap_angle)
+from motionstreamer.models.goal import (
+    COS,
+    GOAL_DIM,
+    HAS_HEADING,
+    HAS_SECONDS,
+    PRESENT,
+    SECONDS,
+    SIN,
+    root_frame_offset,
+    wrap_angle,
+)
+from motionstreamer.models.goal import X as GX
+from motionstreamer.models.goal import Z as GZ
 
 MAX_PROMPT_CHARS = 1000
+WHITESPACE_CONTROLS = "\t\n\v\f\r"    # the control characters a prompt may hold: they collapse to spaces
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)    # what torch.Generator.manual_seed takes
+# the service's seeds: what every client can hold as a signed 64-bit integer (and echo back unchanged)
+SERVICE_SEED_RANGE = (0, 2 ** 63 - 1)
 
 
-def check_prompt(prompt: str) -> str:
-    """The prompt with its whitespace collapsed; TypeError / ValueError naming what is wrong."""
+def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """The prompt with its whitespace collapsed; TypeError / ValueError naming what is wrong. max_chars:
+    a caller's tighter bound (the service's limit), at most MAX_PROMPT_CHARS.
+
+    Control characters (C0, DEL, C1: NUL, ESC of a terminal escape sequence, BEL, ...) are refused, not
+    stripped: a prompt is plain text, and what follows an ESC would be left as garbage. Tab, newline,
+    carriage return, vertical tab and form feed are ordinary whitespace and collapse to one space."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     try:
@@ -29,11 +49,16 @@ def check_prompt(prompt: str) -> str:
         bad = prompt[e.start]
         what = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
         raise ValueError(f"prompt {prompt!r} is not valid UTF-8 text ({what} at position {e.start})") from None
+    for i, ch in enumerate(prompt):
+        if unicodedata.category(ch) == "Cc" and ch not in WHITESPACE_CONTROLS:
+            raise ValueError(f"prompt contains a control character (U+{ord(ch):04X} at position {i}); send plain "
+                             "text")
     prompt = " ".join(prompt.split())
     if not prompt:
         raise ValueError("prompt is empty: give a description of the motion, e.g. 'a person walks forward'")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+    limit = min(max_chars, MAX_PROMPT_CHARS)
+    if len(prompt) > limit:
+        raise ValueError(f"prompt is too long ({len(prompt)} characters, at most {limit})")
     return prompt
 
 
@@ -47,12 +72,22 @@ def check_finite_chunk(chunk) -> None:
         raise NonFiniteMotionError(f"the model produced non-finite motion (NaN/inf) at latent {chunk.latent_index}")
 
 
-def check_seed(seed: int) -> int:
-    """A stream's seed; ValueError unless an integer torch.Generator takes."""
+def _power_of_two_text(n: int) -> str:
+    for e in (63, 64):
+        for value, text in ((2 ** e, f"2**{e}"), (2 ** e - 1, f"2**{e} - 1"), (-(2 ** e), f"-2**{e}")):
+            if n == value:
+                return text
+    return str(n)
+
+
+def check_seed(seed: int, bounds: tuple[int, int] = SEED_RANGE) -> int:
+    """A stream's seed; ValueError unless an integer within `bounds` (inclusive; default: what
+    torch.Generator takes, the service passes SERVICE_SEED_RANGE)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {seed}")
+    if not bounds[0] <= seed <= bounds[1]:
+        raise ValueError(f"seed must be in [{_power_of_two_text(bounds[0])}, {_power_of_two_text(bounds[1])}], "
+                         f"got {seed}")
     return int(seed)
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from motionstreamer.checkpoints import BundleConfig
+from motionstreamer.models.sampling import draw_sampling_noise
 from motionstreamer.runtime import policy
+from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 
 
 @dataclass
@@ -39,15 +42,13 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
 
     student: a bundle's few-step head (models.few_step.StudentHead), sampled when the config's head
     is "student" (plain module forward too; no unconditional forward then)."""
-    from motionstreamer.models.diffusion import draw_sampling_noise
-    from motionstreamer.runtime.engine import GenerationConfig, resolve_config
 
-    cfg = resolve_config(config or GenerationConfig(),
-                         {"student_head": student.student_config.to_dict()} if student is not None else {})
-    settings = cfg.sampler_settings()
+    resolved = resolve_config(config or GenerationConfig(),
+                              BundleConfig(student_head=student.student_config) if student is not None else None)
+    settings = resolved.sampler_settings()
     head = student if settings.head == "student" else t2m.diff_loss
     block = t2m.config.block_size
-    keep = cfg.history_keep or block // 2
+    keep = resolved.history_keep or block // 2
     p = next(t2m.parameters())
     n_steps = head.sampling_process(settings.sampling_steps, settings.skip_terminal_step).num_timesteps
     latents, window = [], []
@@ -64,8 +65,8 @@ def reference_stream(t2m, tae, schedule, uncond_emb: torch.Tensor, generator: to
             uncond = t2m(ctx, empty)[:, -1] if settings.guided else None   # unconditional, separately
             noise = draw_sampling_noise(generator, 1, n_steps, t2m.config.latent_dim)
             z = head.sample(cond, uncond, settings, noise=(noise[0].to(p), noise[1].to(p)), fast=False)[0]
-            if end_latent is not None and policy.is_action_end(z, end_latent.reshape(-1), cfg.end_threshold, k,
-                                                                cfg.min_action_latents):
+            if end_latent is not None and policy.is_action_end(z, end_latent.reshape(-1), resolved.end_threshold, k,
+                                                                resolved.min_action_latents):
                 ended_early = True
                 break
             latents.append(z)

@@ -6,6 +6,7 @@ import numbers
 from typing import Iterator
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.representation.feet import FootCleaner
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.engine import FrameChunk, GenerationConfig, StreamingEngine
 
@@ -38,7 +39,6 @@ class StreamingSession:
         self.events = []
         self.foot_cleaner = None
         if clean_feet:
-            from motionstreamer.representation.feet import FootCleaner
             self.foot_cleaner = FootCleaner()
 
     def push_text(self, prompt: str, duration: float | None = None, after_current: bool = False,

@@ -1,9 +1,9 @@
 """The live service as an ASGI app: `create_app(...)` -> FastAPI, around ONE StreamingEngine.
 
-Routes:
+Routes (on `router`, a module-level APIRouter; every /v1 route goes through the one `access` check):
   GET  /                 the browser app (static/, three.js vendored: works offline)
   GET  /health           liveness and load (no token needed)
-  GET  /v1/info          model, fps, skeleton (names, parents, BVH hierarchy), limits, example prompts
+  GET  /v1/info          model, fps, skeleton (names, parents, sides, BVH hierarchy), limits, example prompts
   POST /v1/generate      one-shot: {"text", "seconds", "format": npy|bvh|json, "seed"} -> file
   WS   /v1/stream        one stream per connection (protocol.py; docs/serve.md "Streaming protocol")
   GET  /v1/stream        (plain HTTP) 503 when full, else 426: a capacity probe for load balancers
@@ -14,352 +14,150 @@ Run it with `motionstreamer serve` (uvicorn), mount it in another ASGI app, or d
 from __future__ import annotations
 
 import asyncio
-import hmac
+import dataclasses
 import io
-import json
-import logging
-import os
-import socket
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Annotated
 
-from fastapi import FastAPI, Request, WebSocket
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import HTTPConnection
 
-from motionstreamer import FPS, FRAMES_PER_LATENT
-from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG,
-                                           ENCODING, PROTOCOL_VERSION, Close, ProtocolError, Prompt, ServeLimits,
-                                           check_prompt_text, check_seconds, dumps, error, parse_client_message,
-                                           parse_stream_options)
+from motionstreamer import FPS
+from motionstreamer.config import current_keys
+from motionstreamer.io.bvh import bvh_text
+from motionstreamer.representation.features import recover_rotations
+from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_POLICY, PROTOCOL_VERSION, Close,
+                                           ProtocolError, parse_generate_request, parse_stream_options)
+from motionstreamer.serve.scheduler import ServerFull
+from motionstreamer.serve.service import SERVICE_TEACHER_STEPS, Connection, ServeConfig, Service, close_quietly
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_GENERATE_BODY = 16 * 1024
-log = logging.getLogger("motionstreamer.serve")
+__all__ = ["SERVICE_TEACHER_STEPS", "ServeConfig", "create_app", "router"]
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
+class Refused(Exception):
+    """The access check said no: HTTP `status` with {"error": reason}; a WebSocket closes 1008 with it."""
 
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
-@dataclass
-class ServeConfig:
-    checkpoint: str | None = None         # model bundle directory; None = the embedded default model
-    device: str = "cpu"
-    dtype: str | None = None
-    steps: int | None = 10                # diffusion steps per latent (docs/serve.md: why 10); None: the head's default
-    head: str | None = None               # "teacher" | "student" (a distilled bundle's few-step head); None: the bundle's
-    cfg_scale: float | None = None        # None: the engine's default (4.0)
-    on_end: str = "continue"              # an action that ends with nothing queued: repeat it, or "stop"
-    lookahead: int = 2                    # latents generated ahead of each stream's playback clock
-    token: str | None = None              # required on /v1/* when set (Authorization: Bearer, or ?token=)
-    allowed_origins: tuple = ()           # browser Origins allowed besides the page's own ("*": any)
-    limits: ServeLimits = field(default_factory=ServeLimits)
-    threads: int | None = None            # torch CPU threads (None: 1 on CPU)
-
-    def validate(self) -> None:
-        self.limits.validate()
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or not 1 <= self.steps <= 1000):
-            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
-        if self.head not in (None, "teacher", "student"):
-            raise ValueError(f"head must be 'teacher' or 'student', got {self.head!r}")
-        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 1 <= self.lookahead <= 32:
-            raise ValueError(f"lookahead must be an integer in [1, 32] latents, got {self.lookahead!r}")
-        if self.on_end not in ("continue", "stop"):
-            raise ValueError(f"on_end must be 'continue' or 'stop', got {self.on_end!r}")
-        if self.token is not None and len(self.token) < 8:
-            raise ValueError("token must be at least 8 characters")
-        self.generation_config().validate()     # the guidance scale and the sampler, before the model loads
-
-    def generation_config(self):
-        from motionstreamer.runtime.engine import GenerationConfig
-
-        gen = GenerationConfig(sampling_steps=self.steps, head=self.head, on_action_end=self.on_end,
-                               max_latents=10**9)
-        if self.cfg_scale is not None:
-            gen.cfg_scale = self.cfg_scale
-        return gen
+def access(conn: HTTPConnection) -> Service:
+    """The one access check of /v1 (HTTP and WebSocket): the Host (loopback only without a token), the
+    token, and a browser's Origin on the WebSocket. Returns the app's Service."""
+    service = conn.app.state.service
+    why = service.refusal(conn.headers, conn.query_params, websocket=conn.scope["type"] == "websocket")
+    if why is not None:
+        raise Refused(403 if why.startswith("Host") else 401, why)
+    return service
 
 
-def example_prompts(bundle_config: dict, embedded: bool) -> list[str]:
-    """Prompts the loaded model knows: the bundle's own list, else the synthetic action vocabulary
-    for the embedded model (data/synth.py, one canonical caption per action), else common
-    HumanML3D-style prompts."""
-    if bundle_config.get("example_prompts"):
-        return [str(p) for p in bundle_config["example_prompts"]][:32]
-    if embedded or "synthetic" in str(bundle_config.get("description", "")):
-        import numpy as np
-
-        from motionstreamer.data.synth import ACTIONS, sample_params, verb_phrases
-
-        rng = np.random.default_rng(0)
-        out = []
-        for action in ACTIONS:
-            p = sample_params(action, rng, 4.0)
-            p.update(speed=0.5, curve=0.0, jumps=1, reps=1, jump_forward=0.0)   # plain wording
-            out.append(f"a person {verb_phrases(action, p, rng)[0]}")
-        return out
-    return ["a person walks forward", "a person jogs in a circle", "a person waves with the right hand",
-            "a person jumps up", "a person turns around", "a person sits down", "a person kicks with the left leg",
-            "a person walks backwards", "a person raises both arms", "a person does a squat"]
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst, self.tokens, self.t = rate, burst, float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-class Service:
-    """What one app instance owns: the models, the engine, the scheduler thread, the connections."""
-
-    def __init__(self, config: ServeConfig):
-        self.config = config
-        self.limits = config.limits
-        self.scheduler = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.connections: set[Connection] = set()
-        self.server_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.started = time.time()
-        self.info: dict = {}
-
-    # -------------------------------------------------------------- lifecycle
-    def load(self) -> None:
-        import torch
-
-        from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
-        from motionstreamer.representation.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, SMPL_OFFSETS_24
-        from motionstreamer.runtime.engine import StreamingEngine
-        from motionstreamer.runtime.loading import load_models
-        from motionstreamer.serve.scheduler import StreamScheduler
-
-        c = self.config
-        if c.threads is not None or c.device == "cpu":
-            torch.set_num_threads(c.threads or 1)
-        bundle, text_encoder, desc = load_models(c.checkpoint, c.device, c.dtype)
-        gen = c.generation_config()
-        capacity = self.limits.max_streams + self.limits.max_generate_jobs
-        engine = StreamingEngine(bundle, text_encoder, capacity=capacity, config=gen, device=c.device)
-        text_encoder.encode([""])      # warm the encoder and the empty-prompt cache
-        self.scheduler = StreamScheduler(engine, self._deliver, self.limits.max_streams,
-                                         self.limits.max_generate_jobs, lookahead=c.lookahead,
-                                         max_queued=self.limits.max_queued_prompts)
-        self.mean, self.std = bundle.mean, bundle.std
-        self.info = {
-            "protocol": PROTOCOL_VERSION, "encoding": ENCODING,
-            "model": desc, "checkpoint": c.checkpoint or "embedded",
-            "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT,
-            "sampling_steps": engine.config.sampling_steps, "head": engine.config.head, "cfg_scale": engine.config.cfg_scale, "lookahead": c.lookahead,
-            "device": str(engine.device),
-            "skeleton": {"joint_names": list(JOINT_NAMES[:NUM_JOINTS]), "parents": list(PARENTS),
-                         "rest_offsets": SMPL_OFFSETS_24[:NUM_JOINTS].round(6).tolist(),
-                         "bvh_hierarchy": hierarchy_text(), "bvh_joint_order": list(JOINT_ORDER),
-                         "bvh_joint_names": list(JOINT_NAMES)},
-            "limits": self.limits.as_dict(),
-            "example_prompts": example_prompts(bundle.config or {}, c.checkpoint is None),
-        }
-
-    async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        if self.scheduler is None:      # `motionstreamer serve` loads before binding (cmd_serve)
-            await asyncio.to_thread(self.load)
-        self.scheduler.start()
-
-    async def shutdown(self) -> None:
-        for conn in list(self.connections):
-            conn.post(Close(CLOSE_RESTART, "server shutting down; reconnect"))
-        if self.scheduler is not None:
-            await asyncio.to_thread(self.scheduler.stop)
-
-    def _deliver(self, batch: list) -> None:
-        """Engine thread -> event loop, once per step."""
-        loop = self.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._dispatch, batch)
-
-    @staticmethod
-    def _dispatch(batch: list) -> None:
-        for conn, msg in batch:
-            conn.post(msg)
-
-    # -------------------------------------------------------------- access
-    def token_ok(self, headers, query) -> bool:
-        token = self.config.token
-        if not token:
-            return True
-        auth = headers.get("authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("token", "")
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    def host_ok(self, headers) -> bool:
-        """Without a token the service is loopback-only: a Host naming anything else is a DNS-rebinding
-        page talking to us, refused."""
-        if self.config.token:
-            return True
-        host = urlsplit("//" + headers.get("host", "")).hostname or ""
-        return is_loopback(host)
-
-    def origin_ok(self, headers) -> bool:
-        origin = headers.get("origin")
-        if origin is None:                          # not a browser: the token (if any) decides
-            return True
-        allowed = self.config.allowed_origins
-        if "*" in allowed or origin in allowed:
-            return True
-        return urlsplit(origin).netloc == headers.get("host", "")   # the page's own origin
-
-    def refusal(self, headers, query, websocket: bool) -> str | None:
-        if not self.host_ok(headers):
-            return "Host not allowed: this server answers on loopback only (start it with --token to serve others)"
-        if not self.token_ok(headers, query):
-            return "missing or wrong token (Authorization: Bearer TOKEN, or ?token=TOKEN)"
-        if websocket and not self.origin_ok(headers):
-            return f"Origin {headers.get('origin')[:60]!r} not allowed"
+async def refused(conn: HTTPConnection, exc: Refused):
+    if isinstance(conn, WebSocket):
+        await conn.accept()     # accepted first, so the client reads the reason in the close frame
+        await close_quietly(conn, Close(CLOSE_POLICY, exc.reason))
         return None
+    return JSONResponse({"error": exc.reason}, status_code=exc.status)
 
 
-async def close_quietly(ws, close: Close, timeout: float = 2.0) -> None:
-    """Close with a code and reason; a client that already left (or stopped reading) is let go."""
+Allowed = Annotated[Service, Depends(access)]
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/health")
+async def health(request: Request):
+    service = request.app.state.service
+    s = service.scheduler
+    alive = s is not None and s.alive
+    body = {"status": "ok" if alive else "engine not running", "server": service.server_id,
+            "streams": s.n_streams if s else 0, "max_streams": service.limits.max_streams,
+            "generate_jobs": s.n_jobs if s else 0, "uptime_s": round(time.time() - service.started, 1),
+            **({"engine": {k: round(v, 2) if isinstance(v, float) else v for k, v in s.stats.items()}} if s else {})}
+    return JSONResponse(body, status_code=200 if alive else 503)
+
+
+@router.get("/v1/info")
+async def info(service: Allowed):
+    return {**service.info, "server": service.server_id, "streams": service.scheduler.n_streams,
+            "close_codes": {str(k): v for k, v in CLOSE_CODES.items()}}
+
+
+@router.get("/v1/stream")
+async def stream_probe(service: Allowed):
+    s, limit = service.scheduler, service.limits.max_streams
+    if s.n_streams >= limit:
+        return JSONResponse({"error": f"server full: {s.n_streams} of {limit} streams"},
+                            status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"error": "this is a WebSocket endpoint (ws://.../v1/stream)",
+                         "streams": s.n_streams, "max_streams": limit}, status_code=426)
+
+
+@router.post("/v1/generate")
+async def generate(request: Request, service: Allowed):
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_GENERATE_BODY:
+            return JSONResponse({"error": f"request body over {MAX_GENERATE_BODY} bytes"}, status_code=413)
     try:
-        await asyncio.wait_for(ws.close(close.code, close.reason), timeout)
-    except Exception:
-        pass
+        req = parse_generate_request(body, service.limits)
+    except ProtocolError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    try:
+        fut = service.scheduler.generate(req.text, req.seconds, req.seed)
+    except ServerFull as e:
+        return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": "2"})
+    try:
+        features, joints = await asyncio.wrap_future(fut)
+    except Exception as e:
+        return JSONResponse({"error": f"generation failed: {e}"}, status_code=500)
+    return await asyncio.to_thread(_generate_response, req.format, req.text, features, joints)
 
 
-class Connection:
-    """One WebSocket = one stream. A sender task drains a bounded queue; a receiver task reads
-    client messages; the engine thread posts into the queue through the event loop."""
-
-    def __init__(self, ws, service: Service):
-        self.ws, self.service = ws, service
-        self.limits = service.limits
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=self.limits.max_backlog)
-        self.close_with: Close | None = None
-        self.done = asyncio.Event()
-        self.client_gone = False
-        self.key: int | None = None
-
-    def post(self, item) -> None:
-        """Event-loop thread. A full queue means the client does not read fast enough: drop it."""
-        if self.done.is_set():
-            return
-        if isinstance(item, Close):
-            self._abort(item)
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self._abort(Close(CLOSE_POLICY, f"client too slow: more than {self.limits.max_backlog} messages "
-                                            "waiting; dropped"))
-
-    def _abort(self, close: Close) -> None:
-        if self.close_with is None:
-            self.close_with = close
-        self.done.set()
-
-    async def run(self, options) -> None:
-        sched = self.service.scheduler
-        self.key = sched.open(self, options)         # ServerFull propagates to the caller
-        self.service.connections.add(self)
-        try:
-            try:
-                await self._send_hello(options)
-            except Exception:                        # the client left before its hello
-                return
-            tasks = [asyncio.create_task(self._sender()), asyncio.create_task(self._receiver()),
-                     asyncio.create_task(self.done.wait())]
-            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    self.client_gone = True           # a send or receive failed: the socket is gone
-            if self.close_with is not None and not self.client_gone:
-                await close_quietly(self.ws, self.close_with)
-        finally:
-            self.done.set()
-            self.service.connections.discard(self)
-            sched.close(self.key)
-
-    async def _send_hello(self, options) -> None:
-        sched = self.service.scheduler
-        await self.ws.send_text(dumps({
-            "type": "hello", "v": PROTOCOL_VERSION, "stream": self.key, "seed": options.seed,
-            "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT, "lookahead": sched.lookahead,
-            "encoding": ENCODING, "features": options.features, "rotations": options.rotations,
-            "server": self.service.server_id, "limits": self.limits.as_dict()}))
-
-    async def _sender(self) -> None:
-        while True:
-            item = await self.queue.get()
-            await self.ws.send_text(item)
-
-    async def _receiver(self) -> None:
-        limits = self.limits
-        bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
-        sched = self.service.scheduler
-        while True:
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), timeout=limits.idle_timeout_s)
-            except asyncio.TimeoutError:
-                self._abort(Close(CLOSE_NORMAL, f"idle timeout: no message for {limits.idle_timeout_s:g} s"))
-                return
-            if msg["type"] == "websocket.disconnect":
-                self.client_gone = True
-                return
-            data = msg.get("text")
-            size = len(data.encode("utf-8", "surrogatepass")) if data is not None else len(msg.get("bytes") or b"")
-            if size > limits.max_message_bytes:
-                self._abort(Close(CLOSE_TOO_BIG, f"message too big: {size} bytes, at most {limits.max_message_bytes}"))
-                return
-            if not bucket.take():
-                self.post(error("rate_limited", f"more than {limits.messages_per_second:g} messages per second; "
-                                                "message ignored"))
-                continue
-            if data is None:
-                self.post(error("bad_message", "binary messages are not supported; send JSON text"))
-                continue
-            try:
-                m = parse_client_message(data, limits)
-            except ProtocolError as e:
-                self.post(error(e.code, str(e)))
-                continue
-            if m == "close":
-                self._abort(Close(CLOSE_NORMAL, "closed by client"))
-                return
-            if m == "ping":
-                self.post(dumps({"type": "pong", "t": round(time.time(), 4)}))
-                continue
-            assert isinstance(m, Prompt)
-            sched.push(self.key, m.text, m.seconds, m.after_current)
+def _generate_response(fmt: str, text: str, features: np.ndarray, joints: np.ndarray) -> Response:
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, features.astype(np.float32), allow_pickle=False)
+        return Response(buf.getvalue(), media_type="application/octet-stream",
+                        headers={"Content-Disposition": 'attachment; filename="motion.npy"'})
+    if fmt == "bvh":
+        rotations, translation = recover_rotations(features.astype(np.float64))
+        return Response(bvh_text(rotations, translation, fps=FPS), media_type="text/plain",
+                        headers={"Content-Disposition": 'attachment; filename="motion.bvh"'})
+    return JSONResponse({"prompt": text, "fps": FPS, "frames": int(len(joints)),
+                         "joints": np.round(joints, 5).tolist()})
 
 
-def create_app(config: ServeConfig | None = None, **overrides):
-    """The ASGI app. create_app(steps=10, token="...", limits=ServeLimits(max_streams=64), ...)."""
-    import dataclasses
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket, service: Allowed):
+    await ws.accept()
+    try:
+        options = parse_stream_options(ws.query_params)
+    except ProtocolError as e:
+        await close_quietly(ws, Close(CLOSE_POLICY, str(e)))
+        return
+    try:
+        await Connection(ws, service).run(options)
+    except ServerFull as e:
+        await close_quietly(ws, Close(CLOSE_FULL, str(e)))
 
+
+def create_app(config: ServeConfig | None = None, **overrides) -> FastAPI:
+    """The ASGI app. create_app(sampling_steps=10, token="...", limits=ServeLimits(max_streams=64), ...)."""
+    overrides = current_keys(overrides, ServeConfig.LEGACY_KEYS, "create_app", note=True)
     config = dataclasses.replace(config, **overrides) if config is not None else ServeConfig(**overrides)
     config.validate()
     service = Service(config)
@@ -374,122 +172,7 @@ def create_app(config: ServeConfig | None = None, **overrides):
                   docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
     app.state.service = service
     app.add_middleware(GZipMiddleware, minimum_size=2048)
-
-    def denied(request: Request) -> Response | None:
-        why = service.refusal(request.headers, request.query_params, websocket=False)
-        if why is None:
-            return None
-        return JSONResponse({"error": why}, status_code=403 if why.startswith("Host") else 401)
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
+    app.add_exception_handler(Refused, refused)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/health")
-    async def health():
-        s = service.scheduler
-        alive = s is not None and s.alive
-        body = {"status": "ok" if alive else "engine not running", "server": service.server_id,
-                "streams": s.n_streams if s else 0, "max_streams": service.limits.max_streams,
-                "generate_jobs": s.n_jobs if s else 0, "uptime_s": round(time.time() - service.started, 1),
-                **({"engine": {k: round(v, 2) if isinstance(v, float) else v for k, v in s.stats.items()}} if s else {})}
-        return JSONResponse(body, status_code=200 if alive else 503)
-
-    @app.get("/v1/info")
-    async def info(request: Request):
-        if (r := denied(request)) is not None:
-            return r
-        s = service.scheduler
-        return {**service.info, "server": service.server_id, "streams": s.n_streams,
-                "close_codes": {str(k): v for k, v in CLOSE_CODES.items()}}
-
-    @app.get("/v1/stream")
-    async def stream_probe(request: Request):
-        if (r := denied(request)) is not None:
-            return r
-        s = service.scheduler
-        if s.n_streams >= service.limits.max_streams:
-            return JSONResponse({"error": f"server full: {s.n_streams} of {service.limits.max_streams} streams"},
-                                status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"error": "this is a WebSocket endpoint (ws://.../v1/stream)",
-                             "streams": s.n_streams, "max_streams": service.limits.max_streams}, status_code=426)
-
-    @app.post("/v1/generate")
-    async def generate(request: Request):
-        if (r := denied(request)) is not None:
-            return r
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > MAX_GENERATE_BODY:
-                return JSONResponse({"error": f"request body over {MAX_GENERATE_BODY} bytes"}, status_code=413)
-        try:
-            req = json.loads(body)
-            if not isinstance(req, dict):
-                raise ProtocolError("bad_request", "the body must be a JSON object")
-            unknown = set(req) - {"text", "seconds", "format", "seed"}
-            if unknown:
-                raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)}")
-            text = check_prompt_text(req.get("text"), service.limits)
-            seconds = check_seconds(req.get("seconds", 4.0), service.limits.max_generate_seconds)
-            fmt = req.get("format", "json")
-            if fmt not in ("npy", "bvh", "json"):
-                raise ProtocolError("bad_request", f"format must be 'npy', 'bvh' or 'json', got {fmt!r}")
-            seed = req.get("seed")
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-                raise ProtocolError("bad_request", f"seed must be an integer in [0, 2**63), got {seed!r}")
-        except (json.JSONDecodeError, RecursionError) as e:
-            return JSONResponse({"error": f"body is not valid JSON: {str(e)[:120]}"}, status_code=400)
-        except ProtocolError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
-        from motionstreamer.serve.scheduler import ServerFull
-        try:
-            fut = service.scheduler.generate(text, seconds, seed)
-        except ServerFull as e:
-            return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": "2"})
-        try:
-            features, joints = await asyncio.wrap_future(fut)
-        except Exception as e:
-            return JSONResponse({"error": f"generation failed: {e}"}, status_code=500)
-        return await asyncio.to_thread(_generate_response, fmt, text, features, joints)
-
-    def _generate_response(fmt, text, features, joints):
-        import numpy as np
-
-        if fmt == "npy":
-            buf = io.BytesIO()
-            np.save(buf, features.astype(np.float32), allow_pickle=False)
-            return Response(buf.getvalue(), media_type="application/octet-stream",
-                            headers={"Content-Disposition": 'attachment; filename="motion.npy"'})
-        if fmt == "bvh":
-            from motionstreamer.io.bvh import bvh_text
-            from motionstreamer.representation.features import recover_rotations
-
-            rotations, translation = recover_rotations(features.astype(np.float64))
-            return Response(bvh_text(rotations, translation, fps=FPS), media_type="text/plain",
-                            headers={"Content-Disposition": 'attachment; filename="motion.bvh"'})
-        return JSONResponse({"prompt": text, "fps": FPS, "frames": int(len(joints)),
-                             "joints": np.round(joints, 5).tolist()})
-
-    @app.websocket("/v1/stream")
-    async def stream(ws: WebSocket):
-        from motionstreamer.serve.scheduler import ServerFull
-
-        await ws.accept()
-        why = service.refusal(ws.headers, ws.query_params, websocket=True)
-        if why is not None:
-            await close_quietly(ws, Close(CLOSE_POLICY, why))
-            return
-        try:
-            options = parse_stream_options(ws.query_params)
-        except ProtocolError as e:
-            await close_quietly(ws, Close(CLOSE_POLICY, str(e)))
-            return
-        try:
-            await Connection(ws, service).run(options)
-        except ServerFull as e:
-            await close_quietly(ws, Close(CLOSE_FULL, str(e)))
-
+    app.include_router(router)
     return app

@@ -5,31 +5,35 @@ import logging
 import os
 import re
 
+from motionstreamer.checkpoints import read_bundle_config
+from motionstreamer.cli import CLIError, add_verb
+from motionstreamer.runtime.loading import default_model_dir
+from motionstreamer.runtime.sampler_args import add_sampler_args
+from motionstreamer.serve.app import create_app
+from motionstreamer.serve.protocol import ServeLimits
+from motionstreamer.serve.service import SERVICE_TEACHER_STEPS, ServeConfig, is_loopback
+
 TOKEN_ENV = "MOTIONSTREAMER_TOKEN"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve", help="live service: WebSocket streaming API and a browser app",
-        description="Serve text-to-motion streams over a WebSocket API (/v1/stream) with a browser app at /. "
-                    "Binds to 127.0.0.1 by default; any other address needs --token (or $MOTIONSTREAMER_TOKEN).")
+    p = add_verb(subparsers, "serve", cmd_serve,
+                 "Serve text-to-motion streams over a WebSocket API (/v1/stream) with a browser app at /. Binds to "
+                 "127.0.0.1 by default; any other address needs --token (or $MOTIONSTREAMER_TOKEN).")
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle; default: the embedded model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams per engine (default 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="diffusion sampling steps per latent (default 10: the embedded model streams 20+ clients "
-                        "on 2 CPU cores; 50 is the original algorithm; a student: its default count)")
-    p.add_argument("--head", choices=("teacher", "student"), default=None,
-                   help="teacher: the guided head (the original algorithm); student: the bundle's distilled "
-                        "few-step head, one condition row per stream (default: the bundle's choice)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 4.0)")
+    add_sampler_args(p, "sampling_steps", "head", "cfg_scale", "on_action_end", defaults=ServeConfig(), helps={
+        "sampling_steps": f"diffusion sampling steps per latent (default: {SERVICE_TEACHER_STEPS} for the teacher, so "
+                          "that the embedded model streams 20+ clients on 2 CPU cores, 50 being the original "
+                          "algorithm; a student: its default count)",
+        "head": "teacher: the guided head (the original algorithm); student: the bundle's distilled few-step head, "
+                "one condition row per stream (default: the bundle's choice)"})
     p.add_argument("--lookahead", type=int, default=2,
                    help="latents generated ahead of each stream's playback clock (default 2 = 267 ms)")
-    p.add_argument("--on-end", choices=("continue", "stop"), default="continue",
-                   help="an action that ends with no prompt queued: keep doing it (default) or stop the stream")
     p.add_argument("--token", default=None,
                    help=f"require this token on /v1/* (Authorization: Bearer TOKEN or ?token=TOKEN); default "
                         f"${TOKEN_ENV}; required when --host is not loopback")
@@ -49,14 +53,9 @@ def register(subparsers) -> None:
     r.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (1 in production)")
     r.add_argument("--cpus-per-replica", type=float, default=1.0)
     r.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
-    p.set_defaults(func=cmd_serve)
 
 
 def config_from_args(args):
-    from motionstreamer.cli import CLIError
-    from motionstreamer.serve.app import ServeConfig, is_loopback
-    from motionstreamer.serve.protocol import ServeLimits
-
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(args.host) and not token:
         raise CLIError(f"--host {args.host} is not loopback: give --token TOKEN (or set ${TOKEN_ENV}) so that only "
@@ -70,21 +69,17 @@ def config_from_args(args):
     try:
         limits = ServeLimits(max_streams=args.max_streams, idle_timeout_s=args.idle_timeout,
                              max_prompt_chars=args.max_prompt_chars, max_backlog=args.max_backlog)
-        cfg = ServeConfig(checkpoint=args.checkpoint, device=args.device,
-                          dtype=None if args.dtype == "auto" else args.dtype, head=args.head, cfg_scale=args.cfg,
-                          steps=args.steps if args.steps is not None or args.head == "student" else 10,
-                          on_end=args.on_end, lookahead=args.lookahead, token=token,
-                          allowed_origins=tuple(args.allow_origin), limits=limits, threads=args.threads)
-        cfg.validate()
-        if args.head == "student":   # its step counts, checked before the server starts
-            from motionstreamer.checkpoints import read_bundle_config
-            from motionstreamer.runtime.engine import GenerationConfig, resolve_config
-            from motionstreamer.runtime.loading import default_model_dir
-            resolve_config(GenerationConfig(sampling_steps=cfg.steps, head="student"),
-                           read_bundle_config(cfg.checkpoint or default_model_dir()))
+        config = ServeConfig(checkpoint=args.checkpoint, device=args.device,
+                             dtype=None if args.dtype == "auto" else args.dtype, sampling_steps=args.sampling_steps,
+                             head=args.head, cfg_scale=args.cfg_scale, on_action_end=args.on_action_end,
+                             lookahead=args.lookahead, token=token, allowed_origins=tuple(args.allow_origin),
+                             limits=limits, threads=args.threads)
+        config.validate()
+        # against the bundle (its default head, a student's step counts) before the server starts
+        config.generation_config(read_bundle_config(config.checkpoint or default_model_dir()))
     except ValueError as e:
         raise CLIError(str(e))
-    return cfg
+    return config
 
 
 class RedactToken(logging.Filter):
@@ -100,30 +95,29 @@ class RedactToken(logging.Filter):
 
 
 def cmd_serve(args) -> int:
-    from motionstreamer.cli import CLIError
-
-    cfg = config_from_args(args)
+    config = config_from_args(args)
     if args.ray:
-        from motionstreamer.serve.ray_app import run_ray
+        from motionstreamer.serve.ray_app import run_ray  # Ray: only with --ray
 
-        return run_ray(cfg, host=args.host, port=args.port, replicas=args.replicas, max_replicas=args.max_replicas,
+        return run_ray(config, host=args.host, port=args.port, replicas=args.replicas, max_replicas=args.max_replicas,
                        gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
                        address=args.ray_address)
     try:
         import uvicorn
 
-        from motionstreamer.serve.app import create_app
     except ImportError as e:
         raise CLIError(f"the service needs the 'serve' extra: pip install 'motionstreamer[serve]' ({e})")
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RedactToken())
-    app = create_app(cfg)
+    app = create_app(config)
     try:   # before the port is bound: a bad checkpoint or sampler settings are a clear error, not a failed startup
         app.state.service.load()
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
+    gen = app.state.service.scheduler.engine.config
     print(f"motionstreamer serve: http://{args.host}:{args.port}/ (WebSocket /v1/stream; "
-          f"{cfg.limits.max_streams} streams, {cfg.head or 'teacher'} head, {cfg.steps or 'default'} sampling steps, look-ahead {cfg.lookahead})", flush=True)
+          f"{config.limits.max_streams} streams, {gen.head} head, {gen.sampling_steps} sampling steps, look-ahead "
+          f"{config.lookahead})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                ws_max_size=max(cfg.limits.max_message_bytes * 4, 65536))
+                ws_max_size=max(config.limits.max_message_bytes * 4, 65536))
     return 0

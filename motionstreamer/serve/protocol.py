@@ -1,4 +1,4 @@
-"""The /v1 streaming protocol: what a client may send, what the server answers, and the close codes.
+"""The /v1 streaming protocol: one pydantic model per message, the limits and the close codes.
 
 Every message is one JSON text frame. Arrays travel as base64 of little-endian float32 in C order
 (`encoding: "base64-float32-le"`), with their shapes fixed by the protocol:
@@ -6,21 +6,25 @@ Every message is one JSON text frame. Arrays travel as base64 of little-endian f
   features  (4, 272)    de-normalised 272-dim features (with ?features=1)
   rotations (4, 22, 4)  unit quaternions (w, x, y, z): [0] the pelvis global rotation, [1:] parent-local
                         SMPL rotations; the pelvis position is joints[:, 0] (with ?rotations=1)
-Client -> server:
-  {"type": "prompt", "text": str, "seconds": number (optional), "after_current": bool (optional)}
-  {"type": "ping"}      {"type": "close"}
+Client -> server (ClientMessage, a union on "type"): prompt, ping, close.
 Server -> client: hello (once), ack (a prompt was queued), frames (one per latent), events (events
 without frames), pong, error. docs/serve.md documents the fields; `tests/test_serve_protocol.py` holds
-the server to them.
+the server to them. Prompt and seed checks are runtime.policy's; this module maps their errors to the
+protocol's error codes.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator)
+
+from motionstreamer.runtime import policy
 
 PROTOCOL_VERSION = 1
 ENCODING = "base64-float32-le"
@@ -86,20 +90,6 @@ class ProtocolError(ValueError):
 
 
 @dataclass
-class Prompt:
-    text: str
-    seconds: float | None = None
-    after_current: bool = False
-
-
-@dataclass
-class StreamOptions:
-    seed: int | None = None
-    features: bool = False
-    rotations: bool = False
-
-
-@dataclass
 class Close:
     """A close the server sends (code + reason; the reason must fit in a close frame: 123 bytes)."""
     code: int
@@ -111,51 +101,103 @@ class Close:
             self.reason = r[:120].decode(errors="ignore") + "..."
 
 
-def check_prompt_text(text, limits: ServeLimits) -> str:
-    """The engine's prompt check (runtime.policy: a string, UTF-8, not blank) and the service's length."""
-    from motionstreamer.runtime.policy import check_prompt
+# ----------------------------------------------------------------------------- checks with the limits
+def _limits(info: ValidationInfo) -> ServeLimits:
+    return (info.context or {}).get("limits") or ServeLimits()
 
+
+def _text(value: Any, info: ValidationInfo) -> str:
+    """runtime.policy's prompt check with the service's length limit."""
     try:
-        text = check_prompt(text)
-    except (TypeError, ValueError) as e:
-        raise ProtocolError("bad_prompt", f"'text': {e}") from None
-    if len(text) > limits.max_prompt_chars:
-        raise ProtocolError("bad_prompt", f"'text' is too long ({len(text)} characters, at most "
-                                          f"{limits.max_prompt_chars})")
-    return text
+        return policy.check_prompt(value, max_chars=_limits(info).max_prompt_chars)
+    except TypeError as e:    # pydantic turns ValueError (not TypeError) into a validation error
+        raise ValueError(str(e)) from None
 
 
-def check_seconds(seconds, limit: float, name: str = "seconds") -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-            or not 0 < seconds <= limit:
-        raise ProtocolError("bad_prompt", f"'{name}' must be a number in (0, {limit:g}], got {seconds!r}")
-    return float(seconds)
+def _seconds(value: Any, limit: float, name: str = "seconds") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= limit:
+        raise ValueError(f"'{name}' must be a number in (0, {limit:g}], got {value!r}")
+    return float(value)
 
 
-def parse_client_message(data: str, limits: ServeLimits) -> Prompt | str:
-    """Returns a Prompt, or the message type "ping" / "close". ProtocolError for anything else."""
+def _error_text(e: ValidationError) -> tuple[str, str]:
+    """(field, message) of the first error of a validation (the message a check raised, as it said it)."""
+    err = e.errors(include_url=False)[0]
+    field = str(err["loc"][-1]) if err["loc"] else ""
+    return field, str(err.get("ctx", {}).get("error", err["msg"]))
+
+
+# ----------------------------------------------------------------------------- client -> server
+# the checked fields: the prompt (runtime.policy, the service's length), and the two durations
+PromptText = Annotated[str, BeforeValidator(_text)]
+PromptSeconds = Annotated[float, BeforeValidator(lambda v, info: _seconds(v, _limits(info).max_prompt_seconds))]
+GenerateSeconds = Annotated[float, BeforeValidator(lambda v, info: _seconds(v, _limits(info).max_generate_seconds))]
+
+
+class PromptMessage(BaseModel):
+    """{"type": "prompt", "text": str, "seconds": number (optional), "after_current": bool (optional)}"""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["prompt"]
+    text: PromptText
+    seconds: PromptSeconds | None = None
+    after_current: bool = False
+
+    @field_validator("after_current", mode="before")
+    @classmethod
+    def _check_after_current(cls, v):
+        if not isinstance(v, bool):
+            raise ValueError(f"'after_current' must be true or false, got {v!r}")
+        return v
+
+
+class PingMessage(BaseModel):
+    """{"type": "ping"}: answered with pong (a keep-alive; other fields are ignored)."""
+    type: Literal["ping"]
+
+
+class CloseMessage(BaseModel):
+    """{"type": "close"}: the server closes the stream (1000)."""
+    type: Literal["close"]
+
+
+ClientMessage = Annotated[Union[PromptMessage, PingMessage, CloseMessage], Field(discriminator="type")]
+_CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+PROMPT_FIELDS = ("text", "seconds")     # their errors are "bad_prompt"; every other one "bad_message"
+
+
+def parse_client_message(data: str, limits: ServeLimits) -> PromptMessage | PingMessage | CloseMessage:
+    """One client message; ProtocolError ("bad_message" or "bad_prompt") naming what is wrong."""
     try:
         msg = json.loads(data)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ProtocolError("bad_message", f"not valid JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", f"a message must be a JSON object, got {type(msg).__name__}")
-    kind = msg.get("type")
-    if kind in ("ping", "close"):
-        return kind
-    if kind != "prompt":
-        raise ProtocolError("bad_message", f"unknown message type {kind!r}; expected 'prompt', 'ping' or 'close'")
-    unknown = set(msg) - {"type", "text", "seconds", "after_current"}
-    if unknown:
-        raise ProtocolError("bad_message", f"unknown field(s) {sorted(unknown)} in a prompt message")
-    text = check_prompt_text(msg.get("text"), limits)
-    seconds = msg.get("seconds")
-    if seconds is not None:
-        seconds = check_seconds(seconds, limits.max_prompt_seconds)
-    after = msg.get("after_current", False)
-    if not isinstance(after, bool):
-        raise ProtocolError("bad_message", f"'after_current' must be true or false, got {after!r}")
-    return Prompt(text, seconds, after)
+    try:
+        return _CLIENT_MESSAGE.validate_python(msg, context={"limits": limits})
+    except ValidationError as e:
+        kinds = {err["type"] for err in e.errors(include_url=False)}
+        if kinds & {"union_tag_invalid", "union_tag_not_found"}:
+            raise ProtocolError("bad_message", f"unknown message type {msg.get('type')!r}; expected 'prompt', "
+                                               "'ping' or 'close'") from None
+        if "extra_forbidden" in kinds:
+            unknown = sorted(str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden")
+            raise ProtocolError("bad_message", f"unknown field(s) {unknown} in a {msg['type']} message") from None
+        field, text = _error_text(e)
+        if field == "text" and "missing" in kinds:
+            text = "prompt must be a string, got nothing"
+        if field == "text":
+            raise ProtocolError("bad_prompt", f"'text': {text}") from None
+        raise ProtocolError("bad_prompt" if field in PROMPT_FIELDS else "bad_message", text) from None
+
+
+# ----------------------------------------------------------------------------- stream options (the URL query)
+@dataclass
+class StreamOptions:
+    seed: int | None = None
+    features: bool = False
+    rotations: bool = False
 
 
 def _flag(query, name: str) -> bool:
@@ -173,7 +215,7 @@ KNOWN_QUERY = {"seed", "features", "rotations", "token"}
 
 
 def parse_stream_options(query) -> StreamOptions:
-    """?seed=INT&features=0|1&rotations=0|1 (token= is checked by the app)."""
+    """?seed=INT&features=0|1&rotations=0|1 (token= is the access check's)."""
     unknown = set(query.keys()) - KNOWN_QUERY
     if unknown:
         raise ProtocolError("bad_query", f"unknown query parameter(s) {sorted(unknown)[:4]}; known: "
@@ -181,12 +223,51 @@ def parse_stream_options(query) -> StreamOptions:
     seed = query.get("seed")
     if seed is not None:
         try:
-            seed = int(seed)
-        except ValueError:
-            raise ProtocolError("bad_query", f"seed must be an integer, got {seed[:20]!r}") from None
-        if not 0 <= seed < 2**63:
-            raise ProtocolError("bad_query", "seed must be in [0, 2**63)")
+            seed = policy.check_seed(int(seed), policy.SERVICE_SEED_RANGE)
+        except ValueError as e:
+            raise ProtocolError("bad_query", str(e) if seed.lstrip("-").isdigit()
+                                else f"seed must be an integer, got {seed[:20]!r}") from None
     return StreamOptions(seed, _flag(query, "features"), _flag(query, "rotations"))
+
+
+# ----------------------------------------------------------------------------- POST /v1/generate
+class GenerateRequest(BaseModel):
+    """{"text", "seconds" (default 4), "format": "npy" | "bvh" | "json" (default), "seed"}; nothing else."""
+    model_config = ConfigDict(extra="forbid")
+    text: PromptText
+    seconds: GenerateSeconds = 4.0
+    format: Literal["npy", "bvh", "json"] = "json"
+    seed: int | None = None
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _check_format(cls, v):
+        if v not in ("npy", "bvh", "json"):
+            raise ValueError(f"format must be 'npy', 'bvh' or 'json', got {v!r}")
+        return v
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _check_seed(cls, v):
+        return None if v is None else policy.check_seed(v, policy.SERVICE_SEED_RANGE)
+
+
+def parse_generate_request(body: bytes, limits: ServeLimits) -> GenerateRequest:
+    """ProtocolError ("bad_request") naming what is wrong."""
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ProtocolError("bad_request", f"body is not valid JSON: {str(e)[:120]}") from None
+    if not isinstance(req, dict):
+        raise ProtocolError("bad_request", "the body must be a JSON object")
+    try:
+        return GenerateRequest.model_validate(req, context={"limits": limits})
+    except ValidationError as e:
+        unknown = sorted(str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden")
+        if unknown:
+            raise ProtocolError("bad_request", f"unknown field(s) {unknown}") from None
+        field, text = _error_text(e)
+        raise ProtocolError("bad_request", f"'{field}': {text}" if field == "text" else text) from None
 
 
 # ----------------------------------------------------------------------------- server -> client
@@ -199,45 +280,75 @@ def decode_array(s: str, shape: tuple) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype="<f4").reshape(shape)
 
 
-def dumps(msg: dict) -> str:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+class ServerMessage(BaseModel):
+    """A message the server sends; to_json() is its JSON text frame (fields left None are not sent)."""
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
 
 
-def error(code: str, message: str) -> str:
-    return dumps({"type": "error", "code": code, "message": message})
+class Hello(ServerMessage):
+    type: Literal["hello"] = "hello"
+    v: int = PROTOCOL_VERSION
+    stream: int
+    seed: int | None                          # sent as null when the stream draws a fresh seed
+    fps: int | float
+    frames_per_latent: int
+    lookahead: int
+    encoding: str = ENCODING
+    features: bool
+    rotations: bool
+    server: str
+    limits: dict
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
 
 
-@dataclass
-class Event:
-    kind: str            # prompt_change | action_end | finished
+class Ack(ServerMessage):
+    type: Literal["ack"] = "ack"
+    text: str                                 # the prompt as queued (runtime.policy's form)
+    queue: list[str]                          # every prompt waiting, in order
+
+
+class Event(BaseModel):
+    kind: Literal["prompt_change", "action_end", "finished"]
     latent: int
     prompt: str
 
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "latent": self.latent, "prompt": self.prompt}
 
-
-@dataclass
-class FramesMessage:
+class Frames(ServerMessage):
+    type: Literal["frames"] = "frames"
     latent: int
     frame: int
     prompt: str
-    joints: np.ndarray                        # (4, 22, 3)
+    joints: str                               # (4, 22, 3), ENCODING
+    events: list[Event]
     underruns: int
     t: float                                  # server wall clock when the latent was produced
-    events: list = field(default_factory=list)
-    queue: list | None = None                 # pending prompts, when it changed
-    features: np.ndarray | None = None
-    rotations: np.ndarray | None = None
+    queue: list[str] | None = None            # the prompts waiting, when they changed
+    features: str | None = None               # (4, 272), with ?features=1
+    rotations: str | None = None              # (4, 22, 4), with ?rotations=1
 
-    def to_json(self) -> str:
-        msg = {"type": "frames", "latent": self.latent, "frame": self.frame, "prompt": self.prompt,
-               "joints": encode_array(self.joints), "events": [e.as_dict() for e in self.events],
-               "underruns": self.underruns, "t": round(self.t, 4)}
-        if self.queue is not None:
-            msg["queue"] = self.queue
-        if self.features is not None:
-            msg["features"] = encode_array(self.features)
-        if self.rotations is not None:
-            msg["rotations"] = encode_array(self.rotations)
-        return dumps(msg)
+
+class Events(ServerMessage):
+    type: Literal["events"] = "events"
+    events: list[Event]
+    underruns: int
+    t: float
+
+
+class Pong(ServerMessage):
+    type: Literal["pong"] = "pong"
+    t: float
+
+
+class Error(ServerMessage):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+def error(code: str, message: str) -> str:
+    return Error(code=code, message=message).to_json()

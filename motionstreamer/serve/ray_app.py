@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report leaves the machine
 
+import ray  # noqa: E402
 from ray import serve  # noqa: E402
+from ray._private import worker as ray_worker  # noqa: E402
 
+from motionstreamer.config import current_keys  # noqa: E402
 from motionstreamer.serve.app import ServeConfig, create_app  # noqa: E402
 from motionstreamer.serve.protocol import ServeLimits  # noqa: E402
+from motionstreamer.serve.service import is_loopback  # noqa: E402
 
 TOKEN_ENV = "MOTIONSTREAMER_TOKEN"
 
@@ -76,8 +82,7 @@ def build(config: ServeConfig, replicas: int = 1, max_replicas: int | None = Non
     config.validate()
     opts = deployment_options(config.limits.max_streams, replicas, max_replicas, gpus_per_replica, cpus_per_replica,
                               config.limits.max_generate_jobs)
-    cfg = dataclasses.asdict(config)
-    return MotionStreamerReplica.options(**opts).bind(cfg)
+    return MotionStreamerReplica.options(**opts).bind(dataclasses.asdict(config))
 
 
 def build_app(args: dict):
@@ -85,7 +90,7 @@ def build_app(args: dict):
     args holds the ServeConfig fields (checkpoint, device, steps, lookahead, token, ...), `limits`
     (ServeLimits fields) and replicas, max_replicas, gpus_per_replica, cpus_per_replica. The token
     defaults to $MOTIONSTREAMER_TOKEN on the replicas (set it in runtime_env.env_vars)."""
-    args = dict(args or {})
+    args = current_keys(dict(args or {}), ServeConfig.LEGACY_KEYS, "motionstreamer serve args", note=True)
     scale = {k: args.pop(k) for k in ("replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica") if k in args}
     limits = ServeLimits(**args.pop("limits", {}))
     if "allowed_origins" in args:
@@ -97,13 +102,28 @@ def build_app(args: dict):
     return build(ServeConfig(**args, limits=limits), **scale)
 
 
+def _cluster_alive(started: bool, grace_s: float = 1.0) -> bool:
+    """Whether the Ray processes this driver started are still up, once they have had `grace_s` to go: a
+    SIGTERM to the whole process group (systemd's default, timeout(1)) stops them with the driver, and
+    then Serve cannot be asked anything (the driver would wait a minute for the GCS). A cluster this
+    driver joined is someone else's: assumed up."""
+    if not started:
+        return True
+    time.sleep(grace_s)
+    try:   # no public API says whether the local node's processes live
+        return not ray_worker._global_node.dead_processes()
+    except Exception:
+        return True
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT while `serve --ray` blocks: leave the blocking call and shut Serve down."""
+
+
 def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_replicas: int | None = None,
             gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, address: str | None = None) -> int:
-    """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until Ctrl-C."""
-    import ray
-
-    from motionstreamer.serve.app import is_loopback
-
+    """`motionstreamer serve --ray`: start (or join) Ray, deploy, block until SIGINT or SIGTERM, then shut
+    Serve and Ray down and say so in one line."""
     if address is None:
         if is_loopback(host):
             pin_ray_to_loopback()
@@ -115,11 +135,27 @@ def run_ray(config: ServeConfig, host: str, port: int, replicas: int = 1, max_re
     print(f"motionstreamer serve --ray: http://{host}:{port}/ ({replicas}"
           f"{f'-{max_replicas}' if max_replicas else ''} replicas, {config.limits.max_streams} streams each)",
           flush=True)
+    received = []
+
+    def stop(signum, frame):
+        received.append(signal.Signals(signum).name)
+        if len(received) == 1:      # the first one stops; more while shutting down are not a reason to dump
+            raise _Stop
+
+    # after ray.init: Ray's native fault handler holds SIGTERM in this process and answers it with a
+    # stack dump; this handler replaces it
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
     try:
         serve.run(app, name="motionstreamer", route_prefix="/", blocking=True)
-    except KeyboardInterrupt:
+    except (_Stop, KeyboardInterrupt):
         pass
     finally:
-        serve.shutdown()
+        if _cluster_alive(started=address is None):
+            try:    # the application first: serve.shutdown alone waits out its controller's 30 s timeout
+                serve.delete("motionstreamer")
+            finally:
+                serve.shutdown()
         ray.shutdown()
+    print(f"motionstreamer serve --ray: {received[0] if received else 'stopped'}: Serve shut down", flush=True)
     return 0

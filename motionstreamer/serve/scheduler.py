@@ -10,10 +10,13 @@ buffer ran dry and it waits), never a silent skip. A stream without a prompt (or
 clock; it restarts with the next prompt. One-shot jobs (POST /v1/generate) are stepped whenever the
 thread steps, unpaced.
 
-The engine is thread-unsafe, so only this thread touches it: the event loop posts commands
-(open / push / close / generate) to a queue and gets messages back through `deliver`, one call per
-step with every stream's messages. Nothing a stream sends can stop the thread: a failing command is
-answered on that stream, a failing step closes the streams of that step with 1011.
+The engine is thread-unsafe, so only this thread touches it: the event loop posts commands (small
+dataclasses: OpenStream, PushPrompt, CloseStream, StartJob, each with its handler here) to a queue and
+gets messages back through `deliver`, one call per step with every stream's messages. The engine is
+the one record of a stream's prompts: it reports the prompt as queued, the queue, and every
+prompt_change; this thread only paces. Nothing a stream sends can stop the thread: a failing command
+is answered on that stream, a failing step closes the streams of that step with 1011 (`_drop`, the
+one way a stream leaves).
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,19 +34,18 @@ import numpy as np
 import torch
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, accumulate_headings
+from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
 from motionstreamer.runtime import policy
-from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Close, Event, FramesMessage, StreamOptions, dumps,
-                                           error)
+from motionstreamer.runtime.session import seconds_to_latents
+from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Ack, Close, Event, Events, Frames, StreamOptions,
+                                           encode_array, error)
 
 log = logging.getLogger("motionstreamer.serve")
 
 
 class ServerFull(RuntimeError):
     pass
-
-
-def seconds_to_latents(seconds: float) -> int:
-    return max(1, round(seconds * FPS / FRAMES_PER_LATENT))
 
 
 class RotationTracker:
@@ -55,9 +56,6 @@ class RotationTracker:
         self.heading = torch.eye(3)
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
-        from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, accumulate_headings
-        from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
-
         f = features.float().cpu()
         H = accumulate_headings(rot6d_to_matrix(f[:, HEADING_DELTA])) @ self.heading      # (4, 3, 3)
         self.heading = rot6d_to_matrix(matrix_to_rot6d(H[-1]))     # re-orthonormalised: no drift over hours
@@ -76,11 +74,8 @@ class _Live:
     frames: int = 0                       # frames generated = index of the next frame
     anchor: float | None = None           # playback time of frame 0 (None: no clock running)
     underruns: int = 0
-    pending: deque = field(default_factory=deque)   # queued prompt texts (mirror of the engine's queue)
-    prompt: str | None = None
-    queue_changed: bool = False
+    queue_sent: list | None = None        # the engine's queue as the client last got it (ack or frames)
     rotations: RotationTracker | None = None
-    closed: bool = False
 
 
 @dataclass
@@ -93,6 +88,30 @@ class _Job:
     sid: int | None = None
     features: list = field(default_factory=list)
     joints: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- commands (event loop -> engine thread)
+@dataclass
+class OpenStream:
+    live: _Live
+
+
+@dataclass
+class PushPrompt:
+    key: int
+    text: str
+    max_latents: int | None
+    after_current: bool
+
+
+@dataclass
+class CloseStream:
+    key: int
+
+
+@dataclass
+class StartJob:
+    job: _Job
 
 
 class StreamScheduler:
@@ -154,16 +173,16 @@ class StreamScheduler:
                 raise ServerFull(f"server full: {self._n_live} of {self.max_streams} streams in use; try again later")
             self._n_live += 1
             key = next(self._keys)
-        self._post(("open", _Live(key, sink, options)))
+        self._post(OpenStream(_Live(key, sink, options)))
         return key
 
     def push(self, key: int, text: str, seconds: float | None = None, after_current: bool = False) -> None:
-        self._post(("push", key, text, None if seconds is None else seconds_to_latents(seconds), after_current))
+        self._post(PushPrompt(key, text, None if seconds is None else seconds_to_latents(seconds), after_current))
 
     def close(self, key: int) -> None:
         with self._lock:
             self._n_live -= 1
-        self._post(("close", key))
+        self._post(CloseStream(key))
 
     def generate(self, text: str, seconds: float, seed: int | None = None) -> concurrent.futures.Future:
         """One unpaced stream of `seconds`; the future gets (features (T, 272), joints (T, 22, 3)) arrays."""
@@ -173,7 +192,7 @@ class StreamScheduler:
             self._n_jobs += 1
             key = next(self._keys)
         fut = concurrent.futures.Future()
-        self._post(("job", _Job(key, text, seconds_to_latents(seconds), seed, fut)))
+        self._post(StartJob(_Job(key, text, seconds_to_latents(seconds), seed, fut)))
         return fut
 
     def _post(self, cmd) -> None:
@@ -210,57 +229,68 @@ class StreamScheduler:
 
     def _apply_commands(self) -> None:
         out = []
+        handlers = {OpenStream: self._open, PushPrompt: self._push, CloseStream: self._close, StartJob: self._start_job}
         while True:
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 break
-            kind = cmd[0]
             try:
-                if kind == "open":
-                    live = cmd[1]
-                    live.sid = self.engine.add_stream(seed=live.options.seed)
-                    if live.options.rotations:
-                        live.rotations = RotationTracker()
-                    self._live[live.key] = live
-                elif kind == "push":
-                    _, key, text, budget, after = cmd
-                    live = self._live.get(key)
-                    if live is None or live.closed:
-                        continue
-                    if len(live.pending) >= self.max_queued:
-                        out.append((live.sink, error("queue_full", f"{len(live.pending)} prompts already queued "
-                                                                   f"(at most {self.max_queued}); prompt ignored")))
-                        continue
-                    try:
-                        self.engine.push_text(live.sid, text, max_latents=budget, after_current=after)
-                    except (ValueError, TypeError) as e:
-                        out.append((live.sink, error("bad_prompt", str(e))))
-                        continue
-                    live.pending.append(" ".join(text.split()))
-                    out.append((live.sink, dumps({"type": "ack", "text": live.pending[-1],
-                                                  "queue": list(live.pending)})))
-                elif kind == "close":
-                    live = self._live.pop(cmd[1], None)
-                    if live is not None:
-                        live.closed = True
-                        self.engine.close(live.sid)
-                elif kind == "job":
-                    job = cmd[1]
-                    try:
-                        job.sid = self.engine.add_stream(job.text, seed=job.seed, max_latents=job.latents)
-                    except Exception as e:
-                        self._finish_job(job, exc=e)
-                        continue
-                    self._jobs[job.key] = job
-            except Exception as e:
-                log.exception("command %s failed", kind)
-                if kind in ("open", "push"):
-                    live = cmd[1] if kind == "open" else self._live.get(cmd[1])
-                    if live is not None:
-                        out.append((live.sink, Close(CLOSE_INTERNAL, f"internal error: {type(e).__name__}")))
+                handlers[type(cmd)](cmd, out)
+            except Exception as e:   # answered on its stream, never the thread's end
+                log.exception("command %s failed", type(cmd).__name__)
+                live = cmd.live if isinstance(cmd, OpenStream) else self._live.get(getattr(cmd, "key", None))
+                if live is not None:
+                    self._drop(live, out, Close(CLOSE_INTERNAL, f"internal error: {type(e).__name__}"))
         if out:
             self.deliver(out)
+
+    def _open(self, cmd: OpenStream, out: list) -> None:
+        live = cmd.live
+        self._live[live.key] = live
+        live.sid = self.engine.add_stream(seed=live.options.seed)
+        if live.options.rotations:
+            live.rotations = RotationTracker()
+
+    def _push(self, cmd: PushPrompt, out: list) -> None:
+        live = self._live.get(cmd.key)
+        if live is None:
+            return
+        queued = self.engine.queue(live.sid)
+        if len(queued) >= self.max_queued:
+            out.append((live.sink, error("queue_full", f"{len(queued)} prompts already queued (at most "
+                                                       f"{self.max_queued}); prompt ignored")))
+            return
+        try:
+            text = self.engine.push_text(live.sid, cmd.text, max_latents=cmd.max_latents,
+                                         after_current=cmd.after_current)
+        except (ValueError, TypeError) as e:
+            out.append((live.sink, error("bad_prompt", str(e))))
+            return
+        live.queue_sent = self.engine.queue(live.sid)
+        out.append((live.sink, Ack(text=text, queue=live.queue_sent).to_json()))
+
+    def _close(self, cmd: CloseStream, out: list) -> None:
+        live = self._live.get(cmd.key)
+        if live is not None:
+            self._drop(live, out)
+
+    def _start_job(self, cmd: StartJob, out: list) -> None:
+        job = cmd.job
+        try:
+            job.sid = self.engine.add_stream(job.text, seed=job.seed, max_latents=job.latents)
+        except Exception as e:
+            self._finish_job(job, exc=e)
+            return
+        self._jobs[job.key] = job
+
+    def _drop(self, live: _Live, out: list, close: Close | None = None) -> None:
+        """The one way a stream leaves the engine: its slot freed, `close` (if any) sent to its client."""
+        self._live.pop(live.key, None)
+        if live.sid is not None and live.sid in self.engine.streams:
+            self.engine.close(live.sid)
+        if close is not None:
+            out.append((live.sink, close))
 
     def _grid_ceil(self, t: float) -> float:
         return self.t0 + math.ceil((t - self.t0) / self.period - 1e-9) * self.period
@@ -285,82 +315,61 @@ class StreamScheduler:
     def _step(self, due: list[_Live]) -> None:
         ids = [live.sid for live in due] + [job.sid for job in self._jobs.values()]
         t_start = self.clock()
+        out = []
         try:
             chunks = self.engine.step(ids)
-            events = list(self.engine.events)
         except Exception as e:
             log.exception("engine step failed for streams %s", ids)
             self.stats["step_errors"] += 1
-            out = [(live.sink, Close(CLOSE_INTERNAL, f"engine step failed: {type(e).__name__}")) for live in due]
             for live in due:
-                self._live.pop(live.key, None)
-                live.closed = True
-                self.engine.close(live.sid)
+                self._drop(live, out, Close(CLOSE_INTERNAL, f"engine step failed: {type(e).__name__}"))
             for job in list(self._jobs.values()):
                 self._finish_job(job, exc=e)
             self.deliver(out)
             return
         t_emit = self.clock()
-        wall = time.time()
-        dt = (t_emit - t_start) * 1000
-        st = self.stats
-        st["steps"] += 1
-        st["latents"] += len(chunks)
-        st["step_ms_ema"] = dt if st["steps"] == 1 else 0.9 * st["step_ms_ema"] + 0.1 * dt
-        st["batch_ema"] = len(ids) if st["steps"] == 1 else 0.9 * st["batch_ema"] + 0.1 * len(ids)
+        wall = round(time.time(), 4)
+        self._count_step(len(chunks), len(ids), (t_emit - t_start) * 1000)
 
         by_sid = {live.sid: live for live in due}
         jobs_by_sid = {job.sid: job for job in self._jobs.values()}
-        ev_by_sid: dict[int, list[Event]] = {}
-        for ev in events:
-            ev_by_sid.setdefault(ev.stream_id, []).append(Event(ev.kind, ev.latent_index, ev.prompt))
-        out = []
+        events: dict[int, list[Event]] = {}
+        for ev in self.engine.events:
+            events.setdefault(ev.stream_id, []).append(Event(kind=ev.kind, latent=ev.latent_index, prompt=ev.prompt))
         if chunks:
             joints = torch.stack([c.joints for c in chunks]).float().cpu().numpy()
         for i, c in enumerate(chunks):
-            job = jobs_by_sid.get(c.stream_id)
+            job, live = jobs_by_sid.get(c.stream_id), by_sid.get(c.stream_id)
             try:
                 policy.check_finite_chunk(c)
             except policy.NonFiniteMotionError as e:
                 # a broken checkpoint, never sent on: the stream ends with a reason, the others go on
                 self.stats["step_errors"] += 1
-                why = str(e)
-                ev_by_sid.pop(c.stream_id, None)
+                events.pop(c.stream_id, None)
                 if job is not None:
-                    self._finish_job(job, exc=RuntimeError(why))
+                    self._finish_job(job, exc=RuntimeError(str(e)))
                 else:
-                    live = by_sid[c.stream_id]
-                    self._live.pop(live.key, None)
-                    live.closed = True
-                    self.engine.close(live.sid)
-                    out.append((live.sink, Close(CLOSE_INTERNAL, why)))
+                    self._drop(live, out, Close(CLOSE_INTERNAL, str(e)))
                 continue
             if job is not None:
                 job.features.append(c.features.float().cpu().numpy())
                 job.joints.append(joints[i])
                 continue
-            live = by_sid[c.stream_id]
-            evs = ev_by_sid.pop(c.stream_id, [])
-            if c.prompt != live.prompt and not any(e.kind == "prompt_change" for e in evs):
-                evs.insert(0, Event("prompt_change", c.latent_index, c.prompt))   # first prompt, or a resume
-            if any(e.kind == "prompt_change" for e in evs) and live.pending:
-                live.pending.popleft()
-                live.queue_changed = True
-            live.prompt = c.prompt
             self._advance_clock(live, c.start_frame, t_emit)
-            msg = FramesMessage(c.latent_index, c.start_frame, c.prompt, joints[i], live.underruns, wall, evs,
-                                list(live.pending) if live.queue_changed else None)
-            live.queue_changed = False
-            if live.options.features:
-                msg.features = c.features.float().cpu().numpy()
-            if live.rotations is not None:
-                msg.rotations = live.rotations(c.features)
-            out.append((live.sink, msg.to_json()))
-        for sid, evs in ev_by_sid.items():     # events of streams that produced no frames this step
+            queued = self.engine.queue(live.sid)
+            changed = queued != live.queue_sent
+            live.queue_sent = queued
+            out.append((live.sink, Frames(
+                latent=c.latent_index, frame=c.start_frame, prompt=c.prompt, joints=encode_array(joints[i]),
+                events=events.pop(c.stream_id, []), underruns=live.underruns, t=wall,
+                queue=queued if changed else None,
+                features=encode_array(c.features.float().cpu().numpy()) if live.options.features else None,
+                rotations=encode_array(live.rotations(c.features)) if live.rotations is not None else None,
+            ).to_json()))
+        for sid, evs in events.items():     # events of streams that produced no frames this step
             live = by_sid.get(sid)
             if live is not None:
-                out.append((live.sink, dumps({"type": "events", "events": [e.as_dict() for e in evs],
-                                              "underruns": live.underruns, "t": round(wall, 4)})))
+                out.append((live.sink, Events(events=evs, underruns=live.underruns, t=wall).to_json()))
         active = set(self.engine.active_ids)
         for job in list(self._jobs.values()):
             # exact length: with on_action_end="continue" an early end restarts the prompt and its budget
@@ -368,6 +377,13 @@ class StreamScheduler:
                 self._finish_job(job)
         if out:
             self.deliver(out)
+
+    def _count_step(self, latents: int, batch: int, ms: float) -> None:
+        st = self.stats
+        st["steps"] += 1
+        st["latents"] += latents
+        st["step_ms_ema"] = ms if st["steps"] == 1 else 0.9 * st["step_ms_ema"] + 0.1 * ms
+        st["batch_ema"] = batch if st["steps"] == 1 else 0.9 * st["batch_ema"] + 0.1 * batch
 
     def _advance_clock(self, live: _Live, start_frame: int, t_emit: float) -> None:
         if live.anchor is None:

@@ -18,6 +18,41 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
+from motionstreamer.checkpoints import (
+    CheckpointError,
+    add_student_head,
+    ema_or_model_state,
+    load_bundle,
+    load_state_dict_strict,
+    load_tae,
+    load_training_checkpoint,
+    save_bundle,
+)
+from motionstreamer.cli import CLIError, add_group, add_verb, check_positive, parse_step_list
+from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
+from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
+from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+from motionstreamer.runtime.loading import resolve_device
+from motionstreamer.runtime.sampler_args import add_sampler_args
+from motionstreamer.train.common import check_run_dir, cleanup_distributed, load_config_file, parse_overrides
+from motionstreamer.train.distill import DistillConfig, distill_head
+from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
+from motionstreamer.train.stream import load_stream_examples
+from motionstreamer.train.t2m import (
+    T2MTrainConfig,
+    embed_captions,
+    load_latent_examples,
+    load_text_embeddings,
+    save_text_embeddings,
+    train_t2m,
+)
+from motionstreamer.train.tae import TAETrainConfig, encode_latents, reference_end_latent, train_tae
+from motionstreamer.utils import atomic_save_npy
+
 
 def _text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm", help="minilm | sentence-t5-xxl | hub id | folder")
@@ -42,9 +77,7 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def register(subparsers) -> None:
-    from motionstreamer.cli import add_group, add_verb
-
-    sub = add_group(subparsers, "train", "train a model (tae | t2m | stream)",
+    sub = add_group(subparsers, "train",
                     "Train on the CPU, one GPU, or many (torchrun --nproc_per_node N -m motionstreamer train ...). "
                     "Config: defaults <- --config <- --set.", "what", "<model>")
     a = sub.add_parser("tae", help="Causal TAE on 272-dim motion windows")
@@ -64,7 +97,7 @@ def register(subparsers) -> None:
     c.add_argument("--init", default=None, metavar="CKPT", help="start from a text-to-motion checkpoint")
     c.set_defaults(func=cmd_train_stream)
 
-    e = add_verb(subparsers, "encode-latents", cmd_encode_latents, "encode a dataset into per-clip latent files")
+    e = add_verb(subparsers, "encode-latents", cmd_encode_latents)
     e.add_argument("--data", required=True, metavar="DIR")
     e.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt or a model bundle dir")
     e.add_argument("--out", required=True, metavar="DIR")
@@ -77,8 +110,7 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
 
-    m = add_verb(subparsers, "make-bundle", cmd_make_bundle,
-                 "training checkpoints -> a model bundle for generate/stream")
+    m = add_verb(subparsers, "make-bundle", cmd_make_bundle)
     m.add_argument("--tae", required=True, metavar="CKPT", help="TAE checkpoint_last.pt")
     m.add_argument("--t2m", required=True, metavar="CKPT", help="t2m or stream checkpoint_last.pt")
     m.add_argument("--data", default=None, metavar="DIR", help="dataset folder whose mean_std/ normalised the training")
@@ -86,7 +118,7 @@ def register(subparsers) -> None:
     m.add_argument("--out", required=True, metavar="DIR")
     m.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
 
-    r = add_verb(subparsers, "train-evaluator", cmd_train_evaluator, "train the TMR-style evaluator")
+    r = add_verb(subparsers, "train-evaluator", cmd_train_evaluator)
     _common(r, "runs/evaluator")
     r.add_argument("--split", default="train")
     r.add_argument("--text-backbone", default=None, metavar="NAME|DIR",
@@ -98,8 +130,7 @@ def register(subparsers) -> None:
     r.add_argument("--no-tensorboard", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    d = add_verb(subparsers, "distill-head", cmd_distill_head,
-                 "distil the guided 50-step head into a 1-4 step student (no guidance rows)")
+    d = add_verb(subparsers, "distill-head", cmd_distill_head)
     d.add_argument("--checkpoint", required=True, metavar="BUNDLE", help="the teacher model bundle")
     d.add_argument("--data", required=True, metavar="DIR", help="HumanML3D-272 layout folder (train split)")
     d.add_argument("--latents", required=True, metavar="DIR", help="per-clip latents from encode-latents")
@@ -113,7 +144,8 @@ def register(subparsers) -> None:
     d.add_argument("--student-steps", default=None, metavar="K[,K...]",
                    help="step counts the student is trained for and supports (default 1,2,4); the largest is "
                         "its default")
-    d.add_argument("--cfg", type=float, default=None, help="the teacher's guidance scale to reproduce (default 4.0)")
+    add_sampler_args(d, "cfg_scale", cfg_scale=None, helps={
+        "cfg_scale": f"the teacher's guidance scale to reproduce (default: {DistillConfig.cfg_scale:g})"})
     d.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of DistillConfig fields")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set steps=2000 --set conditions=8192")
@@ -125,20 +157,18 @@ def register(subparsers) -> None:
 # ----------------------------------------------------------------------------- helpers
 def _config(cls, args, **flags):
     """The trainer config: defaults <- --config <- --set <- the verb's own flags (None: not given)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import check_run_dir, load_config_file, parse_overrides
 
-    cfg = cls()
+    config = cls()
     flags = {"out_dir": args.out, "device": args.device, **flags}
     try:
         if args.config:
-            cfg = cfg.updated(load_config_file(args.config))
-        cfg = cfg.updated(parse_overrides(args.set, cls))
-        cfg = cfg.updated({k: v for k, v in flags.items() if v is not None})
-        check_run_dir(cfg.out_dir, getattr(args, "resume", None), getattr(args, "overwrite", False))   # before the data is read
+            config = config.updated(load_config_file(args.config))
+        config = config.updated(parse_overrides(args.set, cls))
+        config = config.updated({k: v for k, v in flags.items() if v is not None})
+        check_run_dir(config.out_dir, getattr(args, "resume", None), getattr(args, "overwrite", False))   # before the data is read
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
-    return cfg
+    return config
 
 
 def _is_main() -> bool:
@@ -151,23 +181,22 @@ def _say(msg: str) -> None:
 
 
 def _checkpoint(path: str, trainers: tuple) -> dict:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import load_checkpoint
-
     try:
-        ck = load_checkpoint(path)
+        return load_training_checkpoint(path, trainers)
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
-    if not isinstance(ck, dict) or ck.get("trainer") not in trainers:
-        got = ck.get("trainer") if isinstance(ck, dict) else None
-        raise CLIError(f"{path} is not a {' or '.join(trainers)} training checkpoint (trainer={got!r})")
-    return ck
+
+
+def _tae(path: str, device) -> torch.nn.Module:
+    """--tae: a bundle, a TAE training checkpoint or the released net_last.pth (checkpoints.load_tae)."""
+    try:
+        return load_tae(path, device)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--tae: {e}")
 
 
 def _run(train_fn):
     """Run a training call; turn config/data errors into CLI errors; close the process group."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.common import cleanup_distributed
 
     try:
         result = train_fn()
@@ -182,18 +211,12 @@ def _run(train_fn):
 
 
 def torch_seed(seed: int) -> None:
-    import torch
     torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- train
 def cmd_train_tae(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_motions
-    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-    from motionstreamer.train.tae import TAETrainConfig, train_tae
-
-    cfg = _config(TAETrainConfig, args)
+    config = _config(TAETrainConfig, args)
     try:
         motions = list(load_motions(args.data, "train", normalize=True).values())
     except (FileNotFoundError, ValueError) as e:
@@ -202,8 +225,8 @@ def cmd_train_tae(args) -> int:
         tae_cfg = TAEConfig.from_dict(_checkpoint(args.resume, ("tae",))["config"]["tae"])
     else:
         tae_cfg = TAEConfig.official() if args.model_size == "official" else TAEConfig.small()
-    torch_seed(cfg.seed)
-    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, cfg, resume=args.resume, overwrite=args.overwrite))
+    torch_seed(config.seed)
+    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, config, resume=args.resume, overwrite=args.overwrite))
     _say(f"trained TAE to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
          f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
     return 0
@@ -216,8 +239,6 @@ def _captions_needed(examples) -> set:
 def text_embeddings_for(examples, encoder_name: str, cache: str | None):
     """Caption embeddings for the examples: from the cache file where present, the rest encoded
     (the encoder is loaded only then), the cache updated by the main process."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.t2m import embed_captions, load_text_embeddings, save_text_embeddings
 
     known = {}
     if cache and Path(cache).exists():
@@ -231,7 +252,6 @@ def text_embeddings_for(examples, encoder_name: str, cache: str | None):
     missing = _captions_needed(examples) - set(known)
     enc = None
     if missing:
-        from motionstreamer.models.text import TextEncoder
         try:
             enc = TextEncoder.load(encoder_name)
         except FileNotFoundError as e:
@@ -245,26 +265,18 @@ def text_embeddings_for(examples, encoder_name: str, cache: str | None):
 def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None, goals: bool = False):
     """goals: the run trains with goals (goal_prob > 0): the model gets a goal module (a fresh one on top of
     a text-only checkpoint it starts from)."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-
     if from_checkpoint is not None:
-        cfg = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
+        config = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
     else:
-        cfg = T2MConfig.official(cond_dim=text_dim) if args.model_size == "official" else T2MConfig.small(cond_dim=text_dim)
-    cfg.goal = cfg.goal or goals
-    if cfg.cond_dim != text_dim:
-        raise CLIError(f"the model expects {cfg.cond_dim}-dim text embeddings but --text-encoder "
+        config = T2MConfig.official(cond_dim=text_dim) if args.model_size == "official" else T2MConfig.small(cond_dim=text_dim)
+    config.goal = config.goal or goals
+    if config.cond_dim != text_dim:
+        raise CLIError(f"the model expects {config.cond_dim}-dim text embeddings but --text-encoder "
                        f"{args.text_encoder!r} gives {text_dim}")
-    return TextToMotionModel(cfg)
+    return TextToMotionModel(config)
 
 
 def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
-    from motionstreamer.checkpoints import load_state_dict_strict
-    from motionstreamer.train.common import ema_or_model_state
-
-    from motionstreamer.cli import CLIError
-
     state = ema_or_model_state(ck) if ema else ck["model"]
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if model.goal_embed is not None and not any(k.startswith("goal_embed.") for k in state):
@@ -277,19 +289,16 @@ def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
 
 
 def cmd_train_t2m(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
-
-    cfg = _config(T2MTrainConfig, args)
-    goals = cfg.goal_prob > 0      # goals need each clip's root path (read from its motion file)
+    config = _config(T2MTrainConfig, args)
+    goals = config.goal_prob > 0      # goals need each clip's root path (read from its motion file)
     try:
-        examples = load_latent_examples(args.latents, args.data, "train", max_latents=cfg.max_latents, paths=goals)
+        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents, paths=goals)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
-    torch_seed(cfg.seed)
+    torch_seed(config.seed)
     model = _t2m_model(args, emb[""].shape[-1], _checkpoint(args.resume, ("t2m",)) if args.resume else None, goals)
-    res = _run(lambda: train_t2m(model, examples, emb, cfg, resume=args.resume, overwrite=args.overwrite,
+    res = _run(lambda: train_t2m(model, examples, emb, config, resume=args.resume, overwrite=args.overwrite,
                                  extra_config={"text_encoder": args.text_encoder}))
     _say(f"trained t2m to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
          f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
@@ -297,26 +306,22 @@ def cmd_train_t2m(args) -> int:
 
 
 def cmd_train_stream(args) -> int:
-    from motionstreamer.cli import CLIError
-    from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
-
-    cfg = _config(T2MTrainConfig, args)
-    goals = cfg.goal_prob > 0
+    config = _config(T2MTrainConfig, args)
+    goals = config.goal_prob > 0
     try:
-        examples = load_latent_examples(args.latents, args.data, "train", max_latents=cfg.max_latents, paths=goals)
-        examples += load_stream_examples(args.stream_data, args.stream_latents, "train", max_latents=cfg.max_latents,
+        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents, paths=goals)
+        examples += load_stream_examples(args.stream_data, args.stream_latents, "train", max_latents=config.max_latents,
                                          paths=goals)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
-    torch_seed(cfg.seed)
+    torch_seed(config.seed)
     init = _checkpoint(args.init, ("t2m", "stream")) if args.init else None
     source = _checkpoint(args.resume, ("stream",)) if args.resume else init
     model = _t2m_model(args, emb[""].shape[-1], source, goals)
     if init is not None and not args.resume:
         _load_t2m_weights(model, init, args.init, ema=False)
-    res = _run(lambda: train_t2m(model, examples, emb, cfg, name="stream", resume=args.resume,
+    res = _run(lambda: train_t2m(model, examples, emb, config, name="stream", resume=args.resume,
                                  overwrite=args.overwrite, extra_config={"text_encoder": args.text_encoder}))
     _say(f"trained streaming model to step {res.step}: last loss "
          f"{res.losses[-1][1] if res.losses else float('nan'):.4f}; checkpoint {res.checkpoint}")
@@ -327,12 +332,12 @@ def cmd_train_stream(args) -> int:
 def cmd_encode_latents(args) -> int:
     """Encode every clip with a trained TAE into DIR/<clip>.npy of shape (L+1, 16): the SAMPLED z per clip
     (the decoder was trained on samples), then the reference end latent appended, as the original."""
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_mean_std, load_motion_file, load_motions
-    from motionstreamer.train.tae import encode_latents, reference_end_latent
-    from motionstreamer.utils import atomic_save_npy
 
-    tae = load_tae(args.tae, args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e))
+    tae = _tae(args.tae, device)
     try:
         motions = {}
         if args.all_files:
@@ -358,37 +363,9 @@ def cmd_encode_latents(args) -> int:
     return 0
 
 
-def load_tae(path: str, device: str = "auto"):
-    """A TAE from a model bundle dir or a TAE training checkpoint (EMA weights when present)."""
-    from motionstreamer.checkpoints import load_state_dict_strict
-    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-    from motionstreamer.runtime.loading import resolve_device
-    from motionstreamer.train.common import ema_or_model_state
-
-    dev = resolve_device(device)
-    p = Path(path)
-    if p.is_dir():
-        from motionstreamer.checkpoints import load_bundle
-        return load_bundle(p, device=dev).tae.eval()
-    from motionstreamer.cli import CLIError
-
-    ck = _checkpoint(str(p), ("tae",))
-    tae = CausalHumanTAE(TAEConfig.from_dict(ck["config"]["tae"]))
-    state = ema_or_model_state(ck)
-    try:
-        load_state_dict_strict(tae, {k[len("tae."):]: v for k, v in state.items() if k.startswith("tae.")}, str(p))
-    except ValueError as e:
-        raise CLIError(str(e))
-    return tae.to(dev).eval()
-
-
 def cmd_make_bundle(args) -> int:
     """Combine a TAE and a text-to-motion (or streaming) training checkpoint (EMA weights when present)
     with the dataset's Mean/Std into a safetensors model bundle."""
-    from motionstreamer.checkpoints import save_bundle
-    from motionstreamer.cli import CLIError
-    from motionstreamer.data.humanml3d import load_mean_std
-    from motionstreamer.train.tae import reference_end_latent
 
     if not (args.data or args.mean_std):
         raise CLIError("give --data (its mean_std/ folder) or --mean-std")
@@ -396,9 +373,8 @@ def cmd_make_bundle(args) -> int:
         mean, std = load_mean_std(args.mean_std or Path(args.data) / "mean_std")
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
-    tae = load_tae(args.tae, "cpu")
+    tae = _tae(args.tae, "cpu")
     ck = _checkpoint(args.t2m, ("t2m", "stream"))
-    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
     model = TextToMotionModel(T2MConfig.from_dict(ck["config"]["t2m"]))
     _load_t2m_weights(model, ck, args.t2m, ema=not args.no_ema)
     text_encoder = ck["config"].get("text_encoder", "minilm")
@@ -414,12 +390,9 @@ def cmd_train_evaluator(args) -> int:
     """Train the text/motion evaluator (TMR losses, frozen text backbone) on a HumanML3D-272 layout folder;
     writes OUT/checkpoint_last.pt (resumable) and OUT/evaluator/ (safetensors + config.json) every
     --save-every steps."""
-    from motionstreamer.cli import CLIError, check_positive
-    from motionstreamer.models.evaluator import EvaluatorConfig, backbone_hidden_size
-    from motionstreamer.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
     check_positive(args, "epochs", "batch_size", "save_every")
-    cfg = _config(EvaluatorTrainConfig, args, epochs=args.epochs, batch_size=args.batch_size,
+    config = _config(EvaluatorTrainConfig, args, epochs=args.epochs, batch_size=args.batch_size,
                   save_every=args.save_every, progress=not args.quiet, tensorboard=not args.no_tensorboard)
     try:
         if args.model_size == "small":
@@ -430,11 +403,11 @@ def cmd_train_evaluator(args) -> int:
             model_cfg = EvaluatorConfig(text_backbone=args.text_backbone, text_dim=backbone_hidden_size(args.text_backbone))
     except Exception as e:   # a backbone name that cannot be resolved, offline or unknown
         raise CLIError(f"--text-backbone {args.text_backbone!r}: {e}")
-    evaluator, res = _run(lambda: train_evaluator(args.data, cfg, model_cfg, resume=args.resume, split=args.split,
+    evaluator, res = _run(lambda: train_evaluator(args.data, config, model_cfg, resume=args.resume, split=args.split,
                                                    overwrite=args.overwrite))
     last = res.losses[-1][1] if res.losses else float("nan")
     _say(f"trained the evaluator to step {res.step}: last loss {last:.4f}, {res.samples_per_s:.1f} samples/s; "
-         f"model {Path(cfg.out_dir) / 'evaluator'}, checkpoint {res.checkpoint}")
+         f"model {Path(config.out_dir) / 'evaluator'}, checkpoint {res.checkpoint}")
     return 0
 
 
@@ -445,18 +418,12 @@ def cmd_distill_head(args) -> int:
     conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing).
     Writes NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and
     numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs."""
-    from motionstreamer.checkpoints import CheckpointError, add_student_head, load_bundle
-    from motionstreamer.cli import CLIError
-    from motionstreamer.eval.commands import parse_step_list
-    from motionstreamer.train.distill import DistillConfig, distill_head
-    from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import load_latent_examples
 
     out = Path(args.out)
     steps = None if args.student_steps is None else parse_step_list(args.student_steps, "--student-steps")
     # --out is the new bundle here; the run folder is --run-dir
-    cfg = _config(DistillConfig, argparse.Namespace(**{**vars(args), "out": args.run_dir}),
-                  student_steps=steps, cfg=args.cfg)
+    config = _config(DistillConfig, argparse.Namespace(**{**vars(args), "out": args.run_dir}),
+                  student_steps=steps, cfg_scale=args.cfg_scale)
     if (args.stream_data is None) != (args.stream_latents is None):
         raise CLIError("give both --stream-data and --stream-latents, or neither")
     if (out / "config.json").exists() and not args.overwrite:
@@ -475,13 +442,13 @@ def cmd_distill_head(args) -> int:
     if next(iter(emb.values())).shape[-1] != teacher.t2m.config.cond_dim:
         raise CLIError(f"the teacher takes {teacher.t2m.config.cond_dim}-dim text embeddings, the text encoder "
                        f"{teacher.text_encoder_name!r} gives {next(iter(emb.values())).shape[-1]}")
-    torch_seed(cfg.seed)
-    student, res = _run(lambda: distill_head(teacher, examples, emb, cfg, resume=args.resume,
+    torch_seed(config.seed)
+    student, res = _run(lambda: distill_head(teacher, examples, emb, config, resume=args.resume,
                                              teacher_name=str(Path(args.checkpoint).resolve())))
     if _is_main():
         add_student_head(args.checkpoint, student, out)
     _say(f"distilled a {','.join(map(str, student.student_config.steps))}-step head in {res.step} steps "
-         f"({res.samples_per_s:.1f} conditions/s); wrote {out} (run folder {cfg.out_dir}). "
+         f"({res.samples_per_s:.1f} conditions/s); wrote {out} (run folder {config.out_dir}). "
          f"Compare it with its teacher: motionstreamer evaluate head --checkpoint {out} --data {args.data} "
          f"--latents {args.latents}")
     return 0

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,9 +31,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
+from tqdm import tqdm
 
-from motionstreamer.config import ConfigDict
-from motionstreamer.utils import atomic_torch_save, atomic_write_json
+from motionstreamer.checkpoints import load_training_checkpoint
+from motionstreamer.config import ConfigDict, current_keys
+from motionstreamer.utils import (atomic_path, atomic_write_json, atomic_write_text, check_writable,
+                                  remove_stale_temporaries)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
@@ -89,8 +94,10 @@ class TrainConfig(ConfigDict):
             raise ValueError(f"{name}.grad_clip must be > 0 or null, got {self.grad_clip}")
 
     def updated(self, overrides: dict):
+        """A copy with `overrides` (what a user gave: a config file, --set, flags; an old key name is
+        read with a deprecation note)."""
         d = self.to_dict()
-        d.update(overrides)
+        d.update(current_keys(overrides, self.LEGACY_KEYS, type(self).__name__, note=True))
         return type(self).from_dict(d)
 
 
@@ -132,7 +139,6 @@ def load_config_file(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -148,7 +154,7 @@ def load_config_file(path: str | os.PathLike) -> dict:
 def parse_overrides(items: list[str], config_cls) -> dict:
     """`key=value` pairs from the CLI, values parsed as JSON where possible (numbers, lists, null)."""
     out = {}
-    known = {f.name for f in fields(config_cls)}
+    known = {f.name for f in fields(config_cls)} | set(config_cls.LEGACY_KEYS)
     for item in items:
         if "=" not in item:
             raise ValueError(f"bad override {item!r}: use key=value")
@@ -161,6 +167,12 @@ def parse_overrides(items: list[str], config_cls) -> dict:
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+def atomic_torch_save(path: str | os.PathLike, obj) -> None:
+    """torch.save, atomically (a crash leaves the old file or none)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -200,18 +212,18 @@ def cleanup_distributed(barrier: bool = True) -> None:
 
 
 # ----------------------------------------------------------------------------- schedules / EMA
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        if cfg.schedule == "cosine":
-            span = max(1, cfg.steps - cfg.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
-        if cfg.schedule == "multistep":
-            return cfg.gamma ** sum(step >= m for m in cfg.milestones)
-        if cfg.schedule == "constant":
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        if config.schedule == "cosine":
+            span = max(1, config.steps - config.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+        if config.schedule == "multistep":
+            return config.gamma ** sum(step >= m for m in config.milestones)
+        if config.schedule == "constant":
             return 1.0
-        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+        raise ValueError(f"unknown schedule {config.schedule!r}")
     return f
 
 
@@ -270,13 +282,6 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read training checkpoint {path}: {e}") from e
-
-
 # What a training run leaves in its folder (train-evaluator also writes evaluator/): a folder holding
 # any of them is a run, continued with --resume or replaced with --overwrite, never silently mixed.
 RUN_FILES = (CHECKPOINT_NAME, "config.json", "log.jsonl", "tb", "evaluator")
@@ -288,7 +293,6 @@ def check_run_dir(out_dir: str | os.PathLike, resume: str | os.PathLike | None =
     holding a run (RUN_FILES) is refused unless the run is continued (`resume` is its own
     checkpoint_last.pt) or overwrite=True. Returns True when out_dir holds a run that the training
     will replace (overwrite, and not continuing it)."""
-    from motionstreamer.utils import check_writable
 
     out_dir = Path(out_dir)
     check_writable(out_dir, "folder")
@@ -307,9 +311,6 @@ def check_run_dir(out_dir: str | os.PathLike, resume: str | os.PathLike | None =
 
 def clear_run_dir(out_dir: str | os.PathLike) -> None:
     """Remove a previous run's files (RUN_FILES) and checkpoint temporaries from out_dir."""
-    import shutil
-
-    from motionstreamer.utils import remove_stale_temporaries
 
     out_dir = Path(out_dir)
     for n in RUN_FILES:
@@ -338,7 +339,6 @@ def truncate_log(log_file: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        from motionstreamer.utils import atomic_write_text
         atomic_write_text(log_file, "".join(k + "\n" for k in kept))
     return dropped
 
@@ -347,21 +347,20 @@ class _RunLog:
     """What the main rank shows and keeps while training: the progress bar, log.jsonl every log_every
     steps, TensorBoard scalars."""
 
-    def __init__(self, cfg: TrainConfig, name: str, out_dir: Path, step: int, is_main: bool, resumed: bool = False):
-        self.cfg, self.name, self.file, self.on = cfg, name, out_dir / "log.jsonl", is_main
+    def __init__(self, config: TrainConfig, name: str, out_dir: Path, step: int, is_main: bool, resumed: bool = False):
+        self.config, self.name, self.file, self.on = config, name, out_dir / "log.jsonl", is_main
         self.writer = self.bar = None
         if is_main and resumed:
             truncate_log(self.file, step)      # the steps after the checkpoint are made (and logged) again
-        if is_main and cfg.tensorboard:
+        if is_main and config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 # purge_step: a resumed run's events replace those logged after its checkpoint
                 self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=step if resumed else None)
             except Exception:  # tensorboard missing: logs still go to the progress bar and log.jsonl
                 self.writer = None
-        if is_main and cfg.progress:
-            from tqdm import tqdm
-            self.bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
+        if is_main and config.progress:
+            self.bar = tqdm(total=config.steps, initial=step, desc=f"train {name}", dynamic_ncols=True)
 
     def step(self, step: int, loss: float, lr: float, rate: float, logs: dict) -> None:
         if not self.on:
@@ -369,7 +368,7 @@ class _RunLog:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+        if step % self.config.log_every == 0 or step == self.config.steps:
             rec = {"step": step, "loss": loss, "lr": lr, "samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
             with open(self.file, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -386,7 +385,7 @@ class _RunLog:
 
 def _restore(resume, name: str, model, opt, sched, ema, rank: int, data_gen: torch.Generator) -> int:
     """Load a checkpoint_last.pt into the run; returns its step."""
-    ck = load_checkpoint(resume)
+    ck = load_training_checkpoint(resume)
     if ck.get("trainer") != name:
         raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not {name!r}")
     try:
@@ -416,39 +415,39 @@ def _save(out_dir: Path, env: Dist, data_gen: torch.Generator, checkpoint: dict)
     return path
 
 
-def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[[torch.Generator, int], Any],
+def train_loop(model: torch.nn.Module, config: TrainConfig, sample_batch: Callable[[torch.Generator, int], Any],
                loss_fn: Callable[[torch.nn.Module, Any, int], tuple], *, name: str,
                extra_config: dict | None = None, resume: str | os.PathLike | None = None,
                trainable: list | None = None, dist_env: Dist | None = None,
                stop_after: int | None = None, checkpoints: bool = True, overwrite: bool = False) -> TrainResult:
-    """Run `cfg.steps` optimiser steps (or until `stop_after` steps in this call, for tests).
-    checkpoints=False writes no checkpoint (benchmarks). A cfg.out_dir that holds another run is
+    """Run `config.steps` optimiser steps (or until `stop_after` steps in this call, for tests).
+    checkpoints=False writes no checkpoint (benchmarks). A config.out_dir that holds another run is
     refused unless overwrite=True, which replaces it (check_run_dir); resuming drops the log records
     of the steps after the checkpoint, which this run makes again.
 
     The global batch is split across ranks: each rank draws batch_size // world_size samples from its
     own data generator (seeded seed + 1000 * rank), and DDP averages the gradients.
     """
-    replace = check_run_dir(cfg.out_dir, resume, overwrite)
-    env = dist_env or setup_distributed(cfg.device)
+    replace = check_run_dir(config.out_dir, resume, overwrite)
+    env = dist_env or setup_distributed(config.device)
     device = env.device
     # model-side randomness (diffusion t/noise, TAE reparameterisation) differs per rank, as the data does
-    torch.manual_seed(cfg.seed + env.rank)
-    random.seed(cfg.seed + env.rank)
-    np.random.seed(cfg.seed + env.rank)
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * env.rank)
-    if cfg.batch_size % env.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {env.world_size} processes")
-    local_batch = cfg.batch_size // env.world_size
+    torch.manual_seed(config.seed + env.rank)
+    random.seed(config.seed + env.rank)
+    np.random.seed(config.seed + env.rank)
+    data_gen = torch.Generator().manual_seed(config.seed + 1000 * env.rank)
+    if config.batch_size % env.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {env.world_size} processes")
+    local_batch = config.batch_size // env.world_size
 
     model.to(device)
     params = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    opt = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
+    ema = EMA(model, config.ema_decay) if config.ema_decay else None
     step = _restore(resume, name, model, opt, sched, ema, env.rank, data_gen) if resume else 0
-    out_dir = Path(cfg.out_dir)
-    full_config = {"trainer": name, "train": cfg.to_dict(), "world_size": env.world_size, **(extra_config or {})}
+    out_dir = Path(config.out_dir)
+    full_config = {"trainer": name, "train": config.to_dict(), "world_size": env.world_size, **(extra_config or {})}
 
     def save() -> Path:
         ck = {"trainer": name, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
@@ -461,22 +460,21 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     if env.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = config.bf16 and device.type == "cuda"
 
     if env.is_main:
-        from motionstreamer.utils import remove_stale_temporaries
         if replace:
             clear_run_dir(out_dir)
         # temporaries of checkpoints whose writer was killed (gigabytes at the official size)
         remove_stale_temporaries(out_dir / CHECKPOINT_NAME)
-    log = _RunLog(cfg, name, out_dir, step, env.is_main, resumed=bool(resume))
+    log = _RunLog(config, name, out_dir, step, env.is_main, resumed=bool(resume))
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", full_config)
     losses, step_times = [], []
     t_start = t_last = time.perf_counter()
     n_samples, done_here, ckpt, saved_at = 0, 0, None, step
-    while step < cfg.steps and (stop_after is None or done_here < stop_after):
+    while step < config.steps and (stop_after is None or done_here < stop_after):
         ddp_model.train()
         batch = sample_batch(data_gen, local_batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
@@ -490,21 +488,21 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
                 f"--overwrite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
         if ema is not None:
             ema.update(_unwrap(model))
         step += 1
         done_here += 1
-        n_samples += cfg.batch_size
+        n_samples += config.batch_size
         losses.append((step, float(loss.detach())))
         t_now = time.perf_counter()
         step_times.append(t_now - t_last)
         t_last = t_now
         log.step(step, losses[-1][1], sched.get_last_lr()[0], n_samples / max(t_now - t_start, 1e-9), logs)
-        if checkpoints and (step % cfg.save_every == 0 or step == cfg.steps):
+        if checkpoints and (step % config.save_every == 0 or step == config.steps):
             ckpt, saved_at = save(), step
     if checkpoints and step != saved_at:  # stopped early (stop_after): leave a checkpoint to resume from
         ckpt = save()
@@ -513,10 +511,3 @@ def train_loop(model: torch.nn.Module, cfg: TrainConfig, sample_batch: Callable[
     return TrainResult(step, losses, rate, ckpt, step_times)
 
 
-def ema_or_model_state(checkpoint: dict) -> dict:
-    """Weights to export from a training checkpoint: the EMA shadow when present."""
-    if "ema" in checkpoint:
-        state = dict(checkpoint["model"])
-        state.update({k: v.to(state[k].dtype) for k, v in checkpoint["ema"].items()})
-        return state
-    return checkpoint["model"]

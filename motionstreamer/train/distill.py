@@ -1,60 +1,44 @@
 """Distil the guided 50-step diffusion head into a few-step student that needs no guidance rows.
 
-What is reproduced: the runtime's teacher sampler, i.e. the ancestral DDPM loop over the head's
-respaced process (the bundle's skip_terminal_step included) with classifier-free guidance on
-[cond; uncond] rows. For each condition it defines a distribution over the next latent; the student
-(models/few_step.py: the head's architecture, initialised from the teacher's weights) must draw from
-the same distribution in k in {1, 2, 4} ancestral steps from the conditional row alone.
+Target: the runtime's teacher sampler (ancestral DDPM over the head's respaced process, the bundle's
+skip_terminal_step, classifier-free guidance on [cond; uncond] rows). For each condition it defines a
+distribution over the next latent; the student (models/few_step.py: the head's architecture,
+initialised from the teacher's weights) must draw from it in k in {1, 2, 4} ancestral steps from the
+conditional row alone.
 
-Method: energy-score distillation of the sampler's output distribution. For a batch of training
-conditions, the student draws m samples per condition through its whole k-step sampler
-(differentiably; every supported k each step, one network for all), and the loss is the energy
-score against n samples of the teacher's guided sampler for the same condition:
+Method: energy-score distillation of the sampler's output distribution. Per training condition the
+student draws m samples through its whole k-step sampler (differentiably; every supported k each
+step), and the loss is the energy score against n samples of the guided teacher for that condition:
 
     S = E|X - Y| - 1/2 E|X - X'|      (X: student samples, Y: teacher samples, distinct pairs)
 
-The energy score is a strictly proper scoring rule (Gneiting & Raftery 2007; Szekely & Rizzo's
-energy distance is 2 S - E|Y - Y'|): its expectation is minimised exactly when the student's
-distribution equals the teacher's, with no density, no discriminator and no ODE. De Bortoli et al.
-2025 ("Distributional diffusion models with scoring rules") use it to train few-step diffusion
-samplers; the same loss is Shen & Meinshausen's "engression" and a generative MMD (energy kernel).
+a strictly proper scoring rule (Gneiting & Raftery 2007): its expectation is minimal exactly when the
+student's distribution is the teacher's (De Bortoli et al. 2025 train few-step samplers with it).
+Progressive and consistency distillation were not used: they distil the deterministic DDIM ODE, which
+is not the distribution the runtime samples.
 
-Why not the methods the field usually picks: progressive distillation (Salimans & Ho 2022, after
-guidance distillation, Meng et al. 2023) and consistency distillation (Song et al. 2023) both
-distil the deterministic probability-flow ODE (DDIM) of the guided model. That is not the
-distribution the runtime samples: on the embedded model, on held-out conditions, the guided 50-step
-DDIM sampler is at energy distance 0.069 ± 0.029 from the guided 50-step ancestral sampler, against
-a teacher-vs-teacher noise floor of -0.001 ± 0.002 and 0.022 ± 0.009 for the ancestral teacher
-respaced to 10 steps (`motionstreamer evaluate head`, 32 conditions x 256 samples): an ODE student
-would start from a bias larger than a 10-step teacher's. The energy score targets the ancestral
-distribution itself, needs only samples of it, and trains every step count of one network at once.
+Data: the frozen transformer's outputs over the training set's latent sequences with teacher forcing,
+once with the caption and once with the empty caption (the guidance row). A bank of `conditions` of
+them with `teacher_samples` teacher draws each is computed once (shared among DDP processes, cached in
+the run folder for resumes); training draws batches from it on the shared loop (train/common.py).
 
-Limit (measured, scripts/student_guidance_probe.py, docs/student.md): one row per
-stream means the student sees the conditional condition c but never u, the empty caption's condition
-over the same history, and guidance is a function of both. The embedded student is closer to the
-teacher than the 4-step respaced teacher by energy distance yet reproduces ~1/5 of the guidance mean
-shift (its R-precision is the unguided teacher's); the teacher's own network on u + cfg (c - u) with
-the true u reproduces it all, with u predicted from c about 2/3. Closing the gap needs a cheap view of u.
-
-Data: the conditions are the frozen transformer's outputs over the training set's latent sequences
-with teacher forcing ([caption, history A, target B], every position that predicts a latent of B,
-the end latent included), once with the caption and once with the empty caption for the teacher's
-guidance row: the conditions the runtime gives the head. A bank of `conditions` of them, drawn
-uniformly, with `teacher_samples` teacher draws each, is computed once (shared among DDP
-processes, cached in the run folder so a resumed run reuses it); training draws batches from it.
-The run uses the shared loop (train/common.py): AdamW, warm-up + cosine, EMA, bf16 autocast on GPU,
-atomic checkpoints, resume, TensorBoard, torchrun DDP.
+Measured quality, speed and the student's known limit (it sees c, never u, so it misses most of the
+guidance shift): docs/student.md.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from motionstreamer.checkpoints import bundle_config_of, ema_or_model_state, load_training_checkpoint
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig, teacher_top_timestep
-from motionstreamer.train.common import TrainConfig
+from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, draw_sampling_noise
+from motionstreamer.train.common import Dist, TrainConfig, atomic_torch_save, setup_distributed, train_loop
 
 METHOD = "energy-score distillation of the guided ancestral sampler (motionstreamer.train.distill)"
 
@@ -117,20 +101,17 @@ BANK_FORMAT = "motionstreamer-distill-bank"
 
 
 @torch.no_grad()
-def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg: float, steps: int,
-                    skip_terminal: bool, seed: int, chunk: int = 512, rank: int = 0,
+def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scale: float, sampling_steps: int,
+                    skip_terminal_step: bool, seed: int, chunk: int = 512, rank: int = 0,
                     world_size: int = 1) -> torch.Tensor:
     """per_condition draws of the guided teacher sampler (the runtime's: ancestral DDPM, [cond; uncond]
     rows sharing their noise) for each [cond, uncond] pair (N, 2, E) -> (N, per_condition, latent),
     on the CPU in float32. Chunk j of conditions draws from its own generator (seed, j) in process
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
-    import torch.distributed as dist
-
-    from motionstreamer.models.diffusion import SamplerSettings, draw_sampling_noise
 
     p = next(diff_loss.parameters())
-    settings = SamplerSettings(sampling_steps=steps, cfg_scale=cfg, skip_terminal_step=skip_terminal)
-    n_steps = diff_loss.sampling_process(steps, skip_terminal).num_timesteps
+    settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale, skip_terminal_step=skip_terminal_step)
+    n_steps = diff_loss.sampling_process(sampling_steps, skip_terminal_step).num_timesteps
     starts = list(range(0, pairs.shape[0], chunk))
     parts = {}
     for j, s in enumerate(starts):
@@ -173,14 +154,14 @@ class EnergyDistillObjective(torch.nn.Module):
 
     guidance_steps > 0 first runs that many steps of guidance distillation (Meng et al. 2023, stage
     one): the student's eps at a random timestep regresses the teacher's guided eps
-    eps_u + cfg (eps_c - eps_u) on x_t noised from a teacher sample. It makes the student a one-row
+    eps_u + cfg_scale (eps_c - eps_u) on x_t noised from a teacher sample. It makes the student a one-row
     guided eps model, the starting point of the few-step stage."""
 
-    def __init__(self, student, steps: tuple, samples: int, teacher_net=None, cfg: float = 4.0,
+    def __init__(self, student, steps: tuple, samples: int, teacher_net=None, cfg_scale: float = SamplerSettings.cfg_scale,
                  guidance_steps: int = 0, guidance_weight: float = 0.0):
         super().__init__()
         self.student, self.steps, self.samples = student, tuple(steps), samples
-        self.cfg, self.guidance_steps, self.guidance_weight = cfg, guidance_steps, guidance_weight
+        self.cfg_scale, self.guidance_steps, self.guidance_weight = cfg_scale, guidance_steps, guidance_weight
         object.__setattr__(self, "teacher_net", teacher_net)   # frozen, not part of the trained state
         if (guidance_steps or guidance_weight) and teacher_net is None:
             raise ValueError("guidance distillation needs the teacher's network")
@@ -212,8 +193,6 @@ class EnergyDistillObjective(torch.nn.Module):
         return total, logs
 
     def guidance_loss(self, batch: dict):
-        from motionstreamer.models.diffusion import GaussianDiffusion
-
         w = self.student.net.final_layer.linear.weight
         cond, uncond = batch["cond"].to(w.device, w.dtype), batch["uncond"].to(w.device, w.dtype)
         target = batch["target"].to(w.device, w.dtype)
@@ -225,7 +204,7 @@ class EnergyDistillObjective(torch.nn.Module):
         x_t = proc.q_sample(x0, t, torch.randn_like(x0))
         with torch.no_grad():
             e_c, e_u = self.teacher_net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
-            guided = e_u + self.cfg * (e_c - e_u)
+            guided = e_u + self.cfg_scale * (e_c - e_u)
         loss = ((self.student.net(x_t, t, cond) - guided) ** 2).mean()
         return loss, {"guidance_mse": loss.detach()}
 
@@ -246,9 +225,9 @@ class DistillConfig(TrainConfig):
     log_every: int = 50
     student_steps: tuple = (1, 2, 4)   # step counts the student is trained for (and supports)
     default_steps: int | None = None   # the runtime's default among them (None: the largest)
-    cfg: float = 4.0                   # the teacher's guidance scale to reproduce
+    cfg_scale: float = SamplerSettings.cfg_scale   # the teacher's guidance scale to reproduce
     teacher_steps: int = 50            # the teacher's sampling steps
-    skip_terminal: bool | None = None  # None: the teacher bundle's sampler setting
+    skip_terminal_step: bool | None = None   # None: the teacher bundle's sampler setting
     conditions: int = 16384            # teacher-forced training conditions in the bank
     teacher_samples: int = 8           # teacher draws per condition in the bank
     student_samples: int = 8           # student draws per condition per step
@@ -256,6 +235,8 @@ class DistillConfig(TrainConfig):
     bank_chunk: int = 16               # conditions per teacher sampling call (its AdaLN tables grow with it)
     guidance_steps: int = 0            # first steps: guidance distillation (see EnergyDistillObjective)
     guidance_weight: float = 0.0       # then: weight of the guidance-distillation loss beside the energy score
+
+    LEGACY_KEYS = {"cfg": "cfg_scale", "skip_terminal": "skip_terminal_step"}   # before the one sampler vocabulary
 
     def check(self) -> None:
         super().check()
@@ -267,8 +248,8 @@ class DistillConfig(TrainConfig):
         if self.default_steps is not None and self.default_steps not in self.student_steps:
             raise ValueError(f"{name}.default_steps {self.default_steps} is not one of student_steps "
                              f"{list(self.student_steps)}")
-        if not math.isfinite(self.cfg):
-            raise ValueError(f"{name}.cfg must be finite, got {self.cfg}")
+        if not math.isfinite(self.cfg_scale):
+            raise ValueError(f"{name}.cfg_scale must be finite, got {self.cfg_scale}")
         if self.guidance_steps < 0 or self.guidance_steps >= self.steps:
             raise ValueError(f"{name}.guidance_steps must be in [0, steps), got {self.guidance_steps}")
         for k in ("teacher_steps", "conditions", "bank_chunk"):
@@ -295,74 +276,71 @@ class TeacherBank:
         return {"cond": self.pairs[idx, 0], "uncond": self.pairs[idx, 1], "target": self.samples[idx]}
 
     def save(self, path) -> None:
-        from motionstreamer.utils import atomic_torch_save
         atomic_torch_save(path, {"format": BANK_FORMAT, "pairs": self.pairs, "samples": self.samples,
                                  "meta": self.meta})
 
     @classmethod
     def load(cls, path, meta: dict) -> "TeacherBank | None":
         """The bank saved at path when it was built with the same `meta`, else None."""
-        from motionstreamer.train.common import load_checkpoint
-        d = load_checkpoint(path)
+        d = load_training_checkpoint(path)
         if not isinstance(d, dict) or d.get("format") != BANK_FORMAT or d.get("meta") != meta:
             return None
         return cls(d["pairs"], d["samples"], meta)
 
 
-def bank_meta(cfg: DistillConfig, skip_terminal: bool, teacher: str) -> dict:
-    return {"teacher": teacher, "cfg": cfg.cfg, "teacher_steps": cfg.teacher_steps, "skip_terminal": skip_terminal,
-            "conditions": cfg.conditions, "teacher_samples": cfg.teacher_samples, "seed": cfg.seed,
-            "all_captions": cfg.all_captions}
+def bank_meta(config: DistillConfig, skip_terminal_step: bool, teacher: str) -> dict:
+    return {"teacher": teacher, "cfg_scale": config.cfg_scale, "teacher_steps": config.teacher_steps,
+            "skip_terminal_step": skip_terminal_step, "conditions": config.conditions,
+            "teacher_samples": config.teacher_samples, "seed": config.seed, "all_captions": config.all_captions}
 
 
-def student_config(cfg: DistillConfig, bundle, skip_terminal: bool) -> StudentHeadConfig:
+def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> StudentHeadConfig:
     head = bundle.t2m.config.head
-    return StudentHeadConfig(steps=tuple(cfg.student_steps), default_steps=cfg.default_steps or max(cfg.student_steps),
-                             top_timestep=teacher_top_timestep(head, skip_terminal), teacher_cfg=cfg.cfg,
-                             teacher_steps=cfg.teacher_steps, teacher_skip_terminal=skip_terminal, method=METHOD)
+    return StudentHeadConfig(steps=tuple(config.student_steps),
+                             default_steps=config.default_steps or max(config.student_steps),
+                             top_timestep=teacher_top_timestep(head, skip_terminal_step),
+                             teacher_cfg_scale=config.cfg_scale, teacher_steps=config.teacher_steps,
+                             teacher_skip_terminal_step=skip_terminal_step, distillation=METHOD)
 
 
-def teacher_skip_terminal(cfg: DistillConfig, bundle) -> bool:
-    if cfg.skip_terminal is not None:
-        return cfg.skip_terminal
-    return bool((bundle.config or {}).get("sampler", {}).get("skip_terminal_step", False))
+def teacher_skip_terminal_step(config: DistillConfig, bundle) -> bool:
+    if config.skip_terminal_step is not None:
+        return config.skip_terminal_step
+    return bool(bundle_config_of(bundle).sampler.skip_terminal_step)
 
 
-def distill_head(bundle, examples, text_embeddings: dict, cfg: DistillConfig, resume=None, stop_after=None,
+def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig, resume=None, stop_after=None,
                  teacher_name: str = "", progress: bool = True):
     """Train a student head for a loaded teacher bundle. Returns (student, TrainResult); in the main
     process the student holds the EMA weights when EMA is on (what a bundle should get). The bank
-    (conditions + teacher samples) is cached in cfg.out_dir and reused by a resumed run."""
-    from pathlib import Path
+    (conditions + teacher samples) is cached in config.out_dir and reused by a resumed run."""
 
-    from motionstreamer.train.common import Dist, ema_or_model_state, load_checkpoint, setup_distributed, train_loop
-
-    env: Dist = setup_distributed(cfg.device)
+    env: Dist = setup_distributed(config.device)
     t2m = bundle.t2m.to(env.device, torch.float32).eval()
     for q in t2m.parameters():
         q.requires_grad_(False)
-    skip = teacher_skip_terminal(cfg, bundle)
-    scfg = student_config(cfg, bundle, skip)
-    meta = bank_meta(cfg, skip, teacher_name)
-    bank_path = Path(cfg.out_dir) / "teacher_bank.pt"
+    skip = teacher_skip_terminal_step(config, bundle)
+    scfg = student_config(config, bundle, skip)
+    meta = bank_meta(config, skip, teacher_name)
+    bank_path = Path(config.out_dir) / "teacher_bank.pt"
     bank = TeacherBank.load(bank_path, meta) if bank_path.is_file() else None
     if bank is None:
-        pairs = teacher_forced_conditions(t2m, examples, text_embeddings, cfg.conditions, cfg.seed,
-                                          all_captions=cfg.all_captions)
-        samples = teacher_samples(t2m.diff_loss, pairs, cfg.teacher_samples, cfg.cfg, cfg.teacher_steps, skip,
-                                  cfg.seed, cfg.bank_chunk, env.rank, env.world_size)
+        pairs = teacher_forced_conditions(t2m, examples, text_embeddings, config.conditions, config.seed,
+                                          all_captions=config.all_captions)
+        samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps, skip,
+                                  config.seed, config.bank_chunk, env.rank, env.world_size)
         bank = TeacherBank(pairs, samples, meta)
         if env.is_main:
             bank.save(bank_path)
     student = StudentHead(t2m.config.head, scfg)
     student.net.load_state_dict(t2m.diff_loss.net.state_dict())     # initialised from the teacher
-    objective = EnergyDistillObjective(student, scfg.steps, cfg.student_samples, t2m.diff_loss.net, cfg.cfg,
-                                       cfg.guidance_steps, cfg.guidance_weight)
-    res = train_loop(objective, cfg, bank.sample_batch, lambda m, batch, step: m(batch, step), name="distill",
+    objective = EnergyDistillObjective(student, scfg.steps, config.student_samples, t2m.diff_loss.net, config.cfg_scale,
+                                       config.guidance_steps, config.guidance_weight)
+    res = train_loop(objective, config, bank.sample_batch, lambda m, batch, step: m(batch, step), name="distill",
                      resume=resume, stop_after=stop_after, dist_env=env,
                      extra_config={"student_head": scfg.to_dict(), "head": t2m.config.head.to_dict(),
                                    "teacher": teacher_name, "bank": {k: v for k, v in meta.items()}})
-    if cfg.ema_decay and res.checkpoint is not None and env.is_main:   # the main process writes the checkpoint
-        state = ema_or_model_state(load_checkpoint(res.checkpoint))
+    if config.ema_decay and res.checkpoint is not None and env.is_main:   # the main process writes the checkpoint
+        state = ema_or_model_state(load_training_checkpoint(res.checkpoint))
         student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
     return student.cpu().eval(), res

@@ -26,10 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from motionstreamer.checkpoints import load_training_checkpoint
+from motionstreamer.data.humanml3d import HumanML3D272Dataset
 from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
-from motionstreamer.train.common import CHECKPOINT_NAME, TrainConfig, TrainResult, load_checkpoint, train_loop
+from motionstreamer.models.text import TextEncoder
+from motionstreamer.train.common import CHECKPOINT_NAME, TrainConfig, TrainResult, check_run_dir, train_loop
 
 TRAINER_NAME = "evaluator"
 
@@ -85,7 +90,7 @@ def infonce_loss(f_motion: torch.Tensor, f_text: torch.Tensor, text_sim: torch.T
     return 0.5 * (F.cross_entropy(logits / temperature, labels) + F.cross_entropy(logits.T / temperature, labels))
 
 
-def tmr_losses(out: dict, reference: torch.Tensor, text_sim: torch.Tensor | None, cfg: EvaluatorTrainConfig):
+def tmr_losses(out: dict, reference: torch.Tensor, text_sim: torch.Tensor | None, config: EvaluatorTrainConfig):
     """Total weighted loss and the unweighted terms (for logs). `out` is TMRObjective's forward."""
     Normal = torch.distributions.Normal
     d_text = Normal(out["mu_text"], out["std_text"], validate_args=False)
@@ -103,9 +108,9 @@ def tmr_losses(out: dict, reference: torch.Tensor, text_sim: torch.Tensor | None
         "kl_text": kl(d_text, d_ref),
         "kl_motion": kl(d_motion, d_ref),
         "latent": F.smooth_l1_loss(out["lat_text"], out["lat_motion"]),
-        "infonce": infonce_loss(out["mu_motion"], out["mu_text"], text_sim, cfg.infonce_temp, cfg.filter_threshold),
+        "infonce": infonce_loss(out["mu_motion"], out["mu_text"], text_sim, config.infonce_temp, config.filter_threshold),
     }
-    weights = {"recons": cfg.lambda_rec, "kl": cfg.lambda_kl, "latent": cfg.lambda_latent, "infonce": cfg.lambda_infonce}
+    weights = {"recons": config.lambda_rec, "kl": config.lambda_kl, "latent": config.lambda_latent, "infonce": config.lambda_infonce}
     total = sum(weights[k.split("_")[0]] * v for k, v in terms.items())
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -139,7 +144,6 @@ class CaptionFeatureCache:
         self.features: list[torch.Tensor | None] = [None] * len(self.index)
         it = range(0, len(order), batch)
         if progress:
-            from tqdm import tqdm
             it = tqdm(it, desc="text backbone features", dynamic_ncols=True)
         for s in it:
             chunk = order[s:s + batch]
@@ -160,7 +164,6 @@ class CaptionFeatureCache:
 
 def caption_similarities(captions: list[str], encoder_name: str) -> tuple[dict, torch.Tensor]:
     """{caption: row} and unit-norm sentence embeddings (rows) for the near-duplicate filter."""
-    from motionstreamer.models.text import TextEncoder
     enc = TextEncoder.load(encoder_name, device="cpu")
     uniq = list(dict.fromkeys(captions))
     emb = torch.cat([enc.encode(uniq[i:i + 256]) for i in range(0, len(uniq), 256)]).float()
@@ -189,12 +192,11 @@ class EpochSampler:
 
 
 def _rank() -> int:
-    import torch.distributed as dist
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def make_batch_fn(items: list[dict], cache: CaptionFeatureCache, sims, sampler: EpochSampler,
-                  cfg: EvaluatorTrainConfig, device_of):
+                  config: EvaluatorTrainConfig, device_of):
     """sample_batch(generator, local_batch) for train_loop: motions padded with zeros, the original's
     length jitter drawn from the loop's data generator."""
     sim_index, sim_emb = sims if sims is not None else (None, None)
@@ -207,7 +209,7 @@ def make_batch_fn(items: list[dict], cache: CaptionFeatureCache, sims, sampler: 
         motions = []
         for it, coin, off in zip(picked, coins, offs):
             m = it["motion"]
-            if cfg.length_jitter and coin == 2 and len(m) - 4 >= 4:     # 'double': one unit shorter
+            if config.length_jitter and coin == 2 and len(m) - 4 >= 4:     # 'double': one unit shorter
                 m = m[off:off + len(m) - 4]
             motions.append(m)
         lengths = torch.tensor([len(m) for m in motions])
@@ -228,49 +230,47 @@ def make_batch_fn(items: list[dict], cache: CaptionFeatureCache, sims, sampler: 
 
 
 # ----------------------------------------------------------------------------- training
-def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_config: EvaluatorConfig | None = None,
+def train_evaluator(data_dir: str | Path, config: EvaluatorTrainConfig, model_config: EvaluatorConfig | None = None,
                     resume: str | Path | None = None, split: str = "train", stop_after: int | None = None,
                     dataset=None, overwrite: bool = False) -> tuple[TMREvaluator, TrainResult]:
     """Train; every `save_every` steps and at the end: out_dir/checkpoint_last.pt (full training state,
     for --resume) and out_dir/evaluator/{evaluator.safetensors, config.json} (the model). An out_dir
     holding another run is refused unless overwrite=True (train.common.check_run_dir)."""
-    from motionstreamer.data.humanml3d import HumanML3D272Dataset
-    from motionstreamer.train.common import check_run_dir
 
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(config.out_dir)
     check_run_dir(out_dir, resume, overwrite)     # before the dataset and caption features are built
     start_step = 0
     if resume:
-        ck = load_checkpoint(resume)
+        ck = load_training_checkpoint(resume)
         if ck.get("trainer") != TRAINER_NAME:
             raise ValueError(f"{resume} is a {ck.get('trainer')!r} checkpoint, not an evaluator one")
         model_config = EvaluatorConfig.from_dict(ck["config"]["evaluator"])
         start_step = int(ck["step"])
     model_config = model_config or EvaluatorConfig.official()
     if dataset is None:
-        dataset = HumanML3D272Dataset(data_dir, split, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+        dataset = HumanML3D272Dataset(data_dir, split, min_frames=config.min_frames, max_frames=config.max_frames,
                                       captions="all", too_long="crop")
     items = [dataset[i] for i in range(len(dataset))]
     if len(items) < 2:
         raise ValueError(f"{data_dir}: split {split!r} has {len(items)} usable item(s); need at least 2")
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-    cfg = cfg.updated({"steps": cfg.epochs * steps_per_epoch})
+    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    config = config.updated({"steps": config.epochs * steps_per_epoch})
 
-    torch.manual_seed(cfg.seed)   # the initial weights (and a random-init backbone) follow the seed
+    torch.manual_seed(config.seed)   # the initial weights (and a random-init backbone) follow the seed
     evaluator = TMREvaluator(model_config)
     if resume:   # before the feature cache: a random-init backbone's weights live in the checkpoint
         prefix = "evaluator."
         evaluator.load_state_dict({k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)})
     captions = [it["caption"] for it in items]
-    cache = CaptionFeatureCache(evaluator, captions, dtype=getattr(torch, cfg.cache_dtype), progress=cfg.progress)
-    sims = None if cfg.filter_model.lower() == "none" else caption_similarities(captions, cfg.filter_model)
+    cache = CaptionFeatureCache(evaluator, captions, dtype=getattr(torch, config.cache_dtype), progress=config.progress)
+    sims = None if config.filter_model.lower() == "none" else caption_similarities(captions, config.filter_model)
     objective = TMRObjective(evaluator)
-    sampler = EpochSampler(len(items), cfg.batch_size, cfg.seed, start_step)
-    sample_batch = make_batch_fn(items, cache, sims, sampler, cfg, lambda: next(evaluator.parameters()).device)
+    sampler = EpochSampler(len(items), config.batch_size, config.seed, start_step)
+    sample_batch = make_batch_fn(items, cache, sims, sampler, config, lambda: next(evaluator.parameters()).device)
 
     def loss_fn(model, batch, step):
         out = model(batch["motion"], batch["lengths"], batch["text_hidden"], batch["text_mask"])
-        return tmr_losses(out, batch["motion"], batch["text_sim"], cfg)
+        return tmr_losses(out, batch["motion"], batch["text_sim"], config)
 
     extra = {"evaluator": model_config.to_dict(), "data": str(data_dir), "split": split, "items": len(items),
              "steps_per_epoch": steps_per_epoch}
@@ -278,11 +278,11 @@ def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_confi
     ckpt = resume
     # Chunks of save_every steps, each resuming from the checkpoint the previous one left, so the
     # safetensors export follows every checkpoint.
-    while step < cfg.steps and (stop_after is None or step - start_step < stop_after):
-        todo = cfg.save_every - step % cfg.save_every
+    while step < config.steps and (stop_after is None or step - start_step < stop_after):
+        todo = config.save_every - step % config.save_every
         if stop_after is not None:
             todo = min(todo, stop_after - (step - start_step))
-        result = train_loop(objective, cfg, sample_batch, loss_fn, name=TRAINER_NAME, extra_config=extra,
+        result = train_loop(objective, config, sample_batch, loss_fn, name=TRAINER_NAME, extra_config=extra,
                             resume=ckpt, stop_after=todo, overwrite=overwrite and result is None)
         losses += result.losses
         step = result.step
@@ -290,7 +290,7 @@ def train_evaluator(data_dir: str | Path, cfg: EvaluatorTrainConfig, model_confi
         if _rank() == 0:
             evaluator.save(out_dir / "evaluator", extra={"trained_steps": step, "epochs": step / steps_per_epoch})
     if result is None:
-        raise ValueError(f"nothing to train: checkpoint step {start_step} >= {cfg.steps} steps "
-                         f"({cfg.epochs} epochs of {steps_per_epoch})")
+        raise ValueError(f"nothing to train: checkpoint step {start_step} >= {config.steps} steps "
+                         f"({config.epochs} epochs of {steps_per_epoch})")
     evaluator.eval()
     return evaluator, TrainResult(step, losses, result.samples_per_s, result.checkpoint)

@@ -17,8 +17,21 @@ import numpy as np
 import torch
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
-from motionstreamer.models.goal import (COS, GOAL_DIM, HAS_HEADING, HAS_SECONDS, PRESENT, SECONDS, SIN, X, Z,
-                                        root_frame_offset, wrap_angle, yaw_of_heading)
+from motionstreamer.models.goal import (
+    COS,
+    GOAL_DIM,
+    HAS_HEADING,
+    HAS_SECONDS,
+    PRESENT,
+    SECONDS,
+    SIN,
+    X,
+    Z,
+    root_frame_offset,
+    wrap_angle,
+    yaw_of_heading,
+)
+from motionstreamer.representation.features import headings_from_features, root_translation
 
 HEADING_PROB = 0.5      # a goal gives its facing
 SECONDS_PROB = 0.5      # a goal gives its time
@@ -46,8 +59,6 @@ def goal_window(n: int, gen: torch.Generator) -> tuple[int, int] | None:
 def frame_root_path(features) -> np.ndarray:
     """De-normalised features (T, 272) -> (T, 3): the root's floor position (x, z) and facing yaw per
     frame, in the clip's own world (spec §2.1-2.2: the recovered headings and translation)."""
-    from motionstreamer.representation.features import headings_from_features, root_translation
-
     f = torch.as_tensor(np.asarray(features, np.float64))
     if f.ndim != 2 or f.shape[0] == 0:
         raise ValueError(f"features must be (frames, 272), got {tuple(f.shape)}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from motionstreamer import FRAMES_PER_LATENT
 from motionstreamer.train.t2m import LatentExample, motion_root_path
 from motionstreamer.utils import load_npy
 
@@ -37,7 +38,7 @@ def parse_stream_line(line: str, where: str) -> tuple[str, str, int]:
 
 
 def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split: str = "train",
-                         max_latents: int = 78, unit_length: int = 4, text_dir: str | None = None,
+                         max_latents: int = 78, unit_length: int = FRAMES_PER_LATENT, text_dir: str | None = None,
                          paths: bool = False) -> list[LatentExample]:
     """paths=True also reads each pair's motion (stream_root/<split>_stream/<name>.npy) for its root path
     at the latent boundaries (goals, train/goals.py)."""

@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motionstreamer import FPS, FRAMES_PER_LATENT
+from motionstreamer.data.humanml3d import read_split, read_text_file
 from motionstreamer.models.goal import GOAL_DIM
-from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer.train.common import TrainConfig, atomic_torch_save, train_loop
 from motionstreamer.train.goals import goal_window, latent_root_path, sample_goals
 from motionstreamer.utils import load_npy
 
@@ -91,10 +93,10 @@ class LatentExample:
 class LatentTextData:
     """In-memory examples + cached text embeddings; sample_batch draws everything from a generator."""
 
-    def __init__(self, examples: list[LatentExample], text_embeddings: dict[str, torch.Tensor], cfg: T2MTrainConfig):
+    def __init__(self, examples: list[LatentExample], text_embeddings: dict[str, torch.Tensor], config: T2MTrainConfig):
         if not examples:
             raise ValueError("no training examples")
-        self.examples, self.emb, self.cfg = examples, text_embeddings, cfg
+        self.examples, self.emb, self.config = examples, text_embeddings, config
         self.latent_dim = examples[0].latents_b.shape[-1]
         if "" not in self.emb:
             raise ValueError("text embeddings must include the empty caption '' (CFG)")
@@ -105,10 +107,11 @@ class LatentTextData:
                     raise ValueError(f"example {i} ({ex.caption!r}): {name} must be (L, {self.latent_dim}), got {a.shape}")
             if len(ex.latents_b) == 0:
                 raise ValueError(f"example {i} ({ex.caption!r}): no target latents")
-            if ex.path is not None and ex.path.shape != (len(ex.latents_a) + len(ex.latents_b) + 1, 3):
-                raise ValueError(f"example {i} ({ex.caption!r}): path must be ({len(ex.latents_a) + len(ex.latents_b) + 1},"
-                                 f" 3) (one root state per latent boundary), got {ex.path.shape}")
-            if cfg.goal_prob > 0 and ex.path is None:
+            n_path = len(ex.latents_a) + len(ex.latents_b) + 1
+            if ex.path is not None and ex.path.shape != (n_path, 3):
+                raise ValueError(f"example {i} ({ex.caption!r}): path must be ({n_path}, 3) (one root state per latent "
+                                 f"boundary), got {ex.path.shape}")
+            if config.goal_prob > 0 and ex.path is None:
                 raise ValueError(f"example {i} ({ex.caption!r}): goal_prob > 0 needs root paths (load the examples "
                                  f"with paths=True)")
             for c in ex.all_captions():
@@ -119,25 +122,25 @@ class LatentTextData:
                     raise ValueError(f"text embedding of {c!r} has shape {tuple(e.shape)}, expected ({self.text_dim},)")
 
     def sample_batch(self, gen: torch.Generator, batch_size: int):
-        cfg = self.cfg
-        L = cfg.max_latents - 1                      # inputs after the text token
+        config = self.config
+        L = config.max_latents - 1                      # inputs after the text token
         idx = torch.randint(len(self.examples), (batch_size,), generator=gen).tolist()
         latents = torch.zeros(batch_size, L, self.latent_dim)
         a_len = torch.zeros(batch_size, dtype=torch.long)
         total = torch.zeros(batch_size, dtype=torch.long)
-        goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if cfg.goal_prob > 0 else None
+        goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if config.goal_prob > 0 else None
         texts = []
         for row, i in enumerate(idx):
             ex = self.examples[i]
             b = ex.latents_b
             lo, hi = 0, len(b)                       # the part of B kept
             r = torch.rand(2, generator=gen).tolist()
-            goal_row = goals is not None and torch.rand(1, generator=gen).item() < cfg.goal_prob
+            goal_row = goals is not None and torch.rand(1, generator=gen).item() < config.goal_prob
             window = goal_window(len(b), gen) if goal_row else None
             if window is not None:                   # a goal row may start mid-clip, without history
                 lo, hi = window
                 b = b[lo:hi]
-            elif ex.edge_drop and r[0] < cfg.drop_edge_prob and len(b) > 1:
+            elif ex.edge_drop and r[0] < config.drop_edge_prob and len(b) > 1:
                 lo, hi = (0, hi - 1) if r[1] < 0.5 else (1, hi)
                 b = b[lo:hi]
             keep = max(0, L - len(b)) if window is None else 0   # history that still fits before B (newest kept)
@@ -151,10 +154,10 @@ class LatentTextData:
                 first = len(ex.latents_a) - len(a) if len(a) else len(ex.latents_a) + lo   # seq[0] in [A, B]
                 ends = ex.ends and hi == len(ex.latents_b) and len(seq) == len(a) + len(b)
                 sample_goals(ex.path[first:first + len(seq) + 1], int(a_len[row]), len(seq) - int(ends),
-                             cfg.goal_horizon_s, gen, goals[row])
+                             config.goal_horizon_s, gen, goals[row])
             caps = ex.all_captions()
             texts.append(caps[int(torch.randint(len(caps), (1,), generator=gen))] if len(caps) > 1 else caps[0])
-        drop = torch.rand(batch_size, generator=gen) < cfg.text_dropout
+        drop = torch.rand(batch_size, generator=gen) < config.text_dropout
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         text = torch.stack([self.emb[t] for t in texts])
         # trim padding beyond the longest row (causal attention: it never affects valid positions);
@@ -243,7 +246,7 @@ class TwoForwardObjective(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- loading latents
 def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: str = "train",
-                         max_latents: int = 78, fps: int = 30, unit_length: int = 4,
+                         max_latents: int = 78, fps: int = FPS, unit_length: int = FRAMES_PER_LATENT,
                          paths: bool = False) -> list[LatentExample]:
     """Read per-clip latents written by `encode-latents` and the captions of a HumanML3D-272 layout.
 
@@ -254,7 +257,6 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
     paths=True also reads each clip's motion (data_root/motion_data) for its root path at the latent
     boundaries (train/goals.py: what goals are sampled from).
     """
-    from motionstreamer.data.humanml3d import read_split, read_text_file
 
     latent_dir, data_root = Path(latent_dir), Path(data_root)
     examples = []
@@ -288,7 +290,7 @@ def load_latent_examples(latent_dir: str | Path, data_root: str | Path, split: s
     return examples
 
 
-def motion_root_path(motion_file: Path, n_latents: int, unit_length: int = 4) -> np.ndarray:
+def motion_root_path(motion_file: Path, n_latents: int, unit_length: int = FRAMES_PER_LATENT) -> np.ndarray:
     """The root path at the latent boundaries (train/goals.py) of a latent file of n_latents rows, from
     the de-normalised motion it was encoded from."""
     try:
@@ -325,7 +327,6 @@ TEXT_CACHE_FORMAT = "motionstreamer-text-embeddings"
 
 def save_text_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor], encoder: str) -> None:
     """One file of caption embeddings (loads with torch.load(weights_only=True)), written atomically."""
-    from motionstreamer.utils import atomic_torch_save
 
     caps = sorted(embeddings)
     atomic_torch_save(path, {"format": TEXT_CACHE_FORMAT, "encoder": encoder, "captions": caps,
@@ -346,10 +347,10 @@ def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str
     return dict(zip(caps, emb)), str(d["encoder"])
 
 
-def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, cfg: T2MTrainConfig,
+def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, config: T2MTrainConfig,
               name: str = "t2m", resume=None, stop_after=None, extra_config=None, overwrite: bool = False):
-    data = LatentTextData(examples, text_embeddings, cfg)
-    objective = TwoForwardObjective(model, cfg.steps, cfg.diffmlps_batch_mul, cfg.two_forward)
-    return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
+    data = LatentTextData(examples, text_embeddings, config)
+    objective = TwoForwardObjective(model, config.steps, config.diffmlps_batch_mul, config.two_forward)
+    return train_loop(objective, config, data.sample_batch, lambda m, batch, step: m(batch, step), name=name,
                       resume=resume, stop_after=stop_after, overwrite=overwrite,
                       extra_config={"t2m": model.config.to_dict(), **(extra_config or {})})

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from motionstreamer.train.common import TrainConfig, train_loop
+from motionstreamer.utils import atomic_save_npy
 
 
 @dataclass
@@ -93,11 +95,11 @@ class TAEObjective(torch.nn.Module):
         return tae_loss(recon, x, mu, logvar, self.root_weight)
 
 
-def train_tae(tae, motions: list[np.ndarray], cfg: TAETrainConfig, resume=None, stop_after=None, extra_config=None,
+def train_tae(tae, motions: list[np.ndarray], config: TAETrainConfig, resume=None, stop_after=None, extra_config=None,
               overwrite: bool = False):
-    data = WindowData(motions, cfg.window)
-    objective = TAEObjective(tae, cfg.root_weight)
-    return train_loop(objective, cfg, data.sample_batch, lambda m, batch, step: m(batch), name="tae",
+    data = WindowData(motions, config.window)
+    objective = TAEObjective(tae, config.root_weight)
+    return train_loop(objective, config, data.sample_batch, lambda m, batch, step: m(batch), name="tae",
                       resume=resume, stop_after=stop_after, overwrite=overwrite,
                       extra_config={"tae": tae.config.to_dict(), **(extra_config or {})})
 
@@ -115,9 +117,6 @@ def encode_latents(tae, motions: dict[str, np.ndarray], out_dir: str | Path, end
     the text-to-motion model learns when an action ends (the runtime stops on reaching it).
     Frames beyond the last multiple of 4 are dropped; clips shorter than 4 frames are skipped.
     """
-    from tqdm import tqdm
-
-    from motionstreamer.utils import atomic_save_npy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,20 @@ gltf.scene.traverse((o) => { if (o.isSkinnedMesh) mesh.push(o); });
 
 const positions = [];
 const skinned = {};
+const skinnedMinY = [];
 const v = new THREE.Vector3();
 for (let i = 0; i < frames; i++) {
   mixer.setTime(i / fps);
   gltf.scene.updateMatrixWorld(true);
   positions.push(nodes.map((n) => n.getWorldPosition(v).toArray()));
+  let lowest = Infinity;
+  for (const m of mesh) {
+    for (let k = 0; k < m.geometry.attributes.position.count; k++) {
+      m.getVertexPosition(k, v);
+      lowest = Math.min(lowest, v.applyMatrix4(m.matrixWorld).y);
+    }
+  }
+  skinnedMinY.push(lowest);
   if (skinFrames.includes(String(i))) {
     skinned[i] = mesh.map((m) => {
       const out = [];
@@ -42,5 +51,5 @@ for (let i = 0; i < frames; i++) {
 }
 process.stdout.write(JSON.stringify({
   names: nodes.map((n) => gltf.parser.json.nodes[nodes.indexOf(n)].name),
-  duration: clip.duration, tracks: clip.tracks.length, positions, skinned,
+  duration: clip.duration, tracks: clip.tracks.length, positions, skinned, skinned_min_y: skinnedMinY,
 }));

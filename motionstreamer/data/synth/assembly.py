@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from motionstreamer import FPS
-from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
-from .body import (Controls, FEET, L_ANKLE, L_HIP, L_KNEE, PELVIS, R_ANKLE, R_HIP, R_KNEE, TOES, mask_runs,
-                   euler_xyz, rot_y, style_noise)
+from .body import (FEET, L_ANKLE, L_HIP, L_KNEE, PELVIS, R_ANKLE, R_HIP, R_KNEE, TOES, Controls, euler_xyz, mask_runs,
+                   rot_y, style_noise)
 from .captions import SUBJECTS, captions_for, verb_phrases
+from motionstreamer import FPS
+from motionstreamer.representation.features import canonicalize_facing, joints_to_272
+from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 
 
 GRAVITY = 9.81
@@ -129,12 +130,10 @@ class Clip:
 
     def canonical(self) -> tuple[np.ndarray, np.ndarray]:
         """Joints/rotations turned so frame 0 faces +Z (what joints_to_272 expects)."""
-        from motionstreamer.representation.features import canonicalize_facing
         return canonicalize_facing(self.joints, self.rotations)
 
     def features(self, start: int = 0, end: int | None = None) -> np.ndarray:
         """(T, 272) float32 features of frames [start, end), canonicalised on their own."""
-        from motionstreamer.representation.features import canonicalize_facing, joints_to_272
         j, r = canonicalize_facing(self.joints[start:end], self.rotations[start:end])
         return joints_to_272(j, r).astype(np.float32)
 

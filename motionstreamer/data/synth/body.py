@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from motionstreamer.representation import skeleton
+
 
 # joint indices (SMPL order)
 (PELVIS, L_HIP, R_HIP, SPINE1, L_KNEE, R_KNEE, SPINE2, L_ANKLE, R_ANKLE, SPINE3, L_TOE, R_TOE, NECK,
  L_COLLAR, R_COLLAR, HEAD, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST) = range(22)
-HIPS, KNEES, ANKLES, TOES = (L_HIP, R_HIP), (L_KNEE, R_KNEE), (L_ANKLE, R_ANKLE), (L_TOE, R_TOE)
-FEET = (L_ANKLE, R_ANKLE, L_TOE, R_TOE)
+HIPS, KNEES, ANKLES, TOES = skeleton.HIPS, skeleton.KNEES, skeleton.ANKLES, skeleton.FEET   # (left, right)
+FEET = skeleton.GROUND_JOINTS      # ankles and toes
 X, Y, Z = 0, 1, 2
 # Sign conventions (parent frame, Y up, +Z forward, +X the body's left):
 #   hip/shoulder X < 0 swings the limb forward; knee X > 0 flexes; ankle X > 0 points the toes down;

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from motionstreamer import FPS
 from .actions import ACTIONS, FINAL_ONLY
 from .assembly import Clip, generate_clip, generate_composite, generate_sequence
 from .captions import SUBJECTS, tokens_for, verb_phrases
+from motionstreamer import FPS
+from motionstreamer.representation.normalize import compute_mean_std
+from motionstreamer.utils import atomic_dir, atomic_save_npy, atomic_write_json, atomic_write_text
 
 
 VERSION = 2
@@ -21,7 +24,6 @@ def _text_line(caption: str, start: float = 0.0, end: float = 0.0) -> str:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    from motionstreamer.utils import atomic_write_text
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -59,7 +61,6 @@ def make_dataset(out: str | Path, clips: int, seed: int = 0, stream_pairs: int =
     the segments themselves in the BABEL-272 layout: out/babel_272/{motion_data,texts,split/{train,val}.txt,
     t2m_babel_mean_std} (Mean/Std over HumanML3D train + BABEL train, as the t2m_babel statistics).
     """
-    from motionstreamer.utils import atomic_dir
 
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
@@ -82,11 +83,6 @@ def make_dataset(out: str | Path, clips: int, seed: int = 0, stream_pairs: int =
 
 def _write_dataset(out: Path, clips: int, seed: int, stream_pairs: int, min_seconds: float, max_seconds: float,
                    progress: bool, composite_fraction: float) -> dict:
-    from tqdm import tqdm
-
-    from motionstreamer.representation.normalize import compute_mean_std
-    from motionstreamer.utils import atomic_save_npy, atomic_write_json
-
     rng = np.random.default_rng(seed)
     names = list(ACTIONS)
     meta = {"seed": seed, "version": VERSION, "fps": FPS, "actions": {}, "captions": {}, "segments": {},
@@ -132,10 +128,6 @@ def write_stream(out: Path, pairs: int, rng, hml_train: list, progress: bool = T
     (the readers drop segments under 60 frames; a pair stays under the 78-latent window). All pairs and
     segments of one sequence land in the same split.
     """
-    from tqdm import tqdm
-
-    from motionstreamer.representation.normalize import compute_mean_std
-    from motionstreamer.utils import atomic_save_npy
 
     out = Path(out)
     names = list(ACTIONS)

@@ -1,14 +1,14 @@
-// motionstreamer live: a client of the /v1 protocol (see docs/serve.md). Frames arrive 4 per latent,
-// ahead of time; a small jitter buffer feeds a 30 fps playback clock, drawn with interpolation at the
-// display rate. Everything it played is kept (rotations + pelvis) for "Download BVH".
+// motionstreamer live: a client of the /v1 protocol (see docs/serve.md). Frames arrive a latent's worth
+// at a time, ahead of time; a small jitter buffer feeds a playback clock at the stream's fps, drawn with
+// interpolation at the display rate. Everything it played is kept (rotations + pelvis) for "Download BVH".
+// The stream's format (fps, frames per latent, joints and their sides) comes from /v1/info.
 import * as THREE from "three";
 
-const FPS = 30;
-const JITTER_FRAMES = 6;            // frames buffered before playback (re)starts: 200 ms
+let FPS, FRAMES_PER_LATENT, NJ, MAX_RECORD_FRAMES;   // set by start() from /v1/info
+const JITTER_FRAMES = 6;            // frames buffered before playback (re)starts: 200 ms at 30 fps
 const CATCH_UP_FRAMES = 24;         // more buffered than this: play 10% fast until back under it
 const MAX_BUFFER_FRAMES = 90;       // more than this buffered (tab was hidden, page stalled): skip ahead
-const MAX_RECORD_FRAMES = 30 * 60 * 20;   // BVH recording cap: 20 minutes
-const NJ = 22;
+const MAX_RECORD_SECONDS = 60 * 20;  // BVH recording cap: 20 minutes
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
@@ -18,15 +18,15 @@ const $ = (id) => document.getElementById(id);
 // ------------------------------------------------------------------ state
 const state = {
   info: null, ws: null, connected: false, streamId: null,
-  buffer: [],                 // {index, joints: Float32Array(66), prompt}
+  buffer: [],                 // {index, joints: Float32Array(3 * NJ), prompt}
   playhead: 0, playing: false, idle: true,
-  pose: null,                 // Float32Array(66) currently drawn
+  pose: null,                 // Float32Array(3 * NJ) currently drawn
   framesReceived: 0, framesPlayed: 0, latents: 0,
   serverUnderruns: 0, clientUnderruns: 0, skipped: 0,
   prompt: "", queue: [],
   pendingPrompt: null,        // {text, tSend, tRecv}
   latencyRecv: null, latencyScreen: null,
-  recRot: [], recRoot: [],    // per played frame: Float32Array(88) quaternions, Float32Array(3) pelvis
+  recRot: [], recRoot: [],    // per played frame: Float32Array(4 * NJ) quaternions, Float32Array(3) pelvis
   recIndex: [],
   receivedTimes: [],
 };
@@ -106,9 +106,8 @@ let trailCount = 0;
 
 // ------------------------------------------------------------------ the character
 // SMPL body joints: 0 pelvis, 1/2 hips, 3/6/9 spine, 4/5 knees, 7/8 ankles, 10/11 feet, 12 neck,
-// 13/14 collars, 15 head, 16/17 shoulders, 18/19 elbows, 20/21 wrists (odd = left, even = right).
-const LEFT = new Set([1, 4, 7, 10, 13, 16, 18, 20]);
-const RIGHT = new Set([2, 5, 8, 11, 14, 17, 19, 21]);
+// 13/14 collars, 15 head, 16/17 shoulders, 18/19 elbows, 20/21 wrists; the sides come from /v1/info.
+let LEFT = new Set(), RIGHT = new Set();
 const boneRadius = (j) => ({ 1: 0.075, 2: 0.075, 4: 0.062, 5: 0.062, 7: 0.05, 8: 0.05, 10: 0.038, 11: 0.038,
   3: 0.085, 6: 0.09, 9: 0.095, 12: 0.05, 13: 0.05, 14: 0.05, 15: 0.048, 16: 0.055, 17: 0.055,
   18: 0.045, 19: 0.045, 20: 0.038, 21: 0.038 })[j];
@@ -126,6 +125,8 @@ const UP = new THREE.Vector3(0, 1, 0);
 
 function buildCharacter(skeleton) {
   parents = skeleton.parents;
+  LEFT = new Set(skeleton.left_joints);
+  RIGHT = new Set(skeleton.right_joints);
   const rest = skeleton.rest_offsets;
   for (let j = 1; j < NJ; j++) {
     if (SPINE_CHILDREN.has(j)) continue;
@@ -238,7 +239,7 @@ function resize() {
 window.addEventListener("resize", resize);
 resize();
 
-// ------------------------------------------------------------------ playback (30 fps clock, jitter buffer)
+// ------------------------------------------------------------------ playback (an fps clock, jitter buffer)
 function advance(dt) {
   const buf = state.buffer;
   if (!state.playing) {
@@ -317,12 +318,13 @@ function onMessage(m) {
     if (!state.prompt && !$("prompt").value) sendPrompt(state.info?.example_prompts?.[0] || "a person walks forward");
   } else if (m.type === "frames") {
     const J = b64ToF32(m.joints), R = m.rotations ? b64ToF32(m.rotations) : null;
-    for (let k = 0; k < 4; k++) {
-      state.buffer.push({ index: m.frame + k, prompt: m.prompt, joints: J.subarray(k * 66, k * 66 + 66),
-        rot: R ? R.subarray(k * 88, k * 88 + 88) : null });
+    const nj = 3 * NJ, nr = 4 * NJ;   // per frame: positions, quaternions
+    for (let k = 0; k < FRAMES_PER_LATENT; k++) {
+      state.buffer.push({ index: m.frame + k, prompt: m.prompt, joints: J.subarray(k * nj, k * nj + nj),
+        rot: R ? R.subarray(k * nr, k * nr + nr) : null });
     }
     state.idle = false;
-    state.framesReceived += 4; state.latents += 1; state.lastLatent = m.latent;
+    state.framesReceived += FRAMES_PER_LATENT; state.latents += 1; state.lastLatent = m.latent;
     state.serverUnderruns = m.underruns;
     state.receivedTimes.push(now);
     if (state.pendingPrompt && !state.pendingPrompt.tRecv && m.prompt === state.pendingPrompt.text) {
@@ -437,9 +439,9 @@ function overlay(now) {
   const rt = state.receivedTimes;
   while (rt.length && now - rt[0] > 2000) rt.shift();
   $("sFps").textContent = `${fpsEma.toFixed(0)} fps`;
-  $("sStream").textContent = `${(rt.length * 4 / 2).toFixed(0)} fps`;
+  $("sStream").textContent = `${(rt.length * FRAMES_PER_LATENT / 2).toFixed(0)} fps`;
   const bufFrames = state.buffer.length ? state.buffer[state.buffer.length - 1].index + 1 - state.playhead : 0;
-  $("sBuffer").textContent = `${Math.max(0, bufFrames * 1000 / FPS).toFixed(0)} ms`;
+  $("sBuffer").textContent = FPS ? `${Math.max(0, bufFrames * 1000 / FPS).toFixed(0)} ms` : "–";
   $("sLatency").textContent = state.latencyRecv == null ? "–" : `${state.latencyRecv.toFixed(0)} ms`;
   $("sScreen").textContent = state.latencyScreen == null ? "–" : `${state.latencyScreen.toFixed(0)} ms`;
   $("sUnder").textContent = `${state.serverUnderruns} / ${state.clientUnderruns}`;
@@ -478,6 +480,10 @@ async function start() {
     return;
   }
   const info = state.info;
+  FPS = info.fps;
+  FRAMES_PER_LATENT = info.frames_per_latent;
+  NJ = info.skeleton.joint_names.length;
+  MAX_RECORD_FRAMES = FPS * MAX_RECORD_SECONDS;
   $("model").textContent = `${info.checkpoint === "embedded" ? "embedded default model" : info.checkpoint} · ` +
     `${info.sampling_steps} sampling steps · ${info.device}`;
   buildCharacter(info.skeleton);
