@@ -38,8 +38,8 @@ from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, acc
 from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.session import seconds_to_latents
-from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Ack, Close, Event, Events, Frames, StreamOptions,
-                                           encode_array, error)
+from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Ack, Close, Event, Events, Frames, GoalAck, GoalState,
+                                           StreamOptions, encode_array, error)
 
 log = logging.getLogger("motionstreamer.serve")
 
@@ -102,6 +102,12 @@ class PushPrompt:
     text: str
     max_latents: int | None
     after_current: bool
+
+
+@dataclass
+class SetGoal:
+    key: int
+    goal: GoalState | None                # None: clear the goal
 
 
 @dataclass
@@ -179,6 +185,10 @@ class StreamScheduler:
     def push(self, key: int, text: str, seconds: float | None = None, after_current: bool = False) -> None:
         self._post(PushPrompt(key, text, None if seconds is None else seconds_to_latents(seconds), after_current))
 
+    def set_goal(self, key: int, goal: GoalState | None) -> None:
+        """Steer the stream to `goal` (None: clear it); answered with goal_ack, or error "bad_goal"."""
+        self._post(SetGoal(key, goal))
+
     def close(self, key: int) -> None:
         with self._lock:
             self._n_live -= 1
@@ -229,7 +239,8 @@ class StreamScheduler:
 
     def _apply_commands(self) -> None:
         out = []
-        handlers = {OpenStream: self._open, PushPrompt: self._push, CloseStream: self._close, StartJob: self._start_job}
+        handlers = {OpenStream: self._open, PushPrompt: self._push, SetGoal: self._set_goal, CloseStream: self._close,
+                    StartJob: self._start_job}
         while True:
             try:
                 cmd = self._commands.get_nowait()
@@ -269,6 +280,21 @@ class StreamScheduler:
             return
         live.queue_sent = self.engine.queue(live.sid)
         out.append((live.sink, Ack(text=text, queue=live.queue_sent).to_json()))
+
+    def _set_goal(self, cmd: SetGoal, out: list) -> None:
+        live = self._live.get(cmd.key)
+        if live is None:
+            return
+        try:
+            if cmd.goal is None:
+                self.engine.clear_goal(live.sid)
+            else:
+                g = cmd.goal
+                self.engine.set_goal(live.sid, g.x, g.z, g.heading, g.seconds)
+        except (ValueError, TypeError) as e:     # a model not trained with goals
+            out.append((live.sink, error("bad_goal", str(e))))
+            return
+        out.append((live.sink, GoalAck(goal=cmd.goal).to_json()))
 
     def _close(self, cmd: CloseStream, out: list) -> None:
         live = self._live.get(cmd.key)

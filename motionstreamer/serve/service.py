@@ -23,9 +23,9 @@ from motionstreamer.representation.skeleton import (JOINT_NAMES, LEFT_JOINTS, NU
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
 from motionstreamer.runtime.loading import load_models
 from motionstreamer.serve.protocol import (CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG, ENCODING,
-                                           PROTOCOL_VERSION, Close, CloseMessage, Hello, PingMessage, Pong,
-                                           PromptMessage, ProtocolError, ServeLimits, StreamOptions, error,
-                                           parse_client_message)
+                                           PROTOCOL_VERSION, ClearGoalMessage, Close, CloseMessage, GoalMessage,
+                                           GoalState, Hello, PingMessage, Pong, PromptMessage, ProtocolError,
+                                           ServeLimits, StreamOptions, error, parse_client_message)
 from motionstreamer.serve.scheduler import StreamScheduler
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -158,6 +158,8 @@ class Service:
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
             "example_prompts": example_prompts(bundle.config, c.checkpoint is None),
+            # goals beside text (a goal-trained model: the "goal" message; docs/goals.md)
+            "goals": engine.goals_supported, "goal_tolerance": engine.config.goal_tolerance,
         }
 
     async def start(self) -> None:
@@ -240,7 +242,8 @@ class Connection:
         self.done = asyncio.Event()
         self.client_gone = False
         self.key: int | None = None
-        self.handlers = {PromptMessage: self._on_prompt, PingMessage: self._on_ping, CloseMessage: self._on_close}
+        self.handlers = {PromptMessage: self._on_prompt, GoalMessage: self._on_goal, ClearGoalMessage: self._on_goal,
+                         PingMessage: self._on_ping, CloseMessage: self._on_close}
 
     def post(self, item) -> None:
         """Event-loop thread. A full queue means the client does not read fast enough: drop it."""
@@ -326,6 +329,10 @@ class Connection:
 
     def _on_prompt(self, m: PromptMessage) -> None:
         self.service.scheduler.push(self.key, m.text, m.seconds, m.after_current)
+
+    def _on_goal(self, m: GoalMessage | ClearGoalMessage) -> None:
+        goal = GoalState(x=m.x, z=m.z, heading=m.heading, seconds=m.seconds) if isinstance(m, GoalMessage) else None
+        self.service.scheduler.set_goal(self.key, goal)
 
     def _on_ping(self, m: PingMessage) -> None:
         self.post(Pong(t=round(time.time(), 4)).to_json())
