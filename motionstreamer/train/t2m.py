@@ -58,10 +58,11 @@ class T2MTrainConfig(TrainConfig):
     goal_prob: float = 0.0             # share of sequences given a goal (train/goals.py; the model needs a goal
                                        # module); 0: text only, the original recipe
     goal_horizon_s: tuple = (0.5, 6.0)  # how far ahead (seconds) a goal is taken from the clip's own path
+    goal_only_share: float = 0.0       # share of rows drawn from the goal-only examples (steered clips), when any
 
     def check(self) -> None:
         super().check()
-        for k in ("text_dropout", "drop_edge_prob", "goal_prob"):
+        for k in ("text_dropout", "drop_edge_prob", "goal_prob", "goal_only_share"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"T2MTrainConfig.{k} must be in [0, 1], got {getattr(self, k)}")
         if self.max_latents < 2:
@@ -85,6 +86,8 @@ class LatentExample:
     captions: tuple = ()               # all captions of a whole clip; one is drawn per sample (as the original)
     path: np.ndarray | None = None     # (La + Lb + 1, 3) root (x, z, yaw) before each latent of [A, B], for goals
     ends: bool = False                 # latents_b's last row is the end latent
+    goal_only: bool = False            # always trained with a goal (steered clips whose turns their captions
+                                       # do not name: without the goal they would teach the text-only model to wander)
 
     def all_captions(self) -> tuple:
         return self.captions or (self.caption,)
@@ -111,7 +114,7 @@ class LatentTextData:
             if ex.path is not None and ex.path.shape != (n_path, 3):
                 raise ValueError(f"example {i} ({ex.caption!r}): path must be ({n_path}, 3) (one root state per latent "
                                  f"boundary), got {ex.path.shape}")
-            if config.goal_prob > 0 and ex.path is None:
+            if (config.goal_prob > 0 or ex.goal_only) and ex.path is None:
                 raise ValueError(f"example {i} ({ex.caption!r}): goal_prob > 0 needs root paths (load the examples "
                                  f"with paths=True)")
             for c in ex.all_captions():
@@ -121,21 +124,36 @@ class LatentTextData:
                 if e.shape != (self.text_dim,):
                     raise ValueError(f"text embedding of {c!r} has shape {tuple(e.shape)}, expected ({self.text_dim},)")
 
+        self.plain = [i for i, ex in enumerate(examples) if not ex.goal_only]
+        self.goal_only = [i for i, ex in enumerate(examples) if ex.goal_only]
+        if not self.plain:
+            raise ValueError("every example is goal-only: the text-only model needs plain examples too")
+
+    def _draw_examples(self, gen: torch.Generator, batch_size: int) -> list[int]:
+        """Example indices for a batch: uniform over all examples without goal-only ones (the original
+        draw), else goal_only_share of the rows from the goal-only examples and the rest from the plain."""
+        if not self.goal_only:
+            return torch.randint(len(self.examples), (batch_size,), generator=gen).tolist()
+        which = (torch.rand(batch_size, generator=gen) < self.config.goal_only_share).tolist()
+        plain = torch.randint(len(self.plain), (batch_size,), generator=gen).tolist()
+        steer = torch.randint(len(self.goal_only), (batch_size,), generator=gen).tolist()
+        return [self.goal_only[s] if w else self.plain[p] for w, p, s in zip(which, plain, steer)]
+
     def sample_batch(self, gen: torch.Generator, batch_size: int):
         config = self.config
         L = config.max_latents - 1                      # inputs after the text token
-        idx = torch.randint(len(self.examples), (batch_size,), generator=gen).tolist()
+        idx = self._draw_examples(gen, batch_size)
         latents = torch.zeros(batch_size, L, self.latent_dim)
         a_len = torch.zeros(batch_size, dtype=torch.long)
         total = torch.zeros(batch_size, dtype=torch.long)
-        goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if config.goal_prob > 0 else None
+        goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if config.goal_prob > 0 or self.goal_only else None
         texts = []
         for row, i in enumerate(idx):
             ex = self.examples[i]
             b = ex.latents_b
             lo, hi = 0, len(b)                       # the part of B kept
             r = torch.rand(2, generator=gen).tolist()
-            goal_row = goals is not None and torch.rand(1, generator=gen).item() < config.goal_prob
+            goal_row = goals is not None and (torch.rand(1, generator=gen).item() < config.goal_prob or ex.goal_only)
             window = goal_window(len(b), gen) if goal_row else None
             if window is not None:                   # a goal row may start mid-clip, without history
                 lo, hi = window

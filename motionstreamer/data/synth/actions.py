@@ -56,10 +56,21 @@ def act_locomotion(kind: str):
         if kind == "walk_circle":
             c.yaw_rate[:] = p["turn_sign"] * 2 * np.pi / p["circle_period"] * env
         else:
-            c.yaw_rate[:] = p["curve"] * env
+            c.yaw_rate[:] = p["curve"] * env + turn_rate(t, p.get("turns", ()))
         gait(c, c.phase, env, g, p["scale"])
         return c
     return f
+
+
+def turn_rate(t: np.ndarray, turns) -> np.ndarray:
+    """Yaw rate (rad/s) at frame times t of turns [(start_s, seconds, radians), ...]: each a smooth bump
+    (a sine squared) that turns the heading by its angle over its seconds. None (the default clips): 0."""
+    rate = np.zeros(len(t))
+    for start, dur, angle in turns:
+        u = (t - start) / dur
+        inside = (u >= 0) & (u < 1)
+        rate[inside] += angle / dur * 2 * np.sin(np.pi * u[inside]) ** 2
+    return rate
 
 
 def act_sidestep(direction: float):
