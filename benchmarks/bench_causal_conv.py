@@ -16,9 +16,9 @@ import argparse
 import contextlib
 
 import torch
+from timing import time_fn  # benchmarks/ is on sys.path (run directly or from run.py)
 
 from motionstreamer.ops import causal_conv as cc
-from timing import time_fn  # benchmarks/ is on sys.path (run directly or from run.py)
 
 CONV_BACKENDS = ("native", "torch")
 

@@ -8,7 +8,8 @@ diffusion head width 1792, 9 blocks, latent 16; streaming batch sizes 2, 64 and 
                      compile (torch.compile of the sdpa version) | triton (one fused kernel)
   attn_fwdbwd_b*     the same, forward + backward (training)
   decode_s*          one new token per row against the KV cache (78 slots, rows half full), with the append
-                     eager (the model's decode attention: normalize, rope, index_put, SDPA over the masked cache) | triton
+                     eager (the model's decode attention: normalize, rope, index_put, SDPA over the masked
+                     cache) | triton
   adaln_ln_s*, bias_silu_s*, gated_residual_s*   the head's elementwise pieces, eager | compile | triton
   linear_ln_silu_s*, linear_gated_s*             a head block's two linears with their fused prologue/epilogues
                      eager (cuBLAS + elementwise) | triton
@@ -32,7 +33,6 @@ import json
 
 import torch
 import torch.nn.functional as F
-
 from timing import time_fn  # benchmarks/ is on sys.path (run directly, from run.py or the tests)
 
 STREAMS = (2, 64, 512)

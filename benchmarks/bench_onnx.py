@@ -38,12 +38,12 @@ def _per_latent_ms(session_factory, n_latents: int, repeats: int) -> dict:
 
 def run_all(device, small: bool, quick: bool) -> list[dict]:
     from motionstreamer.checkpoints import add_student_head, load_bundle, save_bundle
-    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.export.onnx_export import export_bundle
-    from motionstreamer.runtime.ort_backend import ort_session
+    from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
     from motionstreamer.runtime.engine import GenerationConfig
+    from motionstreamer.runtime.ort_backend import ort_session
     from motionstreamer.runtime.session import StreamingSession
 
     if device.type != "cpu":
@@ -73,7 +73,8 @@ def run_all(device, small: bool, quick: bool) -> list[dict]:
                 head = "student" if sampler == "student" else "teacher"
                 config = GenerationConfig(sampling_steps=steps, end_threshold=-1.0, head=head)
                 what = f"student{steps}" if head == "student" else f"steps{steps}"
-                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=config, seed=0), n, 1 if quick else 2)
+                torch_ms = _per_latent_ms(lambda: StreamingSession(bundle, enc, config=config, seed=0), n,
+                                          1 if quick else 2)
                 ort_ms, int8_ms = (_per_latent_ms(lambda: ort_session(f"{tmp}/{d}", enc, config=config, seed=0), n,
                                                   1 if quick else 2) for d in ("onnx", "onnx_int8"))
                 rows.append({"case": f"onnx_{name}_{what}", "torch_eager_ms_per_latent": torch_ms,

@@ -85,7 +85,8 @@ class Server:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+                raise RuntimeError("server did not start: "
+                                   f"{self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
             time.sleep(0.25)
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/info", timeout=10) as r:
             self.info = json.loads(r.read())
@@ -227,7 +228,8 @@ def bench(args) -> tuple[dict, list[dict]]:
     ok = [r for r in rows if r["realtime"]]
     best = max(ok, key=lambda r: r["clients"]) if ok else None
     summary = {"model": args.model if args.model != "embedded" else "embedded default model",
-               "checkpoint": args.checkpoint, "device": args.device, "sampling_steps": args.sampling_steps, "lookahead": args.lookahead,
+               "checkpoint": args.checkpoint, "device": args.device, "sampling_steps": args.sampling_steps,
+               "lookahead": args.lookahead,
                "server_command": " ".join(server.cmd[1:]).replace(str(ROOT) + "/", ""),
                "largest_realtime_clients": best["clients"] if best else 0,
                "at_largest": {k: best[k] for k in ("prompt_to_frame_p50_ms", "prompt_to_frame_p99_ms",
@@ -262,7 +264,6 @@ def main(argv=None) -> int:
     summary, rows = bench(args)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
-
     from run import device_info, markdown_table, write_results
     info = device_info(torch.device("cuda" if args.device.startswith("cuda") else "cpu"))
     info.update(summary)
@@ -271,7 +272,8 @@ def main(argv=None) -> int:
     if not args.no_write:
         write_results(args.out, info, rows, f"serve_{'official' if args.model == 'official-random' else 'embedded'}",
                       f"serve ({info['model']}, {args.sampling_steps} steps)",
-                      f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n`{info['command']}`\n\n")
+                      f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n"
+                      f"`{info['command']}`\n\n")
     return 0
 
 

@@ -175,7 +175,8 @@ def case_stream_latency(ctx) -> list[dict]:
         row = {"case": f"stream_b1_steps{steps}", "latents": n_lat,
                "baseline_ms_per_latent": base_per_latent, "engine_ms_per_latent": fast_per_latent,
                "speedup": base_per_latent["median"] / fast_per_latent["median"],
-               "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / fast_per_latent["median"]}
+               "first_frame_ms": ff,
+               "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / fast_per_latent["median"]}
         if ctx["bandwidth"]:
             bound_ms = weight_read_bytes_per_latent(t2m, steps) / ctx["bandwidth"] * 1000
             row["weight_read_bound_ms"] = bound_ms
@@ -194,7 +195,8 @@ def case_throughput(ctx) -> list[dict]:
     for batch in ctx["batches"]:
         config = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
         try:
-            engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=batch, config=config, device=dev, dtype=dtype)
+            engine = StreamingEngine(Bundle(tae, t2m, dev), text, capacity=batch, config=config, device=dev,
+                                     dtype=dtype)
             for i in range(batch):
                 engine.add_stream(f"prompt {i % 7}", seed=i)
             engine.step()  # prefill all + warm-up

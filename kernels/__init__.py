@@ -7,7 +7,8 @@ PyTorch reference function beside it (the `*_reference` functions, which the tes
   silu               bias_silu: SiLU(x + b)
   residual           gated_residual: x + gate * (h + b)
   linear             fused_linear: linear with the AdaLN LayerNorm prologue and bias/SiLU/gated-residual epilogues
-  diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from those pieces
+  diffusion_head     head_step, head_sample_loop: the diffusion head's sampling step and whole sampling loop from
+                     those pieces
   integration        adapters the models call behind their attention / head backend switches
   compile_check      compiles every kernel for sm_90 without a GPU (ptxas), with registers and spills
 
@@ -37,14 +38,25 @@ if __name__ == "kernels":
 else:
     from ._common import HAS_TRITON, interpreting, kernels_usable
     from .adaln_layernorm import adaln_modulate_layernorm, adaln_modulate_layernorm_reference
-    from .silu import bias_silu, bias_silu_reference
+    from .diffusion_head import (
+        BlockWeights,
+        HeadWeights,
+        head_sample_loop,
+        head_sample_loop_reference,
+        head_step,
+        head_step_reference,
+    )
     from .linear import fused_linear, fused_linear_reference
-    from .residual import gated_residual, gated_residual_reference
-    from .diffusion_head import (BlockWeights, HeadWeights, head_sample_loop, head_sample_loop_reference, head_step,
-                                 head_step_reference)
-    from .qknorm_attention import (attention_reference, qknorm_rope_attention, qknorm_rope_attention_reference,
-                                   qknorm_rope_reference, rope_tables)
+    from .qknorm_attention import (
+        attention_reference,
+        qknorm_rope_attention,
+        qknorm_rope_attention_reference,
+        qknorm_rope_reference,
+        rope_tables,
+    )
     from .qknorm_decode import qknorm_decode_attention, qknorm_decode_attention_reference
+    from .residual import gated_residual, gated_residual_reference
+    from .silu import bias_silu, bias_silu_reference
 
     __all__ = [
         "HAS_TRITON", "interpreting", "kernels_usable",

@@ -78,7 +78,8 @@ def cases(full: bool, quick: bool = False):
     out = []
     attn_flags = [dict(CAUSAL=True, HAS_LENS=True, NORM_ROPE=True)]
     if full:
-        attn_flags += [dict(CAUSAL=True, HAS_LENS=False, NORM_ROPE=False), dict(CAUSAL=False, HAS_LENS=False, NORM_ROPE=True)]
+        attn_flags += [dict(CAUSAL=True, HAS_LENS=False, NORM_ROPE=False),
+                       dict(CAUSAL=False, HAS_LENS=False, NORM_ROPE=True)]
     for dt, D in ([("bf16", 64), ("fp16", 128), ("fp32", 64)] if full else [("bf16", 64)]):
         prec = {"UPCAST": False, "PRECISION": "ieee" if dt == "fp32" else "tf32"}
         first = quick or not (full or dt == "bf16")

@@ -29,9 +29,9 @@ from motionstreamer.models.sampling import sample_loop
 
 from ._common import HAS_TRITON, check_dtype, next_pow2, require_usable
 from .adaln_layernorm import adaln_modulate_layernorm
-from .silu import bias_silu
 from .linear import fused_linear
 from .residual import gated_residual
+from .silu import bias_silu
 
 # Up to this many rows the block matmuls run as fused GEMV-like kernels; above it, cuBLAS + fused
 # elementwise kernels. A guess to be tuned on the GPU (benchmarks/bench_kernels.py measures both).
@@ -88,7 +88,8 @@ class HeadWeights:
             if tuple(getattr(self, k).shape) != shape:
                 raise ValueError(f"HeadWeights.{k} must be {shape}, got {tuple(getattr(self, k).shape)}")
         for i, b in enumerate(self.blocks):
-            for k, shape in (("ln_w", (W,)), ("ln_b", (W,)), ("w1", (W, W)), ("b1", (W,)), ("w2", (W, W)), ("b2", (W,))):
+            for k, shape in (("ln_w", (W,)), ("ln_b", (W,)), ("w1", (W, W)), ("b1", (W,)), ("w2", (W, W)),
+                             ("b2", (W,))):
                 if tuple(getattr(b, k).shape) != shape:
                     raise ValueError(f"HeadWeights.blocks[{i}].{k} must be {shape}, got {tuple(getattr(b, k).shape)}")
 
@@ -233,7 +234,8 @@ def _blocks(weights: HeadWeights, block_mods, buf: _Buffers, src: int, fused: bo
 def _check_mods(name, weights, block_mods, final_mods, N):
     D, W = weights.depth, weights.width
     if block_mods.shape != (D, N, 3, W):
-        raise ValueError(f"{name}: block modulations must be (depth, N, 3, W) = {(D, N, 3, W)}, got {tuple(block_mods.shape)}")
+        raise ValueError(f"{name}: block modulations must be (depth, N, 3, W) = {(D, N, 3, W)}, "
+                         f"got {tuple(block_mods.shape)}")
     if final_mods.shape != (N, 2, W):
         raise ValueError(f"{name}: final modulations must be (N, 2, W) = {(N, 2, W)}, got {tuple(final_mods.shape)}")
     if block_mods.stride(-1) != 1 or final_mods.stride(-1) != 1:

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._common import (HAS_TRITON, as_scale_tensor, check_dtype, dot_flags, interpreting, require_usable)
+from ._common import HAS_TRITON, as_scale_tensor, check_dtype, dot_flags, interpreting, require_usable
 
 NORM_EPS = 1e-12  # F.normalize's default
 
@@ -144,8 +144,8 @@ if HAS_TRITON:
             return T + 0 * b
 
     _FWD_CONFIGS = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s)
-                    for bm, bn, w, s in [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2),
-                                         (32, 64, 4, 2), (16, 32, 4, 2)]]
+                    for bm, bn, w, s in [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (128, 64, 8, 2),
+                                         (64, 64, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)]]
 
     @autotune(_FWD_CONFIGS, triton.Config({"BM": 16, "BN": 16}), key=["T", "D", "CAUSAL", "NORM_ROPE"])
     @triton.jit
@@ -305,7 +305,8 @@ if HAS_TRITON:
         qe, qo = _load_rotated(q_base, offs_m, sqt, m_valid, COS, SIN, sct, HALF_D, NORM_ROPE)
         qe = qe.to(dt)
         qo = qo.to(dt)
-        do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + d_idx[None, :], mask=m_valid[:, None], other=0.0)
+        do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + d_idx[None, :], mask=m_valid[:, None],
+                     other=0.0)
         lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=float("inf"))
         delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
         scale = tl.load(SCALE).to(tl.float32)
@@ -353,8 +354,10 @@ def _check_inputs(name, q, k, v, cos, sin, lengths, norm_rope):
         raise ValueError(f"{name}: head size {D} must be a power of two >= 32")
     if not norm_rope:
         pass
-    elif cos is None or sin is None or cos.dim() != 2 or cos.shape[0] < T or cos.shape[1] != D // 2 or sin.shape != cos.shape:
-        raise ValueError(f"{name}: cos/sin must be (>= T, D/2) = (>= {T}, {D // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    elif (cos is None or sin is None or cos.dim() != 2 or cos.shape[0] < T or cos.shape[1] != D // 2
+            or sin.shape != cos.shape):
+        raise ValueError(f"{name}: cos/sin must be (>= T, D/2) = (>= {T}, {D // 2}), "
+                         f"got {tuple(cos.shape)}, {tuple(sin.shape)}")
     if lengths is not None and (lengths.dim() != 1 or lengths.shape[0] != B):
         raise ValueError(f"{name}: lengths must be (B,) = ({B},), got {tuple(lengths.shape)}")
     check_dtype(name, q, k, v)
@@ -387,7 +390,8 @@ def _bwd(do, q, k, v, o, lse, scale_t, cos, sin, lens, causal, norm_rope):
     n_dscale = triton.cdiv(T, 16)   # enough slots for the smallest query block
     dscale = torch.zeros(B * H, n_dscale, device=q.device, dtype=torch.float32)
     lens_arg = lens if lens is not None else lse
-    common = dict(D=D, HALF_D=D // 2, CAUSAL=causal, HAS_LENS=lens is not None, NORM_ROPE=norm_rope, **dot_flags(q.dtype))
+    common = dict(D=D, HALF_D=D // 2, CAUSAL=causal, HAS_LENS=lens is not None, NORM_ROPE=norm_rope,
+                  **dot_flags(q.dtype))
     _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BN"]), B * H)](
         q, k, v, do, lse, delta, dk, dv, cos, sin, scale_t, lens_arg,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],

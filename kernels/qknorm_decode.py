@@ -156,7 +156,8 @@ def qknorm_decode_attention(q_new: torch.Tensor, k_new: torch.Tensor | None, v_n
     if rows is not None and rows.shape != (R,):
         raise ValueError(f"{name}: rows must be (R,) = ({R},), got {tuple(rows.shape)}")
     L = k_cache.shape[2]
-    if norm_rope and (cos is None or cos.dim() != 2 or cos.shape[0] < L or cos.shape[1] != D // 2 or sin.shape != cos.shape):
+    if norm_rope and (cos is None or cos.dim() != 2 or cos.shape[0] < L or cos.shape[1] != D // 2
+                      or sin.shape != cos.shape):
         raise ValueError(f"{name}: cos/sin must be (>= {L}, {D // 2}), got {None if cos is None else tuple(cos.shape)}")
     check_dtype(name, *[t for t in (q_new, k_new, v_new) if t is not None])
     check_dtype(name, k_cache, v_cache)
@@ -182,7 +183,8 @@ def qknorm_decode_attention(q_new: torch.Tensor, k_new: torch.Tensor | None, v_n
                            v_new.stride(0), v_new.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
                            out.stride(0), out.stride(1), cos.stride(0), L,
                            D=D, HALF_D=max(1, D // 2), BN=min(32, next_pow2(max(L, 16))), APPEND=bool(append),
-                           NORM_ROPE=bool(norm_rope), HAS_ROWS=rows is not None, num_warps=2 if D <= 64 else 4)   # no spills at D 64/128 (sm_90)
+                           NORM_ROPE=bool(norm_rope), HAS_ROWS=rows is not None,
+                           num_warps=2 if D <= 64 else 4)   # no spills at D 64/128 (sm_90)
     return out
 
 

@@ -36,7 +36,8 @@ def sample(names, frames, first_frame):
 def report(what, got, joints):
     err = np.linalg.norm(got - joints, axis=-1)
     print(f"{what}: joints differ from _joints.npy by {err.mean() * 1000:.3f} mm on average "
-          f"({err.max() * 1000:.3f} mm at worst); lowest foot joint at y = {got[:, [7, 8, 10, 11], 1].min() * 1000:.1f} mm")
+          f"({err.max() * 1000:.3f} mm at worst); "
+          f"lowest foot joint at y = {got[:, [7, 8, 10, 11], 1].min() * 1000:.1f} mm")
 
 
 def main():

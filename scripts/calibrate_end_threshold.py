@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     gt_len = [len(e.latents_b) - 1 for e in pick]          # latents before the appended end latent
     gen = GenerationConfig(max_latents=max(gt_len) + 4, end_threshold=-1.0)   # sampler defaults: the bundle's
     engine = StreamingEngine(bundle, enc, capacity=len(pick), config=gen)
-    ids = [engine.add_stream(e.caption, seed=args.seed + i, max_latents=n + 4) for i, (e, n) in enumerate(zip(pick, gt_len))]
+    ids = [engine.add_stream(e.caption, seed=args.seed + i, max_latents=n + 4)
+           for i, (e, n) in enumerate(zip(pick, gt_len))]
     dist = {i: [] for i in ids}
     end = bundle.end_latent.reshape(-1).float()
     while engine.active_ids:

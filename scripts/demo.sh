@@ -3,6 +3,7 @@
 # (CPU, offline) and write a video and a BVH. Usage: bash scripts/demo.sh ["a prompt" ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/venv.sh                 # the active virtual environment, or .venv
 bash scripts/install.sh          # the lock: exactly what CI tested (scripts/install.sh --latest: the newest)
 mkdir -p out
 if [ "$#" -eq 0 ]; then set -- "a person jogs forward then waves"; fi

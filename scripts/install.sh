@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs motionstreamer with everything it needs into the current Python environment; the README's
-# commands and .ci/run go through it.
+# Installs motionstreamer with everything it needs into the active virtual environment, or else into the
+# checkout's own .venv (scripts/venv.sh); the README's commands and .ci/run go through it.
 #   bash scripts/install.sh [--editable] [--wheel FILE]
 #       the lock, requirements/lock.txt: every dependency (runtime, build, test, serve, docs, dev) at the
 #       exact version and hash CI tested, then the package itself (built here with --no-build-isolation
@@ -22,6 +22,7 @@ while [ "$#" -gt 0 ]; do
   esac
   shift
 done
+. scripts/venv.sh                 # the active virtual environment, or .venv
 if [ "$mode" = lock ]; then
   python -m pip install --require-hashes --no-deps -r requirements/lock.txt
   if [ -n "$wheel" ]; then

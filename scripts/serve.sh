@@ -4,5 +4,6 @@
 # Extra arguments go to `motionstreamer serve` (e.g. --port 9000, --sampling-steps 50, --max-streams 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/venv.sh                 # the active virtual environment, or .venv
 bash scripts/install.sh          # the lock: exactly what CI tested (scripts/install.sh --latest: the newest)
 exec motionstreamer serve "$@"

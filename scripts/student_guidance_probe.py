@@ -84,13 +84,15 @@ def probe(args) -> None:
     unguided_mean = H.teacher_sampler(diff, 1.0, 50, skip)(test, n, gen(1)).mean(dim=1)
     candidates = {"teacher, other seeds (floor)": H.teacher_sampler(diff, cfg_scale, 50, skip)}
     for k in (50, max(sc.steps)):
-        candidates[f"one row on u + cfg_scale (c - u), true u, {k} steps"] = H.extrapolated_sampler(diff, cfg_scale, k, skip)
+        candidates[f"one row on u + cfg_scale (c - u), true u, {k} steps"] = \
+            H.extrapolated_sampler(diff, cfg_scale, k, skip)
         candidates[f"one row on u + cfg_scale (c - u), u predicted from c, {k} steps"] = \
             H.extrapolated_sampler(diff, cfg_scale, k, skip, predict_u)
     for k in sc.steps:
         candidates[f"respaced guided teacher, {k} steps (2 rows)"] = H.teacher_sampler(diff, cfg_scale, k, skip)
         candidates[f"student, {k} steps"] = H.student_sampler(bundle.student, k)
-    print(f"{args.conditions} held-out conditions x {n} samples; reference: the guided teacher, cfg_scale {cfg_scale}, 50 steps")
+    print(f"{args.conditions} held-out conditions x {n} samples; "
+          f"reference: the guided teacher, cfg_scale {cfg_scale}, 50 steps")
     print(f"{'sampler':58s} energy distance      guidance captured")
     for j, (name, sampler) in enumerate(candidates.items()):
         s = sampler(test, n, gen(10 + j))

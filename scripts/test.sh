@@ -11,6 +11,7 @@ case "${1:-}" in
   --latest) latest=(--latest) ;;
   *) echo "usage: bash scripts/test.sh [--latest]" >&2; exit 2 ;;
 esac
+. scripts/venv.sh                 # the active virtual environment, or .venv
 bash scripts/install.sh "${latest[@]}" --editable
 # Blender (bpy from PyPI) for the FBX and add-on tests: bpy pins numpy < 2, so it lives in .venv-blender
 # (scripts/blender_env.sh) and FBX runs there through motionstreamer/io/blender_process.py. A Blender of

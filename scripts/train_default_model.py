@@ -71,11 +71,13 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     data = work / "data"
-    summary = {"command": " ".join(["python", "scripts/train_default_model.py", *(argv if argv is not None else sys.argv[1:])]),
+    summary = {"command": " ".join(["python", "scripts/train_default_model.py",
+                                    *(argv if argv is not None else sys.argv[1:])]),
                "seed": args.seed, "clips": args.clips, "stream_pairs": args.stream_pairs}
     t0 = time.time()
     if not (data / "synth_meta.json").exists():
-        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs, overwrite=True)  # no meta: an unfinished folder
+        # no meta: an unfinished folder
+        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs, overwrite=True)
     mean, std = load_mean_std(data / "mean_std")
 
     # 1. Causal TAE
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
     tae_ck = work / "tae" / "checkpoint_last.pt"
     resume_tae = args.resume and tae_ck.exists()
     res = train_tae(tae, list(motions.values()), tcfg, resume=tae_ck if resume_tae else None, overwrite=not resume_tae)
-    summary["tae"] = {"steps": res.step, "params": sum(p.numel() for p in tae.parameters()), **loss_summary(work / "tae")}
+    summary["tae"] = {"steps": res.step, "params": sum(p.numel() for p in tae.parameters()),
+                      **loss_summary(work / "tae")}
     tae.eval()
 
     # 2. latents
@@ -300,7 +303,8 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     store_half(out)
     bundle = load_bundle(out)
     head = head_report(bundle, enc, data, latents, "test", conditions=64, samples=256, seed=args.seed)
-    info = {"distillation": bundle.student.student_config.distillation, "steps_supported": list(bundle.student.student_config.steps),
+    info = {"distillation": bundle.student.student_config.distillation,
+            "steps_supported": list(bundle.student.student_config.steps),
             "train_steps": res.step, "conditions": config.conditions, "teacher_samples": config.teacher_samples,
             "minutes": (time.time() - t0) / 60, "head_quality": head, **loss_summary(work / "distill")}
     return info

@@ -8,7 +8,8 @@ CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 # module-level skip for kernel test files: `from _kernel_testing import pytestmark`
 pytestmark = pytest.mark.skipif(not integration.available(DEV),
-                                reason="Triton kernels need CUDA, or triton with TRITON_INTERPRET=1 (tests/conftest.py)")
+                                reason="Triton kernels need CUDA, or triton with TRITON_INTERPRET=1 "
+                                       "(tests/conftest.py)")
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

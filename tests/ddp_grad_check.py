@@ -28,8 +28,13 @@ OBJECTIVE_STEP, TOTAL_STEPS = 5, 10      # Two-Forward replaces half of the posi
 
 
 def fixed_batch():
-    from motionstreamer.train.t2m import (LatentExample, LatentTextData, T2MTrainConfig, draw_diffusion_noise,
-                                          embed_captions)
+    from motionstreamer.train.t2m import (
+        LatentExample,
+        LatentTextData,
+        T2MTrainConfig,
+        draw_diffusion_noise,
+        embed_captions,
+    )
 
     rng = np.random.default_rng(0)
     # 8 target latents in every row; histories of 0, 2, 4 latents make rows of different lengths (padding)

@@ -12,7 +12,12 @@ from test_representation_features import make_motion
 
 from motionstreamer.cli import main
 from motionstreamer.data.amass import (
-    BodyModelJoints, downsample_stride, load_amass, read_index, resolve_source, z_up_to_y_up,
+    BodyModelJoints,
+    downsample_stride,
+    load_amass,
+    read_index,
+    resolve_source,
+    z_up_to_y_up,
 )
 from motionstreamer.representation import compute_mean_std, joints_to_272, mirror_272
 from motionstreamer.representation.skeleton import PARENTS_24, SMPL_OFFSETS_24
@@ -123,7 +128,8 @@ def test_prepare_amass_end_to_end(workspace):
     files = sorted(p.name for p in (out / "motion_data").iterdir())
     assert files == ["000000.npy", "000001.npy", "M000000.npy", "M000001.npy"]
 
-    cases = (("000000", root / "SubA/s1/walk_poses.npz", 10, 80, 70), ("000001", root / "SubB/turn_poses.npz", 0, 1000, 60))
+    cases = (("000000", root / "SubA/s1/walk_poses.npz", 10, 80, 70),
+             ("000001", root / "SubB/turn_poses.npz", 0, 1000, 60))
     for cid, src, s, e, T in cases:
         x, xm = np.load(out / "motion_data" / f"{cid}.npy"), np.load(out / "motion_data" / f"M{cid}.npy")
         assert x.shape == (T, 272) and x.dtype == np.float64   # 100 fps: 300 frames / 3 = 100, crop 10:80
@@ -205,7 +211,8 @@ def test_bad_amass_files_are_named(tmp_path):
     np.savez(tmp_path / "b.npz", poses=np.zeros((5, 156)), trans=np.zeros((5, 3)), betas=np.zeros(16))
     with pytest.raises(ValueError, match="b.npz: missing field 'mocap_framerate'"):
         load_amass(tmp_path / "b.npz")
-    np.savez(tmp_path / "c.npz", poses=np.zeros((5, 156)), trans=np.zeros((4, 3)), betas=np.zeros(16), mocap_framerate=60)
+    np.savez(tmp_path / "c.npz", poses=np.zeros((5, 156)), trans=np.zeros((4, 3)), betas=np.zeros(16),
+             mocap_framerate=60)
     with pytest.raises(ValueError, match=r"c.npz: field 'trans' must be \(5, 3\)"):
         load_amass(tmp_path / "c.npz")
     (tmp_path / "d.npz").write_bytes(b"PK\x03\x04garbage")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _rigs import leg_length
 from _serve_testing import ServerThread
+
 from motionstreamer.cli import main
 from motionstreamer.io.blender_process import run_script
 from motionstreamer.representation import feet

@@ -5,10 +5,10 @@ accumulate ~Cin*k products in fp32 in different orders). Streaming == full pass 
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import zlib
-import os
 
 import pytest
 import torch
@@ -149,7 +149,8 @@ def test_streaming_chunks_equal_full_pass(backend, k, stride, dilation):
     rng = random.Random(k * 100 + stride * 10 + dilation)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     B, cin, cout, T = 2, 6, 5, 36
-    x, w, b = torch.randn(B, cin, T, generator=g), torch.randn(cout, cin, k, generator=g), torch.randn(cout, generator=g)
+    x, w, b = (torch.randn(B, cin, T, generator=g), torch.randn(cout, cin, k, generator=g),
+               torch.randn(cout, generator=g))
     for pre_relu, post_relu, with_res in [(False, False, False), (True, True, False), (True, False, True)]:
         res = torch.randn(B, cout, T // stride, generator=g) if with_res else None
         full = cc.causal_conv1d(x, w, b, stride, dilation, pre_relu, post_relu, res, conv_backend="torch")
@@ -330,7 +331,8 @@ def test_benchmark_cases_run_both_backends():
     res = bench.bench_layer("cpu", batch=1, frames=8, width=16, repeats=2)
     assert set(res) == {"layer_w16_k3_d9_b1_t8/native", "layer_w16_k3_d9_b1_t8/torch"}
     res = bench.bench_tae("cpu", batch=2, latents=3, width=16, repeats=2)
-    assert {k.rsplit("/", 1)[0] for k in res} == {"decode_full_w16_b2_l3", "encode_full_w16_b2_t12", "decode_step_w16_b2"}
+    assert {k.rsplit("/", 1)[0] for k in res} == {"decode_full_w16_b2_l3", "encode_full_w16_b2_t12",
+                                                  "decode_step_w16_b2"}
     assert {k.rsplit("/", 1)[1] for k in res} == {"native", "torch"}
     assert all(v["min"] <= v["median"] <= v["max"] for v in res.values())
     assert cc.get_conv_backend() == "torch"          # the bench restores the switch

@@ -85,7 +85,8 @@ def test_cuda_streaming_equals_full_pass(dtype, batch):
         full = cc.causal_conv1d(x, w, b, s, d, pre_relu=True, conv_backend="native")
         state, ys, t = cc.init_state(batch, C, k, s, d, device="cuda", dtype=dtype), [], 0
         for n in [s, 2 * s, s, 4 * s, T - 8 * s]:
-            y, state = cc.causal_conv1d_update(x[:, :, t:t + n], state, w, b, s, d, pre_relu=True, conv_backend="native")
+            y, state = cc.causal_conv1d_update(x[:, :, t:t + n], state, w, b, s, d, pre_relu=True,
+                                               conv_backend="native")
             ys.append(y)
             t += n
         # same kernels and accumulation order per output: streaming equals the full pass closely

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from motionstreamer.checkpoints import (Bundle, CheckpointError, load_bundle, load_checkpoint_file,
-                                        load_state_dict_strict, read_bundle_config, save_bundle, strip_prefix)
+from motionstreamer.checkpoints import (
+    Bundle,
+    CheckpointError,
+    load_bundle,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    read_bundle_config,
+    save_bundle,
+    strip_prefix,
+)
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 

@@ -26,7 +26,8 @@ def test_verb_table_lists_what_each_module_registers(module):
 
 
 def test_help_lists_every_verb_without_importing_a_command_module():
-    code = ("import sys\nfrom motionstreamer.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom motionstreamer.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('IMPORTED', sorted(m for m in sys.modules if m.endswith('.commands') or m == 'torch'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -9,7 +9,14 @@ import torch
 
 from motionstreamer.data import synth
 from motionstreamer.data.humanml3d import (
-    DataError, DataWarning, HumanML3D272Dataset, collate, load_mean_std, load_motions, read_split, read_text_file,
+    DataError,
+    DataWarning,
+    HumanML3D272Dataset,
+    collate,
+    load_mean_std,
+    load_motions,
+    read_split,
+    read_text_file,
 )
 from motionstreamer.representation.features import recover_joints
 from motionstreamer.representation.normalize import denormalize
@@ -73,7 +80,8 @@ def test_sub_captions_crop_at_30_fps(dataset):
 def test_round_trip_to_the_generated_joints(tmp_path, dataset):
     """write -> read (normalised, float32) -> denormalise -> recover_joints == canonical joints."""
     rng = np.random.default_rng(0)
-    clips = [synth.generate_clip(a, rng, 4.0, 9.0, name=f"{k:06d}") for k, a in enumerate(["walk_circle", "run", "jump"])]
+    clips = [synth.generate_clip(a, rng, 4.0, 9.0, name=f"{k:06d}")
+             for k, a in enumerate(["walk_circle", "run", "jump"])]
     root = tmp_path / "rt"
     for c in clips:
         (root / "motion_data").mkdir(parents=True, exist_ok=True)
@@ -116,7 +124,8 @@ def test_random_crop_keeps_units(dataset):
     for i in range(5):
         it = ds[i]
         full = raw[it["name"]]
-        offsets = [k for k in range(len(full) - it["length"] + 1) if np.array_equal(full[k:k + it["length"]], it["motion"])]
+        offsets = [k for k in range(len(full) - it["length"] + 1)
+                   if np.array_equal(full[k:k + it["length"]], it["motion"])]
         assert it["length"] == len(full) // 4 * 4 and offsets
 
 

@@ -60,7 +60,8 @@ def test_engine_equals_the_original_algorithm_latent_by_latent(models):
 
 
 def test_continuity_across_prompt_changes(models):
-    chunks, joints = stream(models, ["a person walks forward", "a person jumps up", "a person waves with the right hand"])
+    chunks, joints = stream(models, ["a person walks forward", "a person jumps up",
+                                     "a person waves with the right hand"])
     step = np.linalg.norm(np.diff(joints, axis=0), axis=-1)         # (T-1, 22) per-frame joint motion
     root = np.linalg.norm(np.diff(joints[:, 0, [0, 2]], axis=0), axis=-1)
     boundaries = [4 * 10 - 1, 4 * 20 - 1]                            # frame pairs that straddle prompt changes

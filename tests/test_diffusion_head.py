@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig, SimpleMLPAdaLN, timestep_embedding
-from motionstreamer.models.sampling import GaussianDiffusion, SamplerSettings, cosine_betas, draw_sampling_noise, space_timesteps
+from motionstreamer.models.sampling import (
+    GaussianDiffusion,
+    SamplerSettings,
+    cosine_betas,
+    draw_sampling_noise,
+    space_timesteps,
+)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -120,7 +126,8 @@ def test_time_embedding_is_cos_then_sin():
 def hand_net(net, x, t, c):
     """SimpleMLPAdaLN with explicit math (LayerNorm eps 1e-6, final LN without affine)."""
     lin = lambda m, z: z @ m.weight.T + m.bias
-    ln = lambda z, w=None, b=None: ((z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    ln = lambda z, w=None, b=None: ((z - z.mean(-1, keepdim=True))
+                                    / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + 1e-6)
                                     * (1 if w is None else w) + (0 if b is None else b))
     emb = timestep_embedding(t, 256)
     y = lin(net.time_embed.mlp[2], F.silu(lin(net.time_embed.mlp[0], emb))) + lin(net.cond_embed, c)
@@ -211,7 +218,8 @@ def test_sampler_equals_original_algorithm(head, steps):
     with torch.no_grad():
         want = original_sample(head, cond, uncond, 4.0, 0.8, steps, x_T, step_noise, other)
     for fast in (True, False):
-        got = head.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, temperature=0.8, sampling_steps=steps), noise=(x_T, step_noise), fast=fast)
+        got = head.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, temperature=0.8, sampling_steps=steps),
+                          noise=(x_T, step_noise), fast=fast)
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
@@ -221,18 +229,22 @@ def test_cfg_conventions(head):
     noise = draw_sampling_noise(g, 3, 10, 16)
     plain = head.sample(cond, None, SamplerSettings(sampling_steps=10), noise=noise)
     # cfg_scale == 1 runs unguided even with an uncond given
-    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(cfg_scale=1.0, sampling_steps=10), noise=noise), plain, atol=0, rtol=0)
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(cfg_scale=1.0, sampling_steps=10),
+                                           noise=noise), plain, atol=0, rtol=0)
     # both halves share x_t and noise: with uncond == cond any scale gives the unguided sample
     # (float64: the first step divides by sqrt(alpha_bar) ~ 1e-3, which would magnify the last
     # bits of fp32 matmuls of 2B vs B rows)
     h64 = copy.deepcopy(head).double()
     n64 = (noise[0].double(), noise[1].double())
-    torch.testing.assert_close(h64.sample(cond.double(), cond.double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=n64),
-                               h64.sample(cond.double(), None, SamplerSettings(sampling_steps=10), noise=n64), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h64.sample(cond.double(), cond.double(),
+                                          SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=n64),
+                               h64.sample(cond.double(), None, SamplerSettings(sampling_steps=10), noise=n64),
+                               atol=1e-10, rtol=1e-10)
     guided = head.sample(cond, uncond, SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=noise)
     assert (guided - plain).abs().max() > 1e-3
     # rows are independent: one row alone gives the same as inside a batch
-    one = h64.sample(cond[1:2].double(), uncond[1:2].double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=(n64[0][1:2], n64[1][:, 1:2]))
+    one = h64.sample(cond[1:2].double(), uncond[1:2].double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10),
+                     noise=(n64[0][1:2], n64[1][:, 1:2]))
     all3 = h64.sample(cond.double(), uncond.double(), SamplerSettings(cfg_scale=4.0, sampling_steps=10), noise=n64)
     torch.testing.assert_close(one, all3[1:2], atol=1e-10, rtol=1e-10)
     # fp32 vs fp64: the 10-step sampler magnifies fp32 rounding (1.2e-4 relative seen on one CPU)
@@ -249,14 +261,16 @@ def test_noise_temperature_and_reproducibility(head):
     n2 = torch.randn_like(n1)
     # temperature 0: the step noise is irrelevant, the result depends on x_T only
     t0 = head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=0.0), noise=(x_T, n1))
-    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=0.0), noise=(x_T, n2)), t0,
-                               atol=0, rtol=0)
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=0.0),
+                                           noise=(x_T, n2)), t0, atol=0, rtol=0)
     t1 = head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=1.0), noise=(x_T, n1))
-    assert (head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=1.0), noise=(x_T, n2)) - t1).abs().max() > 1e-3
+    assert (head.sample(cond, uncond, SamplerSettings(sampling_steps=10, temperature=1.0),
+                        noise=(x_T, n2)) - t1).abs().max() > 1e-3
     # step_noise[0] is never used by DDPM (no noise at the last step)
     n3 = n1.clone()
     n3[0] = 100.0
-    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10), noise=(x_T, n3)), t1, atol=0, rtol=0)
+    torch.testing.assert_close(head.sample(cond, uncond, SamplerSettings(sampling_steps=10), noise=(x_T, n3)), t1,
+                               atol=0, rtol=0)
 
 
 def hand_ddim(head, cond, uncond, config, steps, x_T, eta, step_noise):
@@ -283,13 +297,18 @@ def test_ddim_matches_hand_and_eta0_is_deterministic(head, eta):
     h64 = copy.deepcopy(head).double()    # float64: exact comparison with the hand formulas
     with torch.no_grad():
         want = hand_ddim(h64, cond.double(), uncond.double(), 3.0, 10, x_T.double(), eta, n1.double())
-    got64 = h64.sample(cond.double(), uncond.double(), SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta), noise=(x_T.double(), n1.double()))
+    got64 = h64.sample(cond.double(), uncond.double(),
+                       SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta),
+                       noise=(x_T.double(), n1.double()))
     torch.testing.assert_close(got64, want, atol=1e-10, rtol=1e-10)
-    got = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta), noise=(x_T, n1))
+    got = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim", eta=eta),
+                      noise=(x_T, n1))
     if eta == 0.0:
-        again = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim"), noise=(x_T, torch.randn_like(n1)))
+        again = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddim"),
+                            noise=(x_T, torch.randn_like(n1)))
         torch.testing.assert_close(again, got, atol=0, rtol=0)
-        ddpm = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddpm"), noise=(x_T, n1))
+        ddpm = head.sample(cond, uncond, SamplerSettings(cfg_scale=3.0, sampling_steps=10, sampler="ddpm"),
+                           noise=(x_T, n1))
         assert (ddpm - got).abs().max() > 1e-3
 
 
@@ -340,7 +359,8 @@ def test_loss_is_masked_eps_mse_with_batch_mul(head):
         # masked rows never reach the network: NaN padding does not leak
         bad = x0.clone()
         bad[~mask] = float("nan")
-        assert head.loss(bad, c, t, noise, mask=mask, diffmlps_batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)
+        assert (head.loss(bad, c, t, noise, mask=mask, diffmlps_batch_mul=4).item()
+                == pytest.approx(want.item(), rel=1e-6))
         # float mask = weights
         w = mask.float() * 2
         assert head.loss(x0, c, t, noise, mask=w, diffmlps_batch_mul=4).item() == pytest.approx(want.item(), rel=1e-6)

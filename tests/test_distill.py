@@ -21,13 +21,13 @@ from motionstreamer.eval.head_quality import (
     teacher_sampler,
 )
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.models.few_step import (
     StudentHead,
     StudentHeadConfig,
     student_settings,
     student_timesteps,
 )
+from motionstreamer.models.sampling import SamplerSettings
 from motionstreamer.train.distill import (
     DistillConfig,
     EnergyDistillObjective,
@@ -102,7 +102,8 @@ def test_student_sampler_checks_its_inputs():
 @pytest.mark.parametrize("field,value,msg", [
     ("steps", [], "steps must be distinct"), ("steps", [1, 1], "steps must be distinct"),
     ("steps", [0, 2], "steps must be distinct"), ("default_steps", 3, "default_steps"),
-    ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"), ("top_timestep", 0, "top_timestep")])
+    ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"),
+    ("top_timestep", 0, "top_timestep")])
 def test_student_config_errors_name_the_field(field, value, msg):
     d = StudentHeadConfig().to_dict()
     d[field] = value
@@ -266,7 +267,8 @@ def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     for name in ("tae.safetensors", "t2m.safetensors", "stats.safetensors"):
         assert (out / name).read_bytes() == (root / "teacher" / name).read_bytes()
     b = load_bundle(out)
-    assert b.student is not None and b.student.student_config.steps == (1, 2) and b.student.student_config.default_steps == 2
+    assert (b.student is not None and b.student.student_config.steps == (1, 2)
+            and b.student.student_config.default_steps == 2)
     assert b.student.student_config.top_timestep == 48 and b.student.student_config.teacher_skip_terminal_step
     for k, v in s.state_dict().items():
         assert torch.equal(b.student.state_dict()[k], v)

@@ -98,7 +98,8 @@ def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles)
     enc = FakeTextEncoder(TEXT)
     for config in (GenerationConfig(sampling_steps=5, end_threshold=-1.0), GenerationConfig(head="teacher",
                                                                                       end_threshold=-1.0)):
-        a = stream_latents(StreamingEngine(load_bundle(tdir), enc, capacity=2, config=config), ["walk", "run"], [1, 2], 11)
+        a = stream_latents(StreamingEngine(load_bundle(tdir), enc, capacity=2, config=config), ["walk", "run"],
+                           [1, 2], 11)
         s_engine = StreamingEngine(load_bundle(sdir), enc, capacity=2, config=config)
         assert s_engine.settings.head == "teacher" and s_engine.backend.condition_rows == 2
         b = stream_latents(s_engine, ["walk", "run"], [1, 2], 11)

@@ -62,7 +62,8 @@ def test_draw_follows_the_reference_loader(data):
         assert b["motion"].shape[0] == 8 and len(b["captions"]) == 8
         assert torch.all(b["motion"][torch.arange(b["motion"].shape[1])[None, :] >= b["lengths"][:, None]] == 0)
     # a crop is a window of the entry's motion (random offset), normalised as the entry
-    flat = {(b["captions"][i], int(b["lengths"][i])): b["motion"][i, :int(b["lengths"][i])] for b in batches for i in range(8)}
+    flat = {(b["captions"][i], int(b["lengths"][i])): b["motion"][i, :int(b["lengths"][i])]
+            for b in batches for i in range(8)}
     (cap, n), crop = next(iter(flat.items()))
     e = next(i for i, caps in enumerate(es.captions) if cap in caps and any(
         np.allclose(es.motions[i][o:o + n], crop.numpy()) for o in range(len(es.motions[i]) - n + 1)))
@@ -102,7 +103,8 @@ def test_tae_protocol_identity_and_offset(data, evaluator_dir):
 def test_t2m_protocol_with_a_perfect_and_a_constant_generator(data, evaluator_dir):
     ev = TMREvaluator.load(evaluator_dir)
     es = P.EvalSet.load(data, "train")
-    es.captions = [[f"{c} #{i}" for c in caps] for i, caps in enumerate(es.captions)]   # (caption, length) -> one motion
+    # (caption, length) -> one motion
+    es.captions = [[f"{c} #{i}" for c in caps] for i, caps in enumerate(es.captions)]
     lookup = {}
 
     def perfect(captions, lengths, seed):      # returns the real motion of each caption (de-normalised)
@@ -119,7 +121,8 @@ def test_t2m_protocol_with_a_perfect_and_a_constant_generator(data, evaluator_di
     def noisy(captions, lengths, seed):
         g = np.random.default_rng(seed)
         return [m + 0.1 * es.std * g.normal(size=m.shape) for m in perfect(captions, lengths, seed)]
-    assert P.evaluate_t2m(ev, es, noisy, batch=8, seed=0, mm_captions=4, mm_repeats=11).summary()["multimodality"]["mean"] > 0
+    assert P.evaluate_t2m(ev, es, noisy, batch=8, seed=0, mm_captions=4,
+                          mm_repeats=11).summary()["multimodality"]["mean"] > 0
     for k in ("r_precision_top1", "r_precision_top3", "matching_score"):
         assert r[k]["mean"] == pytest.approx(r["real_" + k]["mean"], abs=1e-5)
 
@@ -184,7 +187,8 @@ def test_evaluate_gt_prints_a_table_and_writes_json(capsys, tmp_path, data, eval
         assert label in text
     res = json.loads(out.read_text())
     assert res["protocol"] == "gt" and res["info"]["batch"] == 8
-    assert 0 <= res["metrics"]["foot_skating_clean"]["mean"] <= 1 and res["metrics"]["floor_penetration_mm"]["mean"] >= 0
+    assert (0 <= res["metrics"]["foot_skating_clean"]["mean"] <= 1
+            and res["metrics"]["floor_penetration_mm"]["mean"] >= 0)
     fid = res["metrics"]["fid"]
     assert len(fid["values"]) == 3
     assert fid["mean"] == pytest.approx(np.mean(fid["values"]))
@@ -200,8 +204,8 @@ def test_evaluate_tae_and_t2m_with_a_bundle(capsys, tmp_path, data, evaluator_di
     assert code == 0 and "MPJPE (mm)" in text
     assert json.loads((tmp_path / "tae.json").read_text())["metrics"]["mpjpe_mm"]["mean"] > 0
     code, text = _run(capsys, ["evaluate", "t2m", "--data", str(data), "--split", "val", "--evaluator",
-                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--sampling-steps", "2",
-                               "--out", str(tmp_path / "t2m.json"), "--quiet"])
+                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--sampling-steps",
+                               "2", "--out", str(tmp_path / "t2m.json"), "--quiet"])
     assert code == 0 and "Real R@3" in text
     res = json.loads((tmp_path / "t2m.json").read_text())
     assert {"fid", "r_precision_top3", "matching_score", "real_r_precision_top3", "foot_skating",
@@ -228,8 +232,8 @@ def test_evaluate_t2m_with_an_onnx_export_equals_the_bundle(capsys, tmp_path, da
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (k, a, b)
     code, _ = _run(capsys, ["evaluate", "stream", "--stream-data", str(data / "babel_stream"), "--split", "train",
                             "--mean-std", str(data / "mean_std"), "--evaluator", str(evaluator_dir), "--onnx",
-                            str(tmp_path / "onnx"), "--batch", "8", "--sampling-steps", "2", "--transition-length", "30",
-                            "--out", str(tmp_path / "s.json"), "--quiet", "--device", "cpu"])
+                            str(tmp_path / "onnx"), "--batch", "8", "--sampling-steps", "2", "--transition-length",
+                            "30", "--out", str(tmp_path / "s.json"), "--quiet", "--device", "cpu"])
     assert code == 0 and "transition_fid" in json.loads((tmp_path / "s.json").read_text())["metrics"]
     # --onnx takes the models from the export
     with pytest.raises(SystemExit):
@@ -289,7 +293,8 @@ def test_train_evaluator_cli_then_evaluate(capsys, tmp_path, data):
     (["evaluate", "gt", "--data", "{data}", "--evaluator", "{ev}", "--repeats", "0"], "--repeats must be >= 1"),
     (["evaluate", "gt", "--data", "{tmp}/nodata", "--evaluator", "{ev}"], "split file not found|not found"),
     (["evaluate", "gt", "--data", "{data}", "--split", "test", "--evaluator", "{ev}"], "fewer than one batch of 32"),
-    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"], "--tae: .*none.pt: not found"),
+    (["evaluate", "tae", "--data", "{data}", "--evaluator", "{ev}", "--tae", "{tmp}/none.pt"],
+     "--tae: .*none.pt: not found"),
     (["evaluate", "t2m", "--data", "{data}", "--evaluator", "{ev}", "--mm-captions", "5", "--mm-repeats", "5"],
      "--mm-repeats must be > 10"),
     (["train-evaluator", "--data", "{data}", "--out", "{tmp}/x", "--set", "lamda=1"], "unknown config field"),

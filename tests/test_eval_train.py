@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.eval import metrics as M
-from motionstreamer.train.evaluator import (
-    EpochSampler, EvaluatorTrainConfig, infonce_loss, tmr_losses, train_evaluator,
-)
 from motionstreamer.models.evaluator import EvaluatorConfig, TMREvaluator
+from motionstreamer.train.evaluator import (
+    EpochSampler,
+    EvaluatorTrainConfig,
+    infonce_loss,
+    tmr_losses,
+    train_evaluator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +134,8 @@ def test_resume_is_bit_exact(tmp_path, synth):
     for (k, v), (k2, v2) in zip(full.state_dict().items(), done.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
     # files: resumable state, the model export, logs
-    for f in ("checkpoint_last.pt", "config.json", "log.jsonl", "evaluator/evaluator.safetensors", "evaluator/config.json"):
+    for f in ("checkpoint_last.pt", "config.json", "log.jsonl", "evaluator/evaluator.safetensors",
+              "evaluator/config.json"):
         assert (tmp_path / "b" / f).is_file(), f
     meta = json.loads((tmp_path / "b" / "evaluator" / "config.json").read_text())
     assert meta["trained_steps"] == steps and meta["evaluator"]["text_backbone"] == "tiny-distilbert"
@@ -163,7 +168,7 @@ def test_training_on_synthetic_motion_ranks_real_pairs_far_above_chance(tmp_path
     test = HumanML3D272Dataset(synth, "test", captions="all")
     b = collate([test[i] for i in range(len(test))])
     order = np.random.default_rng(0).permutation(len(test))
-    r_test = M.r_precision(ev.encode_text(b["caption"]).numpy()[order], ev.encode_motion(b["motion"], b["length"]).numpy()[order],
-                           batch=16)
+    r_test = M.r_precision(ev.encode_text(b["caption"]).numpy()[order],
+                           ev.encode_motion(b["motion"], b["length"]).numpy()[order], batch=16)
     print(f"held-out test captions (batches of 16): R@1/2/3 {r_test[0]:.3f}/{r_test[1]:.3f}/{r_test[2]:.3f}")
     assert r_test[2] > 1.5 * 3 / 16

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from motionstreamer.models.evaluator import (
-    EvaluatorCheckpointError, EvaluatorConfig, TMREvaluator, read_lightning_state_dict,
+    EvaluatorCheckpointError,
+    EvaluatorConfig,
+    TMREvaluator,
+    read_lightning_state_dict,
 )
 
 
@@ -31,7 +34,8 @@ def _decoder_layer(p, L, ff):
 
 def _distilbert_base(p):
     """DistilBertModel(distilbert-base-uncased) parameters: vocab 30522, dim 768, 6 layers, ffn 3072."""
-    d = {f"{p}.embeddings.word_embeddings.weight": (30522, 768), f"{p}.embeddings.position_embeddings.weight": (512, 768),
+    d = {f"{p}.embeddings.word_embeddings.weight": (30522, 768),
+         f"{p}.embeddings.position_embeddings.weight": (512, 768),
          f"{p}.embeddings.LayerNorm.weight": (768,), f"{p}.embeddings.LayerNorm.bias": (768,)}
     for i in range(6):
         q = f"{p}.transformer.layer.{i}"

@@ -89,7 +89,8 @@ def test_head_graph_matches_sampler(exported, sampler, steps):
     E = bundle.t2m.config.n_embd
     cond, unc = torch.randn(2, E, generator=g), torch.randn(2, E, generator=g)
     x, n = draw_sampling_noise(g, 2, steps, 16)
-    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps, sampler=sampler), noise=(x, n))
+    ref = bundle.t2m.diff_loss.sample(cond, unc, SamplerSettings(cfg_scale=3.0, temperature=0.9, sampling_steps=steps,
+                                                                 sampler=sampler), noise=(x, n))
     sess = ort.InferenceSession(str(out / f"head_{sampler}{steps}.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"cond": cond.numpy(), "uncond": unc.numpy(), "x_T": x.numpy(), "step_noise": n.numpy(),
              "cfg_scale": np.array([3.0], np.float32), "temperature": np.array([0.9], np.float32)}
@@ -105,7 +106,8 @@ def test_tae_step_graph_matches_streaming_decoder(exported):
     states = [b.numpy().copy() for b in st.buffers]
     frames = []
     for i in range(3):
-        res = run(out / "tae_decode_step.onnx", {"z": z[:, i].numpy(), **{f"state_{j}": s for j, s in enumerate(states)}})
+        res = run(out / "tae_decode_step.onnx", {"z": z[:, i].numpy(),
+                                                 **{f"state_{j}": s for j, s in enumerate(states)}})
         frames.append(res[0])
         states = res[1:]
     close(np.concatenate(frames, 1), tae.decode(z))
@@ -172,7 +174,8 @@ def test_int8_graphs_pass_checker_and_hold_int8_weights(exported_int8):
         ops = {n.op_type for n in model.graph.node}
         int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
         if f.name in q["files"]:
-            assert int8_weights and "Gemm" not in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, (f.name, ops)
+            assert (int8_weights and "Gemm" not in ops
+                    and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}), (f.name, ops)
         else:
             assert not int8_weights
 
@@ -236,10 +239,12 @@ def test_int8_matmuls_within_their_rounding_bound(exported, exported_int8, graph
                                  "latents": torch.randn(3, 9, 16, generator=g).numpy(), "n_latents": np.full(3, 4)},
         "decode_step.onnx": lambda: {"latent": torch.randn(3, 16, generator=g).numpy(),
                                      "k_cache": torch.randn(4, 3, 4, 10, 32, generator=g).numpy(),
-                                     "v_cache": torch.randn(4, 3, 4, 10, 32, generator=g).numpy(), "pos": np.full(3, 5)},
+                                     "v_cache": torch.randn(4, 3, 4, 10, 32, generator=g).numpy(),
+                                     "pos": np.full(3, 5)},
         "head_ddim5.onnx": lambda: {"cond": torch.randn(3, 128, generator=g).numpy(),
                                     "uncond": torch.randn(3, 128, generator=g).numpy(),
-                                    "x_T": torch.randn(3, 16, generator=g).numpy(), "cfg_scale": np.array([3.0], np.float32)},
+                                    "x_T": torch.randn(3, 16, generator=g).numpy(),
+                                    "cfg_scale": np.array([3.0], np.float32)},
     }[graph]()
     sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))

@@ -115,8 +115,8 @@ def test_non_finite_motion_is_an_error_in_the_api_too(tmp_path):
     assert issubclass(NonFiniteMotionError, FloatingPointError)
 
 NUMBERS = [   # (verb and arguments, what the one error line names); every case is refused before any work
-    *[(["generate", "a person walks", f"{flag}={v}"], flag) for flag in ("--cfg-scale", "--temperature", "--end-threshold",
-                                                                        "--max-seconds") for v in ("nan", "inf", "-inf")],
+    *[(["generate", "a person walks", f"{flag}={v}"], flag)
+      for flag in ("--cfg-scale", "--temperature", "--end-threshold", "--max-seconds") for v in ("nan", "inf", "-inf")],
     (["generate", "a person walks", "--cfg-scale", "1e30"], "cfg_scale must be a finite number in [-100, 100]"),
     (["generate", "a person walks", "--cfg-scale=-1e30"], "cfg_scale must be a finite number in [-100, 100]"),
     (["generate", "a person walks", "--temperature", "1e30"], "temperature must be a finite number in [0, 10]"),
@@ -162,7 +162,8 @@ def test_api_configs_refuse_non_finite_numbers():
         SamplerSettings(sampler="ddim", eta=float("nan"))
     with pytest.raises(ValueError, match="cfg_scale"):
         ServeConfig(cfg_scale=float("inf")).validate()
-    for msg in ('{"type": "prompt", "text": "walk", "seconds": NaN}', '{"type": "prompt", "text": "walk", "seconds": 1e999}',
+    for msg in ('{"type": "prompt", "text": "walk", "seconds": NaN}',
+                '{"type": "prompt", "text": "walk", "seconds": 1e999}',
                 '{"type": "prompt", "text": "wa\\udcff"}'):
         with pytest.raises(ProtocolError):
             parse_client_message(msg, ServeLimits())
@@ -186,8 +187,8 @@ def log_steps(out: Path) -> list[int]:
 
 
 def test_training_into_a_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
-    from motionstreamer.train.common import CHECKPOINT_NAME
     from motionstreamer.checkpoints import load_training_checkpoint
+    from motionstreamer.train.common import CHECKPOINT_NAME
 
     run = tmp_path / "run"
     tiny_tae_train(run, 6)
@@ -529,7 +530,8 @@ CONTROL_PROMPTS = [("NUL", "a person\x00 walks"), ("an ESC colour sequence", "a 
 def test_prompts_with_control_characters_are_refused(what, prompt):
     from motionstreamer.runtime.policy import check_prompt
 
-    first = next(i for i, ch in enumerate(prompt) if ord(ch) < 0x20 and ch not in "\t\n\r\v\f" or 0x7F <= ord(ch) <= 0x9F)
+    first = next(i for i, ch in enumerate(prompt)
+                 if ord(ch) < 0x20 and ch not in "\t\n\r\v\f" or 0x7F <= ord(ch) <= 0x9F)
     with pytest.raises(ValueError, match=rf"control character \(U\+{ord(prompt[first]):04X} at position {first}\)"):
         check_prompt(prompt)
 
@@ -577,12 +579,13 @@ def test_api_push_text_duration_inf_and_bad_prompts(engine_parts):
 # ----------------------------------------------------------------------------- 9. global RNG untouched
 @pytest.fixture(scope="module")
 def engine_parts():
+    import tempfile
+
     from fakes import FakeTextEncoder
 
     from motionstreamer.checkpoints import load_bundle, save_bundle
     from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
     from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-    import tempfile
 
     torch.manual_seed(0)
     d = Path(tempfile.mkdtemp())

@@ -86,7 +86,8 @@ def test_text_format_is_the_converters(written):
                            "\t\t\tOFFSET 0.034277 -0.375199 -0.004496"]
     assert "\t\t\t\t\tEnd Site\n\t\t\t\t\t{\n\t\t\t\t\t\tOFFSET 0.000000 0.000000 0.000000\n\t\t\t\t\t}\n" in text
     m = lines.index("MOTION")
-    assert lines[m - 1] == "}" and lines[m + 1] == f"Frames: {len(rotations)}" and lines[m + 2] == "Frame Time: 0.033333"
+    assert (lines[m - 1] == "}" and lines[m + 1] == f"Frames: {len(rotations)}"
+            and lines[m + 2] == "Frame Time: 0.033333")
     frames = lines[m + 3:]
     assert frames[-1] == "" and len(frames) == len(rotations) + 1       # file ends with a newline
     for row in frames[:-1]:

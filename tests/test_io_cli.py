@@ -11,7 +11,10 @@ from scipy.spatial.transform import Rotation
 from motionstreamer.io.bvh import bvh_text, read_bvh
 from motionstreamer.io.motion_io import load_motion_array, motion_kind, save_npy, to_features, to_joints
 from motionstreamer.representation.features import (
-    canonicalize_facing, joints_to_272, recover_joints, recover_rotations,
+    canonicalize_facing,
+    joints_to_272,
+    recover_joints,
+    recover_rotations,
 )
 from motionstreamer.representation.skeleton import forward_kinematics
 
@@ -60,7 +63,8 @@ def test_to_bvh_fps_and_floor(files, tmp_path, capsys):
     a, b = tmp_path / "a.bvh", tmp_path / "b.bvh"
     converter = ["--skeleton", "smpl-neutral", "--rotations", "model"]
     assert run_cli(["to-bvh", paths["features"], "--out", a, "--fps", 60] + converter, capsys)[0] == 0
-    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"] + converter, capsys)[0] == 0
+    assert run_cli(["to-bvh", paths["features"], "--out", b, "--fps", 60, "--floor-at-zero"] + converter,
+                   capsys)[0] == 0
     ra, rb = read_bvh(a), read_bvh(b)
     assert ra.frame_time == rb.frame_time == 0.016667 and ra.motion.shape == (T, 75)
     np.testing.assert_allclose(ra.motion[:, :3] - rb.motion[:, :3], np.tile([-0.001795, -0.223333, 0.028219], (T, 1)),
@@ -95,7 +99,8 @@ def _write(path, data: bytes):
 
 
 @pytest.mark.parametrize("make_argv,message", [
-    (lambda p, d: ["render", p["features"], "--out", d / "x.avi"], "--out '.*x.avi': the output must end in .mp4 or .gif"),
+    (lambda p, d: ["render", p["features"], "--out", d / "x.avi"],
+     "--out '.*x.avi': the output must end in .mp4 or .gif"),
     (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.mp4"], "the output must end in .bvh"),
     (lambda p, d: ["render", p["features"], "--out", d / "x.mp4", "--mean", p["mean"]], "--mean needs --std too"),
     (lambda p, d: ["to-bvh", p["features"], "--out", d / "x.bvh", "--std", p["std"]], "--std needs --mean too"),

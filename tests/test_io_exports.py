@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from _js import read_gltf, validate_gltf
 from bvh import Bvh
 from scipy.spatial.transform import Rotation
 
-from _js import read_gltf, validate_gltf
 from motionstreamer.cli import main
 from motionstreamer.io.bvh import JOINT_ORDER, bvh_text, read_bvh
 from motionstreamer.io.rig import RIG_NAMES, make_rig, prepare_motion
@@ -31,8 +31,8 @@ def generated(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
     prefix = d / "wave_jog"
     code = main(["stream", "--prompt", "a person raises the right hand and waves@2", "--prompt",
-                 "a person jogs forward@2", "--seed", "0", "--sampling-steps", "10", "--out", str(prefix), "--bvh", "--glb",
-                 "--smpl", "--render", "mp4", "--render-size", "128", "--quiet"])
+                 "a person jogs forward@2", "--seed", "0", "--sampling-steps", "10", "--out", str(prefix), "--bvh",
+                 "--glb", "--smpl", "--render", "mp4", "--render-size", "128", "--quiet"])
     assert code == 0
     return prefix, np.load(f"{prefix}.npy").astype(np.float64), np.load(f"{prefix}_joints.npy").astype(np.float64)
 
@@ -163,7 +163,8 @@ def test_video_has_every_frame(generated):
 def test_converter_parity_mode_is_byte_identical(generated, tmp_path, capsys):
     prefix, features, _ = generated
     out = tmp_path / "conv.bvh"
-    assert main(["to-bvh", f"{prefix}.npy", "--out", str(out), "--skeleton", "smpl-neutral", "--rotations", "model"]) == 0
+    assert main(["to-bvh", f"{prefix}.npy", "--out", str(out), "--skeleton", "smpl-neutral",
+                 "--rotations", "model"]) == 0
     assert out.read_text() == bvh_text(*recover_rotations(features))
     assert "joints differ from the video's" in capsys.readouterr().out
 

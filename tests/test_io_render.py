@@ -174,7 +174,8 @@ def test_killed_render_leaves_no_temporary_after_the_next_run(tmp_path):
     code = ("import numpy as np, sys; sys.path.insert(0, %r)\n"
             "from test_io_render import walking_joints\n"
             "from motionstreamer.io.render import render_motion\n"
-            "render_motion(walking_joints(100000), %r, progress=False, size=64)\n") % (os.path.dirname(__file__), str(out))
+            "render_motion(walking_joints(100000), %r, progress=False, size=64)\n") \
+        % (os.path.dirname(__file__), str(out))
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 60

@@ -11,14 +11,20 @@ from pathlib import Path
 import numpy as np
 import pygltflib
 import pytest
-from scipy.spatial.transform import Rotation
-
 from _js import JS_DIR, read_gltf, require_js
 from _rigs import MIXAMO, PARENTS, RIGIFY, UNREAL4, humanoid, leg_length
+from scipy.spatial.transform import Rotation
+
 from motionstreamer.cli import main
 from motionstreamer.io.blender_process import run_script
-from motionstreamer.io.retarget import (RetargetError, Retargeter, Skeleton, bone_map_from_dict, detect_bone_map,
-                                        load_bone_map)
+from motionstreamer.io.retarget import (
+    Retargeter,
+    RetargetError,
+    Skeleton,
+    bone_map_from_dict,
+    detect_bone_map,
+    load_bone_map,
+)
 from motionstreamer.io.rig import prepare_motion
 from motionstreamer.io.target_io import read_skeleton
 from motionstreamer.representation import feet

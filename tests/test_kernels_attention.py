@@ -12,11 +12,15 @@ PV product, as flash attention does); gradients get twice that (they sum over mo
 """
 import pytest
 import torch
-
-from motionstreamer.kernels import (qknorm_decode_attention, qknorm_decode_attention_reference, qknorm_rope_attention,
-                                    qknorm_rope_attention_reference, rope_tables)
-
 from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
+
+from motionstreamer.kernels import (
+    qknorm_decode_attention,
+    qknorm_decode_attention_reference,
+    qknorm_rope_attention,
+    qknorm_rope_attention_reference,
+    rope_tables,
+)
 
 
 def _qkv(B, H, T, D, dtype, seed=0, device=DEV):

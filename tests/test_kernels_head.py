@@ -16,16 +16,25 @@ import itertools
 
 import pytest
 import torch
+from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
-from motionstreamer.kernels import (adaln_modulate_layernorm, adaln_modulate_layernorm_reference, bias_silu,
-                                    bias_silu_reference, fused_linear,
-                                    fused_linear_reference, gated_residual, gated_residual_reference, head_sample_loop,
-                                    head_sample_loop_reference, head_step, head_step_reference)
-from motionstreamer.kernels import integration
+from motionstreamer.kernels import (
+    adaln_modulate_layernorm,
+    adaln_modulate_layernorm_reference,
+    bias_silu,
+    bias_silu_reference,
+    fused_linear,
+    fused_linear_reference,
+    gated_residual,
+    gated_residual_reference,
+    head_sample_loop,
+    head_sample_loop_reference,
+    head_step,
+    head_step_reference,
+    integration,
+)
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
 from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
-
-from _kernel_testing import CUDA, DEV, DTYPES, TOL, assert_close, gpu, pytestmark  # noqa: F401
 
 
 def randn(*shape, seed=0, dtype=torch.float32, device=DEV, std=1.0, mean=0.0):
@@ -54,7 +63,8 @@ def test_bias_silu_and_gated_residual(dtype, with_bias):
     gate = randn(M, 3, W, seed=3, dtype=dtype)[:, 2]
     bias = randn(W, seed=4, dtype=dtype) if with_bias else None
     assert_close(bias_silu(x, bias), bias_silu_reference(x, bias), TOL[dtype], "bias_silu")
-    assert_close(gated_residual(x, h, gate, bias), gated_residual_reference(x, h, gate, bias), TOL[dtype], "gated_residual")
+    assert_close(gated_residual(x, h, gate, bias), gated_residual_reference(x, h, gate, bias), TOL[dtype],
+                 "gated_residual")
     y = x.clone()
     bias_silu(y, bias, out=y)   # in place
     assert_close(y, bias_silu_reference(x, bias), TOL[dtype], "bias_silu in place")
@@ -181,7 +191,8 @@ def test_head_sample_loop_reduced_precision_and_errors():
     with pytest.raises(ValueError, match="pass step_noise"):
         head_sample_loop(w, mods, noise[0].float(), None, proc.step_coefficients("ddpm"), cfg_scale=2.0)
     with pytest.raises(ValueError, match="modulations for"):
-        head_sample_loop(w, mods, noise[0].float(), noise[1][:proc.num_timesteps].float(), proc.step_coefficients("ddpm"))
+        head_sample_loop(w, mods, noise[0].float(), noise[1][:proc.num_timesteps].float(),
+                         proc.step_coefficients("ddpm"))
 
 
 # ----------------------------------------------------------------------------- GPU, official head

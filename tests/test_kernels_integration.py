@@ -162,12 +162,14 @@ def test_head_sampling_switch(sampler):
     for backend in ("torch", "triton"):
         m.diff_loss.set_head_backend(backend)
         with kernel_calls() as calls:
-            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=sampler, eta=0.3), noise=noise)
+            got[backend] = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6,
+                                                                            sampler=sampler, eta=0.3), noise=noise)
         assert calls["head_sample_loop"] == (backend == "triton")
     assert_close(got["triton"], got["torch"], what="sampled latents")
     # fast=False stays the reference path; the loop with a tensor cfg_scale (the ONNX head graph) too
     m.diff_loss.set_head_backend("triton")
-    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=sampler, eta=0.3), noise=noise, fast=False)
+    ref = m.diff_loss.sample(cond, uncond, SamplerSettings(cfg_scale=2.5, sampling_steps=6, sampler=sampler, eta=0.3),
+                             noise=noise, fast=False)
     assert_close(got["triton"], ref, what="vs net.forward sampler")
     c = torch.cat([cond, uncond])
     t = sample_loop(m.diff_loss.eps_function(c, m.diff_loss.model_timesteps(6, "cpu")), noise[0],

@@ -118,7 +118,8 @@ def head_by_hand(net, x, t, c):
     half = 128
     freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
     args = t[:, None].float() * freqs[None]
-    temb = lin(F.silu(lin(torch.cat([torch.cos(args), torch.sin(args)], -1), net.time_embed.mlp[0])), net.time_embed.mlp[2])
+    temb = lin(F.silu(lin(torch.cat([torch.cos(args), torch.sin(args)], -1), net.time_embed.mlp[0])),
+               net.time_embed.mlp[2])
     y = temb + lin(c, net.cond_embed)
     h = lin(x, net.input_proj)
     for b in net.res_blocks:
@@ -138,7 +139,8 @@ def test_head_reference_and_fast_path_match_hand_derivation(small_t2m):
     torch.testing.assert_close(net(x, t, c), head_by_hand(net, x, t, c), **TOL)
     mods = net.modulations(c[:1].expand(5, -1), t)
     for i in range(5):
-        torch.testing.assert_close(net.forward_with_modulations(x, mods, i), net(x, t[i].expand(5), c[:1].expand(5, -1)), **TOL)
+        torch.testing.assert_close(net.forward_with_modulations(x, mods, i),
+                                   net(x, t[i].expand(5), c[:1].expand(5, -1)), **TOL)
 
 
 def test_cosine_schedule_and_posterior_formulas():
@@ -174,14 +176,17 @@ def test_sampler_cfg_and_noise_conventions(small_t2m):
     c, u = torch.randn(3, E, generator=g), torch.randn(3, E, generator=g)
     noise = draw_sampling_noise(g, 3, 50, 16)
     plain = head.sample(c, None, SamplerSettings(cfg_scale=1.0), noise=noise)
-    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=1.0), noise=noise), plain, **TOL)   # cfg_scale 1 == unguided
+    # cfg_scale 1 == unguided
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=1.0), noise=noise), plain, **TOL)
     torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=True),
                                head.sample(c, u, SamplerSettings(cfg_scale=3.0), noise=noise, fast=False), **TOL)
     zero_t = head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=1.0), noise=(noise[0], noise[1] * 0))
-    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=0.0), noise=noise), zero_t, **TOL)
+    torch.testing.assert_close(head.sample(c, u, SamplerSettings(cfg_scale=3.0, temperature=0.0), noise=noise),
+                               zero_t, **TOL)
     d5 = draw_sampling_noise(g, 3, 5, 16)
     a = head.sample(c, u, SamplerSettings(cfg_scale=3.0, sampling_steps=5, sampler="ddim"), noise=d5)
-    b = head.sample(c, u, SamplerSettings(cfg_scale=3.0, sampling_steps=5, sampler="ddim"), noise=(d5[0], torch.randn_like(d5[1])))
+    b = head.sample(c, u, SamplerSettings(cfg_scale=3.0, sampling_steps=5, sampler="ddim"),
+                    noise=(d5[0], torch.randn_like(d5[1])))
     torch.testing.assert_close(a, b)   # DDIM eta=0 ignores step noise
 
 
@@ -191,7 +196,8 @@ def test_diffusion_loss_is_eps_mse(small_t2m):
     x0, c = torch.randn(8, 16, generator=g), torch.randn(8, small_t2m.config.n_embd, generator=g)
     t, n = torch.randint(0, 50, (8,), generator=g), torch.randn(8, 16, generator=g)
     xt = head.train_diffusion.q_sample(x0, t, n)
-    assert head.loss(x0, c, t=t, noise=n).item() == pytest.approx(((head.net(xt, t, c) - n) ** 2).mean().item(), rel=1e-6)
+    assert (head.loss(x0, c, t=t, noise=n).item()
+            == pytest.approx(((head.net(xt, t, c) - n) ** 2).mean().item(), rel=1e-6))
 
 
 def tae_conv(x, conv, pad):

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from motionstreamer.representation import (
-    FEATURE_DIM, axis_angle_to_matrix, canonicalize_facing, heading_angle, joints_to_272, matrix_to_axis_angle,
-    recover_joints, recover_rotations, recover_smpl85, rot_y,
+    FEATURE_DIM,
+    axis_angle_to_matrix,
+    canonicalize_facing,
+    heading_angle,
+    joints_to_272,
+    matrix_to_axis_angle,
+    recover_joints,
+    recover_rotations,
+    recover_smpl85,
+    rot_y,
 )
 from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 
@@ -219,7 +227,8 @@ def test_gradients_flow_through_forward_and_inverse():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: joints_to_272(np.zeros((5, 21, 3)), np.zeros((5, 22, 3, 3))), r"joints_to_272: joints must have shape \(\.\.\., T, 22, 3\)"),
+    (lambda: joints_to_272(np.zeros((5, 21, 3)), np.zeros((5, 22, 3, 3))),
+     r"joints_to_272: joints must have shape \(\.\.\., T, 22, 3\)"),
     (lambda: joints_to_272(np.zeros((5, 22, 3)), np.zeros((5, 22, 9))), r"joints_to_272: rotations must have shape"),
     (lambda: joints_to_272(np.zeros((5, 22, 3)), np.zeros((4, 22, 3, 3))), r"disagree"),
     (lambda: joints_to_272(np.zeros((0, 22, 3)), np.zeros((0, 22, 3, 3))), r"no frames"),
@@ -250,9 +259,8 @@ def test_recovery_has_no_vertical_drift_with_tilted_heading_deltas():
     """Issue 16 item 4: the root translation is accumulated in x and z only (as the original and the
     streaming recovery), so the pelvis height stays dim 9 (up to the tilt of the heading itself) instead
     of drifting by the sum of the tilted velocities' y parts (~0.3 m here before the fix)."""
-    from motionstreamer.runtime.kinematics import RootState, recover_joints_step
-
     from motionstreamer.representation.features import headings_from_features
+    from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 
     x = tilted_features()
     whole = recover_joints(x)

@@ -5,7 +5,12 @@ import torch
 from test_representation_features import make_motion
 
 from motionstreamer.representation import (
-    axis_angle_to_matrix, canonicalize_facing, joints_to_272, matrix_to_axis_angle, mirror_272, mirror_smpl85,
+    axis_angle_to_matrix,
+    canonicalize_facing,
+    joints_to_272,
+    matrix_to_axis_angle,
+    mirror_272,
+    mirror_smpl85,
 )
 from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics, mirror_permutation
 

@@ -30,7 +30,8 @@ def test_group_averaging_by_hand():
 
 def test_equals_concatenated_reference_and_skips_nan_files(tmp_path):
     rng = np.random.default_rng(0)
-    clips = [rng.normal(loc=rng.normal(size=272), scale=rng.uniform(0.1, 3, 272), size=(n, 272)) for n in (5, 17, 1, 40)]
+    clips = [rng.normal(loc=rng.normal(size=272), scale=rng.uniform(0.1, 3, 272), size=(n, 272))
+             for n in (5, 17, 1, 40)]
     bad = clips[1].copy()
     bad[3, 100] = np.nan
     paths = []
@@ -84,7 +85,8 @@ def test_normalize_round_trip_numpy_and_torch():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: normalize(np.zeros((3, 263)), np.zeros(272), np.ones(272)), r"normalize: x must have shape \(\.\.\., 272\)"),
+    (lambda: normalize(np.zeros((3, 263)), np.zeros(272), np.ones(272)),
+     r"normalize: x must have shape \(\.\.\., 272\)"),
     (lambda: normalize(np.zeros((3, 272)), np.zeros(263), np.ones(272)), r"normalize: mean must have shape \(272,\)"),
     (lambda: denormalize(np.zeros((3, 272)), np.zeros(272), np.ones((2, 272))), r"denormalize: std must have shape"),
 ])

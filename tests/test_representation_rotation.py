@@ -8,8 +8,14 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from motionstreamer.representation import (
-    axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_euler_zyx, matrix_to_quaternion, matrix_to_rot6d,
-    quaternion_to_matrix, rot6d_to_matrix, rot_y,
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    matrix_to_euler_zyx,
+    matrix_to_quaternion,
+    matrix_to_rot6d,
+    quaternion_to_matrix,
+    rot6d_to_matrix,
+    rot_y,
 )
 
 

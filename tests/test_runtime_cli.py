@@ -65,7 +65,8 @@ def test_stream_stdin_realtime_jsonl(bundle_dir, tmp_path):
         err = proc.stderr.read()
     finally:
         proc.kill()
-    assert "Loading weights" not in err and "it/s" not in err, err   # --quiet: no progress bar, the text encoder's neither
+    # --quiet: no progress bar, the text encoder's neither
+    assert "Loading weights" not in err and "it/s" not in err, err
     n = 15                                              # --max-seconds 2: 2 * 30 / 4 latents
     assert [c["start_frame"] for c in lines] == list(range(0, 4 * n, 4))
     joints = np.array([c["joints"] for c in lines])
@@ -143,8 +144,8 @@ def test_stream_clean_feet_cleans_live_chunks_causally_and_files_offline(bundle_
     from motionstreamer.representation.feet import FootCleaner
 
     def jsonl(prefix, extra):
-        code, out = run(["stream", "--prompt", "walk forward@1.2", "--checkpoint", str(bundle_dir), "--sampling-steps", "3",
-                         "--seed", "5", "--jsonl", "--quiet", "--out", str(tmp_path / prefix)] + extra, capsys)
+        code, out = run(["stream", "--prompt", "walk forward@1.2", "--checkpoint", str(bundle_dir), "--sampling-steps",
+                         "3", "--seed", "5", "--jsonl", "--quiet", "--out", str(tmp_path / prefix)] + extra, capsys)
         assert code == 0
         return np.concatenate([np.array(json.loads(line)["joints"]) for line in out.out.splitlines()])
 

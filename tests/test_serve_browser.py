@@ -101,8 +101,7 @@ def test_page_streams_types_and_moves(page):
 
 
 def test_download_bvh_matches_the_python_writer(page, tmp_path):
-    import bvh as bvh_parser   # an independent parser
-
+    import bvh as bvh_parser  # an independent parser
     import torch
 
     from motionstreamer.io.bvh import bvh_text
@@ -168,7 +167,8 @@ def test_click_on_the_floor_sends_the_character_there(goal_page):
     assert 0 < x < 1280 and 0 < y < 760
     pg.mouse.click(x, y)
     goal = pg.evaluate("motionstreamer.state.goal")
-    assert goal is not None and np.hypot(goal["x"] - target[0], goal["z"] - target[1]) < 0.05   # the floor point clicked
+    # the floor point clicked
+    assert goal is not None and np.hypot(goal["x"] - target[0], goal["z"] - target[1]) < 0.05
     pg.wait_for_function("motionstreamer.state.goalsReached > 0", timeout=180_000)
     pg.wait_for_function("motionstreamer.state.buffer.length === 0", timeout=30_000)   # everything played
     pelvis = np.array(pg.evaluate("Array.from(motionstreamer.state.pose.slice(0, 3))"))

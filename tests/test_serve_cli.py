@@ -52,7 +52,7 @@ def test_token_is_redacted_from_access_logs():
 
     from motionstreamer.serve.commands import RedactToken
 
-    rec = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s"', 
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s"',
                             ("127.0.0.1:5", "GET", "/v1/info?token=s3cret-value&x=1"), None)
     RedactToken().filter(rec)
     assert "s3cret" not in rec.getMessage() and "token=***&x=1" in rec.getMessage()

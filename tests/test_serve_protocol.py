@@ -16,8 +16,14 @@ pytest.importorskip("fastapi")
 from _serve_testing import ServerThread, frames, http_get, http_post, recv_json, recv_until, run  # noqa: E402
 
 from motionstreamer.serve.app import create_app  # noqa: E402
-from motionstreamer.serve.protocol import (CLOSE_FULL, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG,  # noqa: E402
-                                           ServeLimits, decode_array)
+from motionstreamer.serve.protocol import (  # noqa: E402
+    CLOSE_FULL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    ServeLimits,
+    decode_array,
+)
 
 MAX_STREAMS = 3
 TOKEN = "test-token-0123456789"
@@ -268,7 +274,7 @@ def test_info_and_health(server):
 
 
 def test_generate_npy_bvh_json(server, tmp_path):
-    import bvh as bvh_parser   # an independent BVH parser
+    import bvh as bvh_parser  # an independent BVH parser
 
     st, body, hdr = http_post(server.http + "/v1/generate",
                               json.dumps({"text": "a person walks forward", "seconds": 2, "format": "npy",

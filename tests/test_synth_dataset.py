@@ -52,7 +52,8 @@ def test_labels_cover_the_actions_and_are_balanced(dataset):
         segs = meta["segments"][name]
         assert "+".join(s[0] for s in segs) == label
     for name, label in meta["actions"].items():                          # composite clips carry sub-captions
-        timed = [ln for ln in (dataset / "texts" / f"{name}.txt").read_text().splitlines() if not ln.endswith("#0.0#0.0")]
+        timed = [ln for ln in (dataset / "texts" / f"{name}.txt").read_text().splitlines()
+                 if not ln.endswith("#0.0#0.0")]
         assert len(timed) == (label.count("+") + 1 if "+" in label else 0)
 
 
@@ -82,12 +83,14 @@ def test_stream_layout(dataset):
         x = np.load(dataset / "babel_stream" / f"{info['split']}_stream" / f"{name}.npy")
         assert x.shape == (info["frames"], 272) and x.dtype == np.float32
         assert info["a_frames"] % 4 == 0 and 60 <= info["a_frames"] < len(x) - 59
-        for line in (dataset / "babel_stream" / f"{info['split']}_stream_text" / f"{name}.txt").read_text().splitlines():
+        for line in (dataset / "babel_stream" / f"{info['split']}_stream_text"
+                     / f"{name}.txt").read_text().splitlines():
             a, b = line.split("*")
             assert len(a.split("#")) == 2 and len(b.split("#")) == 3 and int(b.split("#")[2]) == info["a_frames"]
     babel = dataset / "babel_272"
     segs = sorted(p.stem for p in (babel / "motion_data").glob("*.npy"))
-    listed = sorted((babel / "split" / "train.txt").read_text().split() + (babel / "split" / "val.txt").read_text().split())
+    listed = sorted((babel / "split" / "train.txt").read_text().split()
+                    + (babel / "split" / "val.txt").read_text().split())
     assert segs == listed == sorted(meta["babel_actions"])
     for f in ("Mean.npy", "Std.npy"):
         assert np.load(babel / "t2m_babel_mean_std" / f).shape == (272,)

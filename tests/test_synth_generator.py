@@ -134,9 +134,12 @@ def test_actions_have_their_own_motion_signatures(clips):
         for still in ("idle", "wave_left", "wave_right", "raise_arms", "squat", "kick"):
             assert travel[still] < 0.3, (still, travel[still])
         head = {a: j[a][:, 15, 1] for a in j}
-        assert (j["wave_left"][:, 20, 1] > head["wave_left"]).any() and not (j["wave_left"][:, 21, 1] > head["wave_left"]).any()
-        assert (j["wave_right"][:, 21, 1] > head["wave_right"]).any() and not (j["wave_right"][:, 20, 1] > head["wave_right"]).any()
-        assert ((j["raise_arms"][:, 20, 1] > head["raise_arms"]) & (j["raise_arms"][:, 21, 1] > head["raise_arms"])).any()
+        assert ((j["wave_left"][:, 20, 1] > head["wave_left"]).any()
+                and not (j["wave_left"][:, 21, 1] > head["wave_left"]).any())
+        assert ((j["wave_right"][:, 21, 1] > head["wave_right"]).any()
+                and not (j["wave_right"][:, 20, 1] > head["wave_right"]).any())
+        assert ((j["raise_arms"][:, 20, 1] > head["raise_arms"])
+                & (j["raise_arms"][:, 21, 1] > head["raise_arms"])).any()
         pelvis_drop = {a: j[a][:, 0, 1].max() - j[a][:, 0, 1].min() for a in j}
         assert pelvis_drop["squat"] > 0.2 and pelvis_drop["sit_down"] > 0.25 and pelvis_drop["idle"] < 0.05
         assert j["sit_down"][-1, 0, 1] < 0.7 * j["sit_down"][0, 0, 1]               # ends seated

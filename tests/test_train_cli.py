@@ -10,9 +10,9 @@ import torch
 from fakes import FakeTextEncoder
 from train_tiny import make_synth
 
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.cli import main
 from motionstreamer.train.common import CHECKPOINT_NAME
-from motionstreamer.checkpoints import load_training_checkpoint
 
 torch.set_num_threads(1)
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false"]
@@ -57,8 +57,8 @@ def test_train_tae_cli_writes_checkpoint_and_config(pipe):
 
 
 def test_encode_latents_files_are_sampled_z_plus_end_latent(pipe, tmp_path, capsys):
-    from motionstreamer.data.humanml3d import load_motions, read_split
     from motionstreamer.checkpoints import load_tae
+    from motionstreamer.data.humanml3d import load_motions, read_split
     from motionstreamer.train.tae import reference_end_latent
 
     data, lat = pipe["data"], pipe["root"] / "latents"
@@ -114,12 +114,15 @@ def test_encode_latents_errors(pipe, tmp_path, capsys):
 
 
 def test_t2m_stream_bundle_chain(pipe, minilm, tmp_path, capsys):
-    from motionstreamer.checkpoints import load_bundle
+    from motionstreamer.checkpoints import ema_or_model_state, load_bundle
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
-    from motionstreamer.checkpoints import ema_or_model_state
     from motionstreamer.train.stream import load_stream_examples
-    from motionstreamer.train.t2m import (embed_captions, load_latent_examples, load_text_embeddings,
-                                          save_text_embeddings)
+    from motionstreamer.train.t2m import (
+        embed_captions,
+        load_latent_examples,
+        load_text_embeddings,
+        save_text_embeddings,
+    )
 
     root, data = pipe["root"], pipe["data"]
     examples = load_latent_examples(root / "latents", data) + \
@@ -167,7 +170,8 @@ def test_text_cache_is_updated_and_reused(pipe, tmp_path, monkeypatch):
     from motionstreamer.train.t2m import load_latent_examples, load_text_embeddings
 
     loads = []
-    monkeypatch.setattr(text.TextEncoder, "load", classmethod(lambda cls, name: loads.append(name) or FakeTextEncoder()))
+    monkeypatch.setattr(text.TextEncoder, "load",
+                        classmethod(lambda cls, name: loads.append(name) or FakeTextEncoder()))
     examples = load_latent_examples(pipe["root"] / "latents", pipe["data"])
     cache = tmp_path / "c.pt"
     first = text_embeddings_for(examples[:3], "fake", str(cache))       # encoder loaded, cache written

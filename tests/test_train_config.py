@@ -9,10 +9,10 @@ import pytest
 import torch
 from train_tiny import quiet, tiny_tae
 
+from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.cli import main
 from motionstreamer.train.commands import _config
 from motionstreamer.train.common import CHECKPOINT_NAME, load_config_file, lr_lambda, parse_overrides
-from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.train.t2m import T2MTrainConfig
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 
@@ -28,7 +28,8 @@ def test_official_defaults():
     t2m = T2MTrainConfig()
     assert (t2m.lr, t2m.batch_size, t2m.steps, t2m.warmup_steps, t2m.weight_decay, t2m.schedule) == \
         (1e-4, 256, 100_000, 10_000, 1e-6, "cosine")
-    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.diffmlps_batch_mul, t2m.two_forward, t2m.grad_clip) == \
+    assert (t2m.text_dropout, t2m.max_latents, t2m.drop_edge_prob, t2m.diffmlps_batch_mul, t2m.two_forward,
+            t2m.grad_clip) == \
         (0.1, 78, 1 / 3, 4, True, None)
 
 
@@ -36,7 +37,8 @@ def test_overrides_parse_json_values():
     o = parse_overrides(["steps=10", "lr=2e-4", "betas=[0.9, 0.95]", "ema_decay=null", "schedule=constant",
                          "two-forward=false", "milestones=[5, 8]"], T2MTrainConfig)
     config = T2MTrainConfig().updated(o)
-    assert (config.steps, config.lr, config.betas, config.ema_decay, config.schedule, config.two_forward, config.milestones) == \
+    assert (config.steps, config.lr, config.betas, config.ema_decay, config.schedule, config.two_forward,
+            config.milestones) == \
         (10, 2e-4, (0.9, 0.95), None, "constant", False, (5, 8))
     assert T2MTrainConfig().updated({"steps": 1e3}).steps == 1000      # 1e3 from JSON is a whole number
 
@@ -88,7 +90,8 @@ def test_precedence_defaults_file_set_out(tmp_path):
     (tmp_path / "c.yaml").write_text("steps: 20\nlr: 3.0e-4\nout_dir: from_file\n")
     args = argparse.Namespace(config=str(tmp_path / "c.yaml"), set=["lr=1e-3"], out=None, device=None)
     config = _config(T2MTrainConfig, args)
-    assert (config.steps, config.lr, config.out_dir, config.batch_size, config.device) == (20, 1e-3, "from_file", 256, "auto")
+    assert (config.steps, config.lr, config.out_dir, config.batch_size, config.device) == \
+        (20, 1e-3, "from_file", 256, "auto")
     args = argparse.Namespace(config=str(tmp_path / "c.yaml"), set=[], out="cli_out", device="cpu")
     assert (_config(T2MTrainConfig, args).out_dir, _config(T2MTrainConfig, args).device) == ("cli_out", "cpu")
 

@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_grad_check
 import pytest
 import torch
 from fakes import FakeTextEncoder
 from train_tiny import encode_dataset, free_port, make_synth, tiny_tae
 
-import ddp_grad_check
-from motionstreamer.train.common import CHECKPOINT_NAME
 from motionstreamer.checkpoints import load_training_checkpoint
+from motionstreamer.train.common import CHECKPOINT_NAME
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

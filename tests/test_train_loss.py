@@ -9,8 +9,16 @@ from train_tiny import encode_dataset, make_synth, quiet, tiny_t2m, tiny_tae
 
 from motionstreamer.data.humanml3d import load_motions
 from motionstreamer.train.stream import load_stream_examples, parse_stream_line
-from motionstreamer.train.t2m import (LatentExample, LatentTextData, T2MTrainConfig, TwoForwardObjective,
-                                      draw_diffusion_noise, embed_captions, load_latent_examples, train_t2m)
+from motionstreamer.train.t2m import (
+    LatentExample,
+    LatentTextData,
+    T2MTrainConfig,
+    TwoForwardObjective,
+    draw_diffusion_noise,
+    embed_captions,
+    load_latent_examples,
+    train_t2m,
+)
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 
 torch.set_num_threads(1)

@@ -14,8 +14,8 @@ import torch
 from fakes import FakeTextEncoder
 from train_tiny import quiet, state_equal, tiny_t2m, tiny_tae
 
-from motionstreamer.train.common import CHECKPOINT_NAME
 from motionstreamer.checkpoints import load_training_checkpoint
+from motionstreamer.train.common import CHECKPOINT_NAME
 from motionstreamer.train.t2m import LatentExample, T2MTrainConfig, embed_captions, train_t2m
 from motionstreamer.train.tae import TAETrainConfig, train_tae
 

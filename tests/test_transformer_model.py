@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.transformer import (KVCache, T2MConfig, TextToMotionModel, apply_rope, attention,
-                                               rope_tables)
+from motionstreamer.models.transformer import KVCache, T2MConfig, TextToMotionModel, apply_rope, attention, rope_tables
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

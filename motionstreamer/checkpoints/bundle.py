@@ -29,8 +29,14 @@ from pathlib import Path
 import torch
 
 from motionstreamer import FPS
-from motionstreamer.checkpoints.state import (CheckpointError, build_for_weights, checked_vector, load_checkpoint_file,
-                                              load_state_dict_strict, save_safetensors)
+from motionstreamer.checkpoints.state import (
+    CheckpointError,
+    build_for_weights,
+    checked_vector,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    save_safetensors,
+)
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
 from motionstreamer.models.sampling import HEADS
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig

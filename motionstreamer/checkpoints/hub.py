@@ -52,7 +52,8 @@ def download_official(dest: str | os.PathLike, components=DEFAULT_COMPONENTS, ti
     for (repo, rtype, sub), patterns in by_repo.items():
         try:   # one short request first: offline machines fail here in `timeout` s, not after retries
             sha = HfApi().repo_info(repo, repo_type=rtype, timeout=timeout).sha
-            snapshot_download(repo_id=repo, repo_type=rtype, revision=sha, local_dir=str(dest / sub) if sub else str(dest),
+            snapshot_download(repo_id=repo, repo_type=rtype, revision=sha,
+                              local_dir=str(dest / sub) if sub else str(dest),
                               allow_patterns=patterns, etag_timeout=timeout)
         except Exception as e:
             raise ConnectionError(f"cannot download {patterns} from the hub {rtype} repository {repo} "

@@ -87,7 +87,8 @@ def load_checkpoint_file(path: str | os.PathLike, key: str | None = None) -> dic
     if bad:
         nested = [k for k in bad if isinstance(state[k], dict)]
         hint = f"; it holds sub-dicts {nested[:6]}: pick one with key=" if nested and key is None else ""
-        raise CheckpointError(f"{path}{f' [{key!r}]' if key else ''}: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
+        raise CheckpointError(f"{path}{f' [{key!r}]' if key else ''}: "
+                              f"{len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
                               f"not tensors ({', '.join(map(str, bad[:6]))}){hint}")
     return strip_prefix(state)
 

@@ -171,7 +171,8 @@ class BodyModelJoints:
         if shapedirs.ndim != 3 or shapedirs.shape[:2] != (n_verts, 3) or shapedirs.shape[2] < NUM_BETAS:
             raise ValueError(f"{source}: 'shapedirs' must be ({n_verts}, 3, >={NUM_BETAS}), got {shapedirs.shape}")
         if j_regressor.ndim != 2 or j_regressor.shape[1] != n_verts or j_regressor.shape[0] < NUM_BODY_JOINTS:
-            raise ValueError(f"{source}: 'J_regressor' must be (>={NUM_BODY_JOINTS}, {n_verts}), got {j_regressor.shape}")
+            raise ValueError(f"{source}: 'J_regressor' must be (>={NUM_BODY_JOINTS}, {n_verts}), "
+                             f"got {j_regressor.shape}")
         if kintree.ndim != 2 or kintree.shape[0] != 2 or kintree.shape[1] < NUM_BODY_JOINTS:
             raise ValueError(f"{source}: 'kintree_table' must be (2, >={NUM_BODY_JOINTS}), got {kintree.shape}")
         parents = tuple(int(p) for p in kintree[0, 1:NUM_BODY_JOINTS])

@@ -21,7 +21,13 @@ import torch
 
 from motionstreamer import FEATURE_DIM
 from motionstreamer.data.humanml3d import (
-    UNIT_LENGTH, DataError, HumanML3D272Dataset, load_mean_std, load_motion_file, parse_lines, skip_or_raise,
+    UNIT_LENGTH,
+    DataError,
+    HumanML3D272Dataset,
+    load_mean_std,
+    load_motion_file,
+    parse_lines,
+    skip_or_raise,
 )
 
 BABEL_MEAN_STD = "t2m_babel_mean_std"

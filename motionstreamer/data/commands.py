@@ -49,7 +49,8 @@ def cmd_synth(args) -> int:
     if args.stream_pairs < 0 or args.stream_pairs > 1_000_000:
         raise CLIError(f"--stream-pairs must be in [0, 1000000], got {args.stream_pairs}")
     if not 0.5 <= args.min_seconds <= args.max_seconds <= 60.0:
-        raise CLIError(f"need 0.5 <= --min-seconds <= --max-seconds <= 60, got {args.min_seconds} and {args.max_seconds}")
+        raise CLIError("need 0.5 <= --min-seconds <= --max-seconds <= 60, "
+                       f"got {args.min_seconds} and {args.max_seconds}")
     if not 0.0 <= args.composite_fraction <= 1.0:
         raise CLIError(f"--composite-fraction must be in [0, 1], got {args.composite_fraction}")
     try:

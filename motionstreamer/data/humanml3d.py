@@ -181,8 +181,9 @@ def load_motion_file(path: str | Path) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def load_motions(root: str | Path, split: str, normalize: bool = True, mean_std_dir=None, motion_dir: str = "motion_data",
-                 lenient: bool = False, missing_split_ok: bool = False) -> dict[str, np.ndarray]:
+def load_motions(root: str | Path, split: str, normalize: bool = True, mean_std_dir=None,
+                 motion_dir: str = "motion_data", lenient: bool = False,
+                 missing_split_ok: bool = False) -> dict[str, np.ndarray]:
     """Whole clips of a split, {id: (T, 272) float32}, normalised with root/mean_std (or mean_std_dir)
     when asked. A split entry without a valid motion file raises (lenient: is skipped with a warning)."""
     root = Path(root)

@@ -128,7 +128,8 @@ class StreamCase:
     motion: np.ndarray
 
 
-def load_stream_cases(root: str | Path, split: str = "val", mean=None, std=None, lenient: bool = False) -> list[StreamCase]:
+def load_stream_cases(root: str | Path, split: str = "val", mean=None, std=None,
+                      lenient: bool = False) -> list[StreamCase]:
     """BABEL-stream pairs -> two-prompt cases [A, B] with A_frames and the rest; a random line of each
     pair's text file (fixed seed)."""
 
@@ -218,13 +219,15 @@ def _to_tensor(x) -> torch.Tensor:
     return x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
 
 
-def _normalise_generated(feats: list, mean: np.ndarray, std: np.ndarray, max_frames: int, what: str) -> list[torch.Tensor]:
+def _normalise_generated(feats: list, mean: np.ndarray, std: np.ndarray, max_frames: int,
+                         what: str) -> list[torch.Tensor]:
     mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
     out = []
     for i, f in enumerate(feats):
         f = _to_tensor(f)
         if f.ndim != 2 or f.shape[1] != mean.shape[0]:
-            raise ValueError(f"{what} returned features of shape {tuple(f.shape)} for item {i}; expected (frames, {mean.shape[0]})")
+            raise ValueError(f"{what} returned features of shape {tuple(f.shape)} for item {i}; "
+                             f"expected (frames, {mean.shape[0]})")
         if f.shape[0] == 0:
             raise ValueError(f"{what} returned no frames for item {i}")
         if not torch.isfinite(f).all():
@@ -246,13 +249,15 @@ def evaluate_gt(evaluator, evalset: EvalSet, repeats: int = 1, batch: int = 32, 
         et = torch.cat([evaluator.encode_text(b["captions"]) for b in first]).numpy()
         em = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in first]).numpy()
         em2 = torch.cat([evaluator.encode_motion(b["motion"], b["lengths"]) for b in second]).numpy()
-        feet = M.foot_metrics([j for b in first for j in _joints_of(b["motion"], b["lengths"], evalset.mean, evalset.std)])
+        feet = M.foot_metrics([j for b in first
+                               for j in _joints_of(b["motion"], b["lengths"], evalset.mean, evalset.std)])
         res.add(fid=M.fid(em, em2), **_retrieval_metrics(et, em, batch, rng), **feet)
     res.info["samples_per_repeat"] = len(first) * batch
     return res
 
 
-def reconstruct(tae, motion: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def reconstruct(tae, motion: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """TAE round trip of a zero-padded batch. The TAE is causal (left-padded convolutions only), so the
     frames before a row's length do not depend on its padding: one batched call equals per-clip calls."""
     p = next(tae.parameters())

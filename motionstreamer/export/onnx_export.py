@@ -165,7 +165,8 @@ def _gemm_to_matmul(model):
         w = n.input[1]
         if a.get("transB", 0):
             if w not in transposed:
-                model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[w]).T.copy(), w + "_T"))
+                model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[w]).T.copy(),
+                                                                       w + "_T"))
                 transposed[w] = w + "_T"
             w = transposed[w]
         mm = n.output[0] + "_matmul" if len(n.input) > 2 else n.output[0]

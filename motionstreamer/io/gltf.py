@@ -122,7 +122,8 @@ class _Blob:
         while len(self.data) % 4:
             self.data += b"\0"
         raw = np.ascontiguousarray(array).tobytes()
-        self.gltf.bufferViews.append(g.BufferView(buffer=0, byteOffset=len(self.data), byteLength=len(raw), target=target))
+        self.gltf.bufferViews.append(g.BufferView(buffer=0, byteOffset=len(self.data), byteLength=len(raw),
+                                                  target=target))
         self.data += raw
         count = array.shape[0]
         acc = g.Accessor(bufferView=len(self.gltf.bufferViews) - 1, componentType=component, count=count, type=kind)

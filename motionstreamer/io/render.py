@@ -234,7 +234,8 @@ class SkeletonRenderer:
         p["floor"].set_verts(list(xy[ok]))
         p["floor"].set_facecolor(colour)
         # path so far
-        trail = np.concatenate([self.joints[:t + 1, 0, [0]], np.full((t + 1, 1), 0.004), self.joints[:t + 1, 0, [2]]], 1)
+        trail = np.concatenate([self.joints[:t + 1, 0, [0]], np.full((t + 1, 1), 0.004),
+                                self.joints[:t + 1, 0, [2]]], 1)
         near = np.hypot(trail[:, 0] - target[0], trail[:, 2] - target[2]) < view.floor_radius
         txy, tdepth = cam.project(trail, target)
         seg_ok = near[1:] & near[:-1] & (tdepth[1:] > 0.2) & (tdepth[:-1] > 0.2)

@@ -19,13 +19,15 @@ def register(subparsers) -> None:
     c.add_argument("dst", help="output bundle directory")
     c.add_argument("--text-encoder", default="sentence-t5-xxl",
                    help="text encoder the model was trained with (default: sentence-t5-xxl, the official one)")
-    for name, what in (("tae", "TAE checkpoint (.pth with 'net')"), ("t2m", "text-to-motion checkpoint (.pth with 'trans')"),
+    for name, what in (("tae", "TAE checkpoint (.pth with 'net')"),
+                       ("t2m", "text-to-motion checkpoint (.pth with 'trans')"),
                        ("mean", "Mean.npy"), ("std", "Std.npy"), ("end-latent", "reference end latent .npy")):
         c.add_argument(f"--{name}", dest=name.replace("-", "_"), metavar="FILE", help=f"the {what}")
     c.add_argument("--compute-end-latent", action="store_true",
                    help="without an end latent file, use the TAE's mean encoding of an all-zero pose")
     c.add_argument("--tae-config", metavar="JSON", help="TAE config (a JSON file) for non-official trainings")
-    c.add_argument("--t2m-config", metavar="JSON", help="text-to-motion config (a JSON file) for non-official trainings")
+    c.add_argument("--t2m-config", metavar="JSON",
+                   help="text-to-motion config (a JSON file) for non-official trainings")
 
     d = add_verb(subparsers, "download", cmd_download)
     d.add_argument("--dest", default="official", help="download folder (default: ./official)")

@@ -21,8 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from motionstreamer.config import ConfigDict, check_positive_ints
-from motionstreamer.models.sampling import (SCHEDULES, GaussianDiffusion, SamplerSettings, draw_sampling_noise,
-                                            named_betas, sample_loop, space_timesteps)
+from motionstreamer.models.sampling import (
+    SCHEDULES,
+    GaussianDiffusion,
+    SamplerSettings,
+    draw_sampling_noise,
+    named_betas,
+    sample_loop,
+    space_timesteps,
+)
 
 # sampling: "auto" = "triton" (the fused loop, motionstreamer.kernels) on CUDA when the kernels run there, else
 # "torch"; "torch" = the PyTorch loop below; "triton" = the fused loop wherever the kernels run (CPU

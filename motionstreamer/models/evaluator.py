@@ -138,7 +138,8 @@ def load_text_backbone(spec: str, weights_follow: bool = False):
         if offline:
             from transformers import DistilBertConfig, DistilBertModel
             return DistilBertModel(DistilBertConfig()), _minilm_tokenizer()
-        where = "local folder" if local else "hub name (not in the local Hugging Face cache; download it or pass a folder)"
+        where = "local folder" if local else ("hub name (not in the local Hugging Face cache; "
+                                              "download it or pass a folder)")
         raise FileNotFoundError(f"cannot load text backbone {spec!r} ({where}): {type(e).__name__}: {e}") from e
 
 
@@ -248,7 +249,8 @@ class DistilbertActorAgnosticEncoder(DistributionTokenTransformer):
         if enc["input_ids"].shape[1] > self.max_tokens:
             lens = enc["attention_mask"].sum(1)
             i = int(lens.argmax())
-            raise ValueError(f"text {i} has {int(lens[i])} tokens, more than the backbone's {self.max_tokens}: {texts[i][:60]!r}...")
+            raise ValueError(f"text {i} has {int(lens[i])} tokens, more than the backbone's {self.max_tokens}: "
+                             f"{texts[i][:60]!r}...")
         dev = next(self.text_model.parameters()).device
         out = self.text_model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev))
         return out.last_hidden_state, enc["attention_mask"].to(dev).bool()
@@ -274,7 +276,8 @@ class ActorAgnosticDecoder(nn.Module):
     def forward(self, z: torch.Tensor, lengths: torch.Tensor, nframes: int | None = None) -> torch.Tensor:
         nframes = int(lengths.max()) if nframes is None else nframes
         mask = lengths_to_mask(lengths.to(z.device), nframes)
-        queries = self.sequence_pos_encoding(torch.zeros(nframes, z.shape[0], z.shape[1], device=z.device, dtype=z.dtype))
+        queries = self.sequence_pos_encoding(torch.zeros(nframes, z.shape[0], z.shape[1], device=z.device,
+                                                         dtype=z.dtype))
         out = self.seqTransDecoder(tgt=queries, memory=z[None], tgt_key_padding_mask=~mask)
         out = self.final_layer(out).permute(1, 0, 2)                      # (B, T, nfeats)
         return out * mask[..., None].to(out.dtype)
@@ -289,7 +292,8 @@ class TMREvaluator(nn.Module):
         super().__init__()
         self.config = config or EvaluatorConfig.official()
         if text_model is None:
-            text_model, tokenizer = load_text_backbone(self.config.text_backbone, weights_follow=backbone_weights_follow)
+            text_model, tokenizer = load_text_backbone(self.config.text_backbone,
+                                                       weights_follow=backbone_weights_follow)
         elif tokenizer is None:
             raise ValueError("a text_model needs its tokenizer")
         self.textencoder = DistilbertActorAgnosticEncoder(self.config, text_model, tokenizer)
@@ -300,12 +304,14 @@ class TMREvaluator(nn.Module):
     def _check_motion(self, features, lengths):
         features = torch.as_tensor(features)
         if features.ndim != 3 or features.shape[-1] != self.config.nfeats:
-            raise ValueError(f"motion features must be (batch, frames, {self.config.nfeats}), got {tuple(features.shape)}")
+            raise ValueError(f"motion features must be (batch, frames, {self.config.nfeats}), "
+                             f"got {tuple(features.shape)}")
         lengths = torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
         if lengths.numel() != features.shape[0]:
             raise ValueError(f"{lengths.numel()} lengths for a batch of {features.shape[0]}")
         if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
-            raise ValueError(f"lengths must be in [1, {features.shape[1]}], got min {int(lengths.min())} max {int(lengths.max())}")
+            raise ValueError(f"lengths must be in [1, {features.shape[1]}], "
+                             f"got min {int(lengths.min())} max {int(lengths.max())}")
         if not torch.isfinite(features).all():
             raise ValueError("motion features contain NaN/inf")
         return features, lengths

@@ -60,10 +60,12 @@ class StudentHeadConfig:
         if (not isinstance(self.steps, tuple) or not self.steps or len(set(self.steps)) != len(self.steps)
                 or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.top_timestep
                        for k in self.steps)):
-            raise ValueError(f"student_head.steps must be distinct ints in [1, {self.top_timestep}], got {self.steps!r}")
+            raise ValueError(f"student_head.steps must be distinct ints in [1, {self.top_timestep}], "
+                             f"got {self.steps!r}")
         self.steps = tuple(sorted(self.steps))
         if self.default_steps not in self.steps:
-            raise ValueError(f"student_head.default_steps {self.default_steps!r} is not one of steps {list(self.steps)}")
+            raise ValueError(f"student_head.default_steps {self.default_steps!r} "
+                             f"is not one of steps {list(self.steps)}")
         if not isinstance(self.teacher_cfg_scale, (int, float)) or isinstance(self.teacher_cfg_scale, bool) \
                 or not np.isfinite(self.teacher_cfg_scale):
             raise ValueError(f"student_head.teacher_cfg_scale must be a finite number, got {self.teacher_cfg_scale!r}")

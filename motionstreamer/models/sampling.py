@@ -56,7 +56,8 @@ class SamplerSettings:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.head == "student" and self.sampler != "ddpm":
-            raise ValueError(f"the few-step student head samples with 'ddpm' (what it was trained for), not {self.sampler!r}")
+            raise ValueError("the few-step student head samples with 'ddpm' (what it was trained for), "
+                             f"not {self.sampler!r}")
         if isinstance(self.sampling_steps, bool) or not isinstance(self.sampling_steps, int) or self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be an int >= 1, got {self.sampling_steps!r}")
         for name, (low, high) in SAMPLER_RANGES.items():
@@ -169,10 +170,12 @@ class GaussianDiffusion:
 
     def q_sample(self, x0, t, noise):
         """x_t ~ q(x_t | x_0) for respaced indices t (N,)."""
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def predict_x0(self, x_t, t, eps):
-        return self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return (self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
     def posterior_mean(self, x0, x_t, t):
         """Mean of q(x_{t-1} | x_t, x_0)."""

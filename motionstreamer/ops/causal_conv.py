@@ -356,8 +356,8 @@ def causal_conv1d_update(x_new: torch.Tensor, state: torch.Tensor, weight: torch
     xx = torch.cat([state, x_new], dim=2)
     if pre_relu:
         xx = F.relu(xx)
-    y = causal_conv1d(xx, weight, bias, stride, dilation, post_relu=post_relu, residual=residual, conv_backend=conv_backend,
-                      pad=0)
+    y = causal_conv1d(xx, weight, bias, stride, dilation, post_relu=post_relu, residual=residual,
+                      conv_backend=conv_backend, pad=0)
     return y, xx[:, :, xx.shape[2] - S:].contiguous()
 
 

@@ -22,8 +22,14 @@ from __future__ import annotations
 import torch
 
 from motionstreamer import FEATURE_DIM, NUM_JOINTS
-from motionstreamer.representation.rotation import (array_api, check_trailing, matrix_to_axis_angle, matrix_to_rot6d,
-                                                    rot6d_to_matrix, rot_y)
+from motionstreamer.representation.rotation import (
+    array_api,
+    check_trailing,
+    matrix_to_axis_angle,
+    matrix_to_rot6d,
+    rot6d_to_matrix,
+    rot_y,
+)
 
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

@@ -1,11 +1,11 @@
 """GPU path: the per-latent work replayed as CUDA graphs, so it costs no Python or launch overhead.
 
 When every slot of the engine is active (the steady state of a serving batch), one latent is three
-graph replays: the head's sampling loop (guided teacher or few-step student) (all steps, precomputed AdaLN modulations), the
-transformer decode step over the static KV cache, and the streaming TAE decoder step. Each graph is
-captured once per batch shape on static buffers; inputs are copied in, outputs copied out. Partial
-batches, prefills and anything on the CPU take the eager TorchBackend path, which is also the
-reference the graphs are tested against (same kernels, same order).
+graph replays: the head's sampling loop (guided teacher or few-step student) (all steps, precomputed
+AdaLN modulations), the transformer decode step over the static KV cache, and the streaming TAE
+decoder step. Each graph is captured once per batch shape on static buffers; inputs are copied in,
+outputs copied out. Partial batches, prefills and anything on the CPU take the eager TorchBackend
+path, which is also the reference the graphs are tested against (same kernels, same order).
 """
 from __future__ import annotations
 

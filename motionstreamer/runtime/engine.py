@@ -74,7 +74,8 @@ class GenerationConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
-        for name in ("max_latents", "min_action_latents") + (("history_keep",) if self.history_keep is not None else ()):
+        for name in (("max_latents", "min_action_latents")
+                     + (("history_keep",) if self.history_keep is not None else ())):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

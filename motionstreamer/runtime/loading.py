@@ -59,4 +59,5 @@ def load_models(checkpoint: str | Path | None = None, device: str | None = None,
     text_encoder = TextEncoder.load(bundle.text_encoder_name, device=str(dev))
     desc = bundle.config.description or path.name
     label = "embedded default model" if checkpoint is None else "checkpoint"
-    return bundle, text_encoder, f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; {dev}, {str(dt).replace('torch.', '')})"
+    return bundle, text_encoder, (f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; "
+                                  f"{dev}, {str(dt).replace('torch.', '')})")

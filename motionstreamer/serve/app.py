@@ -32,8 +32,16 @@ from motionstreamer import FPS
 from motionstreamer.config import current_keys
 from motionstreamer.io.bvh import bvh_text
 from motionstreamer.representation.features import recover_rotations
-from motionstreamer.serve.protocol import (CLOSE_CODES, CLOSE_FULL, CLOSE_POLICY, PROTOCOL_VERSION, Close,
-                                           ProtocolError, parse_generate_request, parse_stream_options)
+from motionstreamer.serve.protocol import (
+    CLOSE_CODES,
+    CLOSE_FULL,
+    CLOSE_POLICY,
+    PROTOCOL_VERSION,
+    Close,
+    ProtocolError,
+    parse_generate_request,
+    parse_stream_options,
+)
 from motionstreamer.serve.scheduler import ServerFull
 from motionstreamer.serve.service import SERVICE_TEACHER_STEPS, Connection, ServeConfig, Service, close_quietly
 

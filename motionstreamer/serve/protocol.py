@@ -8,9 +8,9 @@ Every message is one JSON text frame. Arrays travel as base64 of little-endian f
                         SMPL rotations; the pelvis position is joints[:, 0] (with ?rotations=1)
 Client -> server (ClientMessage, a union on "type"): prompt, goal, clear_goal, ping, close.
 Server -> client: hello (once), ack (a prompt was queued), goal_ack (a goal was set or cleared), frames
-(one per latent), events (events without frames), pong, error. docs/serve.md documents the fields; `tests/test_serve_protocol.py` holds
-the server to them. Prompt and seed checks are runtime.policy's; this module maps their errors to the
-protocol's error codes.
+(one per latent), events (events without frames), pong, error. docs/serve.md documents the fields;
+`tests/test_serve_protocol.py` holds the server to them. Prompt and seed checks are runtime.policy's;
+this module maps their errors to the protocol's error codes.
 """
 from __future__ import annotations
 
@@ -21,8 +21,17 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from motionstreamer.runtime import policy
 

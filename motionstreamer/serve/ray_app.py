@@ -59,7 +59,8 @@ def pin_ray_to_loopback() -> None:
 
 
 def deployment_options(max_streams: int, replicas: int = 1, max_replicas: int | None = None,
-                       gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, max_generate_jobs: int = 2) -> dict:
+                       gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0,
+                       max_generate_jobs: int = 2) -> dict:
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     opts = {

@@ -38,8 +38,19 @@ from motionstreamer.representation.features import HEADING_DELTA, ROTATIONS, acc
 from motionstreamer.representation.rotation import matrix_to_quaternion, matrix_to_rot6d, rot6d_to_matrix
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.session import seconds_to_latents
-from motionstreamer.serve.protocol import (CLOSE_INTERNAL, Ack, Close, Event, Events, Frames, GoalAck, GoalState,
-                                           StreamOptions, encode_array, error)
+from motionstreamer.serve.protocol import (
+    CLOSE_INTERNAL,
+    Ack,
+    Close,
+    Event,
+    Events,
+    Frames,
+    GoalAck,
+    GoalState,
+    StreamOptions,
+    encode_array,
+    error,
+)
 
 log = logging.getLogger("motionstreamer.serve")
 
@@ -198,7 +209,8 @@ class StreamScheduler:
         """One unpaced stream of `seconds`; the future gets (features (T, 272), joints (T, 22, 3)) arrays."""
         with self._lock:
             if self._n_jobs >= self.max_jobs:
-                raise ServerFull(f"server busy: {self._n_jobs} of {self.max_jobs} generate jobs running; try again later")
+                raise ServerFull(f"server busy: {self._n_jobs} of {self.max_jobs} generate jobs running; "
+                                 "try again later")
             self._n_jobs += 1
             key = next(self._keys)
         fut = concurrent.futures.Future()

@@ -18,14 +18,38 @@ from motionstreamer import FPS, FRAMES_PER_LATENT
 from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.data.synth import ACTIONS, sample_params, verb_phrases
 from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
-from motionstreamer.representation.skeleton import (JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS,
-                                                    SMPL_OFFSETS_24)
+from motionstreamer.representation.skeleton import (
+    JOINT_NAMES,
+    LEFT_JOINTS,
+    NUM_JOINTS,
+    PARENTS,
+    RIGHT_JOINTS,
+    SMPL_OFFSETS_24,
+)
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
 from motionstreamer.runtime.loading import load_models
-from motionstreamer.serve.protocol import (CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG, ENCODING,
-                                           PROTOCOL_VERSION, ClearGoalMessage, Close, CloseMessage, GoalMessage,
-                                           GoalState, Hello, PingMessage, Pong, PromptMessage, ProtocolError,
-                                           ServeLimits, StreamOptions, error, parse_client_message)
+from motionstreamer.serve.protocol import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_RESTART,
+    CLOSE_TOO_BIG,
+    ENCODING,
+    PROTOCOL_VERSION,
+    ClearGoalMessage,
+    Close,
+    CloseMessage,
+    GoalMessage,
+    GoalState,
+    Hello,
+    PingMessage,
+    Pong,
+    PromptMessage,
+    ProtocolError,
+    ServeLimits,
+    StreamOptions,
+    error,
+    parse_client_message,
+)
 from motionstreamer.serve.scheduler import StreamScheduler
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}

@@ -5,7 +5,8 @@ The pipeline from a HumanML3D-272 folder to a model that `generate`/`stream` can
     motionstreamer train tae --data D --out runs/tae
     motionstreamer encode-latents --data D --tae runs/tae/checkpoint_last.pt --out runs/latents
     motionstreamer train t2m --data D --latents runs/latents --out runs/t2m
-    motionstreamer make-bundle --tae runs/tae/checkpoint_last.pt --t2m runs/t2m/checkpoint_last.pt --data D --out my_model
+    motionstreamer make-bundle --tae runs/tae/checkpoint_last.pt --t2m runs/t2m/checkpoint_last.pt \\
+        --data D --out my_model
 
 Every `train` verb runs unchanged under `torchrun --nproc_per_node N -m motionstreamer train ...`
 (DDP; the global batch is split across the processes). Config: the trainer's dataclass defaults
@@ -105,7 +106,8 @@ def register(subparsers) -> None:
     e.add_argument("--all-files", action="store_true",
                    help="encode every .npy in DATA/MOTION_DIR instead of the split lists (e.g. --data "
                         "D/babel_stream --motion-dir train_stream --mean-std D/mean_std)")
-    e.add_argument("--mean-std", default=None, metavar="DIR", help="folder with Mean.npy/Std.npy (default DATA/mean_std)")
+    e.add_argument("--mean-std", default=None, metavar="DIR",
+                   help="folder with Mean.npy/Std.npy (default DATA/mean_std)")
     e.add_argument("--mu", action="store_true", help="store the posterior mean instead of a sample")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
@@ -165,7 +167,8 @@ def _config(cls, args, **flags):
             config = config.updated(load_config_file(args.config))
         config = config.updated(parse_overrides(args.set, cls))
         config = config.updated({k: v for k, v in flags.items() if v is not None})
-        check_run_dir(config.out_dir, getattr(args, "resume", None), getattr(args, "overwrite", False))   # before the data is read
+        # before the data is read
+        check_run_dir(config.out_dir, getattr(args, "resume", None), getattr(args, "overwrite", False))
     except (ValueError, OSError) as e:
         raise CLIError(str(e))
     return config
@@ -226,7 +229,8 @@ def cmd_train_tae(args) -> int:
     else:
         tae_cfg = TAEConfig.official() if args.model_size == "official" else TAEConfig.small()
     torch_seed(config.seed)
-    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, config, resume=args.resume, overwrite=args.overwrite))
+    res = _run(lambda: train_tae(CausalHumanTAE(tae_cfg), motions, config, resume=args.resume,
+                                 overwrite=args.overwrite))
     _say(f"trained TAE to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
          f"{res.samples_per_s:.1f} samples/s; checkpoint {res.checkpoint}")
     return 0
@@ -268,7 +272,8 @@ def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None, goals: 
     if from_checkpoint is not None:
         config = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
     else:
-        config = T2MConfig.official(cond_dim=text_dim) if args.model_size == "official" else T2MConfig.small(cond_dim=text_dim)
+        config = (T2MConfig.official(cond_dim=text_dim) if args.model_size == "official"
+                  else T2MConfig.small(cond_dim=text_dim))
     config.goal = config.goal or goals
     if config.cond_dim != text_dim:
         raise CLIError(f"the model expects {config.cond_dim}-dim text embeddings but --text-encoder "
@@ -400,7 +405,8 @@ def cmd_train_evaluator(args) -> int:
         elif args.text_backbone is None:
             model_cfg = EvaluatorConfig.official()
         else:
-            model_cfg = EvaluatorConfig(text_backbone=args.text_backbone, text_dim=backbone_hidden_size(args.text_backbone))
+            model_cfg = EvaluatorConfig(text_backbone=args.text_backbone,
+                                        text_dim=backbone_hidden_size(args.text_backbone))
     except Exception as e:   # a backbone name that cannot be resolved, offline or unknown
         raise CLIError(f"--text-backbone {args.text_backbone!r}: {e}")
     evaluator, res = _run(lambda: train_evaluator(args.data, config, model_cfg, resume=args.resume, split=args.split,

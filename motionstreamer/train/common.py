@@ -36,8 +36,13 @@ from tqdm import tqdm
 
 from motionstreamer.checkpoints import load_training_checkpoint
 from motionstreamer.config import ConfigDict, current_keys
-from motionstreamer.utils import (atomic_path, atomic_write_json, atomic_write_text, check_writable,
-                                  remove_stale_temporaries)
+from motionstreamer.utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    remove_stale_temporaries,
+)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
@@ -369,7 +374,8 @@ class _RunLog:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
         if step % self.config.log_every == 0 or step == self.config.steps:
-            rec = {"step": step, "loss": loss, "lr": lr, "samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
+            rec = {"step": step, "loss": loss, "lr": lr, "samples_per_s": rate,
+                   **{k: float(v) for k, v in logs.items()}}
             with open(self.file, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if self.writer is not None:

@@ -110,7 +110,8 @@ def teacher_samples(diff_loss, pairs: torch.Tensor, per_condition: int, cfg_scal
     j % world_size and the chunks are gathered, so the result does not depend on the process count."""
 
     p = next(diff_loss.parameters())
-    settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale, skip_terminal_step=skip_terminal_step)
+    settings = SamplerSettings(sampling_steps=sampling_steps, cfg_scale=cfg_scale,
+                               skip_terminal_step=skip_terminal_step)
     n_steps = diff_loss.sampling_process(sampling_steps, skip_terminal_step).num_timesteps
     starts = list(range(0, pairs.shape[0], chunk))
     parts = {}
@@ -157,8 +158,8 @@ class EnergyDistillObjective(torch.nn.Module):
     eps_u + cfg_scale (eps_c - eps_u) on x_t noised from a teacher sample. It makes the student a one-row
     guided eps model, the starting point of the few-step stage."""
 
-    def __init__(self, student, steps: tuple, samples: int, teacher_net=None, cfg_scale: float = SamplerSettings.cfg_scale,
-                 guidance_steps: int = 0, guidance_weight: float = 0.0):
+    def __init__(self, student, steps: tuple, samples: int, teacher_net=None,
+                 cfg_scale: float = SamplerSettings.cfg_scale, guidance_steps: int = 0, guidance_weight: float = 0.0):
         super().__init__()
         self.student, self.steps, self.samples = student, tuple(steps), samples
         self.cfg_scale, self.guidance_steps, self.guidance_weight = cfg_scale, guidance_steps, guidance_weight
@@ -327,8 +328,8 @@ def distill_head(bundle, examples, text_embeddings: dict, config: DistillConfig,
     if bank is None:
         pairs = teacher_forced_conditions(t2m, examples, text_embeddings, config.conditions, config.seed,
                                           all_captions=config.all_captions)
-        samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps, skip,
-                                  config.seed, config.bank_chunk, env.rank, env.world_size)
+        samples = teacher_samples(t2m.diff_loss, pairs, config.teacher_samples, config.cfg_scale, config.teacher_steps,
+                                  skip, config.seed, config.bank_chunk, env.rank, env.world_size)
         bank = TeacherBank(pairs, samples, meta)
         if env.is_main:
             bank.save(bank_path)

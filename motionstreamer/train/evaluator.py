@@ -108,9 +108,11 @@ def tmr_losses(out: dict, reference: torch.Tensor, text_sim: torch.Tensor | None
         "kl_text": kl(d_text, d_ref),
         "kl_motion": kl(d_motion, d_ref),
         "latent": F.smooth_l1_loss(out["lat_text"], out["lat_motion"]),
-        "infonce": infonce_loss(out["mu_motion"], out["mu_text"], text_sim, config.infonce_temp, config.filter_threshold),
+        "infonce": infonce_loss(out["mu_motion"], out["mu_text"], text_sim, config.infonce_temp,
+                                config.filter_threshold),
     }
-    weights = {"recons": config.lambda_rec, "kl": config.lambda_kl, "latent": config.lambda_latent, "infonce": config.lambda_infonce}
+    weights = {"recons": config.lambda_rec, "kl": config.lambda_kl, "latent": config.lambda_latent,
+               "infonce": config.lambda_infonce}
     total = sum(weights[k.split("_")[0]] * v for k, v in terms.items())
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -128,9 +130,11 @@ class TMRObjective(torch.nn.Module):
         d_motion = ev.motionencoder(motion, lengths)
         lat_text, lat_motion = d_text.rsample(), d_motion.rsample()
         T = motion.shape[1]
-        return {"mu_text": d_text.loc, "std_text": d_text.scale, "mu_motion": d_motion.loc, "std_motion": d_motion.scale,
+        return {"mu_text": d_text.loc, "std_text": d_text.scale,
+                "mu_motion": d_motion.loc, "std_motion": d_motion.scale,
                 "lat_text": lat_text, "lat_motion": lat_motion,
-                "feat_text": ev.motiondecoder(lat_text, lengths, T), "feat_motion": ev.motiondecoder(lat_motion, lengths, T)}
+                "feat_text": ev.motiondecoder(lat_text, lengths, T),
+                "feat_motion": ev.motiondecoder(lat_motion, lengths, T)}
 
 
 # ----------------------------------------------------------------------------- data

@@ -66,7 +66,8 @@ class T2MTrainConfig(TrainConfig):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"T2MTrainConfig.{k} must be in [0, 1], got {getattr(self, k)}")
         if self.max_latents < 2:
-            raise ValueError(f"T2MTrainConfig.max_latents must be >= 2 (text token + one latent), got {self.max_latents}")
+            raise ValueError("T2MTrainConfig.max_latents must be >= 2 (text token + one latent), "
+                             f"got {self.max_latents}")
         if self.diffmlps_batch_mul < 1:
             raise ValueError(f"T2MTrainConfig.diffmlps_batch_mul must be >= 1, got {self.diffmlps_batch_mul}")
         h = tuple(self.goal_horizon_s)
@@ -107,7 +108,8 @@ class LatentTextData:
         for i, ex in enumerate(examples):
             for name, a in (("latents_a", ex.latents_a), ("latents_b", ex.latents_b)):
                 if a.ndim != 2 or (len(a) and a.shape[1] != self.latent_dim):
-                    raise ValueError(f"example {i} ({ex.caption!r}): {name} must be (L, {self.latent_dim}), got {a.shape}")
+                    raise ValueError(f"example {i} ({ex.caption!r}): {name} must be (L, {self.latent_dim}), "
+                                     f"got {a.shape}")
             if len(ex.latents_b) == 0:
                 raise ValueError(f"example {i} ({ex.caption!r}): no target latents")
             n_path = len(ex.latents_a) + len(ex.latents_b) + 1
@@ -218,7 +220,8 @@ class TwoForwardObjective(torch.nn.Module):
 
     def __init__(self, model, total_steps: int, diffmlps_batch_mul: int = 4, two_forward: bool = True):
         super().__init__()
-        self.model, self.total_steps, self.diffmlps_batch_mul, self.two_forward = model, total_steps, diffmlps_batch_mul, two_forward
+        self.model, self.total_steps = model, total_steps
+        self.diffmlps_batch_mul, self.two_forward = diffmlps_batch_mul, two_forward
 
     def forward(self, batch: dict, step: int):
         model, diff = self.model, self.model.diff_loss

@@ -26,8 +26,15 @@ tokens), assembly (integration and forward kinematics, chained actions, clips), 
 """
 from motionstreamer import FPS
 from motionstreamer.data.synth.actions import ACTIONS, FINAL_ONLY, GAIT_ACTIONS, sample_params
-from motionstreamer.data.synth.assembly import (Clip, chain, frame_seconds, generate_clip, generate_composite,
-                                                generate_sequence, integrate)
+from motionstreamer.data.synth.assembly import (
+                                                Clip,
+                                                chain,
+                                                frame_seconds,
+                                                generate_clip,
+                                                generate_composite,
+                                                generate_sequence,
+                                                integrate,
+)
 from motionstreamer.data.synth.body import Controls, euler_xyz
 from motionstreamer.data.synth.captions import captions_for, tokens_for, verb_phrases
 from motionstreamer.data.synth.gait import Leg, leg_ik

@@ -5,10 +5,34 @@ from __future__ import annotations
 import numpy as np
 
 from motionstreamer import FPS
-from .body import (ANKLES, Controls, HIPS, KNEES, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, NECK, PELVIS, R_ELBOW,
-                   R_HIP, R_KNEE, R_SHOULDER, SPINE1, SPINE3, UPPER_BODY, X, Y, Z, envelope, idle_motion,
-                   keyframes, rest_pose)
-from .gait import Gait, gait_phase, gait, place_feet, standing_feet, standing_height
+
+from .body import (
+    ANKLES,
+    HIPS,
+    KNEES,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    NECK,
+    PELVIS,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    SPINE1,
+    SPINE3,
+    UPPER_BODY,
+    Controls,
+    X,
+    Y,
+    Z,
+    envelope,
+    idle_motion,
+    keyframes,
+    rest_pose,
+)
+from .gait import Gait, gait, gait_phase, place_feet, standing_feet, standing_height
 
 
 def standing_start(T: int, p: dict, idle: float = 1.0) -> tuple[np.ndarray, Controls]:
@@ -98,7 +122,8 @@ def act_sidestep(direction: float):
             feet[:, leg, 0] += direction * env * out
             feet[:, leg, 1] += 0.06 * env * lift
             c.contact[:, leg] = 1 - env * (lift > 0.01)
-        c.angles[:, (L_SHOULDER, R_SHOULDER), Z] += (env * 0.12 * np.sin(2 * np.pi * c.phase))[:, None] * np.array([1.0, -1.0])
+        c.angles[:, (L_SHOULDER, R_SHOULDER), Z] += ((env * 0.12 * np.sin(2 * np.pi * c.phase))[:, None]
+                                                     * np.array([1.0, -1.0]))
         c.angles[:, NECK, Y] += direction * 0.1 * env
         place_feet(c, feet, standing_height(p["scale"]) * (1 - 0.03 * env), p["scale"])
         return c

@@ -6,14 +6,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
-from .body import (FEET, L_ANKLE, L_HIP, L_KNEE, PELVIS, R_ANKLE, R_HIP, R_KNEE, TOES, Controls, euler_xyz, mask_runs,
-                   rot_y, style_noise)
-from .captions import SUBJECTS, captions_for, verb_phrases
 from motionstreamer import FPS
 from motionstreamer.representation.features import canonicalize_facing, joints_to_272
 from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 
+from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
+from .body import (
+    FEET,
+    L_ANKLE,
+    L_HIP,
+    L_KNEE,
+    PELVIS,
+    R_ANKLE,
+    R_HIP,
+    R_KNEE,
+    TOES,
+    Controls,
+    euler_xyz,
+    mask_runs,
+    rot_y,
+    style_noise,
+)
+from .captions import SUBJECTS, captions_for, verb_phrases
 
 GRAVITY = 9.81
 
@@ -51,7 +65,8 @@ def integrate(c: Controls, scale: float = 1.0, heading0: float = 0.0) -> tuple[n
     for k in (0, 2):
         carry = np.interp(steps, steps[grounded], locked[grounded, k]) if grounded.any() else np.zeros(T - 1)
         step[:, k] = support * locked[:, k] + (1 - support) * carry       # airborne: keep going
-    cmd = np.einsum("tab,tb->ta", Ry[:-1], np.stack([c.velocity[:-1, 0], np.zeros(T - 1), c.velocity[:-1, 1]], -1)) / FPS
+    cmd = np.einsum("tab,tb->ta", Ry[:-1],
+                    np.stack([c.velocity[:-1, 0], np.zeros(T - 1), c.velocity[:-1, 1]], -1)) / FPS
     step += (1 - support)[:, None] * cmd                                   # airborne: plus the launch velocity
     drive = c.drive[:-1, None]
     step = drive * cmd + (1 - drive) * step                                # planned gaits: the planned path
@@ -85,7 +100,8 @@ def chain(parts: list[Controls], lengths: list[int], blends: list[int], pad: int
     with cosine ramps that sum to 1."""
     total = int(sum(lengths))
     bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
-    out = Controls(np.zeros((total, 22, 3)), np.zeros(total), np.zeros((total, 2)), np.zeros((total, 2)), np.zeros(total))
+    out = Controls(np.zeros((total, 22, 3)), np.zeros(total), np.zeros((total, 2)), np.zeros((total, 2)),
+                   np.zeros(total))
     t = np.arange(total)
 
     def ramp(k):                      # 0 -> 1 across boundary k (between part k and part k + 1)

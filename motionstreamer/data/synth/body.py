@@ -8,7 +8,6 @@ import numpy as np
 
 from motionstreamer.representation import skeleton
 
-
 # joint indices (SMPL order)
 (PELVIS, L_HIP, R_HIP, SPINE1, L_KNEE, R_KNEE, SPINE2, L_ANKLE, R_ANKLE, SPINE3, L_TOE, R_TOE, NECK,
  L_COLLAR, R_COLLAR, HEAD, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST) = range(22)

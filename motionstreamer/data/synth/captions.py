@@ -2,7 +2,6 @@
 a caption."""
 from __future__ import annotations
 
-
 SUBJECTS = ("a person", "someone", "a man", "a woman", "the person", "a human", "the man", "the woman")
 _COUNT = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
 _NUM = {2: "two", 3: "three", 4: "four"}
@@ -25,7 +24,8 @@ def verb_phrases(action: str, p: dict, rng) -> list[str]:
     lr = "left" if p.get("curve", 0) > 0 else "right"
     curve = ""
     if action in ("walk", "jog", "run") and abs(p.get("curve", 0.0)) > 0:
-        curve = str(rng.choice([f" while curving to the {lr}", f" and veers to the {lr}", f" along a curve to the {lr}"]))
+        curve = str(rng.choice([f" while curving to the {lr}", f" and veers to the {lr}",
+                                f" along a curve to the {lr}"]))
     if action == "walk":
         v = [f"walks forward{sp()}", f"walks straight ahead{sp()}", f"strolls forward{sp()}",
              f"takes a walk forward{sp()}", f"is walking ahead{sp()}"]

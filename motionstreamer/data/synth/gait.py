@@ -8,9 +8,36 @@ import numpy as np
 
 from motionstreamer import FPS
 from motionstreamer.representation.skeleton import SMPL_OFFSETS
-from .body import (ANKLES, Controls, HIPS, KNEES, L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_TOE, NECK,
-                   PELVIS, R_ANKLE, R_ELBOW, R_HIP, R_KNEE, R_SHOULDER, R_TOE, SPINE1, SPINE3, TOES, X, Y, Z,
-                   mask_runs, euler_xyz, smoothstep)
+
+from .body import (
+    ANKLES,
+    HIPS,
+    KNEES,
+    L_ANKLE,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_TOE,
+    NECK,
+    PELVIS,
+    R_ANKLE,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_TOE,
+    SPINE1,
+    SPINE3,
+    TOES,
+    Controls,
+    X,
+    Y,
+    Z,
+    euler_xyz,
+    mask_runs,
+    smoothstep,
+)
 
 
 @dataclass
@@ -171,7 +198,8 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
         t_star = np.array([s - u[s] / g.cadence * FPS + g.land * g.duty / g.cadence * FPS for s in starts])
         if len(t_star) == 0:
             t_star = np.array([frames[0] + pad])
-        hx, hz = np.interp(t_star, np.arange(len(frames)), path[:, 0]), np.interp(t_star, np.arange(len(frames)), path[:, 1])
+        hx, hz = (np.interp(t_star, np.arange(len(frames)), path[:, 0]),
+                  np.interp(t_star, np.arange(len(frames)), path[:, 1]))
         hh = np.interp(t_star, np.arange(len(frames)), heading)
         steps = np.stack([hx + np.cos(hh) * leg.width, hz - np.sin(hh) * leg.width], -1)   # (K, 2) world XZ
         # which footstep each frame is on / travelling to
@@ -186,7 +214,8 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
         fx = cos_h * rel[:, 0] - sin_h * rel[:, 1]                              # into the heading frame
         fz = sin_h * rel[:, 0] + cos_h * rel[:, 1]
         lift = np.where(in_stance, 0.0, g.clearance * np.sin(np.pi * s_swing ** 0.7) ** 2) * amt
-        heel = amt * g.heel * np.where(in_stance, smoothstep((u / g.duty - 0.55) / 0.45), 1 - smoothstep(s_swing / 0.35))
+        heel = amt * g.heel * np.where(in_stance, smoothstep((u / g.duty - 0.55) / 0.45),
+                                       1 - smoothstep(s_swing / 0.35))
         toe = SMPL_OFFSETS[TOES[side]] * scale            # the toe pivots on the floor: (I - Rx(heel)) toe
         rise_y = toe[1] - (toe[1] * np.cos(heel) - toe[2] * np.sin(heel))
         rise_z = toe[2] - (toe[1] * np.sin(heel) + toe[2] * np.cos(heel))
@@ -195,7 +224,8 @@ def gait(c: Controls, phase: np.ndarray, amount: np.ndarray, g: Gait, scale: flo
         a[:, ANKLES[side], X] += heel[sl]
         c.contact[:, side] = (amount * in_stance[sl] + (1 - amount))
         reach = max(abs(g.speed) * g.duty / g.cadence, 1e-6) * 0.5
-        norm[side] = np.clip((fz[sl] - (g.land - 0.5) * 2 * reach * np.sign(g.speed)) / reach, -1, 1) * (1 if g.speed >= 0 else -1)
+        norm[side] = (np.clip((fz[sl] - (g.land - 0.5) * 2 * reach * np.sign(g.speed)) / reach, -1, 1)
+                      * (1 if g.speed >= 0 else -1))
     n_l, n_r = norm[0] * amount, norm[1] * amount        # +1 when that foot is furthest forward
     a[:, L_SHOULDER, X] += -g.arm * n_r                  # arms swing against the opposite leg
     a[:, R_SHOULDER, X] += -g.arm * n_l

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .actions import ACTIONS, FINAL_ONLY
-from .assembly import Clip, generate_clip, generate_composite, generate_sequence, generate_steered_clip
-from .captions import SUBJECTS, tokens_for, verb_phrases
 from motionstreamer import FPS
 from motionstreamer.representation.normalize import compute_mean_std
 from motionstreamer.utils import atomic_dir, atomic_save_npy, atomic_write_json, atomic_write_text
 
+from .actions import ACTIONS, FINAL_ONLY
+from .assembly import Clip, generate_clip, generate_composite, generate_sequence, generate_steered_clip
+from .captions import SUBJECTS, tokens_for, verb_phrases
 
 VERSION = 2
 
@@ -145,7 +145,8 @@ def write_stream(out: Path, pairs: int, rng, hml_train: list, progress: bool = T
         joints, rotations, segs = generate_sequence(acts, lengths, rng)
         clip = Clip("", "+".join(acts), joints, rotations, [])
         split = "val" if seq % 10 == 1 else "train"        # the 2nd, 12th, ... sequence: val
-        caps = [[f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {v}" for v in verb_phrases(s["action"], s["params"], rng)]
+        caps = [[f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} {v}"
+                 for v in verb_phrases(s["action"], s["params"], rng)]
                 for s in segs]
         seg_ids = []
         for i, s in enumerate(segs):                                    # BABEL-272: one clip per segment
