@@ -225,6 +225,35 @@ def test_goal_only_examples_always_carry_goals_and_keep_the_plain_draw(tmp_path)
         LatentTextData(marked, emb, cfg)
 
 
+def test_goal_lr_mult_scales_the_goal_modules_steps_only(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from train_tiny import encode_dataset, make_synth, quiet, tiny_tae
+
+    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
+
+    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
+    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
+    ex = load_latent_examples(lat, data, "train", paths=True)
+    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    moved = {}
+    for mult in (1.0, 10.0):
+        model = goal_model(seed=0, block_size=24)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = quiet(T2MTrainConfig, out_dir=str(tmp_path / f"run{mult}"), steps=1, batch_size=8, lr=1e-3,
+                    warmup_steps=0, weight_decay=0.0, save_every=1000, diffmlps_batch_mul=1, goal_prob=1.0,
+                    goal_lr_mult=mult, max_latents=24)
+        train_t2m(model.train(), ex, emb, cfg)
+        d = {k: (v - before[k]).abs() for k, v in model.state_dict().items() if v.is_floating_point()}
+        # Adam's first step moves every weight with a gradient by lr * g / (|g| + eps) = lr * sign(g)
+        moved[mult] = (max(float(v.max()) for k, v in d.items() if k.startswith("goal_embed.")),
+                       max(float(v.max()) for k, v in d.items() if k.startswith("transformer.")))
+    assert math.isclose(moved[1.0][0], 1e-3, rel_tol=0.05) and math.isclose(moved[1.0][1], 1e-3, rel_tol=0.05)
+    assert math.isclose(moved[10.0][0], 1e-2, rel_tol=0.05) and math.isclose(moved[10.0][1], 1e-3, rel_tol=0.05)
+    with pytest.raises(ValueError, match="goal_lr_mult"):
+        T2MTrainConfig(goal_lr_mult=0.0).check()
+
+
 # ----------------------------------------------------------------------------- the model
 def test_absent_goal_adds_exactly_nothing():
     m = goal_model()
