@@ -254,6 +254,51 @@ def test_goal_lr_mult_scales_the_goal_modules_steps_only(tmp_path):
         T2MTrainConfig(goal_lr_mult=0.0).check()
 
 
+def test_root_steps_chain_back_into_the_path(circle_clip):
+    from motionstreamer.representation.features import joints_to_272
+    from motionstreamer.train.goals import ROOT_STEP_SCALE, latent_root_path, root_steps
+
+    joints, rotations = circle_clip.canonical()
+    path = latent_root_path(joints_to_272(joints, rotations), len(joints) // 4).astype(np.float64)
+    steps = root_steps(path).numpy().astype(np.float64) / ROOT_STEP_SCALE
+    # walk the steps from the first state with facing/left vectors: the path comes back
+    pos, yaw = path[0, :2].copy(), path[0, 2]
+    for k, (x, z, turn) in enumerate(steps):
+        pos = pos + x * np.array([np.cos(yaw), -np.sin(yaw)]) + z * np.array([np.sin(yaw), np.cos(yaw)])
+        yaw = yaw + turn
+        np.testing.assert_allclose(pos, path[k + 1, :2], atol=1e-4)
+        assert abs(np.angle(np.exp(1j * (yaw - path[k + 1, 2])))) < 1e-4
+    assert np.abs(steps[:, 2]).max() > 0.02 and np.abs(steps[:, 1]).max() > 0.05      # it walks and turns
+
+
+def test_root_aux_loss_only_on_motion_targets(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from train_tiny import encode_dataset, make_synth, tiny_tae
+
+    from motionstreamer.train.t2m import LatentTextData, T2MTrainConfig, TwoForwardObjective, load_latent_examples
+
+    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
+    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
+    ex = load_latent_examples(lat, data, "train", paths=True)
+    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    cfg = T2MTrainConfig(root_aux=1.0, max_latents=24)
+    b = LatentTextData(ex, emb, cfg).sample_batch(torch.Generator().manual_seed(0), 8)
+    mask = b["root_step_mask"]
+    pos = torch.arange(mask.shape[1])[None]
+    assert not mask[pos >= b["len"][:, None]].any() and mask.any()
+    assert not b["root_step"][~mask & (pos >= b["len"][:, None])].any()
+    model = goal_model(seed=0, block_size=24)
+    obj = TwoForwardObjective(model, 10, 1, two_forward=False, root_aux=1.0)
+    loss, logs = obj(b, 0)
+    with torch.no_grad():   # the auxiliary term by hand: the probe on the conditions of the masked positions
+        cond = model(b["latents"], b["text"], goal=b.get("goal"))[:, :-1]
+        want = ((obj.root_probe(cond[mask]) - b["root_step"][mask]) ** 2).mean()
+    assert math.isclose(logs["root_aux"], float(want), rel_tol=1e-4)
+    assert "root_step" not in LatentTextData(ex, emb, T2MTrainConfig(max_latents=24)).sample_batch(
+        torch.Generator().manual_seed(0), 8)
+
+
 # ----------------------------------------------------------------------------- the model
 def test_absent_goal_adds_exactly_nothing():
     m = goal_model()

@@ -113,3 +113,16 @@ def sample_goals(path: np.ndarray, start: int, n_motion: int, horizon_s: tuple, 
         if u[3] >= CHAIN_PROB:
             break
         pos = target
+
+
+ROOT_STEP_SCALE = 5.0   # metres and radians per latent times this: a walk's step (~0.16 m) reads ~0.8
+
+
+def root_steps(path) -> torch.Tensor:
+    """(n + 1, 3) root states at latent boundaries -> (n, 3): each latent's root step seen from the root
+    before it (x, z in its root frame, the heading change wrapped), times ROOT_STEP_SCALE: the target of
+    the auxiliary root loss (T2MTrainConfig.root_aux)."""
+    p = torch.as_tensor(np.asarray(path), dtype=torch.float32)
+    xz = root_frame_offset(p[1:, :2], p[:-1, :2], p[:-1, 2])
+    turn = wrap_angle(p[1:, 2] - p[:-1, 2])
+    return torch.cat([xz, turn[:, None]], dim=-1) * ROOT_STEP_SCALE

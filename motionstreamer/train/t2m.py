@@ -37,7 +37,7 @@ from motionstreamer import FPS, FRAMES_PER_LATENT
 from motionstreamer.data.humanml3d import read_split, read_text_file
 from motionstreamer.models.goal import GOAL_DIM
 from motionstreamer.train.common import TrainConfig, atomic_torch_save, train_loop
-from motionstreamer.train.goals import goal_window, latent_root_path, sample_goals
+from motionstreamer.train.goals import goal_window, latent_root_path, root_steps, sample_goals
 from motionstreamer.utils import load_npy
 
 
@@ -59,6 +59,8 @@ class T2MTrainConfig(TrainConfig):
                                        # module); 0: text only, the original recipe
     goal_horizon_s: tuple = (0.5, 6.0)  # how far ahead (seconds) a goal is taken from the clip's own path
     goal_only_share: float = 0.0       # share of rows drawn from the goal-only examples (steered clips), when any
+    root_aux: float = 0.0              # weight of an auxiliary loss: each condition predicts its latent's root step
+                                       # (train/goals.py root_steps), a low-noise signal for steering; 0: off
     goal_lr_mult: float = 1.0          # the goal module's learning rate over lr: a fine-tune adds it untrained to a
                                        # trained model (at 1x its last layer measured barely moved in 600 steps)
 
@@ -70,6 +72,8 @@ class T2MTrainConfig(TrainConfig):
         if self.max_latents < 2:
             raise ValueError("T2MTrainConfig.max_latents must be >= 2 (text token + one latent), "
                              f"got {self.max_latents}")
+        if not 0.0 <= self.root_aux <= 1000.0:
+            raise ValueError(f"T2MTrainConfig.root_aux must be in [0, 1000], got {self.root_aux}")
         if not 0.0 < self.goal_lr_mult <= 1000.0:
             raise ValueError(f"T2MTrainConfig.goal_lr_mult must be in (0, 1000], got {self.goal_lr_mult}")
         if self.diffmlps_batch_mul < 1:
@@ -153,6 +157,8 @@ class LatentTextData:
         a_len = torch.zeros(batch_size, dtype=torch.long)
         total = torch.zeros(batch_size, dtype=torch.long)
         goals = torch.zeros(batch_size, L + 1, GOAL_DIM) if config.goal_prob > 0 or self.goal_only else None
+        steps = torch.zeros(batch_size, L, 3) if config.root_aux > 0 else None
+        step_mask = torch.zeros(batch_size, L, dtype=torch.bool) if config.root_aux > 0 else None
         texts = []
         for row, i in enumerate(idx):
             ex = self.examples[i]
@@ -174,11 +180,15 @@ class LatentTextData:
             latents[row, :len(seq)] = torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32))
             a_len[row] = min(len(a), len(seq))
             total[row] = len(seq)
+            first = len(ex.latents_a) - len(a) if len(a) else len(ex.latents_a) + lo   # seq[0] in [A, B]
+            ends = ex.ends and hi == len(ex.latents_b) and len(seq) == len(a) + len(b)
             if goal_row:
-                first = len(ex.latents_a) - len(a) if len(a) else len(ex.latents_a) + lo   # seq[0] in [A, B]
-                ends = ex.ends and hi == len(ex.latents_b) and len(seq) == len(a) + len(b)
                 sample_goals(ex.path[first:first + len(seq) + 1], int(a_len[row]), len(seq) - int(ends),
                              config.goal_horizon_s, gen, goals[row])
+            if steps is not None and ex.path is not None:
+                n_motion = len(seq) - int(ends)
+                steps[row, :n_motion] = root_steps(ex.path[first:first + n_motion + 1])
+                step_mask[row, int(a_len[row]):n_motion] = True
             caps = ex.all_captions()
             texts.append(caps[int(torch.randint(len(caps), (1,), generator=gen))] if len(caps) > 1 else caps[0])
         drop = torch.rand(batch_size, generator=gen) < config.text_dropout
@@ -191,6 +201,8 @@ class LatentTextData:
         batch = {"latents": latents[:, :L_eff], "a_len": a_len, "len": total, "text": text, "perm": perm}
         if goals is not None:                        # one raw goal per token: text token + L_eff latents
             batch["goal"] = goals[:, :L_eff + 1]
+        if steps is not None:
+            batch["root_step"], batch["root_step_mask"] = steps[:, :L_eff], step_mask[:, :L_eff]
         return batch
 
 
@@ -222,10 +234,14 @@ def replace_fraction(step: int, total: int) -> float:
 class TwoForwardObjective(torch.nn.Module):
     """The original objective as a module, so DDP wraps one forward that uses every parameter."""
 
-    def __init__(self, model, total_steps: int, diffmlps_batch_mul: int = 4, two_forward: bool = True):
+    def __init__(self, model, total_steps: int, diffmlps_batch_mul: int = 4, two_forward: bool = True,
+                 root_aux: float = 0.0):
         super().__init__()
         self.model, self.total_steps = model, total_steps
         self.diffmlps_batch_mul, self.two_forward = diffmlps_batch_mul, two_forward
+        # training only (never in a bundle): a linear read-out of each condition's root step (root_aux)
+        self.root_aux = root_aux
+        self.root_probe = torch.nn.Linear(model.out_proj.out_features, 3) if root_aux > 0 else None
 
     def forward(self, batch: dict, step: int):
         model, diff = self.model, self.model.diff_loss
@@ -266,7 +282,14 @@ class TwoForwardObjective(torch.nn.Module):
         if "t" in batch:  # (b, l, mul) -> valid (n, mul) -> repeat-major (mul * n), the order of tgt/z
             t = batch["t"].to(dev)[target_mask].T.reshape(-1)
             noise = batch["noise"].to(dev, dtype)[target_mask].transpose(0, 1).reshape(-1, d)
-        return diff.loss(tgt, z, t, noise), {"replace_fraction": frac}
+        loss, logs = diff.loss(tgt, z, t, noise), {"replace_fraction": frac}
+        if self.root_probe is not None and "root_step" in batch:
+            mask = batch["root_step_mask"].to(dev)
+            if mask.any():
+                aux = torch.nn.functional.mse_loss(self.root_probe(cond[mask]), batch["root_step"].to(dev, dtype)[mask])
+                loss = loss + self.root_aux * aux
+                logs["root_aux"] = float(aux.detach())
+        return loss, logs
 
 
 # ----------------------------------------------------------------------------- loading latents
@@ -375,7 +398,8 @@ def load_text_embeddings(path: str | Path) -> tuple[dict[str, torch.Tensor], str
 def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, config: T2MTrainConfig,
               name: str = "t2m", resume=None, stop_after=None, extra_config=None, overwrite: bool = False):
     data = LatentTextData(examples, text_embeddings, config)
-    objective = TwoForwardObjective(model, config.steps, config.diffmlps_batch_mul, config.two_forward)
+    objective = TwoForwardObjective(model, config.steps, config.diffmlps_batch_mul, config.two_forward,
+                                    config.root_aux)
     trainable = None
     if config.goal_lr_mult != 1.0 and getattr(model, "goal_embed", None) is not None:
         goal = {id(p) for p in model.goal_embed.parameters()}
