@@ -196,6 +196,22 @@ def test_steered_clip_turns_where_its_caption_does_not_say(tmp_path):
     assert max(turned) > 0.5
 
 
+def test_pursuit_clip_heads_for_its_target():
+    from motionstreamer.data.synth.assembly import generate_steered_clip
+    from motionstreamer.train.goals import frame_root_path
+
+    arrived, bearings = 0, []
+    for seed in range(8):
+        clip = generate_steered_clip(np.random.default_rng(seed), 2.0, 10.0, pursuit=True)
+        path = frame_root_path(clip.features())
+        target = np.array(clip.params["target"])
+        arrived += np.hypot(*(path[:, :2] - target).T).min() < 0.3       # the 272 path passes the target
+        bearings.append(abs(math.atan2(target[0], target[1])))            # 0: straight ahead at the start
+        assert not any(w in c for c in clip.captions for w in ("curv", "veer", "left", "right"))
+    assert arrived >= 5, arrived
+    assert max(bearings) > 1.0                  # targets off to the side too: reaching them needs turning
+
+
 def test_goal_only_examples_always_carry_goals_and_keep_the_plain_draw(tmp_path):
     import dataclasses
     import sys

@@ -186,11 +186,11 @@ def write_stream(out: Path, pairs: int, rng, hml_train: list, progress: bool = T
 
 
 def make_steered_clips(out: str | Path, clips: int, seed: int = 0, min_seconds: float = 2.0, max_seconds: float = 10.0,
-                       progress: bool = True, overwrite: bool = False) -> None:
+                       progress: bool = True, overwrite: bool = False, pursuit: float = 0.0) -> None:
     """Steered locomotion clips (assembly.generate_steered_clip: turns the captions do not name), for
     goal training only, in the HumanML3D-272 layout without statistics (normalise them with the main
     dataset's): out/motion_data/<id>.npy, out/texts/<id>.txt, out/split/train.txt (every clip), written
-    atomically like make_dataset."""
+    atomically like make_dataset. `pursuit`: the share of clips that head for a target point."""
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     out = Path(out).expanduser()
@@ -201,7 +201,7 @@ def make_steered_clips(out: str | Path, clips: int, seed: int = 0, min_seconds: 
         names = []
         for i in tqdm(range(clips), desc="steered clips", disable=not progress):
             name = f"steer_{i:06d}"
-            clip = generate_steered_clip(rng, min_seconds, max_seconds, name)
+            clip = generate_steered_clip(rng, min_seconds, max_seconds, name, pursuit=bool(rng.uniform() < pursuit))
             atomic_save_npy(tmp / "motion_data" / f"{name}.npy", clip.features())
             _write_lines(tmp / "texts" / f"{name}.txt", [_text_line(c) for c in clip.captions])
             names.append(name)
