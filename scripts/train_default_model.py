@@ -4,13 +4,14 @@
     python scripts/train_default_model.py --out motionstreamer/assets/default_model
 
 Steps: synthetic dataset (clips + BABEL-stream pairs) -> Causal TAE (small) -> latents (sampled z +
-reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips
-and A/B pairs together) -> goals: the same model with a goal module, fine-tuned with goals beside the
-text (train/goals.py: goals from each clip's own future root path, goal dropout keeps the text-only
-model) -> TMR-style evaluator (small, MiniLM backbone) -> bundle (safetensors + config, evaluator
-included) -> quality on the synthetic test split (real pairs, generated, and the random-text baseline)
-and the goals protocol -> few-step student head distilled from the guided head (train/distill.py),
-added to the bundle, with its head-level quality -> training_summary.json.
+reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips and
+A/B pairs together) -> with --goal-steps N (off: the shipped model has no goals yet, docs/goals.md)
+goals: the same model with a goal module, fine-tuned with goals beside the text (train/goals.py: goals
+from each clip's own future root path, goal dropout keeps the text-only model, plus goal-only steered
+clips and the root-step loss, docs/design.md) -> TMR-style evaluator (small, MiniLM backbone) -> bundle
+(safetensors + config, evaluator included) -> quality on the synthetic test split (real pairs, generated,
+and the random-text baseline) and the goals protocol -> few-step student head distilled from the guided
+head (train/distill.py), added to the bundle, with its head-level quality -> training_summary.json.
 
 `--stages goals` runs the goal stage on the text-to-motion model of the bundle already at --out, then
 its quality, the goals protocol and the distillation (the student must match the new teacher; the
@@ -39,7 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stream-pairs", type=int, default=600)
     ap.add_argument("--tae-steps", type=int, default=3000)
     ap.add_argument("--t2m-steps", type=int, default=6000)
-    ap.add_argument("--goal-steps", type=int, default=GOAL_STEPS, help="goal stage steps (0: no goals)")
+    ap.add_argument("--goal-steps", type=int, default=0,
+                    help=f"goal stage steps (0: no goals, the shipped model: goals do not reach well enough yet, "
+                         f"docs/goals.md; {GOAL_STEPS}: the best attempt)")
     ap.add_argument("--goal-prob", type=float, default=GOAL_PROB, help="share of goal stage sequences given a goal")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--evaluator-epochs", type=int, default=5)
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
     summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
                       "params": sum(p.numel() for p in model.parameters()), **loss_summary(work / "t2m")}
     if args.goal_steps:
-        model, summary["goal_stage"] = goal_stage(args, model, work, data, enc)
+        model, summary["goal_stage"] = goal_stage(args, model, tae, end, work, data, enc)
     model.eval()
 
     # 4. evaluator (the same run `motionstreamer train-evaluator --model-size small --epochs E
@@ -153,21 +156,40 @@ def main(argv=None) -> int:
     return 0
 
 
-# the goal stage (a fine-tune of the text-to-motion model; why not from scratch: docs/default-model.md)
-GOAL_STEPS = 1500
-GOAL_PROB = 0.5     # goal dropout: the other half of the sequences keep the text-only objective
+# the goal stage (a fine-tune of the text-to-motion model; why not from scratch: docs/default-model.md;
+# why steered clips, the goal module's own learning rate and the root-step loss: docs/design.md)
+GOAL_STEPS = 900
+GOAL_PROB = 0.5          # goal dropout: the other half of the plain sequences keep the text-only objective
 GOAL_LR = 3e-4
+GOAL_LR_MULT = 10.0      # the goal module is new in a trained model
+GOAL_ROOT_AUX = 1.0      # the auxiliary root-step loss
+STEERED_CLIPS = 800      # goal-only locomotion clips: turns the caption does not name, and walks to a target
+STEERED_SHARE = 0.5      # of the rows
+PURSUIT = 0.7            # of the steered clips: heading for a target point
 
 
-def goal_stage(args, model, work: Path, data: Path, text_encoder):
+def goal_stage(args, model, tae, end_latent, work: Path, data: Path, text_encoder):
     """The text-to-motion model with a goal module, fine-tuned with goals beside the text on the same
-    examples (with their root paths): returns (the goal model, its training summary)."""
+    examples (with their root paths) and on steered clips that always carry a goal: returns (the goal
+    model, its training summary)."""
+    from motionstreamer.data.humanml3d import load_mean_std
+    from motionstreamer.data.synth.writers import make_steered_clips
     from motionstreamer.models.transformer import TextToMotionModel
     from motionstreamer.train.stream import load_stream_examples
     from motionstreamer.train.t2m import T2MTrainConfig, embed_captions, load_latent_examples, train_t2m
+    from motionstreamer.train.tae import encode_latents
 
+    steer, steer_latents = work / "steered", work / "steered_latents"
+    if not (steer / "split").is_dir():
+        make_steered_clips(steer, STEERED_CLIPS, seed=args.seed, overwrite=True, pursuit=PURSUIT)
+    if not steer_latents.is_dir():
+        mean, std = load_mean_std(data / "mean_std")
+        motions = {p.stem: (np.load(p) - mean) / std for p in sorted((steer / "motion_data").glob("*.npy"))}
+        encode_latents(tae, motions, steer_latents, end_latent, sample=True, seed=args.seed)
     examples = load_latent_examples(work / "latents", data, "train", paths=True)
     examples += load_stream_examples(data / "babel_stream", work / "stream_latents", "train", paths=True)
+    examples += [dataclasses.replace(e, goal_only=True)
+                 for e in load_latent_examples(steer_latents, steer, "train", paths=True)]
     emb = embed_captions(examples, text_encoder)
     torch.manual_seed(args.seed)
     goal_model = TextToMotionModel(type(model.config).from_dict({**model.config.to_dict(), "goal": True}))
@@ -177,12 +199,15 @@ def goal_stage(args, model, work: Path, data: Path, text_encoder):
     cfg = T2MTrainConfig(out_dir=str(work / "goals"), steps=args.goal_steps, batch_size=args.batch, lr=GOAL_LR,
                          warmup_steps=max(1, args.goal_steps // 20), weight_decay=1e-6, grad_clip=1.0,
                          save_every=250, log_every=50, seed=args.seed, diffmlps_batch_mul=2,
-                         goal_prob=args.goal_prob)
+                         goal_prob=args.goal_prob, goal_only_share=STEERED_SHARE, goal_horizon_s=(0.5, 10.0),
+                         goal_lr_mult=GOAL_LR_MULT, root_aux=GOAL_ROOT_AUX)
     ck = work / "goals" / "checkpoint_last.pt"
     resume = args.resume and ck.exists()
     res = train_t2m(goal_model, examples, emb, cfg, name="t2m", extra_config={"text_encoder": "minilm"},
                     resume=ck if resume else None, overwrite=not resume)
     return goal_model.eval(), {"steps": res.step, "goal_prob": args.goal_prob, "lr": GOAL_LR,
+                               "goal_lr_mult": GOAL_LR_MULT, "root_aux": GOAL_ROOT_AUX,
+                               "steered_clips": STEERED_CLIPS, "steered_share": STEERED_SHARE, "pursuit": PURSUIT,
                                "examples": len(examples), **loss_summary(work / "goals")}
 
 
@@ -201,7 +226,10 @@ def goals_only(args, argv) -> int:
     t0 = time.time()
     ensure_data_and_latents(args, load_bundle(out), work, data)
     bundle = load_bundle(out)
-    model, info = goal_stage(args, bundle.t2m, work, data, TextEncoder.load("minilm"))
+    if not args.goal_steps:
+        raise SystemExit(f"--stages goals needs --goal-steps (e.g. {GOAL_STEPS})")
+    model, info = goal_stage(args, bundle.t2m, bundle.tae, bundle.end_latent.cpu(), work, data,
+                             TextEncoder.load("minilm"))
     config = dataclasses.replace(read_bundle_config(out), t2m=model.config, student_head=None)
     (out / "config.json").unlink()          # until the new one is written: an incomplete bundle says so
     save_safetensors(out / "t2m.safetensors", model.state_dict())
