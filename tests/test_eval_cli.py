@@ -382,10 +382,11 @@ def test_goals_protocol_with_a_perfect_and_a_wrong_generator(data, evaluator_dir
 
 def test_evaluate_goals_cli(capsys, tmp_path, data, evaluator_dir, bundle_dir):
     # the text-only bundle cannot take goals: one clear line, no traceback
-    code = main(["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
-                 "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2", "--out", str(tmp_path / "g.json"),
-                 "--quiet"])
-    err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
+              "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2", "--out", str(tmp_path / "g.json"),
+              "--quiet"])
+    code, err = e.value.code, capsys.readouterr().err
     assert code == 2 and "not trained with goals" in err and "Traceback" not in err
     # a goal model (random weights) runs the protocol and writes its table
     from motionstreamer.checkpoints import save_bundle
@@ -403,4 +404,6 @@ def test_evaluate_goals_cli(capsys, tmp_path, data, evaluator_dir, bundle_dir):
                                "--steps", "2", "--out", str(tmp_path / "g.json"), "--quiet"])
     assert code == 0 and "Goals reached (<= 0.3 m)" in text and "Text only: R@3" in text
     res = json.loads((tmp_path / "g.json").read_text())
-    assert {"goal_distance_median", "goal_success_band", "fid", "text_only_fid", "foot_skating"} <= set(res["metrics"])
+    assert {"goal_distance_median", "goal_success", "fid", "text_only_fid", "foot_skating"} <= set(res["metrics"])
+    # the band's rate only where a repeat had goals 2-5 m away (this small split's random model: none)
+    assert ("goal_success_band" in res["metrics"]) == (sum(res["info"]["band_goals_per_repeat"]) > 0)

@@ -86,6 +86,12 @@ class T2MConfig(ConfigDict):
         n = int(2 * 4 * self.n_embd / 3)
         return ((n - 1) // 256) * 256 + 256
 
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not self.goal:       # a text-only config writes (and round-trips) as it did before goals existed
+            del d["goal"]
+        return d
+
     @classmethod
     def official(cls, cond_dim: int = 768) -> "T2MConfig":
         """The released `Normal_size` model (sentence-t5-xxl text features: cond_dim 768)."""

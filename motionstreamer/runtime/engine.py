@@ -269,7 +269,7 @@ class StreamingEngine:
         s = self._get(stream_id)
         if not self.goals_supported:
             raise ValueError("this model was not trained with goals (its config.json has no t2m \"goal\": true); "
-                             "goals need a goal-trained bundle such as the embedded default model")
+                             "goals need a goal-trained bundle (docs/goals.md)")
         s.goal = policy.make_goal(x, z, heading, seconds, frame=s.latents_emitted * FRAMES_PER_LATENT)
         s.needs_prefill = True
         if s.finished and s.prompt is not None and not s.queue:

@@ -251,6 +251,7 @@ class TwoForwardObjective(torch.nn.Module):
         lat = batch["latents"].to(dev, dtype)
         text = batch["text"].to(dev, dtype)
         goal = batch["goal"].to(dev) if "goal" in batch else None
+        goal_kw = {} if goal is None else {"goal": goal}   # a text-only batch calls the model as it always did
         b, l, d = lat.shape
         pos = torch.arange(l, device=dev)[None]
         a_len = batch["a_len"].to(dev)[:, None]
@@ -263,7 +264,7 @@ class TwoForwardObjective(torch.nn.Module):
             replace &= target_mask                                       # history (A) and padding stay
             if replace.any():
                 with torch.no_grad():  # first forward; the head's x0 only where it will be used
-                    cond = model(lat, text, goal=goal)[:, :-1]
+                    cond = model(lat, text, **goal_kw)[:, :-1]
                     x, c = lat[replace], cond[replace]
                     if "t_x0" in batch:
                         t0, n0 = batch["t_x0"].to(dev)[replace], batch["noise_x0"].to(dev, dtype)[replace]
@@ -274,7 +275,7 @@ class TwoForwardObjective(torch.nn.Module):
                     x0 = proc.predict_x0(x_t, t0, diff.net(x_t, t0, c))
                 inputs = lat.clone()
                 inputs[replace] = x0.to(lat.dtype)
-        cond = model(inputs, text, goal=goal)[:, :-1]
+        cond = model(inputs, text, **goal_kw)[:, :-1]
         # valid target tokens, each repeated diffmlps_batch_mul times with its own t and noise
         tgt = lat[target_mask].repeat(self.diffmlps_batch_mul, 1)
         z = cond[target_mask].repeat(self.diffmlps_batch_mul, 1)
