@@ -166,6 +166,7 @@ GOAL_ROOT_AUX = 1.0      # the auxiliary root-step loss
 STEERED_CLIPS = 800      # goal-only locomotion clips: turns the caption does not name, and walks to a target
 STEERED_SHARE = 0.5      # of the rows
 PURSUIT = 0.7            # of the steered clips: heading for a target point
+GOAL_MODULE_ONLY = True  # only the goal module learns: text-only streams stay exactly the model they were
 
 
 def goal_stage(args, model, tae, end_latent, work: Path, data: Path, text_encoder):
@@ -200,13 +201,14 @@ def goal_stage(args, model, tae, end_latent, work: Path, data: Path, text_encode
                          warmup_steps=max(1, args.goal_steps // 20), weight_decay=1e-6, grad_clip=1.0,
                          save_every=250, log_every=50, seed=args.seed, diffmlps_batch_mul=2,
                          goal_prob=args.goal_prob, goal_only_share=STEERED_SHARE, goal_horizon_s=(0.5, 10.0),
-                         goal_lr_mult=GOAL_LR_MULT, root_aux=GOAL_ROOT_AUX)
+                         goal_lr_mult=GOAL_LR_MULT, root_aux=GOAL_ROOT_AUX, goal_module_only=GOAL_MODULE_ONLY)
     ck = work / "goals" / "checkpoint_last.pt"
     resume = args.resume and ck.exists()
     res = train_t2m(goal_model, examples, emb, cfg, name="t2m", extra_config={"text_encoder": "minilm"},
                     resume=ck if resume else None, overwrite=not resume)
     return goal_model.eval(), {"steps": res.step, "goal_prob": args.goal_prob, "lr": GOAL_LR,
                                "goal_lr_mult": GOAL_LR_MULT, "root_aux": GOAL_ROOT_AUX,
+                               "goal_module_only": GOAL_MODULE_ONLY,
                                "steered_clips": STEERED_CLIPS, "steered_share": STEERED_SHARE, "pursuit": PURSUIT,
                                "examples": len(examples), **loss_summary(work / "goals")}
 

@@ -446,11 +446,11 @@ def test_goal_is_reexpressed_from_the_current_root(tae):
 
 def reached_at(tae, goal, tolerance, heading_tolerance=math.pi / 6, on_reached="stop", steps=10):
     """(events, chunks) of a stream whose goal changes nothing in its motion (the goal module's last layer
-    is zero), so the path is the one of the same seed without a goal."""
+    is zero, steering is off), so the path is the one of the same seed without a goal."""
     eng = StreamingEngine(FakeBundle(tae, goal_model(effective=False)), FakeTextEncoder(TEXT_DIM),
                           config=GenerationConfig(sampling_steps=4, end_threshold=-1.0, goal_tolerance=tolerance,
                                                   goal_heading_tolerance=heading_tolerance,
-                                                  on_goal_reached=on_reached))
+                                                  on_goal_reached=on_reached, goal_steering=False))
     sid = eng.add_stream("walk", seed=5)
     if goal is not None:
         eng.set_goal(sid, *goal)

@@ -74,7 +74,7 @@ def register(subparsers) -> None:
                         "+Z, +X on its left), optionally facing HEADING there (radians, 0 = +Z) within SECONDS; repeat "
                         "for waypoints, each set when the one before is reached (a goal-trained model, e.g. the "
                         "embedded one; docs/goals.md)")
-    add_sampler_args(s, "goal_tolerance")
+    add_sampler_args(s, "goal_tolerance", "goal_steering")
     _add_common(s)
 
 

@@ -34,6 +34,7 @@ from motionstreamer.runtime import policy
 from motionstreamer.runtime.backend import TorchBackend
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
+from motionstreamer.runtime.steering import SteeringLimits, steer_latent
 
 ON_ACTION_END = ("stop", "continue")
 
@@ -63,6 +64,10 @@ class GenerationConfig:
     # classifier-free guidance on the goal too: the unconditional row has neither the prompt nor the goal
     # (False: both rows carry the goal, guidance amplifies the prompt alone)
     guide_goal: bool = True
+    # goal steering (runtime/steering.py): the root motion the model proposes is warped toward the goal
+    # within steering_limits (extra turn rate, speed scale); False: the model's own motion, unwarped
+    goal_steering: bool = True
+    steering_limits: SteeringLimits = SteeringLimits()
 
     def validate(self) -> None:
         """ValueError naming the first field out of range (the sampler's numbers: SamplerSettings)."""
@@ -84,6 +89,11 @@ class GenerationConfig:
             raise ValueError(f"end_threshold must be a finite number, got {thr!r}")
         if not isinstance(self.guide_goal, bool):
             raise ValueError(f"guide_goal must be true or false, got {self.guide_goal!r}")
+        if not isinstance(self.goal_steering, bool):
+            raise ValueError(f"goal_steering must be true or false, got {self.goal_steering!r}")
+        if not isinstance(self.steering_limits, SteeringLimits):
+            raise ValueError(f"steering_limits must be a SteeringLimits, got {self.steering_limits!r}")
+        self.steering_limits.validate()
         if self.skip_terminal_step is not None and not isinstance(self.skip_terminal_step, bool):
             raise ValueError(f"skip_terminal_step must be true, false or None, got {self.skip_terminal_step!r}")
 
@@ -421,7 +431,7 @@ class StreamingEngine:
         slots = [s.slot for s in streams]
         # (a) TAE: 4 frames per latent from the decoder state of these slots; joints move each root on
         frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
-        feats = frames.float().to(self.device) * self.std + self.mean
+        feats = self._steer(streams, frames.float().to(self.device) * self.std + self.mean)
         joints = recover_joints_step(feats, self.root, rows=torch.tensor(slots, device=self.device))
         per_latent = frames.shape[1]
         for s in streams:
@@ -442,6 +452,22 @@ class StreamingEngine:
             if s.latents_emitted >= self.config.max_latents and not s.finished:
                 self._finish(s)
         return chunks
+
+    def _steer(self, streams: list[_Stream], feats: torch.Tensor) -> torch.Tensor:
+        """These latents' frames (n, 4, 272) with each goal stream's root motion warped toward its goal
+        (GenerationConfig.goal_steering), from the root before these frames."""
+        limits = self.config.steering_limits
+        if not self.config.goal_steering or not limits.enabled or all(s.goal is None for s in streams):
+            return feats
+        feats = feats.clone()
+        for i, s in enumerate(streams):
+            if s.goal is None:
+                continue
+            frame = s.latents_emitted * FRAMES_PER_LATENT
+            left = None if s.goal.deadline_frame is None else s.goal.deadline_frame - frame
+            feats[i] = steer_latent(feats[i], self.root.heading[s.slot], self.root.translation[s.slot],
+                                    (s.goal.x, s.goal.z), left, limits)
+        return feats
 
     def _check_goal(self, s: _Stream) -> None:
         """After a latent: a reached goal is reported and dropped; then the action ends there (its queued

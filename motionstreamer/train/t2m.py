@@ -63,6 +63,8 @@ class T2MTrainConfig(TrainConfig):
                                        # (train/goals.py root_steps), a low-noise signal for steering; 0: off
     goal_lr_mult: float = 1.0          # the goal module's learning rate over lr: a fine-tune adds it untrained to a
                                        # trained model (at 1x its last layer measured barely moved in 600 steps)
+    goal_module_only: bool = False     # train only the goal module (and the root-step probe): the text-only model
+                                       # stays bit-identical, a goal steers through the module alone
 
     def check(self) -> None:
         super().check()
@@ -402,7 +404,17 @@ def train_t2m(model, examples: list[LatentExample], text_embeddings: dict, confi
     objective = TwoForwardObjective(model, config.steps, config.diffmlps_batch_mul, config.two_forward,
                                     config.root_aux)
     trainable = None
-    if config.goal_lr_mult != 1.0 and getattr(model, "goal_embed", None) is not None:
+    if config.goal_module_only:
+        if getattr(model, "goal_embed", None) is None:
+            raise ValueError("T2MTrainConfig.goal_module_only needs a model with a goal module (T2MConfig(goal=True))")
+        goal = {id(p) for p in model.goal_embed.parameters()}
+        in_model = {id(p) for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in goal)
+        probe = [p for p in objective.parameters() if id(p) not in in_model]     # the root-step probe
+        trainable = [{"params": list(model.goal_embed.parameters()), "lr": config.lr * config.goal_lr_mult}]
+        trainable += [{"params": probe}] if probe else []
+    elif config.goal_lr_mult != 1.0 and getattr(model, "goal_embed", None) is not None:
         goal = {id(p) for p in model.goal_embed.parameters()}
         trainable = [{"params": [p for p in objective.parameters() if p.requires_grad and id(p) not in goal]},
                      {"params": list(model.goal_embed.parameters()), "lr": config.lr * config.goal_lr_mult}]

@@ -1,0 +1,119 @@
+"""Goal steering (runtime/steering.py): the bounded root-motion warp toward a goal.
+
+The root path is integrated here by an independent float64 transcription of the 272 recurrence
+(spec §2.1-2.2: H[t] = R_y-delta[t] @ H[t-1], the frame's floor step is H[t-1]^T (x0, 0, x1)), written
+with yaw angles, not with the package's matrices; so a wrong sign or a wrong frame in the warp shows up
+as a walk that misses its goal."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from motionstreamer.runtime.steering import SteeringLimits, steer_frames
+
+FPS = 30
+T = 4   # frames per latent
+
+
+def frames(speed_m_s: float = 1.35, turn_rad_s: float = 0.0, sideways: bool = False, n: int = T) -> torch.Tensor:
+    """n frames of a walk: floor speed forward (or to the left), turning at turn_rad_s; the heading delta
+    stored as 6D rows of R_y(-a) (a = the facing's yaw increase per frame, spec: +X is the left)."""
+    f = torch.zeros(n, 272)
+    f[:, 0 if sideways else 1] = speed_m_s / FPS
+    a = turn_rad_s / FPS
+    f[:, 2], f[:, 4] = math.cos(a), -math.sin(a)
+    f[:, 6] = 1.0
+    f[:, 8:] = torch.linspace(-1, 1, 264)          # a body pose the warp must leave alone
+    return f
+
+
+def integrate(f: np.ndarray, x: float, z: float, yaw: float) -> tuple[float, float, float]:
+    """Float64, yaw form of the 272 root recurrence (independent of the package)."""
+    for row in np.asarray(f, np.float64):
+        vx, vz = row[0], row[1]
+        x += math.cos(yaw) * vx + math.sin(yaw) * vz
+        z += -math.sin(yaw) * vx + math.cos(yaw) * vz
+        yaw += math.atan2(-row[4], row[2])          # R_y(-a): row 0 = (cos a, 0, -sin a)
+    return x, z, yaw
+
+
+def walk_to(goal, seconds, limits=SteeringLimits(), latents=None, **walk):
+    """A stream of latents, each warped from the root where the last one ended: the final (x, z, yaw)."""
+    x = z = yaw = 0.0
+    deadline = None if seconds is None else round(seconds * FPS)
+    n = latents or -(-deadline // T)
+    for k in range(n):
+        left = None if deadline is None else deadline - k * T
+        f = steer_frames(frames(**walk), (x, z), yaw, goal, left, limits)
+        x, z, yaw = integrate(f.numpy(), x, z, yaw)
+    return x, z, yaw
+
+
+@pytest.mark.parametrize("goal", [(3.0, 2.0), (-3.0, 2.0), (0.5, -3.0), (4.0, 0.0), (-1.5, 2.5)])
+def test_a_walk_reaches_goals_on_every_side_at_their_deadline(goal):
+    """A straight walk at 1.35 m/s reaches goals left, right, behind and ahead at a walking deadline."""
+    seconds = math.hypot(*goal) / 1.2 + 1.0
+    x, z, _ = walk_to(goal, seconds)
+    assert math.hypot(x - goal[0], z - goal[1]) < 0.1
+    # unwarped, the same walk misses each of them by metres
+    x0, z0, _ = walk_to(goal, seconds, SteeringLimits(turn_rate=0.0, speed_range=(1.0, 1.0)))
+    assert math.hypot(x0 - goal[0], z0 - goal[1]) > 1.0
+
+
+def test_a_turning_walk_and_a_sidestep_are_brought_onto_the_goal():
+    for walk in ({"turn_rad_s": 0.6}, {"turn_rad_s": -0.6}, {"sideways": True}):
+        x, z, _ = walk_to((1.0, 4.0), 4.0, **walk)
+        assert math.hypot(x - 1.0, z - 4.0) < 0.2, walk
+
+
+def test_the_turn_and_the_speed_stay_within_their_limits():
+    """Each latent: the extra yaw at most turn_rate * T / FPS (and a large error uses all of it), the
+    speed scaled within speed_range, probed on both sides (a goal wanting 3x, one wanting 0.2x)."""
+    lim = SteeringLimits(turn_rate=1.5, speed_range=(0.6, 1.6))
+    base = frames()
+    behind = steer_frames(base, (0.0, 0.0), 0.0, (0.0, -5.0), 30, lim)
+    extra = sum(math.atan2(-r[4], r[2]) for r in behind.double().numpy())
+    assert extra == pytest.approx(1.5 * T / FPS, rel=1e-5) or extra == pytest.approx(-1.5 * T / FPS, rel=1e-5)
+    far = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 12.0), 3 * FPS, lim)        # needs 4 m/s: 3x
+    near = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 1.0), 4 * FPS, lim)        # needs 0.25 m/s
+    exact = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 3.0), 2 * FPS, lim)       # needs 1.5 m/s: 1.11x
+    assert float(far[0, 1] / base[0, 1]) == pytest.approx(1.6, rel=1e-6)
+    assert float(near[0, 1] / base[0, 1]) == pytest.approx(0.6, rel=1e-6)
+    assert float(exact[0, 1] / base[0, 1]) == pytest.approx(1.5 / 1.35, rel=1e-4)
+
+
+def test_body_pose_is_untouched_and_standing_is_not_dragged():
+    base = frames()
+    out = steer_frames(base, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits())
+    assert torch.equal(out[:, 8:], base[:, 8:]) and not torch.equal(out[:, :8], base[:, :8])
+    standing = frames(speed_m_s=0.1)            # below min_speed 0.15 m/s
+    assert torch.equal(steer_frames(standing, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits()), standing)
+    slow = frames(speed_m_s=0.2)                # above it: warped
+    assert not torch.equal(steer_frames(slow, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits()), slow)
+
+
+def test_no_deadline_slows_only_so_as_not_to_pass_the_goal():
+    base = frames()
+    far = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 5.0), None, SteeringLimits())
+    assert torch.equal(far[:, :2], base[:, :2])                 # 5 m ahead: the walk's own speed
+    close = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 0.15), None, SteeringLimits())
+    assert float(close[0, 1] / base[0, 1]) == pytest.approx(0.15 / (4 * 1.35 / FPS), rel=1e-4)
+    past = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 5.0), -8, SteeringLimits())   # deadline gone
+    assert torch.equal(past[:, :2], base[:, :2])
+
+
+@pytest.mark.parametrize("bad, field", [({"turn_rate": float("nan")}, "turn_rate"),
+                                        ({"turn_rate": -1.0}, "turn_rate"),
+                                        ({"speed_range": (0.0, 1.5)}, "speed_range"),
+                                        ({"speed_range": (1.1, 1.5)}, "speed_range"),
+                                        ({"speed_range": (0.5, 0.9)}, "speed_range"),
+                                        ({"response_s": 0.0}, "response_s"),
+                                        ({"min_speed": 0.7}, "walk_speed"),
+                                        ({"settle_m": float("inf")}, "settle_m")])
+def test_bad_limits_are_named(bad, field):
+    with pytest.raises(ValueError, match=field):
+        SteeringLimits(**bad).validate()
+    SteeringLimits().validate()
