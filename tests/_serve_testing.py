@@ -3,6 +3,7 @@ test process (the app is `create_app(...)`, as a user would mount it), and small
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -98,3 +99,38 @@ async def frames(ws, n: int, timeout: float = 60.0, keep=None) -> list[dict]:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def close_of(ws, timeout=30.0):
+    """Read until the server closes; returns (code, reason), (None, "") when no close frame came."""
+    import websockets
+
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed as e:
+        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "")
+
+
+class FakeClock:
+    """The scheduler's clock, moved by hand."""
+
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@contextlib.contextmanager
+def single_threaded_models():
+    """The embedded model and text encoder with one torch thread, as the service runs (small per-latent
+    ops; more threads spin-wait); the thread count is restored afterwards."""
+    from motionstreamer.runtime.loading import load_models
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_models(None, device="cpu")[:2]
+    finally:
+        torch.set_num_threads(threads)

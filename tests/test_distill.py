@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import FakeTextEncoder
-from train_tiny import quiet, tiny_t2m, tiny_tae
+from train_tiny import fitted_teacher, quiet, tiny_t2m, tiny_tae
 
 from motionstreamer.checkpoints import (
     CheckpointError,
@@ -193,28 +193,10 @@ def test_objective_gradients_are_finite_with_equal_samples():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny teacher bundle whose head is briefly trained on its transformer's teacher-forced
+    """A tiny teacher bundle (root/teacher) whose head is briefly trained on its transformer's teacher-forced
     conditions (so its guided samples are on the data's scale), and latent examples."""
-    from motionstreamer.train.t2m import LatentExample
-
     root = tmp_path_factory.mktemp("distill")
-    t2m = tiny_t2m()
-    g = torch.Generator().manual_seed(0)
-    examples = [LatentExample(f"caption {i}", torch.randn(i % 3, 16, generator=g).numpy(),
-                              (torch.randn(4 + i % 5, 16, generator=g) + i % 4).numpy()) for i in range(12)]
-    enc = FakeTextEncoder()
-    emb = {c: enc.encode([c])[0] for c in [e.caption for e in examples] + [""]}
-    pairs = teacher_forced_conditions(t2m, examples, emb)
-    targets = torch.cat([torch.from_numpy(e.latents_b) for e in examples])
-    opt = torch.optim.Adam(t2m.diff_loss.parameters(), 3e-3)
-    torch.manual_seed(0)
-    for _ in range(150):
-        loss = t2m.diff_loss.loss(targets, pairs[:, 0])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    save_bundle(root / "teacher", tiny_tae(), t2m.eval(), torch.zeros(272), torch.ones(272), torch.zeros(16),
-                text_encoder=FakeTextEncoder.name, extra_config={"sampler": {"skip_terminal_step": True}})
+    _, examples, emb = fitted_teacher(root)
     return root, examples, emb
 
 

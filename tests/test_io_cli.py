@@ -247,7 +247,11 @@ def test_to_bvh_streams_the_file(tmp_path, monkeypatch):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         sizes.append(path.stat().st_size)
-    assert sizes[1] > 3.9 * sizes[0] and peaks[1] < 1.2 * peaks[0], (peaks, sizes)
+    # Holding the text would grow the peak by at least the text's growth (~580 KB here); tracemalloc also
+    # counts what other threads of the test process allocate meanwhile (servers left by earlier tests: tens
+    # of KB), so the bound is a quarter of that growth, not a ratio of two noisy peaks.
+    assert sizes[1] > 3.9 * sizes[0], sizes
+    assert peaks[1] - peaks[0] < 0.25 * (sizes[1] - sizes[0]), (peaks, sizes)
     assert peaks[1] < 0.5 * sizes[1]
     bad = rig_of(40)
     bad.rotations[33, 5, 0, 0] = np.nan

@@ -179,7 +179,11 @@ def test_killed_render_leaves_no_temporary_after_the_next_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 60
-        while not list(tmp_path.glob(".x.mp4.*.tmp.mp4")) and time.time() < deadline:
+        # killed once ffmpeg has opened (and begun) the temporary: ffmpeg opens its output by name only after
+        # the first frames arrive, so an ffmpeg orphaned before that creates the file again after the next
+        # render removed it (seen under load); that orphan's file goes at the render after
+        while (not any(p.stat().st_size > 0 for p in tmp_path.glob(".x.mp4.*.tmp.mp4"))
+               and time.time() < deadline):
             time.sleep(0.1)
         temporaries = list(tmp_path.glob(".x.mp4.*.tmp.mp4"))
         assert temporaries, "the render never started"

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-sync_api = pytest.importorskip("playwright.sync_api")
-
 from _serve_testing import ServerThread  # noqa: E402
+from playwright import sync_api  # noqa: E402  (the test extra's: a missing one fails, never skips)
 
 from motionstreamer.serve.app import create_app  # noqa: E402
 
@@ -23,10 +22,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
-if not os.path.exists(CHROMIUM):
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is missing: scripts/test.sh installs Debian's `chromium` for this test")
-    pytest.skip("no chromium on this machine (scripts/test.sh installs it)", allow_module_level=True)
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed():
+    """A missing browser fails the test (as in CI), it never skips it: scripts/test.sh installs it."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: scripts/test.sh installs Debian's `chromium` for this test")
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from _serve_testing import FakeClock, single_threaded_models
 
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
-from motionstreamer.runtime.loading import load_models
 from motionstreamer.serve.protocol import CLOSE_INTERNAL, Close, StreamOptions
 from motionstreamer.serve.scheduler import ServerFull, StreamScheduler
 
@@ -18,18 +18,8 @@ LOOKAHEAD = 2
 
 @pytest.fixture(scope="module")
 def models():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)           # as the service runs (small per-latent ops; more threads spin-wait)
-    yield load_models(None, device="cpu")[:2]
-    torch.set_num_threads(threads)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
+    with single_threaded_models() as m:
+        yield m
 
 
 class RecordingEngine(StreamingEngine):
@@ -46,7 +36,7 @@ def make(models, max_streams=4, **kw):
                              config=GenerationConfig(sampling_steps=1, on_action_end="continue", max_latents=10**6))
     engine.batches = []
     out = []
-    clock = Clock()
+    clock = FakeClock()
     sched = StreamScheduler(engine, out.extend, max_streams=max_streams, max_jobs=1, lookahead=LOOKAHEAD,
                             clock=clock, **kw)
     return sched, engine, clock, out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fakes import TEXT_DIM
+from fakes import TEXT_DIM, FakeTextEncoder
 
 
 def tiny_tae(seed: int = 0):
@@ -24,6 +24,34 @@ def tiny_t2m(seed: int = 0, cond_dim: int = TEXT_DIM):
     torch.manual_seed(seed)
     return TextToMotionModel(T2MConfig(n_layer=2, n_head=2, n_embd=32, cond_dim=cond_dim,
                                        head=DiffusionHeadConfig(width=64, depth=2)))
+
+
+def fitted_teacher(root: Path):
+    """A tiny teacher bundle at root/teacher whose head is fitted to four clusters of latents (caption i:
+    mean i % 4 in every dimension) over its transformer's teacher-forced conditions, so its guided samples
+    are on the data's scale and depend strongly on the condition; (bundle, examples, caption embeddings)."""
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.train.distill import teacher_forced_conditions
+    from motionstreamer.train.t2m import LatentExample
+
+    t2m = tiny_t2m()
+    g = torch.Generator().manual_seed(0)
+    examples = [LatentExample(f"caption {i}", torch.randn(i % 3, 16, generator=g).numpy(),
+                              (torch.randn(4 + i % 5, 16, generator=g) + i % 4).numpy()) for i in range(12)]
+    enc = FakeTextEncoder()
+    emb = {c: enc.encode([c])[0] for c in [e.caption for e in examples] + [""]}
+    pairs = teacher_forced_conditions(t2m, examples, emb)
+    targets = torch.cat([torch.from_numpy(e.latents_b) for e in examples])
+    opt = torch.optim.Adam(t2m.diff_loss.parameters(), 3e-3)
+    torch.manual_seed(0)
+    for _ in range(150):
+        loss = t2m.diff_loss.loss(targets, pairs[:, 0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_bundle(root / "teacher", tiny_tae(), t2m.eval(), torch.zeros(272), torch.ones(272), torch.zeros(16),
+                text_encoder=FakeTextEncoder.name, extra_config={"sampler": {"skip_terminal_step": True}})
+    return root / "teacher", examples, emb
 
 
 def quiet(cfg_cls, **kw):

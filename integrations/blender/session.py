@@ -64,7 +64,6 @@ class Live:
         self.stream.prompt(text)
 
     def _take(self) -> None:
-        _, _, _ = _imports()
         from motionstreamer.io.retarget import _quat_matrix
         from motionstreamer.representation import ik
 
