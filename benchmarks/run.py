@@ -293,11 +293,11 @@ def case_embedded(ctx) -> list[dict]:
 
 def case_goals(ctx) -> list[dict]:
     """Per-latent cost of a stream with a goal against the same stream without (docs/goals.md: the goal
-    adds one small MLP per latent and is re-expressed from the root every latent), on a goal model of
-    the run's size (random weights: the cost does not depend on them) and on the embedded model when it
-    was trained with goals. The two are timed alternately in one run (rounds of `repeats` each), so the
-    ratio sees the same machine state; the goal is far away and never reached, so both run the same
-    number of latents."""
+    is steered by a root-motion warp every latent, and a goal-trained model adds one small MLP per
+    latent), on a goal model of the run's size (random weights: the cost does not depend on them) and
+    on the embedded model (steered only). The two are timed alternately in one run (rounds of
+    `repeats` each), so the ratio sees the same machine state; the goal is far away and never reached,
+    so both run the same number of latents."""
     import dataclasses
 
     from motionstreamer.models.transformer import TextToMotionModel
@@ -309,8 +309,7 @@ def case_goals(ctx) -> list[dict]:
     goal_t2m = TextToMotionModel(dataclasses.replace(ctx["t2m"].config, goal=True)).eval().to(dev, dtype)
     models = [("random_goal_model", Bundle(ctx["tae"], goal_t2m, dev), RandomTextEncoder(goal_t2m.config.cond_dim))]
     embedded, text, _ = load_models(None, device=str(dev), dtype="fp32")
-    if embedded.t2m.goal_embed is not None:
-        models.append(("embedded_model", embedded, text))
+    models.append(("embedded_model", embedded, text))
     n_lat, rows = ctx["latents"] * 2, []
     for name, bundle, text in models:
         for steps in ctx["steps_list"]:

@@ -381,13 +381,18 @@ def test_goals_protocol_with_a_perfect_and_a_wrong_generator(data, evaluator_dir
 
 
 def test_evaluate_goals_cli(capsys, tmp_path, data, evaluator_dir, bundle_dir):
-    # the text-only bundle cannot take goals: one clear line, no traceback
+    # a text-only bundle with goal steering off has nothing to steer with: one clear line, no traceback
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
               "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2", "--out", str(tmp_path / "g.json"),
-              "--quiet"])
+              "--quiet", "--goal-steering", "off"])
     code, err = e.value.code, capsys.readouterr().err
-    assert code == 2 and "not trained with goals" in err and "Traceback" not in err
+    assert code == 2 and "not trained with goals" in err and "steering is off" in err and "Traceback" not in err
+    # with steering (the default) any model takes goals: the text-only bundle runs the protocol
+    code, text = _run(capsys, ["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator",
+                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2",
+                               "--out", str(tmp_path / "g0.json"), "--quiet"])
+    assert code == 0 and "Goals reached (<= 0.3 m)" in text
     # a goal model (random weights) runs the protocol and writes its table
     from motionstreamer.checkpoints import save_bundle
     from motionstreamer.data.humanml3d import load_mean_std

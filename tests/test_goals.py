@@ -270,6 +270,37 @@ def test_goal_lr_mult_scales_the_goal_modules_steps_only(tmp_path):
         T2MTrainConfig(goal_lr_mult=0.0).check()
 
 
+def test_goal_module_only_leaves_every_other_weight_bit_identical(tmp_path):
+    """goal_module_only: two steps move the goal module (Adam's first step: lr * mult per weight) and the
+    root-step probe, and not one bit of the rest of the model; without a goal module it is refused."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from train_tiny import encode_dataset, make_synth, quiet, tiny_tae
+
+    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
+
+    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
+    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
+    ex = load_latent_examples(lat, data, "train", paths=True)
+    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    model = goal_model(seed=0, block_size=24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = quiet(T2MTrainConfig, out_dir=str(tmp_path / "run"), steps=2, batch_size=8, lr=1e-3, warmup_steps=0,
+                weight_decay=0.0, save_every=1000, diffmlps_batch_mul=1, goal_prob=1.0, goal_lr_mult=10.0,
+                max_latents=24, root_aux=1.0, goal_module_only=True)
+    train_t2m(model.train(), ex, emb, cfg)
+    after = model.state_dict()
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("goal_embed.") for k in changed), sorted(changed)[:5]
+    assert "goal_embed.fc2.weight" in changed and "goal_embed.fc1.weight" in changed
+    step = float((after["goal_embed.fc2.weight"] - before["goal_embed.fc2.weight"]).abs().max())
+    assert 0.95e-2 <= step <= 2.05e-2           # two Adam steps of at most lr * 10 each, the first a full one
+    plain = TextToMotionModel(T2MConfig(n_layer=1, n_head=2, n_embd=32, cond_dim=TEXT_DIM, block_size=24))
+    with pytest.raises(ValueError, match="goal module"):
+        train_t2m(plain, ex, emb, quiet(T2MTrainConfig, out_dir=str(tmp_path / "plain"), steps=1, batch_size=8,
+                                         max_latents=24, goal_module_only=True))
+
+
 def test_root_steps_chain_back_into_the_path(circle_clip):
     from motionstreamer.representation.features import joints_to_272
     from motionstreamer.train.goals import ROOT_STEP_SCALE, latent_root_path, root_steps
@@ -528,14 +559,28 @@ def test_bad_goal_values_are_refused_by_name(tae, bad, field):
     assert eng.goal_of(sid) == policy.Goal(1.0, 2.0, 0.0, 90)
 
 
-def test_model_without_goals_refuses_set_goal(tae):
+def test_model_without_goals_is_steered_and_refuses_only_without_steering(tae):
+    """A text-only model takes a goal through steering alone: the model sees nothing of it (the latents
+    and body pose are those of the same seed without a goal), only the root motion is warped; with
+    goal steering off nothing would steer, and set_goal is refused saying so."""
     torch.manual_seed(0)
     t2m = TextToMotionModel(T2MConfig(n_layer=1, n_head=2, n_embd=16, cond_dim=TEXT_DIM,
                                       head=DiffusionHeadConfig(width=32, depth=1))).eval()
-    eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(TEXT_DIM), config=GenerationConfig(sampling_steps=4))
-    sid = eng.add_stream("walk", seed=0)
-    with pytest.raises(ValueError, match="not trained with goals"):
-        eng.set_goal(sid, 1.0, 2.0)
+
+    def run(goal, steering=True):
+        eng = StreamingEngine(FakeBundle(tae, t2m), FakeTextEncoder(TEXT_DIM),
+                              config=GenerationConfig(sampling_steps=4, end_threshold=-1.0, goal_steering=steering))
+        sid = eng.add_stream("walk", seed=0)
+        if goal is not None:
+            eng.set_goal(sid, *goal)
+        return [c for _ in range(6) for c in eng.step()]
+
+    free, steered = run(None), run((3.0, -2.0))
+    assert all(torch.equal(a.latent, b.latent) for a, b in zip(free, steered))
+    assert all(torch.equal(a.features[:, 8:], b.features[:, 8:]) for a, b in zip(free, steered))
+    assert not all(torch.equal(a.features[:, :8], b.features[:, :8]) for a, b in zip(free, steered))
+    with pytest.raises(ValueError, match="not trained with goals.*steering is off"):
+        run((1.0, 2.0), steering=False)
 
 
 def test_graph_backend_with_goals_equals_eager_on_cpu(tae):

@@ -135,20 +135,10 @@ def test_download_bvh_matches_the_python_writer(page, tmp_path):
     assert page.errors == []
 
 
-def _embedded_model_takes_goals() -> bool:
-    from motionstreamer.checkpoints import read_bundle_config
-    from motionstreamer.runtime.loading import default_model_dir
-
-    return read_bundle_config(default_model_dir()).t2m.goal
-
-
 @pytest.fixture(scope="module")
 def goal_page():
-    """The page on a server with the service's own sampler (10 steps) and the embedded, goal-trained model.
-    Issue #27's acceptance test: it waits for an embedded model trained with goals that reach (not yet
-    shipped: docs/goals.md#how-well-it-works has the attempts), and is skipped, saying so, until then."""
-    if not _embedded_model_takes_goals():
-        pytest.skip("the embedded default model is not trained with goals yet (issue #27; docs/goals.md)")
+    """The page on a server with the service's own sampler (10 steps) and the embedded model, whose goals
+    steer through the root-motion warp (runtime/steering.py): issue #27's acceptance test."""
     with ServerThread(create_app()) as server, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         pg = browser.new_context(viewport={"width": 1280, "height": 760}).new_page()

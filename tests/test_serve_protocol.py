@@ -405,27 +405,17 @@ def test_slow_client_is_dropped_with_a_reason():
 
 
 @pytest.fixture(scope="module")
-def goal_server(tmp_path_factory):
-    """A server on the embedded model with an (untrained) goal module added: the goal messages, their
-    checks and the reached test do not depend on how well the model steers."""
-    from motionstreamer.checkpoints import load_bundle, save_bundle
-    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-    from motionstreamer.runtime.loading import default_model_dir
-
-    base = load_bundle(default_model_dir())
-    t2m = TextToMotionModel(T2MConfig.from_dict({**base.t2m.config.to_dict(), "goal": True}))
-    missing, _ = t2m.load_state_dict(base.t2m.state_dict(), strict=False)
-    assert all(k.startswith("goal_embed.") for k in missing)
-    path = save_bundle(tmp_path_factory.mktemp("goal_bundle") / "bundle", base.tae, t2m.eval(), base.mean, base.std,
-                       base.end_latent, extra_config={"end_threshold": base.config.end_threshold})
+def goal_server():
+    """A server on the embedded model (goals steer any model: runtime/steering.py); the goal messages,
+    their checks and the reached test do not depend on how well it steers."""
     limits = ServeLimits(max_streams=MAX_STREAMS, max_message_bytes=2048, max_generate_jobs=1,
                          messages_per_second=5.0, message_burst=8, max_prompt_chars=200)
-    with ServerThread(create_app(checkpoint=str(path), sampling_steps=4, limits=limits)) as s:
+    with ServerThread(create_app(sampling_steps=4, limits=limits)) as s:
         yield s
 
 
 def test_goal_messages(goal_server):
-    """goal / clear_goal (a goal-trained bundle): acknowledged; bad values (NaN, strings,
+    """goal / clear_goal: acknowledged; bad values (NaN, strings,
     booleans, missing x, seconds out of range, unknown fields, one bad field among good ones) are a
     "bad_goal" error naming the field, and the stream keeps running; a goal at the character's feet
     is reached at once: goal_reached, then the stream stops there (the action ends at its goal)."""

@@ -93,6 +93,7 @@ def register(subparsers) -> None:
     _data_args(o)
     _evaluator_args(o)
     _generation_args(o)
+    add_sampler_args(o, "goal_steering")
     o.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("stream", help="prompt sequences (BABEL-stream pairs): segment and transition metrics")
     s.add_argument("--stream-data", required=True, metavar="DIR", help="BABEL-stream layout folder")

@@ -72,8 +72,8 @@ def register(subparsers) -> None:
     s.add_argument("--goal", action="append", default=[], metavar="X,Z[,HEADING][@SECONDS]",
                    help="steer the character to the floor point X,Z (metres; the stream starts at the origin facing "
                         "+Z, +X on its left), optionally facing HEADING there (radians, 0 = +Z) within SECONDS; repeat "
-                        "for waypoints, each set when the one before is reached (a goal-trained model, e.g. the "
-                        "embedded one; docs/goals.md)")
+                        "for waypoints, each set when the one before is reached (any model: the root motion is "
+                        "steered, docs/goals.md)")
     add_sampler_args(s, "goal_tolerance", "goal_steering")
     _add_common(s)
 

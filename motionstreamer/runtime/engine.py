@@ -174,6 +174,7 @@ class _Stream:
     action_budget: int | None = None                   # latents allowed for the current prompt
     finished: bool = False
     goal: policy.Goal | None = None                    # world coordinates; re-expressed every latent
+    travel: tuple | None = None                        # recent floor step per frame while steered (runtime/steering.py)
 
 
 class StreamingEngine:
@@ -264,9 +265,15 @@ class StreamingEngine:
         return prompt
 
     @property
-    def goals_supported(self) -> bool:
-        """Whether the model takes goals (a bundle trained with them: its config.json t2m "goal": true)."""
+    def goal_model(self) -> bool:
+        """Whether the model itself takes goals (a bundle trained with them: its config.json t2m "goal":
+        true); without it a goal steers through the root-motion warp alone (runtime/steering.py)."""
         return bool(getattr(self.backend, "goals", False))
+
+    @property
+    def goals_supported(self) -> bool:
+        """Whether set_goal steers: a goal-trained model, or goal steering on (any model)."""
+        return self.goal_model or (self.config.goal_steering and self.config.steering_limits.enabled)
 
     def set_goal(self, stream_id: int, x: float, z: float, heading: float | None = None,
                  seconds: float | None = None) -> None:
@@ -275,12 +282,15 @@ class StreamingEngine:
         within `seconds`, while its prompt sets the style. Takes effect at the next latent, like a
         prompt; replaces an earlier goal. When reached (GenerationConfig.goal_tolerance) the stream
         reports "goal_reached" and, by default, its action ends there. A finished stream resumes its
-        last prompt. ValueError for a bad value or a model not trained with goals."""
+        last prompt. Any model takes goals through goal steering (GenerationConfig.goal_steering); a model
+        trained with goals also sees them. ValueError for a bad value, or for a model not trained with
+        goals when goal steering is off (nothing would steer)."""
         s = self._get(stream_id)
         if not self.goals_supported:
-            raise ValueError("this model was not trained with goals (its config.json has no t2m \"goal\": true); "
-                             "goals need a goal-trained bundle (docs/goals.md)")
+            raise ValueError("this model was not trained with goals (its config.json has no t2m \"goal\": true) and "
+                             "goal steering is off: nothing would steer (docs/goals.md)")
         s.goal = policy.make_goal(x, z, heading, seconds, frame=s.latents_emitted * FRAMES_PER_LATENT)
+        s.travel = None
         s.needs_prefill = True
         if s.finished and s.prompt is not None and not s.queue:
             s.queue.append((s.prompt, s.text_emb, None, False))
@@ -404,8 +414,8 @@ class StreamingEngine:
     def _goal_vectors(self, streams: list[_Stream]) -> torch.Tensor | None:
         """The raw goals (n, rows, GOAL_DIM) the model sees for these streams' condition rows now (from
         each stream's current root; the unconditional row has none under guide_goal), or None when no
-        stream has a goal (the original model's call, no goal input)."""
-        if all(s.goal is None for s in streams):
+        stream has a goal or the model takes none (the original model's call, no goal input)."""
+        if not self.goal_model or all(s.goal is None for s in streams):
             return None
         rows = torch.tensor([s.slot for s in streams], device=self.device)
         xz = self.root.translation[rows][:, [0, 2]].cpu()
@@ -465,8 +475,8 @@ class StreamingEngine:
                 continue
             frame = s.latents_emitted * FRAMES_PER_LATENT
             left = None if s.goal.deadline_frame is None else s.goal.deadline_frame - frame
-            feats[i] = steer_latent(feats[i], self.root.heading[s.slot], self.root.translation[s.slot],
-                                    (s.goal.x, s.goal.z), left, limits)
+            feats[i], s.travel = steer_latent(feats[i], self.root.heading[s.slot], self.root.translation[s.slot],
+                                              (s.goal.x, s.goal.z), left, limits, s.travel)
         return feats
 
     def _check_goal(self, s: _Stream) -> None:

@@ -1,8 +1,8 @@
 """Goal steering: a bounded warp of the root motion the model proposes, toward the stream's goal.
 
-The goal-trained model turns toward a goal and, roughly, keeps to its deadline; what it leaves (a few
-tens of degrees of heading, a walk a little too fast or slow for the deadline) is closed here, as game
-engines close it with motion warping: each latent's frames keep their body pose, and only the root's
+A text-to-motion model walks wherever its sampling takes it; a goal-trained one turns toward its goal
+only roughly (docs/goals.md). The rest is closed here, as game engines do it with motion warping of
+root motion: each latent's frames keep their body pose, and only the root's
 per-frame yaw increment and floor velocity (272 format: features[0:2] local velocity, [2:8] heading
 delta) change, within bounds a person can do (an extra turn of at most `turn_rate` rad/s, the speed
 scaled within `speed_range`). A standing motion is not dragged: below `min_speed` nothing changes.
@@ -28,9 +28,9 @@ HEADING_DELTA = slice(2, 8)   # the heading's per-frame change, 6D (a rotation a
 @dataclass(frozen=True)
 class SteeringLimits:
     """How far the warp may bend the model's root motion. turn_rate 0 and speed_range (1, 1): no warp."""
-    turn_rate: float = 1.5                 # extra yaw, rad/s (a walking person turns up to about 2)
-    speed_range: tuple[float, float] = (0.6, 1.6)   # scale of the model's floor speed
-    response_s: float = 0.4                # the heading error is closed over about this long
+    turn_rate: float = 3.0                 # extra yaw, rad/s (a person turns on the spot at 3-4)
+    speed_range: tuple[float, float] = (0.5, 2.0)   # scale of the model's floor speed
+    response_s: float = 0.25               # the heading error is closed over about this long
     min_speed: float = 0.15                # m/s: below it the motion is taken as standing, not warped
     walk_speed: float = 0.6                # m/s: from here on the full turn; between the two, a share of it
     settle_m: float = 0.5                  # nearer than this to the goal, the turn fades out (no spinning on
@@ -68,34 +68,57 @@ def root_yaws_and_steps(features: torch.Tensor, yaw0: float) -> tuple[torch.Tens
 
 
 def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw: float,
-                 goal_xz: tuple[float, float], frames_left: int | None,
-                 limits: SteeringLimits) -> torch.Tensor:
-    """One latent's frames (T, 272), de-normalised, warped toward the goal: an extra constant yaw rate
-    that turns the direction of travel onto the goal (bounded by limits.turn_rate), and the floor speed
-    scaled so the goal is reached at its deadline (frames_left frames from the first of these; None or
-    <= 0: no deadline, then only slowed so as not to walk past it), within limits.speed_range.
+                 goal_xz: tuple[float, float], frames_left: int | None, limits: SteeringLimits,
+                 travel: tuple[float, float] | None = None) -> torch.Tensor:
+    """One latent's frames (T, 272), de-normalised, warped toward the goal. Turn: an extra constant yaw
+    rate that brings these frames' direction of travel onto the goal (bounded by limits.turn_rate),
+    only as far as they go the way of `travel` (the recent floor step per frame in the character's own
+    frame, travel_after; measured better than turning by `travel`'s own direction). Speed: the
+    floor steps scaled so the progress toward the goal keeps its deadline (frames_left frames from the
+    first of these; None or <= 0: no deadline, then no further than the goal), within
+    limits.speed_range, reckoned on the way the recent travel made when that is less than these
+    frames' (a back-and-forth motion); steps that lead away from the goal are shortened to its low end.
     Returns new frames; the input is not changed."""
     T = features.shape[0]
     _, steps = root_yaws_and_steps(features, root_yaw)
     move = steps.sum(0)
-    moved = float(torch.linalg.vector_norm(move))
-    if moved < limits.min_speed * T / FPS:
+    speed = float(torch.linalg.vector_norm(move)) / T * FPS
+    if speed < limits.min_speed:
         return features
     dx, dz = goal_xz[0] - root_xz[0], goal_xz[1] - root_xz[1]
     distance = math.hypot(dx, dz)
-    # turn: the error between where the frames travel and where the goal is, closed over response_s
-    error = wrap_angle(math.atan2(dx, dz) - math.atan2(float(move[0]), float(move[1])))
-    speed = moved / T * FPS
+    if distance < 1e-6:
+        return features
+    # turn: the error between where these frames travel and where the goal is, closed over response_s;
+    # the full rate from walk_speed on, fading out near the goal, and only as far as these frames go the
+    # way of the recent travel (held in the character's frame, seen in the world): a step back in a
+    # back-and-forth motion (side steps) is shortened below, not turned to
+    mx, mz = float(move[0]), float(move[1])
+    tx, tz = mx, mz
+    if travel is not None and math.hypot(*travel) > 0:
+        c, si = math.cos(root_yaw), math.sin(root_yaw)
+        tx, tz = c * travel[0] + si * travel[1], -si * travel[0] + c * travel[1]
+    error = wrap_angle(math.atan2(dx, dz) - math.atan2(mx, mz))
     share = min(1.0, (speed - limits.min_speed) / (limits.walk_speed - limits.min_speed))
     share *= min(1.0, distance / limits.settle_m) if limits.settle_m > 0 else 1.0
+    if (tx, tz) != (mx, mz):
+        share *= max(0.0, (mx * tx + mz * tz) / (math.hypot(mx, mz) * math.hypot(tx, tz)))
     bound = limits.turn_rate * T / FPS * share
     turn = max(-bound, min(bound, error * min(1.0, T / (limits.response_s * FPS))))
-    # speed: the distance over the frames left, or (no deadline) no further than the goal
+    # speed: the progress these frames make toward the goal, scaled to what the deadline needs
     lo, hi = limits.speed_range
-    if frames_left is not None and frames_left > 0:
-        scale = (distance / max(frames_left, T)) / (moved / T)
+    progress = (mx * dx + mz * dz) / distance
+    if (tx, tz) != (mx, mz):    # a motion that went back and forth makes less way than its steps forward
+        progress_made = T * (tx * dx + tz * dz) / distance
+        progress_ref = min(progress, max(progress_made, progress / 4))
     else:
-        scale = min(1.0, distance / moved)
+        progress_ref = progress
+    if progress <= 1e-9:
+        scale = lo
+    elif frames_left is not None and frames_left > 0:
+        scale = distance * T / max(frames_left, T) / progress_ref
+    else:
+        scale = min(1.0, distance / progress)
     scale = max(lo, min(hi, scale))
     out = features.clone()
     out[:, VELOCITY] = features[:, VELOCITY] * scale
@@ -109,8 +132,25 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     return out
 
 
+TRAVEL_MEMORY = 0.8     # per latent: the recent direction of travel spans about a second (5 latents)
+
+
+def travel_after(features: torch.Tensor, travel: tuple[float, float] | None) -> tuple[float, float]:
+    """The recent floor step per frame (x, z) in the character's own frame after these frames (T, 272),
+    the model's own before any warp (where it means to go; held in its frame so a warped turn does not
+    leave it behind): an exponential average over latents (TRAVEL_MEMORY), these frames' own mean step
+    when travel is None."""
+    mx, mz = (float(v) for v in features[:, VELOCITY].double().mean(0))
+    if travel is None:
+        return mx, mz
+    return (TRAVEL_MEMORY * travel[0] + (1 - TRAVEL_MEMORY) * mx, TRAVEL_MEMORY * travel[1] + (1 - TRAVEL_MEMORY) * mz)
+
+
 def steer_latent(features: torch.Tensor, heading: torch.Tensor, translation: torch.Tensor, goal_xz, frames_left,
-                 limits: SteeringLimits) -> torch.Tensor:
-    """steer_frames from the engine's root state: heading (3, 3), translation (3,)."""
+                 limits: SteeringLimits, travel: tuple[float, float] | None = None):
+    """steer_frames from the engine's root state (heading (3, 3), translation (3,)): (the frames, the
+    recent travel after them)."""
     yaw = float(yaw_of_heading(heading.double()))
-    return steer_frames(features, (float(translation[0]), float(translation[2])), yaw, goal_xz, frames_left, limits)
+    out = steer_frames(features, (float(translation[0]), float(translation[2])), yaw, goal_xz, frames_left, limits,
+                       travel)
+    return out, travel_after(features, travel)

@@ -164,7 +164,7 @@ class GoalMessage(BaseModel):
     """{"type": "goal", "x": number, "z": number, "heading": number (optional), "seconds": number (optional)}:
     steer the stream to the floor point (x, z) (metres, the stream's world: it starts at the origin facing
     +Z), facing `heading` there (radians, 0 = +Z, pi/2 = +X) within `seconds`, from the next latent on
-    (StreamingEngine.set_goal; a goal-trained model, /v1/info "goals")."""
+    (StreamingEngine.set_goal; /v1/info "goals": any model while goal steering is on)."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["goal"]
     x: float

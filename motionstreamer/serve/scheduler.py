@@ -303,7 +303,7 @@ class StreamScheduler:
             else:
                 g = cmd.goal
                 self.engine.set_goal(live.sid, g.x, g.z, g.heading, g.seconds)
-        except (ValueError, TypeError) as e:     # a model not trained with goals
+        except (ValueError, TypeError) as e:     # no goal module and goal steering off
             out.append((live.sink, error("bad_goal", str(e))))
             return
         out.append((live.sink, GoalAck(goal=cmd.goal).to_json()))

@@ -182,8 +182,10 @@ class Service:
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
             "example_prompts": example_prompts(bundle.config, c.checkpoint is None),
-            # goals beside text (a goal-trained model: the "goal" message; docs/goals.md)
-            "goals": engine.goals_supported, "goal_tolerance": engine.config.goal_tolerance,
+            # goals beside text (the "goal" message; docs/goals.md): steered for any model, seen by a
+            # goal-trained one (goal_model)
+            "goals": engine.goals_supported, "goal_model": engine.goal_model,
+            "goal_steering": engine.config.goal_steering, "goal_tolerance": engine.config.goal_tolerance,
         }
 
     async def start(self) -> None:

@@ -389,7 +389,7 @@ function sendPrompt(text) {
 }
 
 function sendGoal(x, z) {
-  if (!state.info?.goals) { setStatus("this model was not trained with goals: floor clicks need a goal-trained model", true); return; }
+  if (!state.info?.goals) { setStatus("this server takes no goals (goal steering is off and its model was not trained with goals)", true); return; }
   if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
   state.ws.send(JSON.stringify({ type: "goal", x, z }));
   state.goal = { x, z };
