@@ -86,12 +86,52 @@ def test_side_steps_that_go_back_and_forth_drift_to_the_goal():
     assert math.hypot(x0 - goal[0], z0 - goal[1]) > 1.5
 
 
-def test_steps_away_from_the_goal_are_shortened_to_the_low_end():
+def test_steps_away_from_the_goal_are_shortened_and_a_walk_off_its_goal_slows():
     base = frames()
-    away = steer_frames(base, (0.0, 0.0), 0.0, (0.0, -3.0), 60, SteeringLimits(speed_range=(0.7, 1.3)))
-    assert float(away[0, 1] / base[0, 1]) == pytest.approx(0.7, rel=1e-6)
-    across = steer_frames(base, (0.0, 0.0), 0.0, (3.0, 0.2), 60, SteeringLimits(speed_range=(0.7, 1.3)))
-    assert float(across[0, 1] / base[0, 1]) == pytest.approx(1.3, rel=1e-6)   # little progress: the high end
+    lim = SteeringLimits(speed_range=(0.4, 1.3))
+    away = steer_frames(base, (0.0, 0.0), 0.0, (0.0, -3.0), 60, lim)
+    assert float(away[0, 1] / base[0, 1]) == pytest.approx(0.4, rel=1e-6)
+    # 60 degrees off (the goal to the left, +X): slowed to cos 60 = 0.5 although the deadline asks more
+    off = steer_frames(base, (0.0, 0.0), 0.0, (3 * math.sin(math.pi / 3), 3 * math.cos(math.pi / 3)), 60, lim)
+    assert float(off[0, 1] / base[0, 1]) == pytest.approx(0.5, rel=1e-4)
+    # 30 degrees off: not slowed, the deadline's scale (capped at the high end)
+    near = steer_frames(base, (0.0, 0.0), 0.0, (3 * math.sin(math.pi / 6), 3 * math.cos(math.pi / 6)), 40, lim)
+    assert float(near[0, 1] / base[0, 1]) == pytest.approx(1.3, rel=1e-6)
+
+
+def test_a_goal_without_deadline_is_reached_not_circled():
+    """No deadline: the walk turns onto goals on every side, behind included, and stops circling: it
+    comes within 0.3 m (the default tolerance) of each."""
+    for goal in ((2.5, 0.0), (-2.5, 0.3), (0.4, -2.5), (1.8, 1.8)):
+        x = z = yaw = 0.0
+        travel, best = None, math.inf
+        for _ in range(120):
+            f = steer_frames(frames(), (x, z), yaw, goal, None, SteeringLimits(), travel)
+            travel = travel_after(frames(), travel)
+            x, z, yaw = integrate(f.numpy(), x, z, yaw)
+            best = min(best, math.hypot(x - goal[0], z - goal[1]))
+        assert best < 0.3, (goal, best)
+
+
+def extra_yaw(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The turn a warp added over a latent, from the 6D rows (R_y(-a): row 0 = (cos a, 0, -sin a))."""
+    return sum(math.atan2(-r[4], r[2]) for r in after.double().numpy()) - \
+        sum(math.atan2(-r[4], r[2]) for r in before.double().numpy())
+
+
+def test_the_turn_fades_near_the_goal_and_skips_steps_against_the_recent_travel():
+    base = frames()
+    full = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits()))
+    near = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (0.15, 0.0), None, SteeringLimits()))
+    assert full == pytest.approx(3.0 * T / FPS, rel=1e-5)          # 90 degrees off: the whole bound
+    assert near == pytest.approx(full * 0.15 / 0.3, rel=1e-5)      # within settle_m: its share
+    # a step back (against the recent travel, forward in the character's frame) is not turned; with the
+    # travel along it, it is
+    back = frames(speed_m_s=-1.35)
+    against = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, 0.045))
+    along = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, -0.045))
+    assert extra_yaw(back, against) == pytest.approx(0.0, abs=1e-9)
+    assert abs(extra_yaw(back, along)) == pytest.approx(3.0 * T / FPS, rel=1e-5)
 
 
 def test_the_turn_and_the_speed_stay_within_their_limits():

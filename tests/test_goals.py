@@ -708,6 +708,14 @@ def test_cli_bad_goal_is_one_line(spec, msg, capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("value", ["maybe", "ON", ""])
+def test_cli_goal_steering_takes_on_or_off(value, capsys, tmp_path):
+    code, _, err = run_cli(["stream", "--prompt", "a person walks", "--goal", "1,2", "--goal-steering", value,
+                            "--out", tmp_path / "x", "--quiet"], capsys)
+    assert code == 2 and "--goal-steering" in err and "on or off" in err and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_parse_goal():
     from motionstreamer.runtime.commands import parse_goal
 

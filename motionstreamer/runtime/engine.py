@@ -291,7 +291,7 @@ class StreamingEngine:
                              "goal steering is off: nothing would steer (docs/goals.md)")
         s.goal = policy.make_goal(x, z, heading, seconds, frame=s.latents_emitted * FRAMES_PER_LATENT)
         s.travel = None
-        s.needs_prefill = True
+        s.needs_prefill = s.needs_prefill or self.goal_model    # a model that sees goals rebuilds its context
         if s.finished and s.prompt is not None and not s.queue:
             s.queue.append((s.prompt, s.text_emb, None, False))
             s.finished = False
@@ -301,7 +301,7 @@ class StreamingEngine:
         s = self._get(stream_id)
         if s.goal is not None:
             s.goal = None
-            s.needs_prefill = True
+            s.needs_prefill = s.needs_prefill or self.goal_model
 
     def goal_of(self, stream_id: int) -> policy.Goal | None:
         return self._get(stream_id).goal
@@ -489,7 +489,7 @@ class StreamingEngine:
             return
         self.events.append(StreamEvent(s.stream_id, "goal_reached", s.latents_emitted - 1, s.prompt))
         s.goal = None
-        s.needs_prefill = True          # the context is rebuilt without the goal
+        s.needs_prefill = s.needs_prefill or self.goal_model    # the context is rebuilt without the goal
         if self.config.on_goal_reached == "stop":
             if s.queue:
                 self._maybe_switch_prompt(s, force=True)

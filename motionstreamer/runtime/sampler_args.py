@@ -15,6 +15,7 @@ from motionstreamer.cli import add_deprecated_alias
 from motionstreamer.models.sampling import HEADS, SAMPLERS
 from motionstreamer.runtime.engine import ON_ACTION_END, GenerationConfig
 
+
 def on_off(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")

@@ -33,7 +33,7 @@ class SteeringLimits:
     response_s: float = 0.25               # the heading error is closed over about this long
     min_speed: float = 0.15                # m/s: below it the motion is taken as standing, not warped
     walk_speed: float = 0.6                # m/s: from here on the full turn; between the two, a share of it
-    settle_m: float = 0.5                  # nearer than this to the goal, the turn fades out (no spinning on
+    settle_m: float = 0.3                  # nearer than this to the goal, the turn fades out (no spinning on
                                            # the spot when the goal is underfoot)
 
     def validate(self) -> None:
@@ -77,7 +77,9 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     floor steps scaled so the progress toward the goal keeps its deadline (frames_left frames from the
     first of these; None or <= 0: no deadline, then no further than the goal), within
     limits.speed_range, reckoned on the way the recent travel made when that is less than these
-    frames' (a back-and-forth motion); steps that lead away from the goal are shortened to its low end.
+    frames' (a back-and-forth motion); steps that lead away from the goal are shortened to its low end,
+    and a walk more than 45 degrees off the goal slows with the cosine of that angle (it turns tighter,
+    as a person does, rather than circling a goal it passes).
     Returns new frames; the input is not changed."""
     T = features.shape[0]
     _, steps = root_yaws_and_steps(features, root_yaw)
@@ -119,7 +121,7 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
         scale = distance * T / max(frames_left, T) / progress_ref
     else:
         scale = min(1.0, distance / progress)
-    scale = max(lo, min(hi, scale))
+    scale = max(lo, min(hi, min(scale, math.cos(error)) if abs(error) > math.pi / 4 else scale))
     out = features.clone()
     out[:, VELOCITY] = features[:, VELOCITY] * scale
     # the extra yaw per frame, applied to each heading delta: both are rotations about +Y, so they

@@ -212,7 +212,8 @@ function applyPose(p) {
 }
 
 // ------------------------------------------------------------------ camera: smooth follow, drag to orbit
-const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 6.0 };
+// follow: the view keeps the character in frame (false holds it still: the tests' clicks land where projected)
+const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 6.0, follow: true };
 window.motionstreamer.cam = cam;
 let dragging = null;
 canvas.addEventListener("pointerdown", (e) => {
@@ -236,7 +237,7 @@ canvas.addEventListener("wheel", (e) => {
 }, { passive: false });
 
 function updateCamera(dt) {
-  if (state.pose) {
+  if (state.pose && cam.follow) {
     const k = 1 - Math.exp(-dt * 4);
     cam.target.x += (state.pose[0] - cam.target.x) * k;
     cam.target.z += (state.pose[2] - cam.target.z) * k;
