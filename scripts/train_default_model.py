@@ -166,7 +166,7 @@ GOAL_ROOT_AUX = 1.0      # the auxiliary root-step loss
 STEERED_CLIPS = 800      # goal-only locomotion clips: turns the caption does not name, and walks to a target
 STEERED_SHARE = 0.5      # of the rows
 PURSUIT = 0.7            # of the steered clips: heading for a target point
-GOAL_MODULE_ONLY = True  # only the goal module learns: text-only streams stay exactly the model they were
+GOAL_MODULE_ONLY = False # True: only the goal module learns (text-only streams stay exact; attempt G broke the motion)
 
 
 def goal_stage(args, model, tae, end_latent, work: Path, data: Path, text_encoder):
