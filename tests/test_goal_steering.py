@@ -1,0 +1,184 @@
+"""Goal steering (runtime/steering.py): the bounded root-motion warp toward a goal.
+
+The root path is integrated here by an independent float64 transcription of the 272 recurrence
+(spec §2.1-2.2: H[t] = R_y-delta[t] @ H[t-1], the frame's floor step is H[t-1]^T (x0, 0, x1)), written
+with yaw angles, not with the package's matrices; so a wrong sign or a wrong frame in the warp shows up
+as a walk that misses its goal."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from motionstreamer.runtime.steering import SteeringLimits, steer_frames, travel_after
+
+FPS = 30
+T = 4   # frames per latent
+
+
+def frames(speed_m_s: float = 1.35, turn_rad_s: float = 0.0, sideways: bool = False, n: int = T) -> torch.Tensor:
+    """n frames of a walk: floor speed forward (or to the left), turning at turn_rad_s; the heading delta
+    stored as 6D rows of R_y(-a) (a = the facing's yaw increase per frame, spec: +X is the left)."""
+    f = torch.zeros(n, 272)
+    f[:, 0 if sideways else 1] = speed_m_s / FPS
+    a = turn_rad_s / FPS
+    f[:, 2], f[:, 4] = math.cos(a), -math.sin(a)
+    f[:, 6] = 1.0
+    f[:, 8:] = torch.linspace(-1, 1, 264)          # a body pose the warp must leave alone
+    return f
+
+
+def integrate(f: np.ndarray, x: float, z: float, yaw: float) -> tuple[float, float, float]:
+    """Float64, yaw form of the 272 root recurrence (independent of the package)."""
+    for row in np.asarray(f, np.float64):
+        vx, vz = row[0], row[1]
+        x += math.cos(yaw) * vx + math.sin(yaw) * vz
+        z += -math.sin(yaw) * vx + math.cos(yaw) * vz
+        yaw += math.atan2(-row[4], row[2])          # R_y(-a): row 0 = (cos a, 0, -sin a)
+    return x, z, yaw
+
+
+def walk_to(goal, seconds, limits=SteeringLimits(), latents=None, make=None, **walk):
+    """A stream of latents (make(k): latent k's frames, else frames(**walk)), each warped from the root
+    where the last one ended, with the recent travel carried as the engine does: the final (x, z, yaw)."""
+    x = z = yaw = 0.0
+    travel = None
+    deadline = None if seconds is None else round(seconds * FPS)
+    n = latents or -(-deadline // T)
+    for k in range(n):
+        left = None if deadline is None else deadline - k * T
+        proposed = make(k) if make else frames(**walk)
+        f = steer_frames(proposed, (x, z), yaw, goal, left, limits, travel)
+        travel = travel_after(proposed, travel)
+        x, z, yaw = integrate(f.numpy(), x, z, yaw)
+    return x, z, yaw
+
+
+@pytest.mark.parametrize("goal", [(3.0, 2.0), (-3.0, 2.0), (0.5, -3.0), (4.0, 0.0), (-1.5, 2.5)])
+def test_a_walk_reaches_goals_on_every_side_at_their_deadline(goal):
+    """A straight walk at 1.35 m/s reaches goals left, right, behind and ahead at a walking deadline."""
+    seconds = math.hypot(*goal) / 1.2 + 1.0
+    x, z, _ = walk_to(goal, seconds)
+    assert math.hypot(x - goal[0], z - goal[1]) < 0.2
+    # unwarped, the same walk misses each of them by metres
+    x0, z0, _ = walk_to(goal, seconds, SteeringLimits(turn_rate=0.0, speed_range=(1.0, 1.0)))
+    assert math.hypot(x0 - goal[0], z0 - goal[1]) > 1.0
+
+
+def test_a_turning_walk_and_a_sidestep_are_brought_onto_the_goal():
+    for walk in ({"turn_rad_s": 0.6}, {"turn_rad_s": -0.6}, {"sideways": True}):
+        x, z, _ = walk_to((1.0, 4.0), 4.0, **walk)
+        assert math.hypot(x - 1.0, z - 4.0) < 0.2, walk
+
+
+def test_side_steps_that_go_back_and_forth_drift_to_the_goal():
+    """Side steps: two latents to the left, one back to the right (net 0.3 m/s to the left). A goal 2.5
+    m away on the right of that drift is reached by its deadline: the recent travel, not each latent's
+    step, sets the turn, and the steps back are shortened; each latent alone would chase its own step."""
+    def step(k):
+        return frames(speed_m_s=0.9 if k % 3 < 2 else -0.9, sideways=True)
+    goal = (1.5, 2.0)
+    x, z, _ = walk_to(goal, 8.0, make=step)
+    assert math.hypot(x - goal[0], z - goal[1]) < 0.3
+    x0, z0, _ = walk_to(goal, 8.0, SteeringLimits(turn_rate=0.0, speed_range=(1.0, 1.0)), make=step)
+    assert math.hypot(x0 - goal[0], z0 - goal[1]) > 1.5
+
+
+def test_steps_away_from_the_goal_are_shortened_and_a_walk_off_its_goal_slows():
+    base = frames()
+    lim = SteeringLimits(speed_range=(0.4, 1.3))
+    away = steer_frames(base, (0.0, 0.0), 0.0, (0.0, -3.0), 60, lim)
+    assert float(away[0, 1] / base[0, 1]) == pytest.approx(0.4, rel=1e-6)
+    # 60 degrees off (the goal to the left, +X): slowed to cos 60 = 0.5 although the deadline asks more
+    off = steer_frames(base, (0.0, 0.0), 0.0, (3 * math.sin(math.pi / 3), 3 * math.cos(math.pi / 3)), 60, lim)
+    assert float(off[0, 1] / base[0, 1]) == pytest.approx(0.5, rel=1e-4)
+    # 30 degrees off: not slowed, the deadline's scale (capped at the high end)
+    near = steer_frames(base, (0.0, 0.0), 0.0, (3 * math.sin(math.pi / 6), 3 * math.cos(math.pi / 6)), 40, lim)
+    assert float(near[0, 1] / base[0, 1]) == pytest.approx(1.3, rel=1e-6)
+
+
+def test_a_goal_without_deadline_is_reached_not_circled():
+    """No deadline: the walk turns onto goals on every side, behind included, and stops circling: it
+    comes within 0.3 m (the default tolerance) of each."""
+    for goal in ((2.5, 0.0), (-2.5, 0.3), (0.4, -2.5), (1.8, 1.8)):
+        x = z = yaw = 0.0
+        travel, best = None, math.inf
+        for _ in range(120):
+            f = steer_frames(frames(), (x, z), yaw, goal, None, SteeringLimits(), travel)
+            travel = travel_after(frames(), travel)
+            x, z, yaw = integrate(f.numpy(), x, z, yaw)
+            best = min(best, math.hypot(x - goal[0], z - goal[1]))
+        assert best < 0.3, (goal, best)
+
+
+def extra_yaw(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The turn a warp added over a latent, from the 6D rows (R_y(-a): row 0 = (cos a, 0, -sin a))."""
+    return sum(math.atan2(-r[4], r[2]) for r in after.double().numpy()) - \
+        sum(math.atan2(-r[4], r[2]) for r in before.double().numpy())
+
+
+def test_the_turn_fades_near_the_goal_and_skips_steps_against_the_recent_travel():
+    base = frames()
+    full = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits()))
+    near = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (0.15, 0.0), None, SteeringLimits()))
+    assert full == pytest.approx(3.0 * T / FPS, rel=1e-5)          # 90 degrees off: the whole bound
+    assert near == pytest.approx(full * 0.15 / 0.3, rel=1e-5)      # within settle_m: its share
+    # a step back (against the recent travel, forward in the character's frame) is not turned; with the
+    # travel along it, it is
+    back = frames(speed_m_s=-1.35)
+    against = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, 0.045))
+    along = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, -0.045))
+    assert extra_yaw(back, against) == pytest.approx(0.0, abs=1e-9)
+    assert abs(extra_yaw(back, along)) == pytest.approx(3.0 * T / FPS, rel=1e-5)
+
+
+def test_the_turn_and_the_speed_stay_within_their_limits():
+    """Each latent: the extra yaw at most turn_rate * T / FPS (and a large error uses all of it), the
+    speed scaled within speed_range, probed on both sides (a goal wanting 3x, one wanting 0.2x)."""
+    lim = SteeringLimits(turn_rate=1.5, speed_range=(0.6, 1.6))
+    base = frames()
+    behind = steer_frames(base, (0.0, 0.0), 0.0, (0.0, -5.0), 30, lim)
+    extra = sum(math.atan2(-r[4], r[2]) for r in behind.double().numpy())
+    assert extra == pytest.approx(1.5 * T / FPS, rel=1e-5) or extra == pytest.approx(-1.5 * T / FPS, rel=1e-5)
+    far = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 12.0), 3 * FPS, lim)        # needs 4 m/s: 3x
+    near = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 1.0), 4 * FPS, lim)        # needs 0.25 m/s
+    exact = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 3.0), 2 * FPS, lim)       # needs 1.5 m/s: 1.11x
+    assert float(far[0, 1] / base[0, 1]) == pytest.approx(1.6, rel=1e-6)
+    assert float(near[0, 1] / base[0, 1]) == pytest.approx(0.6, rel=1e-6)
+    assert float(exact[0, 1] / base[0, 1]) == pytest.approx(1.5 / 1.35, rel=1e-4)
+
+
+def test_body_pose_is_untouched_and_standing_is_not_dragged():
+    base = frames()
+    out = steer_frames(base, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits())
+    assert torch.equal(out[:, 8:], base[:, 8:]) and not torch.equal(out[:, :8], base[:, :8])
+    standing = frames(speed_m_s=0.1)            # below min_speed 0.15 m/s
+    assert torch.equal(steer_frames(standing, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits()), standing)
+    slow = frames(speed_m_s=0.2)                # above it: warped
+    assert not torch.equal(steer_frames(slow, (0.0, 0.0), 0.0, (2.0, 1.0), 60, SteeringLimits()), slow)
+
+
+def test_no_deadline_slows_only_so_as_not_to_pass_the_goal():
+    base = frames()
+    far = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 5.0), None, SteeringLimits())
+    assert torch.equal(far[:, :2], base[:, :2])                 # 5 m ahead: the walk's own speed
+    close = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 0.15), None, SteeringLimits())
+    assert float(close[0, 1] / base[0, 1]) == pytest.approx(0.15 / (4 * 1.35 / FPS), rel=1e-4)
+    past = steer_frames(base, (0.0, 0.0), 0.0, (0.0, 5.0), -8, SteeringLimits())   # deadline gone
+    assert torch.equal(past[:, :2], base[:, :2])
+
+
+@pytest.mark.parametrize("bad, field", [({"turn_rate": float("nan")}, "turn_rate"),
+                                        ({"turn_rate": -1.0}, "turn_rate"),
+                                        ({"speed_range": (0.0, 1.5)}, "speed_range"),
+                                        ({"speed_range": (1.1, 1.5)}, "speed_range"),
+                                        ({"speed_range": (0.5, 0.9)}, "speed_range"),
+                                        ({"response_s": 0.0}, "response_s"),
+                                        ({"min_speed": 0.7}, "walk_speed"),
+                                        ({"settle_m": float("inf")}, "settle_m")])
+def test_bad_limits_are_named(bad, field):
+    with pytest.raises(ValueError, match=field):
+        SteeringLimits(**bad).validate()
+    SteeringLimits().validate()
