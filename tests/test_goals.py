@@ -212,18 +212,26 @@ def test_pursuit_clip_heads_for_its_target():
     assert max(bearings) > 1.0                  # targets off to the side too: reaching them needs turning
 
 
-def test_goal_only_examples_always_carry_goals_and_keep_the_plain_draw(tmp_path):
-    import dataclasses
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+def tiny_path_examples(tmp_path, text_dim: int = TEXT_DIM):
+    """Latent examples with their root paths from 12 tiny synthetic clips (a tiny TAE), and random
+    caption embeddings."""
     from train_tiny import encode_dataset, make_synth, tiny_tae
 
-    from motionstreamer.train.t2m import LatentTextData, T2MTrainConfig, load_latent_examples
+    from motionstreamer.train.t2m import load_latent_examples
 
     data = make_synth(tmp_path / "synth", clips=12, pairs=0)
     lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
     ex = load_latent_examples(lat, data, "train", paths=True)
-    emb = {c: torch.randn(8) for e in ex for c in e.all_captions()} | {"": torch.zeros(8)}
+    emb = {c: torch.randn(text_dim) for e in ex for c in e.all_captions()} | {"": torch.zeros(text_dim)}
+    return ex, emb
+
+
+def test_goal_only_examples_always_carry_goals_and_keep_the_plain_draw(tmp_path):
+    import dataclasses
+
+    from motionstreamer.train.t2m import LatentTextData, T2MTrainConfig
+
+    ex, emb = tiny_path_examples(tmp_path, 8)
     marked = [dataclasses.replace(e, caption="steer " + e.caption, captions=(), goal_only=True) for e in ex[:3]]
     emb |= {e.caption: torch.randn(8) for e in marked}
     cfg = T2MTrainConfig(goal_prob=0.0, goal_only_share=0.5, drop_edge_prob=0.0, text_dropout=0.0)
@@ -242,16 +250,11 @@ def test_goal_only_examples_always_carry_goals_and_keep_the_plain_draw(tmp_path)
 
 
 def test_goal_lr_mult_scales_the_goal_modules_steps_only(tmp_path):
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from train_tiny import encode_dataset, make_synth, quiet, tiny_tae
+    from train_tiny import quiet
 
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
+    from motionstreamer.train.t2m import T2MTrainConfig, train_t2m
 
-    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
-    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
-    ex = load_latent_examples(lat, data, "train", paths=True)
-    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    ex, emb = tiny_path_examples(tmp_path)
     moved = {}
     for mult in (1.0, 10.0):
         model = goal_model(seed=0, block_size=24)
@@ -273,16 +276,11 @@ def test_goal_lr_mult_scales_the_goal_modules_steps_only(tmp_path):
 def test_goal_module_only_leaves_every_other_weight_bit_identical(tmp_path):
     """goal_module_only: two steps move the goal module (Adam's first step: lr * mult per weight) and the
     root-step probe, and not one bit of the rest of the model; without a goal module it is refused."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from train_tiny import encode_dataset, make_synth, quiet, tiny_tae
+    from train_tiny import quiet
 
-    from motionstreamer.train.t2m import T2MTrainConfig, load_latent_examples, train_t2m
+    from motionstreamer.train.t2m import T2MTrainConfig, train_t2m
 
-    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
-    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
-    ex = load_latent_examples(lat, data, "train", paths=True)
-    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    ex, emb = tiny_path_examples(tmp_path)
     model = goal_model(seed=0, block_size=24)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = quiet(T2MTrainConfig, out_dir=str(tmp_path / "run"), steps=2, batch_size=8, lr=1e-3, warmup_steps=0,
@@ -319,16 +317,9 @@ def test_root_steps_chain_back_into_the_path(circle_clip):
 
 
 def test_root_aux_loss_only_on_motion_targets(tmp_path):
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from train_tiny import encode_dataset, make_synth, tiny_tae
+    from motionstreamer.train.t2m import LatentTextData, T2MTrainConfig, TwoForwardObjective
 
-    from motionstreamer.train.t2m import LatentTextData, T2MTrainConfig, TwoForwardObjective, load_latent_examples
-
-    data = make_synth(tmp_path / "synth", clips=12, pairs=0)
-    lat, _ = encode_dataset(tiny_tae(), data, tmp_path / "enc")
-    ex = load_latent_examples(lat, data, "train", paths=True)
-    emb = {c: torch.randn(TEXT_DIM) for e in ex for c in e.all_captions()} | {"": torch.zeros(TEXT_DIM)}
+    ex, emb = tiny_path_examples(tmp_path)
     cfg = T2MTrainConfig(root_aux=1.0, max_latents=24)
     b = LatentTextData(ex, emb, cfg).sample_batch(torch.Generator().manual_seed(0), 8)
     mask = b["root_step_mask"]
