@@ -314,7 +314,7 @@ def test_a_stream_stopped_before_its_first_frame_writes_nothing(ended, signum, c
     """Stopped before any frame (a signal while waiting for the first prompt, or the reader gone): the
     exit code of the signal (128 + its number) or 0, one line saying nothing was written, no files. The
     streaming loop is replaced by one that receives the signal (the real StopSignals handles it)."""
-    def stream(session, args, live_stdin, log, stop):
+    def stream(session, args, live_stdin, log, stop, goals):
         if signum is not None:
             os.kill(os.getpid(), signum)
         return [], 0.0, None, stop.signal if signum is not None else ended, 0
@@ -327,7 +327,8 @@ def test_a_stream_stopped_before_its_first_frame_writes_nothing(ended, signum, c
 
 
 def test_a_prompt_whose_action_ends_at_once_is_a_clear_error(tmp_path, capsys, monkeypatch, keep_threads):
-    monkeypatch.setattr(commands, "_stream", lambda session, args, live_stdin, log, stop: ([], 0.0, None, None, 0))
+    monkeypatch.setattr(commands, "_stream",
+                        lambda session, args, live_stdin, log, stop, goals: ([], 0.0, None, None, 0))
     code, err = run_cli(["generate", "a person walks", "--out", tmp_path / "g", "--sampling-steps", "2"], capsys)
     assert code == 2 and "no frames were generated (the first action ended immediately); try another seed" in err
     assert list(tmp_path.iterdir()) == []
