@@ -46,13 +46,19 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def page(server, browser, tmp_path_factory):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
+def open_page(browser, url: str, **context):
+    """(context, page) at `url` in a 1280 x 760 view; page.errors collects the page's uncaught errors."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 760}, **context)
     pg = ctx.new_page()
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.goto(server.http + "/?seed=5")
+    pg.goto(url)
+    return ctx, pg
+
+
+@pytest.fixture(scope="module")
+def page(server, browser, tmp_path_factory):
+    ctx, pg = open_page(browser, server.http + "/?seed=5", accept_downloads=True)
     yield pg
     ctx.close()
 

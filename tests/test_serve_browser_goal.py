@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("fastapi")
 from _serve_testing import ServerThread  # noqa: E402
 from playwright import sync_api  # noqa: E402
-from test_serve_browser import ARGS, CHROMIUM, chromium_installed  # noqa: E402,F401  (the fixture: fail, not skip)
+from test_serve_browser import ARGS, CHROMIUM, chromium_installed, open_page  # noqa: E402,F401  (the fixture)
 
 from motionstreamer.serve.app import create_app  # noqa: E402
 
@@ -25,11 +25,7 @@ def goal_page(browser):
     """The page on a server with the service's own sampler (10 steps) and the embedded model, whose goals
     steer through the root-motion warp (runtime/steering.py): issue #27's acceptance test."""
     with ServerThread(create_app()) as server:
-        ctx = browser.new_context(viewport={"width": 1280, "height": 760})
-        pg = ctx.new_page()
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.goto(server.http + "/?seed=3")
+        ctx, pg = open_page(browser, server.http + "/?seed=3")
         yield pg
         ctx.close()
 

@@ -74,6 +74,22 @@ class GoalEmbed(nn.Module):
         return h * goal[..., PRESENT:PRESENT + 1]
 
 
+def pack_goals(offset_xz: torch.Tensor, rel_heading: torch.Tensor | None = None,
+               seconds: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw goals (n, GOAL_DIM) from goal positions in the current root frame (n, 2), optionally the
+    facing to have there relative to the current heading (n,) and the time left (n,): the one writer of
+    the layout above, for the runtime (runtime/policy.goal_vector) and training (train/goals.py)."""
+    out = torch.zeros(offset_xz.shape[0], GOAL_DIM)
+    out[:, [X, Z]] = offset_xz.to(out.dtype)
+    out[:, PRESENT] = 1.0
+    out[:, COS] = 1.0
+    if rel_heading is not None:
+        out[:, SIN], out[:, COS], out[:, HAS_HEADING] = torch.sin(rel_heading), torch.cos(rel_heading), 1.0
+    if seconds is not None:
+        out[:, SECONDS], out[:, HAS_SECONDS] = seconds, 1.0
+    return out
+
+
 def no_goal(*shape, device=None, dtype=torch.float32) -> torch.Tensor:
     """Raw goal vectors that say "no goal" (all zero), shape (*shape, GOAL_DIM)."""
     return torch.zeros(*shape, GOAL_DIM, device=device, dtype=dtype)

@@ -13,19 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from motionstreamer import FPS
-from motionstreamer.models.goal import (
-    COS,
-    GOAL_DIM,
-    HAS_HEADING,
-    HAS_SECONDS,
-    PRESENT,
-    SECONDS,
-    SIN,
-    root_frame_offset,
-    wrap_angle,
-)
-from motionstreamer.models.goal import X as GX
-from motionstreamer.models.goal import Z as GZ
+from motionstreamer.models.goal import pack_goals, root_frame_offset, wrap_angle
 
 MAX_PROMPT_CHARS = 1000
 WHITESPACE_CONTROLS = "\t\n\v\f\r"    # the control characters a prompt may hold: they collapse to spaces
@@ -157,17 +145,14 @@ def goal_vector(goal: Goal, root_xz: torch.Tensor, root_yaw: torch.Tensor, frame
     """The raw goal (GOAL_DIM,) the model sees at stream frame `frame` from the root at root_xz (2,),
     facing root_yaw (): re-expressed in the current root frame every latent. Past its deadline a goal
     has no time left to give (it is then a goal without a deadline)."""
-    v = torch.zeros(GOAL_DIM)
-    xz = torch.tensor([goal.x, goal.z], dtype=torch.float32)
-    v[[GX, GZ]] = root_frame_offset(xz, root_xz.float().cpu(), root_yaw.float().cpu())
-    v[PRESENT] = 1.0
-    v[COS] = 1.0
-    if goal.heading is not None:
-        rel = wrap_angle(goal.heading - float(root_yaw))
-        v[SIN], v[COS], v[HAS_HEADING] = math.sin(rel), math.cos(rel), 1.0
+    xz = torch.tensor([[goal.x, goal.z]], dtype=torch.float32)
+    offset = root_frame_offset(xz, root_xz.float().cpu()[None], root_yaw.float().cpu()[None])
+    rel = None if goal.heading is None else torch.tensor([wrap_angle(goal.heading - float(root_yaw))],
+                                                         dtype=torch.float64)
+    left = None
     if goal.deadline_frame is not None and goal.deadline_frame > frame:
-        v[SECONDS], v[HAS_SECONDS] = (goal.deadline_frame - frame) / FPS, 1.0
-    return v
+        left = torch.tensor([(goal.deadline_frame - frame) / FPS], dtype=torch.float64)
+    return pack_goals(offset, rel, left)[0]
 
 
 def goal_error(goal: Goal, root_xz: torch.Tensor, root_yaw: torch.Tensor) -> tuple[float, float | None]:

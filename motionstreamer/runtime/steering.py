@@ -28,7 +28,7 @@ HEADING_DELTA = slice(2, 8)   # the heading's per-frame change, 6D (a rotation a
 @dataclass(frozen=True)
 class SteeringLimits:
     """How far the warp may bend the model's root motion. turn_rate 0 and speed_range (1, 1): no warp."""
-    turn_rate: float = 3.0                 # extra yaw, rad/s (a person turns on the spot at 3-4)
+    turn_rate: float = 3.0                 # extra yaw, rad/s (half a turn in about a second)
     speed_range: tuple[float, float] = (0.5, 2.0)   # scale of the model's floor speed
     response_s: float = 0.25               # the heading error is closed over about this long
     min_speed: float = 0.15                # m/s: below it the motion is taken as standing, not warped
@@ -56,15 +56,15 @@ class SteeringLimits:
         return self.turn_rate > 0 or tuple(self.speed_range) != (1.0, 1.0)
 
 
-def root_yaws_and_steps(features: torch.Tensor, yaw0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The facing yaw before each frame (T,) and each frame's world floor step (T, 2) as (x, z), for
-    frames (T, 272) starting from facing yaw0 (0 = +Z, pi/2 = +X): the 272 root integration
-    (spec §2: a frame's velocity is in the heading before its delta applies)."""
+def world_floor_steps(features: torch.Tensor, yaw0: float) -> torch.Tensor:
+    """Each frame's world floor step (T, 2) as (x, z), for frames (T, 272) starting from facing yaw0
+    (0 = +Z, pi/2 = +X): the 272 root integration (spec §2: a frame's velocity is in the heading before
+    its delta applies)."""
     step_yaw = yaw_of_heading(rot6d_to_matrix(features[:, HEADING_DELTA].double()))
     before = yaw0 + torch.cat([step_yaw.new_zeros(1), torch.cumsum(step_yaw, 0)[:-1]])
     vx, vz = features[:, 0].double(), features[:, 1].double()
     c, s = torch.cos(before), torch.sin(before)
-    return before, torch.stack([c * vx + s * vz, -s * vx + c * vz], dim=-1)
+    return torch.stack([c * vx + s * vz, -s * vx + c * vz], dim=-1)
 
 
 def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw: float,
@@ -82,8 +82,7 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     as a person does, rather than circling a goal it passes).
     Returns new frames; the input is not changed."""
     T = features.shape[0]
-    _, steps = root_yaws_and_steps(features, root_yaw)
-    move = steps.sum(0)
+    move = world_floor_steps(features, root_yaw).sum(0)
     speed = float(torch.linalg.vector_norm(move)) / T * FPS
     if speed < limits.min_speed:
         return features

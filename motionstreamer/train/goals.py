@@ -17,20 +17,7 @@ import numpy as np
 import torch
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
-from motionstreamer.models.goal import (
-    COS,
-    GOAL_DIM,
-    HAS_HEADING,
-    HAS_SECONDS,
-    PRESENT,
-    SECONDS,
-    SIN,
-    X,
-    Z,
-    root_frame_offset,
-    wrap_angle,
-    yaw_of_heading,
-)
+from motionstreamer.models.goal import pack_goals, root_frame_offset, wrap_angle, yaw_of_heading
 from motionstreamer.representation.features import headings_from_features, root_translation
 
 HEADING_PROB = 0.5      # a goal gives its facing
@@ -80,18 +67,10 @@ def latent_root_path(features, n_latents: int, frames_per_latent: int = FRAMES_P
 def goal_vectors(path: torch.Tensor, target: int, positions: torch.Tensor, heading: bool, timed: bool) -> torch.Tensor:
     """Raw goals (len(positions), GOAL_DIM) for the root state path[target], seen from path[positions]."""
     cur, tgt = path[positions], path[target]
-    out = torch.zeros(len(positions), GOAL_DIM)
-    out[:, [X, Z]] = root_frame_offset(tgt[None, :2].expand(len(positions), 2), cur[:, :2], cur[:, 2])
-    out[:, PRESENT] = 1.0
-    if heading:
-        rel = wrap_angle(tgt[2] - cur[:, 2])
-        out[:, SIN], out[:, COS], out[:, HAS_HEADING] = torch.sin(rel), torch.cos(rel), 1.0
-    else:
-        out[:, COS] = 1.0
-    if timed:
-        out[:, SECONDS] = (target - positions).float() * FRAMES_PER_LATENT / FPS
-        out[:, HAS_SECONDS] = 1.0
-    return out
+    offset = root_frame_offset(tgt[None, :2].expand(len(positions), 2), cur[:, :2], cur[:, 2])
+    rel = wrap_angle(tgt[2] - cur[:, 2]) if heading else None
+    left = (target - positions).float() * FRAMES_PER_LATENT / FPS if timed else None
+    return pack_goals(offset, rel, left)
 
 
 def sample_goals(path: np.ndarray, start: int, n_motion: int, horizon_s: tuple, gen: torch.Generator,
