@@ -120,18 +120,52 @@ def extra_yaw(before: torch.Tensor, after: torch.Tensor) -> float:
 
 
 def test_the_turn_fades_near_the_goal_and_skips_steps_against_the_recent_travel():
-    base = frames()
+    base = frames(speed_m_s=2.0)            # fast enough that turn_rate, not max_curvature, bounds the turn
     full = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits()))
     near = extra_yaw(base, steer_frames(base, (0.0, 0.0), 0.0, (0.15, 0.0), None, SteeringLimits()))
     assert full == pytest.approx(3.0 * T / FPS, rel=1e-5)          # 90 degrees off: the whole bound
     assert near == pytest.approx(full * 0.15 / 0.3, rel=1e-5)      # within settle_m: its share
     # a step back (against the recent travel, forward in the character's frame) is not turned; with the
     # travel along it, it is
-    back = frames(speed_m_s=-1.35)
-    against = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, 0.045))
-    along = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, -0.045))
+    back = frames(speed_m_s=-2.0)
+    against = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, 2.0 / FPS))
+    along = steer_frames(back, (0.0, 0.0), 0.0, (3.0, 0.0), None, SteeringLimits(), travel=(0.0, -2.0 / FPS))
     assert extra_yaw(back, against) == pytest.approx(0.0, abs=1e-9)
     assert abs(extra_yaw(back, along)) == pytest.approx(3.0 * T / FPS, rel=1e-5)
+
+
+def test_the_turn_is_no_tighter_than_max_curvature_along_the_recent_travel():
+    """Turn per latent <= max_curvature * the metres travelled (these frames' and the recent travel's, the
+    smaller): probed on both sides of the switch between the two bounds, and for a motion in place."""
+    goal = (3.0, 0.0)                                   # 90 degrees to the left, no deadline
+    for speed, bound in ((1.35, 2.0 * 1.35 * T / FPS),  # walking: 0.36 rad, under turn_rate's 0.4
+                         (1.6, 3.0 * T / FPS),          # 2 rad/m * 0.213 m = 0.427 > 0.4: turn_rate bounds
+                         (0.3, 2.0 * 0.3 * T / FPS)):   # slow: 0.08 rad, under turn_rate's share (0.133)
+        f = frames(speed_m_s=speed)
+        assert extra_yaw(f, steer_frames(f, (0.0, 0.0), 0.0, goal, None, SteeringLimits())) == \
+            pytest.approx(bound, rel=1e-5), speed
+    loose = SteeringLimits(max_curvature=100.0)
+    f = frames()
+    assert extra_yaw(f, steer_frames(f, (0.0, 0.0), 0.0, goal, None, loose)) == pytest.approx(3.0 * T / FPS, rel=1e-5)
+    # stepping in place: these frames move at 1.35 m/s, the recent travel at 0.1 m/s -> 2 * 0.1 * 4/30
+    stepping = steer_frames(f, (0.0, 0.0), 0.0, goal, None, SteeringLimits(), travel=(0.0, 0.1 / FPS))
+    assert extra_yaw(f, stepping) == pytest.approx(2.0 * 0.1 * T / FPS, rel=1e-5)
+
+
+def test_a_deadline_with_time_to_spare_turns_less():
+    """The turn scales with urgency = distance / (seconds left * the walk's speed * the speed scale's low
+    end): the slack the speed scale cannot take up. Full from full_turn_urgency. A walk at 1.6 m/s
+    (turn_rate bounds: 0.4 rad) to a goal 3 m to its left; at the slowest (0.5x) it covers 0.8 m/s."""
+    f = frames(speed_m_s=1.6)
+    def turn(seconds, **lim):
+        return extra_yaw(f, steer_frames(f, (0.0, 0.0), 0.0, (3.0, 0.0), round(seconds * FPS), SteeringLimits(**lim)))
+    full = 3.0 * T / FPS
+    assert turn(3.0) == pytest.approx(full, rel=1e-5)                  # urgency 3 / 2.4 = 1.25: full
+    assert turn(3.75) == pytest.approx(full, rel=1e-4)                 # urgency 1: still full
+    assert turn(12.0) == pytest.approx(full * 3.0 / 9.6, rel=1e-4)     # urgency 0.3125
+    assert turn(12.0, full_turn_urgency=0.25) == pytest.approx(full, rel=1e-5)
+    assert turn(12.0, full_turn_urgency=0.5) == pytest.approx(full * 0.3125 / 0.5, rel=1e-4)
+    assert turn(12.0, speed_range=(1.0, 2.0)) == pytest.approx(full * 3.0 / 19.2, rel=1e-4)
 
 
 def test_the_turn_and_the_speed_stay_within_their_limits():
@@ -177,7 +211,11 @@ def test_no_deadline_slows_only_so_as_not_to_pass_the_goal():
                                         ({"speed_range": (0.5, 0.9)}, "speed_range"),
                                         ({"response_s": 0.0}, "response_s"),
                                         ({"min_speed": 0.7}, "walk_speed"),
-                                        ({"settle_m": float("inf")}, "settle_m")])
+                                        ({"settle_m": float("inf")}, "settle_m"),
+                                        ({"max_curvature": -0.5}, "max_curvature"),
+                                        ({"max_curvature": float("nan")}, "max_curvature"),
+                                        ({"full_turn_urgency": 0.0}, "full_turn_urgency"),
+                                        ({"full_turn_urgency": float("inf")}, "full_turn_urgency")])
 def test_bad_limits_are_named(bad, field):
     with pytest.raises(ValueError, match=field):
         SteeringLimits(**bad).validate()

@@ -35,12 +35,17 @@ class SteeringLimits:
     walk_speed: float = 0.6                # m/s: from here on the full turn; between the two, a share of it
     settle_m: float = 0.3                  # nearer than this to the goal, the turn fades out (no spinning on
                                            # the spot when the goal is underfoot)
+    max_curvature: float = 2.0             # rad per metre of recent travel (no turn tighter than 0.5 m
+                                           # radius): a motion that barely travels is barely turned
+    full_turn_urgency: float = 1.0         # the turn is full once the goal needs this share of the walk's
+                                           # reach before the deadline; with slack, proportionally less
 
     def validate(self) -> None:
         lo, hi = self.speed_range
         for name, v in (("turn_rate", self.turn_rate), ("speed_range[0]", lo), ("speed_range[1]", hi),
                         ("response_s", self.response_s), ("min_speed", self.min_speed),
-                        ("walk_speed", self.walk_speed), ("settle_m", self.settle_m)):
+                        ("walk_speed", self.walk_speed), ("settle_m", self.settle_m),
+                        ("max_curvature", self.max_curvature), ("full_turn_urgency", self.full_turn_urgency)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"steering {name} must be a finite number >= 0, got {v!r}")
         if not 0 < lo <= 1 <= hi:
@@ -48,8 +53,9 @@ class SteeringLimits:
         if self.walk_speed <= self.min_speed:
             raise ValueError(f"steering walk_speed must be above min_speed, got {self.walk_speed!r} <= "
                              f"{self.min_speed!r}")
-        if self.response_s <= 0:
-            raise ValueError(f"steering response_s must be > 0, got {self.response_s!r}")
+        for name, v in (("response_s", self.response_s), ("full_turn_urgency", self.full_turn_urgency)):
+            if v <= 0:
+                raise ValueError(f"steering {name} must be > 0, got {v!r}")
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +77,8 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
                  goal_xz: tuple[float, float], frames_left: int | None, limits: SteeringLimits,
                  travel: tuple[float, float] | None = None) -> torch.Tensor:
     """One latent's frames (T, 272), de-normalised, warped toward the goal. Turn: an extra constant yaw
-    rate that brings these frames' direction of travel onto the goal (bounded by limits.turn_rate),
+    rate that brings these frames' direction of travel onto the goal (bounded by limits.turn_rate and
+    limits.max_curvature per metre travelled; with a deadline, in proportion to its urgency),
     only as far as they go the way of `travel` (the recent floor step per frame in the character's own
     frame, travel_after; measured better than turning by `travel`'s own direction). Speed: the
     floor steps scaled so the progress toward the goal keeps its deadline (frames_left frames from the
@@ -105,6 +112,20 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     if (tx, tz) != (mx, mz):
         share *= max(0.0, (mx * tx + mz * tz) / (math.hypot(mx, mz) * math.hypot(tx, tz)))
     bound = limits.turn_rate * T / FPS * share
+    # no tighter than max_curvature along the way these frames, and the recent travel, go: a motion in
+    # place (stepping, swaying) is not spun round its goal. With a deadline, the turn grows with the
+    # urgency (the distance against what the walk covers by then at the slowest pace the speed scale
+    # allows): a walk with time to spare keeps its own path (a circle still closes on its goal), a goal
+    # that needs the whole walk gets the whole turn. Both measured to keep text alignment (FID), which
+    # unbounded turns cost (docs/goals.md).
+    length = math.hypot(mx, mz)
+    if travel is not None:
+        length = min(length, T * math.hypot(*travel))
+    bound = min(bound, limits.max_curvature * length)
+    if frames_left is not None and frames_left > 0:
+        reach = max(frames_left, T) / FPS * max(length / T * FPS, 1e-6) * limits.speed_range[0]
+        urgency = distance / reach
+        bound *= min(1.0, urgency / limits.full_turn_urgency)
     turn = max(-bound, min(bound, error * min(1.0, T / (limits.response_s * FPS))))
     # speed: the progress these frames make toward the goal, scaled to what the deadline needs
     lo, hi = limits.speed_range
