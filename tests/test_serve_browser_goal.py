@@ -6,22 +6,13 @@ import pytest
 
 pytest.importorskip("fastapi")
 from _serve_testing import ServerThread  # noqa: E402
-from playwright import sync_api  # noqa: E402
-from test_serve_browser import ARGS, CHROMIUM, chromium_installed, open_page  # noqa: E402,F401  (the fixture)
+from test_serve_browser import browser, chromium_installed, open_page  # noqa: E402,F401  (the fixtures)
 
 from motionstreamer.serve.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def goal_page(browser):
+def goal_page(browser):  # noqa: F811  (the imported fixture)
     """The page on a server with the service's own sampler (10 steps) and the embedded model, whose goals
     steer through the root-motion warp (runtime/steering.py): issue #27's acceptance test."""
     with ServerThread(create_app()) as server:

@@ -122,10 +122,9 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     if travel is not None:
         length = min(length, T * math.hypot(*travel))
     bound = min(bound, limits.max_curvature * length)
-    if frames_left is not None and frames_left > 0:
-        reach = max(frames_left, T) / FPS * max(length / T * FPS, 1e-6) * limits.speed_range[0]
-        urgency = distance / reach
-        bound *= min(1.0, urgency / limits.full_turn_urgency)
+    if frames_left is not None and frames_left > 0 and length > 0:   # length 0: no turn already
+        reach = max(frames_left, T) / T * length * limits.speed_range[0]   # metres by then, at the slowest
+        bound *= min(1.0, distance / reach / limits.full_turn_urgency)
     turn = max(-bound, min(bound, error * min(1.0, T / (limits.response_s * FPS))))
     # speed: the progress these frames make toward the goal, scaled to what the deadline needs
     lo, hi = limits.speed_range
