@@ -152,6 +152,28 @@ def test_the_turn_is_no_tighter_than_max_curvature_along_the_recent_travel():
     assert extra_yaw(f, stepping) == pytest.approx(2.0 * 0.1 * T / FPS, rel=1e-5)
 
 
+def test_a_walk_that_circles_may_be_straightened_and_turned_but_not_tightened():
+    """max_curvature bounds the path's own turn plus the warp's, not the warp's alone: a walk circling
+    left at 2 rad/m (1 m/s, 2 rad/s: the bound) gets no more turn to the left, but to the right the
+    warp may undo its circle and turn on by turn_rate. Bounding the added turn alone only cancelled
+    the circle, and the walk went straight wherever it pointed (seen on the test split: 4.8 m off)."""
+    circling = frames(speed_m_s=1.0, turn_rad_s=2.0)            # 0.267 rad per latent to the left
+    own = 2.0 * T / FPS
+    left, right = (3.0, 0.5), (-3.0, 0.5)                       # +X is the character's left
+    assert extra_yaw(circling, steer_frames(circling, (0.0, 0.0), 0.0, left, None, SteeringLimits())) == \
+        pytest.approx(0.0, abs=1e-9)
+    assert extra_yaw(circling, steer_frames(circling, (0.0, 0.0), 0.0, right, None, SteeringLimits())) == \
+        pytest.approx(-3.0 * T / FPS, rel=1e-5)                 # all of turn_rate (0.4 rad > own)
+    # a turn_rate beyond twice the circle: no tighter to the right than 2 rad/m either
+    fast = SteeringLimits(turn_rate=10.0)
+    assert extra_yaw(circling, steer_frames(circling, (0.0, 0.0), 0.0, right, None, fast)) == \
+        pytest.approx(-2 * own, rel=1e-5)
+    # a stream of such latents reaches a goal on its right and one behind
+    for goal in ((-2.5, 2.0), (0.5, -3.0)):
+        x, z, _ = walk_to(goal, 7.0, speed_m_s=1.0, turn_rad_s=2.0)
+        assert math.hypot(x - goal[0], z - goal[1]) < 0.3, goal
+
+
 def test_a_deadline_with_time_to_spare_turns_less():
     """The turn scales with urgency = distance / (seconds left * the walk's speed * the speed scale's low
     end): the slack the speed scale cannot take up. Full from full_turn_urgency. A walk at 1.6 m/s

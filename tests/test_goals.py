@@ -713,3 +713,59 @@ def test_parse_goal():
     assert parse_goal("3,-2") == (3.0, -2.0, None, None)
     assert parse_goal("3,-2,1.5@4") == (3.0, -2.0, 1.5, 4.0)
     assert parse_goal(" 1 , 2 @ 0.5") == (1.0, 2.0, None, 0.5)
+
+
+@torch.no_grad()
+def test_an_unreached_goal_keeps_its_action_going_within_the_prompts_duration(tae):
+    """With on_action_end="stop", an action that ends by itself (here every latent past
+    min_action_latents is "the end": end_threshold 1e9) stops a stream without a goal; with a goal not
+    yet reached it restarts from the current pose (a context of its last few latents) and goes on for
+    what is left of the prompt's duration, not for a new one."""
+    def run(goal, **config):
+        eng = StreamingEngine(FakeBundle(tae, goal_model(effective=False), end_latent=torch.zeros(16)),
+                              FakeTextEncoder(TEXT_DIM),
+                              config=GenerationConfig(sampling_steps=2, end_threshold=1e9, min_action_latents=5,
+                                                      goal_tolerance=0.01, **config))
+        calls = recorded(eng)
+        sid = eng.add_stream("walk", seed=1, max_latents=16)
+        if goal is not None:
+            eng.set_goal(sid, *goal)
+        chunks, events = [], []
+        while eng.active_ids and len(chunks) < 40:
+            chunks += eng.step()
+            events += eng.events
+        return chunks, [e.kind for e in events], calls
+
+    chunks, kinds, _ = run(None)
+    assert len(chunks) == 5 and kinds == ["prompt_change", "action_end", "finished"]
+    chunks, kinds, calls = run((50.0, 50.0))                     # far: never reached
+    assert len(chunks) == 16 and kinds.count("action_end") == 3 and kinds[-1] == "finished"
+    # each restart's prefill sees the last few latents emitted, fewer than the action's five
+    latents = torch.stack([c.latent for c in chunks])
+    restarts = [c[2] for c in calls if c[0] == "prefill"][1:]
+    assert len(restarts) == 3
+    n = policy.RESTART_CONTEXT_LATENTS
+    assert 0 < n < 5
+    for k, hist in zip((5, 10, 15), restarts):
+        torch.testing.assert_close(hist, latents[k - n:k].to(hist.dtype), rtol=0, atol=0)
+    # "continue" restarts the same way, each time with the prompt's whole duration again
+    chunks, kinds, _ = run(None, on_action_end="continue", max_latents=30)
+    assert len(chunks) == 30 and "finished" not in kinds[:-1]
+
+
+@torch.no_grad()
+def test_goals_protocol_restarts_ended_actions_and_keeps_each_clips_length(tae):
+    """evaluate goals' generator: with goals the model's action ends are on (as in the runtime) and each
+    restarts its action, so every stream still has its clip's length; without goals they are off."""
+    from motionstreamer.eval.protocols import runtime_goal_generator
+    bundle = FakeBundle(tae, goal_model(effective=False), end_latent=torch.zeros(16))
+    lengths, goals = [13, 24, 40], [(1.0, 2.0, None, 1.0), (-2.0, 1.0, None, 2.0), (0.0, 3.0, None, 3.0)]
+    ending = GenerationConfig(sampling_steps=2, end_threshold=1e9)       # every latent past the 2nd ends
+    never = GenerationConfig(sampling_steps=2, end_threshold=-1.0)
+    with_ends = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=ending)(["a", "b", "c"], lengths, goals, 0)
+    without = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=never)(["a", "b", "c"], lengths, goals, 0)
+    assert [f.shape[0] for f in with_ends] == [f.shape[0] for f in without] == [16, 24, 40]
+    assert not torch.equal(with_ends[2], without[2])                      # the restarts changed the motion
+    text_only = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=ending)(["a", "b", "c"], lengths,
+                                                                                         [None] * 3, 0)
+    assert [f.shape[0] for f in text_only] == [16, 24, 40]

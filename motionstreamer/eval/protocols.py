@@ -509,15 +509,17 @@ def runtime_generator(bundle, text_encoder, config=None, device=None, backend_fa
 def runtime_goal_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> GoalGenerateFn:
     """Generation with goals: each caption for ceil(frames / 4) latents with its goal (x, z, heading,
     seconds) or None set from the first latent and held to the end (never "reached" early: the
-    protocol measures where the stream is at the deadline), batched."""
+    protocol measures where the stream is at the deadline), batched. With goals the model's action
+    ends are on, as in the runtime, where an unreached goal restarts its action from the current
+    pose (same length: the prompt's duration holds); without, they are off (the t2m protocol's way)."""
     fpl = _frames_per_latent(bundle)
     config = dataclasses.replace(config or GenerationConfig(), goal_tolerance=0.0)
 
     def generate(captions: list, lengths: list, goals: list, seed: int) -> list:
         backend = backend_factory(len(captions)) if backend_factory else None
         schedules = [[(c, max(1, -(-int(n) // fpl)))] for c, n in zip(captions, lengths)]
-        return run_schedules(bundle, text_encoder, schedules,
-                             config, seed, device=device, backend=backend, goals=goals)
+        return run_schedules(bundle, text_encoder, schedules, config, seed, device=device, backend=backend,
+                             goals=goals, use_end_latent=all(g is not None for g in goals))
 
     return generate
 

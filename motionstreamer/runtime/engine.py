@@ -362,7 +362,13 @@ class StreamingEngine:
                 if s.queue:
                     self._maybe_switch_prompt(s, force=True)
                     restart.append(s)
-                elif self.config.on_action_end == "continue":
+                elif self.config.on_action_end == "continue" or s.goal is not None:
+                    # the prompt again from the current pose: a context of the last few latents only (with
+                    # the whole action in it the model sees it done, and stands). An unreached goal keeps
+                    # its action going so, within what is left of the prompt's duration
+                    if s.goal is not None and self.config.on_action_end != "continue" and s.action_budget is not None:
+                        s.action_budget -= s.action_latents
+                    s.history = s.history[-policy.RESTART_CONTEXT_LATENTS:]
                     s.needs_prefill, s.action_latents = True, 0
                     restart.append(s)
                 else:

@@ -90,6 +90,11 @@ def slide(history: list, block_size: int, keep: int) -> list:
     return history[-keep:] if window_full(len(history), block_size) else history
 
 
+# an action restarted ("continue", or a goal not reached yet) sees only this many latents of its past: the
+# pose it starts from, not the finished action (measured: with the whole history most restarts stand still)
+RESTART_CONTEXT_LATENTS = 4
+
+
 def is_action_end(z: torch.Tensor, end_latent: torch.Tensor, threshold: float, action_latents: int,
                   min_action_latents: int) -> bool:
     """A latent within `threshold` (L2) of the reference end latent ends the action, once it has run

@@ -35,8 +35,8 @@ class SteeringLimits:
     walk_speed: float = 0.6                # m/s: from here on the full turn; between the two, a share of it
     settle_m: float = 0.3                  # nearer than this to the goal, the turn fades out (no spinning on
                                            # the spot when the goal is underfoot)
-    max_curvature: float = 2.0             # rad per metre of recent travel (no turn tighter than 0.5 m
-                                           # radius): a motion that barely travels is barely turned
+    max_curvature: float = 2.0             # rad per metre of recent travel (no path tighter than 0.5 m
+                                           # radius, or its own): a motion that barely travels is barely turned
     full_turn_urgency: float = 1.0         # the turn is full once the goal needs this share of the walk's
                                            # reach before the deadline; with slack, proportionally less
 
@@ -62,15 +62,19 @@ class SteeringLimits:
         return self.turn_rate > 0 or tuple(self.speed_range) != (1.0, 1.0)
 
 
-def world_floor_steps(features: torch.Tensor, yaw0: float) -> torch.Tensor:
+def world_floor_steps(features: torch.Tensor, yaw0: float, step_yaw: torch.Tensor) -> torch.Tensor:
     """Each frame's world floor step (T, 2) as (x, z), for frames (T, 272) starting from facing yaw0
-    (0 = +Z, pi/2 = +X): the 272 root integration (spec §2: a frame's velocity is in the heading before
-    its delta applies)."""
-    step_yaw = yaw_of_heading(rot6d_to_matrix(features[:, HEADING_DELTA].double()))
+    (0 = +Z, pi/2 = +X) and turning by step_yaw (T,) (theirs: step_yaws): the 272 root integration
+    (spec §2: a frame's velocity is in the heading before its delta applies)."""
     before = yaw0 + torch.cat([step_yaw.new_zeros(1), torch.cumsum(step_yaw, 0)[:-1]])
     vx, vz = features[:, 0].double(), features[:, 1].double()
     c, s = torch.cos(before), torch.sin(before)
     return torch.stack([c * vx + s * vz, -s * vx + c * vz], dim=-1)
+
+
+def step_yaws(features: torch.Tensor) -> torch.Tensor:
+    """Each frame's turn (T,), radians to the left, from its heading delta."""
+    return yaw_of_heading(rot6d_to_matrix(features[:, HEADING_DELTA].double()))
 
 
 def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw: float,
@@ -78,7 +82,9 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
                  travel: tuple[float, float] | None = None) -> torch.Tensor:
     """One latent's frames (T, 272), de-normalised, warped toward the goal. Turn: an extra constant yaw
     rate that brings these frames' direction of travel onto the goal (bounded by limits.turn_rate and
-    limits.max_curvature per metre travelled; with a deadline, in proportion to its urgency),
+    limits.max_curvature per metre travelled, which bounds the path's turn, its own and the warp's
+    together: a circling walk may be straightened and turned on, not tightened; with a deadline, in
+    proportion to its urgency),
     only as far as they go the way of `travel` (the recent floor step per frame in the character's own
     frame, travel_after; measured better than turning by `travel`'s own direction). Speed: the
     floor steps scaled so the progress toward the goal keeps its deadline (frames_left frames from the
@@ -89,7 +95,8 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     as a person does, rather than circling a goal it passes).
     Returns new frames; the input is not changed."""
     T = features.shape[0]
-    move = world_floor_steps(features, root_yaw).sum(0)
+    step_yaw = step_yaws(features)
+    move = world_floor_steps(features, root_yaw, step_yaw).sum(0)
     speed = float(torch.linalg.vector_norm(move)) / T * FPS
     if speed < limits.min_speed:
         return features
@@ -112,20 +119,22 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     if (tx, tz) != (mx, mz):
         share *= max(0.0, (mx * tx + mz * tz) / (math.hypot(mx, mz) * math.hypot(tx, tz)))
     bound = limits.turn_rate * T / FPS * share
-    # no tighter than max_curvature along the way these frames, and the recent travel, go: a motion in
-    # place (stepping, swaying) is not spun round its goal. With a deadline, the turn grows with the
-    # urgency (the distance against what the walk covers by then at the slowest pace the speed scale
-    # allows): a walk with time to spare keeps its own path (a circle still closes on its goal), a goal
-    # that needs the whole walk gets the whole turn. Both measured to keep text alignment (FID), which
-    # unbounded turns cost (docs/goals.md).
+    # the path no tighter than max_curvature along the way these frames, and the recent travel, go (or
+    # than its own turn, which the warp may always undo): a motion in place (stepping, swaying) is not
+    # spun round its goal, and a walk circling away from it is turned round, not only straightened.
+    # With a deadline, the turn grows with the urgency (the distance against what the walk covers by
+    # then at the slowest pace the speed scale allows): a walk with time to spare keeps its own path (a
+    # circle still closes on its goal), a goal that needs the whole walk gets the whole turn. Both
+    # measured to keep text alignment (FID), which unbounded turns cost (docs/goals.md).
     length = math.hypot(mx, mz)
     if travel is not None:
         length = min(length, T * math.hypot(*travel))
-    bound = min(bound, limits.max_curvature * length)
     if frames_left is not None and frames_left > 0 and length > 0:   # length 0: no turn already
         reach = max(frames_left, T) / T * length * limits.speed_range[0]   # metres by then, at the slowest
         bound *= min(1.0, distance / reach / limits.full_turn_urgency)
-    turn = max(-bound, min(bound, error * min(1.0, T / (limits.response_s * FPS))))
+    own = float(step_yaw.sum())
+    tightest = max(abs(own), limits.max_curvature * length)     # the path's own turn may always be undone
+    turn = min(bound, tightest - own, max(-bound, -tightest - own, error * min(1.0, T / (limits.response_s * FPS))))
     # speed: the progress these frames make toward the goal, scaled to what the deadline needs
     lo, hi = limits.speed_range
     progress = (mx * dx + mz * dz) / distance
