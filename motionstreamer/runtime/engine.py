@@ -52,7 +52,8 @@ class GenerationConfig:
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
     end_threshold: float | None = None      # L2 distance to the reference end latent that ends an action
     min_action_latents: int = 2       # an action cannot end before this many latents
-    on_action_end: str = "stop"       # "stop": the stream ends; "continue": the last prompt restarts
+    on_action_end: str = "stop"       # "stop": the stream ends (not while a goal is unreached); "continue":
+                                      # the last prompt restarts from the current pose
     max_latents: int = 1500           # hard cap per stream (1500 latents = 200 s at 30 fps)
     history_keep: int | None = None   # latents kept when the window slides (default: block_size // 2)
     # goals (set_goal; a model trained with goals): reached within goal_tolerance metres (<= 0: never, the

@@ -29,7 +29,7 @@ HEADING_DELTA = slice(2, 8)   # the heading's per-frame change, 6D (a rotation a
 class SteeringLimits:
     """How far the warp may bend the model's root motion. turn_rate 0 and speed_range (1, 1): no warp."""
     turn_rate: float = 3.0                 # extra yaw, rad/s (half a turn in about a second)
-    speed_range: tuple[float, float] = (0.5, 2.0)   # scale of the model's floor speed
+    speed_range: tuple[float, float] = (0.5, 2.5)   # scale of the model's floor speed
     response_s: float = 0.25               # the heading error is closed over about this long
     min_speed: float = 0.15                # m/s: below it the motion is taken as standing, not warped
     walk_speed: float = 0.6                # m/s: from here on the full turn; between the two, a share of it
