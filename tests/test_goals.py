@@ -762,10 +762,12 @@ def test_goals_protocol_restarts_ended_actions_and_keeps_each_clips_length(tae):
     lengths, goals = [13, 24, 40], [(1.0, 2.0, None, 1.0), (-2.0, 1.0, None, 2.0), (0.0, 3.0, None, 3.0)]
     ending = GenerationConfig(sampling_steps=2, end_threshold=1e9)       # every latent past the 2nd ends
     never = GenerationConfig(sampling_steps=2, end_threshold=-1.0)
-    with_ends = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=ending)(["a", "b", "c"], lengths, goals, 0)
-    without = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=never)(["a", "b", "c"], lengths, goals, 0)
+
+    def generate(config, goals):
+        return runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=config)(["a", "b", "c"], lengths,
+                                                                                        goals, 0)
+    with_ends, without = generate(ending, goals), generate(never, goals)
     assert [f.shape[0] for f in with_ends] == [f.shape[0] for f in without] == [16, 24, 40]
     assert not torch.equal(with_ends[2], without[2])                      # the restarts changed the motion
-    text_only = runtime_goal_generator(bundle, FakeTextEncoder(TEXT_DIM), config=ending)(["a", "b", "c"], lengths,
-                                                                                         [None] * 3, 0)
+    text_only = generate(ending, [None] * 3)
     assert [f.shape[0] for f in text_only] == [16, 24, 40]
