@@ -129,7 +129,7 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     length = math.hypot(mx, mz)
     if travel is not None:
         length = min(length, T * math.hypot(*travel))
-    if frames_left is not None and frames_left > 0 and length > 0:   # length 0: no turn already
+    if frames_left is not None and frames_left > 0 and length > 0:   # length 0: only the motion's own turn
         reach = max(frames_left, T) / T * length * limits.speed_range[0]   # metres by then, at the slowest
         bound *= min(1.0, distance / reach / limits.full_turn_urgency)
     own = float(step_yaw.sum())
