@@ -64,17 +64,12 @@ class SteeringLimits:
 
 def world_floor_steps(features: torch.Tensor, yaw0: float, step_yaw: torch.Tensor) -> torch.Tensor:
     """Each frame's world floor step (T, 2) as (x, z), for frames (T, 272) starting from facing yaw0
-    (0 = +Z, pi/2 = +X) and turning by step_yaw (T,) (theirs: step_yaws): the 272 root integration
+    (0 = +Z, pi/2 = +X) and turning by step_yaw (T,) (theirs): the 272 root integration
     (spec §2: a frame's velocity is in the heading before its delta applies)."""
     before = yaw0 + torch.cat([step_yaw.new_zeros(1), torch.cumsum(step_yaw, 0)[:-1]])
     vx, vz = features[:, 0].double(), features[:, 1].double()
     c, s = torch.cos(before), torch.sin(before)
     return torch.stack([c * vx + s * vz, -s * vx + c * vz], dim=-1)
-
-
-def step_yaws(features: torch.Tensor) -> torch.Tensor:
-    """Each frame's turn (T,), radians to the left, from its heading delta."""
-    return yaw_of_heading(rot6d_to_matrix(features[:, HEADING_DELTA].double()))
 
 
 def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw: float,
@@ -95,7 +90,8 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     as a person does, rather than circling a goal it passes).
     Returns new frames; the input is not changed."""
     T = features.shape[0]
-    step_yaw = step_yaws(features)
+    delta = rot6d_to_matrix(features[:, HEADING_DELTA].double())     # each frame's turn, read once
+    step_yaw = yaw_of_heading(delta)
     move = world_floor_steps(features, root_yaw, step_yaw).sum(0)
     speed = float(torch.linalg.vector_norm(move)) / T * FPS
     if speed < limits.min_speed:
@@ -157,7 +153,6 @@ def steer_frames(features: torch.Tensor, root_xz: tuple[float, float], root_yaw:
     a = turn / T
     extra = torch.tensor([[math.cos(a), 0.0, -math.sin(a)], [0.0, 1.0, 0.0], [math.sin(a), 0.0, math.cos(a)]],
                          dtype=torch.float64)
-    delta = rot6d_to_matrix(features[:, HEADING_DELTA].double())
     out[:, HEADING_DELTA] = matrix_to_rot6d(extra @ delta).to(features.dtype)
     return out
 
