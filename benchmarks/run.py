@@ -334,6 +334,49 @@ def case_embedded(ctx) -> list[dict]:
     return rows
 
 
+def case_goals(ctx) -> list[dict]:
+    """Per-latent cost of a stream with a goal against the same stream without (docs/goals.md: the goal
+    is steered by a root-motion warp every latent, and a goal-trained model adds one small MLP per
+    latent), on a goal model of the run's size (random weights: the cost does not depend on them) and
+    on the embedded model (steered only). The two are timed alternately in one run (rounds of
+    `repeats` each), so the ratio sees the same machine state; the goal is far away and never reached,
+    so both run the same number of latents."""
+    import dataclasses
+
+    from motionstreamer.models.transformer import TextToMotionModel
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    from motionstreamer.runtime.loading import load_models
+
+    dev, dtype = ctx["device"], ctx["dtype"]
+    torch.manual_seed(0)
+    goal_t2m = TextToMotionModel(dataclasses.replace(ctx["t2m"].config, goal=True)).eval().to(dev, dtype)
+    models = [("random_goal_model", Bundle(ctx["tae"], goal_t2m, dev), RandomTextEncoder(goal_t2m.config.cond_dim))]
+    embedded, text, _ = load_models(None, device=str(dev), dtype="fp32")
+    models.append(("embedded_model", embedded, text))
+    n_lat, rows = ctx["latents"] * 2, []
+    for name, bundle, text in models:
+        for steps in ctx["steps_list"]:
+            cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0, goal_tolerance=0.0)
+            engine = StreamingEngine(bundle, text, capacity=1, config=cfg, device=dev)
+
+            def run(goal: bool):
+                sid = engine.add_stream("a person walks forward", seed=0, max_latents=n_lat)
+                if goal:
+                    engine.set_goal(sid, 40.0, 60.0, heading=1.0, seconds=120.0)
+                for _ in range(n_lat):
+                    engine.step()
+                engine.close(sid)
+            times = {False: [], True: []}
+            for _ in range(max(2, ctx["repeats"])):
+                for goal in (False, True):
+                    times[goal].append(per_unit(timeit(lambda: run(goal), dev, repeats=1, warmup=1), n_lat)["median"])
+            med = {g: sorted(v)[len(v) // 2] for g, v in times.items()}
+            rows.append({"case": f"goals_{name}_steps{steps}", "latents": n_lat, "ms_per_latent_text_only": med[False],
+                         "ms_per_latent_with_goal": med[True], "goal_cost_ratio": med[True] / med[False],
+                         "rounds": len(times[True])})
+    return rows
+
+
 EXTERNAL_MODULES = ("bench_causal_conv", "bench_kernels", "bench_onnx", "bench_train", "bench_serve")
 
 
@@ -386,7 +429,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto", help="fp32|bf16|fp16|auto (bf16 on GPU)")
     ap.add_argument("--cases", default="stream,throughput,external",
                     help="comma list of stream, throughput, external, embedded (the shipped default model), "
-                         "student (guided teacher vs few-step student)")
+                         "student (guided teacher vs few-step student), goals (a stream with vs without a goal)")
     ap.add_argument("--batches", default=None, help="comma list of concurrent streams (default 64,512)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
@@ -429,7 +472,7 @@ def main(argv=None) -> int:
     rows = []
     for case in args.cases.split(","):
         fn = {"stream": case_stream_latency, "throughput": case_throughput, "external": case_external,
-              "embedded": case_embedded, "student": case_student}.get(case)
+              "embedded": case_embedded, "student": case_student, "goals": case_goals}.get(case)
         if fn is None:
             ap.error(f"unknown case {case!r}")
         print(f"[bench] {case} ...", file=sys.stderr, flush=True)

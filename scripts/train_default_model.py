@@ -4,19 +4,25 @@
     python scripts/train_default_model.py --out motionstreamer/assets/default_model
 
 Steps: synthetic dataset (clips + BABEL-stream pairs) -> Causal TAE (small) -> latents (sampled z +
-reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips
-and A/B pairs together) -> TMR-style evaluator (small, MiniLM backbone) -> bundle (safetensors +
-config, evaluator included) -> quality on the synthetic test split (real pairs, generated, and the
-random-text baseline) -> few-step student head distilled from the guided head (train/distill.py),
-added to the bundle, with its head-level quality -> training_summary.json.
+reference end latent) -> text-to-motion/streaming model (small, MiniLM text, Two-Forward, plain clips and
+A/B pairs together) -> with --goal-steps N (off: the shipped model has no goals yet, docs/goals.md)
+goals: the same model with a goal module, fine-tuned with goals beside the text (train/goals.py: goals
+from each clip's own future root path, goal dropout keeps the text-only model, plus goal-only steered
+clips and the root-step loss, docs/design.md) -> TMR-style evaluator (small, MiniLM backbone) -> bundle
+(safetensors + config, evaluator included) -> quality on the synthetic test split (real pairs, generated,
+and the random-text baseline) and the goals protocol -> few-step student head distilled from the guided
+head (train/distill.py), added to the bundle, with its head-level quality -> training_summary.json.
 
-`--stages distill` runs only the last stage on top of an existing bundle at --out (the dataset and
-latents are regenerated in the work folder when missing: the same synthetic data, latents from the
-bundle's TAE); `--resume` continues a stopped run, the distillation included.
+`--stages goals` runs the goal stage on the text-to-motion model of the bundle already at --out, then
+its quality, the goals protocol and the distillation (the student must match the new teacher; the
+TAE, statistics and evaluator files stay as they are); `--stages distill` runs only the last stage.
+Both regenerate the dataset and latents in the work folder when missing (the same synthetic data,
+latents from the bundle's TAE). `--resume` continues a stopped run, the later stages included.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -34,6 +40,10 @@ def main(argv=None) -> int:
     ap.add_argument("--stream-pairs", type=int, default=600)
     ap.add_argument("--tae-steps", type=int, default=3000)
     ap.add_argument("--t2m-steps", type=int, default=6000)
+    ap.add_argument("--goal-steps", type=int, default=0,
+                    help=f"goal stage steps (0: no goals, the shipped model: goals do not reach well enough yet, "
+                         f"docs/goals.md; {GOAL_STEPS}: the best attempt)")
+    ap.add_argument("--goal-prob", type=float, default=GOAL_PROB, help="share of goal stage sequences given a goal")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--evaluator-epochs", type=int, default=5)
     ap.add_argument("--quality-repeats", type=int, default=3)
@@ -41,8 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="continue from the work folder's checkpoints (data, TAE and latents are reused)")
-    ap.add_argument("--stages", choices=("all", "distill"), default="all",
-                    help="'distill': only the few-step head, on the bundle already at --out")
+    ap.add_argument("--stages", choices=("all", "goals", "distill"), default="all",
+                    help="'goals': the goal stage and what follows it, on the bundle already at --out; 'distill': "
+                         "only the few-step head, on that bundle")
     ap.add_argument("--distill-steps", type=int, default=DISTILL_STEPS)
     ap.add_argument("--distill-conditions", type=int, default=DISTILL_CONDITIONS)
     ap.add_argument("--distill-rounds", type=int, default=DISTILL_ROLLOUT_ROUNDS,
@@ -65,6 +76,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.stages == "distill":
         return distill_only(args, argv)
+    if args.stages == "goals":
+        return goals_only(args, argv)
 
     from motionstreamer.data.humanml3d import load_mean_std, load_motions
     from motionstreamer.data.synth import make_dataset
@@ -132,6 +145,8 @@ def main(argv=None) -> int:
                     resume=t2m_ck if resume_t2m else None, overwrite=not resume_t2m)
     summary["t2m"] = {"steps": res.step, "examples": len(examples), "plain_examples": n_plain,
                       "params": sum(p.numel() for p in model.parameters()), **loss_summary(work / "t2m")}
+    if args.goal_steps:
+        model, summary["goal_stage"] = goal_stage(args, model, tae, end, work, data, enc)
     model.eval()
 
     # 4. evaluator (the same run `motionstreamer train-evaluator --model-size small --epochs E
@@ -143,8 +158,10 @@ def main(argv=None) -> int:
     finish_bundle(out, tae, model, mean, std, end, work, data, args.seed, evaluator)
     summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
 
-    # 5. quality with the project's evaluator on the synthetic test split
+    # 5. quality with the project's evaluator on the synthetic test split; goals beside the text
     summary["quality"] = measure_quality(out, data, args.quality_repeats, args.seed)
+    if args.goal_steps:
+        summary["goals"] = measure_goals(out, data, args.quality_repeats, args.seed)
 
     # 6. the few-step student head
     summary["distill"] = distill_stage(args, out, work, data)
@@ -153,6 +170,128 @@ def main(argv=None) -> int:
     atomic_write_json(out / "training_summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+# the goal stage (a fine-tune of the text-to-motion model; why not from scratch: docs/default-model.md;
+# why steered clips, the goal module's own learning rate and the root-step loss: docs/design.md)
+GOAL_STEPS = 900
+GOAL_PROB = 0.5          # goal dropout: the other half of the plain sequences keep the text-only objective
+GOAL_LR = 3e-4
+GOAL_LR_MULT = 10.0      # the goal module is new in a trained model
+GOAL_ROOT_AUX = 1.0      # the auxiliary root-step loss
+STEERED_CLIPS = 800      # goal-only locomotion clips: turns the caption does not name, and walks to a target
+STEERED_SHARE = 0.5      # of the rows
+PURSUIT = 0.7            # of the steered clips: heading for a target point
+GOAL_MODULE_ONLY = False # True: only the goal module learns (text-only streams stay exact; attempt G broke the motion)
+
+
+def goal_stage(args, model, tae, end_latent, work: Path, data: Path, text_encoder):
+    """The text-to-motion model with a goal module, fine-tuned with goals beside the text on the same
+    examples (with their root paths) and on steered clips that always carry a goal: returns (the goal
+    model, its training summary)."""
+    from motionstreamer.data.humanml3d import load_mean_std
+    from motionstreamer.data.synth.writers import make_steered_clips
+    from motionstreamer.models.transformer import TextToMotionModel
+    from motionstreamer.train.stream import load_stream_examples
+    from motionstreamer.train.t2m import T2MTrainConfig, embed_captions, load_latent_examples, train_t2m
+    from motionstreamer.train.tae import encode_latents
+
+    steer, steer_latents = work / "steered", work / "steered_latents"
+    if not (steer / "split").is_dir():
+        make_steered_clips(steer, STEERED_CLIPS, seed=args.seed, overwrite=True, pursuit=PURSUIT)
+    if not steer_latents.is_dir():
+        mean, std = load_mean_std(data / "mean_std")
+        motions = {p.stem: (np.load(p) - mean) / std for p in sorted((steer / "motion_data").glob("*.npy"))}
+        encode_latents(tae, motions, steer_latents, end_latent, sample=True, seed=args.seed)
+    examples = load_latent_examples(work / "latents", data, "train", paths=True)
+    examples += load_stream_examples(data / "babel_stream", work / "stream_latents", "train", paths=True)
+    examples += [dataclasses.replace(e, goal_only=True)
+                 for e in load_latent_examples(steer_latents, steer, "train", paths=True)]
+    emb = embed_captions(examples, text_encoder)
+    torch.manual_seed(args.seed)
+    goal_model = TextToMotionModel(type(model.config).from_dict({**model.config.to_dict(), "goal": True}))
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    state.update({k: v for k, v in goal_model.state_dict().items() if k.startswith("goal_embed.")})
+    goal_model.load_state_dict(state, strict=True)
+    cfg = T2MTrainConfig(out_dir=str(work / "goals"), steps=args.goal_steps, batch_size=args.batch, lr=GOAL_LR,
+                         warmup_steps=max(1, args.goal_steps // 20), weight_decay=1e-6, grad_clip=1.0,
+                         save_every=250, log_every=50, seed=args.seed, diffmlps_batch_mul=2,
+                         goal_prob=args.goal_prob, goal_only_share=STEERED_SHARE, goal_horizon_s=(0.5, 10.0),
+                         goal_lr_mult=GOAL_LR_MULT, root_aux=GOAL_ROOT_AUX, goal_module_only=GOAL_MODULE_ONLY)
+    ck = work / "goals" / "checkpoint_last.pt"
+    resume = args.resume and ck.exists()
+    res = train_t2m(goal_model, examples, emb, cfg, name="t2m", extra_config={"text_encoder": "minilm"},
+                    resume=ck if resume else None, overwrite=not resume)
+    return goal_model.eval(), {"steps": res.step, "goal_prob": args.goal_prob, "lr": GOAL_LR,
+                               "goal_lr_mult": GOAL_LR_MULT, "root_aux": GOAL_ROOT_AUX,
+                               "goal_module_only": GOAL_MODULE_ONLY,
+                               "steered_clips": STEERED_CLIPS, "steered_share": STEERED_SHARE, "pursuit": PURSUIT,
+                               "examples": len(examples), **loss_summary(work / "goals")}
+
+
+def goals_only(args, argv) -> int:
+    """--stages goals: the goal stage on the bundle at --out (its t2m.safetensors and config.json are
+    replaced; the student head is dropped until the distillation adds the new one), then its end
+    threshold, quality, the goals protocol and the distillation, into training_summary.json."""
+    from motionstreamer.checkpoints import STUDENT_FILE, load_bundle, read_bundle_config, save_safetensors
+    from motionstreamer.models.text import TextEncoder
+    from motionstreamer.utils import atomic_write_json
+
+    out, work = Path(args.out), Path(args.work)
+    data = work / "data"
+    if not (out / "config.json").is_file():
+        raise SystemExit(f"--stages goals needs a trained bundle at --out {out}")
+    t0 = time.time()
+    ensure_data_and_latents(args, load_bundle(out), work, data)
+    bundle = load_bundle(out)
+    if not args.goal_steps:
+        raise SystemExit(f"--stages goals needs --goal-steps (e.g. {GOAL_STEPS})")
+    model, info = goal_stage(args, bundle.t2m, bundle.tae, bundle.end_latent.cpu(), work, data,
+                             TextEncoder.load("minilm"))
+    config = dataclasses.replace(read_bundle_config(out), t2m=model.config, student_head=None)
+    (out / "config.json").unlink()          # until the new one is written: an incomplete bundle says so
+    save_safetensors(out / "t2m.safetensors", model.state_dict())
+    (out / STUDENT_FILE).unlink(missing_ok=True)
+    atomic_write_json(out / "config.json", config.to_dict())
+    store_half(out)
+    calibrate(out, work, data, args.seed)
+    path = out / "training_summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    info["command"] = " ".join(["python", "scripts/train_default_model.py",
+                                *(argv if argv is not None else sys.argv[1:])])
+    summary["goal_stage"] = info
+    summary["end_threshold"] = json.loads((out / "config.json").read_text()).get("end_threshold_calibration")
+    summary["quality"] = measure_quality(out, data, args.quality_repeats, args.seed)
+    summary["goals"] = measure_goals(out, data, args.quality_repeats, args.seed)
+    summary["distill"] = distill_stage(args, out, work, data)
+    summary["goal_stage"]["minutes_with_evaluation_and_distillation"] = (time.time() - t0) / 60
+    atomic_write_json(path, summary)
+    print(json.dumps({k: summary[k] for k in ("goal_stage", "goals")}, indent=1, default=str))
+    return 0
+
+
+def ensure_data_and_latents(args, bundle, work: Path, data: Path) -> None:
+    """The synthetic dataset and its latents (from the bundle's stored TAE) in the work folder, unless there."""
+    from motionstreamer.data.humanml3d import load_mean_std, load_motions
+    from motionstreamer.data.synth import make_dataset
+    from motionstreamer.train.tae import encode_latents
+
+    if not (data / "synth_meta.json").exists():
+        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs, overwrite=True)
+    if (work / "latents").is_dir():
+        return
+    end = bundle.end_latent.cpu()
+    motions = {}
+    for split in ("train", "val", "test"):
+        motions.update(load_motions(data, split, normalize=True))
+    encode_latents(bundle.tae, motions, work / "latents", end, sample=True, seed=args.seed)
+    mean, std = load_mean_std(data / "mean_std")
+    for split in ("train", "val"):
+        folder = data / "babel_stream" / f"{split}_stream"
+        if folder.is_dir():
+            sm = {p.stem: (np.load(p) - mean) / std for p in sorted(folder.glob("*.npy"))}
+            encode_latents(bundle.tae, sm, work / "stream_latents", end, sample=True, seed=args.seed)
+
 
 
 # The student recipe (train/distill.py; docs/student.md compares runs A-D): its own copy of the
@@ -174,15 +313,14 @@ DISTILL_SWITCH_SHARE = 0.3
 def distill_only(args, argv) -> int:
     """--stages distill: the student head for the bundle at --out; its summary goes into the bundle's
     training_summary.json beside the earlier stages'."""
-    from motionstreamer.data.synth import make_dataset
+    from motionstreamer.checkpoints import load_bundle
     from motionstreamer.utils import atomic_write_json
 
     out, work = Path(args.out), Path(args.work)
     data = work / "data"
     if not (out / "config.json").is_file():
         raise SystemExit(f"--stages distill needs a trained bundle at --out {out}")
-    if not (data / "synth_meta.json").exists():
-        make_dataset(data, args.clips, seed=args.seed, stream_pairs=args.stream_pairs)
+    ensure_data_and_latents(args, load_bundle(out), work, data)
     path = out / "training_summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary["distill"] = distill_stage(args, out, work, data)
@@ -198,7 +336,6 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     bundle (the teacher's files stay as they are), and measure it against the teacher on held-out
     conditions (motionstreamer evaluate head)."""
     from motionstreamer.checkpoints import add_student_head, load_bundle
-    from motionstreamer.data.humanml3d import load_mean_std, load_motions
     from motionstreamer.eval.head_quality import head_report
     from motionstreamer.eval.selection import StudentSelector
     from motionstreamer.models.evaluator import TMREvaluator
@@ -206,24 +343,11 @@ def distill_stage(args, out: Path, work: Path, data: Path) -> dict:
     from motionstreamer.train.distill import SELECTION_FILE, DistillConfig, distill_head
     from motionstreamer.train.stream import load_stream_examples
     from motionstreamer.train.t2m import embed_captions, load_latent_examples
-    from motionstreamer.train.tae import encode_latents
 
     t0 = time.time()
     bundle = load_bundle(out)
     latents, stream_latents = work / "latents", work / "stream_latents"
     stream_root = data / "babel_stream"
-    if not latents.is_dir():   # --stages distill on a fresh work folder: the bundle's (stored) TAE
-        end = bundle.end_latent.cpu()
-        motions = {}
-        for split in ("train", "val", "test"):
-            motions.update(load_motions(data, split, normalize=True))
-        encode_latents(bundle.tae, motions, latents, end, sample=True, seed=args.seed)
-        mean, std = load_mean_std(data / "mean_std")
-        for split in ("train", "val"):
-            folder = stream_root / f"{split}_stream"
-            if folder.is_dir():
-                sm = {p.stem: (np.load(p) - mean) / std for p in sorted(folder.glob("*.npy"))}
-                encode_latents(bundle.tae, sm, stream_latents, end, sample=True, seed=args.seed)
     enc = TextEncoder.load("minilm")
     examples = load_latent_examples(latents, data, "train")
     examples += load_stream_examples(stream_root, stream_latents, "train")
@@ -313,6 +437,22 @@ def measure_quality(bundle: Path, data: Path, repeats: int, seed: int) -> dict:
     return out
 
 
+def measure_goals(bundle: Path, data: Path, repeats: int, seed: int) -> dict:
+    """The goals protocol (eval.protocols.evaluate_goals: held-out crops, each with its own end as the
+    goal) with the bundle's evaluator and sampler defaults."""
+    from motionstreamer.eval import protocols as P
+    from motionstreamer.models.evaluator import TMREvaluator
+    from motionstreamer.runtime.loading import load_models
+
+    evaluator = TMREvaluator.load(bundle)
+    evalset = P.EvalSet.load(data, "test")
+    models, text_encoder, _ = load_models(str(bundle), device="cpu", dtype="fp32")
+    res = P.evaluate_goals(evaluator, evalset, P.runtime_goal_generator(models, text_encoder), repeats=repeats,
+                           seed=seed, progress=True)
+    print(f"== goals\n{P.format_table(res)}")
+    return {"metrics": res.summary(), "info": res.info}
+
+
 def store_half(bundle: Path) -> None:
     """Weights as fp16 on disk (half the package size; loading casts back to the run dtype). The
     statistics stay fp32: de-normalisation is exact to the data."""
@@ -340,6 +480,11 @@ def finish_bundle(out, tae, model, mean, std, end, work, data, seed: int, evalua
                             "(scripts/train_default_model.py, seed %d)" % seed,
                 extra_config={"sampler": {"skip_terminal_step": True}}, evaluator=evaluator)
     store_half(out)
+    calibrate(out, work, data, seed)
+
+
+def calibrate(out: Path, work: Path, data: Path, seed: int) -> None:
+    """The bundle's end-of-action threshold (scripts/calibrate_end_threshold.py), into its config.json."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import calibrate_end_threshold
     calibrate_end_threshold.main(["--bundle", str(out), "--data", str(data), "--latents", str(work / "latents"),

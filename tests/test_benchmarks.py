@@ -22,3 +22,14 @@ def test_benchmarks_quick_run_writes_json_and_table(tmp_path):
         assert {"min", "median", "max"} <= set(stream[k]) and stream[k]["median"] > 0
     assert all("error" not in row for row in data["results"]), data["results"]
     assert "| case |" in files[0].with_suffix(".md").read_text()
+
+
+def test_goal_benchmark_times_both_streams_in_one_run(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--cases", "goals",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["results"]
+    assert any(row["case"].startswith("goals_random_goal_model") for row in rows)
+    for row in rows:
+        assert row["ms_per_latent_text_only"] > 0 and row["ms_per_latent_with_goal"] > 0
+        assert row["goal_cost_ratio"] == row["ms_per_latent_with_goal"] / row["ms_per_latent_text_only"]

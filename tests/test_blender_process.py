@@ -208,6 +208,23 @@ def test_blender_dying_is_one_line(tmp_path):
     assert one_line(e) == "Blender (a test Blender that dies) stopped with exit code -9 during probe: about to die"
 
 
+def test_a_script_error_names_the_exception(tmp_path):
+    """Blender prints a failing script's traceback on stdout and only 'script failed' on stderr (as
+    Debian's Blender without python3-numpy does): the error names the exception, not the last line."""
+    fails = tmp_path / "fails"
+    fails.write_text("#!/bin/sh\n"
+                     "echo 'Error: Python: Traceback (most recent call last):'\n"
+                     "echo \"ModuleNotFoundError: No module named 'numpy'\"\n"
+                     "echo 'Blender quit'\n"
+                     "echo \"Error: script failed, file: 'worker.py', exiting.\" >&2\n")
+    fails.chmod(0o755)
+    b = Blender("blender", str(fails), "4.2.0", "a Blender without numpy")
+    with pytest.raises(BlenderError) as e:
+        run_job("probe", {}, blender=b)
+    assert one_line(e) == ("Blender (a Blender without numpy) stopped with exit code 0 during probe: "
+                           "ModuleNotFoundError: No module named 'numpy'")
+
+
 def test_a_real_blender_executable_runs_the_worker():
     """The Blender-executable way (`blender --background ... --python worker -- JOB`) with the Blender on
     PATH whatever its version (Debian's 3.4 on the project's machines, refused by find_blender as too

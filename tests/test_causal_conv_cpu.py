@@ -319,15 +319,18 @@ def test_extension_reports_cuda_build():
         assert cc.with_cuda()
 
 
-def test_benchmark_cases_run_both_backends():
+def test_benchmark_cases_run_both_backends(monkeypatch):
     """benchmarks/bench_causal_conv.py times one layer and the TAE itself (full decode and encode, the
     streaming decode step) for both conv backends."""
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_causal_conv.py"
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
     before = cc.get_conv_backend()
-    spec = importlib.util.spec_from_file_location("bench_causal_conv", path)
+    spec = importlib.util.spec_from_file_location("bench_causal_conv", folder / "bench_causal_conv.py")
     bench = importlib.util.module_from_spec(spec)
+    # it imports benchmarks/timing.py as a top-level module (run directly or from run.py); alone in a
+    # pytest run nothing else has put that folder on sys.path
+    monkeypatch.syspath_prepend(str(folder))
     spec.loader.exec_module(bench)
     res = bench.bench_layer("cpu", batch=1, frames=8, width=16, repeats=2)
     assert set(res) == {"layer_w16_k3_d9_b1_t8/native", "layer_w16_k3_d9_b1_t8/torch"}

@@ -319,3 +319,96 @@ def test_generation_protocols_need_the_runtime(data, evaluator_dir):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("motionstreamer: error: `evaluate` cannot run") and "motionstreamer.runtime.engine" \
         in r.stderr
+
+
+# ----------------------------------------------------------------------------- goals
+def test_crop_goal_is_the_crops_end_seen_from_its_start():
+    """A crop's goal from its 272 features against the generator's own pelvis positions and rotations.
+    The crop's first row holds the step and turn from the frame before it (spec §2.2's cropping caveat),
+    so the crop's world is that of the frame before it (frame 0 itself for a crop from the start)."""
+    from motionstreamer.data import synth
+    from motionstreamer.representation.features import joints_to_272
+
+    clip = synth.generate_clip("walk_circle", np.random.default_rng(2), min_seconds=7.0, max_seconds=7.5)
+    joints, rotations = clip.canonical()
+    feats = joints_to_272(joints, rotations)
+    for a, b in ((0, 120), (37, 181), (90, 210)):
+        x, z, heading, seconds = P.crop_goal(feats[a:b], np.zeros(272), np.ones(272))
+        r = max(a - 1, 0)
+        d = joints[b - 1, 0, [0, 2]] - joints[r, 0, [0, 2]]
+        f0, f1 = (rotations[k, 0] @ [0.0, 0.0, 1.0] for k in (r, b - 1))
+        yaw0, yaw1 = np.arctan2(f0[0], f0[2]), np.arctan2(f1[0], f1[2])
+        assert x == pytest.approx(d @ [np.cos(yaw0), -np.sin(yaw0)], abs=1e-4)
+        assert z == pytest.approx(d @ [np.sin(yaw0), np.cos(yaw0)], abs=1e-4)
+        assert abs(np.angle(np.exp(1j * (heading - (yaw1 - yaw0))))) < 1e-4
+        assert seconds == (b - a) / 30
+        assert np.hypot(x, z) > 1.0 and abs(heading) > 0.3          # a real displacement and turn to get wrong
+
+
+def test_goals_protocol_with_a_perfect_and_a_wrong_generator(data, evaluator_dir):
+    ev = TMREvaluator.load(evaluator_dir)
+    es = P.EvalSet.load(data, "train")
+    es.captions = [[f"{c} #{i}" for c in caps] for i, caps in enumerate(es.captions)]
+    lookup = {}
+    for b in es.draw(np.random.default_rng([0, 0]), 8):
+        for i in range(8):
+            n = int(b["lengths"][i])
+            lookup[(b["captions"][i], n)] = b["motion"][i, :n].numpy() * es.std + es.mean
+    calls = []
+
+    def perfect(captions, lengths, goals, seed):   # the real crop, whatever the goal: it ends on its own goal
+        calls.append(goals)
+        return [lookup[(c, n)] for c, n in zip(captions, lengths)]
+    r = P.evaluate_goals(ev, es, perfect, batch=8).summary()
+    # within a millimetre: the float32 round trip of the normalised crops
+    assert r["goal_distance_median"]["mean"] < 1e-3 and r["goal_distance_p90"]["mean"] < 1e-3
+    assert r["goal_success"]["mean"] == 1.0 and r["goal_heading_error_deg"]["mean"] < 1e-3
+    assert abs(r["fid"]["mean"]) < 1e-4 and r["text_only_fid"]["mean"] == pytest.approx(r["fid"]["mean"])
+    assert all(g is not None for g in calls[0]) and all(g is None for g in calls[1])   # with, then without goals
+
+    def still(captions, lengths, goals, seed):      # stands at the origin: its distance is the goal's own
+        out = []
+        for c, n in zip(captions, lengths):
+            m = np.tile(lookup[(c, n)][:1], (n, 1))
+            m[:, 0:2], m[:, 2:8] = 0.0, [1, 0, 0, 0, 1, 0]    # no step, no turn
+            out.append(m)
+        return out
+    spans = np.array([np.hypot(*P.crop_goal(m[:, :], np.zeros(272), np.ones(272))[:2]) for m in lookup.values()])
+    r = P.evaluate_goals(ev, es, still, batch=8).summary()
+    assert r["goal_distance_median"]["mean"] == pytest.approx(np.median(spans), abs=1e-4)
+    assert r["goal_success"]["mean"] == pytest.approx(np.mean(spans <= 0.3))
+    assert 0 < np.mean(spans <= 0.3) < 1 and r["goal_success_band"]["mean"] == 0.0
+
+
+def test_evaluate_goals_cli(capsys, tmp_path, data, evaluator_dir, bundle_dir):
+    # a text-only bundle with goal steering off has nothing to steer with: one clear line, no traceback
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator", str(evaluator_dir),
+              "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2", "--out", str(tmp_path / "g.json"),
+              "--quiet", "--goal-steering", "off"])
+    code, err = e.value.code, capsys.readouterr().err
+    assert code == 2 and "not trained with goals" in err and "steering is off" in err and "Traceback" not in err
+    # with steering (the default) any model takes goals: the text-only bundle runs the protocol
+    code, text = _run(capsys, ["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator",
+                               str(evaluator_dir), "--checkpoint", str(bundle_dir), "--batch", "4", "--steps", "2",
+                               "--out", str(tmp_path / "g0.json"), "--quiet"])
+    assert code == 0 and "Goals reached (<= 0.3 m)" in text
+    # a goal model (random weights) runs the protocol and writes its table
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.data.humanml3d import load_mean_std
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+    torch.manual_seed(0)
+    mean, std = load_mean_std(data / "mean_std")
+    cfg = T2MConfig.small()
+    cfg.goal = True
+    save_bundle(tmp_path / "goal_model", CausalHumanTAE(TAEConfig.small()), randomize_head(TextToMotionModel(cfg)),
+                mean, std, np.full(16, 100.0, np.float32), text_encoder="minilm")
+    code, text = _run(capsys, ["evaluate", "goals", "--data", str(data), "--split", "val", "--evaluator",
+                               str(evaluator_dir), "--checkpoint", str(tmp_path / "goal_model"), "--batch", "4",
+                               "--steps", "2", "--out", str(tmp_path / "g.json"), "--quiet"])
+    assert code == 0 and "Goals reached (<= 0.3 m)" in text and "Text only: R@3" in text
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert {"goal_distance_median", "goal_success", "fid", "text_only_fid", "foot_skating"} <= set(res["metrics"])
+    # the band's rate only where a repeat had goals 2-5 m away (this small split's random model: none)
+    assert ("goal_success_band" in res["metrics"]) == (sum(res["info"]["band_goals_per_repeat"]) > 0)

@@ -37,16 +37,30 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+def browser():
+    """One Playwright for the module: a second sync_playwright() while the first is open fails (it sees
+    the first one's event loop)."""
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        ctx = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
-        pg = ctx.new_page()
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.goto(server.http + "/?seed=5")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, **context):
+    """(context, page) at `url` in a 1280 x 760 view; page.errors collects the page's uncaught errors."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 760}, **context)
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(url)
+    return ctx, pg
+
+
+@pytest.fixture(scope="module")
+def page(server, browser, tmp_path_factory):
+    ctx, pg = open_page(browser, server.http + "/?seed=5", accept_downloads=True)
+    yield pg
+    ctx.close()
 
 
 def pixels(png: bytes) -> np.ndarray:

@@ -7,8 +7,10 @@ batch-mate bound), and the autoregression amplifies that, as it amplifies any ro
 free-running divergence). Measured on the embedded model (4 steps): 0 to 2e-5 m over the first 30
 latents, up to 6e-4 m after 40 on a quiet machine and 4.7e-3 m once under load, where the batches
 differ most. A leak of state or noise between streams moves the motion by what another seed does
-(0.8 m here). So: the first latents within 0.1 mm, the stream within 2 cm, while the prompt in effect
-is the same (an end-of-action test a rounding apart may flip and restart a prompt one latent later).
+(0.8 m here). So: the first latents within 0.1 mm, the stream within 2 cm while the same prompt runs,
+until an action first ends (an end-of-action test a rounding apart may flip and restart a prompt one
+latent later, and a restart starts from its last few latents, which moves a rounding difference on
+by more: 2.6 cm once in CI over a stream with restarts).
 """
 import asyncio
 import json
@@ -37,19 +39,20 @@ def server():
         yield s
 
 
-async def fixed_client(url: str, seed: int) -> tuple[np.ndarray, list[str]]:
+async def fixed_client(url: str, seed: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """The scripted stream (deterministic switch points: seconds + after_current) until it finishes:
-    its joints and the prompt in effect at each latent."""
+    its joints and, at each latent, the action in effect (its prompt, and how many actions ended before)."""
     async with websockets.connect(f"{url}?seed={seed}") as ws:
         await recv_json(ws)
         for m in SCRIPT:
             await ws.send(json.dumps(m))
-        joints, prompts = [], []
+        joints, prompts, ends = [], [], 0
         while True:
             m = await recv_json(ws, 60)
+            ends += sum(e["kind"] == "action_end" for e in m.get("events", []))
             if m["type"] == "frames":
                 joints.append(decode_array(m["joints"], (4, 22, 3)))
-                prompts.append(m["prompt"])
+                prompts.append((m["prompt"], ends))
             if any(e["kind"] == "finished" for e in m.get("events", [])):
                 return np.stack(joints), prompts
 
@@ -103,9 +106,9 @@ def test_fixed_seed_streams_are_unaffected_by_neighbours(server):
     assert sum(sessions) >= 20                   # the neighbours really came and went
     assert server.service.scheduler.stats["batch_ema"] > 2   # ... and shared the engine's batches
     for (ref, ref_prompts), (got, got_prompts) in ((ref_a, a), (ref_b, b)):
-        same = next((i for i, (p, q) in enumerate(zip(ref_prompts, got_prompts)) if p != q),
+        same = next((i for i, (p, q) in enumerate(zip(ref_prompts, got_prompts)) if p != q or p[1] > 0),
                     min(len(ref_prompts), len(got_prompts)))
-        assert same >= 12, (ref_prompts, got_prompts)     # both scripted prompts ran in both
+        assert same >= 14, (ref_prompts, got_prompts)     # both scripted prompts ran in both
         early = np.abs(ref[:EARLY_LATENTS] - got[:EARLY_LATENTS]).max()
         assert early < EARLY_BOUND_M, f"joint difference {early:.2e} m in the first latents beside other streams"
         err = np.abs(ref[:same] - got[:same]).max()

@@ -402,3 +402,58 @@ def test_slow_client_is_dropped_with_a_reason():
 
     conn = run(go())
     assert conn.done.is_set() and conn.close_with.code == CLOSE_POLICY and "too slow" in conn.close_with.reason
+
+
+@pytest.fixture(scope="module")
+def goal_server():
+    """A server on the embedded model (goals steer any model: runtime/steering.py); the goal messages,
+    their checks and the reached test do not depend on how well it steers."""
+    limits = ServeLimits(max_streams=MAX_STREAMS, max_message_bytes=2048, max_generate_jobs=1,
+                         messages_per_second=5.0, message_burst=8, max_prompt_chars=200)
+    with ServerThread(create_app(sampling_steps=4, limits=limits)) as s:
+        yield s
+
+
+def test_goal_messages(goal_server):
+    """goal / clear_goal: acknowledged; bad values (NaN, strings,
+    booleans, missing x, seconds out of range, unknown fields, one bad field among good ones) are a
+    "bad_goal" error naming the field, and the stream keeps running; a goal at the character's feet
+    is reached at once: goal_reached, then the stream stops there (the action ends at its goal)."""
+    bad = ['{"type": "goal", "x": NaN, "z": 1}', '{"type": "goal", "x": 1, "z": Infinity}',
+           '{"type": "goal", "x": "1", "z": 2}', '{"type": "goal", "x": true, "z": 2}', '{"type": "goal", "z": 2}',
+           '{"type": "goal", "x": 1, "z": 2, "seconds": 0}', '{"type": "goal", "x": 1, "z": 2, "heading": -Infinity}',
+           '{"type": "goal", "x": 1, "z": 2, "seconds": 3, "heading": 0.5, "speed": 1}']
+    named = ["x", "z", "x", "x", "x", "seconds", "heading", "speed"]
+
+    async def go():
+        async with websockets.connect(goal_server.ws + "?seed=4") as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "prompt", "text": "a person waves with the right hand"}))
+            got = await frames(ws, 2)
+            errors = []
+            for i, b in enumerate(bad):
+                if i and i % 4 == 0:
+                    await asyncio.sleep(1.2)                   # stay under the rate limit
+                await ws.send(b)
+                errors.append(await recv_until(ws, lambda m: m["type"] == "error"))
+            await asyncio.sleep(1.2)
+            await ws.send(json.dumps({"type": "goal", "x": 30.0, "z": 40.0, "seconds": 20}))
+            ack = await recv_until(ws, lambda m: m["type"] == "goal_ack")
+            await ws.send(json.dumps({"type": "clear_goal"}))
+            cleared = await recv_until(ws, lambda m: m["type"] == "goal_ack")
+            pelvis = decode_array(got[-1]["joints"], (4, 22, 3))[-1, 0]
+            more = await frames(ws, 2)
+            pelvis = decode_array(more[-1]["joints"], (4, 22, 3))[-1, 0]
+            await ws.send(json.dumps({"type": "goal", "x": float(pelvis[0]), "z": float(pelvis[2])}))
+            seen = []
+            await recv_until(ws, lambda m: m["type"] in ("frames", "events") and
+                             any(e["kind"] == "finished" for e in m["events"]), keep=seen)
+            return errors, ack, cleared, seen
+
+    errors, ack, cleared, seen = run(go())
+    assert [e["code"] for e in errors] == ["bad_message" if n == "speed" else "bad_goal" for n in named], errors
+    for e, n in zip(errors, named):
+        assert n in e["message"], (n, e)
+    assert ack["goal"] == {"x": 30.0, "z": 40.0, "seconds": 20.0} and "goal" not in cleared
+    kinds = [e["kind"] for m in seen if m["type"] in ("frames", "events") for e in m["events"]]
+    assert "goal_reached" in kinds and kinds[-1] == "finished", kinds

@@ -16,6 +16,7 @@ and `runtime_stream_generator` build them from a model bundle with the streaming
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,12 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from motionstreamer import FRAMES_PER_LATENT
+from motionstreamer import FPS, FRAMES_PER_LATENT
 from motionstreamer.data.babel import BABELStreamDataset
 from motionstreamer.data.humanml3d import HumanML3D272Dataset, load_mean_std, load_motions
 from motionstreamer.eval import metrics as M
+from motionstreamer.models.goal import wrap_angle
 from motionstreamer.representation.features import recover_joints
 from motionstreamer.runtime.batch import run_schedules
+from motionstreamer.runtime.engine import GenerationConfig
+from motionstreamer.train.goals import frame_root_path
 
 GenerateFn = Callable[[list, list, int], list]
 StreamGenerateFn = Callable[[list, list, int], list]
@@ -41,6 +45,10 @@ METRIC_LABELS = {
     "foot_skating": "Foot skating ratio", "foot_skating_clean": "Foot skating (--clean-feet)",
     "foot_skating_causal": "Foot skating (causal clean-up)",
     "floor_penetration_mm": "Floor penetration (mm)",
+    "goal_distance_median": "Goal distance at deadline, median (m)", "goal_distance_p90": "Goal distance p90 (m)",
+    "goal_heading_error_deg": "Goal facing error, median (deg)", "goal_success": "Goals reached (<= 0.3 m)",
+    "goal_success_band": "Goals 2-5 m away reached", "goal_success_band_walking": "... at walking pace",
+    "goal_distance_band_median": "Goal distance 2-5 m goals, median (m)",
 }
 
 
@@ -163,7 +171,10 @@ class ProtocolResult:
 def format_table(result: ProtocolResult) -> str:
     """Console table: metric | mean ± 95% CI | repeats."""
     def label(k: str) -> str:
-        return "Real " + label(k[5:]) if k.startswith("real_") else METRIC_LABELS.get(k, k)
+        for prefix, name in (("real_", "Real "), ("text_only_", "Text only: ")):
+            if k.startswith(prefix):
+                return name + label(k[len(prefix):])
+        return METRIC_LABELS.get(k, k)
 
     rows = [(label(k), f"{s['mean']:.4f} ± {s['ci95']:.4f}", str(len(s["values"])))
             for k, s in result.summary().items()]
@@ -402,6 +413,81 @@ def evaluate_stream(evaluator, cases: Sequence[StreamCase], generate: StreamGene
     return res
 
 
+GoalGenerateFn = Callable[[list, list, list, int], list]
+GOAL_SUCCESS_M = 0.3                # "reached": within this distance of the goal at its deadline
+GOAL_BAND_M = (2.0, 5.0)            # the goals the headline success rate is about
+WALKING_SPEED_M_S = 1.6             # a goal reached at the clip's own pace no faster than this is a walking deadline
+
+
+def crop_goal(normalised: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[float, float, float, float]:
+    """The goal a crop of a real clip sets: where its root is at its last frame and its facing there,
+    in the world its features recover to (as a stream's do: from the origin facing +Z before its first
+    row, spec §2.2; a mid-clip crop's first row carries that frame's step and turn), and the crop's
+    duration: (x, z, heading, seconds)."""
+    x, z, heading = frame_root_path(np.asarray(normalised, np.float64) * std + mean)[-1]
+    return float(x), float(z), float(heading), len(normalised) / FPS
+
+
+@torch.no_grad()
+def evaluate_goals(evaluator, evalset: EvalSet, generate: GoalGenerateFn, repeats: int = 1, batch: int = 32,
+                   seed: int = 0, max_frames: int = 300, progress: bool = False) -> ProtocolResult:
+    """Goals beside text on held-out clips. Each draw (the t2m protocol's: random caption and crop) gives
+    every entry its own goal: where the crop's root ends, its facing there and its duration as the
+    deadline (crop_goal). Each caption is generated at the crop's length twice with the same seed: with
+    its goal (set from the first latent, held until the deadline) and without. Reported: the floor
+    distance of the generated root to the goal at the deadline (median, p90), the facing error there
+    (degrees, median), the share within GOAL_SUCCESS_M (all goals; goals GOAL_BAND_M away; those of them
+    at walking pace), foot skating with goals, and text alignment with goals (FID, R-precision, MM-Dist)
+    beside the same without goals (prefixed text_only_)."""
+    res = ProtocolResult("goals", info={"source": evalset.source, "batch": batch, "seed": seed, "entries": len(evalset),
+                                        "success_m": GOAL_SUCCESS_M, "band_m": list(GOAL_BAND_M),
+                                        "walking_speed_m_s": WALKING_SPEED_M_S})
+    for r in _progress(range(repeats), "goal repeats", progress):
+        rng = np.random.default_rng([seed, r])
+        et, em_real, em_goal, em_text, joints = [], [], [], [], []
+        dist, heading_err, span, speed = [], [], [], []
+        for k, b in enumerate(_progress(evalset.draw(rng, batch), "generate", progress)):
+            lengths = b["lengths"].tolist()
+            goals = [crop_goal(b["motion"][i, :n].numpy(), evalset.mean, evalset.std) for i, n in enumerate(lengths)]
+            s = seed + 1_000_003 * r + 7919 * k
+            with_goal = generate(list(b["captions"]), lengths, goals, s)
+            text_only = generate(list(b["captions"]), lengths, [None] * len(goals), s)
+            for feats, n, (x, z, heading, _) in zip(with_goal, lengths, goals):
+                f = _to_tensor(feats)[:n].numpy()
+                end = frame_root_path(f)[-1]
+                dist.append(float(np.hypot(end[0] - x, end[1] - z)))
+                heading_err.append(abs(float(wrap_angle(end[2] - heading))))
+                span.append(float(np.hypot(x, z)))
+                speed.append(span[-1] / (n / FPS))
+            gen_g, len_g = _pad(_normalise_generated(with_goal, evalset.mean, evalset.std, max_frames, "the generator"))
+            gen_t, len_t = _pad(_normalise_generated(text_only, evalset.mean, evalset.std, max_frames, "the generator"))
+            et.append(evaluator.encode_text(b["captions"]))
+            em_real.append(evaluator.encode_motion(b["motion"], b["lengths"]))
+            em_goal.append(evaluator.encode_motion(gen_g, len_g))
+            em_text.append(evaluator.encode_motion(gen_t, len_t))
+            joints += _joints_of(gen_g, len_g, evalset.mean, evalset.std)
+        et, em_real, em_goal, em_text = (torch.cat(v).numpy() for v in (et, em_real, em_goal, em_text))
+        dist, span, speed = np.array(dist), np.array(span), np.array(speed)
+        band = (span >= GOAL_BAND_M[0]) & (span <= GOAL_BAND_M[1])
+        walk = band & (speed <= WALKING_SPEED_M_S)
+        ok = dist <= GOAL_SUCCESS_M
+        metrics = {"goal_distance_median": float(np.median(dist)), "goal_distance_p90": float(np.percentile(dist, 90)),
+                   "goal_heading_error_deg": float(np.degrees(np.median(heading_err))),
+                   "goal_success": float(ok.mean()),
+                   # a repeat without goals in the band has no rate for it (left out: metrics refuse NaN)
+                   **({"goal_success_band": float(ok[band].mean()),
+                       "goal_distance_band_median": float(np.median(dist[band]))} if band.any() else {}),
+                   **({"goal_success_band_walking": float(ok[walk].mean())} if walk.any() else {}),
+                   "fid": M.fid(em_real, em_goal), **_retrieval_metrics(et, em_goal, batch, rng),
+                   **M.foot_metrics(joints),
+                   "text_only_fid": M.fid(em_real, em_text),
+                   **_retrieval_metrics(et, em_text, batch, rng, "text_only_")}
+        res.info.setdefault("band_goals_per_repeat", []).append(int(band.sum()))
+        res.info.setdefault("band_walking_goals_per_repeat", []).append(int(walk.sum()))
+        res.add(**metrics)
+    return res
+
+
 # ----------------------------------------------------------------------------- runtime adapters
 def _frames_per_latent(bundle) -> int:
     tae = getattr(bundle, "tae", None)
@@ -416,6 +502,24 @@ def runtime_generator(bundle, text_encoder, config=None, device=None, backend_fa
 
     def generate(captions: list, lengths: list, seed: int) -> list:
         return [feats for feats, _ in stream([[c] for c in captions], [[n] for n in lengths], seed)]
+
+    return generate
+
+
+def runtime_goal_generator(bundle, text_encoder, config=None, device=None, backend_factory=None) -> GoalGenerateFn:
+    """Generation with goals: each caption for ceil(frames / 4) latents with its goal (x, z, heading,
+    seconds) or None set from the first latent and held to the end (never "reached" early: the
+    protocol measures where the stream is at the deadline), batched. With goals the model's action
+    ends are on, as in the runtime, where an unreached goal restarts its action from the current
+    pose (same length: the prompt's duration holds); without, they are off (the t2m protocol's way)."""
+    fpl = _frames_per_latent(bundle)
+    config = dataclasses.replace(config or GenerationConfig(), goal_tolerance=0.0)
+
+    def generate(captions: list, lengths: list, goals: list, seed: int) -> list:
+        backend = backend_factory(len(captions)) if backend_factory else None
+        schedules = [[(c, max(1, -(-int(n) // fpl)))] for c, n in zip(captions, lengths)]
+        return run_schedules(bundle, text_encoder, schedules, config, seed, device=device, backend=backend,
+                             goals=goals, use_end_latent=all(g is not None for g in goals))
 
     return generate
 

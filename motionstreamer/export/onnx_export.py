@@ -2,10 +2,12 @@
 
 Graphs (fp32, legacy TorchScript exporter, opset 17):
   prefill.onnx      text (B, text_dim), latents (B, block-1, 16), n_latents (B,) int64
+                    [, goal (B, 8): a goal-trained model's raw goal, added to the newest token]
                     -> cond (B, E), k_cache, v_cache (n_layer, B, H, block, D)
                     The latents are padded to a fixed length: attention is causal, so positions after
                     n_latents never change the valid ones, and the decode mask hides them.
-  decode_step.onnx  latent (B, 16), k_cache, v_cache, pos (B,) int64 -> cond (B, E), k_cache, v_cache
+  decode_step.onnx  latent (B, 16), k_cache, v_cache, pos (B,) int64 [, goal (B, 8)]
+                    -> cond (B, E), k_cache, v_cache
                     (the new key/value written at `pos`, RoPE at `pos`, attention over positions <= pos)
   head_<sampler><steps>.onnx  cond (B, E), uncond (B, E), x_T (B, 16), step_noise (S, B, 16),
                     cfg_scale (1,), temperature (1,) -> latent (B, 16): the whole guided sampling loop
@@ -40,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from motionstreamer.checkpoints import bundle_config_of
+from motionstreamer.models.goal import GOAL_DIM
 from motionstreamer.models.sampling import SamplerSettings, sample_loop
 from motionstreamer.models.transformer import KVWriter, decode_mask
 from motionstreamer.utils import atomic_path, atomic_write_json
@@ -87,9 +90,9 @@ class PrefillGraph(nn.Module):
         super().__init__()
         self.m = t2m
 
-    def forward(self, text, latents, n_latents):
+    def forward(self, text, latents, n_latents, goal=None):
         m, kv = self.m, CollectingWriter()
-        x = m.embed(latents, text)
+        x = m.with_goal(m.embed(latents, text), goal, n_latents)   # the goal on the newest token
         T = x.shape[1]
         x = m.run_blocks(x, m.rope_cos[:T], m.rope_sin[:T], kv)
         last = torch.gather(x, 1, n_latents.reshape(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
@@ -101,9 +104,9 @@ class DecodeStepGraph(nn.Module):
         super().__init__()
         self.m = t2m
 
-    def forward(self, latent, k_cache, v_cache, pos):
+    def forward(self, latent, k_cache, v_cache, pos, goal=None):
         m, kv = self.m, FunctionalDecodeWriter(k_cache, v_cache, pos)
-        x = m.run_blocks(m.embed(latent[:, None, :], None), *m.rope_at(pos), kv)
+        x = m.run_blocks(m.with_goal(m.embed(latent[:, None, :], None), goal), *m.rope_at(pos), kv)
         return m.project(x[:, 0]), torch.stack(kv.k), torch.stack(kv.v)
 
 
@@ -249,12 +252,16 @@ def transformer_specs(t2m, suffix: str = "") -> dict:
     c = t2m.config
     E, Z, T = c.n_embd, c.latent_dim, c.block_size
     cache = [c.n_layer, "B", c.n_head, T, c.head_dim]
+    # a goal-trained model's transformer graphs take the raw goal (models/goal.py) as one more input
+    goal = {"goal": ["B", GOAL_DIM]} if t2m.goal_embed is not None else {}
     return {
         f"prefill{suffix}": GraphSpec(f"prefill{suffix}.onnx", PrefillGraph(t2m),
-                                      {"text": ["B", c.cond_dim], "latents": ["B", T - 1, Z], "n_latents": ["B"]},
+                                      {"text": ["B", c.cond_dim], "latents": ["B", T - 1, Z], "n_latents": ["B"],
+                                       **goal},
                                       {"cond": ["B", E], "k_cache": cache, "v_cache": cache}),
         f"decode_step{suffix}": GraphSpec(f"decode_step{suffix}.onnx", DecodeStepGraph(t2m),
-                                          {"latent": ["B", Z], "k_cache": cache, "v_cache": cache, "pos": ["B"]},
+                                          {"latent": ["B", Z], "k_cache": cache, "v_cache": cache, "pos": ["B"],
+                                           **goal},
                                           {"cond": ["B", E], "k_cache_out": cache, "v_cache_out": cache}),
     }
 
@@ -340,7 +347,7 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
         "format": "motionstreamer-onnx", "version": MANIFEST_VERSION, "opset": OPSET, "dtype": "float32",
         "config": bundle_config.to_dict(), "text_encoder": bundle_config.text_encoder,
         "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "block_size": c.block_size,
-        "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim,
+        "n_embd": c.n_embd, "latent_dim": c.latent_dim, "text_dim": c.cond_dim, "goal": t2m.goal_embed is not None,
         "tae_states": [spec[1:] for name, spec in specs["tae_decode_step"].inputs.items() if name != "z"],
         # the transformer graphs of a student stream, when the student owns its conditional path
         "student_transformer": ({"prefill": student_files[0], "decode_step": student_files[1]}

@@ -164,6 +164,20 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
+# the exception line that ends a Python traceback ("ModuleNotFoundError: No module named 'numpy'")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): .+$")
+
+
+def _failure(res: subprocess.CompletedProcess) -> str:
+    """Why a job's Blender stopped: the last exception line it printed (Blender prints a script's
+    traceback on stdout and only 'script failed' on stderr), else its last line."""
+    for text in (res.stderr, res.stdout):
+        found = [line.strip() for line in str(text or "").splitlines() if _EXCEPTION_LINE.match(line.strip())]
+        if found:
+            return found[-1][:300]
+    return _last_line(res.stderr) or _last_line(res.stdout) or "no output"
+
+
 def other_python_env(env=None) -> dict:
     """The environment for another Python (a Blender): without this one's virtual environment and
     Python variables. A Blender built against the system's Python (Debian's) takes its sys.prefix from
@@ -228,9 +242,8 @@ def run_job(job: str, args: dict, arrays: dict | None = None, blender: Blender |
         except OSError as e:
             raise BlenderError(f"Blender ({blender.origin}) cannot be run: {e}") from None
         if not (d / RESULT).is_file():
-            why = _last_line(res.stderr) or _last_line(res.stdout) or "no output"
             raise BlenderError(f"Blender ({blender.origin}) stopped with exit code {res.returncode} during {job}: "
-                               f"{why}")
+                               f"{_failure(res)}")
         result = json.loads((d / RESULT).read_text())
         if "error" in result:
             raise ERRORS.get(result.get("type"), BlenderError)(result["error"])

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from motionstreamer.config import ConfigDict, check_positive_ints
 from motionstreamer.models.diffusion import DiffLoss, DiffusionHeadConfig
+from motionstreamer.models.goal import GOAL_DIM, GoalEmbed
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 
@@ -50,6 +51,8 @@ class T2MConfig(ConfigDict):
     rope_base: float = 10000.0
     attn_backend: str = "auto"          # "auto" (fastest: "triton" on CUDA with triton installed, else
                                         # "sdpa"), "math" (reference), "sdpa", "triton"
+    goal: bool = False                  # a goal module (models/goal.py): trained with goals beside the text;
+                                        # False = the original model (official checkpoints)
 
     def __post_init__(self):
         if isinstance(self.head, dict):
@@ -60,6 +63,8 @@ class T2MConfig(ConfigDict):
                                    "diffmlps_batch_mul"))
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} / n_head {self.n_head} must give an even head size (RoPE pairs)")
+        if not isinstance(self.goal, bool):
+            raise ValueError(f"T2MConfig.goal must be true or false, got {self.goal!r}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"T2MConfig.attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
         if self.block_size < 3:   # the text token and two latents: a full window slides to half of it
@@ -80,6 +85,12 @@ class T2MConfig(ConfigDict):
         """SwiGLU width as the original: int(2/3 * 4 * n_embd) rounded up to a multiple of 256."""
         n = int(2 * 4 * self.n_embd / 3)
         return ((n - 1) // 256) * 256 + 256
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not self.goal:       # a text-only config writes (and round-trips) as it did before goals existed
+            del d["goal"]
+        return d
 
     @classmethod
     def official(cls, cond_dim: int = 768) -> "T2MConfig":
@@ -380,6 +391,8 @@ class TextToMotionModel(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        # after the init above, so the other layers draw the same initial weights with or without it
+        self.goal_embed = GoalEmbed(c.n_embd) if c.goal else None
         cos, sin = rope_tables(c.block_size, c.head_dim, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)   # not in the checkpoint
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -400,6 +413,7 @@ class TextToMotionModel(nn.Module):
                                            ln_f=t.ln_f if ln_f is None else ln_f))
         m.out_proj = self.out_proj if out_proj is None else out_proj
         m.diff_loss = self.diff_loss if diff_loss is None else diff_loss
+        m.goal_embed = self.goal_embed
         m.register_buffer("rope_cos", self.rope_cos, persistent=False)
         m.register_buffer("rope_sin", self.rope_sin, persistent=False)
         return m
@@ -449,6 +463,28 @@ class TextToMotionModel(nn.Module):
             tokens.append(self.transformer.wte(latents.to(dtype)))
         return torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
 
+    def with_goal(self, x: torch.Tensor, goal: torch.Tensor | None, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens x (B, T, C) plus the goal embedding (models/goal.py): goal (B, T, GOAL_DIM) one per token
+        (training), or (B, GOAL_DIM) added to token `at` (B,) only (default the last: the newest token of a
+        prefill or a decode step). None: x unchanged (the original model's path)."""
+        if goal is None:
+            return x
+        if self.goal_embed is None:
+            raise ValueError("this model has no goal module (its config says goal: false): it was not trained "
+                             "with goals")
+        B, T = x.shape[:2]
+        if tuple(goal.shape) == (B, T, GOAL_DIM):
+            return x + self.goal_embed(goal).to(x.dtype)
+        if goal.shape != (B, GOAL_DIM):
+            raise ValueError(f"goal must have shape ({B}, {GOAL_DIM}) or ({B}, {T}, {GOAL_DIM}), "
+                             f"got {tuple(goal.shape)}")
+        g = self.goal_embed(goal).to(x.dtype)[:, None, :]
+        if T == 1:
+            return x + g
+        at = torch.full((B,), T - 1, device=x.device) if at is None else at
+        onehot = (torch.arange(T, device=x.device)[None, :] == at[:, None]).to(x.dtype)[..., None]
+        return x + onehot * g
+
     def run_blocks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: KVWriter) -> torch.Tensor:
         """The one block loop (training forward, prefill, decode step, ONNX graphs): kv says how
         attention meets the cache; cos/sin are RoPE at the tokens' positions."""
@@ -464,9 +500,13 @@ class TextToMotionModel(nn.Module):
         """RoPE cos/sin for one token per row at positions pos (R,): each (R, 1, 1, head_dim/2)."""
         return self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]
 
-    def forward(self, latents: torch.Tensor | None, text_emb: torch.Tensor, lengths=None) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor | None, text_emb: torch.Tensor, lengths=None,
+                goal: torch.Tensor | None = None) -> torch.Tensor:
         """latents (B, L, 16) (None or L=0: text only), text_emb (B, cond_dim) -> conditions
         (B, L+1, n_embd); position i conditions latent i, position L the one after the last.
+
+        goal (B, L+1, GOAL_DIM), optional (a model with a goal module): the raw goal of each token
+        (models/goal.py), as the runtime adds it to the newest token at every prefill and decode step.
 
         lengths (B,), optional: valid latents per row of a zero-padded batch. Attention is causal,
         so padding after a row's length never reaches its valid positions: conditions 0..lengths[b]
@@ -477,7 +517,7 @@ class TextToMotionModel(nn.Module):
         self._check_latents(latents, text_emb.shape[0])
         if lengths is not None:
             self._check_lengths(lengths, text_emb.shape[0], 0 if latents is None else latents.shape[1])
-        x = self.embed(latents, text_emb)
+        x = self.with_goal(self.embed(latents, text_emb), goal)
         T = x.shape[1]
         key_lengths = None if lengths is None else torch.as_tensor(lengths).to(x.device) + 1   # + the text token
         if T > self.config.block_size:
@@ -500,9 +540,12 @@ class TextToMotionModel(nn.Module):
                        torch.zeros(batch, dtype=torch.long, device=device))
 
     def prefill(self, text_emb: torch.Tensor, latents: torch.Tensor | None, cache: KVCache,
-                rows: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+                rows: torch.Tensor | None = None, lengths=None, goal: torch.Tensor | None = None) -> torch.Tensor:
         """Fill cache rows (all when None) with [text, latents] at positions 0..L and return the
         conditions for the next latent (R, n_embd).
+
+        goal (R, GOAL_DIM), optional: added to the newest token (position lengths[r], else L) only; the
+        history's tokens carry none (as in training, where a goal starts at some position).
 
         lengths (R,), optional: valid latents per row of a zero-padded `latents`; each row's cache
         length becomes lengths[r] + 1 and its returned condition is the one at position lengths[r]
@@ -519,6 +562,7 @@ class TextToMotionModel(nn.Module):
             raise ValueError(f"rows must have shape ({R},), got {tuple(rows.shape)}")
         if lengths is not None:
             lengths = self._check_lengths(lengths, R, T - 1).to(x.device)
+        x = self.with_goal(x, goal, lengths)
         key_lengths = None if lengths is None else lengths + 1
         x = self.run_blocks(x, self.rope_cos[:T], self.rope_sin[:T], PrefillWriter(cache, rows, key_lengths))
         if lengths is None:
@@ -528,16 +572,16 @@ class TextToMotionModel(nn.Module):
         return self.project(x[torch.arange(R, device=x.device), lengths])
 
     def decode_step(self, latent: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
-                    check: bool = True) -> torch.Tensor:
+                    check: bool = True, goal: torch.Tensor | None = None) -> torch.Tensor:
         """Append one latent (R, 16) per row at that row's own position (RoPE at that absolute
         position, k/v written there); returns the next conditions (R, n_embd).
 
         rows: cache rows to advance (all when None). check=False skips the cache-full test (a host
-        sync), as CUDA-graph capture requires."""
+        sync), as CUDA-graph capture requires. goal (R, GOAL_DIM), optional: added to the new token."""
         d = self.config.latent_dim
         if latent.dim() != 2 or latent.shape[1] != d:
             raise ValueError(f"latent must have shape (R, {d}), got {tuple(latent.shape)}")
-        x = self.embed(latent[:, None, :], None)                                       # (R, 1, C)
+        x = self.with_goal(self.embed(latent[:, None, :], None), goal)                 # (R, 1, C)
         R = x.shape[0]
         full = rows is None
         if full and R != cache.batch:

@@ -35,17 +35,22 @@ class Backend(Protocol):
     block_size: int                 # tokens in the context window (text token + latents)
     latent_dim: int
     device: torch.device
+    goals: bool                     # the model takes goals (models/goal.py): prefill and decode accept `goal`
 
     def reset(self, slot: int) -> None:
         """A new stream starts in `slot` (its TAE decoder state goes back to zeros)."""
 
-    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
+    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int,
+                goal: torch.Tensor | None = None) -> torch.Tensor:
         """text (rows, text_dim): `[prompt; empty prompt][:rows]`; history (L, latent) -> the conditions
-        for the next latent (rows, n_embd); the slot's cache rows then hold [text, history]."""
+        for the next latent (rows, n_embd); the slot's cache rows then hold [text, history]. goal
+        (rows, GOAL_DIM), optional: each condition row's raw goal, added to its newest token (an all-zero
+        row: no goal; the engine decides which rows carry it)."""
 
-    def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, slots: list[int], rows: int, goal: torch.Tensor | None = None) -> torch.Tensor:
         """New latents z (n, latent) appended to the first `rows` condition rows of `slots` -> the next
-        conditions (n, rows, n_embd)."""
+        conditions (n, rows, n_embd). goal (n, rows, GOAL_DIM), optional: each condition row's raw goal,
+        added to its new token."""
 
     def noise_steps(self, settings: SamplerSettings) -> int:
         """How many step-noise draws one sample takes under these settings."""
@@ -81,6 +86,11 @@ def head_model(bundle, head: str):
     return student.model(bundle.t2m)
 
 
+def goals_by_cache_row(goal: torch.Tensor) -> torch.Tensor:
+    """Goals (n, rows, GOAL_DIM) of n streams in the order of their cache rows (cache_rows): (rows * n, GOAL_DIM)."""
+    return goal.transpose(0, 1).reshape(-1, goal.shape[-1])
+
+
 class TorchBackend:
     def __init__(self, bundle, capacity: int, device: torch.device, dtype: torch.dtype,
                  condition_rows: int = MAX_CONDITION_ROWS, head: str = "teacher"):
@@ -88,6 +98,7 @@ class TorchBackend:
         self.capacity, self.condition_rows, self.device, self.dtype = capacity, condition_rows, device, dtype
         self.block_size = self.t2m.config.block_size
         self.latent_dim = self.t2m.config.latent_dim
+        self.goals = self.t2m.goal_embed is not None
         self.cache = self.t2m.new_kv_cache(condition_rows * capacity, self.block_size, device=device, dtype=dtype)
         self.tae_state = self.tae.init_decode_state(capacity, device=device, dtype=dtype)
         self._row_index = {}
@@ -106,16 +117,21 @@ class TorchBackend:
     def reset(self, slot: int) -> None:
         self.tae.reset_decode_state(self.tae_state, torch.tensor([slot], device=self.device))
 
-    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
+    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int,
+                goal: torch.Tensor | None = None) -> torch.Tensor:
         rows = text.shape[0]
         lat = history.to(self.device, self.dtype).unsqueeze(0).expand(rows, -1, -1)
         index = self._rows([slot], rows)
         index = torch.arange(rows, device=self.device) if index is None else index
-        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=index)
+        if goal is not None:
+            goal = goal.to(self.device, torch.float32)
+        return self.t2m.prefill(text.to(self.device, self.dtype), lat, self.cache, rows=index, goal=goal)
 
-    def decode(self, z: torch.Tensor, slots: list[int], rows: int) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, slots: list[int], rows: int, goal: torch.Tensor | None = None) -> torch.Tensor:
         z = z.to(self.device, self.dtype)
-        out = self.t2m.decode_step(z.repeat(rows, 1), self.cache, rows=self._rows(slots, rows))
+        if goal is not None:
+            goal = goals_by_cache_row(goal.to(self.device, torch.float32))
+        out = self.t2m.decode_step(z.repeat(rows, 1), self.cache, rows=self._rows(slots, rows), goal=goal)
         return out.view(rows, len(slots), -1).transpose(0, 1)
 
     @property

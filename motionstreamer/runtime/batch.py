@@ -19,10 +19,12 @@ from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
 @torch.no_grad()
 def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], config: GenerationConfig | None = None,
                   seed: int = 0, use_end_latent: bool = False, device=None, dtype=None, backend=None,
-                  latents: bool = False) -> list[torch.Tensor]:
+                  goals: list | None = None, latents: bool = False) -> list[torch.Tensor]:
     """schedules[i]: [(prompt, n_latents), ...] for stream i (seeded seed + i). Returns de-normalised
     features (frames, 272) per stream: 4 * sum(n_latents), fewer when use_end_latent lets an action end
-    early (the end latent then starts the next prompt); latents=True: the sampled latents (n, 16) instead."""
+    early (the end latent then starts the next prompt); latents=True: the sampled latents (n, 16) instead.
+    goals[i], optional: (x, z, heading, seconds) or None, set on stream i from its start
+    (StreamingEngine.set_goal; the config's goal_tolerance decides whether reaching it ends the stream early)."""
     if not schedules:
         return []
     gen = config or GenerationConfig()
@@ -34,6 +36,8 @@ def run_schedules(bundle, text_encoder, schedules: list[list[tuple[str, int]]], 
     for i, sched in enumerate(schedules):
         (prompt, n), rest = sched[0], sched[1:]
         ids.append(engine.add_stream(prompt, seed=seed + i, max_latents=n))
+        if goals is not None and goals[i] is not None:
+            engine.set_goal(ids[-1], *goals[i])
         for prompt, n in rest:
             engine.push_text(ids[-1], prompt, max_latents=n, after_current=True)
     out = {i: [] for i in ids}

@@ -20,7 +20,7 @@ from motionstreamer.cli import CLIError, add_verb, check_output
 from motionstreamer.io.commands import add_export_args, output_files, write_outputs
 from motionstreamer.runtime.engine import GenerationConfig
 from motionstreamer.runtime.loading import load_models
-from motionstreamer.runtime.policy import NonFiniteMotionError, check_prompt, check_seed
+from motionstreamer.runtime.policy import NonFiniteMotionError, check_prompt, check_seed, make_goal
 from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
 from motionstreamer.runtime.session import StreamingSession, seconds_to_latents
 
@@ -69,6 +69,12 @@ def register(subparsers) -> None:
                    help="pace generation at 30 fps (useful with --stdin)")
     s.add_argument("--jsonl", action="store_true",
                    help="print every 4-frame chunk as a JSON line (joints) on stdout")
+    s.add_argument("--goal", action="append", default=[], metavar="X,Z[,HEADING][@SECONDS]",
+                   help="steer the character to the floor point X,Z (metres; the stream starts at the origin facing "
+                        "+Z, +X on its left), optionally facing HEADING there (radians, 0 = +Z) within SECONDS; repeat "
+                        "for waypoints, each set when the one before is reached (any model: the root motion is "
+                        "steered, docs/goals.md)")
+    add_sampler_args(s, "goal_tolerance", "goal_steering")
     _add_common(s)
 
 
@@ -94,6 +100,25 @@ def parse_prompt(spec: str) -> tuple[str, float | None]:
     return text, seconds
 
 
+def parse_goal(spec: str) -> tuple[float, float, float | None, float | None]:
+    """'X,Z[,HEADING][@SECONDS]' -> (x, z, heading, seconds), checked as the engine checks a goal
+    (finite numbers in range); CLIError naming the flag's value otherwise."""
+    where, sep, secs = spec.partition("@")
+    parts = where.split(",")
+    try:
+        if len(parts) not in (2, 3) or (sep and not secs.strip()):
+            raise ValueError("expected X,Z[,HEADING][@SECONDS], e.g. 3,2 or 3,2,1.57@4")
+        try:
+            values = [float(p) for p in parts] + [float(secs) if sep else None]
+        except ValueError:
+            raise ValueError("X, Z, HEADING and SECONDS must be numbers") from None
+        x, z, heading, seconds = values[0], values[1], values[2] if len(parts) == 3 else None, values[-1]
+        make_goal(x, z, heading, seconds)
+    except ValueError as e:
+        raise CLIError(f"bad --goal {spec!r}: {e}") from None
+    return x, z, heading, seconds
+
+
 def resolve_output_prefix(out: str, out_dir: str = ".") -> Path:
     """--out PREFIX as the user wrote it (their own argument: anywhere, ~ expanded; relative to
     --out-dir). Refused: a prefix with no file name ("", ".", "..", "dir/") or naming a folder."""
@@ -111,7 +136,7 @@ def _config(args):
     return generation_config(args, GenerationConfig(max_latents=seconds_to_latents(args.max_seconds)))
 
 
-def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False) -> int:
+def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False, goals: list | None = None) -> int:
     try:
         prompts = [(check_prompt(text), seconds) for text, seconds in prompts]
         check_seed(args.seed)
@@ -141,8 +166,14 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
         raise CLIError(str(e))
     for text, seconds in prompts:
         session.push_text(text, duration=seconds, after_current=True)
+    goals = list(goals or [])
+    if goals:
+        try:
+            session.set_goal(*goals.pop(0))
+        except ValueError as e:
+            raise CLIError(f"--goal: {e}")
     with StopSignals() as stop:
-        chunks, gen_time, first_latency, ended, queued = _stream(session, args, live_stdin, log, stop)
+        chunks, gen_time, first_latency, ended, queued = _stream(session, args, live_stdin, log, stop, goals)
     if not chunks:
         if ended:
             print(f"motionstreamer: {ended} before any frame was generated; nothing written", file=sys.stderr)
@@ -168,11 +199,11 @@ def _run(args, prompts: list[tuple[str, float | None]], live_stdin: bool = False
     return stop.exit_code or 0
 
 
-def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
+def _stream(session, args, live_stdin: bool, log, stop: "StopSignals", waypoints: list | None = None):
     """Step the session until it finishes (and, with --stdin, until stdin closes), printing JSON lines
-    and pacing at 30 fps as asked. Stops early, keeping what was generated, on SIGINT/SIGTERM (`stop`)
-    or when stdout closes under --jsonl. Returns (chunks, generation seconds, first-latent latency,
-    why it stopped early or None, prompts read from stdin)."""
+    and pacing at 30 fps as asked; each goal reached sets the next of `waypoints`. Stops early, keeping
+    what was generated, on SIGINT/SIGTERM (`stop`) or when stdout closes under --jsonl. Returns (chunks,
+    generation seconds, first-latent latency, why it stopped early or None, prompts read from stdin)."""
 
     lock = threading.Lock()
     reader = None
@@ -195,6 +226,7 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
     first_latency = None
     gen_time = 0.0
     due = 0.0      # --realtime: when the frames out so far have played; never behind the step that starts
+    goals_reached = 0
     while stop.signal is None:
         with lock:
             finished = session.finished
@@ -210,6 +242,12 @@ def _stream(session, args, live_stdin: bool, log, stop: "StopSignals"):
             except NonFiniteMotionError as e:
                 raise CLIError(f"{e}; nothing written. Check --cfg-scale/--temperature and the checkpoint") from None
         gen_time += time.perf_counter() - ts
+        reached = sum(e.kind == "goal_reached" for e in session.events)
+        if waypoints and reached > goals_reached:      # the next waypoint (a finished stream resumes)
+            goals_reached = reached
+            log(f"goal reached; next goal {waypoints[0][:2]}")
+            with lock:
+                session.set_goal(*waypoints.pop(0))
         if chunk is None:
             continue
         if first_latency is None:
@@ -326,4 +364,5 @@ def cmd_stream(args) -> int:
     if not args.prompt and not args.stdin:
         raise CLIError("give at least one --prompt, or --stdin to read prompts live")
     prompts = [parse_prompt(p) for p in args.prompt]
-    return _run(args, prompts, live_stdin=args.stdin)
+    goals = [parse_goal(g) for g in args.goal]
+    return _run(args, prompts, live_stdin=args.stdin, goals=goals)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, TorchBackend
+from motionstreamer.models.goal import no_goal
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, TorchBackend, goals_by_cache_row
 
 
 class GraphedBackend(TorchBackend):
@@ -53,20 +54,28 @@ class GraphedBackend(TorchBackend):
         return [*self.cache.k, *self.cache.v, self.cache.length]
 
     # ---- graphed calls
-    def decode(self, z, slots, rows):
+    def decode(self, z, slots, rows, goal=None):
         if not self._full(slots):
-            return super().decode(z, slots, rows)
+            return super().decode(z, slots, rows, goal)
         key = ("decode", rows)
         if key not in self._graphs:
             n = rows * self.capacity
             zs = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
+            # a goal model's graph always takes the goal (all-zero rows: no goal, which adds exactly 0)
+            gs = no_goal(n, device=self.device) if self.goals else None
             index = None if n == self.cache.batch else torch.arange(n, device=self.device)   # all rows: no gather
-            self._capture(key, lambda: self.t2m.decode_step(zs, self.cache, rows=index, check=False), [zs],
-                          self._cache_tensors())
-        graph, (zs,), out = self._graphs[key]
+            self._capture(key, lambda: self.t2m.decode_step(zs, self.cache, rows=index, check=False, goal=gs),
+                          [zs] + ([gs] if self.goals else []), self._cache_tensors())
+        graph, inputs, out = self._graphs[key]
         if int(self.cache.length.max()) >= self.cache.max_len:
             raise ValueError("KV cache full: re-prefill a shorter window")
-        zs.copy_(z.to(self.device, self.dtype).repeat(rows, 1))
+        inputs[0].copy_(z.to(self.device, self.dtype).repeat(rows, 1))
+        if self.goals and goal is None:
+            inputs[1].zero_()
+        elif self.goals:
+            inputs[1].copy_(goals_by_cache_row(goal.to(self.device, torch.float32)))
+        elif goal is not None:
+            raise ValueError("this model has no goal module: it was not trained with goals")
         graph.replay()
         return out.clone().view(rows, self.capacity, -1).transpose(0, 1)
 

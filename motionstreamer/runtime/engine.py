@@ -25,13 +25,16 @@ from typing import Iterable
 
 import torch
 
+from motionstreamer import FRAMES_PER_LATENT
 from motionstreamer.checkpoints import BundleConfig, bundle_config_of
 from motionstreamer.models.few_step import StudentHeadConfig
+from motionstreamer.models.goal import no_goal, yaw_of_heading
 from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.runtime import policy
 from motionstreamer.runtime.backend import TorchBackend, check_head
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
+from motionstreamer.runtime.steering import SteeringLimits, steer_latent
 
 ON_ACTION_END = ("stop", "continue")
 
@@ -49,15 +52,34 @@ class GenerationConfig:
     skip_terminal_step: bool | None = None  # start one step after the degenerate terminal step (DiffLoss)
     end_threshold: float | None = None      # L2 distance to the reference end latent that ends an action
     min_action_latents: int = 2       # an action cannot end before this many latents
-    on_action_end: str = "stop"       # "stop": the stream ends; "continue": the last prompt restarts
+    on_action_end: str = "stop"       # "stop": the stream ends (not while a goal is unreached); "continue":
+                                      # the last prompt restarts from the current pose
     max_latents: int = 1500           # hard cap per stream (1500 latents = 200 s at 30 fps)
     history_keep: int | None = None   # latents kept when the window slides (default: block_size // 2)
+    # goals (set_goal; a model trained with goals): reached within goal_tolerance metres (<= 0: never, the
+    # goal stays until cleared) and, when the goal gives a facing, goal_heading_tolerance radians
+    goal_tolerance: float = 0.3
+    goal_heading_tolerance: float = math.pi / 6
+    on_goal_reached: str = "stop"     # "stop": the action ends there (a queued prompt starts, else the stream
+                                      # stops); "continue": the goal is dropped and the prompt goes on
+    # classifier-free guidance on the goal too: the unconditional row has neither the prompt nor the goal
+    # (False: both rows carry the goal, guidance amplifies the prompt alone)
+    guide_goal: bool = True
+    # goal steering (runtime/steering.py): the root motion the model proposes is warped toward the goal
+    # within steering_limits (extra turn rate, speed scale); False: the model's own motion, unwarped
+    goal_steering: bool = True
+    steering_limits: SteeringLimits = SteeringLimits()
 
     def validate(self) -> None:
         """ValueError naming the first field out of range (the sampler's numbers: SamplerSettings)."""
         self.sampler_settings()
-        if self.on_action_end not in ON_ACTION_END:
-            raise ValueError(f"on_action_end must be 'stop' or 'continue', got {self.on_action_end!r}")
+        for name in ("on_action_end", "on_goal_reached"):
+            if getattr(self, name) not in ON_ACTION_END:
+                raise ValueError(f"{name} must be 'stop' or 'continue', got {getattr(self, name)!r}")
+        for name in ("goal_tolerance", "goal_heading_tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         for name in (("max_latents", "min_action_latents")
                      + (("history_keep",) if self.history_keep is not None else ())):
             v = getattr(self, name)
@@ -66,6 +88,13 @@ class GenerationConfig:
         thr = self.end_threshold      # <= 0: actions never end by themselves (only by their budget)
         if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)):
             raise ValueError(f"end_threshold must be a finite number, got {thr!r}")
+        if not isinstance(self.guide_goal, bool):
+            raise ValueError(f"guide_goal must be true or false, got {self.guide_goal!r}")
+        if not isinstance(self.goal_steering, bool):
+            raise ValueError(f"goal_steering must be true or false, got {self.goal_steering!r}")
+        if not isinstance(self.steering_limits, SteeringLimits):
+            raise ValueError(f"steering_limits must be a SteeringLimits, got {self.steering_limits!r}")
+        self.steering_limits.validate()
         if self.skip_terminal_step is not None and not isinstance(self.skip_terminal_step, bool):
             raise ValueError(f"skip_terminal_step must be true, false or None, got {self.skip_terminal_step!r}")
 
@@ -127,7 +156,7 @@ class FrameChunk:
 @dataclass
 class StreamEvent:
     stream_id: int
-    kind: str                    # "action_end" | "prompt_change" | "finished"
+    kind: str                    # "action_end" | "prompt_change" | "goal_reached" | "finished"
     latent_index: int
     prompt: str
 
@@ -147,6 +176,8 @@ class _Stream:
     action_latents: int = 0
     action_budget: int | None = None                   # latents allowed for the current prompt
     finished: bool = False
+    goal: policy.Goal | None = None                    # world coordinates; re-expressed every latent
+    travel: tuple | None = None                        # recent floor step per frame while steered (runtime/steering.py)
 
 
 class StreamingEngine:
@@ -237,9 +268,52 @@ class StreamingEngine:
         s.finished = False
         return prompt
 
+    @property
+    def goal_model(self) -> bool:
+        """Whether the model itself takes goals (a bundle trained with them: its config.json t2m "goal":
+        true); without it a goal steers through the root-motion warp alone (runtime/steering.py)."""
+        return bool(getattr(self.backend, "goals", False))
+
+    @property
+    def goals_supported(self) -> bool:
+        """Whether set_goal steers: a goal-trained model, or goal steering on (any model)."""
+        return self.goal_model or (self.config.goal_steering and self.config.steering_limits.enabled)
+
+    def set_goal(self, stream_id: int, x: float, z: float, heading: float | None = None,
+                 seconds: float | None = None) -> None:
+        """Steer a stream to the floor point (x, z) (metres, world coordinates: the stream starts at the
+        origin facing +Z), optionally facing `heading` there (radians about +Y, 0 = +Z, pi/2 = +X) and
+        within `seconds`, while its prompt sets the style. Takes effect at the next latent, like a
+        prompt; replaces an earlier goal. When reached (GenerationConfig.goal_tolerance) the stream
+        reports "goal_reached" and, by default, its action ends there. A finished stream resumes its
+        last prompt. Any model takes goals through goal steering (GenerationConfig.goal_steering); a model
+        trained with goals also sees them. ValueError for a bad value, or for a model not trained with
+        goals when goal steering is off (nothing would steer)."""
+        s = self._get(stream_id)
+        if not self.goals_supported:
+            raise ValueError("this model was not trained with goals (its config.json has no t2m \"goal\": true) and "
+                             "goal steering is off: nothing would steer (docs/goals.md)")
+        s.goal = policy.make_goal(x, z, heading, seconds, frame=s.latents_emitted * FRAMES_PER_LATENT)
+        s.travel = None
+        s.needs_prefill = s.needs_prefill or self.goal_model    # a model that sees goals rebuilds its context
+        if s.finished and s.prompt is not None and not s.queue:
+            s.queue.append((s.prompt, s.text_emb, None, False))
+            s.finished = False
+
+    def clear_goal(self, stream_id: int) -> None:
+        """Drop a stream's goal from its next latent on (its context is rebuilt without it)."""
+        s = self._get(stream_id)
+        if s.goal is not None:
+            s.goal = None
+            s.needs_prefill = s.needs_prefill or self.goal_model
+
+    def goal_of(self, stream_id: int) -> policy.Goal | None:
+        return self._get(stream_id).goal
+
     def queue(self, stream_id: int) -> list[str]:
         """The prompts a stream has queued, in the order they will run."""
         return [prompt for prompt, *_ in self._get(stream_id).queue]
+
     def close(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
         if s is not None:
@@ -292,7 +366,13 @@ class StreamingEngine:
                 if s.queue:
                     self._maybe_switch_prompt(s, force=True)
                     restart.append(s)
-                elif self.config.on_action_end == "continue":
+                elif self.config.on_action_end == "continue" or s.goal is not None:
+                    # the prompt again from the current pose: a context of the last few latents only (with
+                    # the whole action in it the model sees it done, and stands). An unreached goal keeps
+                    # its action going so, within what is left of the prompt's duration
+                    if s.goal is not None and self.config.on_action_end != "continue" and s.action_budget is not None:
+                        s.action_budget -= s.action_latents
+                    s.history = s.history[-policy.RESTART_CONTEXT_LATENTS:]
                     s.needs_prefill, s.action_latents = True, 0
                     restart.append(s)
                 else:
@@ -337,8 +417,26 @@ class StreamingEngine:
         hist = torch.stack(s.history) if s.history else torch.zeros(0, self.latent_dim)
         # condition rows: the prompt, then (under guidance) the empty prompt
         text = torch.stack([s.text_emb] + [self._uncond_emb() for _ in range(self.rows - 1)])
-        s.condition = self.backend.prefill(text, hist, s.slot)             # (rows, n_embd)
+        goal = self._goal_vectors([s])
+        s.condition = self.backend.prefill(text, hist, s.slot, *(() if goal is None else (goal[0],)))  # (rows, n_embd)
         s.needs_prefill = False
+
+    def _goal_vectors(self, streams: list[_Stream]) -> torch.Tensor | None:
+        """The raw goals (n, rows, GOAL_DIM) the model sees for these streams' condition rows now (from
+        each stream's current root; the unconditional row has none under guide_goal), or None when no
+        stream has a goal or the model takes none (the original model's call, no goal input)."""
+        if not self.goal_model or all(s.goal is None for s in streams):
+            return None
+        rows = torch.tensor([s.slot for s in streams], device=self.device)
+        xz = self.root.translation[rows][:, [0, 2]].cpu()
+        yaw = yaw_of_heading(self.root.heading[rows]).cpu()
+        goal = torch.stack([no_goal() if s.goal is None else
+                            policy.goal_vector(s.goal, xz[i], yaw[i], s.latents_emitted * FRAMES_PER_LATENT)
+                            for i, s in enumerate(streams)])
+        per_row = goal[:, None, :].repeat(1, self.rows, 1)
+        if self.config.guide_goal:
+            per_row[:, 1:] = 0.0
+        return per_row
 
     def _sample(self, streams: list[_Stream]) -> torch.Tensor:
         conditions = torch.stack([s.condition for s in streams])           # (n, rows, n_embd), backend's device
@@ -351,21 +449,59 @@ class StreamingEngine:
         streams = [s for s, _ in accepted]
         z = torch.stack([z for _, z in accepted])                           # (n, 16)
         slots = [s.slot for s in streams]
-        # (a) append to the KV cache: one decode step over the condition rows of these slots
-        nxt = self.backend.decode(z, slots, self.rows)                      # (n, rows, n_embd)
-        # (b) TAE: 4 frames per latent from the decoder state of these slots
+        # (a) TAE: 4 frames per latent from the decoder state of these slots; joints move each root on
         frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
-        feats = frames.float().to(self.device) * self.std + self.mean
+        feats = self._steer(streams, frames.float().to(self.device) * self.std + self.mean)
         joints = recover_joints_step(feats, self.root, rows=torch.tensor(slots, device=self.device))
         per_latent = frames.shape[1]
+        for s in streams:
+            s.latents_emitted += 1
+        # (b) append to the KV cache: one decode step over the condition rows of these slots, each goal
+        # seen from the root these frames reached
+        goal = self._goal_vectors(streams)
+        nxt = self.backend.decode(z, slots, self.rows, *(() if goal is None else (goal,)))   # (n, rows, n_embd)
         chunks = []
         for i, s in enumerate(streams):
             s.condition = nxt[i]
             s.history.append(z[i].float().cpu())
-            chunks.append(FrameChunk(s.stream_id, s.latents_emitted, per_latent * s.latents_emitted,
+            chunks.append(FrameChunk(s.stream_id, s.latents_emitted - 1, per_latent * (s.latents_emitted - 1),
                                      feats[i], joints[i], z[i].float(), s.prompt))
-            s.latents_emitted += 1
             s.action_latents += 1
-            if s.latents_emitted >= self.config.max_latents:
+            if s.goal is not None:
+                self._check_goal(s)
+            if s.latents_emitted >= self.config.max_latents and not s.finished:
                 self._finish(s)
         return chunks
+
+    def _steer(self, streams: list[_Stream], feats: torch.Tensor) -> torch.Tensor:
+        """These latents' frames (n, 4, 272) with each goal stream's root motion warped toward its goal
+        (GenerationConfig.goal_steering), from the root before these frames."""
+        limits = self.config.steering_limits
+        if not self.config.goal_steering or not limits.enabled or all(s.goal is None for s in streams):
+            return feats
+        feats = feats.clone()
+        for i, s in enumerate(streams):
+            if s.goal is None:
+                continue
+            frame = s.latents_emitted * FRAMES_PER_LATENT
+            left = None if s.goal.deadline_frame is None else s.goal.deadline_frame - frame
+            feats[i], s.travel = steer_latent(feats[i], self.root.heading[s.slot], self.root.translation[s.slot],
+                                              (s.goal.x, s.goal.z), left, limits, s.travel)
+        return feats
+
+    def _check_goal(self, s: _Stream) -> None:
+        """After a latent: a reached goal is reported and dropped; then the action ends there (its queued
+        prompt starts, else the stream stops) or, with on_goal_reached="continue", the prompt goes on."""
+        row = torch.tensor([s.slot], device=self.device)
+        xz = self.root.translation[row][0, [0, 2]].cpu()
+        yaw = yaw_of_heading(self.root.heading[row][0]).cpu()
+        if not policy.goal_reached(s.goal, xz, yaw, self.config.goal_tolerance, self.config.goal_heading_tolerance):
+            return
+        self.events.append(StreamEvent(s.stream_id, "goal_reached", s.latents_emitted - 1, s.prompt))
+        s.goal = None
+        s.needs_prefill = s.needs_prefill or self.goal_model    # the context is rebuilt without the goal
+        if self.config.on_goal_reached == "stop":
+            if s.queue:
+                self._maybe_switch_prompt(s, force=True)
+            else:
+                self._finish(s)

@@ -20,8 +20,9 @@ from motionstreamer import FRAMES_PER_LATENT
 from motionstreamer.checkpoints import BundleConfig
 from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
+from motionstreamer.models.goal import GOAL_DIM
 from motionstreamer.models.sampling import SamplerSettings
-from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, check_head
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, check_head, goals_by_cache_row
 from motionstreamer.runtime.engine import resolve_config
 from motionstreamer.runtime.session import StreamingSession
 
@@ -45,6 +46,7 @@ class OrtBackend:
         self.manifest = m = read_manifest(d)
         self.capacity, self.condition_rows, self.head = capacity, condition_rows, head
         self.block_size, self.latent_dim = m["block_size"], m["latent_dim"]
+        self.goals = bool(m.get("goal", False))   # the transformer graphs take a "goal" input
         self.device = torch.device("cpu")
         # a student that owns its conditional path has its own transformer graphs
         files = (m.get("student_transformer") if head == "student" else None) or \
@@ -63,24 +65,35 @@ class OrtBackend:
         for s in self.tae_states:
             s[slot] = 0
 
-    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int) -> torch.Tensor:
+    def _goal_feed(self, goal: torch.Tensor | None, n: int) -> dict:
+        """The graphs' "goal" input for n rows (all-zero rows: no goal), or nothing for a model without goals."""
+        if not self.goals:
+            if goal is not None:
+                raise ValueError("this export has no goal input: its model was not trained with goals")
+            return {}
+        return {"goal": np.zeros((n, GOAL_DIM), np.float32) if goal is None else goal.numpy().astype(np.float32)}
+
+    def prefill(self, text: torch.Tensor, history: torch.Tensor, slot: int,
+                goal: torch.Tensor | None = None) -> torch.Tensor:
         n_rows, L = text.shape[0], history.shape[0]
         lat = np.zeros((n_rows, self.block_size - 1, self.latent_dim), np.float32)
         lat[:, :L] = history.numpy()
         cond, k, v = self.prefill_s.run(None, {"text": text.numpy().astype(np.float32), "latents": lat,
-                                               "n_latents": np.full(n_rows, L, np.int64)})
+                                               "n_latents": np.full(n_rows, L, np.int64),
+                                               **self._goal_feed(goal, n_rows)})
         rows = cache_rows([slot], n_rows, self.capacity)
         self.k[:, rows], self.v[:, rows] = k, v
         self.pos[rows] = L + 1
         return torch.from_numpy(cond)
 
-    def decode(self, z: torch.Tensor, slots: list[int], n_rows: int) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, slots: list[int], n_rows: int, goal: torch.Tensor | None = None) -> torch.Tensor:
         rows = cache_rows(slots, n_rows, self.capacity)
         if int(self.pos[rows].max()) >= self.block_size:
             raise ValueError("KV cache full: re-prefill a shorter window")
+        goal = None if goal is None else goals_by_cache_row(goal)
         cond, k, v = self.decode_s.run(None, {"latent": np.tile(z.numpy().astype(np.float32), (n_rows, 1)),
                                               "k_cache": self.k[:, rows], "v_cache": self.v[:, rows],
-                                              "pos": self.pos[rows]})
+                                              "pos": self.pos[rows], **self._goal_feed(goal, len(rows))})
         self.k[:, rows], self.v[:, rows] = k, v
         self.pos[rows] += 1
         return torch.from_numpy(cond).view(n_rows, len(slots), -1).transpose(0, 1)

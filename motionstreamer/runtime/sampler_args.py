@@ -15,6 +15,13 @@ from motionstreamer.cli import add_deprecated_alias
 from motionstreamer.models.sampling import HEADS, SAMPLERS
 from motionstreamer.runtime.engine import ON_ACTION_END, GenerationConfig
 
+
+def on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 # field -> (flag, its old spelling or None, argparse keywords, help)
 FLAGS = {
     "cfg_scale": ("--cfg-scale", "--cfg", {"type": float, "metavar": "S"},
@@ -31,6 +38,11 @@ FLAGS = {
                       "L2 distance to the reference end latent that ends an action"),
     "on_action_end": ("--on-action-end", "--on-end", {"choices": ON_ACTION_END},
                       "an action that ends with no prompt queued: stop the stream, or continue it"),
+    "goal_tolerance": ("--goal-tolerance", None, {"type": float, "metavar": "METRES"},
+                       "a goal is reached within this distance of the pelvis (<= 0: never; docs/goals.md)"),
+    "goal_steering": ("--goal-steering", None, {"type": on_off, "metavar": "on|off"},
+                      "warp the root motion toward the goal within a person's turn rate and speed range (off: "
+                      "the model's own motion; docs/goals.md)"),
 }
 
 

@@ -50,6 +50,14 @@ class StreamingSession:
         budget = seconds_to_latents(duration) if duration is not None else max_latents
         self.engine.push_text(self.stream_id, prompt, max_latents=budget, after_current=after_current)
 
+    def set_goal(self, x: float, z: float, heading: float | None = None, seconds: float | None = None) -> None:
+        """Steer the stream to the floor point (x, z) (metres; the stream starts at the origin facing +Z),
+        optionally facing `heading` (radians, 0 = +Z) within `seconds` (StreamingEngine.set_goal)."""
+        self.engine.set_goal(self.stream_id, x, z, heading, seconds)
+
+    def clear_goal(self) -> None:
+        self.engine.clear_goal(self.stream_id)
+
     @property
     def finished(self) -> bool:
         return self.stream_id not in self.engine.active_ids

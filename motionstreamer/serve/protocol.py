@@ -6,11 +6,11 @@ Every message is one JSON text frame. Arrays travel as base64 of little-endian f
   features  (4, 272)    de-normalised 272-dim features (with ?features=1)
   rotations (4, 22, 4)  unit quaternions (w, x, y, z): [0] the pelvis global rotation, [1:] parent-local
                         SMPL rotations; the pelvis position is joints[:, 0] (with ?rotations=1)
-Client -> server (ClientMessage, a union on "type"): prompt, ping, close.
-Server -> client: hello (once), ack (a prompt was queued), frames (one per latent), events (events
-without frames), pong, error. docs/serve.md documents the fields; `tests/test_serve_protocol.py` holds
-the server to them. Prompt and seed checks are runtime.policy's; this module maps their errors to the
-protocol's error codes.
+Client -> server (ClientMessage, a union on "type"): prompt, goal, clear_goal, ping, close.
+Server -> client: hello (once), ack (a prompt was queued), goal_ack (a goal was set or cleared), frames
+(one per latent), events (events without frames), pong, error. docs/serve.md documents the fields;
+`tests/test_serve_protocol.py` holds the server to them. Prompt and seed checks are runtime.policy's;
+this module maps their errors to the protocol's error codes.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from motionstreamer.runtime import policy
@@ -159,6 +160,32 @@ class PromptMessage(BaseModel):
         return v
 
 
+class GoalMessage(BaseModel):
+    """{"type": "goal", "x": number, "z": number, "heading": number (optional), "seconds": number (optional)}:
+    steer the stream to the floor point (x, z) (metres, the stream's world: it starts at the origin facing
+    +Z), facing `heading` there (radians, 0 = +Z, pi/2 = +X) within `seconds`, from the next latent on
+    (StreamingEngine.set_goal; /v1/info "goals": any model while goal steering is on)."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["goal"]
+    x: float
+    z: float
+    heading: float | None = None
+    seconds: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data):
+        if isinstance(data, dict):   # runtime.policy's checks: numbers (not strings or booleans), finite, in range
+            policy.make_goal(data.get("x"), data.get("z"), data.get("heading"), data.get("seconds"))
+        return data
+
+
+class ClearGoalMessage(BaseModel):
+    """{"type": "clear_goal"}: drop the stream's goal from the next latent on."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["clear_goal"]
+
+
 class PingMessage(BaseModel):
     """{"type": "ping"}: answered with pong (a keep-alive; other fields are ignored)."""
     type: Literal["ping"]
@@ -169,13 +196,15 @@ class CloseMessage(BaseModel):
     type: Literal["close"]
 
 
-ClientMessage = Annotated[Union[PromptMessage, PingMessage, CloseMessage], Field(discriminator="type")]
+ClientMessage = Annotated[Union[PromptMessage, GoalMessage, ClearGoalMessage, PingMessage, CloseMessage],
+                          Field(discriminator="type")]
 _CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 PROMPT_FIELDS = ("text", "seconds")     # their errors are "bad_prompt"; every other one "bad_message"
 
 
-def parse_client_message(data: str, limits: ServeLimits) -> PromptMessage | PingMessage | CloseMessage:
-    """One client message; ProtocolError ("bad_message" or "bad_prompt") naming what is wrong."""
+def parse_client_message(data: str, limits: ServeLimits):
+    """One client message (a ClientMessage model); ProtocolError ("bad_message", "bad_prompt" or "bad_goal")
+    naming what is wrong."""
     try:
         msg = json.loads(data)
     except (json.JSONDecodeError, RecursionError) as e:
@@ -188,11 +217,13 @@ def parse_client_message(data: str, limits: ServeLimits) -> PromptMessage | Ping
         kinds = {err["type"] for err in e.errors(include_url=False)}
         if kinds & {"union_tag_invalid", "union_tag_not_found"}:
             raise ProtocolError("bad_message", f"unknown message type {msg.get('type')!r}; expected 'prompt', "
-                                               "'ping' or 'close'") from None
+                                               "'goal', 'clear_goal', 'ping' or 'close'") from None
         if "extra_forbidden" in kinds:
             unknown = sorted(str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden")
             raise ProtocolError("bad_message", f"unknown field(s) {unknown} in a {msg['type']} message") from None
         field, text = _error_text(e)
+        if msg.get("type") == "goal":
+            raise ProtocolError("bad_goal", text) from None
         if field == "text" and "missing" in kinds:
             text = "prompt must be a string, got nothing"
         if field == "text":
@@ -320,8 +351,20 @@ class Ack(ServerMessage):
     queue: list[str]                          # every prompt waiting, in order
 
 
+class GoalState(BaseModel):
+    x: float
+    z: float
+    heading: float | None = None
+    seconds: float | None = None              # from when the goal was set
+
+
+class GoalAck(ServerMessage):
+    type: Literal["goal_ack"] = "goal_ack"
+    goal: GoalState | None = None             # the goal as set; absent after clear_goal
+
+
 class Event(BaseModel):
-    kind: Literal["prompt_change", "action_end", "finished"]
+    kind: Literal["prompt_change", "action_end", "goal_reached", "finished"]
     latent: int
     prompt: str
 

@@ -45,6 +45,8 @@ from motionstreamer.serve.protocol import (
     Event,
     Events,
     Frames,
+    GoalAck,
+    GoalState,
     StreamOptions,
     encode_array,
     error,
@@ -111,6 +113,12 @@ class PushPrompt:
     text: str
     max_latents: int | None
     after_current: bool
+
+
+@dataclass
+class SetGoal:
+    key: int
+    goal: GoalState | None                # None: clear the goal
 
 
 @dataclass
@@ -188,6 +196,10 @@ class StreamScheduler:
     def push(self, key: int, text: str, seconds: float | None = None, after_current: bool = False) -> None:
         self._post(PushPrompt(key, text, None if seconds is None else seconds_to_latents(seconds), after_current))
 
+    def set_goal(self, key: int, goal: GoalState | None) -> None:
+        """Steer the stream to `goal` (None: clear it); answered with goal_ack, or error "bad_goal"."""
+        self._post(SetGoal(key, goal))
+
     def close(self, key: int) -> None:
         with self._lock:
             self._n_live -= 1
@@ -239,7 +251,8 @@ class StreamScheduler:
 
     def _apply_commands(self) -> None:
         out = []
-        handlers = {OpenStream: self._open, PushPrompt: self._push, CloseStream: self._close, StartJob: self._start_job}
+        handlers = {OpenStream: self._open, PushPrompt: self._push, SetGoal: self._set_goal, CloseStream: self._close,
+                    StartJob: self._start_job}
         while True:
             try:
                 cmd = self._commands.get_nowait()
@@ -279,6 +292,21 @@ class StreamScheduler:
             return
         live.queue_sent = self.engine.queue(live.sid)
         out.append((live.sink, Ack(text=text, queue=live.queue_sent).to_json()))
+
+    def _set_goal(self, cmd: SetGoal, out: list) -> None:
+        live = self._live.get(cmd.key)
+        if live is None:
+            return
+        try:
+            if cmd.goal is None:
+                self.engine.clear_goal(live.sid)
+            else:
+                g = cmd.goal
+                self.engine.set_goal(live.sid, g.x, g.z, g.heading, g.seconds)
+        except (ValueError, TypeError) as e:     # no goal module and goal steering off
+            out.append((live.sink, error("bad_goal", str(e))))
+            return
+        out.append((live.sink, GoalAck(goal=cmd.goal).to_json()))
 
     def _close(self, cmd: CloseStream, out: list) -> None:
         live = self._live.get(cmd.key)

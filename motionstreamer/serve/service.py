@@ -35,8 +35,11 @@ from motionstreamer.serve.protocol import (
     CLOSE_TOO_BIG,
     ENCODING,
     PROTOCOL_VERSION,
+    ClearGoalMessage,
     Close,
     CloseMessage,
+    GoalMessage,
+    GoalState,
     Hello,
     PingMessage,
     Pong,
@@ -179,6 +182,10 @@ class Service:
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
             "example_prompts": example_prompts(bundle.config, c.checkpoint is None),
+            # goals beside text (the "goal" message; docs/goals.md): steered for any model, seen by a
+            # goal-trained one (goal_model)
+            "goals": engine.goals_supported, "goal_model": engine.goal_model,
+            "goal_steering": engine.config.goal_steering, "goal_tolerance": engine.config.goal_tolerance,
         }
 
     async def start(self) -> None:
@@ -261,7 +268,8 @@ class Connection:
         self.done = asyncio.Event()
         self.client_gone = False
         self.key: int | None = None
-        self.handlers = {PromptMessage: self._on_prompt, PingMessage: self._on_ping, CloseMessage: self._on_close}
+        self.handlers = {PromptMessage: self._on_prompt, GoalMessage: self._on_goal, ClearGoalMessage: self._on_goal,
+                         PingMessage: self._on_ping, CloseMessage: self._on_close}
 
     def post(self, item) -> None:
         """Event-loop thread. A full queue means the client does not read fast enough: drop it."""
@@ -347,6 +355,10 @@ class Connection:
 
     def _on_prompt(self, m: PromptMessage) -> None:
         self.service.scheduler.push(self.key, m.text, m.seconds, m.after_current)
+
+    def _on_goal(self, m: GoalMessage | ClearGoalMessage) -> None:
+        goal = GoalState(x=m.x, z=m.z, heading=m.heading, seconds=m.seconds) if isinstance(m, GoalMessage) else None
+        self.service.scheduler.set_goal(self.key, goal)
 
     def _on_ping(self, m: PingMessage) -> None:
         self.post(Pong(t=round(time.time(), 4)).to_json())

@@ -266,12 +266,15 @@ def text_embeddings_for(examples, encoder_name: str, cache: str | None):
     return emb
 
 
-def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None):
+def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None, goals: bool = False):
+    """goals: the run trains with goals (goal_prob > 0): the model gets a goal module (a fresh one on top of
+    a text-only checkpoint it starts from)."""
     if from_checkpoint is not None:
         config = T2MConfig.from_dict(from_checkpoint["config"]["t2m"])
     else:
         config = (T2MConfig.official(cond_dim=text_dim) if args.model_size == "official"
                   else T2MConfig.small(cond_dim=text_dim))
+    config.goal = config.goal or goals
     if config.cond_dim != text_dim:
         raise CLIError(f"the model expects {config.cond_dim}-dim text embeddings but --text-encoder "
                        f"{args.text_encoder!r} gives {text_dim}")
@@ -281,6 +284,9 @@ def _t2m_model(args, text_dim: int, from_checkpoint: dict | None = None):
 def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
     state = ema_or_model_state(ck) if ema else ck["model"]
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if model.goal_embed is not None and not any(k.startswith("goal_embed.") for k in state):
+        # a text-only model fine-tuned with goals: its new goal module keeps its initial weights
+        state.update({f"goal_embed.{k}": v for k, v in model.goal_embed.state_dict().items()})
     try:
         load_state_dict_strict(model, state, path)
     except ValueError as e:
@@ -289,13 +295,14 @@ def _load_t2m_weights(model, ck: dict, path: str, ema: bool = True) -> None:
 
 def cmd_train_t2m(args) -> int:
     config = _config(T2MTrainConfig, args)
+    goals = config.goal_prob > 0      # goals need each clip's root path (read from its motion file)
     try:
-        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents)
+        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents, paths=goals)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
     torch_seed(config.seed)
-    model = _t2m_model(args, emb[""].shape[-1], _checkpoint(args.resume, ("t2m",)) if args.resume else None)
+    model = _t2m_model(args, emb[""].shape[-1], _checkpoint(args.resume, ("t2m",)) if args.resume else None, goals)
     res = _run(lambda: train_t2m(model, examples, emb, config, resume=args.resume, overwrite=args.overwrite,
                                  extra_config={"text_encoder": args.text_encoder}))
     _say(f"trained t2m to step {res.step}: last loss {res.losses[-1][1] if res.losses else float('nan'):.4f}, "
@@ -305,16 +312,18 @@ def cmd_train_t2m(args) -> int:
 
 def cmd_train_stream(args) -> int:
     config = _config(T2MTrainConfig, args)
+    goals = config.goal_prob > 0
     try:
-        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents)
-        examples += load_stream_examples(args.stream_data, args.stream_latents, "train", max_latents=config.max_latents)
+        examples = load_latent_examples(args.latents, args.data, "train", max_latents=config.max_latents, paths=goals)
+        examples += load_stream_examples(args.stream_data, args.stream_latents, "train", max_latents=config.max_latents,
+                                         paths=goals)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e))
     emb = text_embeddings_for(examples, args.text_encoder, args.text_cache)
     torch_seed(config.seed)
     init = _checkpoint(args.init, ("t2m", "stream")) if args.init else None
     source = _checkpoint(args.resume, ("stream",)) if args.resume else init
-    model = _t2m_model(args, emb[""].shape[-1], source)
+    model = _t2m_model(args, emb[""].shape[-1], source, goals)
     if init is not None and not args.resume:
         _load_t2m_weights(model, init, args.init, ema=False)
     res = _run(lambda: train_t2m(model, examples, emb, config, name="stream", resume=args.resume,

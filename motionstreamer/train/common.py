@@ -495,7 +495,7 @@ def train_loop(model: torch.nn.Module, config: TrainConfig, sample_batch: Callab
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.grad_clip)
         opt.step()
         sched.step()
         if ema is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from motionstreamer import FRAMES_PER_LATENT
-from motionstreamer.train.t2m import LatentExample
+from motionstreamer.train.t2m import LatentExample, motion_root_path
 from motionstreamer.utils import load_npy
 
 
@@ -38,8 +38,10 @@ def parse_stream_line(line: str, where: str) -> tuple[str, str, int]:
 
 
 def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split: str = "train",
-                         max_latents: int = 78, unit_length: int = FRAMES_PER_LATENT,
-                         text_dir: str | None = None) -> list[LatentExample]:
+                         max_latents: int = 78, unit_length: int = FRAMES_PER_LATENT, text_dir: str | None = None,
+                         paths: bool = False) -> list[LatentExample]:
+    """paths=True also reads each pair's motion (stream_root/<split>_stream/<name>.npy) for its root path
+    at the latent boundaries (goals, train/goals.py)."""
     stream_root, latent_dir = Path(stream_root), Path(latent_dir)
     tdir = stream_root / (text_dir or f"{split}_stream_text")
     if not tdir.is_dir():
@@ -55,6 +57,8 @@ def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split:
             raise ValueError(f"{lat_path}: cannot read ({e.strerror or e})") from None
         if lat.ndim != 2 or len(lat) == 0 or not np.all(np.isfinite(lat)):
             raise ValueError(f"{lat_path}: expected finite (L, latent_dim) latents, got shape {lat.shape}")
+        root = motion_root_path(stream_root / f"{split}_stream" / f"{txt.stem}.npy", len(lat), unit_length) \
+            if paths else None
         for n, line in enumerate(txt.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -66,8 +70,11 @@ def load_stream_examples(stream_root: str | Path, latent_dir: str | Path, split:
                 raise ValueError(f"{txt}:{n}: A has {a_len} latents but {lat_path} holds only {len(lat)}")
             a, b = lat[:a_len], lat[a_len:]
             b = b[: max_latents - 1]
-            a = a[max(0, len(a) - (max_latents - 1 - len(b))):]
-            examples.append(LatentExample(b_text, a, b, edge_drop=False, history_caption=a_text))
+            first = max(0, len(a) - (max_latents - 1 - len(b)))
+            a = a[first:]
+            examples.append(LatentExample(b_text, a, b, edge_drop=False, ends=a_len + len(b) == len(lat),
+                                          path=None if root is None else root[first:a_len + len(b) + 1],
+                                          history_caption=a_text))
     if not examples:
         raise ValueError(f"{tdir}: no stream pairs found")
     return examples

@@ -80,10 +80,43 @@ def act_locomotion(kind: str):
         if kind == "walk_circle":
             c.yaw_rate[:] = p["turn_sign"] * 2 * np.pi / p["circle_period"] * env
         else:
-            c.yaw_rate[:] = p["curve"] * env
+            c.yaw_rate[:] = p["curve"] * env + turn_rate(t, p.get("turns", ())) + p.get("yaw_rate", 0.0)
         gait(c, c.phase, env, g, p["scale"])
         return c
     return f
+
+
+def turn_rate(t: np.ndarray, turns) -> np.ndarray:
+    """Yaw rate (rad/s) at frame times t of turns [(start_s, seconds, radians), ...]: each a smooth bump
+    (a sine squared) that turns the heading by its angle over its seconds. None (the default clips): 0."""
+    rate = np.zeros(len(t))
+    for start, dur, angle in turns:
+        u = (t - start) / dur
+        inside = (u >= 0) & (u < 1)
+        rate[inside] += angle / dur * 2 * np.sin(np.pi * u[inside]) ** 2
+    return rate
+
+
+def pursuit_yaw_rate(kind: str, p: dict, T: int, target: np.ndarray, gain: float = 2.5,
+                     max_rate: float = 1.6) -> tuple[np.ndarray, int]:
+    """A walker's yaw rate (T,) that heads for `target` (x, z in the clip's own start frame) the way a
+    person does: turning towards it at gain * heading error, at most max_rate rad/s, backwards gaits with
+    their back first; and the frame it arrives (within 0.15 m; T if it does not). The path is integrated
+    as gait._planned_path does (heading[t] = yaw before t, step = Ry(heading) v / FPS)."""
+    g = _gait_of(kind, p["speed"])
+    env = envelope(T, p["ramp_in"], 0)
+    rate, pos, heading = np.zeros(T), np.zeros(2), 0.0
+    for k in range(T):
+        d = target - pos
+        if np.hypot(*d) < 0.15:
+            return rate, k
+        bearing = np.arctan2(d[0], d[1]) + (np.pi if g.speed < 0 else 0.0)
+        err = (bearing - heading + np.pi) % (2 * np.pi) - np.pi
+        rate[k] = np.clip(gain * err, -max_rate, max_rate) * env[k]
+        v = env[k] * g.speed
+        pos = pos + np.array([np.sin(heading), np.cos(heading)]) * v / FPS
+        heading += rate[k] / FPS
+    return rate, T
 
 
 def act_sidestep(direction: float):

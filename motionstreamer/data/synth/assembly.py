@@ -10,7 +10,7 @@ from motionstreamer import FPS
 from motionstreamer.representation.features import canonicalize_facing, joints_to_272
 from motionstreamer.representation.skeleton import SMPL_OFFSETS, forward_kinematics
 
-from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, sample_params
+from .actions import ACTIONS, GAIT_ACTIONS, PERSON_KEYS, pursuit_yaw_rate, sample_params
 from .body import (
     FEET,
     L_ANKLE,
@@ -216,6 +216,46 @@ def generate_clip(action: str, rng, min_seconds: float = 2.0, max_seconds: float
     joints, rotations, segs = generate_sequence([action], [T], rng)
     p = segs[0]["params"]
     caps = captions_for(action, p, rng, int(rng.integers(3, 6)) if n_captions is None else n_captions)
+    return Clip(name, action, joints, rotations, caps, segments=[(action, 0, T)], params=p)
+
+
+STEERED_ACTIONS = {"walk": 0.55, "jog": 0.2, "run": 0.1, "walk_backwards": 0.15}   # share of each
+
+
+def generate_steered_clip(rng, min_seconds: float = 2.0, max_seconds: float = 10.0, name: str = "",
+                          pursuit: bool = False) -> Clip:
+    """A locomotion clip that changes direction where its caption does not say so: 1-3 smooth turns of
+    15-120 degrees each at random times (actions.turn_rate), or with pursuit=True a walk that heads for
+    a random target point as a person would (actions.pursuit_yaw_rate; params["target"]), and ends
+    there; captions of the plain straight gait.
+    Training data for goals (train/goals.py): in the default clips the path follows from the caption
+    and the history, so a goal taken from it adds almost nothing the model cannot already predict,
+    and a model trained on them alone never learns to turn towards a goal it is drifting away from."""
+    kinds = list(STEERED_ACTIONS)
+    action = kinds[int(rng.choice(len(kinds), p=list(STEERED_ACTIONS.values())))]
+    T = _frames(rng, min_seconds, max_seconds)
+    seconds = T / FPS
+    p = sample_params(action, rng, seconds)
+    p["curve"] = 0.0
+    if pursuit:
+        # a target 1.5-8 m away in any direction; the clip ends a little after it arrives
+        p["ramp_out"] = 0
+        angle, dist = rng.uniform(-np.pi, np.pi), rng.uniform(1.5, 8.0)
+        p["target"] = (float(dist * np.sin(angle)), float(dist * np.cos(angle)))
+        rate, arrive = pursuit_yaw_rate(action, p, T, np.array(p["target"]))
+        T = max(int(np.ceil(min_seconds * FPS)), min(T, arrive + int(rng.integers(0, 8))))
+        p["yaw_rate"] = rate[:T]
+    else:
+        turns = []
+        for _ in range(int(rng.integers(1, 4))):
+            dur = float(rng.uniform(0.6, 1.6))
+            turns.append((float(rng.uniform(0.0, max(seconds - dur, 0.1))), dur,
+                          float(rng.choice([-1.0, 1.0]) * np.deg2rad(rng.uniform(15.0, 120.0)))))
+        p["turns"] = turns
+    c = ACTIONS[action](T, rng, p, None)
+    style_noise(c, np.arange(T) / FPS, p)
+    joints, rotations = integrate(c, scale=p["scale"], heading0=float(rng.uniform(-np.pi, np.pi)))
+    caps = captions_for(action, p, rng, int(rng.integers(3, 6)))
     return Clip(name, action, joints, rotations, caps, segments=[(action, 0, T)], params=p)
 
 

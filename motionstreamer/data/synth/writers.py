@@ -1,5 +1,5 @@
 """Dataset writers: the HumanML3D-272 layout, BABEL-stream pairs and the BABEL-272 layout of their
-segments (`make_dataset`)."""
+segments (`make_dataset`); steered locomotion for goal training (`make_steered_clips`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from motionstreamer.representation.normalize import compute_mean_std
 from motionstreamer.utils import atomic_dir, atomic_save_npy, atomic_write_json, atomic_write_text
 
 from .actions import ACTIONS, FINAL_ONLY
-from .assembly import Clip, generate_clip, generate_composite, generate_sequence
+from .assembly import Clip, generate_clip, generate_composite, generate_sequence, generate_steered_clip
 from .captions import SUBJECTS, tokens_for, verb_phrases
 
 VERSION = 2
@@ -183,3 +183,26 @@ def write_stream(out: Path, pairs: int, rng, hml_train: list, progress: bool = T
     atomic_save_npy(out / "babel_272" / "t2m_babel_mean_std" / "Mean.npy", mean.astype(np.float32))
     atomic_save_npy(out / "babel_272" / "t2m_babel_mean_std" / "Std.npy", std.astype(np.float32))
     return {"stream": stream_info, "babel_actions": babel_actions}
+
+
+def make_steered_clips(out: str | Path, clips: int, seed: int = 0, min_seconds: float = 2.0, max_seconds: float = 10.0,
+                       progress: bool = True, overwrite: bool = False, pursuit: float = 0.0) -> None:
+    """Steered locomotion clips (assembly.generate_steered_clip: turns the captions do not name), for
+    goal training only, in the HumanML3D-272 layout without statistics (normalise them with the main
+    dataset's): out/motion_data/<id>.npy, out/texts/<id>.txt, out/split/train.txt (every clip), written
+    atomically like make_dataset. `pursuit`: the share of clips that head for a target point."""
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} is not empty: choose another folder, or replace it with overwrite=True")
+    rng = np.random.default_rng([seed, 27])
+    with atomic_dir(out) as tmp:
+        names = []
+        for i in tqdm(range(clips), desc="steered clips", disable=not progress):
+            name = f"steer_{i:06d}"
+            clip = generate_steered_clip(rng, min_seconds, max_seconds, name, pursuit=bool(rng.uniform() < pursuit))
+            atomic_save_npy(tmp / "motion_data" / f"{name}.npy", clip.features())
+            _write_lines(tmp / "texts" / f"{name}.txt", [_text_line(c) for c in clip.captions])
+            names.append(name)
+        _write_lines(tmp / "split" / "train.txt", names)

@@ -29,6 +29,8 @@ const state = {
   recRot: [], recRoot: [],    // per played frame: Float32Array(4 * NJ) quaternions, Float32Array(3) pelvis
   recIndex: [],
   receivedTimes: [],
+  goal: null,                 // {x, z} the stream was sent (a click on the floor), until reached or cleared
+  goalsReached: 0,
 };
 window.motionstreamer = { state };   // read by tests and curious visitors (scene added below)
 
@@ -103,6 +105,18 @@ const trail = new THREE.Line(trailGeom, new THREE.LineBasicMaterial({ color: 0x5
 trail.position.y = 0.003;
 scene.add(trail);
 let trailCount = 0;
+
+// goal marker: a ring and a post where the floor was clicked (hidden without a goal)
+const goalMarker = new THREE.Group();
+const matGoal = new THREE.MeshStandardMaterial({ color: 0xffd166, emissive: 0x4a3a10, roughness: 0.5 });
+const goalRing = new THREE.Mesh(new THREE.RingGeometry(0.22, 0.3, 48), matGoal);
+goalRing.rotation.x = -Math.PI / 2;
+goalRing.position.y = 0.006;
+const goalPost = new THREE.Mesh(new THREE.CylinderGeometry(0.025, 0.025, 0.6, 12), matGoal);
+goalPost.position.y = 0.3;
+goalMarker.add(goalRing, goalPost);
+goalMarker.visible = false;
+scene.add(goalMarker);
 
 // ------------------------------------------------------------------ the character
 // SMPL body joints: 0 pelvis, 1/2 hips, 3/6/9 spine, 4/5 knees, 7/8 ankles, 10/11 feet, 12 neck,
@@ -198,11 +212,19 @@ function applyPose(p) {
 }
 
 // ------------------------------------------------------------------ camera: smooth follow, drag to orbit
-const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 6.0 };
+// follow: the view keeps the character in frame (false holds it still: the tests' clicks land where projected)
+const cam = { target: new THREE.Vector3(0, 0.9, 0), azimuth: 0.65, elevation: 0.2, distance: 6.0, follow: true };
 window.motionstreamer.cam = cam;
 let dragging = null;
-canvas.addEventListener("pointerdown", (e) => { dragging = { x: e.clientX, y: e.clientY }; canvas.setPointerCapture(e.pointerId); });
-canvas.addEventListener("pointerup", () => { dragging = null; });
+canvas.addEventListener("pointerdown", (e) => {
+  dragging = { x: e.clientX, y: e.clientY, x0: e.clientX, y0: e.clientY };
+  canvas.setPointerCapture(e.pointerId);
+});
+canvas.addEventListener("pointerup", (e) => {
+  // a click (no drag) on the floor sends a goal there: the character goes to it in the current prompt's style
+  if (dragging && Math.hypot(e.clientX - dragging.x0, e.clientY - dragging.y0) < 5) clickFloor(e.clientX, e.clientY);
+  dragging = null;
+});
 canvas.addEventListener("pointermove", (e) => {
   if (!dragging) return;
   cam.azimuth -= (e.clientX - dragging.x) * 0.006;
@@ -215,7 +237,7 @@ canvas.addEventListener("wheel", (e) => {
 }, { passive: false });
 
 function updateCamera(dt) {
-  if (state.pose) {
+  if (state.pose && cam.follow) {
     const k = 1 - Math.exp(-dt * 4);
     cam.target.x += (state.pose[0] - cam.target.x) * k;
     cam.target.z += (state.pose[2] - cam.target.z) * k;
@@ -228,6 +250,14 @@ function updateCamera(dt) {
   camera.lookAt(cam.target.x, cam.target.y - 0.6, cam.target.z);   // character above the prompt panel
   sun.position.set(cam.target.x + 3, 7, cam.target.z + 4);
   sun.target.position.copy(cam.target);
+}
+
+const raycaster = new THREE.Raycaster(), ndc = new THREE.Vector2();
+function clickFloor(px, py) {
+  ndc.set(px / window.innerWidth * 2 - 1, 1 - py / window.innerHeight * 2);
+  raycaster.setFromCamera(ndc, camera);
+  const hit = raycaster.intersectObject(floor)[0];
+  if (hit) sendGoal(hit.point.x, hit.point.z);
 }
 
 function resize() {
@@ -333,9 +363,14 @@ function onMessage(m) {
     }
     for (const e of m.events) addEvent(e.kind, `latent ${e.latent}`, e.prompt);
     if (m.queue) setQueue(m.queue);
+    onGoalEvents(m.events);
   } else if (m.type === "events") {
     for (const e of m.events) addEvent(e.kind, `latent ${e.latent}`, e.prompt);
+    onGoalEvents(m.events);
     if (m.events.some((e) => e.kind === "finished")) state.idle = true;
+  } else if (m.type === "goal_ack") {
+    if (m.goal) addEvent("goal", "set", `x ${m.goal.x.toFixed(2)} m, z ${m.goal.z.toFixed(2)} m`);
+    else { state.goal = null; goalMarker.visible = false; }
   } else if (m.type === "ack") {
     setQueue(m.queue);
   } else if (m.type === "pong") {
@@ -352,6 +387,25 @@ function sendPrompt(text) {
   if ($("afterCurrent").checked) msg.after_current = true;
   state.ws.send(JSON.stringify(msg));
   state.pendingPrompt = { text, tSend: performance.now(), tRecv: null };
+}
+
+function sendGoal(x, z) {
+  if (!state.info?.goals) { setStatus("this server takes no goals (goal steering is off and its model was not trained with goals)", true); return; }
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  state.ws.send(JSON.stringify({ type: "goal", x, z }));
+  state.goal = { x, z };
+  goalMarker.position.set(x, 0, z);
+  matGoal.color.set(0xffd166);
+  goalMarker.visible = true;
+}
+window.motionstreamer.sendGoal = sendGoal;
+
+function onGoalEvents(events) {
+  if (!events.some((e) => e.kind === "goal_reached")) return;
+  state.goalsReached += 1;
+  state.goal = null;
+  matGoal.color.set(0x5be49b);                       // reached: green, then gone
+  setTimeout(() => { if (!state.goal) goalMarker.visible = false; }, 1500);
 }
 
 function setQueue(q) {
@@ -421,7 +475,8 @@ $("restart").addEventListener("click", () => {
   const old = state.ws; state.ws = null;
   if (old) old.close(1000);
   Object.assign(state, { buffer: [], playing: false, idle: true, prompt: "", recRot: [], recRoot: [], recIndex: [],
-    serverUnderruns: 0, clientUnderruns: 0 });
+    serverUnderruns: 0, clientUnderruns: 0, goal: null });
+  goalMarker.visible = false;
   trailCount = 0; trailGeom.setDrawRange(0, 0);
   $("events").replaceChildren(); setQueue([]);
   connect();
@@ -447,6 +502,11 @@ function overlay(now) {
   $("sUnder").textContent = `${state.serverUnderruns} / ${state.clientUnderruns}`;
   $("sFrame").textContent = state.framesPlayed ? `${Math.floor(state.playhead)}` : "–";
 }
+
+window.motionstreamer.projectPoint = (x, y, z) => {   // world -> screen pixels (tests click the floor)
+  const v = new THREE.Vector3(x, y, z).project(camera);
+  return [(v.x + 1) / 2 * window.innerWidth, (1 - v.y) / 2 * window.innerHeight];
+};
 
 window.motionstreamer.projectJoints = () => {
   if (!state.pose) return null;
@@ -487,6 +547,7 @@ async function start() {
   $("model").textContent = `${info.checkpoint === "embedded" ? "embedded default model" : info.checkpoint} · ` +
     `${info.sampling_steps} sampling steps · ${info.device}`;
   buildCharacter(info.skeleton);
+  if (!info.goals) $("hint").textContent = "Drag to orbit, wheel to zoom (this model takes no goals).";
   const ex = $("examples");
   for (const p of info.example_prompts.slice(0, 17)) {
     const b = document.createElement("button");
