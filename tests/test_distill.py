@@ -1,5 +1,6 @@
 """Few-step head distillation: the student's sampler, its objective, the trainer, the bundle, the CLI."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -91,6 +92,57 @@ def test_student_sampler_equals_its_reference_loop(steps):
     torch.testing.assert_close(ref, x, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_guided_student_sampler_equals_a_float64_transcription(steps):
+    """A student that keeps guidance (cfg_scale != 1) samples on [cond; uncond] with its own network:
+    eps_u + w (eps_c - eps_u) at each of its k timesteps round(48 j / k), the cosine schedule's alpha_bar
+    from its closed form, the ancestral posterior, no noise at the last step; the training rollout is
+    the same sampler."""
+    w = 2.5
+    s = student(cfg_scale=w)
+    g = torch.Generator().manual_seed(3)
+    cond, uncond = (torch.randn(3, 32, generator=g, dtype=torch.float64) for _ in range(2))
+    noise = (torch.randn(6, 16, generator=g, dtype=torch.float64),
+             torch.randn(steps, 6, 16, generator=g, dtype=torch.float64))
+    c, u = cond.repeat_interleave(2, 0), uncond.repeat_interleave(2, 0)
+    settings = student_settings(steps, cfg_scale=w)
+    assert settings.guided and settings.condition_rows == 2
+    fast = s.sample(c, u, settings=settings, noise=noise)
+    plain = s.sample(c, u, settings=settings, noise=noise, fast=False)
+    rep = s.rollout(cond, steps, noise, repeats=2, uncond=uncond)
+
+    def alpha_bar(t):   # Nichol & Dhariwal's cosine schedule over 50 training steps, at timestep t
+        f = lambda v: math.cos((v + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return f((t + 1) / 50) / f(0)
+    ts = [round(48 * j / steps) for j in range(1, steps + 1)]
+    x = noise[0]
+    for i in reversed(range(steps)):
+        t = torch.full((6,), ts[i])
+        e_c, e_u = s.net(x, t, c), s.net(x, t, u)
+        eps = e_u + w * (e_c - e_u)
+        ab, ab_prev = alpha_bar(ts[i]), (alpha_bar(ts[i - 1]) if i > 0 else 1.0)
+        x0 = (x - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        beta = 1 - ab / ab_prev
+        mean = (ab_prev ** 0.5 * beta * x0 + (1 - beta) ** 0.5 * (1 - ab_prev) * x) / (1 - ab)
+        x = mean + (beta * (1 - ab_prev) / (1 - ab)) ** 0.5 * noise[1][i] if i > 0 else mean
+    for got in (fast, plain, rep):
+        torch.testing.assert_close(got, x, rtol=1e-9, atol=1e-9)
+    # guidance is not a no-op here, and a guided rollout needs its unconditional rows
+    assert (s.sample(c, settings=student_settings(steps), noise=noise) - x).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="guided student needs uncond rows"):
+        s.rollout(cond, steps, noise, repeats=2)
+    with pytest.raises(ValueError, match="guided student needs uncond rows"):
+        s.rollout(cond, steps, noise, repeats=2, uncond=uncond[:2])
+
+
+def test_a_guided_student_cannot_own_a_conditional_path():
+    with pytest.raises(ValueError, match="cannot own a conditional path"):
+        StudentHeadConfig(cfg_scale=4.0, condition_blocks=1)
+    assert StudentHeadConfig(cfg_scale=1.0, condition_blocks=1).condition_blocks == 1
+    with pytest.raises(ValueError, match="keep_guidance samples on the teacher's"):
+        DistillConfig(keep_guidance=True, condition_blocks=1).check()
+
+
 def test_student_sampler_checks_its_inputs():
     s = student()
     with pytest.raises(ValueError, match="cond must have shape"):
@@ -108,7 +160,8 @@ def test_student_sampler_checks_its_inputs():
     ("steps", [], "steps must be distinct"), ("steps", [1, 1], "steps must be distinct"),
     ("steps", [0, 2], "steps must be distinct"), ("default_steps", 3, "default_steps"),
     ("kind", "ddpm", "kind"), ("teacher_cfg_scale", float("nan"), "teacher_cfg_scale"),
-    ("top_timestep", 0, "top_timestep")])
+    ("top_timestep", 0, "top_timestep"), ("cfg_scale", float("nan"), "cfg_scale"), ("cfg_scale", True, "cfg_scale"),
+    ("cfg_scale", 100.5, "cfg_scale"), ("cfg_scale", "4", "cfg_scale")])
 def test_student_config_errors_name_the_field(field, value, msg):
     d = StudentHeadConfig().to_dict()
     d[field] = value
@@ -129,8 +182,9 @@ def test_student_config_reads_the_keys_older_bundles_wrote():
     c = StudentHeadConfig.from_dict(old)
     assert (c.teacher_cfg_scale, c.teacher_skip_terminal_step, c.distillation) == (3.5, False, "some recipe")
     assert set(c.to_dict()) == {"kind", "steps", "default_steps", "top_timestep", "teacher_cfg_scale", "teacher_steps",
-                                "teacher_skip_terminal_step", "distillation", "condition_blocks"}
+                                "teacher_skip_terminal_step", "distillation", "condition_blocks", "cfg_scale"}
     assert c.condition_blocks is None      # an older student conditions on the teacher's transformer
+    assert c.cfg_scale == 1.0              # ... and samples from that one row, unguided
     with pytest.raises(ValueError, match="not both"):
         StudentHeadConfig.from_dict({**old, "teacher_cfg_scale": 3.5})
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from fakes import FakeTextEncoder, randomize_head
 
-from motionstreamer.checkpoints import add_student_head, load_bundle, save_bundle
+from motionstreamer.checkpoints import add_student_head, bundle_config_of, load_bundle, save_bundle
 from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
 from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
 from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
-from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
 from motionstreamer.runtime.reference import reference_stream
 from motionstreamer.runtime.session import StreamingSession
 
@@ -47,14 +47,25 @@ def bundles(tmp_path_factory):
         for p in own.condition.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     add_student_head(root / "teacher", own, root / "student_path")
-    return root / "teacher", root / "student", root / "student_path"
+    # a student that keeps guidance, at a scale of its own (not the teacher's nor the sampler default 4)
+    guided = StudentHead(t2m.config.head, StudentHeadConfig(steps=(1, 2), default_steps=2, top_timestep=48,
+                                                            cfg_scale=GUIDED_SCALE))
+    guided.load_state_dict(randomize_head(TextToMotionModel(config), seed=11).diff_loss.state_dict())
+    add_student_head(root / "teacher", guided, root / "student_guided")
+    return root / "teacher", root / "student", root / "student_path", root / "student_guided"
 
 
-STUDENTS = ["student", "student_path"]
+GUIDED_SCALE = 2.5
+STUDENTS = ["student", "student_path", "student_guided"]
 
 
 def student_dir(bundles, which: str):
-    return bundles[1] if which == "student" else bundles[2]
+    return bundles[1 + STUDENTS.index(which)]
+
+
+def rows_of(which: str) -> int:
+    """Condition (KV-cache) rows per stream: [cond; uncond] for a guided student, else its one row."""
+    return 2 if which == "student_guided" else 1
 
 
 def stream_latents(engine, prompts, seeds, n):
@@ -71,17 +82,20 @@ def student_config(**kw):
 
 
 @pytest.mark.parametrize("which", STUDENTS)
-def test_student_engine_holds_one_row_per_stream_and_equals_the_reference(bundles, which):
+def test_student_engine_holds_its_rows_per_stream_and_equals_the_reference(bundles, which):
     b, enc = load_bundle(student_dir(bundles, which)), FakeTextEncoder(TEXT)
     engine = StreamingEngine(b, enc, capacity=2, config=student_config())
+    rows = rows_of(which)
     assert engine.settings.head == "student" and engine.settings.sampling_steps == 2   # the student's default
-    assert engine.rows == 1 and engine.backend.condition_rows == 1
-    assert engine.backend.cache.batch == 2           # KV rows = streams: no unconditional rows
+    # the student's own guidance scale, whatever the config's (GenerationConfig's default 4)
+    assert engine.settings.cfg_scale == (GUIDED_SCALE if rows == 2 else 1.0)
+    assert engine.rows == rows and engine.backend.condition_rows == rows
+    assert engine.backend.cache.batch == 2 * rows    # KV rows = streams x rows: unconditional ones only if guided
     seen = []
     sample = engine.backend.sample
     engine.backend.sample = lambda c, noise, s: seen.append(tuple(c.shape)) or sample(c, noise, s)
     got = stream_latents(engine, ["walk forward", "jump"], [3, 4], 12)
-    assert seen and all(shape[:2] == (2, 1) for shape in seen)    # head batch = streams, one row each
+    assert seen and all(shape[:2] == (2, rows) for shape in seen)    # head batch = streams, their rows
     for prompt, seed, lat in zip(["walk forward", "jump"], [3, 4], got):
         ref = reference_stream(b.t2m, b.tae, [(enc.encode([prompt])[0], 12)], enc.encode([""])[0],
                                torch.Generator().manual_seed(seed), student_config(), decode_every_latent=False,
@@ -141,20 +155,22 @@ def test_a_backend_samples_only_its_own_head(bundles):
         TorchBackend(load_bundle(bundles[0]), 1, torch.device("cpu"), torch.float32, head="student")
 
 
+@pytest.mark.parametrize("which", ["student", "student_guided"])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_graphed_backend_cpu_path_samples_the_student(bundles, steps):
+def test_graphed_backend_cpu_path_samples_the_student(bundles, steps, which):
     from motionstreamer.runtime.backend import TorchBackend
     from motionstreamer.runtime.cuda_graph import GraphedBackend
 
-    b = load_bundle(bundles[1])
-    settings = student_config(sampling_steps=steps).sampler_settings()
-    eager = TorchBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1, head="student")
-    graphed = GraphedBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=1, head="student")
+    b, rows = load_bundle(student_dir(bundles, which)), rows_of(which)
+    settings = resolve_config(student_config(sampling_steps=steps), bundle_config_of(b)).sampler_settings()
+    assert settings.condition_rows == rows
+    eager = TorchBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=rows, head="student")
+    graphed = GraphedBackend(b, 3, torch.device("cpu"), torch.float32, condition_rows=rows, head="student")
     assert graphed.head_module(settings) is b.student and eager.noise_steps(settings) == steps
     g = torch.Generator().manual_seed(0)
-    cond = torch.randn(3, 1, b.t2m.config.n_embd, generator=g)
+    cond = torch.randn(3, rows, b.t2m.config.n_embd, generator=g)
     noise = (torch.randn(3, 16, generator=g), torch.randn(steps, 3, 16, generator=g))
-    want = b.student.sample(cond[:, 0], settings=settings, noise=noise, fast=False)
+    want = b.student.sample(*cond.unbind(1), settings=settings, noise=noise, fast=False)
     for got in (graphed.sample(cond, noise, settings), eager.sample(cond, noise, settings)):
         # fast (precomputed AdaLN) vs plain forward, fp32: reordered sums (as the teacher's tests)
         assert (got - want).abs().max() / want.abs().max() < 1e-4
@@ -176,7 +192,7 @@ def test_teacher_streams_are_bit_identical_with_a_student_in_the_bundle(bundles,
 
 
 def test_student_steps_and_missing_student_are_clear_errors(bundles):
-    tdir, sdir, _ = bundles
+    tdir, sdir = bundles[:2]
     enc = FakeTextEncoder(TEXT)
     with pytest.raises(ValueError, match=r"samples in 1, 2 steps, not 4 .*--teacher|samples in 1, 2 steps, not 4"):
         StreamingEngine(load_bundle(sdir), enc, config=student_config(sampling_steps=4))
@@ -241,33 +257,39 @@ def test_student_transformer_graphs_are_exported_when_it_owns_its_path(exported)
         assert np.abs(cond - want).max() / np.abs(want).max() < 1e-4, name
 
 
-def test_student_head_graph_has_no_guidance_inputs_and_equals_the_module(exported):
+def test_student_head_graph_has_guidance_inputs_only_if_guided_and_equals_the_module(exported):
     import onnxruntime as ort
 
     sdir, out, manifest = exported
     heads = {(h["head"], h["sampling_steps"]): h for h in manifest["heads"]}
     assert set(heads) == {("teacher", 5), ("student", 1), ("student", 2)}
     b = load_bundle(sdir)
-    settings = student_config(sampling_steps=2).sampler_settings()
+    guided = b.student.student_config.cfg_scale != 1.0
+    settings = resolve_config(student_config(sampling_steps=2), bundle_config_of(b)).sampler_settings()
     sess = ort.InferenceSession(str(out / heads[("student", 2)]["file"]), providers=["CPUExecutionProvider"])
-    assert {i.name for i in sess.get_inputs()} == {"cond", "x_T", "step_noise", "temperature"}
+    inputs = {"cond", "x_T", "step_noise", "temperature"}
+    assert {i.name for i in sess.get_inputs()} == (inputs | {"uncond", "cfg_scale"} if guided else inputs)
     g = torch.Generator().manual_seed(0)
-    cond = torch.randn(4, b.t2m.config.n_embd, generator=g)
+    cond, uncond = torch.randn(4, b.t2m.config.n_embd, generator=g), torch.randn(4, b.t2m.config.n_embd, generator=g)
     x, nz = torch.randn(4, 16, generator=g), torch.randn(2, 4, 16, generator=g)
-    got = sess.run(None, {"cond": cond.numpy(), "x_T": x.numpy(), "step_noise": nz.numpy(),
-                          "temperature": np.array([1.0], np.float32)})[0]
-    want = b.student.sample(cond, settings=settings, noise=(x, nz), fast=False)
+    feeds = {"cond": cond.numpy(), "x_T": x.numpy(), "step_noise": nz.numpy(),
+             "temperature": np.array([1.0], np.float32)}
+    if guided:
+        feeds.update(uncond=uncond.numpy(), cfg_scale=np.array([GUIDED_SCALE], np.float32))
+    got = sess.run(None, feeds)[0]
+    want = b.student.sample(cond, uncond if guided else None, settings=settings, noise=(x, nz), fast=False)
     assert np.abs(got - want.numpy()).max() / np.abs(want.numpy()).max() < 1e-4
 
 
-def test_ort_student_stream_matches_torch_with_one_kv_row_per_stream(exported):
+def test_ort_student_stream_matches_torch_with_its_kv_rows_per_stream(exported):
     sdir, out, _ = exported
     from motionstreamer.runtime.ort_backend import ort_session
 
     config = student_config(max_latents=12)
     a = StreamingSession(load_bundle(sdir), FakeTextEncoder(TEXT), config=config, seed=7)
     b = ort_session(out, FakeTextEncoder(TEXT), config=config, seed=7)
-    assert b.engine.backend.condition_rows == 1 and b.engine.backend.k.shape[1] == 1
+    rows = 2 if load_bundle(sdir).student.student_config.cfg_scale != 1.0 else 1
+    assert b.engine.backend.condition_rows == rows and b.engine.backend.k.shape[1] == rows
     for s in (a, b):
         s.push_text("walk forward", max_latents=5)
         s.push_text("turn left", after_current=True)
@@ -280,7 +302,7 @@ def test_ort_student_stream_matches_torch_with_one_kv_row_per_stream(exported):
 def test_export_student_variant_errors(bundles, tmp_path):
     from motionstreamer.export.onnx_export import export_bundle
 
-    tdir, sdir, _ = bundles
+    tdir, sdir = bundles[:2]
     with pytest.raises(ValueError, match="samples in 1, 2 steps, not 3"):
         export_bundle(load_bundle(sdir), tmp_path / "a", variants=[("student", 3)])
     with pytest.raises(ValueError, match="no few-step student head"):
@@ -290,7 +312,7 @@ def test_export_student_variant_errors(bundles, tmp_path):
 def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
     from motionstreamer.cli import main
 
-    tdir, sdir, _ = bundles
+    tdir, sdir = bundles[:2]
     for argv, msg in ((["--checkpoint", str(tdir)], "no few-step student head"),
                       (["--checkpoint", str(sdir), "--sampling-steps", "10"], "samples in 1, 2 steps, not 10")):
         with pytest.raises(SystemExit) as e:
