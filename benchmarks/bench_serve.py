@@ -68,8 +68,12 @@ class Server:
         self.port = s.getsockname()[1]
         s.close()
         cmd = [sys.executable, "-m", "motionstreamer", "serve", "--port", str(self.port), "--max-streams",
-               str(max_streams), "--sampling-steps", str(args.sampling_steps), "--device", args.device, "--lookahead",
+               str(max_streams), "--device", args.device, "--lookahead",
                str(args.lookahead), "--idle-timeout", "600", "--log-level", "warning"]
+        if args.sampling_steps is not None:
+            cmd += ["--sampling-steps", str(args.sampling_steps)]
+        if args.head is not None:
+            cmd += ["--head", args.head]
         if checkpoint:
             cmd += ["--checkpoint", checkpoint]
         if args.threads:
@@ -229,7 +233,7 @@ def bench(args) -> tuple[dict, list[dict]]:
     best = max(ok, key=lambda r: r["clients"]) if ok else None
     summary = {"model": args.model if args.model != "embedded" else "embedded default model",
                "checkpoint": args.checkpoint, "device": args.device, "sampling_steps": args.sampling_steps,
-               "lookahead": args.lookahead,
+               "head": args.head, "lookahead": args.lookahead,
                "server_command": " ".join(server.cmd[1:]).replace(str(ROOT) + "/", ""),
                "largest_realtime_clients": best["clients"] if best else 0,
                "at_largest": {k: best[k] for k in ("prompt_to_frame_p50_ms", "prompt_to_frame_p99_ms",
@@ -244,7 +248,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--clients", default="5,10,20,30,40,50,64", help="comma list of client counts (ladder)")
     ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0)
-    steps = ap.add_argument("--sampling-steps", type=int, default=10, help="sampling steps (the serve default)")
+    steps = ap.add_argument("--sampling-steps", type=int, default=None,
+                            help="sampling steps (default: the server's: 10 for the teacher, a student's own count)")
+    ap.add_argument("--head", choices=("teacher", "student"), default=None,
+                    help="the head the server runs (default: the bundle's default head)")
     add_deprecated_alias(ap, "--steps", steps)
     ap.add_argument("--lookahead", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -271,7 +278,8 @@ def main(argv=None) -> int:
     print(markdown_table(rows))
     if not args.no_write:
         write_results(args.out, info, rows, f"serve_{'official' if args.model == 'official-random' else 'embedded'}",
-                      f"serve ({info['model']}, {args.sampling_steps} steps)",
+                      f"serve ({info['model']}, {args.head or 'default'} head, "
+                      f"{args.sampling_steps or 'default'} steps)",
                       f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n"
                       f"`{info['command']}`\n\n")
     return 0

@@ -212,16 +212,17 @@ def case_throughput(ctx) -> list[dict]:
     return rows
 
 
-def student_bundle(ctx) -> Bundle:
-    """The benchmark's random-weight models with a few-step student (1/2/4 steps) that owns its
-    conditional path (the last block, ln_f, out_proj: models/few_step.py), as distillation makes it."""
+def student_bundle(ctx, guided: bool = False) -> Bundle:
+    """The benchmark's random-weight models with a few-step student (1/2/4 steps) as distillation makes
+    it: one that owns its conditional path (the last block, ln_f, out_proj: models/few_step.py) and
+    samples from one row, or (guided) one that keeps the teacher's guidance on [cond; uncond] rows."""
     from motionstreamer.models.few_step import StudentHead, StudentHeadConfig
 
     tae, t2m, dev, dtype = ctx["tae"], ctx["t2m"], ctx["device"], ctx["dtype"]
     head = t2m.config.head
-    student = StudentHead(head, StudentHeadConfig(steps=(1, 2, 4), default_steps=4,
-                                                  top_timestep=head.num_train_steps - 1, condition_blocks=1),
-                          t2m.config).init_from(t2m)
+    config = StudentHeadConfig(steps=(1, 2, 4), default_steps=4, top_timestep=head.num_train_steps - 1,
+                               condition_blocks=None if guided else 1, cfg_scale=4.0 if guided else 1.0)
+    student = StudentHead(head, config, t2m.config).init_from(t2m)
     bundle = Bundle(tae, t2m, dev)
     bundle.student = student.to(dev, dtype).eval()
     bundle.config = {"student_head": student.student_config.to_dict()}
@@ -243,31 +244,42 @@ def ort_runtimes(bundle, heads, out_dir) -> dict:
 
 
 def case_student(ctx) -> list[dict]:
-    """The guided teacher (50 steps, [cond; uncond] rows) against a few-step student (models/few_step.py:
-    1 row per stream, its own last block, 1/2/4 steps; random weights, the teacher's architecture), at
-    batch 1 and the --batches sizes (e.g. --batches 64), in PyTorch and (on the CPU) ONNX Runtime fp32 and
-    int8, in one run: ms per latent (one engine step), first-frame latency at batch 1 (prompt in -> 4
-    frames out, text embedding cached), and the weight-read bound (measured copy bandwidth)."""
+    """The guided teacher (50 steps, [cond; uncond] rows) against few-step students (models/few_step.py,
+    random weights, the teacher's architecture): "student" samples from one row per stream (its own last
+    block), "guided" keeps the teacher's guidance on two rows; 1/2/4 steps, at batch 1 and the --batches
+    sizes (e.g. --batches 64), in PyTorch and (on the CPU) ONNX Runtime fp32 and int8, in one run: ms per
+    latent (one engine step), first-frame latency at batch 1 (prompt in -> 4 frames out, text embedding
+    cached), and the weight-read bound (measured copy bandwidth)."""
     import tempfile
 
-    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
+    from motionstreamer.checkpoints import bundle_config_of
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
 
     t2m, dev, dtype = ctx["t2m"], ctx["device"], ctx["dtype"]
-    bundle = student_bundle(ctx)
+    bundles = {"student": student_bundle(ctx), "guided": student_bundle(ctx, guided=True)}
     text = RandomTextEncoder(t2m.config.cond_dim)
-    variants = [("teacher", 4), ("student", 1)] if ctx["quick"] else \
-        [("teacher", 50), ("student", 1), ("student", 2), ("student", 4)]
+    # (label, which bundle, head, steps); the teacher runs from the one-row student's bundle
+    variants = [("teacher", "student", "teacher", 4), ("student", "student", "student", 1),
+                ("guided", "guided", "student", 4)] if ctx["quick"] else \
+        [("teacher", "student", "teacher", 50)] + [(kind, kind, "student", k) for kind in ("student", "guided")
+                                                   for k in (1, 2, 4)]
     rows, n = [], ctx["throughput_latents"]
     with tempfile.TemporaryDirectory() as tmp:
-        runtimes = {"torch": None}
+        runtimes = {"torch": {name: None for name in bundles}}
         if dev.type == "cpu" and ctx["onnx"]:
-            heads = [("ddpm", k) if kind == "teacher" else ("student", k) for kind, k in variants]
-            runtimes.update(ort_runtimes(bundle, heads, tmp))
+            for name, b in bundles.items():
+                heads = [("ddpm", k) if head == "teacher" else ("student", k)
+                         for _, which, head, k in variants if which == name]
+                for rt, factory in ort_runtimes(b, heads, f"{tmp}/{name}").items():
+                    runtimes.setdefault(rt, {})[name] = factory
         for batch in sorted({1, *ctx["batches"]}):
-            for runtime, factory in runtimes.items():
-                for kind, steps in variants:
-                    config = GenerationConfig(head=kind, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
-                    backend = None if factory is None else factory(batch, config.sampler_settings())
+            for runtime, factories in runtimes.items():
+                for label, which, head, steps in variants:
+                    bundle = bundles[which]
+                    config = GenerationConfig(head=head, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+                    settings = resolve_config(config, bundle_config_of(bundle)).sampler_settings()
+                    factory = factories[which]
+                    backend = None if factory is None else factory(batch, settings)
                     engine = StreamingEngine(bundle, text, capacity=batch, config=config, device=dev, dtype=dtype,
                                              backend=backend)
                     for i in range(batch):
@@ -275,7 +287,7 @@ def case_student(ctx) -> list[dict]:
                     engine.step()  # prefill all + warm-up
                     r = per_unit(timeit(lambda: [engine.step() for _ in range(n)], dev, repeats=ctx["repeats"],
                                         warmup=0), n)
-                    row = {"case": f"student_b{batch}_{runtime}_{kind}{steps}", "streams": batch,
+                    row = {"case": f"student_b{batch}_{runtime}_{label}{steps}", "streams": batch,
                            "runtime": runtime, "kv_rows_per_stream": engine.rows, "ms_per_latent": r,
                            "latents_per_s": batch * 1000 / r["median"],
                            "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / r["median"]}

@@ -33,3 +33,17 @@ def test_goal_benchmark_times_both_streams_in_one_run(tmp_path):
     for row in rows:
         assert row["ms_per_latent_text_only"] > 0 and row["ms_per_latent_with_goal"] > 0
         assert row["goal_cost_ratio"] == row["ms_per_latent_with_goal"] / row["ms_per_latent_text_only"]
+
+
+def test_student_benchmark_times_teacher_and_both_students_in_one_run(tmp_path):
+    """--cases student: the teacher, the one-row student and the guided student (two KV rows per stream)
+    in PyTorch and ONNX Runtime fp32/int8, in one run."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--cases", "student",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = {row["case"]: row for row in data["results"]}
+    for runtime in ("torch", "ort_fp32", "ort_int8"):
+        got = {k: rows[f"student_b1_{runtime}_{k}"]["kv_rows_per_stream"] for k in ("teacher4", "student1", "guided4")}
+        assert got == {"teacher4": 2, "student1": 1, "guided4": 2}, (runtime, got)
+        assert all(rows[f"student_b1_{runtime}_{k}"]["ms_per_latent"]["median"] > 0 for k in got)

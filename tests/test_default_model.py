@@ -47,7 +47,8 @@ def test_engine_equals_the_original_algorithm_latent_by_latent(models):
     4e-4 after 90 latents for seed 0, while seeds 2 and 4 drift into other motions after 40-60."""
     bundle, enc = models
     prompts = [("a person walks forward", 40), ("a person jogs in a circle", 50)]
-    config = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config.sampler.skip_terminal_step)
+    config = GenerationConfig(end_threshold=-1.0, skip_terminal_step=bundle.config.sampler.skip_terminal_step,
+                              head="teacher")
     s = StreamingSession(bundle, enc, config=config, seed=0)
     for p, n in prompts:
         s.push_text(p, max_latents=n, after_current=True)
@@ -55,6 +56,31 @@ def test_engine_equals_the_original_algorithm_latent_by_latent(models):
     assert len(latents) == 90 > bundle.t2m.config.block_size
     ref = reference_stream(bundle.t2m, bundle.tae, [(enc.encode([p])[0], n) for p, n in prompts], enc.encode([""])[0],
                            torch.Generator().manual_seed(0), config, decode_every_latent=False, context=latents)
+    err = (latents - ref.latents).abs().max(dim=1).values / latents.abs().max(dim=1).values
+    assert err.max() < 5e-5, (err.max(), err.argmax())
+
+
+def test_default_head_is_the_guided_student_and_equals_its_plain_reference(models):
+    """The embedded model streams with its distilled student by default (config.json sampler.head, set by
+    scripts/train_default_model.py when the student met the teacher's quality: docs/student.md): 4 steps on
+    [cond; uncond] rows with the teacher's guidance scale. Each latent against the plain reference
+    (full-prefix recompute, separate cond/uncond forwards, the student's plain head loop), teacher forced
+    on the engine's history with the same noise, across the window slide and a prompt change."""
+    bundle, enc = models
+    student = bundle.config.student_head
+    assert bundle.config.sampler.head == "student" and student.cfg_scale == student.teacher_cfg_scale == 4.0
+    assert student.default_steps == 4 and student.condition_blocks is None
+    prompts = [("a person walks forward", 40), ("a person jogs in a circle", 50)]
+    config = GenerationConfig(end_threshold=-1.0)
+    s = StreamingSession(bundle, enc, config=config, seed=1)
+    assert s.engine.settings.head == "student" and s.engine.settings.sampling_steps == 4 and s.engine.rows == 2
+    for p, n in prompts:
+        s.push_text(p, max_latents=n, after_current=True)
+    latents = torch.stack([c.latent for c in s])
+    assert len(latents) == 90 > bundle.t2m.config.block_size
+    ref = reference_stream(bundle.t2m, bundle.tae, [(enc.encode([p])[0], n) for p, n in prompts], enc.encode([""])[0],
+                           torch.Generator().manual_seed(1), GenerationConfig(end_threshold=-1.0, head="student"),
+                           decode_every_latent=False, context=latents, student=bundle.student)
     err = (latents - ref.latents).abs().max(dim=1).values / latents.abs().max(dim=1).values
     assert err.max() < 5e-5, (err.max(), err.argmax())
 
