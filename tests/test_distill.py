@@ -135,6 +135,26 @@ def test_guided_student_sampler_equals_a_float64_transcription(steps):
         s.rollout(cond, steps, noise, repeats=2, uncond=uncond[:2])
 
 
+def test_head_quality_samples_a_guided_student_on_both_rows():
+    """evaluate head's student sampler: a student that keeps guidance reads the uncond row of each pair
+    (changing it changes the samples; equal rows make guidance a no-op, so the samples are the one-row
+    student's), a one-row student never does."""
+    from motionstreamer.eval.head_quality import student_sampler
+
+    g = torch.Generator().manual_seed(5)
+    c, u = torch.randn(4, 32, generator=g, dtype=torch.float64), torch.randn(4, 32, generator=g, dtype=torch.float64)
+    guided, one_row = student(cfg_scale=3.0, steps=(2,), default_steps=2), student(steps=(2,), default_steps=2)
+    one_row.load_state_dict(guided.state_dict())
+
+    def draw(s, pairs):
+        return student_sampler(s, 2)(pairs, 3, torch.Generator().manual_seed(0))
+    pairs, other = torch.stack([c, u], 1), torch.stack([c, u.flip(0)], 1)
+    assert (draw(guided, pairs) - draw(guided, other)).abs().max() > 1e-3
+    torch.testing.assert_close(draw(one_row, pairs), draw(one_row, other), rtol=0, atol=0)
+    same = torch.stack([c, c], 1)
+    torch.testing.assert_close(draw(guided, same), draw(one_row, pairs), rtol=1e-9, atol=1e-9)
+
+
 def test_a_guided_student_cannot_own_a_conditional_path():
     with pytest.raises(ValueError, match="cannot own a conditional path"):
         StudentHeadConfig(cfg_scale=4.0, condition_blocks=1)

@@ -137,10 +137,15 @@ def teacher_sampler(diff_loss, cfg_scale: float, sampling_steps: int, skip_termi
 
 
 def student_sampler(student, steps: int) -> Sampler:
-    """A Sampler for a StudentHead at `steps` steps (uses only the cond row of (C, 2, E) pairs)."""
+    """A Sampler for a StudentHead at `steps` steps: a student that keeps guidance samples on both rows of
+    the (C, 2, E) pairs [cond, uncond] with its guidance scale, a one-row student on the cond row alone."""
+    cfg_scale = student.student_config.cfg_scale
+    settings = student_settings(steps, cfg_scale=cfg_scale)
+
     def sample(c: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         cond = repeat_rows(c[:, 0], n)
-        return grouped(student.sample(cond, settings=student_settings(steps), generator=gen), c.shape[0])
+        uncond = repeat_rows(c[:, 1], n) if settings.guided else None
+        return grouped(student.sample(cond, uncond, settings=settings, generator=gen), c.shape[0])
     return sample
 
 

@@ -1,12 +1,14 @@
-"""Few-step student: the diffusion head's network sampled in 1-4 steps from one condition row, and
-the conditional path that gives it that row.
+"""Few-step student: the diffusion head's network sampled in 1-4 steps, and the conditional path that
+may feed it.
 
 A student has the teacher head's architecture (SimpleMLPAdaLN, same widths, keys `net.*`) and is
 trained by `motionstreamer distill-head` (train/distill.py) to reproduce the teacher's guided
 sampling distribution. It is a DiffLoss whose sampling processes are its own, so it samples with the
 one sampler of models/diffusion.py (step_coefficients "ddpm" + sample_loop: the ancestral update,
 no noise at the last step; the fused Triton loop on CUDA; CUDA graphs; the ONNX head graph), with
-SamplerSettings(head="student"): one row per latent, no unconditional condition, no guidance.
+SamplerSettings(head="student", cfg_scale=StudentHeadConfig.cfg_scale): a student that keeps guidance
+(cfg_scale != 1, the embedded model's) samples on [cond; uncond] rows as the teacher does, from its
+own network; one with cfg_scale 1 samples from one row per latent, no unconditional condition.
 
 Guidance needs the unconditional row u (the transformer over the same history with the empty
 caption), which one row per stream never computes. So a student may own its conditional path

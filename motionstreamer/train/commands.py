@@ -144,7 +144,7 @@ def register(subparsers) -> None:
                    help="training run folder: checkpoints, logs, TensorBoard, the teacher-sample bank "
                         "(default: the config's out_dir, runs/distill)")
     d.add_argument("--student-steps", default=None, metavar="K[,K...]",
-                   help="step counts the student is trained for and supports (default 1,2,4); the largest is "
+                   help="step counts the student is trained for and supports (default 4); the largest is "
                         "its default")
     add_sampler_args(d, "cfg_scale", cfg_scale=None, helps={
         "cfg_scale": f"the teacher's guidance scale to reproduce (default: {DistillConfig.cfg_scale:g})"})
@@ -420,10 +420,12 @@ def cmd_train_evaluator(args) -> int:
 # ----------------------------------------------------------------------------- distill-head
 def cmd_distill_head(args) -> int:
     """Train a few-step student head (the teacher head's architecture, initialised from it) that
-    reproduces the bundle's guided sampling distribution from the conditional row alone, on the
-    conditions the frozen transformer gives for the dataset's latent sequences (teacher forcing).
-    Writes NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and
-    numbers: motionstreamer/train/distill.py. Runs under torchrun like the train verbs."""
+    reproduces the bundle's guided 50-step sampling distribution in a few steps: by default it keeps the
+    teacher's guidance on [cond; uncond] rows (--set keep_guidance=false --set condition_blocks=1: one row
+    and its own last transformer block), trained on the frozen transformer's conditions over the
+    dataset's latent sequences (teacher forcing) and then over its own streamed rollouts. Writes
+    NEW_BUNDLE: the teacher bundle byte for byte plus student_head.safetensors. Method and numbers:
+    motionstreamer/train/distill.py, docs/student.md. Runs under torchrun like the train verbs."""
 
     out = Path(args.out)
     steps = None if args.student_steps is None else parse_step_list(args.student_steps, "--student-steps")
