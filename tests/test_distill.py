@@ -399,14 +399,16 @@ def test_guided_eps_regression_is_zero_for_the_teacher_itself_without_guidance(t
     assert float(loss4) > 1e-4
 
 
-def test_rounds_of_rollouts_and_selection_return_the_best_round(tiny, tmp_path):
+@pytest.mark.parametrize("recipe", [{"condition_blocks": 1, "keep_guidance": False}, {}],
+                         ids=["one-row, own block", "guidance kept (the default)"])
+def test_rounds_of_rollouts_and_selection_return_the_best_round(tiny, tmp_path, recipe):
     root, examples, emb = tiny
     from motionstreamer.train.t2m import LatentExample
     pairs = [LatentExample(f"caption {i}", examples[i].latents_b[:2], examples[i + 1].latents_b,
                            history_caption=f"caption {i + 1}") for i in range(3)]
     config = quiet(DistillConfig, out_dir=str(tmp_path / "run"), steps=9, batch_size=8, lr=1e-3, warmup_steps=0,
                    conditions=32, teacher_samples=3, student_samples=3, student_steps=(1, 2), save_every=100,
-                   log_every=3, rollout_rounds=2, rollout_conditions=12, condition_blocks=1)
+                   log_every=3, rollout_rounds=2, rollout_conditions=12, **recipe)
     assert config.round_ends() == [3, 6, 9]
     seen = []
 
@@ -423,6 +425,8 @@ def test_rounds_of_rollouts_and_selection_return_the_best_round(tiny, tmp_path):
     for r in (1, 2):
         b = torch.load(tmp_path / "run" / f"rollout_bank_{r}.pt", weights_only=True)
         assert len(b["seq"]) == 12 and set(b["source"].tolist()) == {r} and torch.isfinite(b["samples"]).all()
+    assert s.student_config.cfg_scale == (1.0 if recipe else config.cfg_scale)
+    assert (s.condition is None) == (not recipe)
 
 
 def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
@@ -430,7 +434,7 @@ def test_distillation_loss_falls_and_the_bundle_round_trips(tiny, tmp_path):
     teacher = load_bundle(root / "teacher")
     config = quiet(DistillConfig, out_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=1e-3, warmup_steps=0,
                 conditions=64, teacher_samples=8, student_samples=8, student_steps=(1, 2), save_every=30,
-                log_every=10, ema_decay=None)
+                log_every=10, ema_decay=None, keep_guidance=False, condition_blocks=1, rollout_rounds=0)
     s, res = distill_head(teacher, examples, emb, config, teacher_name="tiny")
     first = sum(v for _, v in res.losses[:10]) / 10
     last = sum(v for _, v in res.losses[-10:]) / 10

@@ -61,10 +61,16 @@ def teacher(tmp_path_factory):
     return fitted_teacher(tmp_path_factory.mktemp("teacher"))
 
 
+# the one-row recipe (its own last block, no rollouts) these references were written for; GUIDED: the
+# default recipe's student (guidance kept, two rows)
+ONE_ROW = dict(keep_guidance=False, condition_blocks=1, rollout_rounds=0, switch_share=0.0)
+GUIDED = dict(keep_guidance=True, condition_blocks=None, rollout_rounds=0, switch_share=0.0)
+
+
 def config(out_dir, **kw):
     base = dict(out_dir=str(out_dir), steps=200, batch_size=16, lr=2e-3, warmup_steps=0, conditions=64,
                 teacher_samples=8, student_samples=8, student_steps=(1, 2), save_every=1000, log_every=10,
-                ema_decay=None)
+                ema_decay=None, **ONE_ROW)
     return quiet(DistillConfig, **{**base, **kw})
 
 
@@ -74,9 +80,11 @@ def own_vs_shuffled(student, t2m, pairs, steps: int = 2, n: int = 32, student_ro
     rows for the same contexts (its conditional path), default the teacher's cond rows."""
     C = pairs.shape[0]
     rows = pairs[:, 0] if student_rows is None else student_rows
+    w = student.student_config.cfg_scale     # a student that keeps guidance samples on both rows
+    uncond = pairs[:, 1].repeat_interleave(n, 0) if w != 1.0 else None
     with torch.no_grad():
         ref = teacher_samples(t2m.diff_loss, pairs, n, 4.0, 50, True, seed=11)
-        got = student.sample(rows.repeat_interleave(n, 0), settings=student_settings(steps),
+        got = student.sample(rows.repeat_interleave(n, 0), uncond, settings=student_settings(steps, cfg_scale=w),
                              generator=torch.Generator().manual_seed(12)).reshape(C, n, -1)
     perm = torch.roll(torch.arange(C), 1)
     return float(energy_distance(got, ref).mean()), float(energy_distance(got, ref[perm]).mean())
@@ -108,6 +116,23 @@ def test_student_samples_follow_their_own_condition(teacher, eval_pairs, tmp_pat
     for steps in (1, 2):
         own, other = own_vs_shuffled(student, t2m, pairs, steps, student_rows=student_rows(student))
         assert own < 0.2 * other, (steps, own, other)
+
+
+def test_guided_student_samples_follow_their_own_condition(teacher, eval_pairs, tmp_path):
+    """The default recipe's student (guidance kept: the teacher's [cond; uncond] rows, its own network)
+    passes the same check at 2 and 4 steps, and distillation is what makes it pass at 2: before, the
+    teacher's network on the student's 2 timesteps is further from the teacher's 50 guided steps."""
+    bundle_dir, examples, emb = teacher
+    t2m, pairs, _ = eval_pairs
+    cfg = config(tmp_path / "run", student_steps=(2, 4), **GUIDED)
+    student, res = distill_head(load_bundle(bundle_dir), examples, emb, cfg, teacher_name="t")
+    assert student.condition is None and student.student_config.cfg_scale == cfg.cfg_scale == 4.0
+    trained = {k: own_vs_shuffled(student, t2m, pairs, k) for k in (2, 4)}
+    for steps, (own, other) in trained.items():
+        assert own < 0.2 * other, (steps, own, other)
+    fresh = StudentHead(t2m.config.head, student.student_config, t2m.config).init_from(t2m)
+    before, _ = own_vs_shuffled(fresh, t2m, pairs, 2)
+    assert trained[2][0] < before, (trained[2], before)
 
 
 def test_a_student_trained_on_a_zeroed_condition_fails_that_check(teacher, eval_pairs, tmp_path, monkeypatch):
