@@ -294,20 +294,20 @@ def ensure_data_and_latents(args, bundle, work: Path, data: Path) -> None:
 
 
 
-# The student recipe (train/distill.py; docs/student.md compares the runs): run H, the student keeps
+# The student recipe (train/distill.py; docs/student.md compares the runs): run I, the student keeps
 # the teacher's guidance on [cond; uncond] rows and its 50 steps are distilled into 4 by the energy
-# score, on teacher-forced contexts (a share right after prompt changes), then one round on the
+# score, on teacher-forced contexts (a share right after prompt changes), then two rounds on the
 # student's own streamed rollouts labelled by the teacher; the round that scores best end to end is
 # kept. The one-row students (their own last block, the guided-eps regression: runs A-D, C the best)
 # stayed at the unguided teacher's R@3: --no-distill-keep-guidance --distill-condition-blocks 1
 # --distill-guidance-weight 10 --distill-guidance-steps 200 --distill-student-steps 1,2,4.
-DISTILL_STEPS = 800
+DISTILL_STEPS = 1200
 DISTILL_CONDITIONS = 4096
 DISTILL_LR = 1e-4
 DISTILL_CONDITION_BLOCKS = -1
 DISTILL_GUIDANCE_STEPS = 0
 DISTILL_GUIDANCE_WEIGHT = 0.0
-DISTILL_ROLLOUT_ROUNDS = 1
+DISTILL_ROLLOUT_ROUNDS = 2
 DISTILL_ROLLOUT_CONDITIONS = 2048
 DISTILL_KEEP_GUIDANCE = True
 DISTILL_STUDENT_STEPS = "4"

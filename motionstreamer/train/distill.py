@@ -64,6 +64,8 @@ from motionstreamer.utils import atomic_write_json
 
 METHOD = ("energy-score distillation of the guided ancestral sampler with a learned conditional path and the "
           "student's own rollouts (motionstreamer.train.distill)")
+METHOD_GUIDED = ("energy-score distillation of the guided ancestral sampler, guidance kept on [cond; uncond] rows, "
+                 "with the student's own rollouts (motionstreamer.train.distill)")
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -457,11 +459,11 @@ class EnergyDistillObjective(torch.nn.Module):
 # ----------------------------------------------------------------------------- config and training
 @dataclass
 class DistillConfig(TrainConfig):
-    """The defaults are the embedded model's recipe (run H, docs/student.md): the student keeps the
-    teacher's guidance and distils its 50 steps into 4, on teacher-forced contexts and one round of its
+    """The defaults are the embedded model's recipe (run I, docs/student.md): the student keeps the
+    teacher's guidance and distils its 50 steps into 4, on teacher-forced contexts and two rounds of its
     own rollouts."""
     out_dir: str = "runs/distill"
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 64               # targets per optimiser step (global)
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -484,7 +486,7 @@ class DistillConfig(TrainConfig):
     condition_blocks: int | None = None   # transformer blocks the student owns (+ ln_f, out_proj); None: none
     guidance_steps: int = 0            # first steps: guided-eps regression alone (see EnergyDistillObjective)
     guidance_weight: float = 0.0       # then: its weight beside the energy score
-    rollout_rounds: int = 1            # banks of the student's own rollouts, built after equal shares of steps
+    rollout_rounds: int = 2            # banks of the student's own rollouts, built after equal shares of steps
     rollout_conditions: int = 2048     # targets per rollout bank
     rollout_fraction: float = 0.5      # share of each batch drawn from the newest rollout bank
     rollout_steps: int | None = None   # the student's step count while rolling out (None: its default)
@@ -551,7 +553,8 @@ def student_config(config: DistillConfig, bundle, skip_terminal_step: bool) -> S
                              default_steps=config.default_steps or max(config.student_steps),
                              top_timestep=teacher_top_timestep(head, skip_terminal_step),
                              teacher_cfg_scale=config.cfg_scale, teacher_steps=config.teacher_steps,
-                             teacher_skip_terminal_step=skip_terminal_step, distillation=METHOD,
+                             teacher_skip_terminal_step=skip_terminal_step,
+                             distillation=METHOD_GUIDED if config.keep_guidance else METHOD,
                              condition_blocks=config.condition_blocks,
                              cfg_scale=config.cfg_scale if config.keep_guidance else 1.0)
 
