@@ -314,7 +314,8 @@ def case_student(ctx) -> list[dict]:
 
 def case_embedded(ctx) -> list[dict]:
     """The embedded default model as `motionstreamer generate/stream` runs it: its own weights, the
-    MiniLM text encoder, the bundle's sampler defaults (end detection off: fixed-length runs).
+    MiniLM text encoder, end detection off (fixed-length runs): the teacher at each --steps count and
+    the bundle's default head (its distilled student at its default count), in one run.
     first_frame_ms: a new prompt typed -> its first 4 frames out, text encoding included."""
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
     from motionstreamer.runtime.loading import load_models
@@ -323,8 +324,9 @@ def case_embedded(ctx) -> list[dict]:
     bundle, text, _ = load_models(None, device=str(dev), dtype="fp32")
     rows = []
     n_lat = ctx["latents"] * 2
-    for steps in ctx["steps_list"]:
-        config = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+    heads = [("teacher", steps) for steps in ctx["steps_list"]] + [(None, None)]   # None: the bundle's default
+    for head, steps in heads:
+        config = GenerationConfig(head=head, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
         engine = StreamingEngine(bundle, text, capacity=1, config=config, device=dev)
         prompts = iter(f"a person walks forward and waves {i}" for i in range(10**6))  # uncached text
 
@@ -341,8 +343,16 @@ def case_embedded(ctx) -> list[dict]:
         per = timeit(run_stream, dev, repeats=ctx["repeats"], warmup=1)
         per = per_unit(per, n_lat)
         ff = timeit(first_frame, dev, repeats=max(3, ctx["repeats"]), warmup=1)
-        rows.append({"case": f"embedded_model_steps{steps}", "latents": n_lat, "engine_ms_per_latent": per,
+        s = engine.settings
+        name = (f"embedded_model_steps{s.sampling_steps}" if head == "teacher"
+                else f"embedded_model_default_{s.head}{s.sampling_steps}")
+        rows.append({"case": name, "head": s.head, "sampling_steps": s.sampling_steps,
+                     "kv_rows_per_stream": engine.rows, "latents": n_lat, "engine_ms_per_latent": per,
                      "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / per["median"]})
+    base = next((r["engine_ms_per_latent"]["median"] for r in rows if r["case"] == "embedded_model_steps50"), None)
+    for r in rows:   # against the original 50-step teacher, same run
+        if base is not None:
+            r["speedup_vs_teacher50"] = base / r["engine_ms_per_latent"]["median"]
     return rows
 
 
@@ -368,7 +378,9 @@ def case_goals(ctx) -> list[dict]:
     n_lat, rows = ctx["latents"] * 2, []
     for name, bundle, text in models:
         for steps in ctx["steps_list"]:
-            cfg = GenerationConfig(sampling_steps=steps, max_latents=10**6, end_threshold=-1.0, goal_tolerance=0.0)
+            # the teacher at each step count (the embedded model's default head is its 4-step student)
+            cfg = GenerationConfig(head="teacher", sampling_steps=steps, max_latents=10**6, end_threshold=-1.0,
+                                   goal_tolerance=0.0)
             engine = StreamingEngine(bundle, text, capacity=1, config=cfg, device=dev)
 
             def run(goal: bool):

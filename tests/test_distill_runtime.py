@@ -318,3 +318,35 @@ def test_serve_cli_checks_the_student_before_starting(bundles, capsys):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--head", "student", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_a_default_student_yields_to_the_teacher_only_for_step_counts_it_lacks(bundles, tmp_path):
+    """A bundle whose default head is its student (config.json sampler.head, as the embedded model's):
+    no flags -> the student at its default count and its own guidance scale; a count the student
+    samples in -> the student; a count only the teacher samples in (the original 50, serve's 10) -> the
+    teacher, with the config's guidance scale; --head student with such a count is an error naming the
+    student's counts; --head teacher is the original algorithm."""
+    import json
+    import shutil
+
+    from motionstreamer.checkpoints import read_bundle_config
+
+    d = tmp_path / "default_student"
+    shutil.copytree(student_dir(bundles, "student_guided"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["sampler"] = {**cfg.get("sampler", {}), "head": "student"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    b = read_bundle_config(d)
+
+    def resolved(**kw):
+        r = resolve_config(GenerationConfig(**kw), b)
+        return r.head, r.sampling_steps, r.cfg_scale
+    assert resolved() == ("student", 2, GUIDED_SCALE)
+    assert resolved(sampling_steps=1) == ("student", 1, GUIDED_SCALE)
+    assert resolved(sampling_steps=10) == ("teacher", 10, 4.0)
+    assert resolved(sampling_steps=50, cfg_scale=3.0) == ("teacher", 50, 3.0)
+    assert resolved(head="teacher") == ("teacher", 50, 4.0)
+    with pytest.raises(ValueError, match="samples in 1, 2 steps, not 10"):
+        resolved(head="student", sampling_steps=10)
+    engine = StreamingEngine(load_bundle(d), FakeTextEncoder(TEXT), config=GenerationConfig(end_threshold=-1.0))
+    assert engine.settings.head == "student" and engine.rows == 2 and engine.settings.cfg_scale == GUIDED_SCALE

@@ -119,7 +119,11 @@ def resolve_config(config: GenerationConfig, bundle_config: BundleConfig | None 
     thr = config.end_threshold
     if thr is None:
         thr = ORIGINAL_END_THRESHOLD if b.end_threshold is None else b.end_threshold
-    head, steps = student_choice(config.head or b.sampler.head or "teacher", config.sampling_steps, b.student_head)
+    head = config.head or b.sampler.head or "teacher"
+    if (config.head is None and head == "student" and config.sampling_steps is not None and b.student_head is not None
+            and config.sampling_steps not in b.student_head.steps):
+        head = "teacher"   # a step count only the teacher samples in (e.g. the original 50) asks for the teacher
+    head, steps = student_choice(head, config.sampling_steps, b.student_head)
     # a student samples with the guidance scale it was distilled for (1: its one row carries guidance)
     cfg_scale = b.student_head.cfg_scale if head == "student" else config.cfg_scale
     return dataclasses.replace(config, skip_terminal_step=skip, end_threshold=float(thr), head=head,

@@ -28,11 +28,12 @@ FLAGS = {
                   "classifier-free guidance scale: eps_u + S (eps_c - eps_u); 1 turns guidance off"),
     "sampling_steps": ("--sampling-steps", "--steps", {"type": int, "metavar": "N"},
                        "diffusion sampling steps per latent (the teacher: 50 is the original; a student: one of "
-                       "the counts it supports)"),
+                       "the counts it supports; a count the model's default student does not support runs the "
+                       "teacher)"),
     "sampler": ("--sampler", None, {"choices": SAMPLERS}, "ddpm: ancestral, as the original; ddim"),
     "head": ("--head", None, {"choices": HEADS},
-             "teacher: the guided head, the original algorithm; student: the bundle's distilled few-step head, "
-             "one condition row per stream"),
+             "teacher: the guided head, the original algorithm; student: the bundle's distilled few-step head "
+             "(default: the bundle's, the embedded model's student)"),
     "temperature": ("--temperature", None, {"type": float, "metavar": "T"}, "scales the sampling noise"),
     "end_threshold": ("--end-threshold", None, {"type": float, "metavar": "D"},
                       "L2 distance to the reference end latent that ends an action"),
