@@ -298,7 +298,8 @@ def test_bundle_config_is_the_json_on_disk_typed():
     assert config.to_dict() == raw
     assert isinstance(config.tae, TAEConfig) and isinstance(config.t2m, T2MConfig)
     assert isinstance(config.student_head, StudentHeadConfig) and config.student_head.teacher_cfg_scale == 4.0
-    assert config.sampler.skip_terminal_step is True and config.sampler.head is None
+    assert config.sampler.skip_terminal_step is True and config.sampler.head == "student"   # its distilled default
+    assert config.student_head.cfg_scale == 4.0 and config.student_head.steps == (4,)
     assert config.end_threshold == raw["end_threshold"] and "end_threshold_calibration" in config.extra
     assert BundleConfig.from_dict(config.to_dict()) == config
 

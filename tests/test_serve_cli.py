@@ -43,8 +43,13 @@ def test_token_from_environment_allows_other_hosts(monkeypatch):
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
     config = config_from_args(p.parse_args(["serve", "--host", "0.0.0.0"]))
-    gen = config.generation_config(read_bundle_config(default_model_dir()))
-    assert config.token == "env-token-123456" and gen.sampling_steps == 10 and config.limits.max_streams == 32
+    bundle_config = read_bundle_config(default_model_dir())
+    gen = config.generation_config(bundle_config)
+    assert config.token == "env-token-123456" and config.limits.max_streams == 32
+    # the embedded model's default head, its 4-step student; the teacher at the service's 10 steps
+    assert (gen.head, gen.sampling_steps) == ("student", 4)
+    teacher = config_from_args(p.parse_args(["serve", "--head", "teacher"])).generation_config(bundle_config)
+    assert (teacher.head, teacher.sampling_steps) == ("teacher", 10)
 
 
 def test_token_is_redacted_from_access_logs():

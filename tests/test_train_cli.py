@@ -145,7 +145,9 @@ def test_t2m_stream_bundle_chain(pipe, minilm, tmp_path, capsys):
     assert "trained streaming model to step 2" in out
     stream_ck = load_training_checkpoint(tmp_path / "stream" / CHECKPOINT_NAME)
     assert stream_ck["trainer"] == "stream"
-    assert len(load_text_embeddings(cache)[0]) == len({c for e in examples for c in e.all_captions()} | {""})
+    # every caption, each stream pair's history caption (what distillation streams before it) and ""
+    captions = {c for e in examples for c in e.all_captions()} | {e.history_caption for e in examples} | {""}
+    assert len(load_text_embeddings(cache)[0]) == len(captions)
     # bundle from the streaming checkpoint: EMA weights, dataset Mean/Std, the TAE's end latent
     cli(["make-bundle", "--tae", pipe["tae"], "--t2m", tmp_path / "stream" / CHECKPOINT_NAME, "--data", data,
          "--out", tmp_path / "bundle"], capsys)
