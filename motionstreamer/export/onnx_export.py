@@ -129,8 +129,8 @@ class HeadSampleGraph(nn.Module):
 
 
 class StudentSampleGraph(HeadSampleGraph):
-    """A few-step student's loop (head: the bundle's StudentHead): one condition row, no guidance, so
-    no uncond and no cfg_scale inputs."""
+    """A one-row few-step student's loop (head: the bundle's StudentHead, cfg_scale 1): no uncond and no
+    cfg_scale inputs. A student that keeps guidance is exported as a HeadSampleGraph, the teacher's form."""
 
     def forward(self, cond, x_T, step_noise, temperature):
         return self.loop(cond, x_T, step_noise, None, temperature)

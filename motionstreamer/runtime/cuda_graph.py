@@ -88,7 +88,7 @@ class GraphedBackend(TorchBackend):
             c = torch.zeros_like(conditions, device=self.device, dtype=self.dtype)
             x = torch.zeros(n, self.latent_dim, device=self.device, dtype=self.dtype)
             nz = torch.zeros(noise[1].shape[0], n, self.latent_dim, device=self.device, dtype=self.dtype)
-            head = self.head_module(settings)   # the guided teacher or the student (one condition row, no guidance)
+            head = self.head_module(settings)   # the guided teacher or the student (its own rows and guidance)
             self._capture(key, lambda: head.sample(*c.unbind(1), settings=settings, noise=(x, nz)), [c, x, nz], [])
         graph, (c, x, nz), out = self._graphs[key]
         c.copy_(conditions)

@@ -28,10 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on GPU, fp32 on CPU)")
     add_sampler_args(p, "sampling_steps", "head", "cfg_scale", "on_action_end", defaults=ServeConfig(), helps={
         "sampling_steps": f"diffusion sampling steps per latent (default: {SERVICE_TEACHER_STEPS} for the teacher, so "
-                          "that the embedded model streams 20+ clients on 2 CPU cores, 50 being the original "
+                          "that a teacher streams 20+ clients on 2 CPU cores, 50 being the original "
                           "algorithm; a student: its default count)",
-        "head": "teacher: the guided head (the original algorithm); student: the bundle's distilled few-step head, "
-                "one condition row per stream (default: the bundle's choice)"})
+        "head": "teacher: the guided head (the original algorithm); student: the bundle's distilled few-step head "
+                "(default: the bundle's choice; the embedded model's is its student)"})
     p.add_argument("--lookahead", type=int, default=2,
                    help="latents generated ahead of each stream's playback clock (default 2 = 267 ms)")
     p.add_argument("--token", default=None,
