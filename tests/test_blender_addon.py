@@ -36,7 +36,11 @@ def blender_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("blender")
     assert main(["blender-addon", "--out", str(d / "addon.zip")]) == 0
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(d / "blender_user")}     # Blender's user folders, not $HOME's
-    with ServerThread(create_app(token=TOKEN)) as server:
+    # the teacher head, the motion these bounds were set on: the add-on, not the model, is under test. (With
+    # the embedded model's default 4-step student, "a person walks forward" seed 0 slides its right foot
+    # through its first contact, and the add-on's foot planting then departs from the raw source by up to
+    # 0.18 m, 22% of a leg, at that contact's first frame: over the Generate bound of 15%.)
+    with ServerThread(create_app(token=TOKEN, head="teacher")) as server:
         res = run_script(CHECK, [d / "addon.zip", server.http, TOKEN, d / "result.json", LIVE_SECONDS], timeout=500,
                          env=env, cwd=d)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
