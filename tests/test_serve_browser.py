@@ -115,6 +115,21 @@ def test_page_streams_types_and_moves(page):
     assert page.errors == []
 
 
+def euler_matrices(degrees: np.ndarray, axes: list) -> np.ndarray:
+    """(T, 3, 3) rotations of BVH Euler channels: R = R_axes[0](a0) R_axes[1](a1) R_axes[2](a2)."""
+    out = np.broadcast_to(np.eye(3), (len(degrees), 3, 3)).copy()
+    for k, axis in enumerate(axes):
+        t = np.radians(degrees[:, k])
+        c, s = np.cos(t), np.sin(t)
+        m = np.zeros((len(t), 3, 3))
+        i = "XYZ".index(axis)
+        j, l = (i + 1) % 3, (i + 2) % 3
+        m[:, i, i] = 1.0
+        m[:, j, j], m[:, j, l], m[:, l, j], m[:, l, l] = c, -s, s, c
+        out = out @ m
+    return out
+
+
 def test_download_bvh_matches_the_python_writer(page, tmp_path):
     import bvh as bvh_parser  # an independent parser
     import torch
@@ -136,7 +151,23 @@ def test_download_bvh_matches_the_python_writer(page, tmp_path):
     a = np.array(got.frames, dtype=np.float64)
     b = np.array(ref.frames, dtype=np.float64)
     assert a.shape == b.shape == (T, 75)
-    np.testing.assert_allclose(a, b, atol=2e-3)       # fp32 quaternions -> degrees, printed to 6 decimals
+    # positions as printed; rotations as the matrices their Euler channels make (BVH: intrinsic, in channel
+    # order). The page decomposes in fp32: near the middle angle's +-90 degrees asin of a rounded sine is
+    # off by up to sqrt(2 * 6e-8) = 3.5e-4 rad (seen: 4.9e-5 at -89.9 degrees), so matrices within 5e-4;
+    # a wrong order, axis or sign is off by O(0.1-1)
+    col = 0
+    for name in got.get_joints_names():
+        channels = got.joint_channels(name)
+        assert channels == ref.joint_channels(name)
+        for k, ch in enumerate(channels):
+            if ch.endswith("position"):
+                np.testing.assert_allclose(a[:, col + k], b[:, col + k], atol=2e-3, err_msg=f"{name} {ch}")
+        rot = [k for k, ch in enumerate(channels) if ch.endswith("rotation")]
+        axes = [channels[k][0] for k in rot]
+        ma, mb = (euler_matrices(x[:, [col + k for k in rot]], axes) for x in (a, b))
+        np.testing.assert_allclose(ma, mb, atol=5e-4, err_msg=name)
+        col += len(channels)
+    assert col == 75
 
     with page.expect_download() as dl:
         page.click("#bvh")
