@@ -263,6 +263,13 @@ def case_student(ctx) -> list[dict]:
                 ("guided", "guided", "student", 4)] if ctx["quick"] else \
         [("teacher", "student", "teacher", 50)] + [(kind, kind, "student", k) for kind in ("student", "guided")
                                                    for k in (1, 2, 4)]
+    if ctx["student_variants"]:   # e.g. teacher50,guided4: an official-size run on a small CPU
+        wanted = ctx["student_variants"]
+        variants = [v for v in variants if f"{v[0]}{v[3]}" in wanted]
+        unknown = sorted(set(wanted) - {f"{v[0]}{v[3]}" for v in variants})
+        if unknown:
+            raise SystemExit(f"--student-variants: unknown {unknown}; known: teacher50, student1/2/4, guided1/2/4")
+        bundles = {name: b for name, b in bundles.items() if any(v[1] == name for v in variants)}
     rows, n = [], ctx["throughput_latents"]
     with tempfile.TemporaryDirectory() as tmp:
         runtimes = {"torch": {name: None for name in bundles}}
@@ -315,44 +322,62 @@ def case_student(ctx) -> list[dict]:
 def case_embedded(ctx) -> list[dict]:
     """The embedded default model as `motionstreamer generate/stream` runs it: its own weights, the
     MiniLM text encoder, end detection off (fixed-length runs): the teacher at each --steps count and
-    the bundle's default head (its distilled student at its default count), in one run.
+    the bundle's default head (its distilled student at its default count), in PyTorch and (on the CPU)
+    through its fp32 and int8 ONNX exports (`generate --onnx DIR`), in one run.
     first_frame_ms: a new prompt typed -> its first 4 frames out, text encoding included."""
     from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
     from motionstreamer.runtime.loading import load_models
+
+    import tempfile
+
+    from motionstreamer.checkpoints import bundle_config_of
+    from motionstreamer.runtime.engine import resolve_config
 
     dev = ctx["device"]
     bundle, text, _ = load_models(None, device=str(dev), dtype="fp32")
     rows = []
     n_lat = ctx["latents"] * 2
     heads = [("teacher", steps) for steps in ctx["steps_list"]] + [(None, None)]   # None: the bundle's default
-    for head, steps in heads:
-        config = GenerationConfig(head=head, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
-        engine = StreamingEngine(bundle, text, capacity=1, config=config, device=dev)
-        prompts = iter(f"a person walks forward and waves {i}" for i in range(10**6))  # uncached text
+    with tempfile.TemporaryDirectory() as tmp:
+        runtimes = {"torch": None}
+        if dev.type == "cpu" and ctx["onnx"]:   # the same model through `generate --onnx DIR` (fp32 and int8)
+            student_steps = [("student", k) for k in bundle.student.student_config.steps]
+            runtimes.update(ort_runtimes(bundle, [("ddpm", k) for k in ctx["steps_list"]] + student_steps, tmp))
+        for runtime, factory in runtimes.items():
+            for head, steps in heads:
+                config = GenerationConfig(head=head, sampling_steps=steps, max_latents=10**6, end_threshold=-1.0)
+                settings = resolve_config(config, bundle_config_of(bundle)).sampler_settings()
+                engine = StreamingEngine(bundle, text, capacity=1, config=config, device=dev,
+                                         backend=None if factory is None else factory(1, settings))
+                prompts = iter(f"a person walks forward and waves {i}" for i in range(10**6))  # uncached text
 
-        def run_stream():
-            sid = engine.add_stream("a person jogs forward", seed=0, max_latents=n_lat)
-            for _ in range(n_lat):
-                engine.step()
-            engine.close(sid)
+                def run_stream():
+                    sid = engine.add_stream("a person jogs forward", seed=0, max_latents=n_lat)
+                    for _ in range(n_lat):
+                        engine.step()
+                    engine.close(sid)
 
-        def first_frame():
-            sid = engine.add_stream(next(prompts), seed=0, max_latents=1)
-            engine.step()
-            engine.close(sid)
-        per = timeit(run_stream, dev, repeats=ctx["repeats"], warmup=1)
-        per = per_unit(per, n_lat)
-        ff = timeit(first_frame, dev, repeats=max(3, ctx["repeats"]), warmup=1)
-        s = engine.settings
-        name = (f"embedded_model_steps{s.sampling_steps}" if head == "teacher"
-                else f"embedded_model_default_{s.head}{s.sampling_steps}")
-        rows.append({"case": name, "head": s.head, "sampling_steps": s.sampling_steps,
-                     "kv_rows_per_stream": engine.rows, "latents": n_lat, "engine_ms_per_latent": per,
-                     "first_frame_ms": ff, "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / per["median"]})
-    base = next((r["engine_ms_per_latent"]["median"] for r in rows if r["case"] == "embedded_model_steps50"), None)
-    for r in rows:   # against the original 50-step teacher, same run
-        if base is not None:
-            r["speedup_vs_teacher50"] = base / r["engine_ms_per_latent"]["median"]
+                def first_frame():
+                    sid = engine.add_stream(next(prompts), seed=0, max_latents=1)
+                    engine.step()
+                    engine.close(sid)
+                per = timeit(run_stream, dev, repeats=ctx["repeats"], warmup=1)
+                per = per_unit(per, n_lat)
+                ff = timeit(first_frame, dev, repeats=max(3, ctx["repeats"]), warmup=1)
+                s = engine.settings
+                name = (f"embedded_model_steps{s.sampling_steps}" if head == "teacher"
+                        else f"embedded_model_default_{s.head}{s.sampling_steps}")
+                rows.append({"case": name if runtime == "torch" else f"{name}_{runtime}", "runtime": runtime,
+                             "head": s.head, "sampling_steps": s.sampling_steps, "kv_rows_per_stream": engine.rows,
+                             "latents": n_lat, "engine_ms_per_latent": per, "first_frame_ms": ff,
+                             "realtime_factor": (1000 / LATENTS_PER_SECOND_REALTIME) / per["median"]})
+    teacher50 = {r["runtime"]: r["engine_ms_per_latent"]["median"] for r in rows
+                 if r["head"] == "teacher" and r["sampling_steps"] == 50}
+    for r in rows:   # against the original 50-step teacher, same run: in the same runtime, and in PyTorch
+        if r["runtime"] in teacher50:
+            r["speedup_vs_teacher50"] = teacher50[r["runtime"]] / r["engine_ms_per_latent"]["median"]
+        if "torch" in teacher50:
+            r["speedup_vs_torch_teacher50"] = teacher50["torch"] / r["engine_ms_per_latent"]["median"]
     return rows
 
 
@@ -459,6 +484,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-onnx", action="store_true", help="the student case without ONNX Runtime")
+    ap.add_argument("--student-variants", default=None, metavar="LIST",
+                    help="the student case's rows to run, e.g. teacher50,guided4 (default: the teacher at 50 steps and "
+                         "both student kinds at 1, 2 and 4 steps)")
     ap.add_argument("--external", default=",".join(EXTERNAL_MODULES),
                     help="comma list of contributed benchmark modules the 'external' case runs")
     args = ap.parse_args(argv)
@@ -489,7 +517,9 @@ def main(argv=None) -> int:
                quick=args.quick, latents=latents, steps_list=steps_list, repeats=repeats,
                repeats_ref=1 if args.quick else max(1, repeats // 2), batches=batches, throughput_latents=tl,
                bandwidth=None if args.quick else measure_bandwidth(device), external=external,
-               onnx=not args.no_onnx and importlib.util.find_spec("onnxruntime") is not None)
+               onnx=not args.no_onnx and importlib.util.find_spec("onnxruntime") is not None,
+               student_variants=[v.strip() for v in args.student_variants.split(",") if v.strip()]
+               if args.student_variants else None)
     info = device_info(device)
     info.update(config="small" if small else "official", dtype=str(dtype).replace("torch.", ""),
                 bandwidth_gbps=(ctx["bandwidth"] / 1e9) if ctx["bandwidth"] else None)

@@ -95,6 +95,32 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
     assert "checkpoint" in out.err
 
 
+def test_generate_and_stream_with_onnx_equal_the_pytorch_models(bundle_dir, tmp_path, capsys):
+    """`--onnx DIR` runs the same engine with its model calls in onnxruntime: the fp32 export of the bundle gives
+    the PyTorch run's frames (within 1e-4: fp32 graph parity, carried through the stream), prompt changes
+    included; a head the export lacks is a clear error naming the variant to export."""
+    pytest.importorskip("onnxruntime")
+    from motionstreamer.checkpoints import load_bundle
+    from motionstreamer.export.onnx_export import export_bundle
+    export_bundle(load_bundle(bundle_dir), tmp_path / "export", variants=[("ddpm", 3)])
+    for verb in (["generate", "a person walks"], ["stream", "--prompt", "walk forward@0.6", "--prompt", "wave@0.6"]):
+        feats = {}
+        for name, source in (("torch", ["--checkpoint", str(bundle_dir)]), ("onnx", ["--onnx", str(tmp_path / "export")])):
+            code, out = run(verb + source + ["--out", name, "--out-dir", str(tmp_path), "--sampling-steps", "3",
+                                             "--max-seconds", "1.2", "--seed", "5"], capsys)
+            assert code == 0, out.err
+            feats[name] = np.load(tmp_path / f"{name}.npy")
+        assert "onnxruntime, fp32" in out.err
+        assert feats["onnx"].shape == feats["torch"].shape and feats["torch"].shape[0] >= 32
+        err = np.abs(feats["onnx"] - feats["torch"]).max()
+        print(f"{verb[0]}: max |onnx - torch| = {err:.2e} (|torch| max {np.abs(feats['torch']).max():.2f})")
+        assert err < 1e-4
+    with pytest.raises(SystemExit):
+        main(["generate", "walk", "--onnx", str(tmp_path / "export"), "--sampling-steps", "7", "--out", "x",
+              "--out-dir", str(tmp_path)])
+    assert "re-export with --variant ddpm:7" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,msg", [
     (["generate", "   "], "empty"),
     (["generate", "walk " * 300], "too long"),
@@ -108,6 +134,9 @@ def test_generate_writes_outputs(bundle_dir, tmp_path, capsys):
     (["stream"], "at least one --prompt"),
     (["generate", "walk", "--max-seconds", "0"], "max-seconds"),
     (["generate", "walk", "--threads", "0"], "threads"),
+    (["generate", "walk", "--onnx", "/nonexistent/dir"], "not an exported model folder"),
+    (["generate", "walk", "--onnx", "/nonexistent/dir", "--checkpoint", "/tmp"], "leave out --checkpoint"),
+    (["generate", "walk", "--onnx", "/nonexistent/dir", "--dtype", "bf16"], "leave out --checkpoint, --dtype"),
 ])
 def test_bad_arguments_are_clear_errors(args, msg, tmp_path, capsys):
     if "--out" not in args:

@@ -13,9 +13,8 @@ from motionstreamer.eval import protocols as P
 from motionstreamer.eval.head_quality import format_comparison, head_report
 from motionstreamer.models.evaluator import TMREvaluator
 from motionstreamer.models.sampling import SamplerSettings
-from motionstreamer.models.text import TextEncoder
 from motionstreamer.runtime.engine import resolve_config
-from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR, load_models, resolve_device
+from motionstreamer.runtime.loading import DEFAULT_MODEL_DIR, load_models, load_onnx_models, resolve_device
 from motionstreamer.runtime.ort_backend import load_ort
 from motionstreamer.runtime.sampler_args import add_sampler_args, generation_config
 from motionstreamer.utils import atomic_write_json
@@ -160,14 +159,9 @@ def _generation(args, device, config):
         if args.checkpoint or args.dtype:
             raise CLIError("--onnx takes the models from the export: leave out --checkpoint and --dtype")
         try:
-            stats, probe = load_ort(args.onnx, 1, config=config)
-            text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
-        except ImportError as e:
-            raise CLIError(f"--onnx needs onnxruntime: {e}")
-        except (ValueError, FileNotFoundError, OSError, KeyError) as e:
-            raise CLIError(f"--onnx {args.onnx}: {e}")
-        q = probe.manifest.get("quantization")
-        desc = f"onnx export {args.onnx} (onnxruntime, {q['weights'] + ' weights' if q else 'fp32'})"
+            stats, text_encoder, desc, probe = load_onnx_models(args.onnx, config)
+        except ValueError as e:
+            raise CLIError(str(e))
         # one backend per batch size, reused across batches (each new stream resets its slot), so the
         # graphs are loaded once per size rather than once per batch
         backends = {1: probe}

@@ -7,6 +7,7 @@ import torch
 
 from motionstreamer.checkpoints import load_bundle
 from motionstreamer.models.text import TextEncoder
+from motionstreamer.runtime.ort_backend import load_ort
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
@@ -61,3 +62,20 @@ def load_models(checkpoint: str | Path | None = None, device: str | None = None,
     label = "embedded default model" if checkpoint is None else "checkpoint"
     return bundle, text_encoder, (f"{label} {path} ({desc}; text encoder {bundle.text_encoder_name}; "
                                   f"{dev}, {str(dt).replace('torch.', '')})")
+
+
+def load_onnx_models(directory: str | Path, config=None, capacity: int = 1, threads: int | None = None):
+    """(statistics, text encoder, description, backend) of an `export-onnx` folder: what a verb's `--onnx DIR`
+    runs (the engine with its model calls in onnxruntime, runtime/ort_backend.py). config (a GenerationConfig)
+    picks the head's graphs and sizes the KV cache. Every failure (onnxruntime missing, not an export, a head
+    the export lacks) is a ValueError naming the folder."""
+    try:
+        stats, backend = load_ort(directory, capacity, threads=threads, config=config)
+    except ImportError as e:
+        raise ValueError(f"--onnx needs onnxruntime (pip install onnxruntime): {e}") from None
+    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        raise ValueError(f"--onnx {directory}: {e}") from None
+    text_encoder = TextEncoder.load(stats.text_encoder_name, device="cpu")
+    q = backend.manifest.get("quantization")
+    desc = f"onnx export {directory} (onnxruntime, {q['weights'] + ' weights' if q else 'fp32'})"
+    return stats, text_encoder, desc, backend
