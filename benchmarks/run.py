@@ -325,13 +325,11 @@ def case_embedded(ctx) -> list[dict]:
     the bundle's default head (its distilled student at its default count), in PyTorch and (on the CPU)
     through its fp32 and int8 ONNX exports (`generate --onnx DIR`), in one run.
     first_frame_ms: a new prompt typed -> its first 4 frames out, text encoding included."""
-    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine
-    from motionstreamer.runtime.loading import load_models
-
     import tempfile
 
     from motionstreamer.checkpoints import bundle_config_of
-    from motionstreamer.runtime.engine import resolve_config
+    from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
+    from motionstreamer.runtime.loading import load_models
 
     dev = ctx["device"]
     bundle, text, _ = load_models(None, device=str(dev), dtype="fp32")

@@ -105,7 +105,8 @@ def test_generate_and_stream_with_onnx_equal_the_pytorch_models(bundle_dir, tmp_
     export_bundle(load_bundle(bundle_dir), tmp_path / "export", variants=[("ddpm", 3)])
     for verb in (["generate", "a person walks"], ["stream", "--prompt", "walk forward@0.6", "--prompt", "wave@0.6"]):
         feats = {}
-        for name, source in (("torch", ["--checkpoint", str(bundle_dir)]), ("onnx", ["--onnx", str(tmp_path / "export")])):
+        sources = (("torch", ["--checkpoint", str(bundle_dir)]), ("onnx", ["--onnx", str(tmp_path / "export")]))
+        for name, source in sources:
             code, out = run(verb + source + ["--out", name, "--out-dir", str(tmp_path), "--sampling-steps", "3",
                                              "--max-seconds", "1.2", "--seed", "5"], capsys)
             assert code == 0, out.err

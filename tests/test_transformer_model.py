@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from motionstreamer.models.diffusion import DiffusionHeadConfig
-from motionstreamer.models.transformer import KVCache, T2MConfig, TextToMotionModel, apply_rope, attention, rope_tables
+from motionstreamer.models.transformer import (
+    KVCache,
+    T2MConfig,
+    TextToMotionModel,
+    apply_rope,
+    attention,
+    rope_rotation_table,
+    rope_tables,
+)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -174,6 +182,18 @@ def test_rope_real_form_equals_original_complex_form():
     # rotation: norms kept, position 0 is the identity
     torch.testing.assert_close(apply_rope(x, cos[pos], sin[pos]).norm(dim=-1), x.norm(dim=-1), **TOL)
     torch.testing.assert_close(apply_rope(x[..., :1, :], cos[:1], sin[:1]), x[..., :1, :])
+
+
+def test_rope_rotation_matrices_equal_the_original_complex_form():
+    # the decode step rotates q and k by one matmul with each row's matrix (CausalSelfAttention.qkv_decode)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 16, generator=g)
+    cos, sin = rope_tables(12, 16, 10000.0)
+    pos = torch.tensor([0, 1, 2, 3, 5, 8, 9, 10, 11])
+    table = rope_rotation_table(cos, sin)
+    assert table.shape == (12, 16, 16)
+    torch.testing.assert_close((x[:, None, :] @ table[pos])[:, 0], hand_rope_complex(x[None, None], pos)[0, 0], **TOL)
+    torch.testing.assert_close(table[0], torch.eye(16))
 
 
 def test_rmsnorm_and_swiglu_match_hand(model):

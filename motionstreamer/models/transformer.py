@@ -122,6 +122,19 @@ def rope_tables(max_len: int, head_dim: int, base: float, device=None) -> tuple[
     return torch.cos(ang), torch.sin(ang)
 
 
+def rope_rotation_table(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as matrices: (L, D, D) with x @ table[p] == apply_rope(x, cos[p], sin[p]) for a row x (D,) at
+    position p (each pair (2i, 2i+1) a 2x2 rotation block, zeros elsewhere)."""
+    L, half = cos.shape
+    dtype = torch.float64 if cos.dtype == torch.float64 else torch.float32   # fp32 at least, as apply_rope
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    table = torch.zeros(L, 2 * half, 2 * half, dtype=dtype, device=cos.device)
+    even, odd = torch.arange(0, 2 * half, 2, device=cos.device), torch.arange(1, 2 * half, 2, device=cos.device)
+    table[:, even, even], table[:, odd, odd] = cos, cos
+    table[:, even, odd], table[:, odd, even] = sin, -sin
+    return table
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) by the angles in cos/sin; computed in fp32.
 
@@ -232,6 +245,18 @@ class CausalSelfAttention(nn.Module):
         k = apply_rope(F.normalize(k, p=2, dim=-1), cos, sin)
         return q, k, v
 
+    def qkv_decode(self, x, rotation):
+        """qkv() for one token per row (a decode step), with RoPE given as each row's rotation matrix
+        (R, D, D) (rope_rotation_table): q and k of all heads normalised in one op and rotated in one
+        batched matmul, where qkv() spends some 35 small ops (at batch 1 on a CPU the call costs, not the
+        arithmetic, are a decode step's time). Same maths; RoPE in fp32 as apply_rope."""
+        B, _, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        qkv = self.c_attn(x).view(B, 3 * H, D)
+        qk = torch.bmm(F.normalize(qkv[:, :2 * H], p=2, dim=-1).to(rotation.dtype), rotation).to(x.dtype)
+        q, k = qk.view(B, 2, H, 1, D).unbind(1)
+        return q, k, qkv[:, 2 * H:].view(B, H, 1, D)
+
     def out(self, y):
         B, H, T, D = y.shape
         return self.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
@@ -243,7 +268,10 @@ class CausalSelfAttention(nn.Module):
         backend = kv.attn_backend or resolve_attention_backend(self.attn_backend, x.device)
         if backend == "triton":   # fused QK-Norm + RoPE + attention (+ cache append), forward and backward
             return kv.fused(self, x, cos, sin, layer)
-        q, k, v = self.qkv(x, cos, sin)
+        if kv.rotation is not None and x.shape[1] == 1:
+            q, k, v = self.qkv_decode(x, kv.rotation)
+        else:
+            q, k, v = self.qkv(x, cos, sin)
         k, v = kv.update(layer, k, v)
         return self.out(attention(q, k, v, self.scale_value(), mask=kv.mask, causal=kv.causal, attn_backend=backend))
 
@@ -318,6 +346,7 @@ class KVWriter:
     causal = True
     mask = None
     attn_backend = None
+    rotation = None   # (B, D, D) RoPE matrices of one-token rows (a decode step): CausalSelfAttention.qkv_decode
 
     def __init__(self, key_lengths: torch.Tensor | None = None):
         self.key_lengths = key_lengths
@@ -352,10 +381,12 @@ class DecodeWriter(KVWriter):
     order (no gather). rope: the model's full cos/sin tables (the fused kernel rotates at `pos` itself)."""
     causal = False
 
-    def __init__(self, cache: KVCache, pos: torch.Tensor, rows: torch.Tensor, full: bool, rope: tuple):
+    def __init__(self, cache: KVCache, pos: torch.Tensor, rows: torch.Tensor, full: bool, rope: tuple,
+                 rotation: torch.Tensor | None = None):
         super().__init__()
         self.cache, self.pos, self.rows, self.full, self.rope = cache, pos, rows, full, rope
         self.mask = decode_mask(pos, cache.max_len)
+        self.rotation = rotation
 
     def update(self, layer, k, v):
         K, V = self.cache.k[layer], self.cache.v[layer]
@@ -396,6 +427,7 @@ class TextToMotionModel(nn.Module):
         cos, sin = rope_tables(c.block_size, c.head_dim, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)   # not in the checkpoint
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._rope_rotation = None
 
     def assembled(self, blocks=None, ln_f=None, out_proj=None, diff_loss=None) -> "TextToMotionModel":
         """A model made of this one's modules with some replaced, sharing every tensor (no copy): what a
@@ -416,6 +448,7 @@ class TextToMotionModel(nn.Module):
         m.goal_embed = self.goal_embed
         m.register_buffer("rope_cos", self.rope_cos, persistent=False)
         m.register_buffer("rope_sin", self.rope_sin, persistent=False)
+        m._rope_rotation = None
         return m
 
     def set_attention_backend(self, backend: str) -> None:
@@ -499,6 +532,15 @@ class TextToMotionModel(nn.Module):
     def rope_at(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin for one token per row at positions pos (R,): each (R, 1, 1, head_dim/2)."""
         return self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]
+
+    def rope_rotation_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """RoPE at positions pos (R,) as rotation matrices (R, head_dim, head_dim), from a table made once
+        per device (rope_rotation_table)."""
+        table = self._rope_rotation
+        if table is None or table.device != self.rope_cos.device or (table.dtype == torch.float64) != (
+                self.rope_cos.dtype == torch.float64):
+            table = self._rope_rotation = rope_rotation_table(self.rope_cos, self.rope_sin)
+        return table[pos]
 
     def forward(self, latents: torch.Tensor | None, text_emb: torch.Tensor, lengths=None,
                 goal: torch.Tensor | None = None) -> torch.Tensor:
@@ -592,7 +634,7 @@ class TextToMotionModel(nn.Module):
         pos = cache.length[rows]                                                        # (R,)
         if check and int(pos.max()) >= cache.max_len:
             raise ValueError(f"KV cache full ({cache.max_len} positions): re-prefill a shorter window")
-        kv = DecodeWriter(cache, pos, rows, full, (self.rope_cos, self.rope_sin))
+        kv = DecodeWriter(cache, pos, rows, full, (self.rope_cos, self.rope_sin), self.rope_rotation_at(pos))
         x = self.run_blocks(x, *self.rope_at(pos), kv)
         cache.length[rows] = pos + 1
         return self.project(x[:, 0])

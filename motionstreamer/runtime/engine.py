@@ -456,7 +456,9 @@ class StreamingEngine:
         # (a) TAE: 4 frames per latent from the decoder state of these slots; joints move each root on
         frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
         feats = self._steer(streams, frames.float().to(self.device) * self.std + self.mean)
-        joints = recover_joints_step(feats, self.root, rows=torch.tensor(slots, device=self.device))
+        # every slot in order: the root state is stepped without a gather
+        rows = None if slots == list(range(self.capacity)) else torch.tensor(slots, device=self.device)
+        joints = recover_joints_step(feats, self.root, rows=rows)
         per_latent = frames.shape[1]
         for s in streams:
             s.latents_emitted += 1

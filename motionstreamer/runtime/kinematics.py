@@ -42,20 +42,23 @@ def recover_joints_step(features: torch.Tensor, state: RootState, rows: torch.Te
     heading = state.heading if rows is None else state.heading[rows]
     tau = state.translation if rows is None else state.translation[rows]
     n, T, _ = features.shape
+    if T == 0:
+        return features.new_zeros(n, 0, NUM_JOINTS, 3)
     delta = rot6d_to_matrix(features[..., 2:8])                    # (n, T, 3, 3)
-    local = features[..., 8:8 + 3 * NUM_JOINTS].reshape(n, T, NUM_JOINTS, 3)
-    zero = torch.zeros_like(features[..., 0])
-    vel = torch.stack([features[..., 0], zero, features[..., 1]], dim=-1)  # (n, T, 3)
-    joints = []
+    # the heading recurrence is sequential (T small matmuls); the rest runs on all T frames at once
+    headings = [heading]
     for t in range(T):
-        v = (heading.transpose(-1, -2) @ vel[:, t, :, None])[..., 0]
-        heading = delta[:, t] @ heading
-        tau = tau + v
-        p = local[:, t] @ heading  # row vectors: (H^T p^T)^T = p H
-        p = p + torch.stack([tau[:, 0], torch.zeros_like(tau[:, 0]), tau[:, 2]], dim=-1)[:, None, :]
-        joints.append(p)
+        headings.append(delta[:, t] @ headings[-1])
+    H = torch.stack(headings, dim=1)                                # (n, T + 1, 3, 3): H[t-1] at t, then H[t]
+    zero = torch.zeros_like(features[..., 0])
+    vel = torch.stack([features[..., 0], zero, features[..., 1]], dim=-1)   # (n, T, 3)
+    v = (H[:, :T].transpose(-1, -2) @ vel[..., None])[..., 0]    # H[t-1]^T (x0, 0, x1), (n, T, 3)
+    taus = tau[:, None, :] + torch.cumsum(v, dim=1)                # tau[t], (n, T, 3)
+    local = features[..., 8:8 + 3 * NUM_JOINTS].reshape(n, T, NUM_JOINTS, 3)
+    root = torch.stack([taus[..., 0], zero, taus[..., 2]], dim=-1)  # y unused
+    joints = local @ H[:, 1:] + root[:, :, None, :]                 # row vectors: (H^T p^T)^T = p H
     if rows is None:
-        state.heading, state.translation = heading, tau
+        state.heading, state.translation = H[:, T], taus[:, T - 1]
     else:
-        state.heading[rows], state.translation[rows] = heading, tau
-    return torch.stack(joints, dim=1)
+        state.heading[rows], state.translation[rows] = H[:, T], taus[:, T - 1]
+    return joints
