@@ -180,6 +180,30 @@ def test_batched_streams_are_independent(models):
         assert_latents_close(torch.stack(lat), solo[p], BATCH_RTOL, what=p)
 
 
+def test_a_slot_reused_after_a_full_batch_starts_fresh(models):
+    """At a full batch (here one slot) the TAE, joint and root states are stepped in place without a gather;
+    a stream that takes the slot afterwards must start from zero states: its frames and joints equal those
+    of the same stream in a new engine, and its root starts at the origin again."""
+    tae, t2m = models
+    text = FakeTextEncoder(t2m.config.cond_dim)
+    config = GenerationConfig(sampling_steps=3, cfg_scale=3.0, end_threshold=-1.0)
+
+    def run(engine, seed):
+        sid = engine.add_stream("a person walks forward", seed=seed, max_latents=5)
+        chunks = [c for _ in range(5) for c in engine.step()]
+        engine.close(sid)
+        return torch.cat([c.joints for c in chunks]), torch.cat([c.features for c in chunks])
+
+    reused = StreamingEngine(FakeBundle(tae, t2m), text, capacity=1, config=config)
+    with torch.inference_mode():   # as a caller may step the engine: the states must stay writable after
+        first = run(reused, 1)
+    second = run(reused, 2)
+    fresh = run(StreamingEngine(FakeBundle(tae, t2m), text, capacity=1, config=config), 2)
+    assert not torch.allclose(first[0], second[0])
+    for got, want in zip(second, fresh):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
 def test_action_end_and_policies(models):
     tae, t2m = models
     text = FakeTextEncoder(t2m.config.cond_dim)

@@ -57,8 +57,9 @@ def recover_joints_step(features: torch.Tensor, state: RootState, rows: torch.Te
     local = features[..., 8:8 + 3 * NUM_JOINTS].reshape(n, T, NUM_JOINTS, 3)
     root = torch.stack([taus[..., 0], zero, taus[..., 2]], dim=-1)  # y unused
     joints = local @ H[:, 1:] + root[:, :, None, :]                 # row vectors: (H^T p^T)^T = p H
-    if rows is None:
-        state.heading, state.translation = H[:, T], taus[:, T - 1]
+    if rows is None:   # in place: the state tensors are the engine's, made outside inference mode
+        state.heading.copy_(H[:, T])
+        state.translation.copy_(taus[:, T - 1])
     else:
         state.heading[rows], state.translation[rows] = H[:, T], taus[:, T - 1]
     return joints
