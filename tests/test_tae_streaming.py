@@ -144,7 +144,8 @@ def test_step_input_errors(small_tae):
 def test_every_conv_goes_through_the_backend_switch(small_tae, monkeypatch):
     """The native op plugs in at ops.causal_conv's conv_forward_full / conv_forward_step (the conv
     backend switch): both the full and the streamed decode (and the encoder) must call them for every
-    convolution."""
+    convolution. A streamed step the switch gives to the native op runs as one prepared chain of native
+    calls instead (ops.native_update_unchecked, once per conv), and under the torch backend layer by layer."""
     from motionstreamer.ops import causal_conv as ops
 
     calls = []
@@ -153,17 +154,65 @@ def test_every_conv_goes_through_the_backend_switch(small_tae, monkeypatch):
             calls.append(conv)
             return real(conv, *args, **kw)
         monkeypatch.setattr(ops, name, spy)
-    n_decoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.decoder.modules())
+    convs = {id(m.weight): m for m in small_tae.tae.decoder.modules() if isinstance(m, torch.nn.Conv1d)}
+
+    def chain_spy(x, weight, *args, real=ops.native_update_unchecked, **kw):
+        calls.append(convs[id(weight)])
+        return real(x, weight, *args, **kw)
+    monkeypatch.setattr(ops, "native_update_unchecked", chain_spy)
+    n_decoder_convs = len(convs)
     n_encoder_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small_tae.tae.encoder.modules())
     with torch.no_grad():
         small_tae.decode(torch.zeros(1, 2, 16))
         assert len(calls) == n_decoder_convs == 17
-        calls.clear()
-        small_tae.decode_step(torch.zeros(1, 1, 16), small_tae.init_decode_state(1))
-        assert len(calls) == n_decoder_convs and len({id(c) for c in calls}) == n_decoder_convs
+        for backend in ("torch", "auto"):
+            calls.clear()
+            ops.set_conv_backend(backend)
+            try:
+                small_tae.decode_step(torch.zeros(1, 1, 16), small_tae.init_decode_state(1))
+            finally:
+                ops.set_conv_backend("auto")
+            assert len(calls) == n_decoder_convs and len({id(c) for c in calls}) == n_decoder_convs, backend
         calls.clear()
         small_tae.encode(torch.zeros(1, 4, 272))
         assert len(calls) == n_encoder_convs == 16
+
+
+@pytest.mark.skipif(not __import__("motionstreamer.ops.causal_conv", fromlist=["x"]).available(),
+                    reason="motionstreamer._C not built")
+def test_native_chain_step_equals_the_layer_by_layer_step(small_tae, monkeypatch):
+    """The streamed step as one prepared chain of native calls gives the layer by layer path's numbers
+    exactly (the same op and arguments; the ReLUs after convs run inside the op, and ReLU is exact), over
+    several steps and a batch of 3 with different states; when a state has the wrong shape, or a gradient
+    is wanted, the step takes the checked path (which names the error)."""
+    from motionstreamer.models.tae import CausalDecoder
+
+    dec = small_tae.tae.decoder
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 6, 16, generator=g)
+    used = []
+    real = CausalDecoder._native_step
+    monkeypatch.setattr(CausalDecoder, "_native_step", lambda self, *a: used.append(1) or real(self, *a))
+    outs = {}
+    with torch.no_grad():
+        for chain in (True, False):
+            if not chain:
+                monkeypatch.setattr(CausalDecoder, "_native_chain_applies", lambda self, x, states: False)
+            state = small_tae.init_decode_state(3)
+            outs[chain] = torch.cat([small_tae.decode_step(z[:, i:i + 1], state) for i in range(6)], dim=1)
+            assert len(used) == 6   # the chain ran every step of the first pass, none of the second
+    monkeypatch.undo()
+    assert torch.equal(outs[True], outs[False])
+    with torch.no_grad():
+        full = small_tae.decode(z)
+    assert (outs[True] - full).abs().max() <= ATOL
+    state = small_tae.init_decode_state(1)
+    x = torch.zeros(1, small_tae.config.hidden, 1)
+    with torch.no_grad():
+        assert dec._native_chain_applies(x, state.buffers)
+        assert not dec._native_chain_applies(x, state.buffers[:-1] + [torch.zeros(1, 5, 2)])
+        assert not dec._native_chain_applies(x.double(), state.buffers)
+    assert not dec._native_chain_applies(x, state.buffers)   # gradients on
 
 
 def test_bf16_state_streams_close_to_the_fp32_decode(small_tae):

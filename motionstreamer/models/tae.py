@@ -172,6 +172,8 @@ class CausalDecoder(nn.Module):
 
     def step(self, x, states: list[torch.Tensor]):
         """x (B, C, n) new inputs -> (B, in_dim, 4n) frames, new states in layer order (no mutation)."""
+        if self._native_chain_applies(x, states):
+            return self._native_step(x, states)
         new: list[torch.Tensor] = []
 
         def run(module, h):
@@ -186,6 +188,95 @@ class CausalDecoder(nn.Module):
             return module(h)   # ReLU, Upsample: pointwise in time, stateless
 
         return run(self.model, x), new
+
+    # ---- the streaming step as one prepared chain of native calls
+    def _chain(self) -> list[tuple]:
+        """The step's layers flattened in execution order, made once: ("conv", conv, state length, relu
+        after it), ("res", conv1, conv2, state length) or ("up", scale); a ReLU right after a conv runs
+        inside the conv's op (the same values: ReLU is exact)."""
+        chain = getattr(self, "_chain_cache", None)
+        if chain is None:
+            flat: list[nn.Module] = []
+
+            def walk(module):
+                if isinstance(module, (CausalConv1d, CausalResBlock, nn.ReLU, nn.Upsample)):
+                    flat.append(module)
+                elif isinstance(module, (nn.Sequential, CausalResnet1D)):
+                    for child in (module.model if isinstance(module, CausalResnet1D) else module):
+                        walk(child)
+                else:
+                    raise TypeError(f"no native chain for {type(module).__name__}")
+            walk(self.model)
+            chain = []
+            for i, m in enumerate(flat):
+                if isinstance(m, CausalConv1d):
+                    if m.conv.stride[0] != 1 or m.conv.groups != 1:
+                        raise TypeError("the streaming decoder's convs have stride 1 and one group")
+                    chain.append(("conv", m.conv, m.pad, i + 1 < len(flat) and isinstance(flat[i + 1], nn.ReLU)))
+                elif isinstance(m, CausalResBlock):
+                    if not m.fused_relu:
+                        raise TypeError("the native chain needs the ReLU residual blocks")
+                    chain.append(("res", m.conv1, m.conv2, m.left_padding))
+                elif isinstance(m, nn.Upsample):
+                    if m.mode != "nearest" or m.size is not None or float(m.scale_factor) != int(m.scale_factor):
+                        raise TypeError("the native chain upsamples by an integer factor, nearest")
+                    chain.append(("up", int(m.scale_factor)))
+                elif not (i > 0 and isinstance(flat[i - 1], CausalConv1d)):
+                    raise TypeError("a ReLU that does not follow a conv")
+            self._chain_cache = chain
+        return chain
+
+    def _native_chain_applies(self, x: torch.Tensor, states: list[torch.Tensor]) -> bool:
+        """Whether this step may run as _native_step: the conv switch picks the native op for its widest
+        call (ops.resolve_conv_backend: the op built, CPU fp32, not tracing, "auto" and few enough columns
+        or "native"), no gradient is wanted, and every state is a CPU fp32 tensor of its layer's shape. What
+        causal_conv1d_update checks on each of its 17 calls is so checked once per step."""
+        if x.dim() != 3 or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return False
+        try:
+            chain = self._chain()
+        except TypeError:
+            return False
+        B, _, n = x.shape
+        ups = 1
+        for entry in chain:
+            ups *= entry[1] if entry[0] == "up" else 1
+        if ops.resolve_conv_backend(x, None, B * n * ups) != "native":
+            return False
+        stateful = [e for e in chain if e[0] != "up"]
+        if len(states) != len(stateful):
+            return False
+        width = x.shape[1]
+        for entry, st in zip(stateful, states):
+            conv, pad = (entry[1], entry[2]) if entry[0] == "conv" else (entry[1], entry[3])
+            w = conv.weight
+            if w.dtype != torch.float32 or w.device.type != "cpu" or w.shape[1] != width or \
+                    st.dtype != torch.float32 or st.device.type != "cpu" or st.shape != (B, width, pad):
+                return False
+            width = w.shape[0] if entry[0] == "conv" else entry[2].weight.shape[0]
+        return True
+
+    def _native_step(self, x: torch.Tensor, states: list[torch.Tensor]):
+        """step() as the prepared chain of native calls (the same op and arguments as the layer by layer
+        path, so the same numbers: tests/test_tae_streaming.py)."""
+        new: list[torch.Tensor] = []
+        h = x
+        for entry in self._chain():
+            if entry[0] == "up":
+                h = h.repeat_interleave(entry[1], dim=2)   # nearest, integer factor
+                continue
+            st = states[len(new)]
+            if entry[0] == "conv":
+                _, conv, pad, relu = entry
+                h, s = ops.native_update_unchecked(h, conv.weight, conv.bias, st, conv.dilation[0], pad,
+                                                   post_relu=relu)
+            else:
+                _, conv1, conv2, pad = entry
+                inner, s = ops.native_update_unchecked(h, conv1.weight, conv1.bias, st, conv1.dilation[0], pad,
+                                                       pre_relu=True, post_relu=True)
+                h = ops.native_update_unchecked(inner, conv2.weight, conv2.bias, None, 1, 0, residual=h)[0]
+            new.append(s)
+        return h, new
 
 
 @dataclass

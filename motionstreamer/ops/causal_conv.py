@@ -246,6 +246,14 @@ def _native_call(x, weight, bias, residual, state, stride, dilation, pre, pre_re
     return y, new_state
 
 
+def native_update_unchecked(x, weight, bias, state, dilation: int, pre: int, pre_relu: bool = False,
+                            post_relu: bool = False, residual=None):
+    """The native stride-1 op with no checks: (y, new state, None when pre == 0). Only for a caller that has
+    verified once what causal_conv1d_update checks per call (a prepared chain: models/tae.py's streaming
+    decoder step, gated by resolve_conv_backend); shapes that disagree read out of bounds."""
+    return _native_call(x, weight, bias, residual, state, 1, dilation, pre, pre_relu, post_relu, pre > 0)
+
+
 class _NativeCausalConv1d(torch.autograd.Function):
     """Native forward; backward from PyTorch's convolution gradients (no double backward)."""
 
