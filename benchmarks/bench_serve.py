@@ -13,7 +13,8 @@ ladder: every client streams and changes its prompt at random every 2-4 s. Per N
   server_cpu_pct  server process CPU (100 = one core) and server_rss_mb, over the measured window
 and the largest N kept in real time. The ladder stops at the first N that is not. Bounded: at most
 1024 clients, each level lasts warm-up + seconds. Writes benchmarks/results/<device>_serve_<date>.json
-and .md. Timings depend on the machine being otherwise idle: rerun on a quiet one.
+and .md. Timings depend on the machine being otherwise idle: rerun on a quiet one. `--onnx fp32|int8`
+exports the model first (`motionstreamer export-onnx`) and serves it with `serve --onnx`.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def random_official_bundle(directory: str) -> str:
 
 
 class Server:
-    def __init__(self, args, max_streams: int, checkpoint: str | None):
+    def __init__(self, args, max_streams: int, checkpoint: str | None, onnx: str | None = None):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
@@ -74,7 +75,9 @@ class Server:
             cmd += ["--sampling-steps", str(args.sampling_steps)]
         if args.head is not None:
             cmd += ["--head", args.head]
-        if checkpoint:
+        if onnx:
+            cmd += ["--onnx", onnx]
+        elif checkpoint:
             cmd += ["--checkpoint", checkpoint]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
@@ -211,7 +214,16 @@ def bench(args) -> tuple[dict, list[dict]]:
     if args.model == "official-random":
         tmp = tempfile.TemporaryDirectory()
         checkpoint = random_official_bundle(os.path.join(tmp.name, "bundle"))
-    server = Server(args, max(levels), checkpoint)
+    onnx = None
+    if args.onnx:   # the model exported as a user would (export-onnx), served with serve --onnx
+        tmp = tmp or tempfile.TemporaryDirectory()
+        onnx = os.path.join(tmp.name, "onnx")
+        cmd = [sys.executable, "-m", "motionstreamer", "export-onnx", "--out", onnx]
+        cmd += ["--checkpoint", checkpoint] if checkpoint else []
+        cmd += ["--quantize", "int8"] if args.onnx == "int8" else []
+        print(f"[bench_serve] exporting ({args.onnx}) ...", file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    server = Server(args, max(levels), checkpoint, onnx)
     rows = []
     try:
         url = f"ws://127.0.0.1:{server.port}/v1/stream"
@@ -233,7 +245,8 @@ def bench(args) -> tuple[dict, list[dict]]:
     best = max(ok, key=lambda r: r["clients"]) if ok else None
     summary = {"model": args.model if args.model != "embedded" else "embedded default model",
                "checkpoint": args.checkpoint, "device": args.device, "sampling_steps": args.sampling_steps,
-               "head": args.head, "lookahead": args.lookahead,
+               "head": args.head, "lookahead": args.lookahead, "runtime": server.info.get("runtime", "torch"),
+               "onnx": args.onnx,
                "server_command": " ".join(server.cmd[1:]).replace(str(ROOT) + "/", ""),
                "largest_realtime_clients": best["clients"] if best else 0,
                "at_largest": {k: best[k] for k in ("prompt_to_frame_p50_ms", "prompt_to_frame_p99_ms",
@@ -258,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", choices=("embedded", "official-random"), default="embedded")
     ap.add_argument("--checkpoint", default=None, help="a bundle directory instead of --model")
+    ap.add_argument("--onnx", choices=("fp32", "int8"), default=None,
+                    help="export the model (export-onnx, int8: --quantize int8) and serve it with serve --onnx")
     ap.add_argument("--keep-going", action="store_true", help="run every level even after one fails")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-write", action="store_true")
@@ -277,8 +292,11 @@ def main(argv=None) -> int:
     print(json.dumps(info, indent=1))
     print(markdown_table(rows))
     if not args.no_write:
-        write_results(args.out, info, rows, f"serve_{'official' if args.model == 'official-random' else 'embedded'}",
-                      f"serve ({info['model']}, {args.head or 'default'} head, "
+        onnx = f"_onnx_{args.onnx}" if args.onnx else ""
+        write_results(args.out, info, rows,
+                      f"serve_{'official' if args.model == 'official-random' else 'embedded'}{onnx}",
+                      f"serve ({info['model']}, {args.head or 'default'} head, {info['runtime']}"
+                      f"{' ' + args.onnx if args.onnx else ''}, "
                       f"{args.sampling_steps or 'default'} steps)",
                       f"largest real-time client count: **{info['largest_realtime_clients']}**\n\n"
                       f"`{info['command']}`\n\n")

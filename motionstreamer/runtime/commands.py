@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="model directory (motionstreamer bundle); default: the embedded model")
     p.add_argument("--onnx", default=None, metavar="DIR",
                    help="an export-onnx folder: run its graphs in onnxruntime instead of the PyTorch models (CPU; "
-                        "the embedded model's 4-step student ran 2.3x faster per latent this way on 2 cores)")
+                        "about 2x faster per latent for the embedded model's student on 2 cores: docs/onnx.md)")
     p.add_argument("--seed", type=int, default=0)
     add_sampler_args(p, "cfg_scale", "temperature", "sampling_steps", "head", "sampler", "end_threshold",
                      helps={"sampling_steps": "diffusion sampling steps per latent (default: 50, the original, for "

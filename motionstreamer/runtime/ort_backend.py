@@ -170,13 +170,19 @@ class OrtBundle:
         return self.config.text_encoder
 
 
+def export_bundle_config(directory: str | Path) -> BundleConfig:
+    """The config of the bundle an export was made from (its default head, a student's step counts, the
+    end threshold), from the export's manifest."""
+    manifest = read_manifest(directory)
+    return BundleConfig.from_dict({"text_encoder": manifest["text_encoder"], **manifest.get("config", {})})
+
+
 def load_ort(directory: str | Path, capacity: int = 1, providers=None, threads: int | None = None,
              config=None):
     """(statistics, backend) of an export; config (a GenerationConfig) sizes the KV cache for its
     condition rows (a student: one per stream) and picks its head's graphs, else the teacher's with
     [cond; uncond] rows."""
-    manifest = read_manifest(directory)
-    bundle_config = BundleConfig.from_dict({"text_encoder": manifest["text_encoder"], **manifest.get("config", {})})
+    bundle_config = export_bundle_config(directory)
     rows, head = MAX_CONDITION_ROWS, "teacher"
     if config is not None:
         settings = resolve_config(config, bundle_config).sampler_settings()

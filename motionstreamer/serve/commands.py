@@ -5,9 +5,7 @@ import logging
 import os
 import re
 
-from motionstreamer.checkpoints import read_bundle_config
 from motionstreamer.cli import CLIError, add_verb
-from motionstreamer.runtime.loading import default_model_dir
 from motionstreamer.runtime.sampler_args import add_sampler_args
 from motionstreamer.serve.app import create_app
 from motionstreamer.serve.protocol import ServeLimits
@@ -21,6 +19,9 @@ def register(subparsers) -> None:
                  "Serve text-to-motion streams over a WebSocket API (/v1/stream) with a browser app at /. Binds to "
                  "127.0.0.1 by default; any other address needs --token (or $MOTIONSTREAMER_TOKEN).")
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="model bundle; default: the embedded model")
+    p.add_argument("--onnx", default=None, metavar="DIR",
+                   help="an export-onnx folder: the engine's model calls run in onnxruntime on the CPU (a few "
+                        "streams of a large model: docs/onnx.md); instead of --checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-streams", type=int, default=32, help="concurrent streams per engine (default 32)")
@@ -64,20 +65,24 @@ def config_from_args(args):
         raise CLIError(f"--port must be in [1, 65535], got {args.port}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
-    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
-        raise CLIError(f"--checkpoint {args.checkpoint}: not a directory")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--onnx", args.onnx)):
+        if path is not None and not os.path.isdir(path):
+            raise CLIError(f"{flag} {path}: not a directory")
+    if args.onnx is not None and (args.checkpoint is not None or args.dtype != "auto" or args.device != "cpu"):
+        raise CLIError("--onnx takes the models from the export and runs them on the CPU: leave out --checkpoint, "
+                       "--dtype and --device")
     try:
         limits = ServeLimits(max_streams=args.max_streams, idle_timeout_s=args.idle_timeout,
                              max_prompt_chars=args.max_prompt_chars, max_backlog=args.max_backlog)
-        config = ServeConfig(checkpoint=args.checkpoint, device=args.device,
+        config = ServeConfig(checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                              dtype=None if args.dtype == "auto" else args.dtype, sampling_steps=args.sampling_steps,
                              head=args.head, cfg_scale=args.cfg_scale, on_action_end=args.on_action_end,
                              lookahead=args.lookahead, token=token, allowed_origins=tuple(args.allow_origin),
                              limits=limits, threads=args.threads)
         config.validate()
         # against the bundle (its default head, a student's step counts) before the server starts
-        config.generation_config(read_bundle_config(config.checkpoint or default_model_dir()))
-    except ValueError as e:
+        config.generation_config(config.bundle_config())
+    except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e))
     return config
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from motionstreamer import FPS, FRAMES_PER_LATENT
-from motionstreamer.checkpoints import BundleConfig
+from motionstreamer.checkpoints import BundleConfig, read_bundle_config
 from motionstreamer.data.synth import ACTIONS, sample_params, verb_phrases
 from motionstreamer.io.bvh import JOINT_ORDER, hierarchy_text
 from motionstreamer.representation.skeleton import (
@@ -27,7 +27,8 @@ from motionstreamer.representation.skeleton import (
     SMPL_OFFSETS_24,
 )
 from motionstreamer.runtime.engine import GenerationConfig, StreamingEngine, resolve_config
-from motionstreamer.runtime.loading import load_models
+from motionstreamer.runtime.loading import default_model_dir, load_models, load_onnx_models
+from motionstreamer.runtime.ort_backend import export_bundle_config
 from motionstreamer.serve.protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -69,6 +70,7 @@ def is_loopback(host: str) -> bool:
 @dataclass
 class ServeConfig:
     checkpoint: str | None = None         # model bundle directory; None = the embedded default model
+    onnx: str | None = None               # an export-onnx folder instead: the model calls in onnxruntime (CPU)
     device: str = "cpu"
     dtype: str | None = None
     # the sampler (GenerationConfig's names); sampling_steps None: SERVICE_TEACHER_STEPS for the teacher,
@@ -93,9 +95,18 @@ class ServeConfig:
             raise ValueError(f"sampling_steps must be an integer in [1, 1000], got {steps!r}")
         if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 1 <= self.lookahead <= 32:
             raise ValueError(f"lookahead must be an integer in [1, 32] latents, got {self.lookahead!r}")
+        if self.onnx is not None and (self.checkpoint is not None or self.dtype is not None or self.device != "cpu"):
+            raise ValueError("onnx takes the models from the export and runs them on the CPU: leave out checkpoint, "
+                             "dtype and device")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("token must be at least 8 characters")
         self.generation_config().validate()     # the head, the guidance scale and the sampler, before the model loads
+
+    def bundle_config(self) -> BundleConfig:
+        """The served model's config (the bundle's, or the export's manifest's); read without loading it."""
+        if self.onnx is not None:
+            return export_bundle_config(self.onnx)
+        return read_bundle_config(self.checkpoint or default_model_dir())
 
     def generation_config(self, bundle_config: BundleConfig | None = None) -> GenerationConfig:
         """The engine's settings; with the bundle's config they are resolved against it (its default head,
@@ -160,17 +171,23 @@ class Service:
         c = self.config
         if c.threads is not None or c.device == "cpu":
             torch.set_num_threads(c.threads or 1)
-        bundle, text_encoder, desc = load_models(c.checkpoint, c.device, c.dtype)
         capacity = self.limits.max_streams + self.limits.max_generate_jobs
-        engine = StreamingEngine(bundle, text_encoder, capacity=capacity, config=c.generation_config(bundle.config),
-                                 device=c.device)
+        if c.onnx is not None:   # the same engine, its model calls in the export's onnxruntime sessions
+            gen = c.generation_config(c.bundle_config())
+            bundle, text_encoder, desc, backend = load_onnx_models(c.onnx, gen, capacity=capacity,
+                                                                   threads=c.threads or 1)
+        else:
+            bundle, text_encoder, desc = load_models(c.checkpoint, c.device, c.dtype)
+            gen, backend = c.generation_config(bundle.config), None
+        engine = StreamingEngine(bundle, text_encoder, capacity=capacity, config=gen, device=c.device, backend=backend)
         text_encoder.encode([""])      # warm the encoder and the empty-prompt cache
         self.scheduler = StreamScheduler(engine, self._deliver, self.limits.max_streams,
                                          self.limits.max_generate_jobs, lookahead=c.lookahead,
                                          max_queued=self.limits.max_queued_prompts)
         self.info = {
             "protocol": PROTOCOL_VERSION, "encoding": ENCODING,
-            "model": desc, "checkpoint": c.checkpoint or "embedded",
+            "model": desc, "checkpoint": c.onnx or c.checkpoint or "embedded",
+            "runtime": "onnxruntime" if c.onnx is not None else "torch",
             "fps": FPS, "frames_per_latent": FRAMES_PER_LATENT,
             "sampling_steps": engine.config.sampling_steps, "head": engine.config.head,
             "cfg_scale": engine.config.cfg_scale, "lookahead": c.lookahead,
@@ -181,7 +198,7 @@ class Service:
                          "bvh_hierarchy": hierarchy_text(), "bvh_joint_order": list(JOINT_ORDER),
                          "bvh_joint_names": list(JOINT_NAMES)},
             "limits": self.limits.as_dict(),
-            "example_prompts": example_prompts(bundle.config, c.checkpoint is None),
+            "example_prompts": example_prompts(bundle.config, c.checkpoint is None and c.onnx is None),
             # goals beside text (the "goal" message; docs/goals.md): steered for any model, seen by a
             # goal-trained one (goal_model)
             "goals": engine.goals_supported, "goal_model": engine.goal_model,
