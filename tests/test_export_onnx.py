@@ -127,6 +127,47 @@ def test_ort_stream_matches_torch_session(exported):
     close(torch.cat([c.joints for c in cb]), torch.cat([c.joints for c in ca]))
 
 
+def test_ort_engine_matches_torch_as_streams_come_and_go(exported):
+    """Two slots, the streams joining and leaving at different steps: the onnxruntime engine steps some
+    slots (cache rows gathered and scattered) and all of them (the cache arrays replaced whole) and gives
+    the PyTorch engine's latents and joints, stream by stream, throughout; a stream that takes a freed slot
+    after a full step starts from zero states."""
+    from motionstreamer.runtime.engine import StreamingEngine
+    from motionstreamer.runtime.ort_backend import load_ort
+
+    bundle, out = exported
+    config = GenerationConfig(sampling_steps=50, end_threshold=-1.0, cfg_scale=2.5)
+    _, backend = load_ort(out, capacity=2, config=config)
+    engines = [StreamingEngine(bundle, FakeTextEncoder(384), capacity=2, config=config),
+               StreamingEngine(bundle, FakeTextEncoder(384), capacity=2, config=config, backend=backend)]
+    got, conditions = [{}, {}], [[], []]
+    for engine, chunks, conds in zip(engines, got, conditions):
+        # the decode step's conditions, compared directly: this small model's latents hardly depend on them
+        decode = engine.backend.decode
+        engine.backend.decode = lambda *a, decode=decode, conds=conds: conds.append(decode(*a)) or conds[-1]
+        a = engine.add_stream("walk forward", seed=1, max_latents=12)
+        steps = [engine.step() for _ in range(2)]                 # one stream of two slots: partial
+        b = engine.add_stream("wave", seed=2, max_latents=5)
+        steps += [engine.step() for _ in range(4)]                # both: full
+        engine.close(a)
+        steps += [engine.step() for _ in range(1)]                # partial again
+        c = engine.add_stream("jump", seed=3, max_latents=3)      # the freed slot, after full steps
+        steps += [engine.step() for _ in range(3)]
+        names = {a: "a", b: "b", c: "c"}
+        for step in steps:
+            for ch in step:
+                chunks.setdefault(names[ch.stream_id], []).append(ch)
+    assert {k: len(v) for k, v in got[1].items()} == {"a": 6, "b": 5, "c": 3}
+    assert [c.shape[0] for c in conditions[1]] == [1, 1, 2, 2, 2, 2, 1, 1, 1, 1]
+    for o, t in zip(*conditions[::-1]):
+        close(o, t)
+    for name in "abc":
+        t, o = got[0][name], got[1][name]
+        assert [ch.latent_index for ch in o] == [ch.latent_index for ch in t]
+        close(torch.stack([ch.latent for ch in o]), torch.stack([ch.latent for ch in t]))
+        close(torch.cat([ch.joints for ch in o]), torch.cat([ch.joints for ch in t]))
+
+
 def test_engine_sessions_do_not_spin(exported):
     """The engine runs its 3-5 sessions in turn: each session's workers must sleep between calls instead of
     spin-waiting (ORT's default), which took the cores from the next session (2-core machine: the embedded

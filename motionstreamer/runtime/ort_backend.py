@@ -92,14 +92,22 @@ class OrtBackend:
 
     def decode(self, z: torch.Tensor, slots: list[int], n_rows: int, goal: torch.Tensor | None = None) -> torch.Tensor:
         rows = cache_rows(slots, n_rows, self.capacity)
-        if int(self.pos[rows].max()) >= self.block_size:
+        # every cache row in order (one stream, or a full server): the graph takes the cache arrays and its
+        # outputs become them, without gathering and scattering the rows (the whole cache, each step)
+        full = rows == list(range(len(self.pos)))
+        k_in, v_in, pos = (self.k, self.v, self.pos) if full else (self.k[:, rows], self.v[:, rows], self.pos[rows])
+        if int(pos.max()) >= self.block_size:
             raise ValueError("KV cache full: re-prefill a shorter window")
         goal = None if goal is None else goals_by_cache_row(goal)
         cond, k, v = self.decode_s.run(None, {"latent": np.tile(z.numpy().astype(np.float32), (n_rows, 1)),
-                                              "k_cache": self.k[:, rows], "v_cache": self.v[:, rows],
-                                              "pos": self.pos[rows], **self._goal_feed(goal, len(rows))})
-        self.k[:, rows], self.v[:, rows] = k, v
-        self.pos[rows] += 1
+                                              "k_cache": k_in, "v_cache": v_in, "pos": pos,
+                                              **self._goal_feed(goal, len(rows))})
+        if full:
+            self.k, self.v = k, v
+            self.pos += 1
+        else:
+            self.k[:, rows], self.v[:, rows] = k, v
+            self.pos[rows] += 1
         return torch.from_numpy(cond).view(n_rows, len(slots), -1).transpose(0, 1)
 
     def _head(self, settings: SamplerSettings):
@@ -134,12 +142,16 @@ class OrtBackend:
         return torch.from_numpy(out[0])
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        full = slots == list(range(self.capacity))   # as in decode: the states are replaced, not scattered
         feeds = {"z": z.numpy().astype(np.float32)}
         for i, s in enumerate(self.tae_states):
-            feeds[f"state_{i}"] = s[slots]
+            feeds[f"state_{i}"] = s if full else s[slots]
         out = self.tae_s.run(None, feeds)
-        for s, new in zip(self.tae_states, out[1:]):
-            s[slots] = new
+        if full:
+            self.tae_states = list(out[1:])
+        else:
+            for s, new in zip(self.tae_states, out[1:]):
+                s[slots] = new
         return torch.from_numpy(out[0])
 
 
