@@ -69,6 +69,12 @@ def check_head(backend, settings: SamplerSettings) -> None:
                          f"backend made for it")
 
 
+def every_slot(slots, capacity: int) -> bool:
+    """Whether a step covers every slot in order (one stream, or a full server): then per-slot state (KV
+    cache, TAE states, roots) is stepped whole, without gathering and scattering its rows."""
+    return list(slots) == list(range(capacity))
+
+
 def cache_rows(slots: list[int], rows: int, capacity: int) -> list[int]:
     """The KV-cache rows of `slots`, condition row by condition row: [row 0 of each slot, row 1 ...]."""
     return [slot + r * capacity for r in range(rows) for slot in slots]
@@ -155,5 +161,5 @@ class TorchBackend:
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
         # every slot in order (one stream at batch 1, a full server): the state is stepped in place,
         # without gathering and scattering its 17 buffers
-        rows = None if slots == list(range(self.capacity)) else torch.tensor(slots, device=self.device)
+        rows = None if every_slot(slots, self.capacity) else torch.tensor(slots, device=self.device)
         return self.tae.decode_step(z.to(self.device, self.dtype)[:, None, :], self.tae_state, rows=rows)

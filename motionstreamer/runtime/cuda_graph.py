@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from motionstreamer.models.goal import no_goal
-from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, TorchBackend, goals_by_cache_row
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, TorchBackend, every_slot, goals_by_cache_row
 
 
 class GraphedBackend(TorchBackend):
@@ -28,7 +28,7 @@ class GraphedBackend(TorchBackend):
 
     # ---- helpers
     def _full(self, slots) -> bool:
-        return self.enabled and list(slots) == list(range(self.capacity))
+        return self.enabled and every_slot(slots, self.capacity)
 
     def _capture(self, key, fn, static_inputs: list[torch.Tensor], restore: list[torch.Tensor]):
         """Warm up `fn` on a side stream, then capture it. Tensors in `restore` are state that the

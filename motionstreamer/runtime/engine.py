@@ -31,7 +31,7 @@ from motionstreamer.models.few_step import StudentHeadConfig
 from motionstreamer.models.goal import no_goal, yaw_of_heading
 from motionstreamer.models.sampling import SamplerSettings, draw_sampling_noise
 from motionstreamer.runtime import policy
-from motionstreamer.runtime.backend import TorchBackend, check_head
+from motionstreamer.runtime.backend import TorchBackend, check_head, every_slot
 from motionstreamer.runtime.cuda_graph import GraphedBackend
 from motionstreamer.runtime.kinematics import RootState, recover_joints_step
 from motionstreamer.runtime.steering import SteeringLimits, steer_latent
@@ -457,7 +457,7 @@ class StreamingEngine:
         frames = self.backend.tae_step(z, slots)                            # (n, 4, 272)
         feats = self._steer(streams, frames.float().to(self.device) * self.std + self.mean)
         # every slot in order: the root state is stepped without a gather
-        rows = None if slots == list(range(self.capacity)) else torch.tensor(slots, device=self.device)
+        rows = None if every_slot(slots, self.capacity) else torch.tensor(slots, device=self.device)
         joints = recover_joints_step(feats, self.root, rows=rows)
         per_latent = frames.shape[1]
         for s in streams:

@@ -22,7 +22,7 @@ from motionstreamer.config import current_keys
 from motionstreamer.export.onnx_export import read_manifest
 from motionstreamer.models.goal import GOAL_DIM
 from motionstreamer.models.sampling import SamplerSettings
-from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, check_head, goals_by_cache_row
+from motionstreamer.runtime.backend import MAX_CONDITION_ROWS, cache_rows, check_head, every_slot, goals_by_cache_row
 from motionstreamer.runtime.engine import resolve_config
 from motionstreamer.runtime.session import StreamingSession
 
@@ -94,7 +94,7 @@ class OrtBackend:
         rows = cache_rows(slots, n_rows, self.capacity)
         # every cache row in order (one stream, or a full server): the graph takes the cache arrays and its
         # outputs become them, without gathering and scattering the rows (the whole cache, each step)
-        full = rows == list(range(len(self.pos)))
+        full = every_slot(slots, self.capacity) and n_rows == self.condition_rows
         k_in, v_in, pos = (self.k, self.v, self.pos) if full else (self.k[:, rows], self.v[:, rows], self.pos[rows])
         if int(pos.max()) >= self.block_size:
             raise ValueError("KV cache full: re-prefill a shorter window")
@@ -142,7 +142,7 @@ class OrtBackend:
         return torch.from_numpy(out[0])
 
     def tae_step(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        full = slots == list(range(self.capacity))   # as in decode: the states are replaced, not scattered
+        full = every_slot(slots, self.capacity)   # as in decode: the states are replaced, not scattered
         feeds = {"z": z.numpy().astype(np.float32)}
         for i, s in enumerate(self.tae_states):
             feeds[f"state_{i}"] = s if full else s[slots]
