@@ -1,6 +1,7 @@
 """Test doubles shared by the test modules (not a test module itself): a deterministic text encoder,
 a model bundle built from in-memory models, random weights for the diffusion head's
-zero-initialised layers, and the CLI run in-process (run_cli)."""
+zero-initialised layers, a small saved bundle with random weights for the CLI and service tests
+(save_small_bundle), and the CLI run in-process (run_cli)."""
 from __future__ import annotations
 
 import hashlib
@@ -56,6 +57,21 @@ def randomize_head(t2m, std: float = 0.1, seed: int = 5):
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return t2m
+
+
+def save_small_bundle(directory):
+    """A saved bundle (the small transformer, a 32-wide TAE, random weights from seed 0, identity
+    statistics, an end latent it never reaches, the MiniLM text encoder): what the CLI and service tests
+    load with --checkpoint."""
+    from motionstreamer.checkpoints import save_bundle
+    from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
+    from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
+
+    torch.manual_seed(0)
+    t2m = TextToMotionModel(T2MConfig.small(cond_dim=384))
+    save_bundle(directory, CausalHumanTAE(TAEConfig(hidden=32, width=32)), t2m, torch.zeros(272), torch.ones(272),
+                torch.full((16,), 50.0), text_encoder="minilm")
+    return directory
 
 
 def run_cli(argv, capsys):

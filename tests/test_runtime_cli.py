@@ -8,22 +8,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from fakes import save_small_bundle
 
-from motionstreamer.checkpoints import save_bundle
 from motionstreamer.cli import main
-from motionstreamer.models.tae import CausalHumanTAE, TAEConfig
-from motionstreamer.models.transformer import T2MConfig, TextToMotionModel
 from motionstreamer.representation.features import recover_joints
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("bundle")
-    t2m = TextToMotionModel(T2MConfig.small(cond_dim=384))
-    save_bundle(d, CausalHumanTAE(TAEConfig(hidden=32, width=32)), t2m, torch.zeros(272), torch.ones(272),
-                torch.full((16,), 50.0), text_encoder="minilm")
-    return d
+    return save_small_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def run(args, capsys):
