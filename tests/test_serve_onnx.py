@@ -106,3 +106,21 @@ def test_bad_onnx_folders_are_cli_errors(model_dirs, tmp_path, capsys):
             main(["serve", *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("verb", [["serve"], ["generate", "walk", "--out", "x"]])
+def test_malformed_manifests_are_cli_errors(verb, model_dirs, tmp_path, capsys):
+    """A broken export folder is named with what is wrong, for serve and for generate: bytes that are not
+    UTF-8, JSON that is not an object, and a real manifest with one key the engine reads taken out."""
+    good = json.loads((model_dirs[1] / "manifest.json").read_text())
+    cases = {"bytes": (b"\xff\xfe{", "not a JSON manifest"), "list": (b"[1, 2]", "a JSON object expected, got list"),
+             "truncated": (b'{"format": "motionstreamer-onnx", "n_la', "not a JSON manifest"),
+             "no_graphs": (json.dumps({k: v for k, v in good.items() if k != "graphs"}).encode(), "lacks graphs (")}
+    for name, (content, msg) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "manifest.json").write_bytes(content)
+        with pytest.raises(SystemExit) as e:
+            main([*verb, "--onnx", str(d), *(["--out-dir", str(tmp_path)] if verb[0] == "generate" else [])])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and str(d / "manifest.json") in err and "Traceback" not in err, err

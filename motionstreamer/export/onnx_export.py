@@ -368,11 +368,27 @@ def export_bundle(bundle, out_dir: str | Path, variants=None,
     return manifest
 
 
+# what the onnxruntime engine reads from every manifest version
+MANIFEST_REQUIRED = ("text_encoder", "n_layer", "n_head", "head_dim", "block_size", "latent_dim", "tae_states",
+                     "heads", "mean", "std", "end_latent", "graphs")
+
+
 def read_manifest(directory: str | Path) -> dict:
+    """An export's manifest.json, checked: FileNotFoundError or ValueError naming the file when it is
+    missing, not UTF-8 JSON, not an object, of another format, or without a key the engine reads."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not an exported model folder (run `motionstreamer export-onnx`)")
-    m = json.loads(path.read_text())
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not a JSON manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: a JSON object expected, got {type(m).__name__}")
     if m.get("format") != "motionstreamer-onnx":
         raise ValueError(f"{path}: format {m.get('format')!r} is not 'motionstreamer-onnx'")
+    missing = [k for k in MANIFEST_REQUIRED if k not in m]
+    if missing:
+        raise ValueError(f"{path}: lacks {', '.join(missing)} (an interrupted or hand-edited export: run "
+                         "`motionstreamer export-onnx` again)")
     return m
